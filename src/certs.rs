@@ -1,0 +1,215 @@
+//! `erlmesh cert`: the cluster CA and host certificates (rcgen, ECDSA P-256).
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use time::{Duration, OffsetDateTime};
+
+/// Validity of a new CA unless `--days` says otherwise: ten years, since
+/// rotating a CA means touching every host.
+pub const DEFAULT_CA_DAYS: u32 = 3650;
+/// Validity of a new host certificate unless `--days` says otherwise.
+pub const DEFAULT_HOST_DAYS: u32 = 365;
+/// Back-dating of not-before, so that hosts whose clocks lag a little
+/// accept a certificate made a moment ago.
+const CLOCK_SKEW: Duration = Duration::minutes(5);
+
+/// Why a certificate could not be made.
+#[derive(Debug, Error)]
+pub enum CertError {
+    #[error("{0}: already exists (pass --force to replace it)")]
+    Exists(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a usable {what}: {reason}")]
+    Parse {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("{0:?} is not a host name or IP address usable in a certificate")]
+    BadHost(String),
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("--days must be at least 1")]
+    Days,
+}
+
+/// Paths written by one command.
+#[derive(Debug)]
+pub struct Written {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a new cluster CA: DIR/ca.pem and DIR/ca.key.
+pub fn make_ca(dir: &Path, days: u32, force: bool) -> Result<Written, CertError> {
+    let out = Written {
+        cert: dir.join("ca.pem"),
+        key: dir.join("ca.key"),
+    };
+    check_free(&out, force)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn("erlmesh cluster CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params, days)?;
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    write_pair(dir, &out, &cert.pem(), &key.serialize_pem())?;
+    Ok(out)
+}
+
+/// Issues DIR/HOST.pem and DIR/HOST.key, signed by DIR/ca.pem and
+/// DIR/ca.key, naming HOST, for both TLS server and client use.
+pub fn issue(dir: &Path, host: &str, days: u32, force: bool) -> Result<Written, CertError> {
+    if host.is_empty() || host.contains(['/', '\\', ' ']) || host.starts_with('.') {
+        return Err(CertError::BadHost(host.to_owned()));
+    }
+    let out = Written {
+        cert: dir.join(format!("{host}.pem")),
+        key: dir.join(format!("{host}.key")),
+    };
+    check_free(&out, force)?;
+    let ca_pem_path = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca.key");
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| CertError::Io {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let ca_pem = read(&ca_pem_path)?;
+    let ca_key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(|e| CertError::Parse {
+        path: ca_key_path.clone(),
+        what: "CA key",
+        reason: e.to_string(),
+    })?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| CertError::Parse {
+        path: ca_pem_path.clone(),
+        what: "CA certificate",
+        reason: e.to_string(),
+    })?;
+    let mut params = CertificateParams::new(vec![host.to_owned()]).map_err(|_| CertError::BadHost(host.into()))?;
+    params.distinguished_name = dn(host);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_pair(dir, &out, &cert.pem(), &key.serialize_pem())?;
+    Ok(out)
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn validity(params: &mut CertificateParams, days: u32) -> Result<(), CertError> {
+    if days == 0 {
+        return Err(CertError::Days);
+    }
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + Duration::days(days as i64);
+    Ok(())
+}
+
+fn check_free(out: &Written, force: bool) -> Result<(), CertError> {
+    if !force {
+        for p in [&out.cert, &out.key] {
+            if p.exists() {
+                return Err(CertError::Exists(p.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the certificate (0644) and the key (0600, never readable by
+/// others, even for a moment: the mode is set when the file is created).
+fn write_pair(dir: &Path, out: &Written, cert_pem: &str, key_pem: &str) -> Result<(), CertError> {
+    std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    write_file(&out.key, key_pem, 0o600)?;
+    write_file(&out.cert, cert_pem, 0o644)
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| CertError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    // An existing file (with --force) keeps its old mode through open().
+    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn ca_and_host_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        make_ca(dir.path(), 30, false).unwrap();
+        let w = issue(dir.path(), "hosta", 10, false).unwrap();
+        let mode = std::fs::metadata(&w.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mode = std::fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let chain = crate::tls::load_certs(&w.cert).unwrap();
+        assert_eq!(crate::tls::cert_dns_names(&chain[0]).unwrap(), vec!["hosta"]);
+        assert!(matches!(
+            issue(dir.path(), "hosta", 10, false),
+            Err(CertError::Exists(_))
+        ));
+        assert!(matches!(make_ca(dir.path(), 10, false), Err(CertError::Exists(_))));
+        issue(dir.path(), "hosta", 10, true).unwrap();
+        // The configs build from what was written.
+        let files = crate::config::TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: w.cert,
+            key: w.key,
+        };
+        crate::tls::TlsConfigs::load(&files, "hosta").unwrap();
+        let e = crate::tls::TlsConfigs::load(&files, "hostb").unwrap_err().to_string();
+        assert!(e.contains("hosta.pem") && e.contains("not this host \"hostb\""), "{e}");
+    }
+
+    #[test]
+    fn issue_without_ca_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = issue(dir.path(), "hosta", 10, false).unwrap_err().to_string();
+        assert!(e.contains("ca.pem"), "{e}");
+    }
+}

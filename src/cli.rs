@@ -1,0 +1,78 @@
+//! The command line: clap definitions, whose doc comments are the --help.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// erlmesh: carries unmodified Erlang/OTP distribution between hosts inside
+/// mutually authenticated TLS. One per host, next to the nodes.
+#[derive(Debug, Parser)]
+#[command(name = "erlmesh", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy in the foreground until SIGINT or SIGTERM.
+    Run {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log line format. RUST_LOG sets the level (default: info).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Print `export NAME='value'` lines for this host's nodes:
+    /// eval "$(erlmesh env --config FILE)" before starting erl.
+    Env {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Make the cluster CA and host certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Make a new cluster CA: DIR/ca.pem and DIR/ca.key (mode 0600).
+    Ca {
+        /// Directory to write to (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = crate::certs::DEFAULT_CA_DAYS)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue DIR/HOST.pem and DIR/HOST.key (mode 0600) for one host, signed
+    /// by DIR/ca.pem and DIR/ca.key. HOST is the host part of that host's
+    /// node names (hostb, or hostb.example.com for long names).
+    Issue {
+        /// Directory holding the CA, and where the new files go.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The host name the certificate names.
+        #[arg(long)]
+        host: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = crate::certs::DEFAULT_HOST_DAYS)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}

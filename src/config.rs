@@ -1,0 +1,323 @@
+//! The TOML config file → a validated [`Config`]. Every error names the
+//! file and the key.
+
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// The TLS port erlmesh listens on when `listen` gives none.
+pub const DEFAULT_TLS_PORT: u16 = 4370;
+/// The EPMD port local nodes use unless the config says otherwise.
+pub const DEFAULT_EPMD_PORT: u16 = 4369;
+/// Where the resolver file lives unless `state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/run/erlmesh";
+/// Concurrent connections on the TLS port; a host carries a few tunnels per
+/// node pair, so this leaves ample room while bounding a flood.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// How long open tunnels may drain after SIGTERM before erlmesh exits.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A config that could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// Which EPMD this host's nodes register with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EpmdMode {
+    /// erlmesh serves EPMD on 127.0.0.1:epmd_port itself.
+    #[default]
+    Embedded,
+    /// An epmd already listens on 127.0.0.1:epmd_port.
+    System,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: String,
+    listen: Option<String>,
+    epmd_port: Option<u16>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    epmd: EpmdMode,
+    max_connections: Option<usize>,
+    shutdown_grace_secs: Option<u64>,
+    tls: RawTls,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    host: String,
+    address: String,
+    alias: Option<String>,
+}
+
+/// Paths to the cluster CA and this host's certificate and key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Another host of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The host part of that host's node names; its certificate names it.
+    pub host: String,
+    /// Its erlmesh TLS port, `name:port` or `ip:port`, resolved at dial time.
+    pub address: String,
+    /// The loopback address standing for it here, when the config fixes one.
+    pub alias: Option<Ipv4Addr>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub file: PathBuf,
+    pub host: String,
+    pub listen: SocketAddr,
+    pub epmd_port: u16,
+    pub epmd: EpmdMode,
+    pub state_dir: PathBuf,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub tls: TlsFiles,
+    pub peers: Vec<Peer>,
+}
+
+impl Config {
+    /// Reads and validates `file`. Relative paths in it are taken relative
+    /// to the file's own directory.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Validates config text as if read from `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let base = file.parent().unwrap_or(Path::new("."));
+        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+        check_host(&raw.host).map_err(|m| invalid("host", m))?;
+        let listen = match raw.listen.as_deref() {
+            None => SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_TLS_PORT)),
+            Some(s) => parse_listen(s).map_err(|m| invalid("listen", m))?,
+        };
+        let epmd_port = raw.epmd_port.unwrap_or(DEFAULT_EPMD_PORT);
+        if epmd_port == 0 {
+            return Err(invalid("epmd_port", "must not be 0".into()));
+        }
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1".into()));
+        }
+        let mut peers: Vec<Peer> = Vec::new();
+        for (i, p) in raw.peers.into_iter().enumerate() {
+            let key = |k: &str| format!("peers[{i}].{k}");
+            check_host(&p.host).map_err(|m| invalid(&key("host"), m))?;
+            if p.host == raw.host {
+                return Err(invalid(&key("host"), format!("{:?} is this host itself", p.host)));
+            }
+            if peers.iter().any(|q| q.host == p.host) {
+                return Err(invalid(&key("host"), format!("{:?} is listed twice", p.host)));
+            }
+            check_address(&p.address).map_err(|m| invalid(&key("address"), m))?;
+            let alias = match p.alias {
+                None => None,
+                Some(a) => {
+                    let ip = check_alias(&a).map_err(|m| invalid(&key("alias"), m))?;
+                    if peers.iter().any(|q| q.alias == Some(ip)) {
+                        return Err(invalid(&key("alias"), format!("{ip} is already another peer's alias")));
+                    }
+                    Some(ip)
+                }
+            };
+            peers.push(Peer {
+                host: p.host,
+                address: p.address,
+                alias,
+            });
+        }
+        Ok(Config {
+            file: file.to_owned(),
+            host: raw.host,
+            listen,
+            epmd_port,
+            epmd: raw.epmd,
+            state_dir: rel(raw.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))),
+            max_connections,
+            shutdown_grace: raw
+                .shutdown_grace_secs
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            tls: TlsFiles {
+                ca: rel(raw.tls.ca),
+                cert: rel(raw.tls.cert),
+                key: rel(raw.tls.key),
+            },
+            peers,
+        })
+    }
+
+    /// The resolver file local nodes read through `ERL_INETRC`.
+    pub fn inetrc_path(&self) -> PathBuf {
+        self.state_dir.join("inetrc")
+    }
+}
+
+/// A host part of node names: a DNS name (one label for short names,
+/// dotted for long names) or an IP literal.
+fn check_host(h: &str) -> Result<(), String> {
+    if h.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if h.is_empty() || h.len() > 253 {
+        return Err(format!("{h:?} is not a host name (1 to 253 characters)"));
+    }
+    let ok = h.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !l.starts_with('-')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{h:?} is not a host name (letters, digits, '-', '_' and dots)"))
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_TLS_PORT));
+    }
+    Err(format!(
+        "{s:?} is not an address such as \"0.0.0.0:{DEFAULT_TLS_PORT}\""
+    ))
+}
+
+fn check_address(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} has no port (expected \"host:port\")"))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{s:?}: {port:?} is not a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    check_host(host)
+}
+
+fn check_alias(s: &str) -> Result<Ipv4Addr, String> {
+    let ip: Ipv4Addr = s.parse().map_err(|_| format!("{s:?} is not an IPv4 address"))?;
+    if !ip.is_loopback() {
+        return Err(format!("{ip} is not a loopback address (127.0.0.0/8)"));
+    }
+    if ip == Ipv4Addr::LOCALHOST {
+        return Err("127.0.0.1 stands for this host; pick another loopback address".into());
+    }
+    Ok(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+host = "hosta"
+state_dir = "state"
+[tls]
+ca = "certs/ca.pem"
+cert = "/etc/erlmesh/hosta.pem"
+key = "certs/hosta.key"
+[[peers]]
+host = "hostb"
+address = "192.0.2.7:4370"
+alias = "127.77.0.2"
+[[peers]]
+host = "hostc.example.com"
+address = "hostc.example.com:4370"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(Path::new("/etc/erlmesh/erlmesh.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn loads_with_defaults_and_relative_paths() {
+        let c = Config::parse(Path::new("/etc/erlmesh/erlmesh.toml"), GOOD).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:4370".parse().unwrap());
+        assert_eq!(c.epmd_port, 4369);
+        assert_eq!(c.epmd, EpmdMode::Embedded);
+        assert_eq!(c.tls.ca, Path::new("/etc/erlmesh/certs/ca.pem"));
+        assert_eq!(c.tls.cert, Path::new("/etc/erlmesh/hosta.pem"));
+        assert_eq!(c.inetrc_path(), Path::new("/etc/erlmesh/state/inetrc"));
+        assert_eq!(c.peers[0].alias, Some(Ipv4Addr::new(127, 77, 0, 2)));
+        assert_eq!(c.peers[1].alias, None);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = err(&GOOD.replace("alias = \"127.77.0.2\"", "alias = \"10.0.0.1\""));
+        assert!(e.starts_with("/etc/erlmesh/erlmesh.toml: peers[0].alias: "), "{e}");
+        let e = err(&GOOD.replace("192.0.2.7:4370", "192.0.2.7"));
+        assert!(e.contains("peers[0].address"), "{e}");
+        let e = err(&GOOD.replace("host = \"hosta\"", "host = \"hosta\"\nlisten_port = 1"));
+        assert!(e.contains("erlmesh.toml") && e.contains("listen_port"), "{e}");
+        let e = err(&GOOD.replace("host = \"hostb\"", "host = \"hosta\""));
+        assert!(e.contains("peers[0].host") && e.contains("this host itself"), "{e}");
+        let e = err(&GOOD.replace("[tls]\nca = \"certs/ca.pem\"\n", "[tls]\n"));
+        assert!(e.contains("ca"), "{e}");
+        let e = err(&GOOD
+            .replace("epmd_port", "x")
+            .replace("host = \"hosta\"", "host = \"hosta\"\nepmd_port = \"x\""));
+        assert!(e.contains("epmd_port"), "{e}");
+    }
+}

@@ -1,0 +1,160 @@
+//! The embedded EPMD for this host's nodes, on 127.0.0.1:epmd_port, and the
+//! request reader it shares with the peer faces.
+
+use super::codec::{self, CodecError, Request};
+use super::local::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+/// How long a client may take to send its request after connecting. Nodes
+/// send at once; this only frees slots held by silent clients.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing a reply may take before the client is dropped.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a request could not be read.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("connection closed before a complete request")]
+    Closed,
+    #[error("no request within {REQUEST_TIMEOUT:?}")]
+    Timeout,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+}
+
+/// Reads exactly one length-prefixed request, never more bytes than it.
+pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> Result<Request, ReadError> {
+    let work = async {
+        let mut prefix = [0u8; 2];
+        read_exact_or_closed(r, &mut prefix).await?;
+        let len = codec::request_len(prefix)?;
+        let mut body = vec![0u8; len];
+        read_exact_or_closed(r, &mut body).await?;
+        Ok(codec::parse_body(&body)?)
+    };
+    timeout(REQUEST_TIMEOUT, work).await.map_err(|_| ReadError::Timeout)?
+}
+
+async fn read_exact_or_closed<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), ReadError> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ReadError::Closed),
+        Err(e) => Err(ReadError::Io(e)),
+    }
+}
+
+/// Writes a reply and closes the write side, as epmd does: after PORT2_RESP
+/// a node waits for the close, with no timeout of its own.
+pub async fn reply_and_close(stream: &mut TcpStream, reply: &[u8]) {
+    let work = async {
+        stream.write_all(reply).await?;
+        stream.shutdown().await
+    };
+    match timeout(REPLY_TIMEOUT, work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "client went away before the reply"),
+        Err(_) => debug!("client did not take the reply in time"),
+    }
+}
+
+/// Serves one connection to the embedded EPMD.
+pub async fn handle(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    registry: Arc<Registry>,
+    epmd_port: u16,
+    cancel: CancellationToken,
+) {
+    let span = tracing::debug_span!("epmd", %from);
+    async move {
+        let req = match read_request(&mut stream).await {
+            Ok(req) => req,
+            Err(ReadError::Closed) => return,
+            Err(e) => {
+                warn!(error = %e, "bad request on the local EPMD port; connection closed");
+                return;
+            }
+        };
+        debug!(request = req.kind(), "request");
+        match req {
+            Request::Alive2(info) => {
+                let v6 = info.high >= 6;
+                let name = info.name.clone();
+                let port = info.port;
+                let Some(reg) = registry.register(info) else {
+                    warn!(node = %name, "registration refused: name already registered");
+                    let reply = if v6 {
+                        codec::encode_alive2_x_resp(1, 0)
+                    } else {
+                        codec::encode_alive2_resp(1, 0)
+                    };
+                    reply_and_close(&mut stream, &reply).await;
+                    return;
+                };
+                let reply = if v6 {
+                    codec::encode_alive2_x_resp(0, reg.creation)
+                } else {
+                    // 16-bit creations cycle 1..3, as old epmds handed out.
+                    codec::encode_alive2_resp(0, (reg.creation % 3 + 1) as u16)
+                };
+                if let Err(e) = stream.write_all(&reply).await {
+                    debug!(node = %name, error = %e, "node left during registration");
+                    return;
+                }
+                info!(node = %name, port, "node registered");
+                // The registration lasts as long as this connection.
+                let mut sink = [0u8; 64];
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        r = stream.read(&mut sink) => match r {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        },
+                    }
+                }
+                drop(reg);
+                info!(node = %name, "node unregistered");
+            }
+            Request::PortPlease2 { name } => {
+                let reply = match registry.lookup(&name) {
+                    Some(n) => codec::encode_port2_resp(&n, n.port),
+                    None => codec::encode_port2_not_found(),
+                };
+                reply_and_close(&mut stream, &reply).await;
+            }
+            Request::Names => {
+                reply_and_close(&mut stream, &codec::encode_names(epmd_port, &registry.names())).await;
+            }
+            Request::Dump => {
+                let mut reply = (epmd_port as u32).to_be_bytes().to_vec();
+                for (name, port) in registry.names() {
+                    reply.extend_from_slice(format!("active name     <{name}> at port {port}\n").as_bytes());
+                }
+                reply_and_close(&mut stream, &reply).await;
+            }
+            Request::Kill => {
+                // A careful epmd refuses to die while nodes are registered;
+                // the proxy refuses always: it is stopped by its service manager.
+                warn!("refused an EPMD KILL request (stop erlmesh with SIGTERM instead)");
+                reply_and_close(&mut stream, b"NO").await;
+            }
+            Request::Stop { .. } => {
+                warn!("refused an EPMD STOP request");
+                reply_and_close(&mut stream, b"STOP_DISABLED").await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}

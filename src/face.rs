@@ -1,0 +1,245 @@
+//! A peer's face on its loopback alias: an EPMD that answers for the peer
+//! host by asking its erlmesh, and one listener per remote node whose
+//! connections are tunnelled to that node.
+
+use crate::epmd::codec::{self, Request};
+use crate::epmd::server::{read_request, reply_and_close, ReadError};
+use crate::handshake;
+use crate::peer::Dialer;
+use crate::preface::TunnelStatus;
+use crate::serve::accept_loop;
+use crate::splice::{is_disconnect, splice};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+/// Remote node names one face opens listeners for; a peer host runs a few
+/// nodes, and each listener costs a socket here.
+pub const MAX_NODES_PER_PEER: usize = 256;
+/// Concurrent local connections to one face (EPMD questions and tunnels).
+pub const MAX_FACE_CONNECTIONS: usize = 1024;
+/// How long a local node may take to send its first handshake message.
+pub const SEND_NAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One peer host as local nodes see it.
+pub struct Face {
+    /// This host's name: local nodes dialling out must be named `*@own_host`.
+    own_host: String,
+    alias: Ipv4Addr,
+    epmd_port: u16,
+    dialer: Dialer,
+    /// Remote node name → port of its listener on the alias.
+    nodes: Mutex<HashMap<String, u16>>,
+    slots: Arc<Semaphore>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Face {
+    /// A face for the peer `dialer` reaches, on `alias`.
+    pub fn new(
+        own_host: &str,
+        alias: Ipv4Addr,
+        epmd_port: u16,
+        dialer: Dialer,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Arc<Face> {
+        Arc::new(Face {
+            own_host: own_host.to_owned(),
+            alias,
+            epmd_port,
+            dialer,
+            nodes: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(MAX_FACE_CONNECTIONS)),
+            cancel,
+            tracker,
+        })
+    }
+
+    /// The peer host this face stands for.
+    pub fn peer_host(&self) -> &str {
+        &self.dialer.host
+    }
+
+    /// Binds the EPMD port on the alias. Binding happens here, before the
+    /// process reports ready; serving starts with [`Face::serve`].
+    pub async fn bind(&self) -> std::io::Result<TcpListener> {
+        TcpListener::bind(SocketAddr::from((self.alias, self.epmd_port))).await
+    }
+
+    /// Serves EPMD questions on the alias until shutdown.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let face = self.clone();
+        accept_loop(
+            listener,
+            self.slots.clone(),
+            self.cancel.clone(),
+            self.tracker.clone(),
+            "face-epmd",
+            move |s, from, _| {
+                let face = face.clone();
+                async move { face.epmd(s, from).await }
+            },
+        )
+        .await
+    }
+
+    async fn epmd(self: Arc<Self>, mut stream: TcpStream, from: SocketAddr) {
+        let span = tracing::debug_span!("face", peer = %self.dialer.host, %from);
+        async move {
+            let req = match read_request(&mut stream).await {
+                Ok(r) => r,
+                Err(ReadError::Closed) => return,
+                Err(e) => {
+                    warn!(error = %e, "bad EPMD request on a peer alias; connection closed");
+                    return;
+                }
+            };
+            debug!(request = req.kind(), "EPMD question for the peer");
+            match req {
+                Request::PortPlease2 { name } => {
+                    let reply = match self.dialer.port_please(&name).await {
+                        Ok(Some(info)) => match self.node_port(&name).await {
+                            Ok(port) => codec::encode_port2_resp(&info, port),
+                            Err(e) => {
+                                warn!(node = %name, error = %e, "cannot open a listener for the remote node");
+                                codec::encode_port2_not_found()
+                            }
+                        },
+                        Ok(None) => codec::encode_port2_not_found(),
+                        Err(e) => {
+                            warn!(error = %e, "peer unreachable; answering 'not found'");
+                            codec::encode_port2_not_found()
+                        }
+                    };
+                    reply_and_close(&mut stream, &reply).await;
+                }
+                Request::Names => match self.dialer.names().await {
+                    Ok(names) => {
+                        let mut lines = Vec::with_capacity(names.len());
+                        for n in names {
+                            match self.node_port(&n).await {
+                                Ok(p) => lines.push((n, p)),
+                                Err(e) => warn!(node = %n, error = %e, "cannot open a listener for the remote node"),
+                            }
+                        }
+                        reply_and_close(&mut stream, &codec::encode_names(self.epmd_port, &lines)).await;
+                    }
+                    Err(e) => warn!(error = %e, "peer unreachable; NAMES not answered"),
+                },
+                Request::Alive2(info) => {
+                    warn!(node = %info.name, "a node tried to register on a peer's alias; refused");
+                    let reply = if info.high >= 6 {
+                        codec::encode_alive2_x_resp(1, 0)
+                    } else {
+                        codec::encode_alive2_resp(1, 0)
+                    };
+                    reply_and_close(&mut stream, &reply).await;
+                }
+                other => warn!(
+                    request = other.kind(),
+                    "administrative EPMD request on a peer alias; refused"
+                ),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The port of the alias listener for remote node `name`, opened on
+    /// first use. It stays for the life of the process, so a node that
+    /// restarts on the peer host keeps the same port here.
+    pub async fn node_port(self: &Arc<Self>, name: &str) -> std::io::Result<u16> {
+        if let Some(p) = self.nodes.lock().expect("face lock").get(name) {
+            return Ok(*p);
+        }
+        let listener = TcpListener::bind(SocketAddr::from((self.alias, 0))).await?;
+        let port = listener.local_addr()?.port();
+        {
+            let mut nodes = self.nodes.lock().expect("face lock");
+            if let Some(p) = nodes.get(name) {
+                return Ok(*p); // another question raced us; ours is dropped
+            }
+            if nodes.len() >= MAX_NODES_PER_PEER {
+                return Err(std::io::Error::other(format!(
+                    "more than {MAX_NODES_PER_PEER} remote nodes on this peer"
+                )));
+            }
+            nodes.insert(name.to_owned(), port);
+        }
+        debug!(peer = %self.dialer.host, node = %name, %port, "listening for the remote node");
+        let face = self.clone();
+        let node = name.to_owned();
+        self.tracker.spawn(async move {
+            let f = face.clone();
+            accept_loop(
+                listener,
+                face.slots.clone(),
+                face.cancel.clone(),
+                face.tracker.clone(),
+                "face-node",
+                move |s, _, _| {
+                    let f = f.clone();
+                    let node = node.clone();
+                    async move { f.tunnel_out(s, node).await }
+                },
+            )
+            .await
+        });
+        Ok(port)
+    }
+
+    /// Carries one local node's connection to remote node `node`.
+    async fn tunnel_out(self: Arc<Self>, mut local: TcpStream, node: String) {
+        let remote_node = format!("{node}@{}", self.dialer.host);
+        let span = tracing::info_span!("tunnel", dir = "out", peer = %self.dialer.host, to = %remote_node, from = tracing::field::Empty);
+        async move {
+            let (send_name, raw) = match timeout(SEND_NAME_TIMEOUT, handshake::read_send_name(&mut local)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "local connection did not start with a distribution handshake; closed");
+                    return;
+                }
+                Err(_) => {
+                    warn!("local connection sent no handshake within {SEND_NAME_TIMEOUT:?}; closed");
+                    return;
+                }
+            };
+            tracing::Span::current().record("from", send_name.node.as_str());
+            if !send_name.host().eq_ignore_ascii_case(&self.own_host) {
+                warn!(
+                    claimed = %send_name.node,
+                    "refused: a local node may only dial out under this host's name {:?}", self.own_host
+                );
+                return;
+            }
+            let (status, mut remote) = match self.dialer.tunnel(&node, &raw).await {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %e, "tunnel to the peer failed");
+                    return;
+                }
+            };
+            if status != TunnelStatus::Ok {
+                info!(?status, "peer refused the tunnel");
+                return;
+            }
+            debug!("tunnel open");
+            match splice(&mut local, &mut remote).await {
+                Ok(c) => debug!(bytes_out = c.out, bytes_back = c.back, "tunnel closed"),
+                Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),
+                Err(e) => info!(error = %e, "tunnel ended with an error"),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}

@@ -1,0 +1,197 @@
+//! The one distribution handshake message erlmesh reads: the dialler's
+//! `send_name`, to learn which node is calling. Pure parser plus an exact
+//! reader that hands back the raw frame for forwarding unchanged.
+//!
+//! ```text
+//! Len:2, then
+//!   'N' Flags:8 Creation:4 Nlen:2 Name      (OTP 23+, version 6)
+//!   'n' Version:2 Flags:4 Name              (version 5; Name fills the rest)
+//! ```
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Largest send_name frame accepted: a 255-byte name, an `@` and a long
+/// host name fit well within it.
+pub const MAX_SEND_NAME_LEN: usize = 1024;
+
+/// Why bytes are not a send_name.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HandshakeError {
+    #[error("incomplete send_name")]
+    Incomplete,
+    #[error("send_name frame of {0} bytes exceeds {MAX_SEND_NAME_LEN}")]
+    TooLong(usize),
+    #[error("first handshake message has tag {0:#04x}, not send_name ('N' or 'n')")]
+    NotSendName(u8),
+    #[error("malformed send_name: {0}")]
+    Malformed(&'static str),
+}
+
+/// A parsed send_name: the dialling node's full name (`name@host`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendName {
+    pub node: String,
+}
+
+impl SendName {
+    /// The host part of the node name.
+    pub fn host(&self) -> &str {
+        self.node.split_once('@').map(|(_, h)| h).unwrap_or("")
+    }
+}
+
+/// Parses a send_name frame (length prefix included) from the start of `buf`.
+pub fn parse_send_name(buf: &[u8]) -> Result<(SendName, usize), HandshakeError> {
+    if buf.len() < 2 {
+        return Err(HandshakeError::Incomplete);
+    }
+    let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+    if len > MAX_SEND_NAME_LEN {
+        return Err(HandshakeError::TooLong(len));
+    }
+    if let Some(&tag) = buf.get(2) {
+        if tag != b'N' && tag != b'n' {
+            return Err(HandshakeError::NotSendName(tag));
+        }
+    }
+    if buf.len() < 2 + len {
+        return Err(HandshakeError::Incomplete);
+    }
+    Ok((parse_body(&buf[2..2 + len])?, 2 + len))
+}
+
+fn parse_body(body: &[u8]) -> Result<SendName, HandshakeError> {
+    let name = match body.first() {
+        None => return Err(HandshakeError::Malformed("empty frame")),
+        Some(b'N') => {
+            if body.len() < 15 {
+                return Err(HandshakeError::Malformed("shorter than its fixed fields"));
+            }
+            let nlen = u16::from_be_bytes([body[13], body[14]]) as usize;
+            if body.len() != 15 + nlen {
+                return Err(HandshakeError::Malformed("name length does not match the frame"));
+            }
+            &body[15..]
+        }
+        Some(b'n') => {
+            if body.len() < 7 {
+                return Err(HandshakeError::Malformed("shorter than its fixed fields"));
+            }
+            &body[7..]
+        }
+        Some(&t) => return Err(HandshakeError::NotSendName(t)),
+    };
+    let node = std::str::from_utf8(name).map_err(|_| HandshakeError::Malformed("name is not UTF-8"))?;
+    match node.split_once('@') {
+        Some((n, h)) if !n.is_empty() && !h.is_empty() && !h.contains('@') => {}
+        _ => return Err(HandshakeError::Malformed("name is not name@host")),
+    }
+    if node.chars().any(|c| c.is_control()) {
+        return Err(HandshakeError::Malformed("control character in name"));
+    }
+    Ok(SendName { node: node.to_owned() })
+}
+
+/// Why a send_name could not be read from a stream.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Handshake(#[from] HandshakeError),
+}
+
+/// Reads exactly one send_name frame; returns it parsed and its raw bytes.
+pub async fn read_send_name<R: AsyncRead + Unpin>(r: &mut R) -> Result<(SendName, Vec<u8>), ReadError> {
+    let mut head = [0u8; 3];
+    r.read_exact(&mut head).await?;
+    let len = u16::from_be_bytes([head[0], head[1]]) as usize;
+    if len > MAX_SEND_NAME_LEN {
+        return Err(HandshakeError::TooLong(len).into());
+    }
+    if len == 0 {
+        return Err(HandshakeError::Malformed("empty frame").into());
+    }
+    if head[2] != b'N' && head[2] != b'n' {
+        return Err(HandshakeError::NotSendName(head[2]).into());
+    }
+    let mut frame = vec![0u8; 2 + len];
+    frame[..3].copy_from_slice(&head);
+    r.read_exact(&mut frame[3..]).await?;
+    let (sn, _) = parse_send_name(&frame)?;
+    Ok((sn, frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// send_name from `a@hosta` (OTP 25.2.3) to b@hostb, captured.
+    const SEND_NAME_N_OTP25: &[u8] = include_bytes!("../tests/data/send_name_N_otp25.bin");
+
+    fn v5(name: &str) -> Vec<u8> {
+        let mut body = vec![b'n', 0, 5, 0x00, 0x0d, 0xf7, 0xfd];
+        body.extend_from_slice(name.as_bytes());
+        let mut f = (body.len() as u16).to_be_bytes().to_vec();
+        f.extend_from_slice(&body);
+        f
+    }
+
+    #[test]
+    fn parses_captured_v6() {
+        let (sn, used) = parse_send_name(SEND_NAME_N_OTP25).unwrap();
+        assert_eq!(sn.node, "a@hosta");
+        assert_eq!(sn.host(), "hosta");
+        assert_eq!(used, SEND_NAME_N_OTP25.len());
+    }
+
+    #[test]
+    fn parses_v5() {
+        let f = v5("rabbit@host-1.example.com");
+        let (sn, used) = parse_send_name(&f).unwrap();
+        assert_eq!(sn.host(), "host-1.example.com");
+        assert_eq!(used, f.len());
+    }
+
+    #[test]
+    fn truncated_oversized_and_foreign() {
+        for cut in 0..SEND_NAME_N_OTP25.len() {
+            assert_eq!(
+                parse_send_name(&SEND_NAME_N_OTP25[..cut]),
+                Err(HandshakeError::Incomplete),
+                "cut {cut}"
+            );
+        }
+        assert_eq!(
+            parse_send_name(&[0xff, 0xff, b'N']),
+            Err(HandshakeError::TooLong(65535))
+        );
+        assert_eq!(
+            parse_send_name(&[0, 3, b'r', 0, 0]),
+            Err(HandshakeError::NotSendName(b'r'))
+        );
+        assert!(matches!(
+            parse_send_name(&v5("nohost")),
+            Err(HandshakeError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_send_name(&v5("a@b@c")),
+            Err(HandshakeError::Malformed(_))
+        ));
+        let mut bad = SEND_NAME_N_OTP25.to_vec();
+        bad[2 + 14] += 1; // Nlen one more than the name
+        assert!(matches!(parse_send_name(&bad), Err(HandshakeError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn reader_returns_the_raw_frame() {
+        let mut input = SEND_NAME_N_OTP25.to_vec();
+        input.extend_from_slice(b"next");
+        let mut r = &input[..];
+        let (sn, raw) = read_send_name(&mut r).await.unwrap();
+        assert_eq!(sn.node, "a@hosta");
+        assert_eq!(raw, SEND_NAME_N_OTP25);
+        assert_eq!(r, b"next");
+    }
+}

@@ -1,0 +1,25 @@
+//! erlmesh: a per-host proxy that carries unmodified Erlang/OTP distribution
+//! between hosts inside mutually authenticated TLS.
+//!
+//! Data flows one way through the modules: a local node asks a peer's
+//! [`face`] (EPMD answers, per-node listeners on a loopback alias), the face
+//! dials the peer erlmesh over TLS ([`tls`], [`preface`]), whose
+//! [`listener`] answers or connects the tunnel to the real node, and
+//! [`splice`] moves the bytes.
+#![forbid(unsafe_code)]
+
+pub mod alias;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod epmd;
+pub mod face;
+pub mod handshake;
+pub mod listener;
+pub mod peer;
+pub mod preface;
+pub mod resolver;
+pub mod serve;
+pub mod server;
+pub mod splice;
+pub mod tls;

@@ -1,0 +1,172 @@
+//! The TLS port: verifies the peer, reads what the connection is for, and
+//! answers EPMD questions or connects a tunnel to a local node.
+
+use crate::epmd::LocalEpmd;
+use crate::handshake;
+use crate::preface::{self, Preface, TunnelStatus};
+use crate::splice::{is_disconnect, splice};
+use crate::tls::{peer_hosts, Tls};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+/// A client must finish the TLS handshake within this, or its slot is freed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the handshake, the preface (and a tunnel's send_name) must follow
+/// within this.
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting to a local node's distribution port on loopback.
+pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Writing an answer and closing.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection on the TLS port needs.
+#[derive(Clone)]
+pub struct Context {
+    pub tls: Arc<Tls>,
+    pub local: LocalEpmd,
+}
+
+/// Serves one connection on the TLS port.
+pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: CancellationToken) {
+    let acceptor = TlsAcceptor::from(ctx.tls.current().server.clone());
+    let mut tls = match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(%from, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            warn!(%from, "TLS handshake not completed within {HANDSHAKE_TIMEOUT:?}; closed");
+            return;
+        }
+    };
+    let hosts = peer_hosts(tls.get_ref().1);
+    let peer = hosts.first().cloned().unwrap_or_default();
+    let preface = match timeout(PREFACE_TIMEOUT, preface::read_preface(&mut tls)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            warn!(%from, %peer, error = %e, "bad preface; closed");
+            return;
+        }
+        Err(_) => {
+            warn!(%from, %peer, "no preface within {PREFACE_TIMEOUT:?}; closed");
+            return;
+        }
+    };
+    match preface {
+        Preface::PortPlease(name) => {
+            let answer = match ctx.local.lookup(&name).await {
+                Ok(n) => preface::encode_port_answer(n.as_ref()),
+                Err(e) => {
+                    warn!(%peer, node = %name, error = %e, "local EPMD lookup failed");
+                    preface::encode_port_answer(None)
+                }
+            };
+            debug!(%peer, node = %name, found = answer[0] == 0, "answered PORT_PLEASE");
+            answer_and_close(&mut tls, &answer).await;
+        }
+        Preface::Names => {
+            let names = match ctx.local.names().await {
+                Ok(n) => n.into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                Err(e) => {
+                    warn!(%peer, error = %e, "local EPMD NAMES failed");
+                    Vec::new()
+                }
+            };
+            answer_and_close(&mut tls, &preface::encode_names_answer(&names)).await;
+        }
+        Preface::Tunnel(name) => {
+            let span = tracing::info_span!("tunnel", dir = "in", %peer, to = %name, from = tracing::field::Empty);
+            tunnel_in(tls, hosts, name, ctx).instrument(span).await
+        }
+    }
+}
+
+async fn answer_and_close<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) {
+    let work = async {
+        s.write_all(answer).await?;
+        s.shutdown().await
+    };
+    match timeout(ANSWER_TIMEOUT, work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "peer left before the answer"),
+        Err(_) => debug!("peer did not take the answer in time"),
+    }
+}
+
+/// Connects a peer's tunnel to local node `name`, after checking that the
+/// dialling node is named for the peer's certificated host.
+async fn tunnel_in(mut tls: TlsStream<TcpStream>, hosts: Vec<String>, name: String, ctx: Context) {
+    let (send_name, raw) = match timeout(PREFACE_TIMEOUT, handshake::read_send_name(&mut tls)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            warn!(error = %e, "tunnel did not carry a distribution handshake; closed");
+            return;
+        }
+        Err(_) => {
+            warn!("tunnel sent no handshake within {PREFACE_TIMEOUT:?}; closed");
+            return;
+        }
+    };
+    tracing::Span::current().record("from", send_name.node.as_str());
+    if !hosts.iter().any(|h| h.eq_ignore_ascii_case(send_name.host())) {
+        warn!(
+            claimed = %send_name.node,
+            certificate_names = ?hosts,
+            "refused: the peer's certificate does not name the host of the node it speaks for"
+        );
+        answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
+        return;
+    }
+    let node = match ctx.local.lookup(&name).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            info!("no such local node");
+            answer_and_close(&mut tls, &[TunnelStatus::NoSuchNode as u8]).await;
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "local EPMD lookup failed");
+            answer_and_close(&mut tls, &[TunnelStatus::NoSuchNode as u8]).await;
+            return;
+        }
+    };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, node.port));
+    let mut local = match timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(%addr, error = %e, "local node unreachable");
+            answer_and_close(&mut tls, &[TunnelStatus::Unreachable as u8]).await;
+            return;
+        }
+        Err(_) => {
+            warn!(%addr, "local node did not accept within {LOCAL_CONNECT_TIMEOUT:?}");
+            answer_and_close(&mut tls, &[TunnelStatus::Unreachable as u8]).await;
+            return;
+        }
+    };
+    let _ = local.set_nodelay(true);
+    let start = async {
+        tls.write_all(&[TunnelStatus::Ok as u8]).await?;
+        tls.flush().await?;
+        local.write_all(&raw).await
+    };
+    if let Err(e) = start.await {
+        debug!(error = %e, "tunnel ended while opening");
+        return;
+    }
+    debug!("tunnel open");
+    match splice(&mut local, &mut tls).await {
+        Ok(c) => debug!(bytes_in = c.out, bytes_back = c.back, "tunnel closed"),
+        Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),
+        Err(e) => info!(error = %e, "tunnel ended with an error"),
+    }
+}

@@ -1,0 +1,101 @@
+//! Parse the command line, set up logging, dispatch.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::Parser;
+use erlmesh::cli::{CertCommand, Cli, Command, LogFormat};
+use erlmesh::config::{Config, EpmdMode};
+use std::path::Path;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("erlmesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
+            let config = load(&config)?;
+            erlmesh::server::precheck(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let signals = tokio::spawn(async move {
+                    if let Err(e) = erlmesh::server::shutdown_signal().await {
+                        tracing::error!(error = %e, "cannot watch signals");
+                    }
+                    let _ = tx.send(());
+                });
+                let r = erlmesh::server::run(config, async {
+                    let _ = rx.await;
+                })
+                .await;
+                signals.abort();
+                r
+            })
+        }
+        Command::Env { config } => {
+            let config = load(&config)?;
+            print!("{}", env_lines(&config));
+            Ok(())
+        }
+        Command::Cert(CertCommand::Ca { dir, days, force }) => {
+            let w = erlmesh::certs::make_ca(&dir, days, force)?;
+            println!(
+                "wrote {} and {} (keep the key offline; it signs every host)",
+                w.cert.display(),
+                w.key.display()
+            );
+            Ok(())
+        }
+        Command::Cert(CertCommand::Issue { dir, host, days, force }) => {
+            let w = erlmesh::certs::issue(&dir, &host, days, force)?;
+            println!("wrote {} and {}", w.cert.display(), w.key.display());
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    let abs = std::fs::canonicalize(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(Config::load(&abs)?)
+}
+
+/// The environment this host's nodes need, as sh `export` lines.
+fn env_lines(c: &Config) -> String {
+    let mut zflags = String::from("-kernel inet_dist_use_interface {127,0,0,1}");
+    let mut out = String::new();
+    let mut export = |k: &str, v: &str| out.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
+    export("ERL_INETRC", &c.inetrc_path().display().to_string());
+    export("ERL_EPMD_PORT", &c.epmd_port.to_string());
+    match c.epmd {
+        // Without epmd a node started while erlmesh is down fails instead
+        // of starting an epmd that would take the port (DESIGN.md §4).
+        EpmdMode::Embedded => zflags.push_str(" -start_epmd false"),
+        EpmdMode::System => export("ERL_EPMD_ADDRESS", "127.0.0.1"),
+    }
+    export("ERL_ZFLAGS", &zflags);
+    out
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}

@@ -1,0 +1,176 @@
+//! Dialling a peer erlmesh: TCP, mutual TLS checked against the peer's host
+//! name, the preface, and the peer's answer.
+
+use crate::epmd::NodeInfo;
+use crate::preface::{self, Preface, TunnelStatus};
+use crate::tls::{server_name, Tls};
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// TCP connect to a peer. Short: a node waiting on us has its own 7 s
+/// setup timer, and an unreachable peer should give `pang` well before it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// TLS handshake with a peer that accepted the TCP connection.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The peer's answer to a question or tunnel request.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a peer could not be asked or reached.
+#[derive(Debug, Error)]
+pub enum DialError {
+    #[error("cannot resolve {address}: {source}")]
+    Resolve { address: String, source: std::io::Error },
+    #[error("connect to {address}: {source}")]
+    Connect { address: String, source: std::io::Error },
+    #[error("connect to {address}: no answer within {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { address: String },
+    #[error("TLS with {address}: {source}")]
+    Tls { address: String, source: std::io::Error },
+    #[error("TLS with {address}: no handshake within {HANDSHAKE_TIMEOUT:?}")]
+    TlsTimeout { address: String },
+    #[error("{address}: no answer within {ANSWER_TIMEOUT:?}")]
+    AnswerTimeout { address: String },
+    #[error("{address}: {source}")]
+    Answer {
+        address: String,
+        source: preface::ReadError,
+    },
+    #[error("{address}: {source}")]
+    Io { address: String, source: std::io::Error },
+    #[error("{0}")]
+    Name(String),
+}
+
+/// Dials one peer host.
+#[derive(Debug)]
+pub struct Dialer {
+    /// The host part of the peer's node names, checked in its certificate.
+    pub host: String,
+    /// Its erlmesh TLS address, resolved at each dial.
+    pub address: String,
+    name: ServerName<'static>,
+    tls: Arc<Tls>,
+}
+
+impl Dialer {
+    /// A dialer for `host` at `address`.
+    pub fn new(host: &str, address: &str, tls: Arc<Tls>) -> Result<Dialer, DialError> {
+        Ok(Dialer {
+            host: host.to_owned(),
+            address: address.to_owned(),
+            name: server_name(host).map_err(DialError::Name)?,
+            tls,
+        })
+    }
+
+    /// Opens a verified TLS connection and sends `preface` (plus `extra`
+    /// bytes in the same write, to save a round trip).
+    pub async fn open(&self, preface: &Preface, extra: &[u8]) -> Result<TlsStream<TcpStream>, DialError> {
+        let address = || self.address.clone();
+        let tcp = match timeout(CONNECT_TIMEOUT, self.connect_tcp()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(DialError::ConnectTimeout { address: address() }),
+        };
+        let connector = TlsConnector::from(self.tls.current().client.clone());
+        let mut tls = match timeout(HANDSHAKE_TIMEOUT, connector.connect(self.name.clone(), tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(DialError::Tls {
+                    address: address(),
+                    source,
+                })
+            }
+            Err(_) => return Err(DialError::TlsTimeout { address: address() }),
+        };
+        let mut first = preface.encode();
+        first.extend_from_slice(extra);
+        let send = async {
+            tls.write_all(&first).await?;
+            tls.flush().await
+        };
+        timeout(ANSWER_TIMEOUT, send)
+            .await
+            .map_err(|_| DialError::AnswerTimeout { address: address() })?
+            .map_err(|source| DialError::Io {
+                address: address(),
+                source,
+            })?;
+        Ok(tls)
+    }
+
+    async fn connect_tcp(&self) -> Result<TcpStream, DialError> {
+        let addrs = tokio::net::lookup_host(&self.address)
+            .await
+            .map_err(|source| DialError::Resolve {
+                address: self.address.clone(),
+                source,
+            })?;
+        let mut last = None;
+        for a in addrs {
+            match TcpStream::connect(a).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(s);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(DialError::Connect {
+            address: self.address.clone(),
+            source: last.unwrap_or_else(|| std::io::Error::other("no addresses")),
+        })
+    }
+
+    /// Asks the peer where its node `name` is (without its real port).
+    pub async fn port_please(&self, name: &str) -> Result<Option<NodeInfo>, DialError> {
+        let mut s = self.open(&Preface::PortPlease(name.to_owned()), &[]).await?;
+        self.answer(preface::read_port_answer(&mut s, name)).await
+    }
+
+    /// Asks the peer which nodes run on its host.
+    pub async fn names(&self) -> Result<Vec<String>, DialError> {
+        let mut s = self.open(&Preface::Names, &[]).await?;
+        self.answer(preface::read_names_answer(&mut s)).await
+    }
+
+    /// Opens a tunnel to node `name`, sending `send_name` (the node's first
+    /// handshake frame) along; returns the stream once the peer says OK.
+    pub async fn tunnel(
+        &self,
+        name: &str,
+        send_name: &[u8],
+    ) -> Result<(TunnelStatus, TlsStream<TcpStream>), DialError> {
+        let mut s = self.open(&Preface::Tunnel(name.to_owned()), send_name).await?;
+        let status = self
+            .answer(async {
+                let mut b = [0u8; 1];
+                tokio::io::AsyncReadExt::read_exact(&mut s, &mut b).await?;
+                Ok(TunnelStatus::from_byte(b[0])?)
+            })
+            .await?;
+        Ok((status, s))
+    }
+
+    async fn answer<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, preface::ReadError>>,
+    ) -> Result<T, DialError> {
+        match timeout(ANSWER_TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(DialError::Answer {
+                address: self.address.clone(),
+                source,
+            }),
+            Err(_) => Err(DialError::AnswerTimeout {
+                address: self.address.clone(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! `erlmesh run`: load everything, bind every listener, serve until the
+//! shutdown future resolves, then drain within the grace period.
+
+use crate::config::{Config, EpmdMode};
+use crate::epmd::local::Registry;
+use crate::epmd::LocalEpmd;
+use crate::face::Face;
+use crate::listener::{self, Context};
+use crate::peer::Dialer;
+use crate::serve::accept_loop;
+use crate::tls::{Tls, TlsConfigs};
+use crate::{alias, epmd, resolver};
+use anyhow::{bail, Context as _};
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Concurrent connections to the embedded EPMD: one per registered node
+/// plus short questions.
+pub const MAX_LOCAL_EPMD_CONNECTIONS: usize = 1024;
+
+/// Runs the proxy until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let tls = Tls::new(TlsConfigs::load(&config.tls, &config.host)?);
+    warn_if_expiring(&config, tls.current().not_after);
+
+    let aliases = alias::assign(&config.peers, &config.state_dir)
+        .with_context(|| format!("{}: cannot keep the alias table", config.state_dir.display()))?;
+    let table: Vec<(String, Ipv4Addr)> = config
+        .peers
+        .iter()
+        .map(|p| p.host.clone())
+        .zip(aliases.iter().copied())
+        .collect();
+    let inetrc = config.inetrc_path();
+    resolver::write_atomically(&inetrc, resolver::render(&config.host, &table).as_bytes())
+        .with_context(|| format!("{}: cannot write the resolver file", inetrc.display()))?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // Bind everything first: a port that is taken stops the start, with
+    // nothing half-running.
+    let local = match config.epmd {
+        EpmdMode::Embedded => {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.epmd_port));
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot bind the EPMD port {addr}: {e} (is a system epmd running? stop it, or set epmd = \"system\" in {})",
+                    config.file.display()
+                )
+            })?;
+            let registry = Registry::new();
+            let slots = Arc::new(Semaphore::new(MAX_LOCAL_EPMD_CONNECTIONS));
+            let (reg, port) = (registry.clone(), config.epmd_port);
+            tracker.spawn(accept_loop(
+                l,
+                slots,
+                cancel.clone(),
+                tracker.clone(),
+                "epmd",
+                move |s, from, c| epmd::server::handle(s, from, reg.clone(), port, c),
+            ));
+            LocalEpmd::Embedded(registry)
+        }
+        EpmdMode::System => LocalEpmd::System { port: config.epmd_port },
+    };
+
+    let tls_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("{}: listen: cannot bind {}", config.file.display(), config.listen))?;
+    let listen_addr = tls_listener.local_addr()?;
+
+    let mut faces = Vec::new();
+    for (peer, alias) in config.peers.iter().zip(aliases) {
+        let dialer = Dialer::new(&peer.host, &peer.address, tls.clone())?;
+        let face = Face::new(
+            &config.host,
+            alias,
+            config.epmd_port,
+            dialer,
+            cancel.child_token(),
+            tracker.clone(),
+        );
+        let l = face.bind().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind {alias}:{} for peer {}: {e}{}",
+                config.epmd_port,
+                peer.host,
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (something listens on 0.0.0.0 at that port, such as an epmd started without ERL_EPMD_ADDRESS=127.0.0.1)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        faces.push((face, l));
+    }
+
+    let ctx = Context {
+        tls: tls.clone(),
+        local,
+    };
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    tracker.spawn(accept_loop(
+        tls_listener,
+        slots,
+        cancel.clone(),
+        tracker.clone(),
+        "tls",
+        move |s, from, c| listener::handle(s, from, ctx.clone(), c),
+    ));
+    for (face, l) in faces {
+        tracker.spawn(face.serve(l));
+    }
+
+    info!(
+        host = %config.host,
+        listen = %listen_addr,
+        epmd = %format!("127.0.0.1:{} ({:?})", config.epmd_port, config.epmd).to_lowercase(),
+        peers = config.peers.len(),
+        resolver = %inetrc.display(),
+        "erlmesh ready"
+    );
+
+    shutdown.await;
+    info!(
+        "shutting down: no new connections; open tunnels drain for up to {:?}",
+        config.shutdown_grace
+    );
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("grace period over; closing the remaining tunnels");
+    }
+    Ok(())
+}
+
+/// Warns when this host's certificate expires within 30 days.
+fn warn_if_expiring(config: &Config, not_after: i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = (not_after - now) / 86_400;
+    if days < 30 {
+        warn!(cert = %config.tls.cert.display(), days_left = days, "this host's certificate expires soon; issue a new one");
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// Checks settings that depend on the running system, before binding.
+pub fn precheck(config: &Config) -> anyhow::Result<()> {
+    if config.peers.is_empty() {
+        warn!(file = %config.file.display(), "no peers configured: local nodes will reach only each other");
+    }
+    if config.listen.ip().is_loopback() && !config.peers.is_empty() {
+        info!(listen = %config.listen, "the TLS port listens on loopback only");
+    }
+    if config.epmd == EpmdMode::Embedded && config.epmd_port == 0 {
+        bail!("epmd_port 0");
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! Moving bytes both ways between a local socket and a TLS stream.
+//!
+//! `copy_bidirectional` carries the half-close semantics distribution needs:
+//! EOF on one side becomes a shutdown (TLS close_notify, TCP FIN) on the
+//! other at once, and an error on either side ends both. Back-pressure is
+//! natural: each direction holds at most one buffer and reads again only
+//! after writing it out, so a slow reader slows the sender.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Per-direction buffer. 64 KiB lets one read fill several 16 KiB TLS
+/// records (fewer syscalls on bulk transfers) while a tunnel's memory
+/// stays bounded at two such buffers plus rustls' own.
+pub const SPLICE_BUF: usize = 64 * 1024;
+
+/// Bytes carried, local-to-peer and peer-to-local.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Carried {
+    pub out: u64,
+    pub back: u64,
+}
+
+/// Splices `local` and `remote` until both directions have ended.
+pub async fn splice<L, R>(local: &mut L, remote: &mut R) -> std::io::Result<Carried>
+where
+    L: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    R: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let (out, back) = tokio::io::copy_bidirectional_with_sizes(local, remote, SPLICE_BUF, SPLICE_BUF).await?;
+    Ok(Carried { out, back })
+}
+
+/// Whether an error ending a splice is an ordinary disconnect (logged at
+/// debug) rather than something an operator should see.
+pub fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+    )
+}

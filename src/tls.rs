@@ -1,0 +1,225 @@
+//! rustls server and client configs for the mesh, and the peer's host as
+//! its certificate names it.
+//!
+//! Both sides present certificates from the cluster CA; TLS 1.3 only. The
+//! dialler verifies that the server certificate names the host it dialled
+//! (webpki name check); the listener accepts any certificate chaining to
+//! the CA and takes the peer's identity from its DNS names.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use thiserror::Error;
+
+use crate::config::TlsFiles;
+
+/// A TLS file or setting that could not be used.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read {what}: {reason}")]
+    Read {
+        path: PathBuf,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("{path}: no {what} found in the file")]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("{path}: not a usable certificate: {reason}")]
+    BadCert { path: PathBuf, reason: String },
+    #[error("{path}: the certificate names {names:?}, not this host {host:?} (issue one with `erlmesh cert issue --host {host}`)")]
+    NotNamed {
+        path: PathBuf,
+        host: String,
+        names: Vec<String>,
+    },
+    #[error("{path} and {key}: {reason}")]
+    Mismatch {
+        path: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("{path}: {reason}")]
+    Ca { path: PathBuf, reason: String },
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read_err = |reason: String| TlsError::Read {
+        path: path.to_owned(),
+        what: "certificates",
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| read_err(pem_reason(e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_err(pem_reason(e)))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads the private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            path: path.to_owned(),
+            what: "private key",
+        },
+        e => TlsError::Read {
+            path: path.to_owned(),
+            what: "private key",
+            reason: pem_reason(e),
+        },
+    })
+}
+
+fn pem_reason(e: rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        e => format!("{e:?}"),
+    }
+}
+
+/// The DNS names (subject alternative names) a certificate carries.
+pub fn cert_dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                        names.push(std::net::Ipv4Addr::from(a).to_string());
+                    } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                        names.push(std::net::Ipv6Addr::from(a).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Seconds from the Unix epoch at which a certificate expires.
+pub fn cert_not_after(der: &CertificateDer<'_>) -> Result<i64, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// The server and client configs built from one set of files.
+#[derive(Debug)]
+pub struct TlsConfigs {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+    /// When this host's certificate expires (Unix seconds).
+    pub not_after: i64,
+}
+
+impl TlsConfigs {
+    /// Loads the CA, this host's certificate and key, checks that the
+    /// certificate names `host`, and builds both configs.
+    pub fn load(files: &TlsFiles, host: &str) -> Result<TlsConfigs, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ca_certs = load_certs(&files.ca)?;
+        let mut roots = RootCertStore::empty();
+        for c in ca_certs {
+            roots.add(c).map_err(|e| TlsError::Ca {
+                path: files.ca.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let roots = Arc::new(roots);
+        let chain = load_certs(&files.cert)?;
+        let key = load_private_key(&files.key)?;
+        let names = cert_dns_names(&chain[0]).map_err(|reason| TlsError::BadCert {
+            path: files.cert.clone(),
+            reason,
+        })?;
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+            return Err(TlsError::NotNamed {
+                path: files.cert.clone(),
+                host: host.to_owned(),
+                names,
+            });
+        }
+        let not_after = cert_not_after(&chain[0]).map_err(|reason| TlsError::BadCert {
+            path: files.cert.clone(),
+            reason,
+        })?;
+        let mismatch = |e: rustls::Error| TlsError::Mismatch {
+            path: files.cert.clone(),
+            key: files.key.clone(),
+            reason: e.to_string(),
+        };
+
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Ca {
+                path: files.ca.clone(),
+                reason: e.to_string(),
+            })?;
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(mismatch)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(mismatch)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(mismatch)?;
+        Ok(TlsConfigs {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            not_after,
+        })
+    }
+}
+
+/// The configs in use; replaced whole on reload, so that connections
+/// already open keep the config they started with.
+#[derive(Debug)]
+pub struct Tls {
+    current: RwLock<Arc<TlsConfigs>>,
+}
+
+impl Tls {
+    /// Wraps loaded configs.
+    pub fn new(c: TlsConfigs) -> Arc<Tls> {
+        Arc::new(Tls {
+            current: RwLock::new(Arc::new(c)),
+        })
+    }
+    /// The configs new connections use.
+    pub fn current(&self) -> Arc<TlsConfigs> {
+        self.current.read().expect("tls lock").clone()
+    }
+    /// Puts new configs in place for new connections.
+    pub fn replace(&self, c: TlsConfigs) {
+        *self.current.write().expect("tls lock") = Arc::new(c);
+    }
+}
+
+/// The server name the dialler expects the peer's certificate to carry.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?} cannot be checked as a TLS name: {e}"))
+}
+
+/// The hosts a verified peer may speak for: the DNS names of its certificate.
+pub fn peer_hosts(conn: &rustls::CommonState) -> Vec<String> {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| cert_dns_names(c).ok())
+        .unwrap_or_default()
+}
