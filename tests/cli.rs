@@ -1,0 +1,118 @@
+//! The command line as an operator meets it: certificates, env lines, and
+//! errors that name the file and the key.
+
+mod common;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+fn erlmesh(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ERLMESH).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn cert_files_modes_and_no_silent_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("certs");
+    let dir = dir.to_str().unwrap();
+    assert!(erlmesh(&["cert", "ca", "--dir", dir]).0);
+    assert!(erlmesh(&["cert", "issue", "--dir", dir, "--host", "hosta", "--days", "30"]).0);
+    for (f, mode) in [("ca.key", 0o600), ("hosta.key", 0o600), ("ca.pem", 0o644), ("hosta.pem", 0o644)] {
+        let m = std::fs::metadata(d.path().join("certs").join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, mode, "{f}");
+    }
+    let before = std::fs::read(d.path().join("certs/hosta.pem")).unwrap();
+    let (ok, _, err) = erlmesh(&["cert", "issue", "--dir", dir, "--host", "hosta"]);
+    assert!(!ok);
+    assert!(err.contains("hosta.pem") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(d.path().join("certs/hosta.pem")).unwrap(), before);
+    assert!(erlmesh(&["cert", "issue", "--dir", dir, "--host", "hosta", "--force"]).0);
+    assert_ne!(std::fs::read(d.path().join("certs/hosta.pem")).unwrap(), before);
+    // The certificate names the host, as OpenSSL reads it.
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName,extendedKeyUsage", "-in"])
+        .arg(d.path().join("certs/hosta.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DNS:hosta") && text.contains("TLS Web Client Authentication"), "{text}");
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(d.path().join("certs/ca.pem"))
+        .arg(d.path().join("certs/hosta.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn config_with(extra: &str, tls_cert: &str) -> (tempfile::TempDir, String) {
+    let d = tempfile::tempdir().unwrap();
+    let certs = d.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    assert!(erlmesh(&["cert", "ca", "--dir", certs]).0);
+    assert!(erlmesh(&["cert", "issue", "--dir", certs, "--host", "hosta"]).0);
+    let text = format!(
+        "host = \"hosta\"\nlisten = \"127.0.0.1:{}\"\nepmd_port = {}\nstate_dir = \"state\"\n{extra}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"{tls_cert}\"\nkey = \"certs/hosta.key\"\n[[peers]]\nhost = \"hostb\"\naddress = \"127.0.0.1:1\"\n",
+        free_port(),
+        free_port()
+    );
+    let path = d.path().join("erlmesh.toml");
+    std::fs::write(&path, text).unwrap();
+    (d, path.to_str().unwrap().to_owned())
+}
+
+#[test]
+fn config_errors_name_file_and_key() {
+    let (_d, path) = config_with("listen_port = 5", "certs/hosta.pem");
+    let (ok, _, err) = erlmesh(&["run", "--config", &path]);
+    assert!(!ok);
+    assert!(err.contains("erlmesh.toml") && err.contains("listen_port"), "{err}");
+    assert_eq!(err.matches("panicked").count(), 0);
+
+    let (_d, path) = config_with("", "certs/missing.pem");
+    let (ok, _, err) = erlmesh(&["run", "--config", &path]);
+    assert!(!ok);
+    assert!(err.contains("missing.pem") && err.contains("No such file"), "{err}");
+
+    let (_d, path) = config_with("", "certs/ca.pem");
+    let (ok, _, err) = erlmesh(&["run", "--config", &path]);
+    assert!(!ok);
+    assert!(err.contains("ca.pem") && err.contains("not this host"), "{err}");
+
+    let (ok, _, err) = erlmesh(&["run", "--config", "/nonexistent/erlmesh.toml"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/erlmesh.toml"), "{err}");
+}
+
+#[test]
+fn a_taken_epmd_port_is_a_clear_error() {
+    let (_d, path) = config_with("", "certs/hosta.pem");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = text.replace(&format!("epmd_port = {}", text.split("epmd_port = ").nth(1).unwrap().lines().next().unwrap()), &format!("epmd_port = {port}"));
+    std::fs::write(&path, text).unwrap();
+    let (ok, _, err) = erlmesh(&["run", "--config", &path]);
+    assert!(!ok);
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("system epmd"), "{err}");
+}
+
+#[test]
+fn env_lines_for_embedded_and_system_epmd() {
+    let (d, path) = config_with("", "certs/hosta.pem");
+    let (ok, out, _) = erlmesh(&["env", "--config", &path]);
+    assert!(ok);
+    let inetrc = d.path().canonicalize().unwrap().join("state/inetrc");
+    assert!(out.contains(&format!("export ERL_INETRC='{}'\n", inetrc.display())), "{out}");
+    assert!(out.contains("export ERL_EPMD_PORT='"), "{out}");
+    assert!(out.contains("export ERL_ZFLAGS='-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false'\n"), "{out}");
+    // sh can eval it
+    let sh = Command::new("sh").arg("-c").arg(format!("{out}\necho \"$ERL_ZFLAGS\"")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&sh.stdout).trim(), "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false");
+
+    let (_d, path) = config_with("epmd = \"system\"", "certs/hosta.pem");
+    let (ok, out, _) = erlmesh(&["env", "--config", &path]);
+    assert!(ok);
+    assert!(out.contains("export ERL_EPMD_ADDRESS='127.0.0.1'") && !out.contains("start_epmd"), "{out}");
+}

@@ -1,0 +1,304 @@
+//! Test harness: real erlmesh processes and real `erl` nodes on loopback,
+//! each simulated host with its own EPMD port and TLS port (kernel-chosen),
+//! all killed when the test ends, pass or fail.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+pub const ERLMESH: &str = env!("CARGO_BIN_EXE_erlmesh");
+/// How long one evaluation on a node may take before the test fails.
+pub const EVAL_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Fails (never skips) when Erlang is missing: the test command installs it.
+pub fn require_erl() {
+    let ok = Command::new("erl").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    assert!(ok, "`erl` not found: run scripts/test.sh, which installs Debian's erlang-base");
+}
+
+/// A port the kernel just handed out and released.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub what: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// Sends a signal by number (15 TERM, 9 KILL, 1 HUP).
+    pub fn signal(&self, sig: i32) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+    /// Waits for exit; None on timeout.
+    pub fn wait_timeout(&mut self, t: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + t;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory of certificates and configs for one test's cluster.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A new cluster CA in a fresh directory.
+    pub fn new() -> Cluster {
+        require_erl();
+        let dir = tempfile::tempdir().unwrap();
+        run_ok(&["cert", "ca", "--dir", dir.path().join("certs").to_str().unwrap()]);
+        Cluster { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Declares a host (certificate issued now); peers are added with
+    /// [`Host::peer`] before [`Host::start`].
+    pub fn host(&self, name: &str) -> Host {
+        run_ok(&["cert", "issue", "--dir", self.path().join("certs").to_str().unwrap(), "--host", name]);
+        Host {
+            name: name.to_owned(),
+            dir: self.path().to_owned(),
+            listen_port: free_port(),
+            epmd_port: free_port(),
+            peers: Vec::new(),
+            extra: String::new(),
+            proc: None,
+            starts: 0,
+        }
+    }
+}
+
+/// Runs erlmesh with `args`, asserting success; returns stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(ERLMESH).args(args).output().unwrap();
+    assert!(out.status.success(), "erlmesh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One simulated host: an erlmesh config and, once started, its process.
+pub struct Host {
+    pub name: String,
+    pub dir: PathBuf,
+    pub listen_port: u16,
+    pub epmd_port: u16,
+    pub peers: Vec<(String, u16)>,
+    /// Extra top-level config lines.
+    pub extra: String,
+    pub proc: Option<Proc>,
+    starts: u32,
+}
+
+impl Host {
+    /// Adds `other` as a peer of this host.
+    pub fn peer(&mut self, other: &Host) {
+        self.peers.push((other.name.clone(), other.listen_port));
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.toml", self.name))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.erlmesh.log", self.name))
+    }
+
+    pub fn write_config(&self) {
+        let mut c = format!(
+            "host = \"{}\"\nlisten = \"127.0.0.1:{}\"\nepmd_port = {}\nstate_dir = \"state-{}\"\n{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{}.pem\"\nkey = \"certs/{}.key\"\n",
+            self.name, self.listen_port, self.epmd_port, self.name, self.extra, self.name, self.name
+        );
+        for (h, port) in &self.peers {
+            c.push_str(&format!("\n[[peers]]\nhost = \"{h}\"\naddress = \"127.0.0.1:{port}\"\n"));
+        }
+        std::fs::write(self.config_path(), c).unwrap();
+    }
+
+    /// Starts erlmesh and waits for its "erlmesh ready" line.
+    pub fn start(&mut self) {
+        self.write_config();
+        let log = self.log_path();
+        let before = std::fs::read_to_string(&log).map(|s| s.matches("erlmesh ready").count()).unwrap_or(0);
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(ERLMESH)
+            .args(["run", "--config", self.config_path().to_str().unwrap()])
+            .env("RUST_LOG", "erlmesh=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .unwrap();
+        let mut p = Proc { child, what: format!("erlmesh {}", self.name) };
+        self.starts += 1;
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches("erlmesh ready").count() > before {
+                break;
+            }
+            if let Ok(Some(s)) = p.child.try_wait() {
+                panic!("erlmesh {} exited ({s}) before ready:\n{text}", self.name);
+            }
+            assert!(Instant::now() < end, "erlmesh {} not ready in 10 s:\n{text}", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.proc = Some(p);
+    }
+
+    /// Stops erlmesh with SIGKILL.
+    pub fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The environment `erlmesh env` gives this host's nodes.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.write_config();
+        let out = run_ok(&["env", "--config", self.config_path().to_str().unwrap()]);
+        out.lines()
+            .map(|l| {
+                let l = l.strip_prefix("export ").expect("export line");
+                let (k, v) = l.split_once('=').unwrap();
+                (k.to_owned(), v.trim_matches('\'').to_owned())
+            })
+            .collect()
+    }
+
+    /// Starts a node `-sname NAME@host` (or `-name` when `long`).
+    pub fn node(&self, name: &str) -> Node {
+        Node::start(self, name, if self.name.contains('.') { "-name" } else { "-sname" })
+    }
+}
+
+/// The loop a test node runs: one Erlang expression per stdin line, its
+/// value printed as one line starting with "=> ".
+const EVAL_LOOP: &str = r#"
+Loop = fun Loop() ->
+  case io:get_line('') of
+    eof -> halt();
+    Line ->
+      R = try
+            {ok, Ts, _} = erl_scan:string(Line),
+            {ok, Es} = erl_parse:parse_exprs(Ts),
+            {value, V, _} = erl_eval:exprs(Es, []),
+            V
+          catch C:E -> {C, E} end,
+      S = re:replace(io_lib:format("~p", [R]), "\\s*\\n\\s*", " ", [global, {return, list}]),
+      io:format("=> ~s~n", [S]),
+      Loop()
+  end
+end,
+Loop()."#;
+
+/// A real Erlang node driven through its stdin.
+pub struct Node {
+    pub name: String,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    pub log: PathBuf,
+    proc: Proc,
+}
+
+impl Node {
+    fn start(host: &Host, name: &str, flag: &str) -> Node {
+        let full = format!("{name}@{}", host.name);
+        let log = host.dir.join(format!("{full}.log"));
+        let mut cmd = Command::new("erl");
+        cmd.args(["-noshell", flag, &full, "-setcookie", "erlmesh-test", "-kernel", "net_setuptime", "10"]);
+        cmd.args(["-eval", EVAL_LOOP]);
+        for (k, v) in host.env() {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proc = Proc { child, what: full.clone() };
+        let stdin = proc.child.stdin.take().unwrap();
+        let stdout = proc.child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        let logc = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(v) = line.strip_prefix("=> ") {
+                    if tx.send(v.to_owned()).is_err() {
+                        break;
+                    }
+                } else if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&logc) {
+                    let _ = writeln!(f, "stdout: {line}");
+                }
+            }
+        });
+        let mut n = Node { name: full, stdin, lines: rx, log, proc };
+        let me = n.eval("node().");
+        assert_eq!(me.trim_matches('\''), n.name, "node did not come up as itself");
+        n
+    }
+
+    /// Evaluates one Erlang expression (ending in '.') and returns the
+    /// printed value.
+    pub fn eval(&mut self, expr: &str) -> String {
+        assert!(!expr.contains('\n'));
+        writeln!(self.stdin, "{expr}").unwrap_or_else(|e| panic!("{} is gone ({e}):\n{}", self.name, self.logs()));
+        self.stdin.flush().unwrap();
+        match self.lines.recv_timeout(EVAL_TIMEOUT) {
+            Ok(v) => v,
+            Err(RecvTimeoutError::Timeout) => panic!("{}: no answer to {expr} in {EVAL_TIMEOUT:?}:\n{}", self.name, self.logs()),
+            Err(RecvTimeoutError::Disconnected) => panic!("{} exited during {expr}:\n{}", self.name, self.logs()),
+        }
+    }
+
+    /// Evaluates until the value equals `want` or `within` passes; returns
+    /// the last value.
+    pub fn eval_until(&mut self, expr: &str, want: &str, within: Duration) -> String {
+        let end = Instant::now() + within;
+        loop {
+            let v = self.eval(expr);
+            if v == want || Instant::now() > end {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn os_pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
