@@ -8,7 +8,11 @@ use std::process::Command;
 
 fn erlmesh(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(ERLMESH).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -18,8 +22,17 @@ fn cert_files_modes_and_no_silent_overwrite() {
     let dir = dir.to_str().unwrap();
     assert!(erlmesh(&["cert", "ca", "--dir", dir]).0);
     assert!(erlmesh(&["cert", "issue", "--dir", dir, "--host", "hosta", "--days", "30"]).0);
-    for (f, mode) in [("ca.key", 0o600), ("hosta.key", 0o600), ("ca.pem", 0o644), ("hosta.pem", 0o644)] {
-        let m = std::fs::metadata(d.path().join("certs").join(f)).unwrap().permissions().mode() & 0o777;
+    for (f, mode) in [
+        ("ca.key", 0o600),
+        ("hosta.key", 0o600),
+        ("ca.pem", 0o644),
+        ("hosta.pem", 0o644),
+    ] {
+        let m = std::fs::metadata(d.path().join("certs").join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(m, mode, "{f}");
     }
     let before = std::fs::read(d.path().join("certs/hosta.pem")).unwrap();
@@ -36,7 +49,10 @@ fn cert_files_modes_and_no_silent_overwrite() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("DNS:hosta") && text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(
+        text.contains("DNS:hosta") && text.contains("TLS Web Client Authentication"),
+        "{text}"
+    );
     let out = Command::new("openssl")
         .args(["verify", "-CAfile"])
         .arg(d.path().join("certs/ca.pem"))
@@ -91,11 +107,20 @@ fn a_taken_epmd_port_is_a_clear_error() {
     let text = std::fs::read_to_string(&path).unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let text = text.replace(&format!("epmd_port = {}", text.split("epmd_port = ").nth(1).unwrap().lines().next().unwrap()), &format!("epmd_port = {port}"));
+    let text = text.replace(
+        &format!(
+            "epmd_port = {}",
+            text.split("epmd_port = ").nth(1).unwrap().lines().next().unwrap()
+        ),
+        &format!("epmd_port = {port}"),
+    );
     std::fs::write(&path, text).unwrap();
     let (ok, _, err) = erlmesh(&["run", "--config", &path]);
     assert!(!ok);
-    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("system epmd"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("system epmd"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -104,15 +129,31 @@ fn env_lines_for_embedded_and_system_epmd() {
     let (ok, out, _) = erlmesh(&["env", "--config", &path]);
     assert!(ok);
     let inetrc = d.path().canonicalize().unwrap().join("state/inetrc");
-    assert!(out.contains(&format!("export ERL_INETRC='{}'\n", inetrc.display())), "{out}");
+    assert!(
+        out.contains(&format!("export ERL_INETRC='{}'\n", inetrc.display())),
+        "{out}"
+    );
     assert!(out.contains("export ERL_EPMD_PORT='"), "{out}");
-    assert!(out.contains("export ERL_ZFLAGS='-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false'\n"), "{out}");
+    assert!(
+        out.contains("export ERL_ZFLAGS='-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false'\n"),
+        "{out}"
+    );
     // sh can eval it
-    let sh = Command::new("sh").arg("-c").arg(format!("{out}\necho \"$ERL_ZFLAGS\"")).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&sh.stdout).trim(), "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false");
+    let sh = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{out}\necho \"$ERL_ZFLAGS\""))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sh.stdout).trim(),
+        "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
+    );
 
     let (_d, path) = config_with("epmd = \"system\"", "certs/hosta.pem");
     let (ok, out, _) = erlmesh(&["env", "--config", &path]);
     assert!(ok);
-    assert!(out.contains("export ERL_EPMD_ADDRESS='127.0.0.1'") && !out.contains("start_epmd"), "{out}");
+    assert!(
+        out.contains("export ERL_EPMD_ADDRESS='127.0.0.1'") && !out.contains("start_epmd"),
+        "{out}"
+    );
 }

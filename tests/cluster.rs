@@ -23,14 +23,23 @@ fn ping_rpc_ets_and_names_across_two_hosts() {
     let mut a = ha.node("a");
     let mut b = hb.node("b");
 
-    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong", "a->b\n{}\n{}", ha.log(), hb.log());
+    assert_eq!(
+        a.eval("net_adm:ping(b@hostb)."),
+        "pong",
+        "a->b\n{}\n{}",
+        ha.log(),
+        hb.log()
+    );
     assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
     assert_eq!(b.eval("lists:sort(nodes())."), "[a@hosta]");
 
     // A key written on host A, read on host B, and the reverse.
     assert_eq!(a.eval("ets:new(cache, [named_table, public, set])."), "cache");
     assert_eq!(a.eval("ets:insert(cache, {k1, <<\"written on a\">>})."), "true");
-    assert_eq!(b.eval("rpc:call(a@hosta, ets, lookup, [cache, k1])."), "[{k1,<<\"written on a\">>}]");
+    assert_eq!(
+        b.eval("rpc:call(a@hosta, ets, lookup, [cache, k1])."),
+        "[{k1,<<\"written on a\">>}]"
+    );
     assert_eq!(b.eval("ets:new(cache_b, [named_table, public, set])."), "cache_b");
     assert_eq!(b.eval("ets:insert(cache_b, {k2, 42})."), "true");
     assert_eq!(a.eval("rpc:call(b@hostb, ets, lookup, [cache_b, k2])."), "[{k2,42}]");
@@ -60,7 +69,10 @@ fn local_nodes_reach_each_other_by_host_name() {
     let mut t = ha.node("t");
     assert_eq!(t.eval("net_adm:ping(a@hosta)."), "pong");
     assert_eq!(t.eval("rpc:call(a@hosta, erlang, node, [])."), "a@hosta");
-    assert_eq!(a.eval("{ok, Ns} = net_adm:names(), lists:sort([N || {N, _} <- Ns])."), "[\"a\",\"t\"]");
+    assert_eq!(
+        a.eval("{ok, Ns} = net_adm:names(), lists:sort([N || {N, _} <- Ns])."),
+        "[\"a\",\"t\"]"
+    );
 }
 
 #[test]
@@ -77,7 +89,12 @@ fn restarted_node_is_reached_again() {
     let mut b2 = hb.node("b");
     let second_port = b2.eval("{ok, Ns} = net_adm:names(), proplists:get_value(\"b\", Ns).");
     assert_ne!(first_port, second_port, "the restarted node listens on a new port");
-    assert_eq!(a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(15)), "pong", "{}", hb.log());
+    assert_eq!(
+        a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(15)),
+        "pong",
+        "{}",
+        hb.log()
+    );
     let second_pid = a.eval("rpc:call(b@hostb, os, getpid, []).");
     assert_ne!(first_pid, second_pid);
     assert_eq!(b2.eval("rpc:call(a@hosta, erlang, node, [])."), "a@hosta");
@@ -89,9 +106,21 @@ fn long_names() {
     let (ha, hb) = pair(&c, "hosta.example.com", "hostb.example.com");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
-    assert_eq!(a.eval("net_adm:ping('b@hostb.example.com')."), "pong", "{}\n{}", ha.log(), hb.log());
-    assert_eq!(b.eval("rpc:call('a@hosta.example.com', erlang, node, [])."), "'a@hosta.example.com'");
-    assert_eq!(a.eval("rpc:call('b@hostb.example.com', erlang, node, [])."), "'b@hostb.example.com'");
+    assert_eq!(
+        a.eval("net_adm:ping('b@hostb.example.com')."),
+        "pong",
+        "{}\n{}",
+        ha.log(),
+        hb.log()
+    );
+    assert_eq!(
+        b.eval("rpc:call('a@hosta.example.com', erlang, node, [])."),
+        "'a@hosta.example.com'"
+    );
+    assert_eq!(
+        a.eval("rpc:call('b@hostb.example.com', erlang, node, [])."),
+        "'b@hostb.example.com'"
+    );
 }
 
 #[test]
@@ -110,10 +139,16 @@ fn peer_down_gives_prompt_pang_then_the_cluster_forms() {
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pang");
     assert!(t0.elapsed() < Duration::from_secs(8), "pang took {:?}", t0.elapsed());
     let log = ha.log();
-    assert!(log.contains("peer unreachable") && log.contains(&format!("127.0.0.1:{}", hb.listen_port)), "{log}");
+    assert!(
+        log.contains("peer unreachable") && log.contains(&format!("127.0.0.1:{}", hb.listen_port)),
+        "{log}"
+    );
 
     hb.start();
     let mut b = hb.node("b");
-    assert_eq!(a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(10)), "pong");
+    assert_eq!(
+        a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(10)),
+        "pong"
+    );
     assert_eq!(b.eval("rpc:call(a@hosta, erlang, node, [])."), "a@hosta");
 }

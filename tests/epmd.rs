@@ -69,7 +69,8 @@ fn an_old_node_gets_a_16_bit_creation() {
     // ALIVE2 announcing highest version 5, as OTP 22 and older do.
     let mut s = TcpStream::connect(("127.0.0.1", h.epmd_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&[0, 14, 120, 0x30, 0x39, 77, 0, 0, 5, 0, 5, 0, 1, b'o', 0, 0]).unwrap();
+    s.write_all(&[0, 14, 120, 0x30, 0x39, 77, 0, 0, 5, 0, 5, 0, 1, b'o', 0, 0])
+        .unwrap();
     let mut resp = [0u8; 4];
     s.read_exact(&mut resp).unwrap();
     assert_eq!(&resp[..2], &[121, 0]);
@@ -78,7 +79,8 @@ fn an_old_node_gets_a_16_bit_creation() {
     let port = ask(h.epmd_port, b"\x00\x02zo");
     assert_eq!(&port[..4], &[119, 0, 0x30, 0x39]);
     let mut dup = TcpStream::connect(("127.0.0.1", h.epmd_port)).unwrap();
-    dup.write_all(&[0, 14, 120, 0x30, 0x40, 77, 0, 0, 6, 0, 5, 0, 1, b'o', 0, 0]).unwrap();
+    dup.write_all(&[0, 14, 120, 0x30, 0x40, 77, 0, 0, 6, 0, 5, 0, 1, b'o', 0, 0])
+        .unwrap();
     let mut r = [0u8; 2];
     dup.read_exact(&mut r).unwrap();
     assert_eq!(r, [118, 1]);
@@ -109,7 +111,10 @@ fn system_epmd_mode_with_otps_epmd() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _epmd = Proc { child, what: "epmd".into() };
+    let _epmd = Proc {
+        child,
+        what: "epmd".into(),
+    };
     std::thread::sleep(Duration::from_millis(300));
     ha.start();
     hb.start();
@@ -119,5 +124,8 @@ fn system_epmd_mode_with_otps_epmd() {
     let mut a = ha.node("a");
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong", "{}", hb.log());
     assert_eq!(b.eval("rpc:call(a@hosta, erlang, node, [])."), "a@hosta");
-    assert_eq!(a.eval("{ok, Ns} = net_adm:names(hostb), [N || {N, _} <- Ns]."), "[\"b\"]");
+    assert_eq!(
+        a.eval("{ok, Ns} = net_adm:names(hostb), [N || {N, _} <- Ns]."),
+        "[\"b\"]"
+    );
 }

@@ -16,8 +16,16 @@ pub const EVAL_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Fails (never skips) when Erlang is missing: the test command installs it.
 pub fn require_erl() {
-    let ok = Command::new("erl").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    assert!(ok, "`erl` not found: run scripts/test.sh, which installs Debian's erlang-base");
+    let ok = Command::new("erl")
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        ok,
+        "`erl` not found: run scripts/test.sh, which installs Debian's erlang-base"
+    );
 }
 
 /// A port the kernel just handed out and released.
@@ -37,7 +45,10 @@ impl Proc {
     }
     /// Sends a signal by number (15 TERM, 9 KILL, 1 HUP).
     pub fn signal(&self, sig: i32) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
     /// Waits for exit; None on timeout.
     pub fn wait_timeout(&mut self, t: Duration) -> Option<std::process::ExitStatus> {
@@ -82,7 +93,14 @@ impl Cluster {
     /// Declares a host (certificate issued now); peers are added with
     /// [`Host::peer`] before [`Host::start`].
     pub fn host(&self, name: &str) -> Host {
-        run_ok(&["cert", "issue", "--dir", self.path().join("certs").to_str().unwrap(), "--host", name]);
+        run_ok(&[
+            "cert",
+            "issue",
+            "--dir",
+            self.path().join("certs").to_str().unwrap(),
+            "--host",
+            name,
+        ]);
         Host {
             name: name.to_owned(),
             dir: self.path().to_owned(),
@@ -99,7 +117,11 @@ impl Cluster {
 /// Runs erlmesh with `args`, asserting success; returns stdout.
 pub fn run_ok(args: &[&str]) -> String {
     let out = Command::new(ERLMESH).args(args).output().unwrap();
-    assert!(out.status.success(), "erlmesh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "erlmesh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -136,7 +158,9 @@ impl Host {
             self.name, self.listen_port, self.epmd_port, self.name, self.extra, self.name, self.name
         );
         for (h, port) in &self.peers {
-            c.push_str(&format!("\n[[peers]]\nhost = \"{h}\"\naddress = \"127.0.0.1:{port}\"\n"));
+            c.push_str(&format!(
+                "\n[[peers]]\nhost = \"{h}\"\naddress = \"127.0.0.1:{port}\"\n"
+            ));
         }
         std::fs::write(self.config_path(), c).unwrap();
     }
@@ -145,8 +169,14 @@ impl Host {
     pub fn start(&mut self) {
         self.write_config();
         let log = self.log_path();
-        let before = std::fs::read_to_string(&log).map(|s| s.matches("erlmesh ready").count()).unwrap_or(0);
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let before = std::fs::read_to_string(&log)
+            .map(|s| s.matches("erlmesh ready").count())
+            .unwrap_or(0);
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(ERLMESH)
             .args(["run", "--config", self.config_path().to_str().unwrap()])
             .env("RUST_LOG", "erlmesh=debug")
@@ -155,7 +185,10 @@ impl Host {
             .stderr(logf)
             .spawn()
             .unwrap();
-        let mut p = Proc { child, what: format!("erlmesh {}", self.name) };
+        let mut p = Proc {
+            child,
+            what: format!("erlmesh {}", self.name),
+        };
         self.starts += 1;
         let end = Instant::now() + Duration::from_secs(10);
         loop {
@@ -234,7 +267,16 @@ impl Node {
         let full = format!("{name}@{}", host.name);
         let log = host.dir.join(format!("{full}.log"));
         let mut cmd = Command::new("erl");
-        cmd.args(["-noshell", flag, &full, "-setcookie", "erlmesh-test", "-kernel", "net_setuptime", "10"]);
+        cmd.args([
+            "-noshell",
+            flag,
+            &full,
+            "-setcookie",
+            "erlmesh-test",
+            "-kernel",
+            "net_setuptime",
+            "10",
+        ]);
         cmd.args(["-eval", EVAL_LOOP]);
         for (k, v) in host.env() {
             cmd.env(k, v);
@@ -245,7 +287,10 @@ impl Node {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut proc = Proc { child, what: full.clone() };
+        let mut proc = Proc {
+            child,
+            what: full.clone(),
+        };
         let stdin = proc.child.stdin.take().unwrap();
         let stdout = proc.child.stdout.take().unwrap();
         let (tx, rx) = channel();
@@ -262,7 +307,13 @@ impl Node {
                 }
             }
         });
-        let mut n = Node { name: full, stdin, lines: rx, log, proc };
+        let mut n = Node {
+            name: full,
+            stdin,
+            lines: rx,
+            log,
+            proc,
+        };
         let me = n.eval("node().");
         assert_eq!(me.trim_matches('\''), n.name, "node did not come up as itself");
         n
@@ -276,7 +327,11 @@ impl Node {
         self.stdin.flush().unwrap();
         match self.lines.recv_timeout(EVAL_TIMEOUT) {
             Ok(v) => v,
-            Err(RecvTimeoutError::Timeout) => panic!("{}: no answer to {expr} in {EVAL_TIMEOUT:?}:\n{}", self.name, self.logs()),
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "{}: no answer to {expr} in {EVAL_TIMEOUT:?}:\n{}",
+                self.name,
+                self.logs()
+            ),
             Err(RecvTimeoutError::Disconnected) => panic!("{} exited during {expr}:\n{}", self.name, self.logs()),
         }
     }
