@@ -82,6 +82,7 @@ mod tests {
             host: host.into(),
             address: "x:1".into(),
             alias,
+            policy: Default::default(),
         }
     }
 

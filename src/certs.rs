@@ -112,6 +112,97 @@ pub fn issue(dir: &Path, host: &str, days: u32, force: bool) -> Result<Written, 
     Ok(out)
 }
 
+/// What `erlmesh cert show` found: the report, and whether the certificate
+/// is usable (in its validity period and, when a CA was given, chaining to it).
+#[derive(Debug)]
+pub struct Shown {
+    pub report: String,
+    pub ok: bool,
+}
+
+/// Describes the first certificate in `file`: subject, names, validity,
+/// key type, SHA-256 fingerprint and, given a CA file, whether it chains to it.
+pub fn show(file: &Path, ca: Option<&Path>) -> Result<Shown, CertError> {
+    use rustls::pki_types::UnixTime;
+    use x509_parser::public_key::PublicKey;
+    let chain = crate::tls::load_certs(file).map_err(|e| CertError::Parse {
+        path: file.to_owned(),
+        what: "certificate",
+        reason: e.to_string(),
+    })?;
+    let der = &chain[0];
+    let parse_err = |reason: String| CertError::Parse {
+        path: file.to_owned(),
+        what: "certificate",
+        reason,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| parse_err(e.to_string()))?;
+    let names = crate::tls::cert_dns_names(der).map_err(parse_err)?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let (nb, na) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    let mut ok = nb <= now && now <= na;
+    let status = if now < nb {
+        "NOT YET VALID".to_owned()
+    } else if now > na {
+        format!("EXPIRED {} days ago", (now - na) / 86_400)
+    } else {
+        format!("{} days left", (na - now) / 86_400)
+    };
+    let key = match cert.public_key().parsed() {
+        Ok(PublicKey::EC(ec)) => format!("ECDSA {}-bit", ec.key_size()),
+        Ok(PublicKey::RSA(rsa)) => format!("RSA {}-bit", rsa.key_size()),
+        Ok(_) => format!("{}", cert.public_key().algorithm.algorithm),
+        Err(_) => "unknown".into(),
+    };
+    let fp = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    let fp: Vec<String> = fp.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    let mut r = String::new();
+    r.push_str(&format!("file:        {}\n", file.display()));
+    r.push_str(&format!("subject:     {}\n", cert.subject()));
+    r.push_str(&format!("issuer:      {}\n", cert.issuer()));
+    r.push_str(&format!("names:       {}\n", names.join(", ")));
+    r.push_str(&format!("not before:  {}\n", cert.validity().not_before));
+    r.push_str(&format!("not after:   {} ({status})\n", cert.validity().not_after));
+    r.push_str(&format!("key:         {key}\n"));
+    r.push_str(&format!("is a CA:     {}\n", if cert.is_ca() { "yes" } else { "no" }));
+    r.push_str(&format!("sha256:      {}\n", fp.join(":")));
+    if let Some(ca) = ca {
+        let verdict = chains_to(der, &chain[1..], ca, UnixTime::now());
+        match verdict {
+            Ok(()) => r.push_str(&format!("chains to {}: yes\n", ca.display())),
+            Err(why) => {
+                ok = false;
+                r.push_str(&format!("chains to {}: NO ({why})\n", ca.display()));
+            }
+        }
+    }
+    Ok(Shown { report: r, ok })
+}
+
+/// Whether `der` (with `intermediates`) chains to the CA in `ca`, as a
+/// peer erlmesh would check it.
+fn chains_to(
+    der: &rustls::pki_types::CertificateDer<'static>,
+    intermediates: &[rustls::pki_types::CertificateDer<'static>],
+    ca: &Path,
+    now: rustls::pki_types::UnixTime,
+) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in crate::tls::load_certs(ca).map_err(|e| e.to_string())? {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let v = rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+        .build()
+        .map_err(|e| e.to_string())?;
+    v.verify_client_cert(der, intermediates, now)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 fn dn(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -200,10 +291,34 @@ mod tests {
             ca: dir.path().join("ca.pem"),
             cert: w.cert,
             key: w.key,
+            allow_tls12: false,
         };
         crate::tls::TlsConfigs::load(&files, "hosta").unwrap();
         let e = crate::tls::TlsConfigs::load(&files, "hostb").unwrap_err().to_string();
         assert!(e.contains("hosta.pem") && e.contains("not this host \"hostb\""), "{e}");
+    }
+
+    #[test]
+    fn show_reports_and_checks_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        make_ca(dir.path(), 30, false).unwrap();
+        let w = issue(dir.path(), "hostb", 10, false).unwrap();
+        let s = show(&w.cert, Some(&dir.path().join("ca.pem"))).unwrap();
+        assert!(s.ok, "{}", s.report);
+        for want in [
+            "subject:     CN=hostb",
+            "names:       hostb",
+            "ECDSA 256-bit",
+            "days left",
+            "chains to",
+            ": yes",
+        ] {
+            assert!(s.report.contains(want), "{want} in {}", s.report);
+        }
+        let other = tempfile::tempdir().unwrap();
+        make_ca(other.path(), 30, false).unwrap();
+        let s = show(&w.cert, Some(&other.path().join("ca.pem"))).unwrap();
+        assert!(!s.ok && s.report.contains("NO ("), "{}", s.report);
     }
 
     #[test]

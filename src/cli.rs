@@ -58,6 +58,16 @@ pub enum CertCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Show a certificate: subject, names, validity, key type, fingerprint
+    /// and, with --ca, whether it chains to that CA. Exits 1 when it is
+    /// expired, not yet valid or does not chain.
+    Show {
+        /// The certificate (PEM).
+        file: PathBuf,
+        /// The cluster CA to check it against.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
     /// Issue DIR/HOST.pem and DIR/HOST.key (mode 0600) for one host, signed
     /// by DIR/ca.pem and DIR/ca.key. HOST is the host part of that host's
     /// node names (hostb, or hostb.example.com for long names).

@@ -1,6 +1,7 @@
 //! The TOML config file → a validated [`Config`]. Every error names the
 //! file and the key.
 
+use crate::policy::{Pattern, Policy};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,9 @@ pub const DEFAULT_STATE_DIR: &str = "/run/erlmesh";
 /// Concurrent connections on the TLS port; a host carries a few tunnels per
 /// node pair, so this leaves ample room while bounding a flood.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// How long a client of the TLS port may take from connect to preface; a
+/// slow or silent client loses its slot after this.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open tunnels may drain after SIGTERM before erlmesh exits.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -56,6 +60,7 @@ struct RawConfig {
     epmd: EpmdMode,
     max_connections: Option<usize>,
     shutdown_grace_secs: Option<u64>,
+    handshake_timeout_secs: Option<u64>,
     tls: RawTls,
     #[serde(default)]
     peers: Vec<RawPeer>,
@@ -67,6 +72,7 @@ struct RawTls {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    min_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +81,8 @@ struct RawPeer {
     host: String,
     address: String,
     alias: Option<String>,
+    nodes: Option<Vec<String>>,
+    local_nodes: Option<Vec<String>>,
 }
 
 /// Paths to the cluster CA and this host's certificate and key.
@@ -83,6 +91,8 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Whether TLS 1.2 (AEAD suites only) is accepted besides TLS 1.3.
+    pub allow_tls12: bool,
 }
 
 /// Another host of the cluster.
@@ -94,6 +104,8 @@ pub struct Peer {
     pub address: String,
     /// The loopback address standing for it here, when the config fixes one.
     pub alias: Option<Ipv4Addr>,
+    /// Which of its nodes may talk to which local nodes.
+    pub policy: Policy,
 }
 
 /// A validated configuration.
@@ -108,6 +120,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    pub handshake_timeout: Duration,
     pub tls: TlsFiles,
     pub peers: Vec<Peer>,
 }
@@ -171,11 +184,40 @@ impl Config {
                     Some(ip)
                 }
             };
+            let patterns = |v: Option<Vec<String>>, k: &str| -> Result<Vec<Pattern>, ConfigError> {
+                match v {
+                    None => Ok(vec![Pattern::new("*")]),
+                    Some(v) if v.iter().any(|s| s.is_empty()) => Err(invalid(&key(k), "empty pattern".into())),
+                    Some(v) => Ok(v.iter().map(|s| Pattern::new(s)).collect()),
+                }
+            };
+            let policy = Policy {
+                nodes: patterns(p.nodes, "nodes")?,
+                local_nodes: patterns(p.local_nodes, "local_nodes")?,
+            };
             peers.push(Peer {
                 host: p.host,
                 address: p.address,
                 alias,
+                policy,
             });
+        }
+        let allow_tls12 = match raw.tls.min_version.as_deref() {
+            None | Some("1.3") => false,
+            Some("1.2") => true,
+            Some(v) => {
+                return Err(invalid(
+                    "tls.min_version",
+                    format!("{v:?}: expected \"1.3\" (default) or \"1.2\""),
+                ))
+            }
+        };
+        let handshake_timeout = Duration::from_secs(
+            raw.handshake_timeout_secs
+                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT.as_secs()),
+        );
+        if handshake_timeout.is_zero() {
+            return Err(invalid("handshake_timeout_secs", "must be at least 1".into()));
         }
         Ok(Config {
             file: file.to_owned(),
@@ -189,10 +231,12 @@ impl Config {
                 .shutdown_grace_secs
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            handshake_timeout,
             tls: TlsFiles {
                 ca: rel(raw.tls.ca),
                 cert: rel(raw.tls.cert),
                 key: rel(raw.tls.key),
+                allow_tls12,
             },
             peers,
         })

@@ -6,6 +6,7 @@ use crate::epmd::codec::{self, Request};
 use crate::epmd::server::{read_request, reply_and_close, ReadError};
 use crate::handshake;
 use crate::peer::Dialer;
+use crate::policy::{short, Policy};
 use crate::preface::TunnelStatus;
 use crate::serve::accept_loop;
 use crate::splice::{is_disconnect, splice};
@@ -35,6 +36,7 @@ pub struct Face {
     alias: Ipv4Addr,
     epmd_port: u16,
     dialer: Dialer,
+    policy: Policy,
     /// Remote node name → port of its listener on the alias.
     nodes: Mutex<HashMap<String, u16>>,
     slots: Arc<Semaphore>,
@@ -49,6 +51,7 @@ impl Face {
         alias: Ipv4Addr,
         epmd_port: u16,
         dialer: Dialer,
+        policy: Policy,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Face> {
@@ -57,6 +60,7 @@ impl Face {
             alias,
             epmd_port,
             dialer,
+            policy,
             nodes: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(MAX_FACE_CONNECTIONS)),
             cancel,
@@ -105,6 +109,10 @@ impl Face {
             };
             debug!(request = req.kind(), "EPMD question for the peer");
             match req {
+                Request::PortPlease2 { name } if !self.policy.allows_remote(&name) => {
+                    info!(node = %name, "remote node not allowed by the peer's config; answered 'not found'");
+                    reply_and_close(&mut stream, &codec::encode_port2_not_found()).await;
+                }
                 Request::PortPlease2 { name } => {
                     let reply = match self.dialer.port_please(&name).await {
                         Ok(Some(info)) => match self.node_port(&name).await {
@@ -125,7 +133,7 @@ impl Face {
                 Request::Names => match self.dialer.names().await {
                     Ok(names) => {
                         let mut lines = Vec::with_capacity(names.len());
-                        for n in names {
+                        for n in names.into_iter().filter(|n| self.policy.allows_remote(n)) {
                             match self.node_port(&n).await {
                                 Ok(p) => lines.push((n, p)),
                                 Err(e) => warn!(node = %n, error = %e, "cannot open a listener for the remote node"),
@@ -219,6 +227,10 @@ impl Face {
                     claimed = %send_name.node,
                     "refused: a local node may only dial out under this host's name {:?}", self.own_host
                 );
+                return;
+            }
+            if !self.policy.allows_local(short(&send_name.node)) {
+                warn!(claimed = %send_name.node, "refused: the peer's config does not allow this local node");
                 return;
             }
             let (status, mut remote) = match self.dialer.tunnel(&node, &raw).await {

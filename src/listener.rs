@@ -3,9 +3,11 @@
 
 use crate::epmd::LocalEpmd;
 use crate::handshake;
+use crate::policy::{short, Policy};
 use crate::preface::{self, Preface, TunnelStatus};
 use crate::splice::{is_disconnect, splice};
 use crate::tls::{peer_hosts, Tls};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +19,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-/// A client must finish the TLS handshake within this, or its slot is freed.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the handshake, the preface (and a tunnel's send_name) must follow
-/// within this.
-pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connecting to a local node's distribution port on loopback.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Writing an answer and closing.
@@ -32,36 +29,57 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Context {
     pub tls: Arc<Tls>,
     pub local: LocalEpmd,
+    /// Per peer host, what its nodes may do; hosts not listed get the default.
+    pub policies: Arc<HashMap<String, Policy>>,
+    /// From connect to the end of the preface (and a tunnel's send_name):
+    /// a slow or silent client loses its slot after this.
+    pub handshake_timeout: Duration,
+}
+
+impl Context {
+    fn policy(&self, hosts: &[String]) -> Policy {
+        hosts
+            .iter()
+            .find_map(|h| self.policies.get(h))
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Serves one connection on the TLS port.
 pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: CancellationToken) {
+    let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
     let acceptor = TlsAcceptor::from(ctx.tls.current().server.clone());
-    let mut tls = match timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(%from, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
-            warn!(%from, "TLS handshake not completed within {HANDSHAKE_TIMEOUT:?}; closed");
+            warn!(%from, "TLS handshake not completed within {:?}; closed", ctx.handshake_timeout);
             return;
         }
     };
     let hosts = peer_hosts(tls.get_ref().1);
     let peer = hosts.first().cloned().unwrap_or_default();
-    let preface = match timeout(PREFACE_TIMEOUT, preface::read_preface(&mut tls)).await {
+    let preface = match tokio::time::timeout_at(deadline, preface::read_preface(&mut tls)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             warn!(%from, %peer, error = %e, "bad preface; closed");
             return;
         }
         Err(_) => {
-            warn!(%from, %peer, "no preface within {PREFACE_TIMEOUT:?}; closed");
+            warn!(%from, %peer, "no preface within {:?}; closed", ctx.handshake_timeout);
             return;
         }
     };
+    let policy = ctx.policy(&hosts);
     match preface {
+        Preface::PortPlease(name) if !policy.allows_local(&name) => {
+            info!(%peer, node = %name, "PORT_PLEASE for a local node this peer may not reach; answered 'not found'");
+            answer_and_close(&mut tls, &preface::encode_port_answer(None)).await;
+        }
         Preface::PortPlease(name) => {
             let answer = match ctx.local.lookup(&name).await {
                 Ok(n) => preface::encode_port_answer(n.as_ref()),
@@ -75,7 +93,11 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
         }
         Preface::Names => {
             let names = match ctx.local.names().await {
-                Ok(n) => n.into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                Ok(n) => n
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| policy.allows_local(n))
+                    .collect::<Vec<_>>(),
                 Err(e) => {
                     warn!(%peer, error = %e, "local EPMD NAMES failed");
                     Vec::new()
@@ -85,7 +107,9 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
         }
         Preface::Tunnel(name) => {
             let span = tracing::info_span!("tunnel", dir = "in", %peer, to = %name, from = tracing::field::Empty);
-            tunnel_in(tls, hosts, name, ctx).instrument(span).await
+            tunnel_in(tls, hosts, policy, name, deadline, ctx)
+                .instrument(span)
+                .await
         }
     }
 }
@@ -104,15 +128,22 @@ async fn answer_and_close<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) {
 
 /// Connects a peer's tunnel to local node `name`, after checking that the
 /// dialling node is named for the peer's certificated host.
-async fn tunnel_in(mut tls: TlsStream<TcpStream>, hosts: Vec<String>, name: String, ctx: Context) {
-    let (send_name, raw) = match timeout(PREFACE_TIMEOUT, handshake::read_send_name(&mut tls)).await {
+async fn tunnel_in(
+    mut tls: TlsStream<TcpStream>,
+    hosts: Vec<String>,
+    policy: Policy,
+    name: String,
+    deadline: tokio::time::Instant,
+    ctx: Context,
+) {
+    let (send_name, raw) = match tokio::time::timeout_at(deadline, handshake::read_send_name(&mut tls)).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             warn!(error = %e, "tunnel did not carry a distribution handshake; closed");
             return;
         }
         Err(_) => {
-            warn!("tunnel sent no handshake within {PREFACE_TIMEOUT:?}; closed");
+            warn!("tunnel sent no handshake within {:?}; closed", ctx.handshake_timeout);
             return;
         }
     };
@@ -123,6 +154,11 @@ async fn tunnel_in(mut tls: TlsStream<TcpStream>, hosts: Vec<String>, name: Stri
             certificate_names = ?hosts,
             "refused: the peer's certificate does not name the host of the node it speaks for"
         );
+        answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
+        return;
+    }
+    if !policy.allows_remote(short(&send_name.node)) || !policy.allows_local(&name) {
+        warn!(claimed = %send_name.node, "refused: the peer's config does not allow this node pair");
         answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
         return;
     }

@@ -56,6 +56,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Cert(CertCommand::Show { file, ca }) => {
+            let shown = erlmesh::certs::show(&file, ca.as_deref())?;
+            print!("{}", shown.report);
+            if !shown.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Cert(CertCommand::Issue { dir, host, days, force }) => {
             let w = erlmesh::certs::issue(&dir, &host, days, force)?;
             println!("wrote {} and {}", w.cert.display(), w.key.display());

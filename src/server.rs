@@ -44,6 +44,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    // An epmd reachable from the network undoes what erlmesh is for.
+    let exposed = crate::exposure::exposed_listeners(config.epmd_port);
+    if !exposed.is_empty() {
+        bail!(
+            "the EPMD port {} is open to the network on {:?}: stop that epmd (systemctl disable --now epmd.socket epmd.service) \
+             or restart it with ERL_EPMD_ADDRESS=127.0.0.1, then start erlmesh again",
+            config.epmd_port,
+            exposed
+        );
+    }
+
     // Bind everything first: a port that is taken stops the start, with
     // nothing half-running.
     let local = match config.epmd {
@@ -84,6 +95,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             alias,
             config.epmd_port,
             dialer,
+            peer.policy.clone(),
             cancel.child_token(),
             tracker.clone(),
         );
@@ -102,9 +114,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         faces.push((face, l));
     }
 
+    let policies = config
+        .peers
+        .iter()
+        .map(|p| (p.host.to_ascii_lowercase(), p.policy.clone()))
+        .collect();
     let ctx = Context {
         tls: tls.clone(),
         local,
+        policies: Arc::new(policies),
+        handshake_timeout: config.handshake_timeout,
     };
     let slots = Arc::new(Semaphore::new(config.max_connections));
     tracker.spawn(accept_loop(

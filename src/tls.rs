@@ -167,14 +167,20 @@ impl TlsConfigs {
                 path: files.ca.clone(),
                 reason: e.to_string(),
             })?;
+        // TLS 1.2 only when asked for; rustls offers AEAD suites alone.
+        let versions: &[&rustls::SupportedProtocolVersion] = if files.allow_tls12 {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
         let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(versions)
             .map_err(mismatch)?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
         let client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(versions)
             .map_err(mismatch)?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)

@@ -112,6 +112,15 @@ pub async fn handle(
                     return;
                 }
                 info!(node = %name, port, "node registered");
+                let exposed = crate::exposure::exposed_listeners(port);
+                if !exposed.is_empty() {
+                    warn!(
+                        node = %name,
+                        ?exposed,
+                        "this node's distribution port is open to the network, outside erlmesh's TLS: \
+                         start it with -kernel inet_dist_use_interface {{127,0,0,1}} (erlmesh env sets it)"
+                    );
+                }
                 // The registration lasts as long as this connection.
                 let mut sink = [0u8; 64];
                 loop {
