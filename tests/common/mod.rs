@@ -168,6 +168,11 @@ impl Host {
     /// Starts erlmesh and waits for its "erlmesh ready" line.
     pub fn start(&mut self) {
         self.write_config();
+        self.start_with_written_config();
+    }
+
+    /// Starts erlmesh on the config file as it is on disk.
+    pub fn start_with_written_config(&mut self) {
         let log = self.log_path();
         let before = std::fs::read_to_string(&log)
             .map(|s| s.matches("erlmesh ready").count())
@@ -216,7 +221,6 @@ impl Host {
 
     /// The environment `erlmesh env` gives this host's nodes.
     pub fn env(&self) -> Vec<(String, String)> {
-        self.write_config();
         let out = run_ok(&["env", "--config", self.config_path().to_str().unwrap()]);
         out.lines()
             .map(|l| {
@@ -229,7 +233,17 @@ impl Host {
 
     /// Starts a node `-sname NAME@host` (or `-name` when `long`).
     pub fn node(&self, name: &str) -> Node {
-        Node::start(self, name, if self.name.contains('.') { "-name" } else { "-sname" })
+        self.node_with(name, &[])
+    }
+
+    /// Starts node `NAME@host` with extra `erl` arguments.
+    pub fn node_with(&self, name: &str, args: &[&str]) -> Node {
+        Node::start(self, &format!("{name}@{}", self.name), args)
+    }
+
+    /// Starts a node under a full name of the test's choosing.
+    pub fn node_named(&self, full: &str) -> Node {
+        Node::start(self, full, &[])
     }
 }
 
@@ -263,10 +277,12 @@ pub struct Node {
 }
 
 impl Node {
-    fn start(host: &Host, name: &str, flag: &str) -> Node {
-        let full = format!("{name}@{}", host.name);
+    fn start(host: &Host, full: &str, extra: &[&str]) -> Node {
+        let full = full.to_owned();
+        let flag = if full.contains('.') { "-name" } else { "-sname" };
         let log = host.dir.join(format!("{full}.log"));
         let mut cmd = Command::new("erl");
+        cmd.args(extra);
         cmd.args([
             "-noshell",
             flag,
