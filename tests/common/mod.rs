@@ -104,8 +104,10 @@ impl Cluster {
         Host {
             name: name.to_owned(),
             dir: self.path().to_owned(),
+            listen_ip: "127.0.0.1".into(),
             listen_port: free_port(),
             epmd_port: free_port(),
+            netns: None,
             peers: Vec::new(),
             extra: String::new(),
             proc: None,
@@ -129,9 +131,13 @@ pub fn run_ok(args: &[&str]) -> String {
 pub struct Host {
     pub name: String,
     pub dir: PathBuf,
+    pub listen_ip: String,
     pub listen_port: u16,
     pub epmd_port: u16,
-    pub peers: Vec<(String, u16)>,
+    /// The network namespace the host's processes run in, if any.
+    pub netns: Option<String>,
+    /// (host, TLS address) of each peer.
+    pub peers: Vec<(String, String)>,
     /// Extra top-level config lines.
     pub extra: String,
     pub proc: Option<Proc>,
@@ -141,7 +147,8 @@ pub struct Host {
 impl Host {
     /// Adds `other` as a peer of this host.
     pub fn peer(&mut self, other: &Host) {
-        self.peers.push((other.name.clone(), other.listen_port));
+        self.peers
+            .push((other.name.clone(), format!("{}:{}", other.listen_ip, other.listen_port)));
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -154,13 +161,11 @@ impl Host {
 
     pub fn write_config(&self) {
         let mut c = format!(
-            "host = \"{}\"\nlisten = \"127.0.0.1:{}\"\nepmd_port = {}\nstate_dir = \"state-{}\"\n{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{}.pem\"\nkey = \"certs/{}.key\"\n",
-            self.name, self.listen_port, self.epmd_port, self.name, self.extra, self.name, self.name
+            "host = \"{}\"\nlisten = \"{}:{}\"\nepmd_port = {}\nstate_dir = \"state-{}\"\n{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{}.pem\"\nkey = \"certs/{}.key\"\n",
+            self.name, self.listen_ip, self.listen_port, self.epmd_port, self.name, self.extra, self.name, self.name
         );
-        for (h, port) in &self.peers {
-            c.push_str(&format!(
-                "\n[[peers]]\nhost = \"{h}\"\naddress = \"127.0.0.1:{port}\"\n"
-            ));
+        for (h, addr) in &self.peers {
+            c.push_str(&format!("\n[[peers]]\nhost = \"{h}\"\naddress = \"{addr}\"\n"));
         }
         std::fs::write(self.config_path(), c).unwrap();
     }
@@ -182,7 +187,8 @@ impl Host {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(ERLMESH)
+        let child = self
+            .command(ERLMESH)
             .args(["run", "--config", self.config_path().to_str().unwrap()])
             .env("RUST_LOG", "erlmesh=debug")
             .stdin(Stdio::null())
@@ -208,6 +214,18 @@ impl Host {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.proc = Some(p);
+    }
+
+    /// A command run on this host (inside its network namespace, if any).
+    pub fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+        }
     }
 
     /// Stops erlmesh with SIGKILL.
@@ -281,7 +299,7 @@ impl Node {
         let full = full.to_owned();
         let flag = if full.contains('.') { "-name" } else { "-sname" };
         let log = host.dir.join(format!("{full}.log"));
-        let mut cmd = Command::new("erl");
+        let mut cmd = host.command("erl");
         cmd.args(extra);
         cmd.args([
             "-noshell",

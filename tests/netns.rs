@@ -1,0 +1,203 @@
+//! Three real hosts in network namespaces on one bridge (198.18.0.0/15),
+//! an erlmesh and a node on each: they form one cluster; each host exposes
+//! only its TLS port; a capture on the bridge shows nothing in the clear.
+//! Needs root; reports itself skipped, visibly, otherwise.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip(8) from iproute2");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces made for this test; deleted on drop (their veths go with them).
+struct Netns {
+    names: Vec<String>,
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[test]
+fn three_hosts_in_namespaces_expose_only_tls_and_leak_nothing() {
+    if !is_root() {
+        eprintln!("SKIPPED three_hosts_in_namespaces_expose_only_tls_and_leak_nothing: needs root for ip netns");
+        println!("SKIPPED: not root");
+        return;
+    }
+    require_erl();
+    let tag = format!("em{}", std::process::id() % 100_000);
+    // A third octet of our own, so parallel runs do not share a subnet.
+    let net = 1 + (std::process::id() % 250);
+    let sw = format!("{tag}-sw");
+    let hosts = ["hosta", "hostb", "hostc"];
+    let mut guard = Netns {
+        names: vec![sw.clone()],
+    };
+    ip(&["netns", "add", &sw]);
+    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &sw, "link", "set", "br0", "up"]);
+    for (i, h) in hosts.iter().enumerate() {
+        let ns = format!("{tag}-{h}");
+        guard.names.push(ns.clone());
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let port = format!("p{}", i);
+        ip(&[
+            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("198.18.{net}.{}/24", i + 1),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+    }
+
+    let c = Cluster::new();
+    let pcap = c.path().join("bridge.pcap");
+    let tcpdump = Command::new("ip")
+        .args(["netns", "exec", &sw, "tcpdump", "-i", "br0", "-U", "-s", "0", "-w"])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    let tcpdump = Proc {
+        child: tcpdump,
+        what: "tcpdump".into(),
+    };
+
+    let mut hs: Vec<Host> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut host = c.host(h);
+            host.netns = Some(format!("{tag}-{h}"));
+            host.listen_ip = format!("198.18.{net}.{}", i + 1);
+            host.listen_port = 4370;
+            host.epmd_port = 4369; // each namespace has its own 4369
+            host
+        })
+        .collect();
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                let other = (hs[j].name.clone(), format!("{}:{}", hs[j].listen_ip, hs[j].listen_port));
+                hs[i].peers.push(other);
+            }
+        }
+    }
+    for h in hs.iter_mut() {
+        h.start();
+    }
+    let mut a = hs[0].node("a");
+    let mut b = hs[1].node("b");
+    let mut cn = hs[2].node("c");
+    std::thread::sleep(Duration::from_millis(300));
+
+    // c meets a and b; global's transitive connect joins a and b too.
+    assert_eq!(cn.eval("net_adm:ping(a@hosta)."), "pong", "{}", hs[2].log());
+    assert_eq!(cn.eval("net_adm:ping(b@hostb)."), "pong");
+    assert_eq!(
+        a.eval_until("lists:sort(nodes()).", "[b@hostb,c@hostc]", Duration::from_secs(15)),
+        "[b@hostb,c@hostc]"
+    );
+    assert_eq!(
+        a.eval("ets:new(cache, [named_table, public]), ets:insert(cache, {k, <<\"SECRET-PAYLOAD-4711\">>})."),
+        "true"
+    );
+    assert_eq!(
+        b.eval("rpc:call(a@hosta, ets, lookup, [cache, k])."),
+        "[{k,<<\"SECRET-PAYLOAD-4711\">>}]"
+    );
+    assert_eq!(
+        cn.eval("rpc:call(a@hosta, ets, lookup, [cache, k])."),
+        "[{k,<<\"SECRET-PAYLOAD-4711\">>}]"
+    );
+    assert_eq!(
+        b.eval("{ok, Ns} = net_adm:names(hostc), [N || {N, _} <- Ns]."),
+        "[\"c\"]"
+    );
+
+    // Each host listens beyond loopback on its TLS port only.
+    for h in &hs {
+        let out = h.command("ss").args(["-H", "-ltn"]).output().expect("ss from iproute2");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let exposed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .filter(|a| !a.starts_with("127.") && !a.starts_with("[::1]"))
+            .collect();
+        assert_eq!(exposed, vec![format!("{}:4370", h.listen_ip)], "{}: {text}", h.name);
+    }
+
+    // What crossed the bridge: TLS, and nothing readable.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(tcpdump);
+    let cap = std::fs::read(&pcap).unwrap();
+    assert!(
+        cap.len() > 10_000,
+        "capture too small ({} bytes): was traffic seen?",
+        cap.len()
+    );
+    let hay = String::from_utf8_lossy(&cap).to_string();
+    for secret in [
+        "SECRET-PAYLOAD-4711",
+        "a@hosta",
+        "b@hostb",
+        "c@hostc",
+        "erlmesh-test",
+        "name a at port",
+        "EMSH",
+    ] {
+        assert!(!hay.contains(secret), "{secret:?} crossed the network in the clear");
+    }
+    // The EPMD port is never reached over the network.
+    let out = Command::new("tcpdump")
+        .args(["-nr"])
+        .arg(&pcap)
+        .arg("tcp port 4369")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 0);
+    let out = Command::new("tcpdump")
+        .args(["-nr"])
+        .arg(&pcap)
+        .arg("tcp and not port 4370")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "only TLS-port traffic expected"
+    );
+    drop((a, b, cn));
+    drop(hs);
+    drop(guard);
+}
