@@ -138,6 +138,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracker.spawn(face.serve(l));
     }
 
+    tracker.spawn(reload_on_sighup(config.clone(), tls.clone(), cancel.clone()));
+
     info!(
         host = %config.host,
         listen = %listen_addr,
@@ -161,6 +163,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         warn!("grace period over; closing the remaining tunnels");
     }
     Ok(())
+}
+
+/// On SIGHUP, loads the CA, certificate and key again. New connections use
+/// them; open tunnels keep theirs. A bad set is refused and the old stays.
+async fn reload_on_sighup(config: Config, tls: Arc<Tls>, cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGHUP; certificates will not be reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = hup.recv() => if r.is_none() { return },
+        }
+        match TlsConfigs::load(&config.tls, &config.host) {
+            Ok(c) => {
+                warn_if_expiring(&config, c.not_after);
+                tls.replace(c);
+                info!(cert = %config.tls.cert.display(), ca = %config.tls.ca.display(), "SIGHUP: certificates reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the previous certificates stay in use"),
+        }
+    }
 }
 
 /// Warns when this host's certificate expires within 30 days.

@@ -391,3 +391,39 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+impl Cluster {
+    /// Compiles tests/erl/NAME.erl into this cluster's directory and
+    /// returns the `-pa` arguments that put it on a node's code path.
+    pub fn erl_module(&self, name: &str) -> Vec<String> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/erl")
+            .join(format!("{name}.erl"));
+        let out = Command::new("erlc")
+            .arg("-o")
+            .arg(self.path())
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "erlc {src:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        vec!["-pa".into(), self.path().to_str().unwrap().to_owned()]
+    }
+}
+
+/// Waits until `f` is true or `within` passes; returns whether it became true.
+pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,257 @@
+//! Faults: erlmesh killed, restarted, stopped and reloaded under real
+//! traffic; floods of connections. Nodes must see what a plain network
+//! gives them: messages intact and in order, or a nodedown.
+
+mod common;
+use common::*;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn pair(c: &Cluster, extra: &str) -> (Host, Host) {
+    let mut ha = c.host("hosta");
+    let mut hb = c.host("hostb");
+    ha.peer(&hb);
+    hb.peer(&ha);
+    ha.extra = extra.into();
+    hb.extra = extra.into();
+    ha.start();
+    hb.start();
+    (ha, hb)
+}
+
+#[test]
+fn a_killed_peer_gives_prompt_nodedown_and_the_cluster_heals() {
+    let c = Cluster::new();
+    let (ha, mut hb) = pair(&c, "");
+    let mut a = ha.node("a");
+    let mut b = hb.node("b");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    assert_eq!(a.eval("net_kernel:monitor_nodes(true)."), "ok");
+    assert_eq!(b.eval("net_kernel:monitor_nodes(true)."), "ok");
+    let t0 = Instant::now();
+    hb.kill(); // SIGKILL
+               // Both sides hear of it at once, not after net_ticktime (60 s).
+    assert_eq!(
+        a.eval("receive {nodedown, N} -> N after 2000 -> timeout end."),
+        "b@hostb"
+    );
+    assert_eq!(
+        b.eval("receive {nodedown, N} -> N after 2000 -> timeout end."),
+        "a@hosta"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+
+    hb.start();
+    // b re-registers with the new erlmesh by itself (OTP retries every 2 s);
+    // a reconnects on its next message, without restarts.
+    assert_eq!(
+        a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(15)),
+        "pong",
+        "{}",
+        hb.log()
+    );
+    assert_eq!(b.eval("rpc:call(a@hosta, erlang, node, [])."), "a@hosta");
+}
+
+#[test]
+fn a_restarted_erlmesh_keeps_aliases_and_nodes_reregister() {
+    let c = Cluster::new();
+    let (mut ha, hb) = pair(&c, "");
+    let mut a = ha.node("a");
+    let mut b = hb.node("b");
+    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+    let inetrc = std::fs::read_to_string(c.path().join("state-hosta/inetrc")).unwrap();
+    ha.kill();
+    ha.start();
+    assert_eq!(
+        std::fs::read_to_string(c.path().join("state-hosta/inetrc")).unwrap(),
+        inetrc
+    );
+    // a registers again with the new embedded EPMD.
+    assert_eq!(
+        a.eval_until(
+            "{ok, Ns} = net_adm:names(), [N || {N, _} <- Ns].",
+            "[\"a\"]",
+            Duration::from_secs(15)
+        ),
+        "[\"a\"]"
+    );
+    assert_eq!(
+        b.eval_until("net_adm:ping(a@hosta).", "pong", Duration::from_secs(10)),
+        "pong"
+    );
+    assert_eq!(a.eval("rpc:call(b@hostb, erlang, node, [])."), "b@hostb");
+}
+
+#[test]
+fn a_checked_stream_survives_repeated_kills() {
+    let c = Cluster::new();
+    let pa = c.erl_module("stream");
+    let pa: Vec<&str> = pa.iter().map(|s| s.as_str()).collect();
+    let (mut ha, mut hb) = pair(&c, "");
+    let mut a = ha.node_with("a", &pa);
+    let mut b = hb.node_with("b", &pa);
+    assert_eq!(b.eval("stream:start_receiver()."), "ok");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    assert_eq!(a.eval("stream:start_sender(b@hostb, 16000, 2000)."), "ok");
+    // Kill and restart each side's erlmesh in turn while the stream runs,
+    // leaving time for the nodes to re-register (OTP retries every 2 s).
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(3000));
+        let h = if round % 2 == 0 { &mut hb } else { &mut ha };
+        h.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        h.start();
+    }
+    let sent = a.eval("stream:sender_report().");
+    let report = b.eval("stream:report().");
+    println!("stream through 4 kills: sender {sent}; receiver {report}");
+    let field = |k: &str| -> u64 {
+        let pat = format!("{k} => ");
+        let i = report
+            .match_indices(&pat)
+            .map(|(i, _)| i)
+            .find(|&i| i == 0 || !report[..i].ends_with(|ch: char| ch.is_ascii_alphanumeric() || ch == '_'))
+            .unwrap_or_else(|| panic!("{k} in {report}"));
+        report[i + k.len() + 4..]
+            .split(|ch: char| !ch.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let total: u64 = sent.split(',').nth(1).unwrap().trim().parse().unwrap();
+    let (delivered, bad, downs) = (field("delivered"), field("bad"), field("downs"));
+    println!(
+        "sent {total}, delivered {delivered}, lost with a nodedown {}, corrupted or out of order {bad}",
+        total - delivered
+    );
+    assert_eq!(bad, 0, "corrupted, duplicated or reordered messages: {report}");
+    assert!(downs >= 2, "the kills were not seen: {report}");
+    assert!(delivered > 100 && delivered <= total, "{report} / {sent}");
+    assert!(
+        report.contains("last => ") && field("last") == total,
+        "the tail arrived after the last restart: {report} / {sent}"
+    );
+}
+
+#[test]
+fn sigterm_drains_then_exits_zero() {
+    let c = Cluster::new();
+    let (mut ha, hb) = pair(&c, "shutdown_grace_secs = 3");
+    let mut a = ha.node("a");
+    let _b = hb.node("b");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    let p = ha.proc.as_mut().unwrap();
+    p.signal(15);
+    // The open tunnel still carries traffic during the grace period...
+    assert_eq!(a.eval("rpc:call(b@hostb, erlang, node, [])."), "b@hostb");
+    // ...and new connections are no longer accepted.
+    assert!(wait_for(Duration::from_secs(2), || TcpStream::connect((
+        "127.0.0.1",
+        ha.listen_port
+    ))
+    .is_err()));
+    let status = ha
+        .proc
+        .as_mut()
+        .unwrap()
+        .wait_timeout(Duration::from_secs(10))
+        .expect("exit within the grace period");
+    assert!(status.success(), "{status}");
+    let log = ha.log();
+    assert!(
+        log.contains("SIGTERM received") && log.contains("grace period over"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sighup_reloads_certificates_and_refuses_a_bad_one() {
+    let c = Cluster::new();
+    let (ha, hb) = pair(&c, "");
+    let mut a = ha.node("a");
+    let _b = hb.node("b");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    let certs = c.path().join("certs");
+    run_ok(&[
+        "cert",
+        "issue",
+        "--dir",
+        certs.to_str().unwrap(),
+        "--host",
+        "hosta",
+        "--force",
+    ]);
+    ha.proc.as_ref().unwrap().signal(1);
+    assert!(
+        wait_for(Duration::from_secs(5), || ha
+            .log()
+            .contains("SIGHUP: certificates reloaded")),
+        "{}",
+        ha.log()
+    );
+    // The open tunnel was not dropped; new connections use the new certificate.
+    assert_eq!(a.eval("rpc:call(b@hostb, erlang, node, [])."), "b@hostb");
+    assert_eq!(a.eval("erlang:disconnect_node(b@hostb)."), "true");
+    assert_eq!(
+        a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(5)),
+        "pong"
+    );
+
+    // A broken certificate is refused; the previous one stays in use.
+    std::fs::write(certs.join("hosta.pem"), "not a certificate\n").unwrap();
+    ha.proc.as_ref().unwrap().signal(1);
+    assert!(
+        wait_for(Duration::from_secs(5), || ha.log().contains("SIGHUP: reload refused")),
+        "{}",
+        ha.log()
+    );
+    assert!(ha.log().contains("hosta.pem"));
+    assert_eq!(a.eval("erlang:disconnect_node(b@hostb)."), "true");
+    assert_eq!(
+        a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(5)),
+        "pong"
+    );
+}
+
+#[test]
+fn floods_stay_within_limits_and_tunnels_keep_working() {
+    let c = Cluster::new();
+    let (ha, hb) = pair(&c, "max_connections = 64\nhandshake_timeout_secs = 2");
+    let mut a = ha.node("a");
+    let mut b = hb.node("b");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    // The alias listener standing for b on host A, and hostb's alias.
+    let alias_port: u16 = a.eval("{ok, [{_, P}]} = net_adm:names(hostb), P.").parse().unwrap();
+    let alias = a
+        .eval("{ok, IP} = inet:getaddr(hostb, inet), inet:ntoa(IP).")
+        .trim_matches('"')
+        .to_owned();
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = TcpStream::connect((alias.as_str(), alias_port)) {
+            held.push(s);
+        }
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", hb.listen_port)) {
+            held.push(s);
+        }
+    }
+    assert!(held.len() >= 300, "only {} connections opened", held.len());
+    // The established tunnel is untouched by the flood.
+    for i in 0..20 {
+        assert_eq!(
+            a.eval(&format!("rpc:call(b@hostb, erlang, abs, [-{i}]).")),
+            i.to_string()
+        );
+    }
+    assert_eq!(b.eval("rpc:call(a@hosta, erlang, node, [])."), "a@hosta");
+    drop(held);
+    // New connections still work once the flood has been timed out.
+    assert_eq!(b.eval("erlang:disconnect_node(a@hosta)."), "true");
+    assert_eq!(
+        b.eval_until("net_adm:ping(a@hosta).", "pong", Duration::from_secs(10)),
+        "pong"
+    );
+    assert!(!ha.log().contains("panicked") && !hb.log().contains("panicked"));
+}

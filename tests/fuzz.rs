@@ -1,0 +1,152 @@
+//! Property-based fuzzing of every parser that reads bytes from outside:
+//! the EPMD codec, the tunnel preface and the handshake reader. Random and
+//! mutated input must give a value or an error, never a panic, and what
+//! the encoders write must parse back to the same value.
+//! PROPTEST_CASES raises the case count for a longer run.
+
+use erlmesh::epmd::codec::{self, NodeInfo, Request};
+use erlmesh::handshake;
+use erlmesh::preface::{self, Preface};
+use proptest::prelude::*;
+
+fn cases() -> ProptestConfig {
+    let n = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    ProptestConfig {
+        cases: n,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9_.-]{1,40}"
+}
+
+fn node_info() -> impl Strategy<Value = NodeInfo> {
+    (
+        name(),
+        1u16..,
+        any::<u8>(),
+        any::<u8>(),
+        5u16..7,
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(name, port, node_type, protocol, high, extra)| NodeInfo {
+            name,
+            port,
+            node_type,
+            protocol,
+            high,
+            low: 5,
+            extra,
+        })
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        node_info().prop_map(Request::Alive2),
+        name().prop_map(|name| Request::PortPlease2 { name }),
+        Just(Request::Names),
+        Just(Request::Dump),
+        Just(Request::Kill),
+        proptest::collection::vec(any::<u8>(), 0..16).prop_map(|name| Request::Stop { name }),
+    ]
+}
+
+/// A valid encoding with some bytes flipped, cut or extended.
+fn mutated(valid: Vec<u8>, flips: Vec<(usize, u8)>, cut: usize, tail: Vec<u8>) -> Vec<u8> {
+    let mut v = valid;
+    for (i, b) in flips {
+        if !v.is_empty() {
+            let n = v.len();
+            v[i % n] ^= b;
+        }
+    }
+    v.truncate(cut.min(v.len()));
+    v.extend(tail);
+    v
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn epmd_requests_round_trip(req in request()) {
+        let bytes = codec::encode_request(&req);
+        prop_assert_eq!(codec::parse_request(&bytes), Ok((req, bytes.len())));
+    }
+
+    #[test]
+    fn epmd_codec_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1200)) {
+        if let Ok((_, used)) = codec::parse_request(&bytes) {
+            prop_assert!(used <= bytes.len());
+        }
+        let _ = codec::parse_port2_resp(&bytes);
+        let _ = codec::parse_names_reply(&bytes);
+        let _ = block_on(erlmesh::epmd::server::read_request(&mut &bytes[..]));
+    }
+
+    #[test]
+    fn epmd_codec_survives_mutation(req in request(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+                                    cut in any::<usize>(), tail in proptest::collection::vec(any::<u8>(), 0..8)) {
+        let bytes = mutated(codec::encode_request(&req), flips, cut, tail);
+        let _ = codec::parse_request(&bytes);
+        let resp = codec::encode_port2_resp(&NodeInfo { name: "b".into(), port: 1, node_type: 77, protocol: 0, high: 6, low: 5, extra: vec![] }, 2);
+        let _ = codec::parse_port2_resp(&mutated(resp, vec![(cut, 1)], cut, vec![]));
+    }
+
+    #[test]
+    fn preface_round_trips(kind in 0u8..3, n in name()) {
+        let p = match kind { 0 => Preface::PortPlease(n), 1 => Preface::Names, _ => Preface::Tunnel(n) };
+        let bytes = p.encode();
+        prop_assert_eq!(Preface::decode(&bytes), Ok((p.clone(), bytes.len())));
+        prop_assert_eq!(block_on(preface::read_preface(&mut &bytes[..])).unwrap(), p);
+    }
+
+    #[test]
+    fn preface_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3), cut in any::<usize>()) {
+        let _ = Preface::decode(&bytes);
+        let _ = block_on(preface::read_preface(&mut &bytes[..]));
+        let _ = block_on(preface::read_port_answer(&mut &bytes[..], "x"));
+        let _ = block_on(preface::read_names_answer(&mut &bytes[..]));
+        let valid = Preface::Tunnel("node".into()).encode();
+        let m = mutated(valid, flips, cut, vec![]);
+        let _ = Preface::decode(&m);
+    }
+
+    #[test]
+    fn send_name_reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1200)) {
+        if let Ok((_, used)) = handshake::parse_send_name(&bytes) {
+            prop_assert!(used <= bytes.len());
+        }
+        if let Ok((sn, raw)) = block_on(handshake::read_send_name(&mut &bytes[..])) {
+            prop_assert!(bytes.starts_with(&raw));
+            prop_assert!(sn.node.contains('@'));
+        }
+    }
+
+    #[test]
+    fn send_name_survives_mutation(n in name(), h in name(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4), cut in any::<usize>()) {
+        let node = format!("{n}@{h}");
+        let mut body = vec![b'N', 0, 0, 0, 0x0d, 0x07, 0xdf, 0x7f, 0xbd, 0, 0, 0, 1];
+        body.extend_from_slice(&(node.len() as u16).to_be_bytes());
+        body.extend_from_slice(node.as_bytes());
+        let mut frame = (body.len() as u16).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let (sn, used) = handshake::parse_send_name(&frame).unwrap();
+        prop_assert_eq!(sn.node, node);
+        prop_assert_eq!(used, frame.len());
+        let _ = handshake::parse_send_name(&mutated(frame, flips, cut, vec![]));
+    }
+}
