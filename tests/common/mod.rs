@@ -300,6 +300,8 @@ impl Node {
         let flag = if full.contains('.') { "-name" } else { "-sname" };
         let log = host.dir.join(format!("{full}.log"));
         let mut cmd = host.command("erl");
+        // Crash dumps and mnesia directories land in the test's directory.
+        cmd.current_dir(&host.dir);
         cmd.args(extra);
         cmd.args([
             "-noshell",

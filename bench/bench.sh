@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# erlmesh's benchmark: real nodes through direct inet_tcp_dist, erlmesh,
+# OTP's inet_tls_dist and stunnel (when installed), alternating setups over
+# ROUNDS rounds; prints each figure's median and its ratio to direct, with
+# erlmesh's CPU seconds per GB carried and its memory.
+# usage: bench/bench.sh [ROUNDS=3] [bulk_MiB=256] [round_trips=5000] [small_msgs=200000]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+rounds=${1:-3}; shift || true
+"$here/../scripts/install-deps.sh"
+(cd "$here/.." && cargo build --release --locked -q)
+modes="direct erlmesh tlsdist"
+command -v stunnel >/dev/null && modes="$modes stunnel"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+for r in $(seq "$rounds"); do
+  for m in $modes; do "$here/run.sh" "$m" "$@" | tee -a "$out" >&2; done
+done
+python3 - "$out" ${1:-256} $modes <<'PY'
+import sys, statistics as st
+path, bulk_mib, modes = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+rows = {}
+for line in open(path):
+    kv = dict(f.split('=', 1) for f in line.split()[1:])
+    rows.setdefault(kv.pop('mode'), []).append({k: float(v) for k, v in kv.items()})
+keys = ['first_ping_ms', 'rtt_p50_us', 'rtt_p99_us', 'bulk_MBps', 'small_msgs_per_s', 'proxy_cpu_s', 'proxy_rss_kb']
+med = {m: {k: st.median(r[k] for r in rows[m]) for k in keys} for m in modes if m in rows}
+print('%-9s' % 'setup' + ''.join('%17s' % k for k in keys))
+for m in med:
+    print('%-9s' % m + ''.join('%17.1f' % med[m][k] for k in keys))
+for m in med:
+    if m == 'direct': continue
+    r = {k: med[m][k] / med['direct'][k] for k in keys[:5]}
+    print('RATIO %s/direct ' % m + ' '.join('%s=%.2f' % (k, v) for k, v in r.items()))
+# Bytes carried per run: bulk MiB plus small messages and round trips (small).
+gb = bulk_mib * 1024 * 1024 / 1e9
+for m in ('erlmesh', 'stunnel'):
+    if m in med:
+        print('CPU %s: %.2f s per GB carried (both proxies, whole run / bulk bytes)' % (m, med[m]['proxy_cpu_s'] / gb))
+if 'erlmesh' in rows:
+    print('MEMORY erlmesh: idle RSS %.0f KiB (one process); peak RSS during the run %.0f KiB (both)' %
+          (st.median(r['idle_rss_kb'] for r in rows['erlmesh']), med['erlmesh']['proxy_rss_kb']))
+PY

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# One benchmark run on loopback: node a@hosta drives b@hostb through one
+# setup and one RESULT line is printed.
+#
+#   direct   plain inet_tcp_dist, no encryption: the floor to compare against
+#   erlmesh  one erlmesh per simulated host (target/release/erlmesh)
+#   tlsdist  OTP's inet_tls_dist with mutual TLS
+#   stunnel  a stunnel4 pair per host with mutual TLS (when installed)
+#
+# usage: bench/run.sh MODE [bulk_MiB] [round_trips] [small_msgs]
+# RESULT fields: first_ping_ms rtt_p50_us rtt_p99_us bulk_MBps small_msgs_per_s
+#   proxy_cpu_s (both proxies) proxy_rss_kb (peak, both) and, for erlmesh,
+#   idle_rss_kb (one erlmesh before any node) and tunnel_rss_kb (one erlmesh
+#   holding one tunnel, after the run).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+mode=$1; big=${2:-256}; rtts=${3:-5000}; small=${4:-200000}
+w=$(mktemp -d /tmp/erlmesh-bench.XXXXXX); c=$w/certs
+pids=(); proxies=()
+cleanup() {
+  exec 2>/dev/null
+  for p in "${pids[@]}"; do kill -9 "$p" || true; done
+  wait || true
+  rm -rf "$w"
+}
+trap cleanup EXIT
+cp "$here/distbench.erl" "$w/" && (cd "$w" && erlc distbench.erl)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+opts="#{big_mb => $big, rtts => $rtts, small => $small}"
+erl_common=(-noshell -pa "$w" -setcookie bench -kernel inet_dist_use_interface '{127,0,0,1}' +sbwt none +sbwtdcpu none +sbwtdio none)
+extra=""
+
+rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+start_b() { "$@" -eval 'receive after infinity -> ok end' >"$w/b.log" 2>&1 & pids+=($!); }
+wait_names() { # epmd_port name: until the node is registered
+  for _ in $(seq 100); do
+    ERL_EPMD_PORT=$1 epmd -port "$1" -names 2>/dev/null | grep -q "name $2 " && return 0; sleep 0.05
+  done
+}
+run_a() {
+  local out line cpu=0 hwm=0 tck
+  out=$(timeout 600 "$@" -eval "distbench:run(b@hostb, $opts), halt()." 2>&1) || true
+  line=$(grep '^RESULT' <<<"$out" || true)
+  if [ -z "$line" ]; then echo "$out" | tail -20 >&2; cat "$w/b.log" >&2; echo "run failed" >&2; exit 1; fi
+  for p in "${proxies[@]}"; do
+    read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat")
+    cpu=$((cpu + u + s)); hwm=$((hwm + $(awk '/VmHWM/{print $2}' "/proc/$p/status")))
+  done
+  tck=$(getconf CLK_TCK)
+  echo "${line/RESULT/RESULT mode=$mode} proxy_cpu_s=$(awk -v c=$cpu -v t=$tck 'BEGIN{printf "%.2f", c/t}') proxy_rss_kb=$hwm$extra"
+}
+
+case $mode in
+direct|tlsdist)
+  printf '{host, {127,0,0,1}, ["hosta","hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc"
+  tls_a=(); tls_b=()
+  if [ "$mode" = tlsdist ]; then
+    em=${ERLMESH:-$here/../target/release/erlmesh}
+    "$em" cert ca --dir "$c" >/dev/null
+    for h in hosta hostb; do
+      "$em" cert issue --dir "$c" --host $h >/dev/null
+      cat >"$w/$h.conf" <<EOC
+[{server, [{certfile, "$c/$h.pem"}, {keyfile, "$c/$h.key"}, {cacertfile, "$c/ca.pem"}, {verify, verify_peer}, {fail_if_no_peer_cert, true}]},
+ {client, [{certfile, "$c/$h.pem"}, {keyfile, "$c/$h.key"}, {cacertfile, "$c/ca.pem"}, {verify, verify_peer}]}].
+EOC
+    done
+    tls_a=(-proto_dist inet_tls -ssl_dist_optfile "$w/hosta.conf")
+    tls_b=(-proto_dist inet_tls -ssl_dist_optfile "$w/hostb.conf")
+  fi
+  ep=$(free_port)
+  epmd -address 127.0.0.1 -port "$ep" & pids+=($!); sleep 0.3
+  start_b env ERL_EPMD_PORT=$ep ERL_INETRC=$w/inetrc erl "${erl_common[@]}" -sname b@hostb "${tls_b[@]}"
+  wait_names "$ep" b
+  run_a env ERL_EPMD_PORT=$ep ERL_INETRC=$w/inetrc erl "${erl_common[@]}" -sname a@hosta "${tls_a[@]}"
+  ;;
+stunnel)
+  command -v stunnel >/dev/null || { echo "stunnel not installed" >&2; exit 3; }
+  em=${ERLMESH:-$here/../target/release/erlmesh}
+  "$em" cert ca --dir "$c" >/dev/null
+  for h in hosta hostb; do "$em" cert issue --dir "$c" --host $h >/dev/null; done
+  ea=$(free_port); eb=$(free_port); db=$(free_port); s1=$(free_port); s2=$(free_port)
+  printf '{host, {127,0,1,2}, ["hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc_a"
+  tls_opts() { printf 'cert = %s/%s.pem\nkey = %s/%s.key\nCAfile = %s/ca.pem\nverifyChain = yes\n' "$c" "$1" "$c" "$1" "$c"; }
+  { echo "foreground = yes"; echo "pid ="
+    for pair in "epmd $ea $s1" "dist $db $s2"; do set -- $pair
+      printf '[%s-b]\nclient = yes\naccept = 127.0.1.2:%s\nconnect = 127.0.0.1:%s\ncheckHost = hostb\n' "$1" "$2" "$3"; tls_opts hosta; done
+  } >"$w/stunnel_a.conf"
+  { echo "foreground = yes"; echo "pid ="
+    for pair in "epmd $s1 $eb" "dist $s2 $db"; do set -- $pair
+      printf '[%s-in]\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\n' "$1" "$2" "$3"; tls_opts hostb; done
+  } >"$w/stunnel_b.conf"
+  epmd -address 127.0.0.1 -port "$ea" & pids+=($!)
+  epmd -address 127.0.0.1 -port "$eb" & pids+=($!)
+  stunnel "$w/stunnel_a.conf" >"$w/sa.log" 2>&1 & pids+=($!); proxies+=($!)
+  stunnel "$w/stunnel_b.conf" >"$w/sb.log" 2>&1 & pids+=($!); proxies+=($!)
+  sleep 0.5
+  start_b env ERL_EPMD_PORT=$eb erl "${erl_common[@]}" -sname b@hostb -kernel inet_dist_listen_min "$db" -kernel inet_dist_listen_max "$db"
+  wait_names "$eb" b
+  run_a env ERL_EPMD_PORT=$ea ERL_INETRC=$w/inetrc_a erl "${erl_common[@]}" -sname a@hosta
+  ;;
+erlmesh)
+  em=${ERLMESH:-$here/../target/release/erlmesh}
+  [ -x "$em" ] || { echo "no erlmesh binary at $em (cargo build --release, or set ERLMESH)" >&2; exit 1; }
+  "$em" cert ca --dir "$c" >/dev/null
+  for h in hosta hostb; do "$em" cert issue --dir "$c" --host $h >/dev/null; done
+  ta=$(free_port); tb=$(free_port); ea=$(free_port); eb=$(free_port)
+  conf() { printf 'host = "%s"\nlisten = "127.0.0.1:%s"\nepmd_port = %s\nstate_dir = "%s"\n[tls]\nca = "%s/ca.pem"\ncert = "%s/%s.pem"\nkey = "%s/%s.key"\n[[peers]]\nhost = "%s"\naddress = "127.0.0.1:%s"\n' \
+    "$1" "$2" "$3" "$w/state-$1" "$c" "$c" "$1" "$c" "$1" "$4" "$5" >"$w/$1.toml"; }
+  conf hosta "$ta" "$ea" hostb "$tb"; conf hostb "$tb" "$eb" hosta "$ta"
+  for h in hosta hostb; do
+    "$em" run --config "$w/$h.toml" 2>"$w/$h.mesh.log" & pids+=($!); proxies+=($!)
+  done
+  for h in hosta hostb; do for _ in $(seq 100); do grep -q "erlmesh ready" "$w/$h.mesh.log" && break; sleep 0.05; done; done
+  idle=$(rss "${proxies[0]}")
+  ( eval "$("$em" env --config "$w/hostb.toml")"; exec erl "${erl_common[@]}" -sname b@hostb -eval 'receive after infinity -> ok end' ) >"$w/b.log" 2>&1 &
+  pids+=($!)
+  wait_names "$eb" b
+  ( eval "$("$em" env --config "$w/hosta.toml")"; run_a erl "${erl_common[@]}" -sname a@hosta ) >"$w/a.result" || { tail -20 "$w"/*.mesh.log >&2; exit 1; }
+  sed "s/\$/ idle_rss_kb=$idle/" "$w/a.result"
+  ;;
+*) echo "unknown mode $mode (direct|erlmesh|tlsdist|stunnel)" >&2; exit 2 ;;
+esac
