@@ -148,8 +148,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         resolver = %inetrc.display(),
         "erlmesh ready"
     );
+    // Every listener is bound: tell systemd (Type=notify), if it asked.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        warn!(error = %e, "cannot notify systemd of readiness");
+    }
 
     shutdown.await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     info!(
         "shutting down: no new connections; open tunnels drain for up to {:?}",
         config.shutdown_grace
@@ -181,7 +186,10 @@ async fn reload_on_sighup(config: Config, tls: Arc<Tls>, cancel: CancellationTok
             _ = cancel.cancelled() => return,
             r = hup.recv() => if r.is_none() { return },
         }
-        match TlsConfigs::load(&config.tls, &config.host) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        let loaded = TlsConfigs::load(&config.tls, &config.host);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        match loaded {
             Ok(c) => {
                 warn_if_expiring(&config, c.not_after);
                 tls.replace(c);

@@ -110,6 +110,8 @@ impl Cluster {
             netns: None,
             peers: Vec::new(),
             extra: String::new(),
+            run_env: Vec::new(),
+            run_args: Vec::new(),
             proc: None,
             starts: 0,
         }
@@ -140,6 +142,9 @@ pub struct Host {
     pub peers: Vec<(String, String)>,
     /// Extra top-level config lines.
     pub extra: String,
+    /// Extra environment and arguments for `erlmesh run`.
+    pub run_env: Vec<(String, String)>,
+    pub run_args: Vec<String>,
     pub proc: Option<Proc>,
     starts: u32,
 }
@@ -190,7 +195,9 @@ impl Host {
         let child = self
             .command(ERLMESH)
             .args(["run", "--config", self.config_path().to_str().unwrap()])
+            .args(&self.run_args)
             .env("RUST_LOG", "erlmesh=debug")
+            .envs(self.run_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logf)
