@@ -24,7 +24,7 @@ cleanup() {
   rm -rf "$w"
 }
 trap cleanup EXIT
-cp "$here/distbench.erl" "$w/" && (cd "$w" && erlc distbench.erl)
+cp "$here/distbench.erl" "$w/" && cd "$w" && erlc distbench.erl
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 opts="#{big_mb => $big, rtts => $rtts, small => $small}"
 erl_common=(-noshell -pa "$w" -setcookie bench -kernel inet_dist_use_interface '{127,0,0,1}' +sbwt none +sbwtdcpu none +sbwtdio none)

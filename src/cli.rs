@@ -39,6 +39,16 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show what a running erlmesh knows: its peers, their state and
+    /// certificate expiry, and the tunnels open per node pair.
+    Status {
+        /// The config file of the running erlmesh (for its state_dir).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the Prometheus metrics instead.
+        #[arg(long)]
+        metrics: bool,
+    },
     /// Make the cluster CA and host certificates.
     #[command(subcommand)]
     Cert(CertCommand),

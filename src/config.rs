@@ -61,6 +61,7 @@ struct RawConfig {
     max_connections: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
+    metrics: Option<String>,
     tls: RawTls,
     #[serde(default)]
     peers: Vec<RawPeer>,
@@ -121,6 +122,8 @@ pub struct Config {
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub handshake_timeout: Duration,
+    /// Where to serve /metrics and /status over HTTP (loopback only).
+    pub metrics: Option<SocketAddr>,
     pub tls: TlsFiles,
     pub peers: Vec<Peer>,
 }
@@ -219,7 +222,23 @@ impl Config {
         if handshake_timeout.is_zero() {
             return Err(invalid("handshake_timeout_secs", "must be at least 1".into()));
         }
+        let metrics = match raw.metrics.as_deref() {
+            None => None,
+            Some(m) => {
+                let a: SocketAddr = m
+                    .parse()
+                    .map_err(|_| invalid("metrics", format!("{m:?} is not an address such as \"127.0.0.1:9370\"")))?;
+                if !a.ip().is_loopback() {
+                    return Err(invalid(
+                        "metrics",
+                        format!("{a} is not a loopback address: the endpoint is unauthenticated"),
+                    ));
+                }
+                Some(a)
+            }
+        };
         Ok(Config {
+            metrics,
             file: file.to_owned(),
             host: raw.host,
             listen,

@@ -5,6 +5,7 @@
 use crate::epmd::codec::{self, Request};
 use crate::epmd::server::{read_request, reply_and_close, ReadError};
 use crate::handshake;
+use crate::metrics::{Counted, PeerLabels};
 use crate::peer::Dialer;
 use crate::policy::{short, Policy};
 use crate::preface::TunnelStatus;
@@ -108,6 +109,7 @@ impl Face {
                 }
             };
             debug!(request = req.kind(), "EPMD question for the peer");
+            self.dialer.metrics().epmd_request(req.kind());
             match req {
                 Request::PortPlease2 { name } if !self.policy.allows_remote(&name) => {
                     info!(node = %name, "remote node not allowed by the peer's config; answered 'not found'");
@@ -205,6 +207,16 @@ impl Face {
         Ok(port)
     }
 
+    fn count_refusal(&self) {
+        self.dialer
+            .metrics()
+            .identity_refusals
+            .get_or_create(&PeerLabels {
+                peer: self.dialer.host.clone(),
+            })
+            .inc();
+    }
+
     /// Carries one local node's connection to remote node `node`.
     async fn tunnel_out(self: Arc<Self>, mut local: TcpStream, node: String) {
         let remote_node = format!("{node}@{}", self.dialer.host);
@@ -227,10 +239,12 @@ impl Face {
                     claimed = %send_name.node,
                     "refused: a local node may only dial out under this host's name {:?}", self.own_host
                 );
+                self.count_refusal();
                 return;
             }
             if !self.policy.allows_local(short(&send_name.node)) {
                 warn!(claimed = %send_name.node, "refused: the peer's config does not allow this local node");
+                self.count_refusal();
                 return;
             }
             let (status, mut remote) = match self.dialer.tunnel(&node, &raw).await {
@@ -245,6 +259,11 @@ impl Face {
                 return;
             }
             debug!("tunnel open");
+            let guard = self
+                .dialer
+                .metrics()
+                .tunnel(&self.dialer.host, &send_name.node, &remote_node, "out");
+            let mut local = Counted::new(local, guard.byte_counters());
             match splice(&mut local, &mut remote).await {
                 Ok(c) => debug!(bytes_out = c.out, bytes_back = c.back, "tunnel closed"),
                 Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),

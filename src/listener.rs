@@ -3,9 +3,11 @@
 
 use crate::epmd::LocalEpmd;
 use crate::handshake;
+use crate::metrics::{tls_reason, Counted, Metrics, PeerLabels};
 use crate::policy::{short, Policy};
 use crate::preface::{self, Preface, TunnelStatus};
 use crate::splice::{is_disconnect, splice};
+use crate::tls::cert_not_after;
 use crate::tls::{peer_hosts, Tls};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,6 +36,9 @@ pub struct Context {
     /// From connect to the end of the preface (and a tunnel's send_name):
     /// a slow or silent client loses its slot after this.
     pub handshake_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    /// This host's name, for the local end of tunnels in status.
+    pub host: String,
 }
 
 impl Context {
@@ -54,15 +59,24 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(%from, error = %e, "TLS handshake failed");
+            ctx.metrics.handshake_failed(tls_reason(&e));
             return;
         }
         Err(_) => {
             warn!(%from, "TLS handshake not completed within {:?}; closed", ctx.handshake_timeout);
+            ctx.metrics.handshake_failed("timeout");
             return;
         }
     };
     let hosts = peer_hosts(tls.get_ref().1);
     let peer = hosts.first().cloned().unwrap_or_default();
+    let na = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| cert_not_after(c).ok());
+    ctx.metrics.peer_ok(&peer, na);
     let preface = match tokio::time::timeout_at(deadline, preface::read_preface(&mut tls)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -114,6 +128,11 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
     }
 }
 
+fn count_refusal(ctx: &Context, hosts: &[String]) {
+    let peer = hosts.first().cloned().unwrap_or_default();
+    ctx.metrics.identity_refusals.get_or_create(&PeerLabels { peer }).inc();
+}
+
 async fn answer_and_close<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) {
     let work = async {
         s.write_all(answer).await?;
@@ -154,11 +173,13 @@ async fn tunnel_in(
             certificate_names = ?hosts,
             "refused: the peer's certificate does not name the host of the node it speaks for"
         );
+        count_refusal(&ctx, &hosts);
         answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
         return;
     }
     if !policy.allows_remote(short(&send_name.node)) || !policy.allows_local(&name) {
         warn!(claimed = %send_name.node, "refused: the peer's config does not allow this node pair");
+        count_refusal(&ctx, &hosts);
         answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
         return;
     }
@@ -200,6 +221,12 @@ async fn tunnel_in(
         return;
     }
     debug!("tunnel open");
+    let peer = hosts.first().cloned().unwrap_or_default();
+    let guard = ctx
+        .metrics
+        .tunnel(&peer, &format!("{name}@{}", ctx.host), &send_name.node, "in");
+    let (to_peer, from_peer) = guard.byte_counters();
+    let mut local = Counted::new(local, (to_peer, from_peer));
     match splice(&mut local, &mut tls).await {
         Ok(c) => debug!(bytes_in = c.out, bytes_back = c.back, "tunnel closed"),
         Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),

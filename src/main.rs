@@ -42,6 +42,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 r
             })
         }
+        Command::Status { config, metrics } => {
+            let config = load(&config)?;
+            let sock = config.state_dir.join(erlmesh::control::SOCKET_FILE);
+            let body =
+                erlmesh::control::request(&sock, if metrics { "/metrics" } else { "/status" }).with_context(|| {
+                    format!(
+                        "{}: cannot reach erlmesh (is `erlmesh run` running with this config?)",
+                        sock.display()
+                    )
+                })?;
+            print!("{body}");
+            Ok(())
+        }
         Command::Env { config } => {
             let config = load(&config)?;
             print!("{}", env_lines(&config));

@@ -2,8 +2,9 @@
 //! name, the preface, and the peer's answer.
 
 use crate::epmd::NodeInfo;
+use crate::metrics::{tls_reason, Metrics};
 use crate::preface::{self, Preface, TunnelStatus};
-use crate::tls::{server_name, Tls};
+use crate::tls::{cert_not_after, server_name, Tls};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,22 +58,51 @@ pub struct Dialer {
     pub address: String,
     name: ServerName<'static>,
     tls: Arc<Tls>,
+    metrics: Arc<Metrics>,
 }
 
 impl Dialer {
     /// A dialer for `host` at `address`.
-    pub fn new(host: &str, address: &str, tls: Arc<Tls>) -> Result<Dialer, DialError> {
+    pub fn new(host: &str, address: &str, tls: Arc<Tls>, metrics: Arc<Metrics>) -> Result<Dialer, DialError> {
         Ok(Dialer {
             host: host.to_owned(),
             address: address.to_owned(),
             name: server_name(host).map_err(DialError::Name)?,
             tls,
+            metrics,
         })
     }
 
     /// Opens a verified TLS connection and sends `preface` (plus `extra`
     /// bytes in the same write, to save a round trip).
     pub async fn open(&self, preface: &Preface, extra: &[u8]) -> Result<TlsStream<TcpStream>, DialError> {
+        let r = self.open_inner(preface, extra).await;
+        match &r {
+            Ok(s) => {
+                let na = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| cert_not_after(c).ok());
+                self.metrics.peer_ok(&self.host, na);
+            }
+            Err(e) => {
+                if let DialError::Tls { source, .. } = e {
+                    self.metrics.handshake_failed(tls_reason(source));
+                }
+                self.metrics.peer_error(&self.host, e.to_string());
+            }
+        }
+        r
+    }
+
+    /// The metrics this dialer reports to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    async fn open_inner(&self, preface: &Preface, extra: &[u8]) -> Result<TlsStream<TcpStream>, DialError> {
         let address = || self.address.clone();
         let tcp = match timeout(CONNECT_TIMEOUT, self.connect_tcp()).await {
             Ok(r) => r?,

@@ -6,6 +6,7 @@ use crate::epmd::local::Registry;
 use crate::epmd::LocalEpmd;
 use crate::face::Face;
 use crate::listener::{self, Context};
+use crate::metrics::Metrics;
 use crate::peer::Dialer;
 use crate::serve::accept_loop;
 use crate::tls::{Tls, TlsConfigs};
@@ -28,6 +29,8 @@ pub const MAX_LOCAL_EPMD_CONNECTIONS: usize = 1024;
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let tls = Tls::new(TlsConfigs::load(&config.tls, &config.host)?);
     warn_if_expiring(&config, tls.current().not_after);
+    let metrics = Metrics::new(config.peers.iter().map(|p| p.host.as_str()));
+    metrics.set_own_not_after(tls.current().not_after);
 
     let aliases = alias::assign(&config.peers, &config.state_dir)
         .with_context(|| format!("{}: cannot keep the alias table", config.state_dir.display()))?;
@@ -68,14 +71,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             })?;
             let registry = Registry::new();
             let slots = Arc::new(Semaphore::new(MAX_LOCAL_EPMD_CONNECTIONS));
-            let (reg, port) = (registry.clone(), config.epmd_port);
+            let (reg, port, m) = (registry.clone(), config.epmd_port, metrics.clone());
             tracker.spawn(accept_loop(
                 l,
                 slots,
                 cancel.clone(),
                 tracker.clone(),
                 "epmd",
-                move |s, from, c| epmd::server::handle(s, from, reg.clone(), port, c),
+                move |s, from, c| epmd::server::handle(s, from, reg.clone(), port, m.clone(), c),
             ));
             LocalEpmd::Embedded(registry)
         }
@@ -89,7 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let mut faces = Vec::new();
     for (peer, alias) in config.peers.iter().zip(aliases) {
-        let dialer = Dialer::new(&peer.host, &peer.address, tls.clone())?;
+        let dialer = Dialer::new(&peer.host, &peer.address, tls.clone(), metrics.clone())?;
         let face = Face::new(
             &config.host,
             alias,
@@ -124,6 +127,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         local,
         policies: Arc::new(policies),
         handshake_timeout: config.handshake_timeout,
+        metrics: metrics.clone(),
+        host: config.host.clone(),
     };
     let slots = Arc::new(Semaphore::new(config.max_connections));
     tracker.spawn(accept_loop(
@@ -138,7 +143,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracker.spawn(face.serve(l));
     }
 
-    tracker.spawn(reload_on_sighup(config.clone(), tls.clone(), cancel.clone()));
+    tracker.spawn(reload_on_sighup(
+        config.clone(),
+        tls.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
+
+    // The control endpoint: always on a unix socket in state_dir (for
+    // `erlmesh status`), and on a loopback TCP port when configured.
+    let sock = config.state_dir.join(crate::control::SOCKET_FILE);
+    let _ = std::fs::remove_file(&sock);
+    let unix = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("{}: cannot bind the control socket", sock.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let (m, h, c, t) = (metrics.clone(), config.host.clone(), cancel.clone(), tracker.clone());
+    tracker.spawn(async move {
+        loop {
+            let s = tokio::select! {
+                _ = c.cancelled() => break,
+                r = unix.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            };
+            t.spawn(crate::control::serve_one(s, m.clone(), h.clone()));
+        }
+    });
+    if let Some(addr) = config.metrics {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{}: metrics: cannot bind {addr}", config.file.display()))?;
+        let (m, h) = (metrics.clone(), config.host.clone());
+        tracker.spawn(accept_loop(
+            l,
+            Arc::new(Semaphore::new(16)),
+            cancel.clone(),
+            tracker.clone(),
+            "metrics",
+            move |s, _, _| crate::control::serve_one(s, m.clone(), h.clone()),
+        ));
+    }
 
     info!(
         host = %config.host,
@@ -172,7 +217,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// On SIGHUP, loads the CA, certificate and key again. New connections use
 /// them; open tunnels keep theirs. A bad set is refused and the old stays.
-async fn reload_on_sighup(config: Config, tls: Arc<Tls>, cancel: CancellationToken) {
+async fn reload_on_sighup(config: Config, tls: Arc<Tls>, metrics: Arc<Metrics>, cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -192,6 +237,7 @@ async fn reload_on_sighup(config: Config, tls: Arc<Tls>, cancel: CancellationTok
         match loaded {
             Ok(c) => {
                 warn_if_expiring(&config, c.not_after);
+                metrics.set_own_not_after(c.not_after);
                 tls.replace(c);
                 info!(cert = %config.tls.cert.display(), ca = %config.tls.ca.display(), "SIGHUP: certificates reloaded");
             }

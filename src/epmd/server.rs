@@ -73,6 +73,7 @@ pub async fn handle(
     from: SocketAddr,
     registry: Arc<Registry>,
     epmd_port: u16,
+    metrics: Arc<crate::metrics::Metrics>,
     cancel: CancellationToken,
 ) {
     let span = tracing::debug_span!("epmd", %from);
@@ -86,6 +87,7 @@ pub async fn handle(
             }
         };
         debug!(request = req.kind(), "request");
+        metrics.epmd_request(req.kind());
         match req {
             Request::Alive2(info) => {
                 let v6 = info.high >= 6;

@@ -81,6 +81,11 @@ final_sync(_Node, 0) -> timeout;
 final_sync(Node, N) ->
     case sync(Node, 1000) of ok -> ok; _ -> final_sync(Node, N - 1) end.
 
+%% Waits for the sender to finish, however long it runs.
 sender_report() ->
+    Ref = monitor(process, stream_tx),
     stream_tx ! {report, self()},
-    receive {sent, N, Synced} -> {sent, N, Synced} after 120000 -> timeout end.
+    receive
+        {sent, N, Synced} -> demonitor(Ref, [flush]), {sent, N, Synced};
+        {'DOWN', Ref, _, _, Why} -> {sender_died, Why}
+    end.

@@ -1,0 +1,345 @@
+//! What erlmesh counts: Prometheus metrics, and the peer and tunnel state
+//! `erlmesh status` shows.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// From local nodes to the peer.
+    Out,
+    /// From the peer to local nodes.
+    In,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub peer: String,
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub request: String,
+}
+
+/// What erlmesh knows of one peer host, for `erlmesh status`.
+#[derive(Debug, Clone, Default)]
+pub struct PeerStatus {
+    /// The last successful TLS connection with it (Unix milliseconds).
+    pub last_ok: Option<i64>,
+    /// The last failure to reach it (Unix milliseconds, reason).
+    pub last_error: Option<(i64, String)>,
+    /// When its certificate expires, as last seen (Unix seconds).
+    pub cert_not_after: Option<i64>,
+}
+
+/// All counters and state, shared by every task.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub tunnels_open: Family<PeerLabels, Gauge>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub handshake_failures: Family<ReasonLabels, Counter>,
+    pub identity_refusals: Family<PeerLabels, Counter>,
+    pub epmd_requests: Family<RequestLabels, Counter>,
+    cert_expiry: Gauge,
+    own_not_after: AtomicI64,
+    peers: Mutex<BTreeMap<String, PeerStatus>>,
+    /// (local node, remote node, direction) -> open tunnels.
+    pairs: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+}
+
+/// Unix seconds.
+pub fn now() -> i64 {
+    now_ms() / 1000
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Metrics {
+    /// Fresh metrics; `peers` are listed in status from the start.
+    pub fn new<'a>(peers: impl IntoIterator<Item = &'a str>) -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("erlmesh");
+        let tunnels_open = Family::<PeerLabels, Gauge>::default();
+        let bytes = Family::<BytesLabels, Counter>::default();
+        let handshake_failures = Family::<ReasonLabels, Counter>::default();
+        let identity_refusals = Family::<PeerLabels, Counter>::default();
+        let epmd_requests = Family::<RequestLabels, Counter>::default();
+        let cert_expiry = Gauge::default();
+        registry.register("tunnels_open", "Tunnels open, per peer host", tunnels_open.clone());
+        registry.register("bytes", "Bytes carried, per peer host and direction", bytes.clone());
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            handshake_failures.clone(),
+        );
+        registry.register(
+            "identity_refusals",
+            "Tunnels refused because a node spoke for a host not its own or not allowed",
+            identity_refusals.clone(),
+        );
+        registry.register("epmd_requests", "EPMD requests served, by type", epmd_requests.clone());
+        registry.register(
+            "cert_expiry_seconds",
+            "Seconds until this host's certificate expires",
+            cert_expiry.clone(),
+        );
+        let peers = peers
+            .into_iter()
+            .map(|p| (p.to_owned(), PeerStatus::default()))
+            .collect();
+        Arc::new(Metrics {
+            registry,
+            tunnels_open,
+            bytes,
+            handshake_failures,
+            identity_refusals,
+            epmd_requests,
+            cert_expiry,
+            own_not_after: AtomicI64::new(0),
+            peers: Mutex::new(peers),
+            pairs: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Records when this host's certificate expires.
+    pub fn set_own_not_after(&self, t: i64) {
+        self.own_not_after.store(t, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        self.cert_expiry.set(self.own_not_after.load(Ordering::Relaxed) - now());
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+
+    /// Counts one EPMD request.
+    pub fn epmd_request(&self, kind: &str) {
+        self.epmd_requests
+            .get_or_create(&RequestLabels {
+                request: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed TLS handshake.
+    pub fn handshake_failed(&self, reason: &str) {
+        self.handshake_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Notes a successful connection with `peer`.
+    pub fn peer_ok(&self, peer: &str, cert_not_after: Option<i64>) {
+        let mut peers = self.peers.lock().expect("metrics lock");
+        let p = peers.entry(peer.to_owned()).or_default();
+        p.last_ok = Some(now_ms());
+        if cert_not_after.is_some() {
+            p.cert_not_after = cert_not_after;
+        }
+    }
+
+    /// Notes a failure to reach `peer`.
+    pub fn peer_error(&self, peer: &str, reason: String) {
+        self.peers
+            .lock()
+            .expect("metrics lock")
+            .entry(peer.to_owned())
+            .or_default()
+            .last_error = Some((now_ms(), reason));
+    }
+
+    /// Counts an open tunnel until the guard is dropped.
+    pub fn tunnel(self: &Arc<Self>, peer: &str, local: &str, remote: &str, dir: &'static str) -> TunnelGuard {
+        self.tunnels_open
+            .get_or_create(&PeerLabels { peer: peer.to_owned() })
+            .inc();
+        let key = (local.to_owned(), remote.to_owned(), dir);
+        *self.pairs.lock().expect("metrics lock").entry(key.clone()).or_default() += 1;
+        TunnelGuard {
+            metrics: self.clone(),
+            peer: peer.to_owned(),
+            key,
+        }
+    }
+
+    /// The status report `erlmesh status` prints.
+    pub fn status(&self, host: &str) -> String {
+        let now = now();
+        let mut s = format!("erlmesh on {host}\n\npeers:\n");
+        let open: BTreeMap<String, i64> = self
+            .peers
+            .lock()
+            .expect("metrics lock")
+            .keys()
+            .map(|p| {
+                (
+                    p.clone(),
+                    self.tunnels_open.get_or_create(&PeerLabels { peer: p.clone() }).get(),
+                )
+            })
+            .collect();
+        for (name, p) in self.peers.lock().expect("metrics lock").iter() {
+            let state = match (p.last_ok, &p.last_error) {
+                (Some(ok), Some((err, _))) if *err > ok => "unreachable",
+                (Some(_), _) => "connected",
+                (None, Some(_)) => "unreachable",
+                (None, None) => "not yet contacted",
+            };
+            let state = if open.get(name).copied().unwrap_or(0) > 0 {
+                "connected"
+            } else {
+                state
+            };
+            s.push_str(&format!(
+                "  {name:<24} {state:<18} tunnels={}",
+                open.get(name).copied().unwrap_or(0)
+            ));
+            if let Some(na) = p.cert_not_after {
+                s.push_str(&format!(" cert_expires_in_days={}", (na - now) / 86_400));
+            }
+            if let Some((t, why)) = &p.last_error {
+                s.push_str(&format!(" last_error=\"{why}\" ({}s ago)", now - t / 1000));
+            }
+            s.push('\n');
+        }
+        s.push_str("\ntunnels (local node, remote node, direction, open):\n");
+        for ((l, r, d), n) in self.pairs.lock().expect("metrics lock").iter() {
+            s.push_str(&format!("  {l:<28} {r:<28} {d:<4} {n}\n"));
+        }
+        s
+    }
+}
+
+/// Ends a tunnel's accounting when dropped.
+pub struct TunnelGuard {
+    metrics: Arc<Metrics>,
+    peer: String,
+    key: (String, String, &'static str),
+}
+
+impl TunnelGuard {
+    /// Counters for the bytes of this tunnel: (local to peer, peer to local).
+    pub fn byte_counters(&self) -> (Counter, Counter) {
+        let get = |direction| {
+            self.metrics
+                .bytes
+                .get_or_create(&BytesLabels {
+                    peer: self.peer.clone(),
+                    direction,
+                })
+                .clone()
+        };
+        (get(Direction::Out), get(Direction::In))
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .tunnels_open
+            .get_or_create(&PeerLabels {
+                peer: self.peer.clone(),
+            })
+            .dec();
+        let mut pairs = self.metrics.pairs.lock().expect("metrics lock");
+        if let Some(n) = pairs.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                pairs.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The local side of a tunnel, counting bytes as they pass: what is read
+/// from the node goes out, what is written to it came in.
+pub struct Counted<S> {
+    pub inner: S,
+    out: Counter,
+    back: Counter,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S, (out, back): (Counter, Counter)) -> Self {
+        Counted { inner, out, back }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.out.inc_by(n as u64);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.back.inc_by(n as u64);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A short, stable reason for a TLS failure, for the metrics label.
+pub fn tls_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    match e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+        Some(Error::InvalidCertificate(c)) => match c {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "cert_expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => "cert_not_yet_valid",
+            CertificateError::UnknownIssuer => "cert_unknown_issuer",
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => "cert_wrong_name",
+            _ => "cert_invalid",
+        },
+        Some(Error::NoCertificatesPresented) => "no_client_cert",
+        Some(Error::PeerIncompatible(_)) => "incompatible",
+        Some(Error::InvalidMessage(_)) => "not_tls",
+        Some(Error::AlertReceived(_)) => "alert_received",
+        Some(_) => "other",
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => "disconnected",
+        None => "io",
+    }
+}
