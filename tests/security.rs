@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use erlmesh::config::TlsFiles;
+use erlmesh::metrics::Metrics;
 use erlmesh::peer::Dialer;
 use erlmesh::preface::TunnelStatus;
 use erlmesh::tls::{Tls, TlsConfigs};
@@ -94,7 +95,7 @@ fn a_valid_certificate_for_hostc_cannot_speak_for_hostb() {
         allow_tls12: false,
     };
     let tls = configs(&files, &hostc.name);
-    let dialer = Dialer::new("hosta", &format!("127.0.0.1:{}", ha.listen_port), tls).unwrap();
+    let dialer = Dialer::new("hosta", &format!("127.0.0.1:{}", ha.listen_port), tls, Metrics::new([])).unwrap();
     let rt = rt();
     // hostc claims to be b@hostb: refused before a byte reaches node a.
     let (status, _) = rt.block_on(dialer.tunnel("a", &send_name("b@hostb"))).unwrap();
@@ -222,6 +223,7 @@ fn bad_client_certificates_are_refused() {
             "hosta",
             &format!("127.0.0.1:{}", ha.listen_port),
             configs(&files, "hostb"),
+            Metrics::new([]),
         )
         .unwrap();
         let r = rt.block_on(dialer.names());
