@@ -184,7 +184,7 @@ pub fn show(file: &Path, ca: Option<&Path>) -> Result<Shown, CertError> {
 
 /// Whether `der` (with `intermediates`) chains to the CA in `ca`, as a
 /// peer erlmesh would check it.
-fn chains_to(
+pub fn chains_to(
     der: &rustls::pki_types::CertificateDer<'static>,
     intermediates: &[rustls::pki_types::CertificateDer<'static>],
     ca: &Path,

@@ -49,6 +49,23 @@ pub enum Command {
         #[arg(long)]
         metrics: bool,
     },
+    /// Check this host's setup and explain each problem with its fix:
+    /// config, certificate (chain, name, expiry), each peer (reachable,
+    /// authenticates), EPMD and nodes on loopback only, the resolver file,
+    /// and with --node how a running node resolves the peer hosts.
+    /// Exits 1 when a check fails.
+    Doctor {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A running local node (name or name@host) to ask how it resolves
+        /// each peer host.
+        #[arg(long)]
+        node: Option<String>,
+        /// That node's cookie (default: ~/.erlang.cookie).
+        #[arg(long)]
+        cookie: Option<String>,
+    },
     /// Make the cluster CA and host certificates.
     #[command(subcommand)]
     Cert(CertCommand),

@@ -13,6 +13,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod epmd;
 pub mod exposure;
 pub mod face;

@@ -55,6 +55,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print!("{body}");
             Ok(())
         }
+        Command::Doctor { config, node, cookie } => {
+            let config = load(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let checks = rt.block_on(erlmesh::doctor::run(&config, node.as_deref(), cookie.as_deref()));
+            print!("{}", erlmesh::doctor::render(&checks));
+            if checks.iter().any(|c| !c.ok) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Env { config } => {
             let config = load(&config)?;
             print!("{}", env_lines(&config));

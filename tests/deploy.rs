@@ -159,3 +159,101 @@ fn metrics_and_status_move_with_traffic() {
     });
     assert!(seen, "{status}");
 }
+
+fn doctor(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(ERLMESH)
+        .arg("doctor")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn doctor_explains_healthy_and_broken_setups() {
+    let c = Cluster::new();
+    let mut ha = c.host("hosta");
+    let mut hb = c.host("hostb");
+    ha.peer(&hb);
+    hb.peer(&ha);
+    ha.start();
+    hb.start();
+    let _a = ha.node("a");
+    let _b = hb.node("b");
+    let conf = ha.config_path();
+    let conf = conf.to_str().unwrap();
+
+    let (ok, out) = doctor(&["--config", conf, "--node", "a", "--cookie", "erlmesh-test"]);
+    assert!(ok, "{out}");
+    for want in [
+        "[ok]   certificate",
+        "chains to the CA",
+        "more days",
+        "peer hostb at 127.0.0.1:",
+        "authenticates",
+        "its nodes: b",
+        "is not open beyond loopback",
+        "node a@hosta listens on loopback only",
+        "maps this host and every peer",
+        "a@hosta resolves hostb to its alias 127.77.",
+        "0 failed",
+    ] {
+        assert!(out.contains(want), "{want:?} in\n{out}");
+    }
+
+    // A node started without erlmesh's resolver file.
+    let mut ha2 = c.host("hosta-bare");
+    ha2.name = "hosta".into();
+    ha2.epmd_port = ha.epmd_port;
+    ha2.skip_env = vec!["ERL_INETRC".into()]; // same config file as hosta
+    let _n = ha2.node("n");
+    let (ok, out) = doctor(&["--config", conf, "--node", "n", "--cookie", "erlmesh-test"]);
+    assert!(!ok);
+    assert!(
+        out.contains("[FAIL] n@hosta does not resolve hostb") && out.contains("fix: restart the node"),
+        "{out}"
+    );
+
+    // The certificate of another host.
+    let text = std::fs::read_to_string(&ha.config_path()).unwrap();
+    let wrong = c.path().join("wrong.toml");
+    std::fs::write(&wrong, text.replace("certs/hosta.pem", "certs/hostb.pem")).unwrap();
+    let (ok, out) = doctor(&["--config", wrong.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("[FAIL] certificate:") && out.contains("not this host \"hosta\""),
+        "{out}"
+    );
+
+    // An exposed epmd, no EPMD at all, no resolver file.
+    let exposed = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = exposed.local_addr().unwrap().port();
+    let other = c.path().join("other.toml");
+    let text2 = text
+        .replace(&format!("epmd_port = {}", ha.epmd_port), &format!("epmd_port = {port}"))
+        .replace("state-hosta", "state-nowhere");
+    std::fs::write(&other, text2).unwrap();
+    let (ok, out) = doctor(&["--config", other.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("[FAIL] EPMD port {port} is open to the network")),
+        "{out}"
+    );
+    assert!(
+        out.contains("[FAIL] resolver file") && out.contains("fix: start erlmesh"),
+        "{out}"
+    );
+
+    // The peer is down.
+    let mut hb = hb;
+    hb.kill();
+    let (ok, out) = doctor(&["--config", conf]);
+    assert!(!ok);
+    assert!(
+        out.contains("[FAIL] peer hostb at 127.0.0.1:") && out.contains("Connection refused"),
+        "{out}"
+    );
+}

@@ -112,6 +112,7 @@ impl Cluster {
             extra: String::new(),
             run_env: Vec::new(),
             run_args: Vec::new(),
+            skip_env: Vec::new(),
             proc: None,
             starts: 0,
         }
@@ -145,6 +146,8 @@ pub struct Host {
     /// Extra environment and arguments for `erlmesh run`.
     pub run_env: Vec<(String, String)>,
     pub run_args: Vec<String>,
+    /// Variables of `erlmesh env` that nodes started here do not get.
+    pub skip_env: Vec<String>,
     pub proc: Option<Proc>,
     starts: u32,
 }
@@ -322,7 +325,9 @@ impl Node {
         ]);
         cmd.args(["-eval", EVAL_LOOP]);
         for (k, v) in host.env() {
-            cmd.env(k, v);
+            if !host.skip_env.contains(&k) {
+                cmd.env(k, v);
+            }
         }
         let child = cmd
             .stdin(Stdio::piped())

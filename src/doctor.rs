@@ -1,0 +1,311 @@
+//! `erlmesh doctor`: checks a host's setup and explains each problem with
+//! its fix.
+
+use crate::config::Config;
+use crate::epmd::LocalEpmd;
+use crate::metrics::Metrics;
+use crate::peer::Dialer;
+use crate::tls::{Tls, TlsConfigs};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+/// One check's outcome.
+#[derive(Debug)]
+pub struct Check {
+    pub ok: bool,
+    pub what: String,
+    /// What to do about it, when not ok.
+    pub fix: String,
+}
+
+fn pass(what: impl Into<String>) -> Check {
+    Check {
+        ok: true,
+        what: what.into(),
+        fix: String::new(),
+    }
+}
+
+fn fail(what: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        ok: false,
+        what: what.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Runs every check for `config`; `node` names a running local node whose
+/// name resolution is checked too (with `cookie`, or the node's default).
+pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> Vec<Check> {
+    let mut checks = vec![pass(format!("config {} is valid", config.file.display()))];
+
+    // Certificates.
+    let cert_fix = format!(
+        "issue one with `erlmesh cert issue --dir DIR --host {}` and point tls.cert / tls.key at it",
+        config.host
+    );
+    let tls = match TlsConfigs::load(&config.tls, &config.host) {
+        Ok(t) => {
+            checks.push(pass(format!(
+                "certificate {} names {} and matches its key",
+                config.tls.cert.display(),
+                config.host
+            )));
+            Some(Tls::new(t))
+        }
+        Err(e) => {
+            checks.push(fail(format!("certificate: {e}"), cert_fix.clone()));
+            None
+        }
+    };
+    if let Ok(chain) = crate::tls::load_certs(&config.tls.cert) {
+        match crate::certs::chains_to(
+            &chain[0],
+            &chain[1..],
+            &config.tls.ca,
+            rustls::pki_types::UnixTime::now(),
+        ) {
+            Ok(()) => checks.push(pass(format!(
+                "certificate chains to the CA {}",
+                config.tls.ca.display()
+            ))),
+            Err(e) => checks.push(fail(
+                format!("certificate does not chain to the CA {}: {e}", config.tls.ca.display()),
+                cert_fix.clone(),
+            )),
+        }
+        if let Ok(na) = crate::tls::cert_not_after(&chain[0]) {
+            let days = (na - crate::metrics::now()) / 86_400;
+            if days < 0 {
+                checks.push(fail(
+                    format!("certificate expired {} days ago", -days),
+                    cert_fix.clone(),
+                ));
+            } else if days < 30 {
+                checks.push(fail(
+                    format!("certificate expires in {days} days"),
+                    cert_fix.clone() + ", then SIGHUP erlmesh",
+                ));
+            } else {
+                checks.push(pass(format!("certificate valid for {days} more days")));
+            }
+        }
+    }
+
+    // Peers.
+    if let Some(tls) = &tls {
+        for p in &config.peers {
+            let d = match Dialer::new(&p.host, &p.address, tls.clone(), Metrics::new([])) {
+                Ok(d) => d,
+                Err(e) => {
+                    checks.push(fail(format!("peer {}: {e}", p.host), "fix peers[].host"));
+                    continue;
+                }
+            };
+            match d.names().await {
+                Ok(names) => checks.push(pass(format!(
+                    "peer {} at {} authenticates (TLS 1.3, certificate names {}); its nodes: {}",
+                    p.host,
+                    p.address,
+                    p.host,
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ))),
+                Err(e) => checks.push(fail(
+                    format!("peer {} at {}: {e}", p.host, p.address),
+                    "check that its erlmesh runs, that the address and port are right and open between the hosts, \
+                     and that its certificate comes from the same CA and names that host",
+                )),
+            }
+        }
+    }
+
+    // Exposure: EPMD and local nodes on loopback only.
+    let exposed = crate::exposure::exposed_listeners(config.epmd_port);
+    if exposed.is_empty() {
+        checks.push(pass(format!(
+            "EPMD port {} is not open beyond loopback",
+            config.epmd_port
+        )));
+    } else {
+        checks.push(fail(
+            format!("EPMD port {} is open to the network on {exposed:?}", config.epmd_port),
+            "stop that epmd (systemctl disable --now epmd.socket epmd.service) or run it with ERL_EPMD_ADDRESS=127.0.0.1",
+        ));
+    }
+    match (LocalEpmd::System { port: config.epmd_port }).names().await {
+        Ok(nodes) => {
+            checks.push(pass(format!(
+                "local EPMD answers on 127.0.0.1:{} ({} nodes)",
+                config.epmd_port,
+                nodes.len()
+            )));
+            for (n, port) in nodes {
+                let ex = crate::exposure::exposed_listeners(port);
+                if ex.is_empty() {
+                    checks.push(pass(format!(
+                        "node {n}@{} listens on loopback only (port {port})",
+                        config.host
+                    )));
+                } else {
+                    checks.push(fail(
+                        format!(
+                            "node {n}@{} listens beyond loopback on {ex:?}, outside TLS",
+                            config.host
+                        ),
+                        "start it with the environment of `erlmesh env` (-kernel inet_dist_use_interface {127,0,0,1})",
+                    ));
+                }
+            }
+        }
+        Err(e) => checks.push(fail(
+            format!("no EPMD answers on 127.0.0.1:{}: {e}", config.epmd_port),
+            "start erlmesh (`erlmesh run`), or the system epmd when epmd = \"system\"",
+        )),
+    }
+
+    // The resolver file.
+    let inetrc = config.inetrc_path();
+    let aliases = read_aliases(config);
+    match std::fs::read_to_string(&inetrc) {
+        Ok(text) => {
+            let missing: Vec<&str> = std::iter::once(config.host.as_str())
+                .chain(config.peers.iter().map(|p| p.host.as_str()))
+                .filter(|h| !text.contains(&format!("\"{h}\"")))
+                .collect();
+            if missing.is_empty() {
+                checks.push(pass(format!(
+                    "resolver file {} maps this host and every peer",
+                    inetrc.display()
+                )));
+            } else {
+                checks.push(fail(
+                    format!("resolver file {} lacks {missing:?}", inetrc.display()),
+                    "restart erlmesh with this config: it rewrites the file",
+                ));
+            }
+        }
+        Err(e) => checks.push(fail(
+            format!("resolver file {}: {e}", inetrc.display()),
+            "start erlmesh with this config: it writes the file",
+        )),
+    }
+
+    // A running node's view of the peer hosts.
+    if let Some(node) = node {
+        checks.extend(check_node(config, node, cookie, &aliases).await);
+    }
+    checks
+}
+
+/// The alias each peer has, as erlmesh keeps it in state_dir.
+fn read_aliases(config: &Config) -> Vec<(String, Option<Ipv4Addr>)> {
+    let text = std::fs::read_to_string(config.state_dir.join(crate::alias::ALIASES_FILE)).unwrap_or_default();
+    config
+        .peers
+        .iter()
+        .map(|p| {
+            let kept = text
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .find(|(h, _)| *h == p.host)
+                .and_then(|(_, ip)| ip.trim().parse().ok());
+            (p.host.clone(), p.alias.or(kept))
+        })
+        .collect()
+}
+
+/// Asks the running node `node` (through a short-lived helper node with the
+/// environment of `erlmesh env`) what each peer host resolves to.
+async fn check_node(
+    config: &Config,
+    node: &str,
+    cookie: Option<&str>,
+    aliases: &[(String, Option<Ipv4Addr>)],
+) -> Vec<Check> {
+    let full = if node.contains('@') {
+        node.to_owned()
+    } else {
+        format!("{node}@{}", config.host)
+    };
+    let hosts: Vec<String> = aliases.iter().map(|(h, _)| format!("\"{h}\"")).collect();
+    let script = format!(
+        "R = [{{H, rpc:call('{full}', inet, getaddr, [H, inet], 5000)}} || H <- [{}]], \
+         io:format(\"~p.~n\", [R]), halt().",
+        hosts.join(",")
+    );
+    let flag = if config.host.contains('.') { "-name" } else { "-sname" };
+    let me = format!("doctor{}@{}", std::process::id(), config.host);
+    let mut cmd = tokio::process::Command::new("erl");
+    cmd.args(["-noshell", "-hidden", flag, &me]);
+    if let Some(c) = cookie {
+        cmd.args(["-setcookie", c]);
+    }
+    cmd.args(["-eval", &script]);
+    cmd.env("ERL_INETRC", config.inetrc_path())
+        .env("ERL_EPMD_PORT", config.epmd_port.to_string());
+    cmd.env(
+        "ERL_ZFLAGS",
+        "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false",
+    );
+    cmd.kill_on_drop(true);
+    let out = match tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output()).await {
+        Ok(Ok(o)) => String::from_utf8_lossy(&o.stdout).to_string(),
+        Ok(Err(e)) => {
+            return vec![fail(
+                format!("cannot run erl to ask {full}: {e}"),
+                "install Erlang on this host",
+            )]
+        }
+        Err(_) => {
+            return vec![fail(
+                format!("asking {full} took over 30 s"),
+                "check that the node runs",
+            )]
+        }
+    };
+    let mut checks = Vec::new();
+    for (h, alias) in aliases {
+        let want = alias.map(|a| {
+            let o = a.octets();
+            format!("{{\"{h}\",{{ok,{{{},{},{},{}}}}}}}", o[0], o[1], o[2], o[3])
+        });
+        let flat: String = out.chars().filter(|c| !c.is_whitespace()).collect();
+        match want {
+            Some(w) if flat.contains(&w) => {
+                checks.push(pass(format!("{full} resolves {h} to its alias {}", alias.unwrap())));
+            }
+            _ if flat.contains("badrpc") || !flat.contains(&format!("\"{h}\"")) => {
+                let mut fix = String::from("check the node's name and cookie (--cookie)");
+                let _ = write!(fix, "; the helper printed: {}", out.trim());
+                checks.push(fail(format!("cannot ask {full} how it resolves {h}"), fix));
+                break;
+            }
+            _ => checks.push(fail(
+                format!(
+                    "{full} does not resolve {h} to its alias {alias:?} (it says {})",
+                    out.trim()
+                ),
+                "restart the node with the environment of `eval \"$(erlmesh env --config FILE)\"` (ERL_INETRC)",
+            )),
+        }
+    }
+    checks
+}
+
+/// The report: one line per check, the fix under each failure.
+pub fn render(checks: &[Check]) -> String {
+    let mut s = String::new();
+    for c in checks {
+        let _ = writeln!(s, "{} {}", if c.ok { "[ok]  " } else { "[FAIL]" }, c.what);
+        if !c.ok {
+            let _ = writeln!(s, "       fix: {}", c.fix);
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    let _ = writeln!(s, "\n{} checks, {} failed", checks.len(), failed);
+    s
+}
