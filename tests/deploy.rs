@@ -218,7 +218,7 @@ fn doctor_explains_healthy_and_broken_setups() {
     );
 
     // The certificate of another host.
-    let text = std::fs::read_to_string(&ha.config_path()).unwrap();
+    let text = std::fs::read_to_string(ha.config_path()).unwrap();
     let wrong = c.path().join("wrong.toml");
     std::fs::write(&wrong, text.replace("certs/hosta.pem", "certs/hostb.pem")).unwrap();
     let (ok, out) = doctor(&["--config", wrong.to_str().unwrap()]);
