@@ -8,3 +8,4 @@ ERLMESH_NETNS_DEPS=1 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked "$@"
+deploy/check.sh

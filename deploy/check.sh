@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Syntax checks for the deploy files that cannot run here (no container
+# engine, no Kubernetes): the Dockerfile through Docker's own parser (PyPI
+# "dockerfile"), the Kubernetes YAML through yamllint plus a check that
+# every document names apiVersion, kind and metadata.name, and the systemd
+# unit through systemd-analyze when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${ERLMESH_CHECK_VENV:-/tmp/erlmesh-deploy-check}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q dockerfile yamllint pyyaml
+"$venv/bin/python" - <<'PY'
+import dockerfile, sys, yaml, glob
+cmds = dockerfile.parse_file("Dockerfile")
+stages = [c for c in cmds if c.cmd == "FROM"]
+assert len(stages) >= 2, "multi-stage build expected"
+assert any(c.cmd == "ENTRYPOINT" for c in cmds)
+print(f"Dockerfile: {len(cmds)} instructions, {len(stages)} stages: ok")
+for path in sorted(glob.glob("deploy/k8s/*.yaml")):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    for d in docs:
+        for k in ("apiVersion", "kind", "metadata"):
+            assert k in d, f"{path}: a document lacks {k}"
+        assert d["metadata"].get("name"), f"{path}: {d['kind']} without metadata.name"
+    print(f"{path}: {len(docs)} documents: ok")
+PY
+"$venv/bin/yamllint" -d '{extends: relaxed, rules: {line-length: {max: 140}}}' deploy/k8s
+if command -v systemd-analyze >/dev/null; then
+  systemd-analyze verify deploy/erlmesh.service 2>&1 | grep -v "Command /usr/local/bin/erlmesh is not executable\|No such file" || true
+fi
+echo "deploy files: ok"
