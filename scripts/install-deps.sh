@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs what erlmesh's demo and tests need from Debian's packages, only
 # when it is missing: Erlang/OTP (erlang-base, erlang-ssl, erlang-mnesia),
-# openssl, and for the namespace tests iproute2 and tcpdump.
+# openssl, and for the tests Elixir, iproute2 and tcpdump.
 set -euo pipefail
 need=()
 command -v erl >/dev/null 2>&1 || need+=(erlang-base erlang-ssl erlang-mnesia)
 command -v erl >/dev/null 2>&1 && ! erl -noshell -eval 'halt(case code:lib_dir(ssl) of {error,_} -> 1; _ -> 0 end).' && need+=(erlang-ssl)
 command -v erl >/dev/null 2>&1 && ! erl -noshell -eval 'halt(case code:lib_dir(mnesia) of {error,_} -> 1; _ -> 0 end).' && need+=(erlang-mnesia)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-if [ "${ERLMESH_NETNS_DEPS:-0}" = 1 ]; then
+# The Elixir interop test; bsdutils' script(1) gives erl -remsh a terminal.
+[ "${ERLMESH_TEST_DEPS:-0}" = 1 ] && ! command -v elixir >/dev/null 2>&1 && need+=(elixir)
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
+if [ "${ERLMESH_TEST_DEPS:-0}" = 1 ]; then
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 fi

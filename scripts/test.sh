@@ -4,7 +4,7 @@
 # erlmesh processes, real TLS on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ERLMESH_NETNS_DEPS=1 scripts/install-deps.sh
+ERLMESH_TEST_DEPS=1 scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked "$@"

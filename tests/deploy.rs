@@ -257,3 +257,39 @@ fn doctor_explains_healthy_and_broken_setups() {
         "{out}"
     );
 }
+
+#[test]
+fn an_elixir_node_joins_an_erlang_cluster() {
+    let c = Cluster::new();
+    let mut ha = c.host("hosta");
+    let mut hb = c.host("hostb");
+    ha.peer(&hb);
+    hb.peer(&ha);
+    ha.start();
+    hb.start();
+    let mut a = ha.node("a");
+    assert_eq!(
+        a.eval("ets:new(cache, [named_table, public]), ets:insert(cache, {k, <<\"from erlang\">>})."),
+        "true"
+    );
+    let script = r#"
+        true = Node.connect(:"a@hosta")
+        IO.inspect(:rpc.call(:"a@hosta", :ets, :lookup, [:cache, :k]), label: "lookup")
+        :ok = :rpc.call(:"a@hosta", :persistent_term, :put, [:from_elixir, String.upcase("hello")])
+        IO.inspect(Node.list(), label: "nodes")
+    "#;
+    let mut cmd = hb.command("elixir");
+    cmd.current_dir(c.path())
+        .args(["--sname", "e@hostb", "--cookie", "erlmesh-test", "-e", script]);
+    for (k, v) in hb.env() {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .expect("elixir (Debian's elixir package; scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("lookup: [k: \"from erlang\"]"), "{text}");
+    assert!(text.contains("nodes: [:a@hosta]"), "{text}");
+    assert_eq!(a.eval("persistent_term:get(from_elixir)."), "<<\"HELLO\">>");
+}
