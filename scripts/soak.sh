@@ -38,8 +38,9 @@ note_peak() {
 }
 starts=(1 1); start_mesh 0 hosta; start_mesh 1 hostb
 erlc -o "$w" tests/erl/stream.erl
-node() { # host name eval
-  ( cd "$w"; eval "$("$em" env --config "$w/$1.toml")"; exec erl -noshell -pa "$w" -sname "$2@$1" -setcookie soak -eval "$3" ) }
+node() { # host name eval; always run in the background, where exec
+  # replaces the subshell so that $! is the node itself
+  cd "$w"; eval "$("$em" env --config "$w/$1.toml")"; exec erl -noshell -pa "$w" -sname "$2@$1" -setcookie soak -eval "$3"; }
 node hostb b 'stream:start_receiver(), receive after infinity -> ok end.' >"$w/b.out" 2>&1 & pids+=($!)
 sleep 2
 node hosta a "
