@@ -20,6 +20,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// How long a client of the TLS port may take from connect to preface; a
 /// slow or silent client loses its slot after this.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a host learnt through gossip may stay unreachable before it is
+/// dropped from the peer table.
+pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// How long open tunnels may drain after SIGTERM before erlmesh exits.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -62,6 +65,10 @@ struct RawConfig {
     shutdown_grace_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
     metrics: Option<String>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    advertise: Option<String>,
+    forget_after_secs: Option<u64>,
     tls: RawTls,
     #[serde(default)]
     peers: Vec<RawPeer>,
@@ -124,6 +131,12 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Where to serve /metrics and /status over HTTP (loopback only).
     pub metrics: Option<SocketAddr>,
+    /// TLS addresses of peers to join through; other hosts are learnt.
+    pub seeds: Vec<String>,
+    /// The TLS address other hosts dial to reach this one.
+    pub advertise: String,
+    /// How long a learnt host may stay unreachable before it is dropped.
+    pub forget_after: Duration,
     pub tls: TlsFiles,
     pub peers: Vec<Peer>,
 }
@@ -237,8 +250,23 @@ impl Config {
                 Some(a)
             }
         };
+        for (i, sd) in raw.seeds.iter().enumerate() {
+            check_address(sd).map_err(|m| invalid(&format!("seeds[{i}]"), m))?;
+        }
+        let advertise = match raw.advertise {
+            Some(a) => {
+                check_address(&a).map_err(|m| invalid("advertise", m))?;
+                a
+            }
+            None if listen.ip().is_unspecified() => format!("{}:{}", raw.host, listen.port()),
+            None => listen.to_string(),
+        };
+        let forget_after = Duration::from_secs(raw.forget_after_secs.unwrap_or(DEFAULT_FORGET_AFTER.as_secs()));
         Ok(Config {
             metrics,
+            seeds: raw.seeds,
+            advertise,
+            forget_after,
             file: file.to_owned(),
             host: raw.host,
             listen,

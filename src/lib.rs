@@ -19,6 +19,7 @@ pub mod exposure;
 pub mod face;
 pub mod handshake;
 pub mod listener;
+pub mod mesh;
 pub mod metrics;
 pub mod peer;
 pub mod policy;

@@ -3,6 +3,7 @@
 
 use crate::epmd::LocalEpmd;
 use crate::handshake;
+use crate::mesh::Mesh;
 use crate::metrics::{tls_reason, Counted, Metrics, PeerLabels};
 use crate::policy::{short, Policy};
 use crate::preface::{self, Preface, TunnelStatus};
@@ -39,6 +40,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// This host's name, for the local end of tunnels in status.
     pub host: String,
+    /// The peer table, for HELLO.
+    pub mesh: Arc<Mesh>,
 }
 
 impl Context {
@@ -118,6 +121,14 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
                 }
             };
             answer_and_close(&mut tls, &preface::encode_names_answer(&names)).await;
+        }
+        Preface::Hello(address) => {
+            answer_and_close(&mut tls, &preface::encode_hosts_answer(&ctx.mesh.known().await)).await;
+            // The certificate proved the name; the address is verified by
+            // dialling it before the host enters the table.
+            if !peer.is_empty() {
+                ctx.mesh.learn(&peer, &address);
+            }
         }
         Preface::Tunnel(name) => {
             let span = tracing::info_span!("tunnel", dir = "in", %peer, to = %name, from = tracing::field::Empty);

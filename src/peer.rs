@@ -59,6 +59,9 @@ pub struct Dialer {
     name: ServerName<'static>,
     tls: Arc<Tls>,
     metrics: Arc<Metrics>,
+    /// A seed: its host name is not known yet and is read from its
+    /// certificate (fully verified otherwise).
+    seed: bool,
 }
 
 impl Dialer {
@@ -70,7 +73,20 @@ impl Dialer {
             name: server_name(host).map_err(DialError::Name)?,
             tls,
             metrics,
+            seed: false,
         })
+    }
+
+    /// A dialer for a seed address, whose host is learnt from its certificate.
+    pub fn seed(address: &str, tls: Arc<Tls>, metrics: Arc<Metrics>) -> Dialer {
+        Dialer {
+            host: address.to_owned(),
+            address: address.to_owned(),
+            name: ServerName::try_from("erlmesh-seed").expect("a valid DNS name"),
+            tls,
+            metrics,
+            seed: true,
+        }
     }
 
     /// Opens a verified TLS connection and sends `preface` (plus `extra`
@@ -78,6 +94,7 @@ impl Dialer {
     pub async fn open(&self, preface: &Preface, extra: &[u8]) -> Result<TlsStream<TcpStream>, DialError> {
         let r = self.open_inner(preface, extra).await;
         match &r {
+            Ok(_) if self.seed => {}
             Ok(s) => {
                 let na = s
                     .get_ref()
@@ -91,10 +108,17 @@ impl Dialer {
                 if let DialError::Tls { source, .. } = e {
                     self.metrics.handshake_failed(tls_reason(source));
                 }
-                self.metrics.peer_error(&self.host, e.to_string());
+                if !self.seed {
+                    self.metrics.peer_error(&self.host, e.to_string());
+                }
             }
         }
         r
+    }
+
+    /// Whether this dials a seed (host learnt from its certificate).
+    pub fn is_seed(&self) -> bool {
+        self.seed
     }
 
     /// The metrics this dialer reports to.
@@ -108,7 +132,8 @@ impl Dialer {
             Ok(r) => r?,
             Err(_) => return Err(DialError::ConnectTimeout { address: address() }),
         };
-        let connector = TlsConnector::from(self.tls.current().client.clone());
+        let configs = self.tls.current();
+        let connector = TlsConnector::from(if self.seed { configs.seed_client.clone() } else { configs.client.clone() });
         let mut tls = match timeout(HANDSHAKE_TIMEOUT, connector.connect(self.name.clone(), tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
@@ -186,6 +211,15 @@ impl Dialer {
             })
             .await?;
         Ok((status, s))
+    }
+
+    /// Announces `advertise` (this host's TLS address) and returns the
+    /// peer's certificate names and the hosts it knows.
+    pub async fn hello(&self, advertise: &str) -> Result<(Vec<String>, Vec<(String, String)>), DialError> {
+        let mut s = self.open(&Preface::Hello(advertise.to_owned()), &[]).await?;
+        let names = crate::tls::peer_hosts(s.get_ref().1);
+        let hosts = self.answer(preface::read_hosts_answer(&mut s)).await?;
+        Ok((names, hosts))
     }
 
     async fn answer<T>(

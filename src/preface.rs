@@ -10,11 +10,15 @@
 //!   Kind 2 NAMES        Nlen = 0
 //!   Kind 3 TUNNEL       Name = node to connect to; raw distribution bytes
 //!                       follow once the answer says OK
+//!   Kind 4 HELLO        Name = the dialler's TLS address ("host:port"),
+//!                       announced to the peer (the host is its certificate's)
 //! answers (listener -> dialler)
 //!   PORT_PLEASE  Status:1 (0 found, 1 not found)
 //!                found: NodeType:1 Protocol:1 High:2 Low:2 Elen:2 Extra:Elen
 //!   NAMES        Count:2, then Count x (Nlen:1 Name:Nlen)
 //!   TUNNEL       Status:1 (see TunnelStatus), then raw bytes both ways
+//!   HELLO        Count:2, then Count x (Hlen:1 Host:Hlen Alen:1 Address:Alen),
+//!                the hosts the listener knows, itself first
 //! ```
 //!
 //! A listener that sees another magic or version closes the connection
@@ -35,6 +39,7 @@ pub const MAX_NAMES: usize = 1024;
 const KIND_PORT_PLEASE: u8 = 1;
 const KIND_NAMES: u8 = 2;
 const KIND_TUNNEL: u8 = 3;
+const KIND_HELLO: u8 = 4;
 const HEADER_LEN: usize = 7;
 
 /// What a connection is for.
@@ -46,6 +51,8 @@ pub enum Preface {
     Names,
     /// Connect me to node `name`'s distribution port.
     Tunnel(String),
+    /// I can be reached at this address; which hosts do you know?
+    Hello(String),
 }
 
 /// Why preface bytes could not be read.
@@ -72,6 +79,7 @@ impl Preface {
             Preface::PortPlease(n) => (KIND_PORT_PLEASE, n.as_str()),
             Preface::Names => (KIND_NAMES, ""),
             Preface::Tunnel(n) => (KIND_TUNNEL, n.as_str()),
+            Preface::Hello(a) => (KIND_HELLO, a.as_str()),
         };
         let mut v = Vec::with_capacity(HEADER_LEN + name.len());
         v.extend_from_slice(MAGIC);
@@ -105,7 +113,7 @@ fn decode_header(buf: &[u8]) -> Result<(u8, usize), PrefaceError> {
     if buf[4] != VERSION {
         return Err(PrefaceError::Version(buf[4]));
     }
-    if !(KIND_PORT_PLEASE..=KIND_TUNNEL).contains(&buf[5]) {
+    if !(KIND_PORT_PLEASE..=KIND_HELLO).contains(&buf[5]) {
         return Err(PrefaceError::Kind(buf[5]));
     }
     Ok((buf[5], buf[6] as usize))
@@ -116,6 +124,7 @@ fn build(kind: u8, name: &[u8]) -> Result<Preface, PrefaceError> {
         KIND_NAMES if name.is_empty() => Preface::Names,
         KIND_NAMES => return Err(PrefaceError::Answer("NAMES carries no name")),
         KIND_PORT_PLEASE => Preface::PortPlease(check_name(name)?.to_owned()),
+        KIND_HELLO => Preface::Hello(check_name(name)?.to_owned()),
         _ => Preface::Tunnel(check_name(name)?.to_owned()),
     })
 }
@@ -235,6 +244,47 @@ pub async fn read_names_answer<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<St
     Ok(names)
 }
 
+/// Most hosts in one HELLO answer: the mesh is meant for dozens of hosts.
+pub const MAX_HOSTS: usize = 1024;
+
+/// Encodes the answer to HELLO: (host, TLS address) pairs.
+pub fn encode_hosts_answer(hosts: &[(String, String)]) -> Vec<u8> {
+    let hosts: Vec<_> = hosts.iter().filter(|(h, a)| h.len() < 256 && a.len() < 256).take(MAX_HOSTS).collect();
+    let mut v = (hosts.len() as u16).to_be_bytes().to_vec();
+    for (h, a) in hosts {
+        v.push(h.len() as u8);
+        v.extend_from_slice(h.as_bytes());
+        v.push(a.len() as u8);
+        v.extend_from_slice(a.as_bytes());
+    }
+    v
+}
+
+/// Reads the answer to HELLO.
+pub async fn read_hosts_answer<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<(String, String)>, ReadError> {
+    let mut count = [0u8; 2];
+    r.read_exact(&mut count).await?;
+    let count = u16::from_be_bytes(count) as usize;
+    if count > MAX_HOSTS {
+        return Err(PrefaceError::Answer("too many hosts").into());
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut pair = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let mut len = [0u8; 1];
+            r.read_exact(&mut len).await?;
+            let mut b = vec![0u8; len[0] as usize];
+            r.read_exact(&mut b).await?;
+            pair.push(check_name(&b).map_err(PrefaceError::from)?.to_owned());
+        }
+        let a = pair.pop().unwrap_or_default();
+        let h = pair.pop().unwrap_or_default();
+        out.push((h, a));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +326,7 @@ mod tests {
         assert_eq!(Preface::decode(&[0x16, 0x03, 0x01]), Err(PrefaceError::BadMagic));
         assert_eq!(Preface::decode(b"EMSH\x02\x03\x01b"), Err(PrefaceError::Version(2)));
         assert_eq!(Preface::decode(b"EMSH\x01\x09\x00"), Err(PrefaceError::Kind(9)));
+        assert_eq!(Preface::decode(b"EMSH\x01\x05\x00"), Err(PrefaceError::Kind(5)));
         assert!(matches!(
             Preface::decode(b"EMSH\x01\x03\x00"),
             Err(PrefaceError::Name(_))
@@ -309,6 +360,10 @@ mod tests {
         let names = vec!["a".to_string(), "rabbit".to_string()];
         let bytes = encode_names_answer(&names);
         assert_eq!(read_names_answer(&mut &bytes[..]).await.unwrap(), names);
+        let hosts = vec![("hostb".to_string(), "198.18.0.2:4370".to_string())];
+        let bytes = encode_hosts_answer(&hosts);
+        assert_eq!(read_hosts_answer(&mut &bytes[..]).await.unwrap(), hosts);
+        assert!(read_hosts_answer(&mut &bytes[..bytes.len() - 1]).await.is_err());
         assert!(read_names_answer(&mut &[0xff, 0xff][..]).await.is_err());
 
         let mut r = TUNNEL_B;

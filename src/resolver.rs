@@ -4,10 +4,18 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+/// The resolver file's name under state_dir.
+pub const INETRC_FILE: &str = "inetrc";
+/// The hosts file's name under state_dir.
+pub const HOSTS_FILE: &str = "hosts";
+
 /// Renders the resolver file. `file` comes first in `lookup` so that even
-/// an IP-literal host part is looked up in the table (DESIGN.md §2).
-pub fn render(own_host: &str, peers: &[(String, Ipv4Addr)]) -> String {
+/// an IP-literal host part is looked up in the table (DESIGN.md §2). A node
+/// reads it once, at start; hosts learnt later reach running nodes through
+/// `hosts_file`, which OTP re-reads when it changes.
+pub fn render(own_host: &str, peers: &[(String, Ipv4Addr)], hosts_file: &Path) -> String {
     let mut s = String::from("%% Written by erlmesh; replaced whenever its peers change. Do not edit.\n");
+    s.push_str(&format!("{{hosts_file, {}}}.\n", quote(&hosts_file.display().to_string())));
     s.push_str(&format!("{{host, {{127,0,0,1}}, [{}]}}.\n", quote(own_host)));
     for (host, ip) in peers {
         let o = ip.octets();
@@ -21,6 +29,16 @@ pub fn render(own_host: &str, peers: &[(String, Ipv4Addr)]) -> String {
         ));
     }
     s.push_str("{lookup, [file, native]}.\n");
+    s
+}
+
+/// Renders the hosts file (/etc/hosts format) with the same entries.
+pub fn render_hosts(own_host: &str, peers: &[(String, Ipv4Addr)]) -> String {
+    let mut s = String::from("# Written by erlmesh; replaced whenever its peers change. Do not edit.\n");
+    s.push_str(&format!("127.0.0.1 {own_host}\n"));
+    for (host, ip) in peers {
+        s.push_str(&format!("{ip} {host}\n"));
+    }
     s
 }
 
@@ -58,7 +76,10 @@ mod tests {
 
     #[test]
     fn renders_what_inet_reads() {
-        let s = render("hosta", &[("hostb".into(), Ipv4Addr::new(127, 77, 0, 2))]);
+        let s = render("hosta", &[("hostb".into(), Ipv4Addr::new(127, 77, 0, 2))], Path::new("/run/erlmesh/hosts"));
+        assert!(s.contains("{hosts_file, \"/run/erlmesh/hosts\"}.\n"));
+        let h = render_hosts("hosta", &[("hostb".into(), Ipv4Addr::new(127, 77, 0, 2))]);
+        assert!(h.contains("127.0.0.1 hosta\n127.77.0.2 hostb\n"));
         assert!(s.contains("{host, {127,0,0,1}, [\"hosta\"]}.\n"));
         assert!(s.contains("{host, {127,77,0,2}, [\"hostb\"]}.\n"));
         assert!(s.ends_with("{lookup, [file, native]}.\n"));

@@ -4,13 +4,12 @@
 use crate::config::{Config, EpmdMode};
 use crate::epmd::local::Registry;
 use crate::epmd::LocalEpmd;
-use crate::face::Face;
 use crate::listener::{self, Context};
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::peer::Dialer;
 use crate::serve::accept_loop;
 use crate::tls::{Tls, TlsConfigs};
-use crate::{alias, epmd, resolver};
+use crate::epmd;
 use anyhow::{bail, Context as _};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,18 +30,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     warn_if_expiring(&config, tls.current().not_after);
     let metrics = Metrics::new(config.peers.iter().map(|p| p.host.as_str()));
     metrics.set_own_not_after(tls.current().not_after);
-
-    let aliases = alias::assign(&config.peers, &config.state_dir)
-        .with_context(|| format!("{}: cannot keep the alias table", config.state_dir.display()))?;
-    let table: Vec<(String, Ipv4Addr)> = config
-        .peers
-        .iter()
-        .map(|p| p.host.clone())
-        .zip(aliases.iter().copied())
-        .collect();
-    let inetrc = config.inetrc_path();
-    resolver::write_atomically(&inetrc, resolver::render(&config.host, &table).as_bytes())
-        .with_context(|| format!("{}: cannot write the resolver file", inetrc.display()))?;
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -90,32 +77,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("{}: listen: cannot bind {}", config.file.display(), config.listen))?;
     let listen_addr = tls_listener.local_addr()?;
 
-    let mut faces = Vec::new();
-    for (peer, alias) in config.peers.iter().zip(aliases) {
-        let dialer = Dialer::new(&peer.host, &peer.address, tls.clone(), metrics.clone())?;
-        let face = Face::new(
-            &config.host,
-            alias,
-            config.epmd_port,
-            dialer,
-            peer.policy.clone(),
-            cancel.child_token(),
-            tracker.clone(),
-        );
-        let l = face.bind().await.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot bind {alias}:{} for peer {}: {e}{}",
-                config.epmd_port,
-                peer.host,
-                if e.kind() == std::io::ErrorKind::AddrInUse {
-                    " (something listens on 0.0.0.0 at that port, such as an epmd started without ERL_EPMD_ADDRESS=127.0.0.1)"
-                } else {
-                    ""
-                }
-            )
-        })?;
-        faces.push((face, l));
-    }
+    let mesh = Mesh::new(&config, tls.clone(), metrics.clone(), cancel.clone(), tracker.clone());
+    mesh.start_static().await?;
+    let inetrc = config.inetrc_path();
 
     let policies = config
         .peers
@@ -129,6 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         handshake_timeout: config.handshake_timeout,
         metrics: metrics.clone(),
         host: config.host.clone(),
+        mesh: mesh.clone(),
     };
     let slots = Arc::new(Semaphore::new(config.max_connections));
     tracker.spawn(accept_loop(
@@ -139,9 +104,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "tls",
         move |s, from, c| listener::handle(s, from, ctx.clone(), c),
     ));
-    for (face, l) in faces {
-        tracker.spawn(face.serve(l));
-    }
+    tracker.spawn(mesh.clone().learner());
+    mesh.join().await;
+    tracker.spawn(mesh.clone().gossip_forever());
 
     tracker.spawn(reload_on_sighup(
         config.clone(),

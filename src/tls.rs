@@ -115,11 +115,59 @@ pub fn cert_not_after(der: &CertificateDer<'_>) -> Result<i64, String> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// Verifies a server whose host name is not known yet (a seed): the full
+/// webpki check (chain to the CA, validity, usage), with the name taken
+/// from the certificate itself. The caller then treats that name as the
+/// peer's identity, proven by this handshake.
+#[derive(Debug)]
+struct SeedVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for SeedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let names = cert_dns_names(end_entity).map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let own = names
+            .first()
+            .and_then(|n| ServerName::try_from(n.clone()).ok())
+            .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))?;
+        self.inner.verify_server_cert(end_entity, intermediates, &own, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// The server and client configs built from one set of files.
 #[derive(Debug)]
 pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
+    /// For dialling a seed whose host name is learnt from its certificate.
+    pub seed_client: Arc<ClientConfig>,
     /// When this host's certificate expires (Unix seconds).
     pub not_after: i64,
 }
@@ -179,15 +227,26 @@ impl TlsConfigs {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
-        let client = ClientConfig::builder_with_provider(provider)
+        let client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(mismatch)?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(mismatch)?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| TlsError::Ca { path: files.ca.clone(), reason: e.to_string() })?;
+        let seed_client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(mismatch)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SeedVerifier { inner }))
             .with_client_auth_cert(chain, key)
             .map_err(mismatch)?;
         Ok(TlsConfigs {
             server: Arc::new(server),
             client: Arc::new(client),
+            seed_client: Arc::new(seed_client),
             not_after,
         })
     }

@@ -1,0 +1,343 @@
+//! The peer table: the hosts this erlmesh stands in for, static ones from
+//! the config and those learnt from seeds and peers, each with a face on
+//! its alias; and the gossip that keeps it current.
+//!
+//! A host enters the table only after a TLS connection to the address it
+//! was announced with has proved its name (its certificate, from the
+//! cluster CA, names it). Learnt hosts that stay unreachable for
+//! `forget_after` are dropped; their aliases stay reserved (`alias.rs`).
+//!
+//! Local nodes resolve hosts through the resolver file: static entries,
+//! plus a `hosts_file` that OTP re-reads on a lookup at least 5 s after its
+//! last check. So that no node looks up a newly announced host before its
+//! entry can be seen, an erlmesh that joins through seeds announces itself
+//! to every host it learns, then waits [`JOIN_SETTLE`] before it reports
+//! ready; its own nodes start after that, and by then every other host's
+//! file has carried the new entry for longer than the 5 s re-read window.
+
+use crate::alias;
+use crate::config::{Config, Peer};
+use crate::face::Face;
+use crate::metrics::Metrics;
+use crate::peer::Dialer;
+use crate::policy::Policy;
+use crate::resolver;
+use crate::tls::Tls;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// How often hosts are exchanged with seeds and peers.
+pub const GOSSIP_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a joining erlmesh waits after announcing itself: longer than
+/// OTP's 5 s hosts-file re-read window.
+pub const JOIN_SETTLE: Duration = Duration::from_secs(6);
+/// Most hosts in the table; bounds what a peer's gossip can make us open.
+pub const MAX_PEERS: usize = 1024;
+
+struct Entry {
+    address: String,
+    alias: Ipv4Addr,
+    face_cancel: CancellationToken,
+    /// From the config: never dropped.
+    fixed: bool,
+    last_ok: Instant,
+}
+
+/// The peer table and what it needs to open faces.
+pub struct Mesh {
+    host: String,
+    advertise: String,
+    epmd_port: u16,
+    state_dir: PathBuf,
+    seeds: Vec<String>,
+    forget_after: Duration,
+    static_peers: Vec<Peer>,
+    tls: Arc<Tls>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    peers: tokio::sync::Mutex<BTreeMap<String, Entry>>,
+    /// Hosts being verified now, so that gossip does not dial them twice.
+    pending: Mutex<BTreeSet<String>>,
+    /// Announced hosts waiting to be looked at by the learner task.
+    learn_tx: tokio::sync::mpsc::Sender<(String, String)>,
+    learn_rx: Mutex<Option<tokio::sync::mpsc::Receiver<(String, String)>>>,
+}
+
+/// Announced hosts queued for verification; beyond this they are dropped
+/// and learnt again from the next gossip round.
+const MAX_LEARN_QUEUE: usize = 1024;
+
+impl Mesh {
+    /// An empty table for `config`.
+    pub fn new(config: &Config, tls: Arc<Tls>, metrics: Arc<Metrics>, cancel: CancellationToken, tracker: TaskTracker) -> Arc<Mesh> {
+        let (learn_tx, learn_rx) = tokio::sync::mpsc::channel(MAX_LEARN_QUEUE);
+        Arc::new(Mesh {
+            learn_tx,
+            learn_rx: Mutex::new(Some(learn_rx)),
+            host: config.host.clone(),
+            advertise: config.advertise.clone(),
+            epmd_port: config.epmd_port,
+            state_dir: config.state_dir.clone(),
+            seeds: config.seeds.clone(),
+            forget_after: config.forget_after,
+            static_peers: config.peers.clone(),
+            tls,
+            metrics,
+            cancel,
+            tracker,
+            peers: tokio::sync::Mutex::new(BTreeMap::new()),
+            pending: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// Opens faces for the static peers (binding errors stop the start)
+    /// and writes the resolver file.
+    pub async fn start_static(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut peers = self.peers.lock().await;
+        let aliases = self.assign(&peers, &[])?;
+        for p in &self.static_peers {
+            let alias = aliases[&p.host];
+            let face_cancel = self.open_face(&p.host, &p.address, alias, p.policy.clone()).await?;
+            peers.insert(
+                p.host.clone(),
+                Entry { address: p.address.clone(), alias, face_cancel, fixed: true, last_ok: Instant::now() },
+            );
+        }
+        self.write_resolver(&peers)?;
+        Ok(())
+    }
+
+    /// Allocates aliases for every host in the table plus `extra`.
+    fn assign(&self, peers: &BTreeMap<String, Entry>, extra: &[&str]) -> anyhow::Result<BTreeMap<String, Ipv4Addr>> {
+        let mut list: Vec<Peer> = self.static_peers.clone();
+        for (h, e) in peers {
+            if !list.iter().any(|p| &p.host == h) {
+                list.push(Peer { host: h.clone(), address: e.address.clone(), alias: Some(e.alias), policy: Policy::default() });
+            }
+        }
+        for h in extra {
+            list.push(Peer { host: (*h).to_owned(), address: String::new(), alias: None, policy: Policy::default() });
+        }
+        let ips = alias::assign(&list, &self.state_dir)
+            .map_err(|e| anyhow::anyhow!("{}: cannot keep the alias table: {e}", self.state_dir.display()))?;
+        Ok(list.into_iter().map(|p| p.host).zip(ips).collect())
+    }
+
+    async fn open_face(&self, host: &str, address: &str, alias: Ipv4Addr, policy: Policy) -> anyhow::Result<CancellationToken> {
+        let dialer = Dialer::new(host, address, self.tls.clone(), self.metrics.clone())?;
+        let face_cancel = self.cancel.child_token();
+        let face = Face::new(&self.host, alias, self.epmd_port, dialer, policy, face_cancel.clone(), self.tracker.clone());
+        let l: TcpListener = face.bind().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind {alias}:{} for peer {host}: {e}{}",
+                self.epmd_port,
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (something listens on 0.0.0.0 at that port, such as an epmd started without ERL_EPMD_ADDRESS=127.0.0.1)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        self.tracker.spawn(face.serve(l));
+        Ok(face_cancel)
+    }
+
+    fn write_resolver(&self, peers: &BTreeMap<String, Entry>) -> anyhow::Result<()> {
+        let table: Vec<(String, Ipv4Addr)> = peers.iter().map(|(h, e)| (h.clone(), e.alias)).collect();
+        let hosts = self.state_dir.join(resolver::HOSTS_FILE);
+        resolver::write_atomically(&hosts, resolver::render_hosts(&self.host, &table).as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: cannot write the hosts file: {e}", hosts.display()))?;
+        let inetrc = self.state_dir.join(resolver::INETRC_FILE);
+        resolver::write_atomically(&inetrc, resolver::render(&self.host, &table, &hosts).as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: cannot write the resolver file: {e}", inetrc.display()))?;
+        Ok(())
+    }
+
+    /// The hosts to tell others about: this one first, then the table.
+    pub async fn known(&self) -> Vec<(String, String)> {
+        let mut v = vec![(self.host.clone(), self.advertise.clone())];
+        v.extend(self.peers.lock().await.iter().map(|(h, e)| (h.clone(), e.address.clone())));
+        v
+    }
+
+    /// Takes note of `host` at `address`, announced by a peer or by the
+    /// host itself; the learner task verifies it (see [`Mesh::learner`]).
+    pub fn learn(&self, host: &str, address: &str) {
+        if !host.eq_ignore_ascii_case(&self.host) {
+            let _ = self.learn_tx.try_send((host.to_owned(), address.to_owned()));
+        }
+    }
+
+    /// Looks at announced hosts: a known host at the same address is left
+    /// alone; anything else is verified by a TLS connection first.
+    pub async fn learner(self: Arc<Self>) {
+        let Some(mut rx) = self.learn_rx.lock().expect("learn lock").take() else { return };
+        loop {
+            let (host, address) = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                m = rx.recv() => match m { Some(m) => m, None => return },
+            };
+            {
+                let peers = self.peers.lock().await;
+                match peers.get(&host) {
+                    Some(e) if e.address == address || e.fixed => continue,
+                    None if peers.len() >= MAX_PEERS => {
+                        warn!(%host, "peer table full ({MAX_PEERS}); not learning more hosts");
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            if !self.pending.lock().expect("pending lock").insert(host.clone()) {
+                continue;
+            }
+            let mesh = self.clone();
+            self.tracker.spawn(async move {
+                mesh.verify(&host, &address).await;
+                mesh.pending.lock().expect("pending lock").remove(&host);
+            });
+        }
+    }
+
+    /// Dials `host` at `address` checking that its certificate names it;
+    /// on success the host enters the table and what it knows is learnt.
+    async fn verify(&self, host: &str, address: &str) {
+        let dialer = match Dialer::new(host, address, self.tls.clone(), self.metrics.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(%host, %address, error = %e, "announced host not usable");
+                return;
+            }
+        };
+        match dialer.hello(&self.advertise).await {
+            Ok((_, hosts)) => {
+                if let Err(e) = self.add(host, address).await {
+                    warn!(%host, error = %e, "cannot add the peer");
+                    return;
+                }
+                for (h, a) in hosts {
+                    self.learn(&h, &a);
+                }
+            }
+            Err(e) => debug!(%host, %address, error = %e, "announced host not verified"),
+        }
+    }
+
+    async fn add(&self, host: &str, address: &str) -> anyhow::Result<()> {
+        let mut peers = self.peers.lock().await;
+        if let Some(e) = peers.get_mut(host) {
+            e.last_ok = Instant::now();
+            if e.address != address {
+                info!(%host, old = %e.address, new = %address, "peer moved");
+                e.address = address.to_owned();
+                // The face dials the address it was made with: renew it.
+                e.face_cancel.cancel();
+                e.face_cancel = self.open_face(host, address, e.alias, Policy::default()).await?;
+            }
+            return Ok(());
+        }
+        let aliases = self.assign(&peers, &[host])?;
+        let alias = aliases[host];
+        let face_cancel = self.open_face(host, address, alias, Policy::default()).await?;
+        peers.insert(host.to_owned(), Entry { address: address.to_owned(), alias, face_cancel, fixed: false, last_ok: Instant::now() });
+        self.write_resolver(&peers)?;
+        info!(%host, %address, %alias, "peer learnt and verified");
+        Ok(())
+    }
+
+    /// One exchange with every seed and every peer.
+    pub async fn gossip_round(self: &Arc<Self>) {
+        let mut targets: Vec<Dialer> = self.seeds.iter().map(|s| Dialer::seed(s, self.tls.clone(), self.metrics.clone())).collect();
+        for (h, e) in self.peers.lock().await.iter() {
+            if let Ok(d) = Dialer::new(h, &e.address, self.tls.clone(), self.metrics.clone()) {
+                targets.push(d);
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for d in targets {
+            let mesh = self.clone();
+            tasks.spawn(async move {
+                let r = d.hello(&mesh.advertise).await;
+                (d, r)
+            });
+        }
+        while let Some(Ok((d, r))) = tasks.join_next().await {
+            match r {
+                Ok((names, hosts)) => {
+                    let host = if d.is_seed() { names.first().cloned().unwrap_or_default() } else { d.host.clone() };
+                    if !host.is_empty() && !host.eq_ignore_ascii_case(&self.host) {
+                        // The handshake just proved the name: no second dial.
+                        if let Err(e) = self.add(&host, &d.address).await {
+                            warn!(%host, error = %e, "cannot add the peer");
+                        }
+                    }
+                    for (h, a) in hosts {
+                        self.learn(&h, &a);
+                    }
+                }
+                Err(e) => {
+                    debug!(peer = %d.host, error = %e, "gossip failed");
+                    if !d.is_seed() {
+                        self.forget_if_gone(&d.host).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn forget_if_gone(&self, host: &str) {
+        let mut peers = self.peers.lock().await;
+        let gone = peers.get(host).is_some_and(|e| !e.fixed && e.last_ok.elapsed() > self.forget_after);
+        if gone {
+            if let Some(e) = peers.remove(host) {
+                e.face_cancel.cancel();
+                warn!(%host, after = ?self.forget_after, "peer unreachable for too long; dropped (its alias stays reserved)");
+                if let Err(e) = self.write_resolver(&peers) {
+                    warn!(error = %e, "cannot rewrite the resolver file");
+                }
+            }
+        }
+    }
+
+    /// Joins through the seeds (when any): learns and verifies the hosts
+    /// they know, announces this host to each, then waits [`JOIN_SETTLE`].
+    pub async fn join(self: &Arc<Self>) {
+        if self.seeds.is_empty() {
+            return;
+        }
+        self.gossip_round().await;
+        // Let the verifications started by that round finish.
+        let end = Instant::now() + Duration::from_secs(10);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while (!self.pending.lock().expect("pending lock").is_empty() || self.learn_tx.capacity() < MAX_LEARN_QUEUE)
+            && Instant::now() < end
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.gossip_round().await;
+        info!(peers = self.peers.lock().await.len(), "joined through seeds; settling {:?} so every host's resolver sees this one", JOIN_SETTLE);
+        tokio::select! {
+            _ = self.cancel.cancelled() => {}
+            _ = tokio::time::sleep(JOIN_SETTLE) => {}
+        }
+    }
+
+    /// Gossips every [`GOSSIP_INTERVAL`] until shutdown.
+    pub async fn gossip_forever(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(GOSSIP_INTERVAL) => {}
+            }
+            self.gossip_round().await;
+        }
+    }
+}
