@@ -77,7 +77,13 @@ const MAX_LEARN_QUEUE: usize = 1024;
 
 impl Mesh {
     /// An empty table for `config`.
-    pub fn new(config: &Config, tls: Arc<Tls>, metrics: Arc<Metrics>, cancel: CancellationToken, tracker: TaskTracker) -> Arc<Mesh> {
+    pub fn new(
+        config: &Config,
+        tls: Arc<Tls>,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Arc<Mesh> {
         let (learn_tx, learn_rx) = tokio::sync::mpsc::channel(MAX_LEARN_QUEUE);
         Arc::new(Mesh {
             learn_tx,
@@ -108,7 +114,13 @@ impl Mesh {
             let face_cancel = self.open_face(&p.host, &p.address, alias, p.policy.clone()).await?;
             peers.insert(
                 p.host.clone(),
-                Entry { address: p.address.clone(), alias, face_cancel, fixed: true, last_ok: Instant::now() },
+                Entry {
+                    address: p.address.clone(),
+                    alias,
+                    face_cancel,
+                    fixed: true,
+                    last_ok: Instant::now(),
+                },
             );
         }
         self.write_resolver(&peers)?;
@@ -120,21 +132,45 @@ impl Mesh {
         let mut list: Vec<Peer> = self.static_peers.clone();
         for (h, e) in peers {
             if !list.iter().any(|p| &p.host == h) {
-                list.push(Peer { host: h.clone(), address: e.address.clone(), alias: Some(e.alias), policy: Policy::default() });
+                list.push(Peer {
+                    host: h.clone(),
+                    address: e.address.clone(),
+                    alias: Some(e.alias),
+                    policy: Policy::default(),
+                });
             }
         }
         for h in extra {
-            list.push(Peer { host: (*h).to_owned(), address: String::new(), alias: None, policy: Policy::default() });
+            list.push(Peer {
+                host: (*h).to_owned(),
+                address: String::new(),
+                alias: None,
+                policy: Policy::default(),
+            });
         }
         let ips = alias::assign(&list, &self.state_dir)
             .map_err(|e| anyhow::anyhow!("{}: cannot keep the alias table: {e}", self.state_dir.display()))?;
         Ok(list.into_iter().map(|p| p.host).zip(ips).collect())
     }
 
-    async fn open_face(&self, host: &str, address: &str, alias: Ipv4Addr, policy: Policy) -> anyhow::Result<CancellationToken> {
+    async fn open_face(
+        &self,
+        host: &str,
+        address: &str,
+        alias: Ipv4Addr,
+        policy: Policy,
+    ) -> anyhow::Result<CancellationToken> {
         let dialer = Dialer::new(host, address, self.tls.clone(), self.metrics.clone())?;
         let face_cancel = self.cancel.child_token();
-        let face = Face::new(&self.host, alias, self.epmd_port, dialer, policy, face_cancel.clone(), self.tracker.clone());
+        let face = Face::new(
+            &self.host,
+            alias,
+            self.epmd_port,
+            dialer,
+            policy,
+            face_cancel.clone(),
+            self.tracker.clone(),
+        );
         let l: TcpListener = face.bind().await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot bind {alias}:{} for peer {host}: {e}{}",
@@ -164,7 +200,13 @@ impl Mesh {
     /// The hosts to tell others about: this one first, then the table.
     pub async fn known(&self) -> Vec<(String, String)> {
         let mut v = vec![(self.host.clone(), self.advertise.clone())];
-        v.extend(self.peers.lock().await.iter().map(|(h, e)| (h.clone(), e.address.clone())));
+        v.extend(
+            self.peers
+                .lock()
+                .await
+                .iter()
+                .map(|(h, e)| (h.clone(), e.address.clone())),
+        );
         v
     }
 
@@ -179,7 +221,9 @@ impl Mesh {
     /// Looks at announced hosts: a known host at the same address is left
     /// alone; anything else is verified by a TLS connection first.
     pub async fn learner(self: Arc<Self>) {
-        let Some(mut rx) = self.learn_rx.lock().expect("learn lock").take() else { return };
+        let Some(mut rx) = self.learn_rx.lock().expect("learn lock").take() else {
+            return;
+        };
         loop {
             let (host, address) = tokio::select! {
                 _ = self.cancel.cancelled() => return,
@@ -247,7 +291,16 @@ impl Mesh {
         let aliases = self.assign(&peers, &[host])?;
         let alias = aliases[host];
         let face_cancel = self.open_face(host, address, alias, Policy::default()).await?;
-        peers.insert(host.to_owned(), Entry { address: address.to_owned(), alias, face_cancel, fixed: false, last_ok: Instant::now() });
+        peers.insert(
+            host.to_owned(),
+            Entry {
+                address: address.to_owned(),
+                alias,
+                face_cancel,
+                fixed: false,
+                last_ok: Instant::now(),
+            },
+        );
         self.write_resolver(&peers)?;
         info!(%host, %address, %alias, "peer learnt and verified");
         Ok(())
@@ -255,7 +308,11 @@ impl Mesh {
 
     /// One exchange with every seed and every peer.
     pub async fn gossip_round(self: &Arc<Self>) {
-        let mut targets: Vec<Dialer> = self.seeds.iter().map(|s| Dialer::seed(s, self.tls.clone(), self.metrics.clone())).collect();
+        let mut targets: Vec<Dialer> = self
+            .seeds
+            .iter()
+            .map(|s| Dialer::seed(s, self.tls.clone(), self.metrics.clone()))
+            .collect();
         for (h, e) in self.peers.lock().await.iter() {
             if let Ok(d) = Dialer::new(h, &e.address, self.tls.clone(), self.metrics.clone()) {
                 targets.push(d);
@@ -272,7 +329,11 @@ impl Mesh {
         while let Some(Ok((d, r))) = tasks.join_next().await {
             match r {
                 Ok((names, hosts)) => {
-                    let host = if d.is_seed() { names.first().cloned().unwrap_or_default() } else { d.host.clone() };
+                    let host = if d.is_seed() {
+                        names.first().cloned().unwrap_or_default()
+                    } else {
+                        d.host.clone()
+                    };
                     if !host.is_empty() && !host.eq_ignore_ascii_case(&self.host) {
                         // The handshake just proved the name: no second dial.
                         if let Err(e) = self.add(&host, &d.address).await {
@@ -295,7 +356,9 @@ impl Mesh {
 
     async fn forget_if_gone(&self, host: &str) {
         let mut peers = self.peers.lock().await;
-        let gone = peers.get(host).is_some_and(|e| !e.fixed && e.last_ok.elapsed() > self.forget_after);
+        let gone = peers
+            .get(host)
+            .is_some_and(|e| !e.fixed && e.last_ok.elapsed() > self.forget_after);
         if gone {
             if let Some(e) = peers.remove(host) {
                 e.face_cancel.cancel();
@@ -323,7 +386,10 @@ impl Mesh {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.gossip_round().await;
-        info!(peers = self.peers.lock().await.len(), "joined through seeds; settling {:?} so every host's resolver sees this one", JOIN_SETTLE);
+        info!(
+            peers = self.peers.lock().await.len(),
+            "joined through seeds; settling {:?} so every host's resolver sees this one", JOIN_SETTLE
+        );
         tokio::select! {
             _ = self.cancel.cancelled() => {}
             _ = tokio::time::sleep(JOIN_SETTLE) => {}

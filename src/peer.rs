@@ -133,7 +133,11 @@ impl Dialer {
             Err(_) => return Err(DialError::ConnectTimeout { address: address() }),
         };
         let configs = self.tls.current();
-        let connector = TlsConnector::from(if self.seed { configs.seed_client.clone() } else { configs.client.clone() });
+        let connector = TlsConnector::from(if self.seed {
+            configs.seed_client.clone()
+        } else {
+            configs.client.clone()
+        });
         let mut tls = match timeout(HANDSHAKE_TIMEOUT, connector.connect(self.name.clone(), tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {

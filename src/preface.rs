@@ -249,7 +249,11 @@ pub const MAX_HOSTS: usize = 1024;
 
 /// Encodes the answer to HELLO: (host, TLS address) pairs.
 pub fn encode_hosts_answer(hosts: &[(String, String)]) -> Vec<u8> {
-    let hosts: Vec<_> = hosts.iter().filter(|(h, a)| h.len() < 256 && a.len() < 256).take(MAX_HOSTS).collect();
+    let hosts: Vec<_> = hosts
+        .iter()
+        .filter(|(h, a)| h.len() < 256 && a.len() < 256)
+        .take(MAX_HOSTS)
+        .collect();
     let mut v = (hosts.len() as u16).to_be_bytes().to_vec();
     for (h, a) in hosts {
         v.push(h.len() as u8);

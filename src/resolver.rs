@@ -15,7 +15,10 @@ pub const HOSTS_FILE: &str = "hosts";
 /// `hosts_file`, which OTP re-reads when it changes.
 pub fn render(own_host: &str, peers: &[(String, Ipv4Addr)], hosts_file: &Path) -> String {
     let mut s = String::from("%% Written by erlmesh; replaced whenever its peers change. Do not edit.\n");
-    s.push_str(&format!("{{hosts_file, {}}}.\n", quote(&hosts_file.display().to_string())));
+    s.push_str(&format!(
+        "{{hosts_file, {}}}.\n",
+        quote(&hosts_file.display().to_string())
+    ));
     s.push_str(&format!("{{host, {{127,0,0,1}}, [{}]}}.\n", quote(own_host)));
     for (host, ip) in peers {
         let o = ip.octets();
@@ -76,7 +79,11 @@ mod tests {
 
     #[test]
     fn renders_what_inet_reads() {
-        let s = render("hosta", &[("hostb".into(), Ipv4Addr::new(127, 77, 0, 2))], Path::new("/run/erlmesh/hosts"));
+        let s = render(
+            "hosta",
+            &[("hostb".into(), Ipv4Addr::new(127, 77, 0, 2))],
+            Path::new("/run/erlmesh/hosts"),
+        );
         assert!(s.contains("{hosts_file, \"/run/erlmesh/hosts\"}.\n"));
         let h = render_hosts("hosta", &[("hostb".into(), Ipv4Addr::new(127, 77, 0, 2))]);
         assert!(h.contains("127.0.0.1 hosta\n127.77.0.2 hostb\n"));

@@ -2,6 +2,7 @@
 //! shutdown future resolves, then drain within the grace period.
 
 use crate::config::{Config, EpmdMode};
+use crate::epmd;
 use crate::epmd::local::Registry;
 use crate::epmd::LocalEpmd;
 use crate::listener::{self, Context};
@@ -9,7 +10,6 @@ use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::serve::accept_loop;
 use crate::tls::{Tls, TlsConfigs};
-use crate::epmd;
 use anyhow::{bail, Context as _};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};

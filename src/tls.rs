@@ -133,12 +133,13 @@ impl rustls::client::danger::ServerCertVerifier for SeedVerifier {
         ocsp: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let names = cert_dns_names(end_entity).map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
-        let own = names
-            .first()
-            .and_then(|n| ServerName::try_from(n.clone()).ok())
-            .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))?;
-        self.inner.verify_server_cert(end_entity, intermediates, &own, ocsp, now)
+        let names = cert_dns_names(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        let own = names.first().and_then(|n| ServerName::try_from(n.clone()).ok()).ok_or(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
+        )?;
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &own, ocsp, now)
     }
     fn verify_tls12_signature(
         &self,
@@ -235,7 +236,10 @@ impl TlsConfigs {
             .map_err(mismatch)?;
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
-            .map_err(|e| TlsError::Ca { path: files.ca.clone(), reason: e.to_string() })?;
+            .map_err(|e| TlsError::Ca {
+                path: files.ca.clone(),
+                reason: e.to_string(),
+            })?;
         let seed_client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(mismatch)?

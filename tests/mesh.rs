@@ -77,3 +77,70 @@ fn three_hosts_transitive_connect_and_a_replicated_mnesia_cache() {
     assert_eq!(a.eval_until("mnesia:dirty_read(cache, k1).", "[]", soon), "[]");
     assert_eq!(cn.eval_until("mnesia:dirty_read(cache, k1).", "[]", soon), "[]");
 }
+
+#[test]
+fn hosts_that_know_only_a_seed_join_the_mesh_and_departures_are_dropped() {
+    let c = Cluster::new();
+    let mut hb = c.host("hostb");
+    let mut hc = c.host("hostc");
+    let mut ha = c.host("hosta");
+    let mut hd = c.host("hostd");
+    hb.peer(&hc);
+    hc.peer(&hb);
+    // A knows only B's address, D only C's; neither knows a host name.
+    ha.extra = format!("seeds = [\"127.0.0.1:{}\"]\nforget_after_secs = 2", hb.listen_port);
+    hd.extra = format!("seeds = [\"127.0.0.1:{}\"]", hc.listen_port);
+    hb.start();
+    hc.start();
+    ha.start();
+    hd.start();
+    let hosts_a = std::fs::read_to_string(c.path().join("state-hosta/hosts")).unwrap();
+    for h in ["hostb", "hostc", "hostd"] {
+        assert!(
+            hosts_a.contains(h),
+            "A learnt {h} before it was ready:\n{hosts_a}\n{}",
+            ha.log()
+        );
+    }
+    let hosts_d = std::fs::read_to_string(c.path().join("state-hostd/hosts")).unwrap();
+    for h in ["hosta", "hostb", "hostc"] {
+        assert!(hosts_d.contains(h), "D learnt {h}:\n{hosts_d}\n{}", hd.log());
+    }
+    // B and C learnt A and D from their announcements (verified by dialling back).
+    let hosts_b = std::fs::read_to_string(c.path().join("state-hostb/hosts")).unwrap();
+    assert!(hosts_b.contains("hosta") && hosts_b.contains("hostd"), "{hosts_b}");
+
+    let mut a = ha.node("a");
+    let _b = hb.node("b");
+    let _c = hc.node("c");
+    let mut d = hd.node("d");
+    assert_eq!(d.eval("net_adm:ping(c@hostc)."), "pong");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    assert_eq!(d.eval("net_adm:ping(a@hosta)."), "pong", "{}", hd.log());
+    let all = "[a@hosta,b@hostb,c@hostc]";
+    assert_eq!(d.eval_until("lists:sort(nodes()).", all, Duration::from_secs(20)), all);
+    let all = "[b@hostb,c@hostc,d@hostd]";
+    assert_eq!(a.eval_until("lists:sort(nodes()).", all, Duration::from_secs(20)), all);
+
+    let status = run_ok(&["status", "--config", ha.config_path().to_str().unwrap()]);
+    assert!(status.contains("hostd") && status.contains("hostc"), "{status}");
+
+    // D leaves for good: A drops it after forget_after_secs, keeps its alias.
+    let alias_d = std::fs::read_to_string(c.path().join("state-hosta/aliases")).unwrap();
+    drop(d);
+    hd.kill();
+    assert!(
+        wait_for(Duration::from_secs(20), || !std::fs::read_to_string(
+            c.path().join("state-hosta/hosts")
+        )
+        .unwrap()
+        .contains("hostd")),
+        "{}",
+        ha.log()
+    );
+    assert!(ha.log().contains("peer unreachable for too long; dropped"));
+    let aliases_now = std::fs::read_to_string(c.path().join("state-hosta/aliases")).unwrap();
+    let line = |t: &str| t.lines().find(|l| l.starts_with("hostd ")).map(str::to_owned);
+    assert_eq!(line(&aliases_now), line(&alias_d), "hostd's alias stays reserved");
+    assert!(line(&aliases_now).is_some());
+}
