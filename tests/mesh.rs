@@ -144,3 +144,20 @@ fn hosts_that_know_only_a_seed_join_the_mesh_and_departures_are_dropped() {
     assert_eq!(line(&aliases_now), line(&alias_d), "hostd's alias stays reserved");
     assert!(line(&aliases_now).is_some());
 }
+
+#[test]
+fn sixteen_hosts_through_one_seed_form_one_cluster() {
+    require_erl();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/scale.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg("16")
+        .env("ERLMESH", ERLMESH)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("all 16 nodes see every other node"), "{text}");
+    assert!(text.contains("SCALE n=16 ok"), "{text}");
+}
