@@ -35,6 +35,10 @@ use tracing::{debug, info, warn};
 
 /// How often hosts are exchanged with seeds and peers.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_secs(3);
+/// Peers picked at random for each round (besides the seeds): news spreads
+/// in a few rounds while each host makes a constant number of handshakes
+/// per round, not one per host in the cluster.
+pub const GOSSIP_FANOUT: usize = 3;
 /// How long a joining erlmesh waits after announcing itself: longer than
 /// OTP's 5 s hosts-file re-read window.
 pub const JOIN_SETTLE: Duration = Duration::from_secs(6);
@@ -354,6 +358,7 @@ impl Mesh {
         }
     }
 
+    /// Drops `host` if it is a learnt one unreachable for `forget_after`.
     async fn forget_if_gone(&self, host: &str) {
         let mut peers = self.peers.lock().await;
         let gone = peers
@@ -406,4 +411,18 @@ impl Mesh {
             self.gossip_round().await;
         }
     }
+}
+
+/// A random index below `n` (n > 0), from the standard library's per-process
+/// random hasher keys: good enough to spread gossip, not for secrets.
+fn random_below(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() % n as u64) as usize
 }
