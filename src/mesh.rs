@@ -310,15 +310,23 @@ impl Mesh {
         Ok(())
     }
 
-    /// One exchange with every seed and every peer.
+    /// One exchange with every seed and [`GOSSIP_FANOUT`] random peers.
     pub async fn gossip_round(self: &Arc<Self>) {
         let mut targets: Vec<Dialer> = self
             .seeds
             .iter()
             .map(|s| Dialer::seed(s, self.tls.clone(), self.metrics.clone()))
             .collect();
-        for (h, e) in self.peers.lock().await.iter() {
-            if let Ok(d) = Dialer::new(h, &e.address, self.tls.clone(), self.metrics.clone()) {
+        let mut known: Vec<(String, String)> = self
+            .peers
+            .lock()
+            .await
+            .iter()
+            .map(|(h, e)| (h.clone(), e.address.clone()))
+            .collect();
+        for _ in 0..GOSSIP_FANOUT.min(known.len()) {
+            let (h, a) = known.swap_remove(random_below(known.len()));
+            if let Ok(d) = Dialer::new(&h, &a, self.tls.clone(), self.metrics.clone()) {
                 targets.push(d);
             }
         }
