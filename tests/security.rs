@@ -424,3 +424,119 @@ fn openssl_without_a_client_certificate_gets_nothing() {
         "NAMES answer with node a expected: {out}"
     );
 }
+
+#[test]
+fn an_exposed_epmd_port_stops_the_start_and_an_exposed_node_is_warned_about() {
+    let c = Cluster::new();
+    let mut ha = c.host("hosta");
+    // Something (an epmd started without ERL_EPMD_ADDRESS) on 0.0.0.0.
+    let exposed = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    ha.epmd_port = exposed.local_addr().unwrap().port();
+    ha.write_config();
+    let out = Command::new(ERLMESH)
+        .args(["run", "--config", ha.config_path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is open to the network") && err.contains("ERL_EPMD_ADDRESS=127.0.0.1"),
+        "{err}"
+    );
+    drop(exposed);
+
+    // A node started without inet_dist_use_interface listens on 0.0.0.0.
+    ha.epmd_port = free_port();
+    ha.start();
+    ha.skip_env = vec!["ERL_ZFLAGS".into()];
+    let _n = ha.node_with("n", &["-start_epmd", "false"]);
+    assert!(
+        wait_for(Duration::from_secs(5), || ha
+            .log()
+            .contains("distribution port is open to the network")),
+        "{}",
+        ha.log()
+    );
+}
+
+#[test]
+fn a_certificate_close_to_expiry_is_warned_about() {
+    let c = Cluster::new();
+    let mut ha = c.host("hosta");
+    run_ok(&[
+        "cert",
+        "issue",
+        "--dir",
+        c.path().join("certs").to_str().unwrap(),
+        "--host",
+        "hosta",
+        "--days",
+        "10",
+        "--force",
+    ]);
+    ha.start();
+    assert!(
+        ha.log().contains("certificate expires soon") && ha.log().contains("days_left="),
+        "{}",
+        ha.log()
+    );
+    let shown = Command::new(ERLMESH)
+        .args([
+            "cert",
+            "show",
+            c.path().join("certs/hosta.pem").to_str().unwrap(),
+            "--ca",
+        ])
+        .arg(c.path().join("certs/ca.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{text}");
+    assert!(
+        text.contains("names:       hosta") && text.contains(" days left)") && text.contains(": yes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn tls12_only_when_the_config_asks_for_it() {
+    let c = Cluster::new();
+    let mut ha = c.host("hosta");
+    ha.write_config();
+    let text = std::fs::read_to_string(ha.config_path())
+        .unwrap()
+        .replace("[tls]\n", "[tls]\nmin_version = \"1.2\"\n");
+    std::fs::write(ha.config_path(), text).unwrap();
+    ha.start_with_written_config();
+    let certs = c.path().join("certs");
+    let _hb = c.host("hostb");
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-ign_eof",
+            "-connect",
+            &format!("127.0.0.1:{}", ha.listen_port),
+        ])
+        .arg("-CAfile")
+        .arg(certs.join("ca.pem"))
+        .arg("-cert")
+        .arg(certs.join("hostb.pem"))
+        .arg("-key")
+        .arg(certs.join("hostb.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            ch.stdin.take().unwrap().write_all(b"EMSH\x01\x02\x00")?;
+            ch.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("TLSv1.2") && text.contains("ECDHE-ECDSA-AES") && text.contains("GCM"),
+        "{text}"
+    );
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+}
