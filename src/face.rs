@@ -258,7 +258,11 @@ impl Face {
                 info!(?status, "peer refused the tunnel");
                 return;
             }
-            debug!("tunnel open");
+            let resumed = matches!(
+                remote.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed)
+            );
+            debug!(resumed, "tunnel open");
             let guard = self
                 .dialer
                 .metrics()

@@ -57,6 +57,10 @@ fn ping_rpc_ets_and_names_across_two_hosts() {
     let alias_port = a.eval("{ok, [{_, P}]} = net_adm:names(hostb), P.");
     let real_port = b.eval("{ok, Ns} = net_adm:names(), proplists:get_value(\"b\", Ns).");
     assert_ne!(alias_port, real_port, "the real port must not leak to the other host");
+    // A second connection resumes the TLS session instead of a full handshake.
+    assert_eq!(a.eval("erlang:disconnect_node(b@hostb)."), "true");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    assert!(ha.log().contains("resumed=true"), "{}", ha.log());
     // Local names through the embedded EPMD.
     assert_eq!(a.eval("{ok, Ns} = net_adm:names(), [N || {N, _} <- Ns]."), "[\"a\"]");
 }
