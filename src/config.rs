@@ -395,6 +395,15 @@ address = "hostc.example.com:4370"
     }
 
     #[test]
+    fn the_deploy_example_is_valid() {
+        let text = include_str!("../deploy/erlmesh.toml.example");
+        let c = Config::parse(Path::new("/etc/erlmesh/erlmesh.toml"), text).unwrap();
+        assert_eq!(c.peers.len(), 2);
+        assert!(c.peers[1].policy.allows_remote("rabbit") && !c.peers[1].policy.allows_remote("x"));
+        assert_eq!(c.advertise, "hosta:4370");
+    }
+
+    #[test]
     fn errors_name_file_and_key() {
         let e = err(&GOOD.replace("alias = \"127.77.0.2\"", "alias = \"10.0.0.1\""));
         assert!(e.starts_with("/etc/erlmesh/erlmesh.toml: peers[0].alias: "), "{e}");
