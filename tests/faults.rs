@@ -255,3 +255,65 @@ fn floods_stay_within_limits_and_tunnels_keep_working() {
     );
     assert!(!ha.log().contains("panicked") && !hb.log().contains("panicked"));
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_stalled_reader_holds_back_the_sender_not_erlmesh_memory() {
+    let c = Cluster::new();
+    let (ha, hb) = pair(&c, "");
+    let mut a = ha.node("a");
+    let mut b = hb.node("b");
+    assert_eq!(
+        b.eval("register(sink, spawn(fun() -> (fun S(N) -> receive {count, P} -> P ! {n, N}, S(N); _ -> S(N + 1) end end)(0) end))."),
+        "true"
+    );
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    let before = rss_kib(ha.proc.as_ref().unwrap().pid()) + rss_kib(hb.proc.as_ref().unwrap().pid());
+    // b stops reading (SIGSTOP); a pushes 400 MiB at it from another process.
+    let b_pid = b.os_pid();
+    let _ = std::process::Command::new("kill")
+        .args(["-STOP", &b_pid.to_string()])
+        .status();
+    assert_eq!(
+        a.eval(
+            "B = binary:copy(<<0>>, 1048576), spawn(fun() -> [{sink, b@hostb} ! B || _ <- lists:seq(1, 400)] end), ok."
+        ),
+        "ok"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let during = rss_kib(ha.proc.as_ref().unwrap().pid()) + rss_kib(hb.proc.as_ref().unwrap().pid());
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &b_pid.to_string()])
+        .status();
+    println!("erlmesh RSS (both) before {before} KiB, with the reader stalled {during} KiB");
+    // The bytes wait in the nodes and the kernel's socket buffers, not in
+    // erlmesh: its memory grows by far less than what was pushed.
+    assert!(
+        during < before + 32 * 1024,
+        "erlmesh grew from {before} to {during} KiB"
+    );
+    // Once b reads again, everything arrives and the tunnel still works.
+    assert_eq!(
+        a.eval_until(
+            "rpc:call(b@hostb, erlang, node, [], 5000).",
+            "b@hostb",
+            Duration::from_secs(30)
+        ),
+        "b@hostb"
+    );
+    let count = "{sink, b@hostb} ! {count, self()}, receive {n, N} -> N after 2000 -> timeout end.";
+    assert_eq!(
+        a.eval_until(count, "400", Duration::from_secs(30)),
+        "400",
+        "every message arrived"
+    );
+}
