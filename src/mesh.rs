@@ -175,7 +175,19 @@ impl Mesh {
             face_cancel.clone(),
             self.tracker.clone(),
         );
-        let l: TcpListener = face.bind().await.map_err(|e| {
+        // A face being replaced may not have released the port yet.
+        let mut bound = face.bind().await;
+        for _ in 0..40 {
+            match &bound {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && self.cancel.is_cancelled() => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    bound = face.bind().await;
+                }
+                _ => break,
+            }
+        }
+        let l: TcpListener = bound.map_err(|e| {
             anyhow::anyhow!(
                 "cannot bind {alias}:{} for peer {host}: {e}{}",
                 self.epmd_port,
@@ -283,7 +295,8 @@ impl Mesh {
         let mut peers = self.peers.lock().await;
         if let Some(e) = peers.get_mut(host) {
             e.last_ok = Instant::now();
-            if e.address != address {
+            // A configured peer keeps its configured address and policy.
+            if e.address != address && !e.fixed {
                 info!(%host, old = %e.address, new = %address, "peer moved");
                 e.address = address.to_owned();
                 // The face dials the address it was made with: renew it.
