@@ -276,7 +276,10 @@ async fn check_node(
         let flat: String = out.chars().filter(|c| !c.is_whitespace()).collect();
         match want {
             Some(w) if flat.contains(&w) => {
-                checks.push(pass(format!("{full} resolves {h} to its alias {}", alias.unwrap())));
+                checks.push(pass(format!(
+                    "{full} resolves {h} to its alias {}",
+                    alias.map(|a| a.to_string()).unwrap_or_default()
+                )));
             }
             _ if flat.contains("badrpc") || !flat.contains(&format!("\"{h}\"")) => {
                 let mut fix = String::from("check the node's name and cookie (--cookie)");
