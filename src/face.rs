@@ -6,9 +6,10 @@ use crate::epmd::codec::{self, Request};
 use crate::epmd::server::{read_request, reply_and_close, ReadError};
 use crate::handshake;
 use crate::metrics::{Counted, PeerLabels};
-use crate::peer::Dialer;
+use crate::peer::{Dialer, Tunnel};
 use crate::policy::{short, Policy};
 use crate::preface::TunnelStatus;
+use crate::record;
 use crate::serve::accept_loop;
 use crate::splice::{is_disconnect, splice};
 use std::collections::HashMap;
@@ -247,7 +248,7 @@ impl Face {
                 self.count_refusal();
                 return;
             }
-            let (status, mut remote) = match self.dialer.tunnel(&node, &raw).await {
+            let (status, remote) = match self.dialer.tunnel(&node, &raw).await {
                 Ok(v) => v,
                 Err(e) => {
                     warn!(error = %e, "tunnel to the peer failed");
@@ -258,17 +259,31 @@ impl Face {
                 info!(?status, "peer refused the tunnel");
                 return;
             }
-            let resumed = matches!(
-                remote.get_ref().1.handshake_kind(),
-                Some(rustls::HandshakeKind::Resumed)
-            );
-            debug!(resumed, "tunnel open");
             let guard = self
                 .dialer
                 .metrics()
                 .tunnel(&self.dialer.host, &send_name.node, &remote_node, "out");
-            let mut local = Counted::new(local, guard.byte_counters());
-            match splice(&mut local, &mut remote).await {
+            let (out_c, back_c) = guard.byte_counters();
+            let result = match remote {
+                Tunnel::Records { tcp, tx, rx, resumed } => {
+                    debug!(resumed, record_layer = "erlmesh", "tunnel open");
+                    record::splice(local, tcp, tx, rx, |o, b| {
+                        out_c.inc_by(o);
+                        back_c.inc_by(b);
+                    })
+                    .await
+                }
+                Tunnel::Rustls(mut remote) => {
+                    let resumed = matches!(
+                        remote.get_ref().1.handshake_kind(),
+                        Some(rustls::HandshakeKind::Resumed)
+                    );
+                    debug!(resumed, record_layer = "rustls", "tunnel open");
+                    let mut local = Counted::new(local, (out_c, back_c));
+                    splice(&mut local, &mut remote).await
+                }
+            };
+            match result {
                 Ok(c) => debug!(bytes_out = c.out, bytes_back = c.back, "tunnel closed"),
                 Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),
                 Err(e) => info!(error = %e, "tunnel ended with an error"),

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod peer;
 pub mod policy;
 pub mod preface;
+pub mod record;
 pub mod resolver;
 pub mod serve;
 pub mod server;

@@ -7,6 +7,7 @@ use crate::mesh::Mesh;
 use crate::metrics::{tls_reason, Counted, Metrics, PeerLabels};
 use crate::policy::{short, Policy};
 use crate::preface::{self, Preface, TunnelStatus};
+use crate::record;
 use crate::splice::{is_disconnect, splice};
 use crate::tls::cert_not_after;
 use crate::tls::{peer_hosts, Tls};
@@ -222,23 +223,51 @@ async fn tunnel_in(
         }
     };
     let _ = local.set_nodelay(true);
-    let start = async {
-        tls.write_all(&[TunnelStatus::Ok as u8]).await?;
-        tls.flush().await?;
-        local.write_all(&raw).await
-    };
-    if let Err(e) = start.await {
-        debug!(error = %e, "tunnel ended while opening");
-        return;
-    }
-    debug!("tunnel open");
     let peer = hosts.first().cloned().unwrap_or_default();
     let guard = ctx
         .metrics
         .tunnel(&peer, &format!("{name}@{}", ctx.host), &send_name.node, "in");
     let (to_peer, from_peer) = guard.byte_counters();
-    let mut local = Counted::new(local, (to_peer, from_peer));
-    match splice(&mut local, &mut tls).await {
+    let result = if tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+        // Take over the record layer (record.rs) once rustls has nothing
+        // left to send.
+        let opened = async {
+            tls.flush().await?;
+            let (mut tcp, conn) = tls.into_inner();
+            let secrets = conn.dangerous_extract_secrets().map_err(std::io::Error::other)?;
+            let mut tx = record::Keys::new(secrets.tx.0, secrets.tx.1)?;
+            let rx = record::Reader::new(record::Keys::new(secrets.rx.0, secrets.rx.1)?);
+            record::send(&mut tcp, &mut tx, &[TunnelStatus::Ok as u8]).await?;
+            local.write_all(&raw).await?;
+            Ok::<_, std::io::Error>((tcp, tx, rx))
+        };
+        match opened.await {
+            Ok((tcp, tx, rx)) => {
+                debug!(record_layer = "erlmesh", "tunnel open");
+                record::splice(local, tcp, tx, rx, |o, b| {
+                    to_peer.inc_by(o);
+                    from_peer.inc_by(b);
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        let start = async {
+            tls.write_all(&[TunnelStatus::Ok as u8]).await?;
+            tls.flush().await?;
+            local.write_all(&raw).await
+        };
+        match start.await {
+            Ok(()) => {
+                debug!(record_layer = "rustls", "tunnel open");
+                let mut local = Counted::new(local, (to_peer, from_peer));
+                splice(&mut local, &mut tls).await
+            }
+            Err(e) => Err(e),
+        }
+    };
+    match result {
         Ok(c) => debug!(bytes_in = c.out, bytes_back = c.back, "tunnel closed"),
         Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),
         Err(e) => info!(error = %e, "tunnel ended with an error"),

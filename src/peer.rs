@@ -3,7 +3,8 @@
 
 use crate::epmd::NodeInfo;
 use crate::metrics::{tls_reason, Metrics};
-use crate::preface::{self, Preface, TunnelStatus};
+use crate::preface::{self, Preface, PrefaceError, TunnelStatus};
+use crate::record;
 use crate::tls::{cert_not_after, server_name, Tls};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
@@ -47,6 +48,19 @@ pub enum DialError {
     Io { address: String, source: std::io::Error },
     #[error("{0}")]
     Name(String),
+}
+
+/// An open tunnel to a peer's node.
+pub enum Tunnel {
+    /// TLS 1.3: the record layer taken over from rustls (record.rs).
+    Records {
+        tcp: TcpStream,
+        tx: record::Keys,
+        rx: record::Reader,
+        resumed: bool,
+    },
+    /// TLS 1.2: rustls' own stream.
+    Rustls(TlsStream<TcpStream>),
 }
 
 /// Dials one peer host.
@@ -201,12 +215,47 @@ impl Dialer {
 
     /// Opens a tunnel to node `name`, sending `send_name` (the node's first
     /// handshake frame) along; returns the stream once the peer says OK.
-    pub async fn tunnel(
-        &self,
-        name: &str,
-        send_name: &[u8],
-    ) -> Result<(TunnelStatus, TlsStream<TcpStream>), DialError> {
+    pub async fn tunnel(&self, name: &str, send_name: &[u8]) -> Result<(TunnelStatus, Tunnel), DialError> {
         let mut s = self.open(&Preface::Tunnel(name.to_owned()), send_name).await?;
+        let resumed = matches!(s.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        if s.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            // Take over the record layer (record.rs); the status byte is
+            // the first thing read through it.
+            let io = |source| DialError::Io {
+                address: self.address.clone(),
+                source,
+            };
+            let (tcp, conn) = s.into_inner();
+            let secrets = conn
+                .dangerous_extract_secrets()
+                .map_err(|e| io(std::io::Error::other(e)))?;
+            let tx = record::Keys::new(secrets.tx.0, secrets.tx.1).map_err(io)?;
+            let mut rx = record::Reader::new(record::Keys::new(secrets.rx.0, secrets.rx.1).map_err(io)?);
+            let mut tcp = tcp;
+            let first = match timeout(ANSWER_TIMEOUT, rx.first(&mut tcp)).await {
+                Ok(r) => r.map_err(io)?,
+                Err(_) => {
+                    return Err(DialError::AnswerTimeout {
+                        address: self.address.clone(),
+                    })
+                }
+            };
+            let status = first
+                .first()
+                .ok_or(PrefaceError::Answer("empty tunnel status"))
+                .and_then(|b| TunnelStatus::from_byte(*b))
+                .map_err(|e| DialError::Answer {
+                    address: self.address.clone(),
+                    source: e.into(),
+                })?;
+            if first.len() > 1 {
+                return Err(DialError::Answer {
+                    address: self.address.clone(),
+                    source: PrefaceError::Answer("tunnel status with trailing bytes").into(),
+                });
+            }
+            return Ok((status, Tunnel::Records { tcp, tx, rx, resumed }));
+        }
         let status = self
             .answer(async {
                 let mut b = [0u8; 1];
@@ -214,7 +263,7 @@ impl Dialer {
                 Ok(TunnelStatus::from_byte(b[0])?)
             })
             .await?;
-        Ok((status, s))
+        Ok((status, Tunnel::Rustls(s)))
     }
 
     /// Announces `advertise` (this host's TLS address) and returns the

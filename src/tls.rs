@@ -222,18 +222,21 @@ impl TlsConfigs {
         } else {
             &[&rustls::version::TLS13]
         };
-        let server = ServerConfig::builder_with_provider(provider.clone())
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(mismatch)?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
-        let client = ClientConfig::builder_with_provider(provider.clone())
+        // Tunnels take over the record layer once open (record.rs).
+        server.enable_secret_extraction = true;
+        let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(mismatch)?
             .with_root_certificates(roots.clone())
             .with_client_auth_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
+        client.enable_secret_extraction = true;
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
             .map_err(|e| TlsError::Ca {

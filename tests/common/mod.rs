@@ -28,9 +28,23 @@ pub fn require_erl() {
     );
 }
 
-/// A port the kernel just handed out and released.
+/// A free port below the kernel's ephemeral range (32768 and up here), so
+/// that no outgoing connection of a parallel test can take it between a
+/// kill and a restart of the erlmesh that listens on it. Each test process
+/// uses its own slice of 20000..32000; every port is checked with a bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let slice = (std::process::id() % 12) * 1000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + slice + (n % 1000);
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() && TcpListener::bind(("0.0.0.0", port as u16)).is_ok()
+        {
+            return port as u16;
+        }
+        assert!(n < 100_000, "no free port in 20000..32000");
+    }
 }
 
 /// A child process killed on drop.
