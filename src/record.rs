@@ -287,6 +287,50 @@ pub async fn splice(
     })
 }
 
+/// Opens records from `bytes` with fixed test keys until an error or the
+/// end; for fuzzing the record parser. Returns the records' contents.
+#[doc(hidden)]
+pub fn fuzz_open(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let secrets = ConnectionTrafficSecrets::Aes256Gcm {
+        key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
+        iv: rustls::crypto::cipher::Iv::new([9u8; 12]),
+    };
+    let Ok(keys) = Keys::new(0, secrets) else {
+        return Vec::new();
+    };
+    let mut rx = Reader::new(keys);
+    let n = bytes.len().min(rx.buf.len());
+    rx.buf[..n].copy_from_slice(&bytes[..n]);
+    rx.end = n;
+    let mut out = Vec::new();
+    while let Ok(Some(o)) = rx.open_next() {
+        match o {
+            Opened::Data(r) => out.push(rx.buf[r].to_vec()),
+            Opened::Skip => {}
+            Opened::Closed => break,
+        }
+    }
+    out
+}
+
+/// Seals `data` as records with the same fixed test keys (see [`fuzz_open`]).
+#[doc(hidden)]
+pub fn fuzz_seal(data: &[&[u8]]) -> Vec<u8> {
+    let secrets = ConnectionTrafficSecrets::Aes256Gcm {
+        key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
+        iv: rustls::crypto::cipher::Iv::new([9u8; 12]),
+    };
+    let mut keys = Keys::new(0, secrets).expect("test keys");
+    let mut out = Vec::new();
+    for d in data {
+        let mut rec = vec![0u8; HEADER + d.len() + 1 + TAG];
+        rec[HEADER..HEADER + d.len()].copy_from_slice(d);
+        let len = keys.seal(&mut rec, d.len(), APPLICATION_DATA).expect("seal");
+        out.extend_from_slice(&rec[..len]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -149,4 +149,20 @@ proptest! {
         prop_assert_eq!(used, frame.len());
         let _ = handshake::parse_send_name(&mutated(frame, flips, cut, vec![]));
     }
+
+    #[test]
+    fn record_layer_opens_what_it_seals_and_rejects_anything_else(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..6),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+        noise in proptest::collection::vec(any::<u8>(), 0..2000),
+    ) {
+        let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
+        let sealed = erlmesh::record::fuzz_seal(&refs);
+        prop_assert_eq!(erlmesh::record::fuzz_open(&sealed), chunks.clone());
+        // Mutated: only an intact prefix of the records may come out.
+        let m = mutated(sealed, flips, usize::MAX, vec![]);
+        let got = erlmesh::record::fuzz_open(&m);
+        prop_assert!(got.len() <= chunks.len() && got.iter().zip(&chunks).all(|(g, c)| g == c));
+        let _ = erlmesh::record::fuzz_open(&noise);
+    }
 }
