@@ -104,9 +104,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "tls",
         move |s, from, c| listener::handle(s, from, ctx.clone(), c),
     ));
-    tracker.spawn(mesh.clone().learner());
-    mesh.join().await;
-    tracker.spawn(mesh.clone().gossip_forever());
 
     tracker.spawn(reload_on_sighup(
         config.clone(),
@@ -130,7 +127,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         loop {
             let s = tokio::select! {
                 _ = c.cancelled() => break,
-                r = unix.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                r = unix.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        warn!(error = %e, "control socket accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
             };
             t.spawn(crate::control::serve_one(s, m.clone(), h.clone()));
         }
@@ -149,6 +153,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             move |s, _, _| crate::control::serve_one(s, m.clone(), h.clone()),
         ));
     }
+
+    // Joining through seeds comes last: every listener and handler is in
+    // place while the other hosts dial back to verify this one.
+    tracker.spawn(mesh.clone().learner());
+    mesh.join().await;
+    tracker.spawn(mesh.clone().gossip_forever());
 
     info!(
         host = %config.host,
