@@ -16,16 +16,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 mode=$1; big=${2:-256}; rtts=${3:-5000}; small=${4:-200000}
 w=$(mktemp -d /tmp/erlmesh-bench.XXXXXX); c=$w/certs
-pids=(); proxies=()
-cleanup() {
-  exec 2>/dev/null
-  for p in "${pids[@]}"; do kill -9 "$p" || true; done
-  wait || true
-  rm -rf "$w"
-}
-trap cleanup EXIT
+em=${ERLMESH:-$here/../target/release/erlmesh}
+. "$here/../scripts/lib.sh"
+proxies=()
 cp "$here/distbench.erl" "$w/" && cd "$w" && erlc distbench.erl
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 opts="#{big_mb => $big, rtts => $rtts, small => $small}"
 erl_common=(-noshell -pa "$w" -setcookie bench -kernel inet_dist_use_interface '{127,0,0,1}' +sbwt none +sbwtdcpu none +sbwtdio none)
 extra=""
@@ -55,10 +49,8 @@ direct|tlsdist)
   printf '{host, {127,0,0,1}, ["hosta","hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc"
   tls_a=(); tls_b=()
   if [ "$mode" = tlsdist ]; then
-    em=${ERLMESH:-$here/../target/release/erlmesh}
-    "$em" cert ca --dir "$c" >/dev/null
+    make_certs "$c" hosta hostb
     for h in hosta hostb; do
-      "$em" cert issue --dir "$c" --host $h >/dev/null
       cat >"$w/$h.conf" <<EOC
 [{server, [{certfile, "$c/$h.pem"}, {keyfile, "$c/$h.key"}, {cacertfile, "$c/ca.pem"}, {verify, verify_peer}, {fail_if_no_peer_cert, true}]},
  {client, [{certfile, "$c/$h.pem"}, {keyfile, "$c/$h.key"}, {cacertfile, "$c/ca.pem"}, {verify, verify_peer}]}].
@@ -75,9 +67,7 @@ EOC
   ;;
 stunnel)
   command -v stunnel >/dev/null || { echo "stunnel not installed" >&2; exit 3; }
-  em=${ERLMESH:-$here/../target/release/erlmesh}
-  "$em" cert ca --dir "$c" >/dev/null
-  for h in hosta hostb; do "$em" cert issue --dir "$c" --host $h >/dev/null; done
+  make_certs "$c" hosta hostb
   ea=$(free_port); eb=$(free_port); db=$(free_port); s1=$(free_port); s2=$(free_port)
   printf '{host, {127,0,1,2}, ["hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc_a"
   tls_opts() { printf 'cert = %s/%s.pem\nkey = %s/%s.key\nCAfile = %s/ca.pem\nverifyChain = yes\n' "$c" "$1" "$c" "$1" "$c"; }
@@ -99,18 +89,15 @@ stunnel)
   run_a env ERL_EPMD_PORT=$ea ERL_INETRC=$w/inetrc_a erl "${erl_common[@]}" -sname a@hosta
   ;;
 erlmesh)
-  em=${ERLMESH:-$here/../target/release/erlmesh}
   [ -x "$em" ] || { echo "no erlmesh binary at $em (cargo build --release, or set ERLMESH)" >&2; exit 1; }
-  "$em" cert ca --dir "$c" >/dev/null
-  for h in hosta hostb; do "$em" cert issue --dir "$c" --host $h >/dev/null; done
+  make_certs "$c" hosta hostb
   ta=$(free_port); tb=$(free_port); ea=$(free_port); eb=$(free_port)
-  conf() { printf 'host = "%s"\nlisten = "127.0.0.1:%s"\nepmd_port = %s\nstate_dir = "%s"\n[tls]\nca = "%s/ca.pem"\ncert = "%s/%s.pem"\nkey = "%s/%s.key"\n[[peers]]\nhost = "%s"\naddress = "127.0.0.1:%s"\n' \
-    "$1" "$2" "$3" "$w/state-$1" "$c" "$c" "$1" "$c" "$1" "$4" "$5" >"$w/$1.toml"; }
-  conf hosta "$ta" "$ea" hostb "$tb"; conf hostb "$tb" "$eb" hosta "$ta"
+  write_conf "$w/hosta.toml" hosta "$ta" "$ea" "$w/state-hosta" "$c"; add_peer "$w/hosta.toml" hostb "127.0.0.1:$tb"
+  write_conf "$w/hostb.toml" hostb "$tb" "$eb" "$w/state-hostb" "$c"; add_peer "$w/hostb.toml" hosta "127.0.0.1:$ta"
   for h in hosta hostb; do
     "$em" run --config "$w/$h.toml" 2>"$w/$h.mesh.log" & pids+=($!); proxies+=($!)
   done
-  for h in hosta hostb; do for _ in $(seq 100); do grep -q "erlmesh ready" "$w/$h.mesh.log" && break; sleep 0.05; done; done
+  for h in hosta hostb; do wait_ready "$w/$h.mesh.log"; done
   idle=$(rss "${proxies[0]}")
   ( eval "$("$em" env --config "$w/hostb.toml")"; exec erl "${erl_common[@]}" -sname b@hostb -eval 'receive after infinity -> ok end' ) >"$w/b.log" 2>&1 &
   pids+=($!)

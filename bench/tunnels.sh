@@ -8,18 +8,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 n=${1:-16}
 em=${ERLMESH:-$here/../target/release/erlmesh}
 w=$(mktemp -d /tmp/erlmesh-tunnels.XXXXXX); c=$w/certs
-pids=(); mesh=()
-cleanup() { exec 2>/dev/null; for p in "${pids[@]}" "${mesh[@]}"; do kill -9 "$p" || true; done; wait || true; rm -rf "$w"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-"$em" cert ca --dir "$c" >/dev/null
-for h in hosta hostb; do "$em" cert issue --dir "$c" --host $h >/dev/null; done
+. "$here/../scripts/lib.sh"
+make_certs "$c" hosta hostb
 ta=$(free_port); tb=$(free_port); ea=$(free_port); eb=$(free_port)
-conf() { printf 'host = "%s"\nlisten = "127.0.0.1:%s"\nepmd_port = %s\nstate_dir = "%s"\n[tls]\nca = "%s/ca.pem"\ncert = "%s/%s.pem"\nkey = "%s/%s.key"\n[[peers]]\nhost = "%s"\naddress = "127.0.0.1:%s"\n' \
-  "$1" "$2" "$3" "$w/state-$1" "$c" "$c" "$1" "$c" "$1" "$4" "$5" >"$w/$1.toml"; }
-conf hosta "$ta" "$ea" hostb "$tb"; conf hostb "$tb" "$eb" hosta "$ta"
+write_conf "$w/hosta.toml" hosta "$ta" "$ea" "$w/state-hosta" "$c"; add_peer "$w/hosta.toml" hostb "127.0.0.1:$tb"
+write_conf "$w/hostb.toml" hostb "$tb" "$eb" "$w/state-hostb" "$c"; add_peer "$w/hostb.toml" hosta "127.0.0.1:$ta"
 for h in hosta hostb; do RUST_LOG=erlmesh=debug "$em" run --config "$w/$h.toml" 2>"$w/$h.log" & mesh+=($!); done
-for h in hosta hostb; do for _ in $(seq 100); do grep -q "erlmesh ready" "$w/$h.log" && break; sleep 0.05; done; done
+for h in hosta hostb; do wait_ready "$w/$h.log"; done
 rss() { local t=0; for p in "${mesh[@]}"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $t; }
 node() { ( eval "$("$em" env --config "$w/$1.toml")"; exec erl -noshell -sname "$2@$1" -setcookie t -eval "$3" ) >>"$w/nodes.log" 2>&1 & pids+=($!); }
 idle=$(rss)

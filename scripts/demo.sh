@@ -8,15 +8,7 @@ scripts/install-deps.sh
 cargo build --release --locked -q
 em=$PWD/target/release/erlmesh
 w=$(mktemp -d /tmp/erlmesh-demo.XXXXXX)
-pids=()
-cleanup() {
-  exec 2>/dev/null
-  for p in "${pids[@]}"; do kill -9 "$p" || true; done
-  wait || true
-  rm -rf "$w"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo $((30000 + RANDOM % 20000)); }
+. scripts/lib.sh
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "certificates: one cluster CA, one certificate per host (erlmesh cert)"
@@ -25,33 +17,16 @@ step "certificates: one cluster CA, one certificate per host (erlmesh cert)"
 "$em" cert issue --dir "$w/certs" --host hostb
 
 tls_a=$(free_port); tls_b=$(free_port); epmd_a=$(free_port); epmd_b=$(free_port)
-conf() { # host tls_port epmd_port peer peer_tls_port
-  cat >"$w/$1.toml" <<EOC
-host = "$1"
-listen = "127.0.0.1:$2"
-epmd_port = $3
-state_dir = "state-$1"
-
-[tls]
-ca = "certs/ca.pem"
-cert = "certs/$1.pem"
-key = "certs/$1.key"
-
-[[peers]]
-host = "$4"
-address = "127.0.0.1:$5"
-EOC
-}
-conf hosta "$tls_a" "$epmd_a" hostb "$tls_b"
-conf hostb "$tls_b" "$epmd_b" hosta "$tls_a"
+write_conf "$w/hosta.toml" hosta "$tls_a" "$epmd_a" "$w/state-hosta" "$w/certs"
+add_peer "$w/hosta.toml" hostb "127.0.0.1:$tls_b"
+write_conf "$w/hostb.toml" hostb "$tls_b" "$epmd_b" "$w/state-hostb" "$w/certs"
+add_peer "$w/hostb.toml" hosta "127.0.0.1:$tls_a"
+echo "hosta's config:"; sed 's/^/    /' "$w/hosta.toml"
 step "two erlmesh proxies: hosta on TLS port $tls_a, hostb on $tls_b"
 for h in hosta hostb; do
-  RUST_LOG=erlmesh=debug "$em" run --config "$w/$h.toml" 2>"$w/$h.log" & pids+=($!)
+  RUST_LOG=erlmesh=debug "$em" run --config "$w/$h.toml" 2>"$w/$h.log" & mesh+=($!)
 done
-for h in hosta hostb; do
-  for _ in $(seq 100); do grep -q "erlmesh ready" "$w/$h.log" && break; sleep 0.1; done
-  grep "erlmesh ready" "$w/$h.log" || { cat "$w/$h.log"; exit 1; }
-done
+for h in hosta hostb; do wait_ready "$w/$h.log"; grep "erlmesh ready" "$w/$h.log"; done
 
 step "node a@hosta writes a key into its ETS table"
 (

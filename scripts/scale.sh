@@ -12,29 +12,19 @@ scripts/install-deps.sh
 if [ -z "${ERLMESH:-}" ]; then cargo build --release --locked -q; fi
 em=${ERLMESH:-$PWD/target/release/erlmesh}
 w=$(mktemp -d /tmp/erlmesh-scale.XXXXXX)
-pids=(); mesh=()
-cleanup() { exec 2>/dev/null; for p in "${pids[@]}" "${mesh[@]}"; do kill -9 "$p" || true; done; wait || true; rm -rf "$w"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-"$em" cert ca --dir "$w/certs" >/dev/null
+. scripts/lib.sh
+make_certs "$w/certs" $(seq -f 'h%g' 0 $((n - 1)))
 tls=(); epmd=()
-for i in $(seq 0 $((n - 1))); do
-  "$em" cert issue --dir "$w/certs" --host "h$i" >/dev/null
-  tls+=("$(free_port)"); epmd+=("$(free_port)")
-done
+for i in $(seq 0 $((n - 1))); do tls+=("$(free_port)"); epmd+=("$(free_port)"); done
 for i in $(seq 0 $((n - 1))); do
   seeds=""; [ "$i" -gt 0 ] && seeds="seeds = [\"127.0.0.1:${tls[0]}\"]"
-  printf 'host = "h%s"\nlisten = "127.0.0.1:%s"\nepmd_port = %s\nstate_dir = "state-h%s"\n%s\n[tls]\nca = "certs/ca.pem"\ncert = "certs/h%s.pem"\nkey = "certs/h%s.key"\n' \
-    "$i" "${tls[$i]}" "${epmd[$i]}" "$i" "$seeds" "$i" "$i" >"$w/h$i.toml"
+  write_conf "$w/h$i.toml" "h$i" "${tls[$i]}" "${epmd[$i]}" "$w/state-h$i" "$w/certs" "$seeds"
 done
 t0=$(date +%s.%N)
 "$em" run --config "$w/h0.toml" 2>"$w/h0.log" & mesh+=($!)
-for _ in $(seq 200); do grep -q "erlmesh ready" "$w/h0.log" && break; sleep 0.05; done
+wait_ready "$w/h0.log"
 for i in $(seq 1 $((n - 1))); do "$em" run --config "$w/h$i.toml" 2>"$w/h$i.log" & mesh+=($!); done
-for i in $(seq 0 $((n - 1))); do
-  for _ in $(seq 600); do grep -q "erlmesh ready" "$w/h$i.log" && break; sleep 0.05; done
-  grep -q "erlmesh ready" "$w/h$i.log" || { echo "h$i not ready"; tail -5 "$w/h$i.log"; exit 1; }
-done
+for i in $(seq 0 $((n - 1))); do wait_ready "$w/h$i.log"; done
 t1=$(date +%s.%N)
 echo "all $n erlmesh ready (joined through h0) in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
 node() { # i: start node n$i@h$i; it prints SEEN <ms> once it sees every other node

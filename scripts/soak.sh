@@ -12,23 +12,19 @@ scripts/install-deps.sh
 cargo build --release --locked -q
 em=$PWD/target/release/erlmesh
 w=$(mktemp -d /tmp/erlmesh-soak.XXXXXX)
-pids=(); mesh=()
-cleanup() { exec 2>/dev/null; for p in "${pids[@]}" "${mesh[@]}"; do kill -9 "$p" || true; done; wait || true; rm -rf "$w"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-"$em" cert ca --dir "$w/certs" >/dev/null
-for h in hosta hostb; do "$em" cert issue --dir "$w/certs" --host $h >/dev/null; done
+. scripts/lib.sh
+make_certs "$w/certs" hosta hostb
 declare -A tls epmd
 for h in hosta hostb; do tls[$h]=$(free_port); epmd[$h]=$(free_port); done
 for h in hosta hostb; do
   p=hostb; [ $h = hostb ] && p=hosta
-  printf 'host = "%s"\nlisten = "127.0.0.1:%s"\nepmd_port = %s\nstate_dir = "state-%s"\n[tls]\nca = "certs/ca.pem"\ncert = "certs/%s.pem"\nkey = "certs/%s.key"\n[[peers]]\nhost = "%s"\naddress = "127.0.0.1:%s"\n' \
-    $h "${tls[$h]}" "${epmd[$h]}" $h $h $h $p "${tls[$p]}" >"$w/$h.toml"
+  write_conf "$w/$h.toml" $h "${tls[$h]}" "${epmd[$h]}" "$w/state-$h" "$w/certs"
+  add_peer "$w/$h.toml" $p "127.0.0.1:${tls[$p]}"
 done
 peak=0
 start_mesh() { # index host
   "$em" run --config "$w/$2.toml" 2>>"$w/$2.log" & mesh[$1]=$!
-  for _ in $(seq 100); do [ "$(grep -c 'erlmesh ready' "$w/$2.log")" -ge "${starts[$1]}" ] && break; sleep 0.05; done
+  wait_ready "$w/$2.log" "${starts[$1]}"
 }
 note_peak() {
   for p in "${mesh[@]}"; do

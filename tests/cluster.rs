@@ -5,21 +5,10 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// Two hosts that know each other, both proxies running.
-fn pair(cluster: &Cluster, a: &str, b: &str) -> (Host, Host) {
-    let mut ha = cluster.host(a);
-    let mut hb = cluster.host(b);
-    ha.peer(&hb);
-    hb.peer(&ha);
-    ha.start();
-    hb.start();
-    (ha, hb)
-}
-
 #[test]
 fn ping_rpc_ets_and_names_across_two_hosts() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "hosta", "hostb");
+    let (ha, hb) = c.pair_named("hosta", "hostb", "", "");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
 
@@ -79,7 +68,7 @@ fn ping_rpc_ets_and_names_across_two_hosts() {
 #[test]
 fn local_nodes_reach_each_other_by_host_name() {
     let c = Cluster::new();
-    let (ha, _hb) = pair(&c, "hosta", "hostb");
+    let (ha, _hb) = c.pair_named("hosta", "hostb", "", "");
     let mut a = ha.node("a");
     let mut t = ha.node("t");
     assert_eq!(t.eval("net_adm:ping(a@hosta)."), "pong");
@@ -93,7 +82,7 @@ fn local_nodes_reach_each_other_by_host_name() {
 #[test]
 fn restarted_node_is_reached_again() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "hosta", "hostb");
+    let (ha, hb) = c.pair_named("hosta", "hostb", "", "");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
@@ -118,7 +107,7 @@ fn restarted_node_is_reached_again() {
 #[test]
 fn long_names() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "hosta.example.com", "hostb.example.com");
+    let (ha, hb) = c.pair_named("hosta.example.com", "hostb.example.com", "", "");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     assert_eq!(

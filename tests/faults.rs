@@ -7,22 +7,10 @@ use common::*;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-fn pair(c: &Cluster, extra: &str) -> (Host, Host) {
-    let mut ha = c.host("hosta");
-    let mut hb = c.host("hostb");
-    ha.peer(&hb);
-    hb.peer(&ha);
-    ha.extra = extra.into();
-    hb.extra = extra.into();
-    ha.start();
-    hb.start();
-    (ha, hb)
-}
-
 #[test]
 fn a_killed_peer_gives_prompt_nodedown_and_the_cluster_heals() {
     let c = Cluster::new();
-    let (ha, mut hb) = pair(&c, "");
+    let (ha, mut hb) = c.pair("", "");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
@@ -56,7 +44,7 @@ fn a_killed_peer_gives_prompt_nodedown_and_the_cluster_heals() {
 #[test]
 fn a_restarted_erlmesh_keeps_aliases_and_nodes_reregister() {
     let c = Cluster::new();
-    let (mut ha, hb) = pair(&c, "");
+    let (mut ha, hb) = c.pair("", "");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
@@ -88,7 +76,7 @@ fn a_checked_stream_survives_repeated_kills() {
     let c = Cluster::new();
     let pa = c.erl_module("stream");
     let pa: Vec<&str> = pa.iter().map(|s| s.as_str()).collect();
-    let (mut ha, mut hb) = pair(&c, "");
+    let (mut ha, mut hb) = c.pair("", "");
     let mut a = ha.node_with("a", &pa);
     let mut b = hb.node_with("b", &pa);
     assert_eq!(b.eval("stream:start_receiver()."), "ok");
@@ -138,7 +126,8 @@ fn a_checked_stream_survives_repeated_kills() {
 #[test]
 fn sigterm_drains_then_exits_zero() {
     let c = Cluster::new();
-    let (mut ha, hb) = pair(&c, "shutdown_grace_secs = 3");
+    let grace = "shutdown_grace_secs = 3";
+    let (mut ha, hb) = c.pair(grace, grace);
     let mut a = ha.node("a");
     let _b = hb.node("b");
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
@@ -169,7 +158,7 @@ fn sigterm_drains_then_exits_zero() {
 #[test]
 fn sighup_reloads_certificates_and_refuses_a_bad_one() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "");
+    let (ha, hb) = c.pair("", "");
     let mut a = ha.node("a");
     let _b = hb.node("b");
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
@@ -218,7 +207,10 @@ fn sighup_reloads_certificates_and_refuses_a_bad_one() {
 #[test]
 fn floods_stay_within_limits_and_tunnels_keep_working() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "max_connections = 64\nhandshake_timeout_secs = 2");
+    let (ha, hb) = c.pair(
+        "max_connections = 64\nhandshake_timeout_secs = 2",
+        "max_connections = 64\nhandshake_timeout_secs = 2",
+    );
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
@@ -278,7 +270,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_stalled_reader_holds_back_the_sender_not_erlmesh_memory() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "");
+    let (ha, hb) = c.pair("", "");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     assert_eq!(

@@ -16,17 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn pair(c: &Cluster, extra_a: &str) -> (Host, Host) {
-    let mut ha = c.host("hosta");
-    let mut hb = c.host("hostb");
-    ha.peer(&hb);
-    hb.peer(&ha);
-    ha.extra = extra_a.into();
-    ha.start();
-    hb.start();
-    (ha, hb)
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,7 +73,7 @@ fn send_name(node: &str) -> Vec<u8> {
 #[test]
 fn a_valid_certificate_for_hostc_cannot_speak_for_hostb() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "");
+    let (ha, hb) = c.pair("", "");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     let hostc = c.host("hostc"); // a real, valid cluster certificate for hostc
@@ -128,7 +117,7 @@ fn a_valid_certificate_for_hostc_cannot_speak_for_hostb() {
 #[test]
 fn a_local_node_named_for_another_host_cannot_dial_out() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "");
+    let (ha, hb) = c.pair("", "");
     let _b = hb.node("b");
     // A node on host A calling itself x@hostb: it would pass for a hostb node.
     let mut x = ha.node_named("x@hostb");
@@ -202,7 +191,7 @@ fn per_peer_policy_hidden_nodes_and_remsh() {
 #[test]
 fn bad_client_certificates_are_refused() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "");
+    let (ha, hb) = c.pair("", "");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     let other = Cluster::new();
@@ -317,7 +306,7 @@ fn the_dialler_checks_the_servers_certificate() {
 #[test]
 fn garbage_and_silence_on_the_tls_port() {
     let c = Cluster::new();
-    let (ha, hb) = pair(&c, "handshake_timeout_secs = 1");
+    let (ha, hb) = c.pair("handshake_timeout_secs = 1", "");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     let port = ha.listen_port;
@@ -367,7 +356,7 @@ fn garbage_and_silence_on_the_tls_port() {
 #[test]
 fn openssl_without_a_client_certificate_gets_nothing() {
     let c = Cluster::new();
-    let (ha, _hb) = pair(&c, "");
+    let (ha, _hb) = c.pair("", "");
     let _a = ha.node("a");
     let run = |args: &[&str], input: &[u8]| -> String {
         let mut child = Command::new("openssl")

@@ -133,6 +133,27 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Hosts `a` and `b`, each listing the other as a peer, with `extra_a`
+    /// and `extra_b` as extra top-level config lines; both started.
+    pub fn pair_named(&self, a: &str, b: &str, extra_a: &str, extra_b: &str) -> (Host, Host) {
+        let mut ha = self.host(a);
+        let mut hb = self.host(b);
+        ha.peer(&hb);
+        hb.peer(&ha);
+        ha.extra = extra_a.into();
+        hb.extra = extra_b.into();
+        ha.start();
+        hb.start();
+        (ha, hb)
+    }
+
+    /// [`Cluster::pair_named`] for hosta and hostb.
+    pub fn pair(&self, extra_a: &str, extra_b: &str) -> (Host, Host) {
+        self.pair_named("hosta", "hostb", extra_a, extra_b)
+    }
+}
+
 /// Runs erlmesh with `args`, asserting success; returns stdout.
 pub fn run_ok(args: &[&str]) -> String {
     let out = Command::new(ERLMESH).args(args).output().unwrap();
