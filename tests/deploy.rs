@@ -175,12 +175,7 @@ fn doctor(args: &[&str]) -> (bool, String) {
 #[test]
 fn doctor_explains_healthy_and_broken_setups() {
     let c = Cluster::new();
-    let mut ha = c.host("hosta");
-    let mut hb = c.host("hostb");
-    ha.peer(&hb);
-    hb.peer(&ha);
-    ha.start();
-    hb.start();
+    let (ha, hb) = c.pair("", "");
     let _a = ha.node("a");
     let _b = hb.node("b");
     let conf = ha.config_path();
@@ -261,12 +256,7 @@ fn doctor_explains_healthy_and_broken_setups() {
 #[test]
 fn an_elixir_node_joins_an_erlang_cluster() {
     let c = Cluster::new();
-    let mut ha = c.host("hosta");
-    let mut hb = c.host("hostb");
-    ha.peer(&hb);
-    hb.peer(&ha);
-    ha.start();
-    hb.start();
+    let (ha, hb) = c.pair("", "");
     let mut a = ha.node("a");
     assert_eq!(
         a.eval("ets:new(cache, [named_table, public]), ets:insert(cache, {k, <<\"from erlang\">>})."),
