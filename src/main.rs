@@ -24,7 +24,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config, log_format } => {
             init_logging(log_format);
             let config = load(&config)?;
-            erlmesh::server::precheck(&config)?;
+            erlmesh::server::precheck(&config);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async {
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -225,21 +225,32 @@ pub fn encode_names_answer(names: &[String]) -> Vec<u8> {
     v
 }
 
-/// Reads the answer to NAMES.
-pub async fn read_names_answer<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<String>, ReadError> {
+/// Reads an answer's 2-byte count, refusing more than `max`.
+async fn read_count<R: AsyncRead + Unpin>(r: &mut R, max: usize, why: &'static str) -> Result<usize, ReadError> {
     let mut count = [0u8; 2];
     r.read_exact(&mut count).await?;
     let count = u16::from_be_bytes(count) as usize;
-    if count > MAX_NAMES {
-        return Err(PrefaceError::Answer("too many names").into());
+    if count > max {
+        return Err(PrefaceError::Answer(why).into());
     }
+    Ok(count)
+}
+
+/// Reads one `Len:1 Bytes:Len` string, checked like a node name.
+async fn read_short<R: AsyncRead + Unpin>(r: &mut R) -> Result<String, ReadError> {
+    let mut len = [0u8; 1];
+    r.read_exact(&mut len).await?;
+    let mut b = vec![0u8; len[0] as usize];
+    r.read_exact(&mut b).await?;
+    Ok(check_name(&b).map_err(PrefaceError::from)?.to_owned())
+}
+
+/// Reads the answer to NAMES.
+pub async fn read_names_answer<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<String>, ReadError> {
+    let count = read_count(r, MAX_NAMES, "too many names").await?;
     let mut names = Vec::with_capacity(count);
     for _ in 0..count {
-        let mut len = [0u8; 1];
-        r.read_exact(&mut len).await?;
-        let mut name = vec![0u8; len[0] as usize];
-        r.read_exact(&mut name).await?;
-        names.push(check_name(&name).map_err(PrefaceError::from)?.to_owned());
+        names.push(read_short(r).await?);
     }
     Ok(names)
 }
@@ -266,25 +277,11 @@ pub fn encode_hosts_answer(hosts: &[(String, String)]) -> Vec<u8> {
 
 /// Reads the answer to HELLO.
 pub async fn read_hosts_answer<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<(String, String)>, ReadError> {
-    let mut count = [0u8; 2];
-    r.read_exact(&mut count).await?;
-    let count = u16::from_be_bytes(count) as usize;
-    if count > MAX_HOSTS {
-        return Err(PrefaceError::Answer("too many hosts").into());
-    }
+    let count = read_count(r, MAX_HOSTS, "too many hosts").await?;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let mut pair = Vec::with_capacity(2);
-        for _ in 0..2 {
-            let mut len = [0u8; 1];
-            r.read_exact(&mut len).await?;
-            let mut b = vec![0u8; len[0] as usize];
-            r.read_exact(&mut b).await?;
-            pair.push(check_name(&b).map_err(PrefaceError::from)?.to_owned());
-        }
-        let a = pair.pop().unwrap_or_default();
-        let h = pair.pop().unwrap_or_default();
-        out.push((h, a));
+        let host = read_short(r).await?;
+        out.push((host, read_short(r).await?));
     }
     Ok(out)
 }

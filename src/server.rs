@@ -245,16 +245,12 @@ pub async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks settings that depend on the running system, before binding.
-pub fn precheck(config: &Config) -> anyhow::Result<()> {
-    if config.peers.is_empty() {
-        warn!(file = %config.file.display(), "no peers configured: local nodes will reach only each other");
+/// Warns about settings that are valid but probably not what was meant.
+pub fn precheck(config: &Config) {
+    if config.peers.is_empty() && config.seeds.is_empty() {
+        warn!(file = %config.file.display(), "no peers or seeds configured: local nodes will reach only each other");
     }
     if config.listen.ip().is_loopback() && !config.peers.is_empty() {
         info!(listen = %config.listen, "the TLS port listens on loopback only");
     }
-    if config.epmd == EpmdMode::Embedded && config.epmd_port == 0 {
-        bail!("epmd_port 0");
-    }
-    Ok(())
 }
