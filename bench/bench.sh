@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# erlmesh's benchmark: real nodes through direct inet_tcp_dist, erlmesh,
-# OTP's inet_tls_dist and stunnel (when installed), alternating setups over
+# erlmesh's benchmark: real nodes through direct inet_tcp_dist, a plain
+# forwarder pair (the floor for any proxy per host), erlmesh, OTP's
+# inet_tls_dist and stunnel (when installed), alternating setups over
 # ROUNDS rounds; prints each figure's median and its ratio to direct, with
 # erlmesh's CPU seconds per GB carried and its memory.
 # usage: bench/bench.sh [ROUNDS=3] [bulk_MiB=256] [round_trips=5000] [small_msgs=200000]
@@ -8,8 +9,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 rounds=${1:-3}; shift || true
 "$here/../scripts/install-deps.sh"
-(cd "$here/.." && cargo build --release --locked -q)
-modes="direct erlmesh tlsdist"
+(cd "$here/.." && cargo build --release --locked -q --bins --examples)
+modes="direct plain erlmesh tlsdist"
 command -v stunnel >/dev/null && modes="$modes stunnel"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -32,9 +33,12 @@ for m in med:
     if m == 'direct': continue
     r = {k: med[m][k] / med['direct'][k] for k in keys[:5]}
     print('RATIO %s/direct ' % m + ' '.join('%s=%.2f' % (k, v) for k, v in r.items()))
+if 'plain' in med and 'erlmesh' in med:
+    r = {k: med['erlmesh'][k] / med['plain'][k] for k in keys[:5]}
+    print('RATIO erlmesh/plain ' + ' '.join('%s=%.2f' % (k, v) for k, v in r.items()))
 # Bytes carried per run: bulk MiB plus small messages and round trips (small).
 gb = bulk_mib * 1024 * 1024 / 1e9
-for m in ('erlmesh', 'stunnel'):
+for m in ('plain', 'erlmesh', 'stunnel'):
     if m in med:
         print('CPU %s: %.2f s per GB carried (both proxies, whole run / bulk bytes)' % (m, med[m]['proxy_cpu_s'] / gb))
 if 'erlmesh' in rows:

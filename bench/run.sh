@@ -6,6 +6,9 @@
 #   erlmesh  one erlmesh per simulated host (target/release/erlmesh)
 #   tlsdist  OTP's inet_tls_dist with mutual TLS
 #   stunnel  a stunnel4 pair per host with mutual TLS (when installed)
+#   plain    the stunnel layout with a plain TCP forwarder per host and no
+#            encryption (examples/plainfwd.rs): the floor for any design
+#            with a proxy per host
 #
 # usage: bench/run.sh MODE [bulk_MiB] [round_trips] [small_msgs]
 # RESULT fields: first_ping_ms rtt_p50_us rtt_p99_us bulk_MBps small_msgs_per_s
@@ -105,5 +108,20 @@ erlmesh)
   ( eval "$("$em" env --config "$w/hosta.toml")"; run_a erl "${erl_common[@]}" -sname a@hosta ) >"$w/a.result" || { tail -20 "$w"/*.mesh.log >&2; exit 1; }
   sed "s/\$/ idle_rss_kb=$idle/" "$w/a.result"
   ;;
-*) echo "unknown mode $mode (direct|erlmesh|tlsdist|stunnel)" >&2; exit 2 ;;
+plain)
+  # The floor for any design with a proxy per host: the stunnel layout with
+  # a plain TCP forwarder per host (examples/plainfwd.rs: no encryption).
+  fwd=$here/../target/release/examples/plainfwd
+  ea=$(free_port); eb=$(free_port); db=$(free_port); s1=$(free_port); s2=$(free_port)
+  printf '{host, {127,0,1,2}, ["hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc_a"
+  epmd -address 127.0.0.1 -port "$ea" & pids+=($!)
+  epmd -address 127.0.0.1 -port "$eb" & pids+=($!)
+  "$fwd" "127.0.1.2:$ea=127.0.0.1:$s1" "127.0.1.2:$db=127.0.0.1:$s2" & pids+=($!); proxies+=($!)
+  "$fwd" "127.0.0.1:$s1=127.0.0.1:$eb" "127.0.0.1:$s2=127.0.0.1:$db" & pids+=($!); proxies+=($!)
+  sleep 0.5
+  start_b env ERL_EPMD_PORT=$eb erl "${erl_common[@]}" -sname b@hostb -kernel inet_dist_listen_min "$db" -kernel inet_dist_listen_max "$db"
+  wait_names "$eb" b
+  run_a env ERL_EPMD_PORT=$ea ERL_INETRC=$w/inetrc_a erl "${erl_common[@]}" -sname a@hosta
+  ;;
+*) echo "unknown mode $mode (direct|erlmesh|tlsdist|stunnel|plain)" >&2; exit 2 ;;
 esac
