@@ -36,8 +36,11 @@ const CHANGE_CIPHER_SPEC: u8 = 20;
 const BATCH: usize = 4;
 /// A full outbound record: header, plaintext, content type, tag.
 const FULL_RECORD: usize = HEADER + MAX_PLAINTEXT + 1 + TAG;
-/// Inbound buffer: room for a batch of the largest records a peer may send.
-const RX_BUF: usize = BATCH * (HEADER + MAX_CIPHERTEXT);
+/// Inbound buffer: room for the largest record a peer may send; it grows to
+/// a batch of them once a read fills it (bulk traffic), so that tunnels
+/// carrying small messages keep small buffers.
+const RX_MIN: usize = HEADER + MAX_CIPHERTEXT;
+const RX_MAX: usize = BATCH * RX_MIN;
 /// Records sealed or opened under one key before the tunnel is closed (and
 /// the node reconnects with fresh keys): below AES-GCM's limit of 2^24.5
 /// records per key (RFC 8446 §5.5), since key updates are not implemented.
@@ -139,7 +142,7 @@ impl Reader {
     /// A reader that starts with no buffered bytes.
     pub fn new(keys: Keys) -> Reader {
         Reader {
-            buf: vec![0u8; RX_BUF],
+            buf: vec![0u8; RX_MIN],
             start: 0,
             end: 0,
             keys,
@@ -206,7 +209,13 @@ impl Reader {
             self.end -= self.start;
             self.start = 0;
         }
-        r.read(&mut self.buf[self.end..]).await.inspect(|n| self.end += n)
+        let room = self.buf.len() - self.end;
+        let n = r.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        if n == room && self.buf.len() < RX_MAX {
+            self.buf.resize(RX_MAX, 0);
+        }
+        Ok(n)
     }
 
     /// Reads until the first application data and returns it (for the
@@ -241,9 +250,10 @@ pub async fn splice(
     let (mut rr, mut rw) = remote.into_split();
     let counted = &counted;
     let out = async {
-        // BATCH record slots, back to back: a read fills them in order, so
-        // every sealed record but the last is full and they lie contiguous.
-        let mut recs = vec![0u8; BATCH * FULL_RECORD];
+        // Record slots, back to back: a read fills them in order, so every
+        // sealed record but the last is full and they lie contiguous. One
+        // slot at first, BATCH once a read fills it (bulk traffic).
+        let mut recs = vec![0u8; FULL_RECORD];
         let mut total = 0u64;
         loop {
             let n = read_slots(&mut lr, &mut recs).await?;
@@ -320,13 +330,13 @@ pub async fn splice(
 /// tokio's own read, which marks the socket drained after a short read (no
 /// extra system call for a small message); only a full first slot is
 /// followed by one `readv` into the others.
-async fn read_slots(r: &mut tokio::net::tcp::OwnedReadHalf, recs: &mut [u8]) -> io::Result<usize> {
-    let (first, rest) = recs.split_at_mut(FULL_RECORD);
-    let n = r.read(&mut first[HEADER..HEADER + MAX_PLAINTEXT]).await?;
+async fn read_slots(r: &mut tokio::net::tcp::OwnedReadHalf, recs: &mut Vec<u8>) -> io::Result<usize> {
+    let n = r.read(&mut recs[HEADER..HEADER + MAX_PLAINTEXT]).await?;
     if n < MAX_PLAINTEXT {
         return Ok(n);
     }
-    let mut slots = rest.chunks_mut(FULL_RECORD);
+    recs.resize(BATCH * FULL_RECORD, 0);
+    let mut slots = recs[FULL_RECORD..].chunks_mut(FULL_RECORD);
     let mut bufs: [io::IoSliceMut; BATCH - 1] = std::array::from_fn(|_| {
         io::IoSliceMut::new(&mut slots.next().expect("BATCH slots")[HEADER..HEADER + MAX_PLAINTEXT])
     });
