@@ -17,6 +17,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/erlmesh";
 /// Concurrent connections on the TLS port; a host carries a few tunnels per
 /// node pair, so this leaves ample room while bounding a flood.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Upper bound for `threads`.
+pub const MAX_THREADS: usize = 256;
 /// How long a client of the TLS port may take from connect to preface; a
 /// slow or silent client loses its slot after this.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +64,7 @@ struct RawConfig {
     #[serde(default)]
     epmd: EpmdMode,
     max_connections: Option<usize>,
+    threads: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
     metrics: Option<String>,
@@ -127,6 +130,8 @@ pub struct Config {
     pub epmd: EpmdMode,
     pub state_dir: PathBuf,
     pub max_connections: usize,
+    /// Runtime threads: 1 (one thread, the default), N, or 0 for one per CPU.
+    pub threads: usize,
     pub shutdown_grace: Duration,
     pub handshake_timeout: Duration,
     /// Where to serve /metrics and /status over HTTP (loopback only).
@@ -178,6 +183,13 @@ impl Config {
         let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1".into()));
+        }
+        let threads = raw.threads.unwrap_or(1);
+        if threads > MAX_THREADS {
+            return Err(invalid(
+                "threads",
+                format!("must be at most {MAX_THREADS} (0 = one per CPU)"),
+            ));
         }
         let mut peers: Vec<Peer> = Vec::new();
         for (i, p) in raw.peers.into_iter().enumerate() {
@@ -274,6 +286,7 @@ impl Config {
             epmd: raw.epmd,
             state_dir: rel(raw.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))),
             max_connections,
+            threads,
             shutdown_grace: raw
                 .shutdown_grace_secs
                 .map(Duration::from_secs)
@@ -419,5 +432,15 @@ address = "hostc.example.com:4370"
             .replace("epmd_port", "x")
             .replace("host = \"hosta\"", "host = \"hosta\"\nepmd_port = \"x\""));
         assert!(e.contains("epmd_port"), "{e}");
+        let e = err(&GOOD.replace("host = \"hosta\"", "host = \"hosta\"\nthreads = 100000"));
+        assert!(e.contains("erlmesh.toml: threads: must be at most 256"), "{e}");
+    }
+
+    #[test]
+    fn threads_default_to_one() {
+        let c = Config::parse(Path::new("/etc/erlmesh/erlmesh.toml"), GOOD).unwrap();
+        assert_eq!(c.threads, 1);
+        let text = GOOD.replace("host = \"hosta\"", "host = \"hosta\"\nthreads = 0");
+        assert_eq!(Config::parse(Path::new("/x.toml"), &text).unwrap().threads, 0);
     }
 }

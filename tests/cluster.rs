@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 #[test]
 fn ping_rpc_ets_and_names_across_two_hosts() {
     let c = Cluster::new();
-    let (ha, hb) = c.pair_named("hosta", "hostb", "", "");
+    // The default single-threaded runtime is used everywhere else; here
+    // both multi-threaded layouts.
+    let (ha, hb) = c.pair_named("hosta", "hostb", "threads = 2", "threads = 0");
     let mut a = ha.node("a");
     let mut b = hb.node("b");
 
