@@ -112,6 +112,7 @@ plain)
   # The floor for any design with a proxy per host: the stunnel layout with
   # a plain TCP forwarder per host (examples/plainfwd.rs: no encryption).
   fwd=$here/../target/release/examples/plainfwd
+  [ -x "$fwd" ] || { echo "no plainfwd at $fwd (cargo build --release --examples)" >&2; exit 1; }
   ea=$(free_port); eb=$(free_port); db=$(free_port); s1=$(free_port); s2=$(free_port)
   printf '{host, {127,0,1,2}, ["hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc_a"
   epmd -address 127.0.0.1 -port "$ea" & pids+=($!)
