@@ -47,6 +47,23 @@ run_a() {
   echo "${line/RESULT/RESULT mode=$mode} proxy_cpu_s=$(awk -v c=$cpu -v t=$tck 'BEGIN{printf "%.2f", c/t}') proxy_rss_kb=$hwm$extra"
 }
 
+# The proxy-pair layout (stunnel, plain): an epmd per host, b's dist port
+# fixed at $db, and a@hosta resolving hostb to 127.0.1.2, where host A's
+# proxy listens on the EPMD port ($ea) and b's dist port. Host A's proxy
+# goes to host B's on $s1 (EPMD) and $s2 (dist).
+proxy_pair_ports() {
+  ea=$(free_port); eb=$(free_port); db=$(free_port); s1=$(free_port); s2=$(free_port)
+  printf '{host, {127,0,1,2}, ["hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc_a"
+  epmd -address 127.0.0.1 -port "$ea" & pids+=($!)
+  epmd -address 127.0.0.1 -port "$eb" & pids+=($!)
+}
+proxy_pair_run() { # once the proxies are started
+  sleep 0.5
+  start_b env ERL_EPMD_PORT=$eb erl "${erl_common[@]}" -sname b@hostb -kernel inet_dist_listen_min "$db" -kernel inet_dist_listen_max "$db"
+  wait_names "$eb" b
+  run_a env ERL_EPMD_PORT=$ea ERL_INETRC=$w/inetrc_a erl "${erl_common[@]}" -sname a@hosta
+}
+
 case $mode in
 direct|tlsdist)
   printf '{host, {127,0,0,1}, ["hosta","hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc"
@@ -71,8 +88,7 @@ EOC
 stunnel)
   command -v stunnel >/dev/null || { echo "stunnel not installed" >&2; exit 3; }
   make_certs "$c" hosta hostb
-  ea=$(free_port); eb=$(free_port); db=$(free_port); s1=$(free_port); s2=$(free_port)
-  printf '{host, {127,0,1,2}, ["hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc_a"
+  proxy_pair_ports
   tls_opts() { printf 'cert = %s/%s.pem\nkey = %s/%s.key\nCAfile = %s/ca.pem\nverifyChain = yes\n' "$c" "$1" "$c" "$1" "$c"; }
   { echo "foreground = yes"; echo "pid ="
     for pair in "epmd $ea $s1" "dist $db $s2"; do set -- $pair
@@ -82,14 +98,9 @@ stunnel)
     for pair in "epmd $s1 $eb" "dist $s2 $db"; do set -- $pair
       printf '[%s-in]\naccept = 127.0.0.1:%s\nconnect = 127.0.0.1:%s\n' "$1" "$2" "$3"; tls_opts hostb; done
   } >"$w/stunnel_b.conf"
-  epmd -address 127.0.0.1 -port "$ea" & pids+=($!)
-  epmd -address 127.0.0.1 -port "$eb" & pids+=($!)
   stunnel "$w/stunnel_a.conf" >"$w/sa.log" 2>&1 & pids+=($!); proxies+=($!)
   stunnel "$w/stunnel_b.conf" >"$w/sb.log" 2>&1 & pids+=($!); proxies+=($!)
-  sleep 0.5
-  start_b env ERL_EPMD_PORT=$eb erl "${erl_common[@]}" -sname b@hostb -kernel inet_dist_listen_min "$db" -kernel inet_dist_listen_max "$db"
-  wait_names "$eb" b
-  run_a env ERL_EPMD_PORT=$ea ERL_INETRC=$w/inetrc_a erl "${erl_common[@]}" -sname a@hosta
+  proxy_pair_run
   ;;
 erlmesh)
   [ -x "$em" ] || { echo "no erlmesh binary at $em (cargo build --release, or set ERLMESH)" >&2; exit 1; }
@@ -113,16 +124,10 @@ plain)
   # a plain TCP forwarder per host (examples/plainfwd.rs: no encryption).
   fwd=$here/../target/release/examples/plainfwd
   [ -x "$fwd" ] || { echo "no plainfwd at $fwd (cargo build --release --examples)" >&2; exit 1; }
-  ea=$(free_port); eb=$(free_port); db=$(free_port); s1=$(free_port); s2=$(free_port)
-  printf '{host, {127,0,1,2}, ["hostb"]}.\n{lookup, [file, native]}.\n' >"$w/inetrc_a"
-  epmd -address 127.0.0.1 -port "$ea" & pids+=($!)
-  epmd -address 127.0.0.1 -port "$eb" & pids+=($!)
+  proxy_pair_ports
   "$fwd" "127.0.1.2:$ea=127.0.0.1:$s1" "127.0.1.2:$db=127.0.0.1:$s2" & pids+=($!); proxies+=($!)
   "$fwd" "127.0.0.1:$s1=127.0.0.1:$eb" "127.0.0.1:$s2=127.0.0.1:$db" & pids+=($!); proxies+=($!)
-  sleep 0.5
-  start_b env ERL_EPMD_PORT=$eb erl "${erl_common[@]}" -sname b@hostb -kernel inet_dist_listen_min "$db" -kernel inet_dist_listen_max "$db"
-  wait_names "$eb" b
-  run_a env ERL_EPMD_PORT=$ea ERL_INETRC=$w/inetrc_a erl "${erl_common[@]}" -sname a@hosta
+  proxy_pair_run
   ;;
 *) echo "unknown mode $mode (direct|erlmesh|tlsdist|stunnel|plain)" >&2; exit 2 ;;
 esac

@@ -26,6 +26,17 @@ fn pass(what: impl Into<String>) -> Check {
     }
 }
 
+/// Passes when nothing listens on `port` beyond loopback; otherwise fails
+/// with `exposed` of the addresses it listens on.
+fn loopback_only(port: u16, ok: String, exposed: impl FnOnce(&[std::net::SocketAddr]) -> String, fix: &str) -> Check {
+    let ex = crate::exposure::exposed_listeners(port);
+    if ex.is_empty() {
+        pass(ok)
+    } else {
+        fail(exposed(&ex), fix)
+    }
+}
+
 fn fail(what: impl Into<String>, fix: impl Into<String>) -> Check {
     Check {
         ok: false,
@@ -124,18 +135,12 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
     }
 
     // Exposure: EPMD and local nodes on loopback only.
-    let exposed = crate::exposure::exposed_listeners(config.epmd_port);
-    if exposed.is_empty() {
-        checks.push(pass(format!(
-            "EPMD port {} is not open beyond loopback",
-            config.epmd_port
-        )));
-    } else {
-        checks.push(fail(
-            format!("EPMD port {} is open to the network on {exposed:?}", config.epmd_port),
-            "stop that epmd (systemctl disable --now epmd.socket epmd.service) or run it with ERL_EPMD_ADDRESS=127.0.0.1",
-        ));
-    }
+    checks.push(loopback_only(
+        config.epmd_port,
+        format!("EPMD port {} is not open beyond loopback", config.epmd_port),
+        |ex| format!("EPMD port {} is open to the network on {ex:?}", config.epmd_port),
+        "stop that epmd (systemctl disable --now epmd.socket epmd.service) or run it with ERL_EPMD_ADDRESS=127.0.0.1",
+    ));
     match (LocalEpmd::System { port: config.epmd_port }).names().await {
         Ok(nodes) => {
             checks.push(pass(format!(
@@ -144,21 +149,17 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
                 nodes.len()
             )));
             for (n, port) in nodes {
-                let ex = crate::exposure::exposed_listeners(port);
-                if ex.is_empty() {
-                    checks.push(pass(format!(
-                        "node {n}@{} listens on loopback only (port {port})",
-                        config.host
-                    )));
-                } else {
-                    checks.push(fail(
+                checks.push(loopback_only(
+                    port,
+                    format!("node {n}@{} listens on loopback only (port {port})", config.host),
+                    |ex| {
                         format!(
                             "node {n}@{} listens beyond loopback on {ex:?}, outside TLS",
                             config.host
-                        ),
-                        "start it with the environment of `erlmesh env` (-kernel inet_dist_use_interface {127,0,0,1})",
-                    ));
-                }
+                        )
+                    },
+                    "start it with the environment of `erlmesh env` (-kernel inet_dist_use_interface {127,0,0,1})",
+                ));
             }
         }
         Err(e) => checks.push(fail(

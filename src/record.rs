@@ -34,6 +34,8 @@ const CHANGE_CIPHER_SPEC: u8 = 20;
 /// writes on loopback cost far less per byte than 16 KiB ones (see the
 /// README's performance section).
 const BATCH: usize = 4;
+/// Records opened before their plaintexts go to the node in one `writev`.
+const MAX_RANGES: usize = 2 * BATCH;
 /// A full outbound record: header, plaintext, content type, tag.
 const FULL_RECORD: usize = HEADER + MAX_PLAINTEXT + 1 + TAG;
 /// Inbound buffer: room for the largest record a peer may send; it grows to
@@ -278,12 +280,12 @@ pub async fn splice(
     };
     let back = async {
         let mut total = 0u64;
-        let mut ranges = Vec::with_capacity(2 * BATCH);
+        let mut ranges = Vec::with_capacity(MAX_RANGES);
         let mut closed = false;
         loop {
             // Open every complete record in the buffer, then hand all their
             // plaintext to the node with one vectored write.
-            while !closed && ranges.len() < 2 * BATCH {
+            while !closed && ranges.len() < MAX_RANGES {
                 match rx.open_next()? {
                     Some(Opened::Data(range)) => ranges.push(range),
                     Some(Opened::Skip) => {}
@@ -347,16 +349,19 @@ async fn read_slots(r: &mut tokio::net::tcp::OwnedReadHalf, recs: &mut Vec<u8>) 
     }
 }
 
-/// Writes the parts of `buf` at `ranges` in order (vectored); returns the
-/// bytes written.
+/// Writes the parts of `buf` at `ranges` (at most [`MAX_RANGES`]) in order
+/// (vectored); returns the bytes written.
 async fn write_ranges<W: AsyncWrite + Unpin>(
     w: &mut W,
     buf: &[u8],
     ranges: &[std::ops::Range<usize>],
 ) -> io::Result<u64> {
-    let mut slices: Vec<io::IoSlice> = ranges.iter().map(|r| io::IoSlice::new(&buf[r.clone()])).collect();
+    let mut slices = [io::IoSlice::new(&[]); MAX_RANGES];
+    for (slice, r) in slices.iter_mut().zip(ranges) {
+        *slice = io::IoSlice::new(&buf[r.clone()]);
+    }
     let total: usize = ranges.iter().map(|r| r.len()).sum();
-    let mut bufs = &mut slices[..];
+    let mut bufs = &mut slices[..ranges.len()];
     while !bufs.is_empty() {
         let n = w.write_vectored(bufs).await?;
         if n == 0 {
