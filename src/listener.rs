@@ -235,8 +235,7 @@ async fn tunnel_in(
             tls.flush().await?;
             let (mut tcp, conn) = tls.into_inner();
             let secrets = conn.dangerous_extract_secrets().map_err(std::io::Error::other)?;
-            let mut tx = record::Keys::new(secrets.tx.0, secrets.tx.1)?;
-            let rx = record::Reader::new(record::Keys::new(secrets.rx.0, secrets.rx.1)?);
+            let (mut tx, rx) = record::take_over(secrets)?;
             record::send(&mut tcp, &mut tx, &[TunnelStatus::Ok as u8]).await?;
             local.write_all(&raw).await?;
             Ok::<_, std::io::Error>((tcp, tx, rx))

@@ -225,13 +225,11 @@ impl Dialer {
                 address: self.address.clone(),
                 source,
             };
-            let (tcp, conn) = s.into_inner();
+            let (mut tcp, conn) = s.into_inner();
             let secrets = conn
                 .dangerous_extract_secrets()
                 .map_err(|e| io(std::io::Error::other(e)))?;
-            let tx = record::Keys::new(secrets.tx.0, secrets.tx.1).map_err(io)?;
-            let mut rx = record::Reader::new(record::Keys::new(secrets.rx.0, secrets.rx.1).map_err(io)?);
-            let mut tcp = tcp;
+            let (tx, mut rx) = record::take_over(secrets).map_err(io)?;
             let first = match timeout(ANSWER_TIMEOUT, rx.first(&mut tcp)).await {
                 Ok(r) => r.map_err(io)?,
                 Err(_) => {

@@ -109,6 +109,14 @@ impl Keys {
     }
 }
 
+/// The sending keys and the inbound reader for a tunnel whose TLS 1.3
+/// secrets were taken from rustls (`dangerous_extract_secrets`).
+pub fn take_over(secrets: rustls::ExtractedSecrets) -> io::Result<(Keys, Reader)> {
+    let tx = Keys::new(secrets.tx.0, secrets.tx.1)?;
+    let rx = Reader::new(Keys::new(secrets.rx.0, secrets.rx.1)?);
+    Ok((tx, rx))
+}
+
 /// Writes one record carrying `data` (at most [`MAX_PLAINTEXT`]).
 async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, keys: &mut Keys, data: &[u8], ctype: u8) -> io::Result<()> {
     let mut rec = vec![0u8; HEADER + data.len() + 1 + TAG];
