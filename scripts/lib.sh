@@ -1,6 +1,7 @@
 # Shared by the demo, soak, scale and benchmark scripts (sourced, not run):
 # every process they start is recorded and killed on exit, ports come from
-# the kernel, and certificates and configs are written the same way.
+# a range of their own, and certificates and configs are written the same
+# way.
 # The caller sets em (the erlmesh binary) and w (a fresh work directory).
 
 pids=()   # every process started, killed on exit
@@ -13,8 +14,35 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A port the kernel hands out, released for the caller to bind.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port for the caller to bind, from 10000..19999: below the kernel's
+# ephemeral range (a port it handed out could be taken by some outgoing
+# connection before the caller binds it) and apart from the Rust tests'
+# 20000..31999. Each script (by $$, the same in $(...)) probes its own
+# slice of 1000 and records what it handed out in $w/.ports.
+free_port() {
+  python3 - "$w/.ports" "$$" <<'PY'
+import os, socket, sys
+path, pid = sys.argv[1], int(sys.argv[2])
+used = set(open(path).read().split()) if os.path.exists(path) else set()
+base = 10000 + (pid % 10) * 1000
+for i in range(1000):
+    port = base + (len(used) + i) % 1000
+    if str(port) in used:
+        continue
+    try:
+        for addr in ("127.0.0.1", "0.0.0.0"):
+            with socket.socket() as s:
+                s.bind((addr, port))
+    except OSError:
+        continue
+    with open(path, "a") as f:
+        f.write(f"{port}\n")
+    print(port)
+    break
+else:
+    sys.exit(f"no free port in {base}..{base + 999}")
+PY
+}
 
 # make_certs DIR HOST...: a cluster CA and one certificate per host.
 make_certs() {

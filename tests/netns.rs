@@ -173,8 +173,9 @@ fn three_hosts_in_namespaces_expose_only_tls_and_leak_nothing() {
     let cap = std::fs::read(&pcap).unwrap();
     assert!(
         cap.len() > 10_000,
-        "capture too small ({} bytes): was traffic seen?",
-        cap.len()
+        "capture too small ({} bytes): was traffic seen? tcpdump: {}",
+        cap.len(),
+        started()
     );
     let hay = String::from_utf8_lossy(&cap).to_string();
     for secret in [
@@ -196,7 +197,11 @@ fn three_hosts_in_namespaces_expose_only_tls_and_leak_nothing() {
         .output()
         .unwrap();
     let tls_packets = String::from_utf8_lossy(&out.stdout).lines().count();
-    assert!(tls_packets > 100, "only {tls_packets} TLS packets captured");
+    assert!(
+        tls_packets > 100,
+        "only {tls_packets} TLS packets captured; tcpdump: {}",
+        started()
+    );
     // The EPMD port is never reached over the network.
     let out = Command::new("tcpdump")
         .args(["-nr"])
