@@ -1,7 +1,7 @@
 //! Test harness: real erlmesh processes and real `erl` nodes on loopback,
-//! each simulated host with its own EPMD port and TLS port (free ports below the kernel's ephemeral range, see
-//! `free_port`),
-//! all killed when the test ends, pass or fail.
+//! each simulated host with its own EPMD port and TLS port (free ports
+//! below the kernel's ephemeral range, see `free_port`), all killed when
+//! the test ends, pass or fail.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
