@@ -28,7 +28,7 @@ pub fn assign(peers: &[Peer], state_dir: &Path) -> std::io::Result<Vec<Ipv4Addr>
     for p in peers {
         let ip = match p.alias {
             Some(ip) => ip,
-            None => match known.get(&p.host) {
+            None => match known.get(p.host.as_str()) {
                 // A remembered alias now taken by a fixed one must move.
                 Some(ip) if !fixed.contains(ip) => *ip,
                 _ => {
@@ -37,7 +37,7 @@ pub fn assign(peers: &[Peer], state_dir: &Path) -> std::io::Result<Vec<Ipv4Addr>
                 }
             },
         };
-        known.insert(p.host.clone(), ip);
+        known.insert(p.host.to_string(), ip);
         out.push(ip);
     }
     let text: String = known.iter().map(|(h, ip)| format!("{h} {ip}\n")).collect();
@@ -49,7 +49,9 @@ fn parse(text: &str) -> BTreeMap<String, Ipv4Addr> {
     text.lines()
         .filter_map(|l| {
             let (h, ip) = l.split_once(' ')?;
-            Some((h.to_owned(), ip.trim().parse().ok()?))
+            // Older files may hold other spellings: keep the canonical one.
+            let h = crate::hostname::HostName::parse(h).ok()?;
+            Some((h.to_string(), ip.trim().parse().ok()?))
         })
         .collect()
 }
@@ -79,7 +81,7 @@ mod tests {
 
     fn peer(host: &str, alias: Option<Ipv4Addr>) -> Peer {
         Peer {
-            host: host.into(),
+            host: crate::hostname::HostName::parse(host).unwrap(),
             address: "x:1".into(),
             alias,
             policy: Default::default(),

@@ -80,6 +80,135 @@ pub fn issue(dir: &Path, host: &str, days: u32, force: bool) -> Result<Written, 
         key: dir.join(format!("{host}.key")),
     };
     check_free(&out, force)?;
+    let issuer = ca_issuer(dir)?;
+    let mut params = CertificateParams::new(vec![host.to_owned()]).map_err(|_| CertError::BadHost(host.into()))?;
+    params.distinguished_name = dn(host);
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_pair(dir, &out, &cert.pem(), &key.serialize_pem())?;
+    Ok(out)
+}
+
+/// The CRL `erlmesh cert revoke` keeps in the CA directory.
+pub const CRL_FILE: &str = "crl.pem";
+/// The CRL's nextUpdate, from its thisUpdate. erlmesh does not refuse a
+/// CRL past it (a stale list still revokes), but other tools may.
+pub const CRL_DAYS: i64 = 365;
+
+/// What `erlmesh cert revoke` did.
+#[derive(Debug)]
+pub struct Revoked {
+    pub crl: PathBuf,
+    /// The revoked certificate's serial number (hex).
+    pub serial: String,
+    /// Certificates the CRL now lists.
+    pub listed: usize,
+    /// The certificate was listed already: the CRL was left as it was.
+    pub already: bool,
+}
+
+/// Adds DIR/HOST.pem's certificate to DIR/crl.pem (created when missing),
+/// signed by DIR/ca.pem and DIR/ca.key; earlier entries are kept and the
+/// CRL number goes up by one.
+pub fn revoke(dir: &Path, host: &str) -> Result<Revoked, CertError> {
+    if host.is_empty() || host.contains(['/', '\\', ' ']) || host.starts_with('.') {
+        return Err(CertError::BadHost(host.to_owned()));
+    }
+    let cert_path = dir.join(format!("{host}.pem"));
+    let crl_path = dir.join(CRL_FILE);
+    let chain = crate::tls::load_certs(&cert_path).map_err(|e| CertError::Parse {
+        path: cert_path.clone(),
+        what: "certificate",
+        reason: e.to_string(),
+    })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| CertError::Parse {
+        path: cert_path.clone(),
+        what: "certificate",
+        reason: e.to_string(),
+    })?;
+    let serial = cert.raw_serial().to_vec();
+    let serial_hex = cert.raw_serial_as_string();
+    let issuer = ca_issuer(dir)?;
+
+    // The entries and number of the CRL there is, if any.
+    let mut revoked = Vec::new();
+    let mut number = 0u64;
+    if crl_path.exists() {
+        let bad = |reason: String| CertError::Parse {
+            path: crl_path.clone(),
+            what: "CRL",
+            reason,
+        };
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateRevocationListDer::from_pem_file(&crl_path)
+            .map_err(|e| bad(format!("{e:?}")))?;
+        let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| bad(e.to_string()))?;
+        number = crl
+            .crl_number()
+            .and_then(|n| u64::try_from(n.clone()).ok())
+            .unwrap_or(0);
+        for r in crl.iter_revoked_certificates() {
+            let when =
+                OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp()).map_err(|e| bad(e.to_string()))?;
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(r.raw_serial()),
+                revocation_time: when,
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+        if crl
+            .iter_revoked_certificates()
+            .any(|r| r.raw_serial() == serial.as_slice())
+        {
+            return Ok(Revoked {
+                crl: crl_path,
+                serial: serial_hex,
+                listed: revoked.len(),
+                already: true,
+            });
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    revoked.push(rcgen::RevokedCertParams {
+        serial_number: rcgen::SerialNumber::from_slice(&serial),
+        revocation_time: now,
+        reason_code: None,
+        invalidity_date: None,
+    });
+    let listed = revoked.len();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - CLOCK_SKEW,
+        next_update: now + Duration::days(CRL_DAYS),
+        crl_number: rcgen::SerialNumber::from(number + 1),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let pem = params.signed_by(&issuer)?.pem()?;
+    // Replaced in one rename: an erlmesh watching the file never reads
+    // half of it.
+    let tmp = dir.join(format!(".{CRL_FILE}.tmp{}", std::process::id()));
+    write_file(&tmp, &pem, 0o644)?;
+    std::fs::rename(&tmp, &crl_path).map_err(|source| CertError::Io {
+        path: crl_path.clone(),
+        source,
+    })?;
+    Ok(Revoked {
+        crl: crl_path,
+        serial: serial_hex,
+        listed,
+        already: false,
+    })
+}
+
+/// The cluster CA in `dir` (ca.pem, ca.key), ready to sign.
+fn ca_issuer(dir: &Path) -> Result<Issuer<'static, KeyPair>, CertError> {
     let ca_pem_path = dir.join("ca.pem");
     let ca_key_path = dir.join("ca.key");
     let read = |p: &Path| {
@@ -94,22 +223,11 @@ pub fn issue(dir: &Path, host: &str, days: u32, force: bool) -> Result<Written, 
         what: "CA key",
         reason: e.to_string(),
     })?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| CertError::Parse {
+    Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| CertError::Parse {
         path: ca_pem_path.clone(),
         what: "CA certificate",
         reason: e.to_string(),
-    })?;
-    let mut params = CertificateParams::new(vec![host.to_owned()]).map_err(|_| CertError::BadHost(host.into()))?;
-    params.distinguished_name = dn(host);
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, days)?;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    write_pair(dir, &out, &cert.pem(), &key.serialize_pem())?;
-    Ok(out)
+    })
 }
 
 /// What `erlmesh cert show` found: the report, and whether the certificate
@@ -287,12 +405,7 @@ mod tests {
         assert!(matches!(make_ca(dir.path(), 10, false), Err(CertError::Exists(_))));
         issue(dir.path(), "hosta", 10, true).unwrap();
         // The configs build from what was written.
-        let files = crate::config::TlsFiles {
-            ca: dir.path().join("ca.pem"),
-            cert: w.cert,
-            key: w.key,
-            allow_tls12: false,
-        };
+        let files = crate::config::TlsFiles::new(dir.path().join("ca.pem"), w.cert, w.key);
         crate::tls::TlsConfigs::load(&files, "hosta").unwrap();
         let e = crate::tls::TlsConfigs::load(&files, "hostb").unwrap_err().to_string();
         assert!(e.contains("hosta.pem") && e.contains("not this host \"hostb\""), "{e}");

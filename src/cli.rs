@@ -95,6 +95,18 @@ pub enum CertCommand {
         #[arg(long)]
         ca: Option<PathBuf>,
     },
+    /// Revoke HOST's current certificate (DIR/HOST.pem): add it to
+    /// DIR/crl.pem (created when missing), signed by DIR/ca.pem and
+    /// DIR/ca.key. Copy crl.pem to every host's `tls.crl`: erlmesh picks it
+    /// up within seconds and closes that host's tunnels.
+    Revoke {
+        /// Directory holding the CA and HOST.pem; crl.pem is written there.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The host whose certificate is revoked.
+        #[arg(long)]
+        host: String,
+    },
     /// Issue DIR/HOST.pem and DIR/HOST.key (mode 0600) for one host, signed
     /// by DIR/ca.pem and DIR/ca.key. HOST is the host part of that host's
     /// node names (hostb, or hostb.example.com for long names).

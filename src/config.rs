@@ -1,6 +1,7 @@
 //! The TOML config file → a validated [`Config`]. Every error names the
 //! file and the key.
 
+use crate::hostname::HostName;
 use crate::policy::{Pattern, Policy};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -75,6 +76,14 @@ struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     peers: Vec<RawPeer>,
+    default_policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    nodes: Option<Vec<String>>,
+    local_nodes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +93,9 @@ struct RawTls {
     cert: PathBuf,
     key: PathBuf,
     min_version: Option<String>,
+    #[serde(default)]
+    crl: Vec<PathBuf>,
+    records_per_key: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,13 +116,38 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Whether TLS 1.2 (AEAD suites only) is accepted besides TLS 1.3.
     pub allow_tls12: bool,
+    /// Certificate revocation lists (PEM), checked on both sides.
+    pub crl: Vec<PathBuf>,
+    /// Records sealed under one key before a TLS 1.3 KeyUpdate.
+    pub records_per_key: u64,
+}
+
+impl TlsFiles {
+    /// The CA, certificate and key with every other setting at its default.
+    pub fn new(ca: PathBuf, cert: PathBuf, key: PathBuf) -> TlsFiles {
+        TlsFiles {
+            ca,
+            cert,
+            key,
+            allow_tls12: false,
+            crl: Vec::new(),
+            records_per_key: crate::record::DEFAULT_RECORDS_PER_KEY,
+        }
+    }
+
+    /// Every file whose change on disk means a reload.
+    pub fn watched(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.ca.clone(), self.cert.clone(), self.key.clone()];
+        v.extend(self.crl.iter().cloned());
+        v
+    }
 }
 
 /// Another host of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// The host part of that host's node names; its certificate names it.
-    pub host: String,
+    pub host: HostName,
     /// Its erlmesh TLS port, `name:port` or `ip:port`, resolved at dial time.
     pub address: String,
     /// The loopback address standing for it here, when the config fixes one.
@@ -124,7 +161,8 @@ pub struct Peer {
 pub struct Config {
     /// The file it came from, for messages.
     pub file: PathBuf,
-    pub host: String,
+    /// This host's name, in canonical form.
+    pub host: HostName,
     pub listen: SocketAddr,
     pub epmd_port: u16,
     pub epmd: EpmdMode,
@@ -144,6 +182,9 @@ pub struct Config {
     pub forget_after: Duration,
     pub tls: TlsFiles,
     pub peers: Vec<Peer>,
+    /// What hosts not listed in `peers` may do: those learnt through seeds,
+    /// and any other certificate of the cluster that connects.
+    pub default_policy: Policy,
 }
 
 impl Config {
@@ -171,7 +212,7 @@ impl Config {
         let base = file.parent().unwrap_or(Path::new("."));
         let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
 
-        check_host(&raw.host).map_err(|m| invalid("host", m))?;
+        let host = HostName::parse(&raw.host).map_err(|e| invalid("host", e.to_string()))?;
         let listen = match raw.listen.as_deref() {
             None => SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_TLS_PORT)),
             Some(s) => parse_listen(s).map_err(|m| invalid("listen", m))?,
@@ -194,11 +235,12 @@ impl Config {
         let mut peers: Vec<Peer> = Vec::new();
         for (i, p) in raw.peers.into_iter().enumerate() {
             let key = |k: &str| format!("peers[{i}].{k}");
-            check_host(&p.host).map_err(|m| invalid(&key("host"), m))?;
-            if p.host == raw.host {
+            // Compared in canonical form: "Hostb." is hostb.
+            let peer_host = HostName::parse(&p.host).map_err(|e| invalid(&key("host"), e.to_string()))?;
+            if peer_host == host {
                 return Err(invalid(&key("host"), format!("{:?} is this host itself", p.host)));
             }
-            if peers.iter().any(|q| q.host == p.host) {
+            if peers.iter().any(|q| q.host == peer_host) {
                 return Err(invalid(&key("host"), format!("{:?} is listed twice", p.host)));
             }
             check_address(&p.address).map_err(|m| invalid(&key("address"), m))?;
@@ -212,24 +254,25 @@ impl Config {
                     Some(ip)
                 }
             };
-            let patterns = |v: Option<Vec<String>>, k: &str| -> Result<Vec<Pattern>, ConfigError> {
-                match v {
-                    None => Ok(vec![Pattern::new("*")]),
-                    Some(v) if v.iter().any(|s| s.is_empty()) => Err(invalid(&key(k), "empty pattern".into())),
-                    Some(v) => Ok(v.iter().map(|s| Pattern::new(s)).collect()),
-                }
-            };
+            let patterns = |v: Option<Vec<String>>, k: &str| patterns(v).map_err(|m| invalid(&key(k), m));
             let policy = Policy {
                 nodes: patterns(p.nodes, "nodes")?,
                 local_nodes: patterns(p.local_nodes, "local_nodes")?,
             };
             peers.push(Peer {
-                host: p.host,
+                host: peer_host,
                 address: p.address,
                 alias,
                 policy,
             });
         }
+        let default_policy = match raw.default_policy {
+            None => Policy::default(),
+            Some(p) => Policy {
+                nodes: patterns(p.nodes).map_err(|m| invalid("default_policy.nodes", m))?,
+                local_nodes: patterns(p.local_nodes).map_err(|m| invalid("default_policy.local_nodes", m))?,
+            },
+        };
         let allow_tls12 = match raw.tls.min_version.as_deref() {
             None | Some("1.3") => false,
             Some("1.2") => true,
@@ -240,6 +283,16 @@ impl Config {
                 ))
             }
         };
+        let records_per_key = raw
+            .tls
+            .records_per_key
+            .unwrap_or(crate::record::DEFAULT_RECORDS_PER_KEY);
+        if !(1..=crate::record::DEFAULT_RECORDS_PER_KEY).contains(&records_per_key) {
+            return Err(invalid(
+                "tls.records_per_key",
+                format!("must be 1 to {}", crate::record::DEFAULT_RECORDS_PER_KEY),
+            ));
+        }
         let handshake_timeout = Duration::from_secs(
             raw.handshake_timeout_secs
                 .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT.as_secs()),
@@ -270,7 +323,7 @@ impl Config {
                 check_address(&a).map_err(|m| invalid("advertise", m))?;
                 a
             }
-            None if listen.ip().is_unspecified() => format!("{}:{}", raw.host, listen.port()),
+            None if listen.ip().is_unspecified() => format!("{}:{}", host, listen.port()),
             None => listen.to_string(),
         };
         let forget_after = Duration::from_secs(raw.forget_after_secs.unwrap_or(DEFAULT_FORGET_AFTER.as_secs()));
@@ -280,7 +333,7 @@ impl Config {
             advertise,
             forget_after,
             file: file.to_owned(),
-            host: raw.host,
+            host,
             listen,
             epmd_port,
             epmd: raw.epmd,
@@ -292,11 +345,14 @@ impl Config {
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             handshake_timeout,
+            default_policy,
             tls: TlsFiles {
                 ca: rel(raw.tls.ca),
                 cert: rel(raw.tls.cert),
                 key: rel(raw.tls.key),
                 allow_tls12,
+                crl: raw.tls.crl.into_iter().map(rel).collect(),
+                records_per_key,
             },
             peers,
         })
@@ -308,25 +364,17 @@ impl Config {
     }
 }
 
-/// A host part of node names: a DNS name (one label for short names,
-/// dotted for long names) or an IP literal.
+/// A host part of node names or of an address.
 fn check_host(h: &str) -> Result<(), String> {
-    if h.parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    if h.is_empty() || h.len() > 253 {
-        return Err(format!("{h:?} is not a host name (1 to 253 characters)"));
-    }
-    let ok = h.split('.').all(|l| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            && !l.starts_with('-')
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{h:?} is not a host name (letters, digits, '-', '_' and dots)"))
+    HostName::parse(h).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Node-name patterns; absent means every node.
+fn patterns(v: Option<Vec<String>>) -> Result<Vec<Pattern>, String> {
+    match v {
+        None => Ok(vec![Pattern::new("*")]),
+        Some(v) if v.iter().any(|s| s.is_empty()) => Err("empty pattern".into()),
+        Some(v) => Ok(v.iter().map(|s| Pattern::new(s)).collect()),
     }
 }
 

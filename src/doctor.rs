@@ -212,9 +212,9 @@ fn read_aliases(config: &Config) -> Vec<(String, Option<Ipv4Addr>)> {
             let kept = text
                 .lines()
                 .filter_map(|l| l.split_once(' '))
-                .find(|(h, _)| *h == p.host)
+                .find(|(h, _)| p.host == *h)
                 .and_then(|(_, ip)| ip.trim().parse().ok());
-            (p.host.clone(), p.alias.or(kept))
+            (p.host.to_string(), p.alias.or(kept))
         })
         .collect()
 }

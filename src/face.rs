@@ -11,7 +11,7 @@ use crate::policy::{short, Policy};
 use crate::preface::TunnelStatus;
 use crate::record;
 use crate::serve::accept_loop;
-use crate::splice::{is_disconnect, splice};
+use crate::splice::{is_disconnect, splice, until_revoked};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -235,7 +235,8 @@ impl Face {
                 }
             };
             tracing::Span::current().record("from", send_name.node.as_str());
-            if !send_name.host().eq_ignore_ascii_case(&self.own_host) {
+            let own = crate::hostname::HostName::parse(send_name.host()).is_ok_and(|h| h == *self.own_host);
+            if !own {
                 warn!(
                     claimed = %send_name.node,
                     "refused: a local node may only dial out under this host's name {:?}", self.own_host
@@ -265,22 +266,28 @@ impl Face {
                 .tunnel(&self.dialer.host, &send_name.node, &remote_node, "out");
             let (out_c, back_c) = guard.byte_counters();
             let result = match remote {
-                Tunnel::Records { tcp, tx, rx, resumed } => {
+                Tunnel::Records {
+                    tcp,
+                    tx,
+                    rx,
+                    resumed,
+                    live,
+                } => {
                     debug!(resumed, record_layer = "erlmesh", "tunnel open");
-                    record::splice(local, tcp, tx, rx, |o, b| {
+                    let carried = record::splice(local, tcp, tx, rx, |o, b| {
                         out_c.inc_by(o);
                         back_c.inc_by(b);
-                    })
-                    .await
+                    });
+                    until_revoked(&live, carried).await
                 }
-                Tunnel::Rustls(mut remote) => {
+                Tunnel::Rustls(mut remote, live) => {
                     let resumed = matches!(
                         remote.get_ref().1.handshake_kind(),
                         Some(rustls::HandshakeKind::Resumed)
                     );
                     debug!(resumed, record_layer = "rustls", "tunnel open");
                     let mut local = Counted::new(local, (out_c, back_c));
-                    splice(&mut local, &mut remote).await
+                    until_revoked(&live, splice(&mut local, &mut remote)).await
                 }
             };
             match result {

@@ -24,6 +24,8 @@ pub enum HandshakeError {
     TooLong(usize),
     #[error("first handshake message has tag {0:#04x}, not send_name ('N' or 'n')")]
     NotSendName(u8),
+    #[error("first answer has tag {0:#04x}, not a handshake status ('s')")]
+    NotStatus(u8),
     #[error("malformed send_name: {0}")]
     Malformed(&'static str),
 }
@@ -123,6 +125,46 @@ pub async fn read_send_name<R: AsyncRead + Unpin>(r: &mut R) -> Result<(SendName
     Ok((sn, frame))
 }
 
+/// Largest status frame accepted from a local node (`named:` carries a
+/// name of at most 255 bytes and a creation).
+pub const MAX_STATUS_LEN: usize = 512;
+
+/// Reads one 2-byte-length handshake frame of at most [`MAX_STATUS_LEN`]
+/// bytes; returns it with its length prefix.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut head = [0u8; 2];
+    r.read_exact(&mut head).await?;
+    let len = u16::from_be_bytes(head) as usize;
+    if len == 0 || len > MAX_STATUS_LEN {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("handshake frame of {len} bytes (1 to {MAX_STATUS_LEN} expected)"),
+        ));
+    }
+    let mut frame = vec![0u8; 2 + len];
+    frame[..2].copy_from_slice(&head);
+    r.read_exact(&mut frame[2..]).await?;
+    Ok(frame)
+}
+
+/// Checks that a frame (length prefix included) is the status message an
+/// accepting node sends after send_name: `'s'` and one of OTP's statuses.
+pub fn check_status(frame: &[u8]) -> Result<(), HandshakeError> {
+    let body = frame.get(2..).ok_or(HandshakeError::Incomplete)?;
+    match body.split_first() {
+        Some((b's', status)) => {
+            let known: [&[u8]; 5] = [b"ok", b"ok_simultaneous", b"nok", b"not_allowed", b"alive"];
+            if known.contains(&status) || status.starts_with(b"named:") {
+                Ok(())
+            } else {
+                Err(HandshakeError::Malformed("unknown handshake status"))
+            }
+        }
+        Some((t, _)) => Err(HandshakeError::NotStatus(*t)),
+        None => Err(HandshakeError::Malformed("empty frame")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +235,14 @@ mod tests {
         assert_eq!(sn.node, "a@hosta");
         assert_eq!(raw, SEND_NAME_N_OTP25);
         assert_eq!(r, b"next");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(check_status(b"\x00\x03sok"), Ok(()));
+        assert_eq!(check_status(b"\x00\x06salive"), Ok(()));
+        assert!(check_status(b"\x00\x0bsnamed:\x00\x01x").is_ok());
+        assert_eq!(check_status(b"\x00\x03+OK"), Err(HandshakeError::NotStatus(b'+')));
+        assert!(check_status(b"\x00\x04sbad").is_err());
     }
 }

@@ -18,6 +18,7 @@ pub mod epmd;
 pub mod exposure;
 pub mod face;
 pub mod handshake;
+pub mod hostname;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;

@@ -3,15 +3,16 @@
 
 use crate::epmd::LocalEpmd;
 use crate::handshake;
-use crate::mesh::Mesh;
+use crate::hostname::HostName;
+use crate::mesh::{Mesh, Source};
 use crate::metrics::{tls_reason, Counted, Metrics, PeerLabels};
-use crate::policy::{short, Policy};
+use crate::policy::short;
 use crate::preface::{self, Preface, TunnelStatus};
 use crate::record;
-use crate::splice::{is_disconnect, splice};
+use crate::record::{SecretCapture, Side};
+use crate::splice::{is_disconnect, splice, until_revoked};
 use crate::tls::cert_not_after;
 use crate::tls::{peer_hosts, Tls};
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,38 +28,39 @@ use tracing::{debug, info, warn, Instrument};
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Writing an answer and closing.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a local node may take to answer a forwarded send_name: less
+/// than the dialler's wait for the tunnel status.
+pub const NODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What every connection on the TLS port needs.
 #[derive(Clone)]
 pub struct Context {
     pub tls: Arc<Tls>,
     pub local: LocalEpmd,
-    /// Per peer host, what its nodes may do; hosts not listed get the default.
-    pub policies: Arc<HashMap<String, Policy>>,
     /// From connect to the end of the preface (and a tunnel's send_name):
     /// a slow or silent client loses its slot after this.
     pub handshake_timeout: Duration,
     pub metrics: Arc<Metrics>,
     /// This host's name, for the local end of tunnels in status.
-    pub host: String,
-    /// The peer table, for HELLO.
+    pub host: HostName,
+    /// The peer table, for HELLO and the per-peer policies.
     pub mesh: Arc<Mesh>,
 }
 
 impl Context {
-    fn policy(&self, hosts: &[String]) -> Policy {
-        hosts
-            .iter()
-            .find_map(|h| self.policies.get(h))
-            .cloned()
-            .unwrap_or_default()
+    /// Whether every host the certificate names may reach local node
+    /// `name` (a certificate naming several hosts gets the narrowest).
+    fn allows_local(&self, hosts: &[HostName], name: &str) -> bool {
+        hosts.iter().all(|h| self.mesh.policy_for(h).allows_local(name))
     }
 }
 
 /// Serves one connection on the TLS port.
 pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: CancellationToken) {
     let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
-    let acceptor = TlsAcceptor::from(ctx.tls.current().server.clone());
+    let configs = ctx.tls.current();
+    let (server_config, capture) = configs.server_for_connection();
+    let acceptor = TlsAcceptor::from(server_config);
     let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -73,7 +75,21 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
         }
     };
     let hosts = peer_hosts(tls.get_ref().1);
-    let peer = hosts.first().cloned().unwrap_or_default();
+    let Some(peer) = hosts.first().cloned() else {
+        warn!(%from, "the peer's certificate names no host; closed");
+        ctx.metrics.handshake_failed("no_host_name");
+        return;
+    };
+    // A resumed session carries the certificate of the handshake it
+    // resumes, unchecked since: check it now, with today's CRLs and clock.
+    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        if let Err(e) = ctx.tls.current().check_peer(chain, None) {
+            warn!(%from, %peer, error = %e, "resumed TLS session refused: the peer's certificate is no longer accepted");
+            ctx.metrics.handshake_failed("resumed_certificate_refused");
+            return;
+        }
+    }
     let na = tls
         .get_ref()
         .1
@@ -92,9 +108,8 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
             return;
         }
     };
-    let policy = ctx.policy(&hosts);
     match preface {
-        Preface::PortPlease(name) if !policy.allows_local(&name) => {
+        Preface::PortPlease(name) if !ctx.allows_local(&hosts, &name) => {
             info!(%peer, node = %name, "PORT_PLEASE for a local node this peer may not reach; answered 'not found'");
             answer_and_close(&mut tls, &preface::encode_port_answer(None)).await;
         }
@@ -114,7 +129,7 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
                 Ok(n) => n
                     .into_iter()
                     .map(|(n, _)| n)
-                    .filter(|n| policy.allows_local(n))
+                    .filter(|n| ctx.allows_local(&hosts, n))
                     .collect::<Vec<_>>(),
                 Err(e) => {
                     warn!(%peer, error = %e, "local EPMD NAMES failed");
@@ -127,22 +142,22 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
             answer_and_close(&mut tls, &preface::encode_hosts_answer(&ctx.mesh.known().await)).await;
             // The certificate proved the name; the address is verified by
             // dialling it before the host enters the table.
-            if !peer.is_empty() {
-                ctx.mesh.learn(&peer, &address);
-            }
+            ctx.mesh.learn(&peer, &address, Source::Itself);
         }
         Preface::Tunnel(name) => {
             let span = tracing::info_span!("tunnel", dir = "in", %peer, to = %name, from = tracing::field::Empty);
-            tunnel_in(tls, hosts, policy, name, deadline, ctx)
+            tunnel_in(tls, capture, hosts, name, deadline, ctx)
                 .instrument(span)
                 .await
         }
     }
 }
 
-fn count_refusal(ctx: &Context, hosts: &[String]) {
-    let peer = hosts.first().cloned().unwrap_or_default();
-    ctx.metrics.identity_refusals.get_or_create(&PeerLabels { peer }).inc();
+fn count_refusal(ctx: &Context, peer: &HostName) {
+    ctx.metrics
+        .identity_refusals
+        .get_or_create(&PeerLabels { peer: peer.to_string() })
+        .inc();
 }
 
 async fn answer_and_close<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) {
@@ -161,8 +176,8 @@ async fn answer_and_close<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) {
 /// dialling node is named for the peer's certificated host.
 async fn tunnel_in(
     mut tls: TlsStream<TcpStream>,
-    hosts: Vec<String>,
-    policy: Policy,
+    capture: Arc<SecretCapture>,
+    hosts: Vec<HostName>,
     name: String,
     deadline: tokio::time::Instant,
     ctx: Context,
@@ -179,19 +194,23 @@ async fn tunnel_in(
         }
     };
     tracing::Span::current().record("from", send_name.node.as_str());
-    if !hosts.iter().any(|h| h.eq_ignore_ascii_case(send_name.host())) {
+    // The node must be named for a host the certificate names, compared in
+    // canonical form; that host's policy then applies, however it is spelt.
+    let claimed = HostName::parse(send_name.host()).ok().filter(|h| hosts.contains(h));
+    let Some(claimed) = claimed else {
         warn!(
             claimed = %send_name.node,
-            certificate_names = ?hosts,
+            certificate_names = ?hosts.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
             "refused: the peer's certificate does not name the host of the node it speaks for"
         );
-        count_refusal(&ctx, &hosts);
+        count_refusal(&ctx, &hosts[0]);
         answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
         return;
-    }
-    if !policy.allows_remote(short(&send_name.node)) || !policy.allows_local(&name) {
+    };
+    let policy = ctx.mesh.policy_for(&claimed);
+    if !policy.allows_remote(short(&send_name.node)) || !ctx.allows_local(&hosts, &name) {
         warn!(claimed = %send_name.node, "refused: the peer's config does not allow this node pair");
-        count_refusal(&ctx, &hosts);
+        count_refusal(&ctx, &claimed);
         answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
         return;
     }
@@ -223,11 +242,30 @@ async fn tunnel_in(
         }
     };
     let _ = local.set_nodelay(true);
-    let peer = hosts.first().cloned().unwrap_or_default();
+    // Only a distribution node may be reached: the local end must answer
+    // send_name with a status message before anything of the peer's
+    // passes further (a loopback-only database registered under a node
+    // name gets nothing but this handshake frame).
+    let answer = match timeout(NODE_ANSWER_TIMEOUT, node_answer(&mut local, &raw)).await {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            warn!(%addr, error = %e, "refused: the local endpoint did not answer like an Erlang node; closed");
+            answer_and_close(&mut tls, &[TunnelStatus::Unreachable as u8]).await;
+            return;
+        }
+        Err(_) => {
+            warn!(%addr, "refused: the local endpoint did not answer the distribution handshake within {NODE_ANSWER_TIMEOUT:?}; closed");
+            answer_and_close(&mut tls, &[TunnelStatus::Unreachable as u8]).await;
+            return;
+        }
+    };
+    let peer = claimed;
+    let live = ctx.tls.register(&peer, tls.get_ref().1, None);
     let guard = ctx
         .metrics
         .tunnel(&peer, &format!("{name}@{}", ctx.host), &send_name.node, "in");
     let (to_peer, from_peer) = guard.byte_counters();
+    let records_per_key = ctx.tls.current().records_per_key;
     let result = if tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
         // Take over the record layer (record.rs) once rustls has nothing
         // left to send.
@@ -235,33 +273,33 @@ async fn tunnel_in(
             tls.flush().await?;
             let (mut tcp, conn) = tls.into_inner();
             let secrets = conn.dangerous_extract_secrets().map_err(std::io::Error::other)?;
-            let (mut tx, rx) = record::take_over(secrets)?;
+            let (mut tx, rx) = record::take_over(secrets, &capture, Side::Server, records_per_key)?;
             record::send(&mut tcp, &mut tx, &[TunnelStatus::Ok as u8]).await?;
-            local.write_all(&raw).await?;
+            record::send(&mut tcp, &mut tx, &answer).await?;
             Ok::<_, std::io::Error>((tcp, tx, rx))
         };
         match opened.await {
             Ok((tcp, tx, rx)) => {
                 debug!(record_layer = "erlmesh", "tunnel open");
-                record::splice(local, tcp, tx, rx, |o, b| {
+                let carried = record::splice(local, tcp, tx, rx, |o, b| {
                     to_peer.inc_by(o);
                     from_peer.inc_by(b);
-                })
-                .await
+                });
+                until_revoked(&live, carried).await
             }
             Err(e) => Err(e),
         }
     } else {
         let start = async {
             tls.write_all(&[TunnelStatus::Ok as u8]).await?;
-            tls.flush().await?;
-            local.write_all(&raw).await
+            tls.write_all(&answer).await?;
+            tls.flush().await
         };
         match start.await {
             Ok(()) => {
                 debug!(record_layer = "rustls", "tunnel open");
                 let mut local = Counted::new(local, (to_peer, from_peer));
-                splice(&mut local, &mut tls).await
+                until_revoked(&live, splice(&mut local, &mut tls)).await
             }
             Err(e) => Err(e),
         }
@@ -271,4 +309,14 @@ async fn tunnel_in(
         Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),
         Err(e) => info!(error = %e, "tunnel ended with an error"),
     }
+}
+
+/// Forwards the dialler's send_name to the local endpoint and reads its
+/// answer, which must be a distribution status message (`'s'`, OTP's
+/// recv_status); returns that frame, length prefix included, to forward.
+async fn node_answer(local: &mut TcpStream, send_name: &[u8]) -> std::io::Result<Vec<u8>> {
+    local.write_all(send_name).await?;
+    let frame = handshake::read_frame(local).await?;
+    handshake::check_status(&frame).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(frame)
 }

@@ -102,6 +102,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Cert(CertCommand::Revoke { dir, host }) => {
+            let r = erlmesh::certs::revoke(&dir, &host)?;
+            if r.already {
+                println!(
+                    "{host}'s certificate (serial {}) is already in {}; nothing changed",
+                    r.serial,
+                    r.crl.display()
+                );
+            } else {
+                println!(
+                    "revoked {host}'s certificate (serial {}): {} now lists {} certificate(s); copy it to every host's tls.crl",
+                    r.serial,
+                    r.crl.display(),
+                    r.listed
+                );
+            }
+            Ok(())
+        }
         Command::Cert(CertCommand::Issue { dir, host, days, force }) => {
             let w = erlmesh::certs::issue(&dir, &host, days, force)?;
             println!("wrote {} and {}", w.cert.display(), w.key.display());

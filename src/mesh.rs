@@ -7,6 +7,19 @@
 //! cluster CA, names it). Learnt hosts that stay unreachable for
 //! `forget_after` are dropped; their aliases stay reserved (`alias.rs`).
 //!
+//! What gossip may do is narrow. Every name is canonical ([`HostName`]).
+//! A host announced by a third party can only be *added*: this host, a
+//! static peer and a host already in the table are never replaced or
+//! re-addressed by gossip (a relay at another address would pass the
+//! certificate check while sitting in the path). Only the host itself,
+//! speaking with its own certificate (its HELLO, or a seed's handshake),
+//! moves its learnt entry to a new address. Checking announced hosts is
+//! bounded: at most [`MAX_HOSTS_PER_HELLO`] hosts are taken from one
+//! answer, [`MAX_CHECKS_PER_ROUND`] checks start per gossip interval,
+//! [`MAX_CONCURRENT_CHECKS`] run at once, and an address that failed is
+//! not dialled again before its backoff ([`FAILED_BACKOFF_MIN`] doubling
+//! to [`FAILED_BACKOFF_MAX`]; at most [`MAX_FAILED_ADDRESSES`] remembered).
+//!
 //! Local nodes resolve hosts through the resolver file: static entries,
 //! plus a `hosts_file` that OTP re-reads on a lookup at least 5 s after its
 //! last check. So that no node looks up a newly announced host before its
@@ -18,12 +31,13 @@
 use crate::alias;
 use crate::config::{Config, Peer};
 use crate::face::Face;
+use crate::hostname::HostName;
 use crate::metrics::Metrics;
 use crate::peer::Dialer;
 use crate::policy::Policy;
 use crate::resolver;
 use crate::tls::Tls;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -42,8 +56,40 @@ pub const GOSSIP_FANOUT: usize = 3;
 /// How long a joining erlmesh waits after announcing itself: longer than
 /// OTP's 5 s hosts-file re-read window.
 pub const JOIN_SETTLE: Duration = Duration::from_secs(6);
+/// Longest a join through seeds keeps gossiping before it settles.
+pub const JOIN_MAX: Duration = Duration::from_secs(30);
 /// Most hosts in the table; bounds what a peer's gossip can make us open.
 pub const MAX_PEERS: usize = 1024;
+/// Hosts taken from one HELLO answer; the rest are ignored.
+pub const MAX_HOSTS_PER_HELLO: usize = 64;
+/// Announced hosts whose check may start per [`GOSSIP_INTERVAL`]; others
+/// are dropped and come back with a later round's gossip.
+pub const MAX_CHECKS_PER_ROUND: usize = 32;
+/// Checks of announced hosts running at once.
+pub const MAX_CONCURRENT_CHECKS: usize = 4;
+/// Checks admitted and not finished (running or waiting to run).
+pub const MAX_PENDING_CHECKS: usize = 64;
+/// Backoff after a failed check of an address, doubling per failure.
+pub const FAILED_BACKOFF_MIN: Duration = Duration::from_secs(30);
+pub const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
+/// Addresses remembered as failed; beyond this, no new check starts until
+/// some backoff ends.
+pub const MAX_FAILED_ADDRESSES: usize = 1024;
+
+/// Who announced a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The host itself, proven by its certificate in this connection.
+    Itself,
+    /// Another host's list.
+    Gossip,
+}
+
+/// An address whose check failed, and when it may be dialled again.
+struct Failed {
+    failures: u32,
+    retry_at: Instant,
+}
 
 struct Entry {
     address: String,
@@ -56,23 +102,29 @@ struct Entry {
 
 /// The peer table and what it needs to open faces.
 pub struct Mesh {
-    host: String,
+    host: HostName,
     advertise: String,
     epmd_port: u16,
     state_dir: PathBuf,
     seeds: Vec<String>,
     forget_after: Duration,
     static_peers: Vec<Peer>,
+    /// What hosts not listed in `peers` may do (learnt ones, and any
+    /// other certificate of the cluster that connects).
+    default_policy: Policy,
     tls: Arc<Tls>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tracker: TaskTracker,
-    peers: tokio::sync::Mutex<BTreeMap<String, Entry>>,
+    peers: tokio::sync::Mutex<BTreeMap<HostName, Entry>>,
     /// Hosts being verified now, so that gossip does not dial them twice.
-    pending: Mutex<BTreeSet<String>>,
+    pending: Mutex<BTreeSet<HostName>>,
+    /// Addresses whose check failed, with their backoff.
+    failed: Mutex<HashMap<String, Failed>>,
+    checks: Arc<tokio::sync::Semaphore>,
     /// Announced hosts waiting to be looked at by the learner task.
-    learn_tx: tokio::sync::mpsc::Sender<(String, String)>,
-    learn_rx: Mutex<Option<tokio::sync::mpsc::Receiver<(String, String)>>>,
+    learn_tx: tokio::sync::mpsc::Sender<(HostName, String, Source)>,
+    learn_rx: Mutex<Option<tokio::sync::mpsc::Receiver<(HostName, String, Source)>>>,
 }
 
 /// Announced hosts queued for verification; beyond this they are dropped
@@ -99,6 +151,9 @@ impl Mesh {
             seeds: config.seeds.clone(),
             forget_after: config.forget_after,
             static_peers: config.peers.clone(),
+            default_policy: config.default_policy.clone(),
+            failed: Mutex::new(HashMap::new()),
+            checks: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
             tls,
             metrics,
             cancel,
@@ -132,7 +187,11 @@ impl Mesh {
     }
 
     /// Allocates aliases for every host in the table plus `extra`.
-    fn assign(&self, peers: &BTreeMap<String, Entry>, extra: &[&str]) -> anyhow::Result<BTreeMap<String, Ipv4Addr>> {
+    fn assign(
+        &self,
+        peers: &BTreeMap<HostName, Entry>,
+        extra: &[&HostName],
+    ) -> anyhow::Result<BTreeMap<HostName, Ipv4Addr>> {
         let mut list: Vec<Peer> = self.static_peers.clone();
         for (h, e) in peers {
             if !list.iter().any(|p| &p.host == h) {
@@ -146,7 +205,7 @@ impl Mesh {
         }
         for h in extra {
             list.push(Peer {
-                host: (*h).to_owned(),
+                host: (*h).clone(),
                 address: String::new(),
                 alias: None,
                 policy: Policy::default(),
@@ -202,8 +261,8 @@ impl Mesh {
         Ok(face_cancel)
     }
 
-    fn write_resolver(&self, peers: &BTreeMap<String, Entry>) -> anyhow::Result<()> {
-        let table: Vec<(String, Ipv4Addr)> = peers.iter().map(|(h, e)| (h.clone(), e.alias)).collect();
+    fn write_resolver(&self, peers: &BTreeMap<HostName, Entry>) -> anyhow::Result<()> {
+        let table: Vec<(String, Ipv4Addr)> = peers.iter().map(|(h, e)| (h.to_string(), e.alias)).collect();
         let hosts = self.state_dir.join(resolver::HOSTS_FILE);
         resolver::write_atomically(&hosts, resolver::render_hosts(&self.host, &table).as_bytes())
             .map_err(|e| anyhow::anyhow!("{}: cannot write the hosts file: {e}", hosts.display()))?;
@@ -215,63 +274,152 @@ impl Mesh {
 
     /// The hosts to tell others about: this one first, then the table.
     pub async fn known(&self) -> Vec<(String, String)> {
-        let mut v = vec![(self.host.clone(), self.advertise.clone())];
+        let mut v = vec![(self.host.to_string(), self.advertise.clone())];
         v.extend(
             self.peers
                 .lock()
                 .await
                 .iter()
-                .map(|(h, e)| (h.clone(), e.address.clone())),
+                .map(|(h, e)| (h.to_string(), e.address.clone())),
         );
         v
     }
 
-    /// Takes note of `host` at `address`, announced by a peer or by the
-    /// host itself; the learner task verifies it (see [`Mesh::learner`]).
-    pub fn learn(&self, host: &str, address: &str) {
-        if !host.eq_ignore_ascii_case(&self.host) {
-            let _ = self.learn_tx.try_send((host.to_owned(), address.to_owned()));
+    /// What `host`'s nodes may do here: its `peers` entry's policy, else
+    /// the default policy.
+    pub fn policy_for(&self, host: &HostName) -> Policy {
+        self.static_peers
+            .iter()
+            .find(|p| &p.host == host)
+            .map(|p| p.policy.clone())
+            .unwrap_or_else(|| self.default_policy.clone())
+    }
+
+    /// Takes note of `host` at `address`, announced by `source`; the
+    /// learner task checks it (see [`Mesh::learner`]). A name that is not
+    /// a host name is dropped here.
+    pub fn learn(&self, host: &str, address: &str, source: Source) {
+        let Ok(host) = HostName::parse(host) else {
+            debug!(host = %host.escape_debug(), "announced name is not a host name; ignored");
+            return;
+        };
+        if host != self.host {
+            let _ = self.learn_tx.try_send((host, address.to_owned(), source));
         }
     }
 
-    /// Looks at announced hosts: a known host at the same address is left
-    /// alone; anything else is verified by a TLS connection first.
+    /// Takes note of the hosts in one HELLO answer (at most
+    /// [`MAX_HOSTS_PER_HELLO`] of them).
+    fn learn_list(&self, from: &str, hosts: Vec<(String, String)>) {
+        if hosts.len() > MAX_HOSTS_PER_HELLO {
+            warn!(%from, hosts = hosts.len(), "HELLO answer lists more than {MAX_HOSTS_PER_HELLO} hosts; the rest are ignored");
+        }
+        for (h, a) in hosts.into_iter().take(MAX_HOSTS_PER_HELLO) {
+            self.learn(&h, &a, Source::Gossip);
+        }
+    }
+
+    /// Whether `address` is in its failure backoff.
+    fn backing_off(&self, address: &str) -> bool {
+        let failed = self.failed.lock().expect("failed lock");
+        failed.get(address).is_some_and(|f| f.retry_at > Instant::now())
+            || (failed.len() >= MAX_FAILED_ADDRESSES && !failed.contains_key(address))
+    }
+
+    /// Remembers a failed check of `address`, doubling its backoff.
+    fn note_failure(&self, address: &str) {
+        let mut failed = self.failed.lock().expect("failed lock");
+        if failed.len() >= MAX_FAILED_ADDRESSES {
+            let now = Instant::now();
+            failed.retain(|_, f| f.retry_at > now);
+        }
+        if failed.len() >= MAX_FAILED_ADDRESSES && !failed.contains_key(address) {
+            return;
+        }
+        let f = failed.entry(address.to_owned()).or_insert(Failed {
+            failures: 0,
+            retry_at: Instant::now(),
+        });
+        f.failures = f.failures.saturating_add(1);
+        let backoff = FAILED_BACKOFF_MIN
+            .saturating_mul(1u32 << (f.failures - 1).min(16))
+            .min(FAILED_BACKOFF_MAX);
+        f.retry_at = Instant::now() + backoff;
+    }
+
+    /// Why an announcement is not checked, if it is not.
+    async fn skip_reason(&self, host: &HostName, address: &str, source: Source) -> Option<&'static str> {
+        if self.static_peers.iter().any(|p| &p.host == host) {
+            return Some("a configured peer keeps its configured address");
+        }
+        {
+            let peers = self.peers.lock().await;
+            match peers.get(host) {
+                Some(e) if e.address == address => return Some("known at that address"),
+                Some(_) if source == Source::Gossip => return Some("a verified host is re-addressed only by itself"),
+                None if peers.len() >= MAX_PEERS => return Some("peer table full"),
+                _ => {}
+            }
+        }
+        if self.backing_off(address) {
+            return Some("that address failed recently");
+        }
+        None
+    }
+
+    /// Looks at announced hosts and checks, within the bounds above, those
+    /// that could enter the table (or move, when announced by themselves).
     pub async fn learner(self: Arc<Self>) {
         let Some(mut rx) = self.learn_rx.lock().expect("learn lock").take() else {
             return;
         };
+        let mut budget = MAX_CHECKS_PER_ROUND;
+        let mut refill = Instant::now() + GOSSIP_INTERVAL;
         loop {
-            let (host, address) = tokio::select! {
+            let (host, address, source) = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 m = rx.recv() => match m { Some(m) => m, None => return },
             };
-            {
-                let peers = self.peers.lock().await;
-                match peers.get(&host) {
-                    Some(e) if e.address == address || e.fixed => continue,
-                    None if peers.len() >= MAX_PEERS => {
-                        warn!(%host, "peer table full ({MAX_PEERS}); not learning more hosts");
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-            if !self.pending.lock().expect("pending lock").insert(host.clone()) {
+            if let Some(why) = self.skip_reason(&host, &address, source).await {
+                debug!(%host, %address, ?source, why, "announced host not checked");
                 continue;
             }
+            if Instant::now() >= refill {
+                budget = MAX_CHECKS_PER_ROUND;
+                refill = Instant::now() + GOSSIP_INTERVAL;
+            }
+            if budget == 0 {
+                debug!(%host, %address, "check budget of this round spent; the host comes back with later gossip");
+                continue;
+            }
+            {
+                let mut pending = self.pending.lock().expect("pending lock");
+                if pending.len() >= MAX_PENDING_CHECKS || !pending.insert(host.clone()) {
+                    continue;
+                }
+            }
+            budget -= 1;
             let mesh = self.clone();
             self.tracker.spawn(async move {
-                mesh.verify(&host, &address).await;
+                if let Ok(_permit) = mesh.checks.clone().acquire_owned().await {
+                    // Another check of that address may have failed while
+                    // this one waited: hosts announced at one address share
+                    // its backoff.
+                    if !mesh.backing_off(&address) {
+                        mesh.verify(&host, &address).await;
+                    }
+                }
                 mesh.pending.lock().expect("pending lock").remove(&host);
             });
         }
     }
 
     /// Dials `host` at `address` checking that its certificate names it;
-    /// on success the host enters the table and what it knows is learnt.
-    async fn verify(&self, host: &str, address: &str) {
+    /// on success the host enters the table (or moves there) and what it
+    /// knows is learnt.
+    async fn verify(&self, host: &HostName, address: &str) {
         let dialer = match Dialer::new(host, address, self.tls.clone(), self.metrics.clone()) {
-            Ok(d) => d,
+            Ok(d) => d.unlisted(),
             Err(e) => {
                 warn!(%host, %address, error = %e, "announced host not usable");
                 return;
@@ -283,33 +431,47 @@ impl Mesh {
                     warn!(%host, error = %e, "cannot add the peer");
                     return;
                 }
-                for (h, a) in hosts {
-                    self.learn(&h, &a);
-                }
+                self.learn_list(host, hosts);
             }
-            Err(e) => debug!(%host, %address, error = %e, "announced host not verified"),
+            Err(e) => {
+                debug!(%host, %address, error = %e, "announced host not verified");
+                self.note_failure(address);
+                self.metrics.unverified(host, address, e.to_string());
+            }
         }
     }
 
-    async fn add(&self, host: &str, address: &str) -> anyhow::Result<()> {
+    /// Puts a host whose name a handshake with `address` just proved in the
+    /// table, or notes that it is alive. A configured peer keeps its
+    /// configured address and policy.
+    async fn add(&self, host: &HostName, address: &str) -> anyhow::Result<()> {
+        if host == &self.host {
+            return Ok(());
+        }
         let mut peers = self.peers.lock().await;
         if let Some(e) = peers.get_mut(host) {
             e.last_ok = Instant::now();
-            // A configured peer keeps its configured address and policy.
             if e.address != address && !e.fixed {
                 info!(%host, old = %e.address, new = %address, "peer moved");
                 e.address = address.to_owned();
                 // The face dials the address it was made with: renew it.
                 e.face_cancel.cancel();
-                e.face_cancel = self.open_face(host, address, e.alias, Policy::default()).await?;
+                e.face_cancel = self
+                    .open_face(host, address, e.alias, self.default_policy.clone())
+                    .await?;
             }
+            return Ok(());
+        }
+        if self.static_peers.iter().any(|p| &p.host == host) {
             return Ok(());
         }
         let aliases = self.assign(&peers, &[host])?;
         let alias = aliases[host];
-        let face_cancel = self.open_face(host, address, alias, Policy::default()).await?;
+        let face_cancel = self
+            .open_face(host, address, alias, self.default_policy.clone())
+            .await?;
         peers.insert(
-            host.to_owned(),
+            host.clone(),
             Entry {
                 address: address.to_owned(),
                 alias,
@@ -319,6 +481,7 @@ impl Mesh {
             },
         );
         self.write_resolver(&peers)?;
+        self.metrics.verified(host);
         info!(%host, %address, %alias, "peer learnt and verified");
         Ok(())
     }
@@ -330,7 +493,7 @@ impl Mesh {
             .iter()
             .map(|s| Dialer::seed(s, self.tls.clone(), self.metrics.clone()))
             .collect();
-        let mut known: Vec<(String, String)> = self
+        let mut known: Vec<(HostName, String)> = self
             .peers
             .lock()
             .await
@@ -355,19 +518,18 @@ impl Mesh {
             match r {
                 Ok((names, hosts)) => {
                     let host = if d.is_seed() {
-                        names.first().cloned().unwrap_or_default()
+                        names.first().cloned()
                     } else {
-                        d.host.clone()
+                        HostName::parse(&d.host).ok()
                     };
-                    if !host.is_empty() && !host.eq_ignore_ascii_case(&self.host) {
-                        // The handshake just proved the name: no second dial.
+                    if let Some(host) = host {
+                        // The handshake just proved the name: no second
+                        // dial. A seed speaks for itself.
                         if let Err(e) = self.add(&host, &d.address).await {
                             warn!(%host, error = %e, "cannot add the peer");
                         }
                     }
-                    for (h, a) in hosts {
-                        self.learn(&h, &a);
-                    }
+                    self.learn_list(&d.address, hosts);
                 }
                 Err(e) => {
                     debug!(peer = %d.host, error = %e, "gossip failed");
@@ -381,6 +543,8 @@ impl Mesh {
 
     /// Drops `host` if it is a learnt one unreachable for `forget_after`.
     async fn forget_if_gone(&self, host: &str) {
+        let Ok(host) = HostName::parse(host) else { return };
+        let host = &host;
         let mut peers = self.peers.lock().await;
         let gone = peers
             .get(host)
@@ -389,6 +553,7 @@ impl Mesh {
             if let Some(e) = peers.remove(host) {
                 e.face_cancel.cancel();
                 warn!(%host, after = ?self.forget_after, "peer unreachable for too long; dropped (its alias stays reserved)");
+                self.metrics.forget(host);
                 if let Err(e) = self.write_resolver(&peers) {
                     warn!(error = %e, "cannot rewrite the resolver file");
                 }
@@ -402,16 +567,23 @@ impl Mesh {
         if self.seeds.is_empty() {
             return;
         }
-        self.gossip_round().await;
-        // Let the verifications started by that round finish.
-        let end = Instant::now() + Duration::from_secs(10);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        while (!self.pending.lock().expect("pending lock").is_empty() || self.learn_tx.capacity() < MAX_LEARN_QUEUE)
-            && Instant::now() < end
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // Rounds until one learns nothing new: the checks of one round are
+        // bounded (MAX_CHECKS_PER_ROUND), so a large cluster takes several.
+        let end = Instant::now() + JOIN_MAX;
+        loop {
+            let before = self.peers.lock().await.len();
+            self.gossip_round().await;
+            // Let the checks started by that round finish.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while (!self.pending.lock().expect("pending lock").is_empty() || self.learn_tx.capacity() < MAX_LEARN_QUEUE)
+                && Instant::now() < end
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if self.peers.lock().await.len() == before || Instant::now() >= end {
+                break;
+            }
         }
-        self.gossip_round().await;
         info!(
             peers = self.peers.lock().await.len(),
             "joined through seeds; settling {:?} so every host's resolver sees this one", JOIN_SETTLE

@@ -65,9 +65,17 @@ pub struct Metrics {
     cert_expiry: Gauge,
     own_not_after: AtomicI64,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
+    /// Announced hosts whose check failed: at most [`MAX_UNVERIFIED`],
+    /// each shown for [`UNVERIFIED_TTL_SECS`]. host -> (ms, address, why).
+    unverified: Mutex<BTreeMap<String, (i64, String, String)>>,
     /// (local node, remote node, direction) -> open tunnels.
     pairs: Mutex<BTreeMap<(String, String, &'static str), u64>>,
 }
+
+/// Announced hosts whose failed check `erlmesh status` shows, at most.
+pub const MAX_UNVERIFIED: usize = 64;
+/// How long a failed check of an announced host stays in the status.
+pub const UNVERIFIED_TTL_SECS: i64 = 600;
 
 /// Unix seconds.
 pub fn now() -> i64 {
@@ -123,6 +131,7 @@ impl Metrics {
             cert_expiry,
             own_not_after: AtomicI64::new(0),
             peers: Mutex::new(peers),
+            unverified: Mutex::new(BTreeMap::new()),
             pairs: Mutex::new(BTreeMap::new()),
         })
     }
@@ -176,6 +185,30 @@ impl Metrics {
             .entry(peer.to_owned())
             .or_default()
             .last_error = Some((now_ms(), reason));
+    }
+
+    /// Notes an announced host whose check failed (bounded, expiring).
+    pub fn unverified(&self, host: &str, address: &str, reason: String) {
+        let mut u = self.unverified.lock().expect("metrics lock");
+        let now = now_ms();
+        u.retain(|_, (t, _, _)| now - *t < UNVERIFIED_TTL_SECS * 1000);
+        if u.len() >= MAX_UNVERIFIED && !u.contains_key(host) {
+            // Make room by dropping the oldest entry.
+            if let Some(oldest) = u.iter().min_by_key(|(_, (t, _, _))| *t).map(|(h, _)| h.clone()) {
+                u.remove(&oldest);
+            }
+        }
+        u.insert(host.to_owned(), (now, address.to_owned(), reason));
+    }
+
+    /// A host entered the peer table: no longer unverified.
+    pub fn verified(&self, host: &str) {
+        self.unverified.lock().expect("metrics lock").remove(host);
+    }
+
+    /// A host left the peer table: its status goes too.
+    pub fn forget(&self, host: &str) {
+        self.peers.lock().expect("metrics lock").remove(host);
     }
 
     /// Counts an open tunnel until the guard is dropped.
@@ -232,6 +265,17 @@ impl Metrics {
             }
             s.push('\n');
         }
+        let mut u = self.unverified.lock().expect("metrics lock");
+        u.retain(|_, (t, _, _)| now * 1000 - *t < UNVERIFIED_TTL_SECS * 1000);
+        if !u.is_empty() {
+            s.push_str(&format!(
+                "\nannounced, not verified (last {UNVERIFIED_TTL_SECS} s, at most {MAX_UNVERIFIED}):\n"
+            ));
+            for (h, (t, a, why)) in u.iter() {
+                s.push_str(&format!("  {h:<24} {a:<24} \"{why}\" ({}s ago)\n", now - t / 1000));
+            }
+        }
+        drop(u);
         s.push_str("\ntunnels (local node, remote node, direction, open):\n");
         for ((l, r, d), n) in self.pairs.lock().expect("metrics lock").iter() {
             s.push_str(&format!("  {l:<28} {r:<28} {d:<4} {n}\n"));

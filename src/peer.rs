@@ -2,10 +2,12 @@
 //! name, the preface, and the peer's answer.
 
 use crate::epmd::NodeInfo;
+use crate::hostname::HostName;
 use crate::metrics::{tls_reason, Metrics};
 use crate::preface::{self, Preface, PrefaceError, TunnelStatus};
 use crate::record;
-use crate::tls::{cert_not_after, server_name, Tls};
+use crate::record::{SecretCapture, Side};
+use crate::tls::{cert_not_after, server_name, LiveGuard, Tls};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +52,9 @@ pub enum DialError {
     Name(String),
 }
 
-/// An open tunnel to a peer's node.
+/// An open tunnel to a peer's node (made once per tunnel and moved into
+/// its task, so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Tunnel {
     /// TLS 1.3: the record layer taken over from rustls (record.rs).
     Records {
@@ -58,9 +62,10 @@ pub enum Tunnel {
         tx: record::Keys,
         rx: record::Reader,
         resumed: bool,
+        live: LiveGuard,
     },
     /// TLS 1.2: rustls' own stream.
-    Rustls(TlsStream<TcpStream>),
+    Rustls(TlsStream<TcpStream>, LiveGuard),
 }
 
 /// Dials one peer host.
@@ -76,6 +81,9 @@ pub struct Dialer {
     /// A seed: its host name is not known yet and is read from its
     /// certificate (fully verified otherwise).
     seed: bool,
+    /// Reports to the status table (false for checks of announced hosts,
+    /// which must not grow it).
+    listed: bool,
 }
 
 impl Dialer {
@@ -88,7 +96,14 @@ impl Dialer {
             tls,
             metrics,
             seed: false,
+            listed: true,
         })
+    }
+
+    /// This dialer, not reporting to the status table.
+    pub fn unlisted(mut self) -> Dialer {
+        self.listed = false;
+        self
     }
 
     /// A dialer for a seed address, whose host is learnt from its certificate.
@@ -100,16 +115,27 @@ impl Dialer {
             tls,
             metrics,
             seed: true,
+            listed: false,
         }
     }
 
     /// Opens a verified TLS connection and sends `preface` (plus `extra`
     /// bytes in the same write, to save a round trip).
     pub async fn open(&self, preface: &Preface, extra: &[u8]) -> Result<TlsStream<TcpStream>, DialError> {
+        self.open_captured(preface, extra).await.map(|(s, _)| s)
+    }
+
+    /// [`Dialer::open`], with the capture of the connection's traffic
+    /// secrets (for a tunnel's record layer).
+    async fn open_captured(
+        &self,
+        preface: &Preface,
+        extra: &[u8],
+    ) -> Result<(TlsStream<TcpStream>, Arc<SecretCapture>), DialError> {
         let r = self.open_inner(preface, extra).await;
         match &r {
-            Ok(_) if self.seed => {}
-            Ok(s) => {
+            Ok(_) if !self.listed => {}
+            Ok((s, _)) => {
                 let na = s
                     .get_ref()
                     .1
@@ -122,7 +148,7 @@ impl Dialer {
                 if let DialError::Tls { source, .. } = e {
                     self.metrics.handshake_failed(tls_reason(source));
                 }
-                if !self.seed {
+                if self.listed {
                     self.metrics.peer_error(&self.host, e.to_string());
                 }
             }
@@ -140,18 +166,19 @@ impl Dialer {
         &self.metrics
     }
 
-    async fn open_inner(&self, preface: &Preface, extra: &[u8]) -> Result<TlsStream<TcpStream>, DialError> {
+    async fn open_inner(
+        &self,
+        preface: &Preface,
+        extra: &[u8],
+    ) -> Result<(TlsStream<TcpStream>, Arc<SecretCapture>), DialError> {
         let address = || self.address.clone();
         let tcp = match timeout(CONNECT_TIMEOUT, self.connect_tcp()).await {
             Ok(r) => r?,
             Err(_) => return Err(DialError::ConnectTimeout { address: address() }),
         };
         let configs = self.tls.current();
-        let connector = TlsConnector::from(if self.seed {
-            configs.seed_client.clone()
-        } else {
-            configs.client.clone()
-        });
+        let (config, capture) = configs.client_for_connection(self.seed);
+        let connector = TlsConnector::from(config);
         let mut tls = match timeout(HANDSHAKE_TIMEOUT, connector.connect(self.name.clone(), tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
@@ -162,6 +189,33 @@ impl Dialer {
             }
             Err(_) => return Err(DialError::TlsTimeout { address: address() }),
         };
+        // A resumed session skips the certificate check: do it here, with
+        // the CRLs and the clock of now.
+        if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+            let name = if self.seed {
+                crate::tls::peer_hosts(tls.get_ref().1)
+                    .first()
+                    .and_then(|n| ServerName::try_from(n.to_string()).ok())
+            } else {
+                Some(self.name.clone())
+            };
+            let checked = match name {
+                Some(n) => configs.check_peer(chain, Some(&n)),
+                None => Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                )),
+            };
+            if let Err(e) = checked {
+                return Err(DialError::Tls {
+                    address: address(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("resumed session refused: {e}"),
+                    ),
+                });
+            }
+        }
         let mut first = preface.encode();
         first.extend_from_slice(extra);
         let send = async {
@@ -175,7 +229,7 @@ impl Dialer {
                 address: address(),
                 source,
             })?;
-        Ok(tls)
+        Ok((tls, capture))
     }
 
     async fn connect_tcp(&self) -> Result<TcpStream, DialError> {
@@ -216,8 +270,10 @@ impl Dialer {
     /// Opens a tunnel to node `name`, sending `send_name` (the node's first
     /// handshake frame) along; returns the stream once the peer says OK.
     pub async fn tunnel(&self, name: &str, send_name: &[u8]) -> Result<(TunnelStatus, Tunnel), DialError> {
-        let mut s = self.open(&Preface::Tunnel(name.to_owned()), send_name).await?;
+        let (mut s, capture) = self.open_captured(&Preface::Tunnel(name.to_owned()), send_name).await?;
         let resumed = matches!(s.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        let live = self.tls.register(&self.host, s.get_ref().1, Some(self.name.clone()));
+        let records_per_key = self.tls.current().records_per_key;
         if s.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
             // Take over the record layer (record.rs); the status byte is
             // the first thing read through it.
@@ -229,7 +285,7 @@ impl Dialer {
             let secrets = conn
                 .dangerous_extract_secrets()
                 .map_err(|e| io(std::io::Error::other(e)))?;
-            let (tx, mut rx) = record::take_over(secrets).map_err(io)?;
+            let (tx, mut rx) = record::take_over(secrets, &capture, Side::Client, records_per_key).map_err(io)?;
             let first = match timeout(ANSWER_TIMEOUT, rx.first(&mut tcp)).await {
                 Ok(r) => r.map_err(io)?,
                 Err(_) => {
@@ -252,7 +308,16 @@ impl Dialer {
                     source: PrefaceError::Answer("tunnel status with trailing bytes").into(),
                 });
             }
-            return Ok((status, Tunnel::Records { tcp, tx, rx, resumed }));
+            return Ok((
+                status,
+                Tunnel::Records {
+                    tcp,
+                    tx,
+                    rx,
+                    resumed,
+                    live,
+                },
+            ));
         }
         let status = self
             .answer(async {
@@ -261,12 +326,12 @@ impl Dialer {
                 Ok(TunnelStatus::from_byte(b[0])?)
             })
             .await?;
-        Ok((status, Tunnel::Rustls(s)))
+        Ok((status, Tunnel::Rustls(s, live)))
     }
 
     /// Announces `advertise` (this host's TLS address) and returns the
     /// peer's certificate names and the hosts it knows.
-    pub async fn hello(&self, advertise: &str) -> Result<(Vec<String>, Vec<(String, String)>), DialError> {
+    pub async fn hello(&self, advertise: &str) -> Result<(Vec<HostName>, Vec<(String, String)>), DialError> {
         let mut s = self.open(&Preface::Hello(advertise.to_owned()), &[]).await?;
         let names = crate::tls::peer_hosts(s.get_ref().1);
         let hosts = self.answer(preface::read_hosts_answer(&mut s)).await?;

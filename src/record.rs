@@ -1,23 +1,36 @@
 //! The TLS 1.3 record layer for established tunnels.
 //!
 //! rustls does the handshake and the preface; once a tunnel is open, its
-//! traffic secrets are taken over (`dangerous_extract_secrets`) and records
+//! traffic keys are taken over (`dangerous_extract_secrets`) and records
 //! are sealed and opened here, in place, in buffers this module owns:
 //! outbound, a node's bytes are read straight into a record and sealed
 //! there; inbound, several records are read at once, opened in place and
 //! their plaintext written to the node from where it lies. That saves the
 //! copies and re-allocations of rustls' buffered path (see the README's
-//! performance section). The wire format is plain TLS 1.3 (RFC 8446 §5),
-//! so either end may use rustls' own path instead.
+//! performance section). The wire format is plain TLS 1.3 (RFC 8446 §5).
 //!
-//! Key updates are not supported: a peer that sends one has its tunnel
-//! closed (rustls only asks for one after 2^24 records per key for AES-GCM,
-//! about 270 GB on one tunnel). Post-handshake NewSessionTicket messages
-//! are skipped.
+//! Key updates (RFC 8446 §4.6.3): each side sends a KeyUpdate before its
+//! sending key has sealed [`DEFAULT_RECORDS_PER_KEY`] records (or the
+//! configured `tls.records_per_key`), and accepts the peer's, answering one
+//! that asks for an update before its next record. The next key comes from
+//! the traffic secret by HKDF-Expand-Label ("traffic upd"), so the traffic
+//! secrets are captured from rustls' key schedule ([`SecretCapture`], a
+//! per-connection `KeyLog`) and checked against the keys rustls hands over.
+//! rustls' own `kernel` API computes the same, but only for its unbuffered
+//! connections, and the handshakes here use tokio-rustls' buffered ones.
+//!
+//! Anything else after the handshake follows RFC 8446 §5 and §6: a
+//! change_cipher_spec record, an unknown record or content type, a record
+//! too long, a handshake message other than NewSessionTicket or KeyUpdate,
+//! or any alert but close_notify is fatal: the tunnel is closed, with an
+//! alert to the peer when the fault was the peer's.
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::hkdf::{self, KeyType as _};
 use rustls::ConnectionTrafficSecrets;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest plaintext in one record (RFC 8446 §5.1).
@@ -30,6 +43,16 @@ const APPLICATION_DATA: u8 = 23;
 const HANDSHAKE: u8 = 22;
 const ALERT: u8 = 21;
 const CHANGE_CIPHER_SPEC: u8 = 20;
+/// Handshake message types that may follow the handshake.
+const NEW_SESSION_TICKET: u8 = 4;
+const KEY_UPDATE: u8 = 24;
+/// Alert descriptions this layer sends (RFC 8446 §6).
+const CLOSE_NOTIFY: u8 = 0;
+const UNEXPECTED_MESSAGE: u8 = 10;
+const BAD_RECORD_MAC: u8 = 20;
+const RECORD_OVERFLOW: u8 = 22;
+const ILLEGAL_PARAMETER: u8 = 47;
+const DECODE_ERROR: u8 = 50;
 /// Records read from a node or from the peer with one system call: large
 /// writes on loopback cost far less per byte than 16 KiB ones (see the
 /// README's performance section).
@@ -43,45 +66,161 @@ const FULL_RECORD: usize = HEADER + MAX_PLAINTEXT + 1 + TAG;
 /// carrying small messages keep small buffers.
 const RX_MIN: usize = HEADER + MAX_CIPHERTEXT;
 const RX_MAX: usize = BATCH * RX_MIN;
-/// Records sealed or opened under one key before the tunnel is closed (and
-/// the node reconnects with fresh keys): below AES-GCM's limit of 2^24.5
-/// records per key (RFC 8446 §5.5), since key updates are not implemented.
-const MAX_RECORDS_PER_KEY: u64 = 1 << 24;
+/// Records sealed under one key before a KeyUpdate: well below AES-GCM's
+/// limit of 2^24.5 records per key (RFC 8446 §5.5).
+pub const DEFAULT_RECORDS_PER_KEY: u64 = 1 << 23;
+/// Records opened or sealed under one key, beyond which the tunnel is
+/// closed: the AEAD limit itself (a peer that never updates its key).
+const HARD_RECORDS_PER_KEY: u64 = 1 << 24;
+
+/// A fault that ends the tunnel with a TLS alert to the peer.
+#[derive(Debug)]
+pub struct Fatal {
+    /// The alert description sent to the peer.
+    pub alert: u8,
+    pub why: &'static str,
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (alert {} sent)", self.why, self.alert)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+fn fatal(alert: u8, why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, Fatal { alert, why })
+}
 
 fn invalid(why: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
-/// One direction's key, IV and sequence number.
+/// Captures one connection's application traffic secrets from rustls' key
+/// schedule (a `KeyLog` set on that connection's config only), so that the
+/// record layer can derive the keys that follow a KeyUpdate.
+#[derive(Debug, Default)]
+pub struct SecretCapture {
+    secrets: Mutex<[Option<Vec<u8>>; 2]>,
+}
+
+impl rustls::KeyLog for SecretCapture {
+    fn will_log(&self, label: &str) -> bool {
+        matches!(label, "CLIENT_TRAFFIC_SECRET_0" | "SERVER_TRAFFIC_SECRET_0")
+    }
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let at = match label {
+            "CLIENT_TRAFFIC_SECRET_0" => 0,
+            "SERVER_TRAFFIC_SECRET_0" => 1,
+            _ => return,
+        };
+        if let Ok(mut s) = self.secrets.lock() {
+            s[at] = Some(secret.to_vec());
+        }
+    }
+}
+
+/// Which end of the TLS connection this is: the client sends with the
+/// client traffic secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// HKDF output lengths for ring.
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-Expand-Label (RFC 8446 §7.1) with an empty context.
+fn expand_label(hash: hkdf::Algorithm, secret: &[u8], label: &[u8], len: usize) -> Vec<u8> {
+    let prk = hkdf::Prk::new_less_safe(hash, secret);
+    let out_len = (len as u16).to_be_bytes();
+    let label_len = [(6 + label.len()) as u8];
+    let info: [&[u8]; 5] = [&out_len, &label_len, b"tls13 ", label, &[0]];
+    let mut out = vec![0u8; len];
+    prk.expand(&info, Len(len))
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("HKDF output length within bounds");
+    out
+}
+
+/// One direction's traffic secret, key, IV and sequence number.
 pub struct Keys {
     key: LessSafeKey,
     iv: [u8; 12],
     seq: u64,
+    aead: &'static aead::Algorithm,
+    hash: hkdf::Algorithm,
+    secret: Vec<u8>,
+    /// Records sealed under one key before this side sends a KeyUpdate.
+    records_per_key: u64,
 }
 
 impl Keys {
-    /// Keys from rustls' extracted secrets for one direction.
-    pub fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> io::Result<Keys> {
-        let (alg, key, iv) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&aead::CHACHA20_POLY1305, key, iv),
+    /// Keys from a traffic secret (RFC 8446 §7.3), checked against the key
+    /// and IV rustls derived from it.
+    fn new(seq: u64, secrets: ConnectionTrafficSecrets, secret: Vec<u8>, records_per_key: u64) -> io::Result<Keys> {
+        let (aead, hash, key, iv) = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, hkdf::HKDF_SHA256, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, hkdf::HKDF_SHA384, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&aead::CHACHA20_POLY1305, hkdf::HKDF_SHA256, key, iv)
+            }
             _ => return Err(invalid("unsupported cipher suite")),
         };
-        let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| invalid("bad traffic key"))?;
-        let iv: [u8; 12] = iv.as_ref().try_into().map_err(|_| invalid("bad IV length"))?;
+        let mut k = Keys::derive(aead, hash, secret, records_per_key)?;
+        if expand_label(hash, &k.secret, b"key", aead.key_len()) != key.as_ref() || k.iv[..] != *iv.as_ref() {
+            return Err(invalid("captured traffic secret does not match the negotiated keys"));
+        }
+        k.seq = seq;
+        Ok(k)
+    }
+
+    fn derive(
+        aead: &'static aead::Algorithm,
+        hash: hkdf::Algorithm,
+        secret: Vec<u8>,
+        records_per_key: u64,
+    ) -> io::Result<Keys> {
+        let key = expand_label(hash, &secret, b"key", aead.key_len());
+        let iv: [u8; 12] = expand_label(hash, &secret, b"iv", 12)
+            .try_into()
+            .map_err(|_| invalid("bad IV length"))?;
+        let key = UnboundKey::new(aead, &key).map_err(|_| invalid("bad traffic key"))?;
         Ok(Keys {
             key: LessSafeKey::new(key),
             iv,
-            seq,
+            seq: 0,
+            aead,
+            hash,
+            secret,
+            records_per_key: records_per_key.clamp(1, HARD_RECORDS_PER_KEY),
         })
     }
 
+    /// Moves to the next traffic secret (RFC 8446 §7.2).
+    fn update(&mut self) -> io::Result<()> {
+        let len = self.hash.len();
+        let next = expand_label(self.hash, &self.secret, b"traffic upd", len);
+        *self = Keys::derive(self.aead, self.hash, next, self.records_per_key)?;
+        Ok(())
+    }
+
+    /// Whether `n` more records would pass this key's sending budget.
+    fn due(&self, n: usize) -> bool {
+        self.seq + n as u64 >= self.records_per_key
+    }
+
     fn nonce(&mut self) -> io::Result<Nonce> {
-        if self.seq >= MAX_RECORDS_PER_KEY {
-            return Err(invalid(
-                "record limit for this key reached; the tunnel closes and reconnects",
-            ));
+        if self.seq >= HARD_RECORDS_PER_KEY {
+            return Err(invalid("record limit for this key reached without a key update"));
         }
         let mut n = self.iv;
         for (b, s) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
@@ -109,11 +248,29 @@ impl Keys {
     }
 }
 
-/// The sending keys and the inbound reader for a tunnel whose TLS 1.3
-/// secrets were taken from rustls (`dangerous_extract_secrets`).
-pub fn take_over(secrets: rustls::ExtractedSecrets) -> io::Result<(Keys, Reader)> {
-    let tx = Keys::new(secrets.tx.0, secrets.tx.1)?;
-    let rx = Reader::new(Keys::new(secrets.rx.0, secrets.rx.1)?);
+/// The sending keys and the inbound reader for a tunnel whose TLS 1.3 keys
+/// were taken from rustls (`dangerous_extract_secrets`), with the traffic
+/// secrets `capture` saw during that connection's handshake. `side` is this
+/// end's role in the TLS connection.
+pub fn take_over(
+    secrets: rustls::ExtractedSecrets,
+    capture: &SecretCapture,
+    side: Side,
+    records_per_key: u64,
+) -> io::Result<(Keys, Reader)> {
+    let [client, server] = capture
+        .secrets
+        .lock()
+        .map_err(|_| invalid("secret capture poisoned"))?
+        .clone();
+    let missing = || invalid("the handshake's traffic secrets were not captured");
+    let (client, server) = (client.ok_or_else(missing)?, server.ok_or_else(missing)?);
+    let (tx_secret, rx_secret) = match side {
+        Side::Client => (client, server),
+        Side::Server => (server, client),
+    };
+    let tx = Keys::new(secrets.tx.0, secrets.tx.1, tx_secret, records_per_key)?;
+    let rx = Reader::new(Keys::new(secrets.rx.0, secrets.rx.1, rx_secret, records_per_key)?);
     Ok((tx, rx))
 }
 
@@ -130,12 +287,21 @@ pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, keys: &mut Keys, data: &[u8]
     write_record(w, keys, data, APPLICATION_DATA).await
 }
 
+/// Sends a KeyUpdate under the current key, then moves to the next one.
+async fn send_key_update<W: AsyncWrite + Unpin>(w: &mut W, keys: &mut Keys) -> io::Result<()> {
+    // update_not_requested: the peer updates its own key when it is due.
+    write_record(w, keys, &[KEY_UPDATE, 0, 0, 1, 0], HANDSHAKE).await?;
+    keys.update()
+}
+
 /// What one inbound record carried.
 enum Opened {
     /// Application data at this range of the buffer.
     Data(std::ops::Range<usize>),
-    /// Nothing for the node (a session ticket, a compatibility record).
+    /// Nothing for the node (a session ticket, a KeyUpdate).
     Skip,
+    /// A KeyUpdate asking this side to update its sending key too.
+    UpdateRequested,
     /// The peer's close_notify.
     Closed,
 }
@@ -146,6 +312,8 @@ pub struct Reader {
     start: usize,
     end: usize,
     keys: Keys,
+    /// The peer asked for a KeyUpdate before the splice started.
+    update_asked: bool,
 }
 
 impl Reader {
@@ -156,6 +324,7 @@ impl Reader {
             start: 0,
             end: 0,
             keys,
+            update_asked: false,
         }
     }
 
@@ -165,9 +334,20 @@ impl Reader {
         if avail.len() < HEADER {
             return Ok(None);
         }
+        // The legacy version is ignored (RFC 8446 §5.1); the type is not.
+        match avail[0] {
+            APPLICATION_DATA => {}
+            CHANGE_CIPHER_SPEC => {
+                return Err(fatal(
+                    UNEXPECTED_MESSAGE,
+                    "change_cipher_spec record after the handshake",
+                ))
+            }
+            _ => return Err(fatal(UNEXPECTED_MESSAGE, "unexpected record type")),
+        }
         let len = u16::from_be_bytes([avail[3], avail[4]]) as usize;
         if len > MAX_CIPHERTEXT {
-            return Err(invalid("record too long"));
+            return Err(fatal(RECORD_OVERFLOW, "record too long"));
         }
         if avail.len() < HEADER + len {
             return Ok(None);
@@ -175,40 +355,76 @@ impl Reader {
         let hdr: [u8; HEADER] = avail[..HEADER].try_into().expect("header length");
         let body = self.start + HEADER..self.start + HEADER + len;
         self.start += HEADER + len;
-        match hdr[0] {
-            APPLICATION_DATA => {}
-            CHANGE_CIPHER_SPEC => return Ok(Some(Opened::Skip)),
-            _ => return Err(invalid("unexpected record type")),
-        }
         let nonce = self.keys.nonce()?;
         let plain_len = self
             .keys
             .key
             .open_in_place(nonce, Aad::from(hdr), &mut self.buf[body.clone()])
-            .map_err(|_| invalid("record failed authentication"))?
+            .map_err(|_| fatal(BAD_RECORD_MAC, "record failed authentication"))?
             .len();
         // TLSInnerPlaintext: content, content type, zero padding.
         let inner = &self.buf[body.start..body.start + plain_len];
         let type_at = inner
             .iter()
             .rposition(|&b| b != 0)
-            .ok_or_else(|| invalid("record without content type"))?;
+            .ok_or_else(|| fatal(UNEXPECTED_MESSAGE, "record without content type"))?;
+        if type_at > MAX_PLAINTEXT {
+            return Err(fatal(RECORD_OVERFLOW, "plaintext too long"));
+        }
         let content = body.start..body.start + type_at;
         match inner[type_at] {
             APPLICATION_DATA => Ok(Some(Opened::Data(content))),
-            HANDSHAKE => {
-                // Only NewSessionTicket (4) is expected after the handshake.
-                if self.buf.get(content.start) == Some(&4) {
-                    Ok(Some(Opened::Skip))
-                } else {
-                    Err(invalid(
-                        "post-handshake message other than a session ticket (key update?)",
-                    ))
-                }
+            HANDSHAKE => self.post_handshake(content),
+            ALERT => match self.buf[content] {
+                [_, CLOSE_NOTIFY] => Ok(Some(Opened::Closed)),
+                [_, d] => Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("TLS alert {d} from the peer"),
+                )),
+                _ => Err(fatal(DECODE_ERROR, "malformed alert")),
+            },
+            _ => Err(fatal(UNEXPECTED_MESSAGE, "unknown inner content type")),
+        }
+    }
+
+    /// Handshake messages after the handshake: NewSessionTicket (skipped)
+    /// and KeyUpdate, each whole within the record; anything else is fatal.
+    fn post_handshake(&mut self, content: std::ops::Range<usize>) -> io::Result<Option<Opened>> {
+        let mut msgs = &self.buf[content];
+        if msgs.is_empty() {
+            return Err(fatal(UNEXPECTED_MESSAGE, "empty handshake record"));
+        }
+        let mut update = None;
+        while !msgs.is_empty() {
+            if update.is_some() {
+                return Err(fatal(UNEXPECTED_MESSAGE, "KeyUpdate not at the end of its record"));
             }
-            ALERT if self.buf[content.clone()] == [1, 0] => Ok(Some(Opened::Closed)),
-            ALERT => Err(invalid("TLS alert from the peer")),
-            _ => Err(invalid("unknown inner content type")),
+            if msgs.len() < 4 {
+                return Err(fatal(UNEXPECTED_MESSAGE, "handshake message split across records"));
+            }
+            let len = u32::from_be_bytes([0, msgs[1], msgs[2], msgs[3]]) as usize;
+            let Some(body) = msgs.get(4..4 + len) else {
+                return Err(fatal(UNEXPECTED_MESSAGE, "handshake message split across records"));
+            };
+            match (msgs[0], body) {
+                (NEW_SESSION_TICKET, _) => {}
+                (KEY_UPDATE, [r @ (0 | 1)]) => update = Some(*r == 1),
+                (KEY_UPDATE, [_]) => return Err(fatal(ILLEGAL_PARAMETER, "KeyUpdate with a bad request value")),
+                (KEY_UPDATE, _) => return Err(fatal(DECODE_ERROR, "malformed KeyUpdate")),
+                _ => return Err(fatal(UNEXPECTED_MESSAGE, "handshake message after the handshake")),
+            }
+            msgs = &msgs[4 + len..];
+        }
+        match update {
+            None => Ok(Some(Opened::Skip)),
+            Some(requested) => {
+                self.keys.update()?;
+                Ok(Some(if requested {
+                    Opened::UpdateRequested
+                } else {
+                    Opened::Skip
+                }))
+            }
         }
     }
 
@@ -235,6 +451,7 @@ impl Reader {
             match self.open_next()? {
                 Some(Opened::Data(range)) => return Ok(self.buf[range].to_vec()),
                 Some(Opened::Skip) => continue,
+                Some(Opened::UpdateRequested) => self.update_asked = true,
                 Some(Opened::Closed) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 None => {
                     if self.fill(r).await? == 0 {
@@ -246,9 +463,13 @@ impl Reader {
     }
 }
 
+/// How long the alert that ends a tunnel may take to leave.
+const ALERT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Moves bytes both ways until both directions end: `local` is the node's
 /// socket, `remote` the peer's TCP stream under TLS. Returns the bytes
 /// carried (local to peer, peer to local); `counted` is told of each chunk.
+/// A fault of the peer's ends the tunnel with an alert to it.
 pub async fn splice(
     local: tokio::net::TcpStream,
     remote: tokio::net::TcpStream,
@@ -259,80 +480,103 @@ pub async fn splice(
     let (mut lr, mut lw) = local.into_split();
     let (mut rr, mut rw) = remote.into_split();
     let counted = &counted;
-    let out = async {
-        // Record slots, back to back: a read fills them in order, so every
-        // sealed record but the last is full and they lie contiguous. One
-        // slot at first, BATCH once a read fills it (bulk traffic).
-        let mut recs = vec![0u8; FULL_RECORD];
-        let mut total = 0u64;
-        loop {
-            let n = read_slots(&mut lr, &mut recs).await?;
-            if n == 0 {
-                write_record(&mut rw, &mut tx, &[1, 0], ALERT).await?;
-                rw.shutdown().await?;
-                return Ok::<_, io::Error>(total);
-            }
-            let (mut left, mut end) = (n, 0);
-            for slot in recs.chunks_mut(FULL_RECORD) {
-                let k = left.min(MAX_PLAINTEXT);
-                end += tx.seal(slot, k, APPLICATION_DATA)?;
-                left -= k;
-                if left == 0 {
-                    break;
+    // Set by the inbound side when the peer asks for a KeyUpdate; the
+    // outbound side sends one before its next record.
+    let update_asked = AtomicBool::new(rx.update_asked);
+    let result = {
+        let (tx, rw, update_asked) = (&mut tx, &mut rw, &update_asked);
+        let out = async move {
+            // Record slots, back to back: a read fills them in order, so
+            // every sealed record but the last is full and they lie
+            // contiguous. One slot at first, BATCH once a read fills it.
+            let mut recs = vec![0u8; FULL_RECORD];
+            let mut total = 0u64;
+            loop {
+                let n = read_slots(&mut lr, &mut recs).await?;
+                if n == 0 {
+                    write_record(rw, tx, &[1, CLOSE_NOTIFY], ALERT).await?;
+                    rw.shutdown().await?;
+                    return Ok::<_, io::Error>(total);
                 }
-            }
-            rw.write_all(&recs[..end]).await?;
-            total += n as u64;
-            counted(n as u64, 0);
-        }
-    };
-    let back = async {
-        let mut total = 0u64;
-        let mut ranges = Vec::with_capacity(MAX_RANGES);
-        let mut closed = false;
-        loop {
-            // Open every complete record in the buffer, then hand all their
-            // plaintext to the node with one vectored write.
-            while !closed && ranges.len() < MAX_RANGES {
-                match rx.open_next()? {
-                    Some(Opened::Data(range)) => ranges.push(range),
-                    Some(Opened::Skip) => {}
-                    Some(Opened::Closed) => {
-                        closed = true;
+                if update_asked.swap(false, Ordering::Relaxed) || tx.due(n.div_ceil(MAX_PLAINTEXT)) {
+                    send_key_update(rw, tx).await?;
+                }
+                let (mut left, mut end) = (n, 0);
+                for slot in recs.chunks_mut(FULL_RECORD) {
+                    let k = left.min(MAX_PLAINTEXT);
+                    end += tx.seal(slot, k, APPLICATION_DATA)?;
+                    left -= k;
+                    if left == 0 {
                         break;
                     }
-                    None => break,
+                }
+                rw.write_all(&recs[..end]).await?;
+                total += n as u64;
+                counted(n as u64, 0);
+            }
+        };
+        let rx = &mut rx;
+        let back = async move {
+            let mut total = 0u64;
+            let mut ranges = Vec::with_capacity(MAX_RANGES);
+            let mut closed = false;
+            loop {
+                // Open every complete record in the buffer, then hand all
+                // their plaintext to the node with one vectored write.
+                while !closed && ranges.len() < MAX_RANGES {
+                    match rx.open_next()? {
+                        Some(Opened::Data(range)) => ranges.push(range),
+                        Some(Opened::Skip) => {}
+                        Some(Opened::UpdateRequested) => update_asked.store(true, Ordering::Relaxed),
+                        Some(Opened::Closed) => {
+                            closed = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                if !ranges.is_empty() {
+                    let n = write_ranges(&mut lw, &rx.buf, &ranges).await?;
+                    total += n;
+                    counted(0, n);
+                    ranges.clear();
+                    continue;
+                }
+                if closed {
+                    lw.shutdown().await?;
+                    return Ok::<_, io::Error>(total);
+                }
+                if rx.fill(&mut rr).await? == 0 {
+                    // TCP closed without close_notify: a truncation.
+                    return Err(io::ErrorKind::UnexpectedEof.into());
                 }
             }
-            if !ranges.is_empty() {
-                let n = write_ranges(&mut lw, &rx.buf, &ranges).await?;
-                total += n;
-                counted(0, n);
-                ranges.clear();
-                continue;
+        };
+        tokio::pin!(out, back);
+        let (mut o, mut b) = (None, None);
+        loop {
+            if let (Some(out), Some(back)) = (o, b) {
+                break Ok(crate::splice::Carried { out, back });
             }
-            if closed {
-                lw.shutdown().await?;
-                return Ok::<_, io::Error>(total);
-            }
-            if rx.fill(&mut rr).await? == 0 {
-                // TCP closed without close_notify: a truncation.
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            tokio::select! {
+                r = &mut out, if o.is_none() => match r {
+                    Ok(v) => o = Some(v),
+                    Err(e) => break Err(e),
+                },
+                r = &mut back, if b.is_none() => match r {
+                    Ok(v) => b = Some(v),
+                    Err(e) => break Err(e),
+                },
             }
         }
     };
-    tokio::pin!(out, back);
-    let (mut o, mut b) = (None, None);
-    while o.is_none() || b.is_none() {
-        tokio::select! {
-            r = &mut out, if o.is_none() => o = Some(r?),
-            r = &mut back, if b.is_none() => b = Some(r?),
+    if let Err(e) = &result {
+        if let Some(f) = e.get_ref().and_then(|e| e.downcast_ref::<Fatal>()) {
+            let alert = [2, f.alert];
+            let _ = tokio::time::timeout(ALERT_TIMEOUT, write_record(&mut rw, &mut tx, &alert, ALERT)).await;
         }
     }
-    Ok(crate::splice::Carried {
-        out: o.unwrap_or(0),
-        back: b.unwrap_or(0),
-    })
+    result
 }
 
 /// Reads a node's bytes straight into the plaintext parts of the record
@@ -380,15 +624,16 @@ async fn write_ranges<W: AsyncWrite + Unpin>(
     Ok(total as u64)
 }
 
+/// Fixed AES-256-GCM keys from a fixed traffic secret, for tests and fuzzing.
+fn test_keys(records_per_key: u64) -> io::Result<Keys> {
+    Keys::derive(&aead::AES_256_GCM, hkdf::HKDF_SHA384, vec![7u8; 48], records_per_key)
+}
+
 /// Opens records from `bytes` with fixed test keys until an error or the
 /// end; for fuzzing the record parser. Returns the records' contents.
 #[doc(hidden)]
 pub fn fuzz_open(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let secrets = ConnectionTrafficSecrets::Aes256Gcm {
-        key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
-        iv: rustls::crypto::cipher::Iv::new([9u8; 12]),
-    };
-    let Ok(keys) = Keys::new(0, secrets) else {
+    let Ok(keys) = test_keys(DEFAULT_RECORDS_PER_KEY) else {
         return Vec::new();
     };
     let mut rx = Reader::new(keys);
@@ -399,7 +644,7 @@ pub fn fuzz_open(bytes: &[u8]) -> Vec<Vec<u8>> {
     while let Ok(Some(o)) = rx.open_next() {
         match o {
             Opened::Data(r) => out.push(rx.buf[r].to_vec()),
-            Opened::Skip => {}
+            Opened::Skip | Opened::UpdateRequested => {}
             Opened::Closed => break,
         }
     }
@@ -409,11 +654,7 @@ pub fn fuzz_open(bytes: &[u8]) -> Vec<Vec<u8>> {
 /// Seals `data` as records with the same fixed test keys (see [`fuzz_open`]).
 #[doc(hidden)]
 pub fn fuzz_seal(data: &[&[u8]]) -> Vec<u8> {
-    let secrets = ConnectionTrafficSecrets::Aes256Gcm {
-        key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
-        iv: rustls::crypto::cipher::Iv::new([9u8; 12]),
-    };
-    let mut keys = Keys::new(0, secrets).expect("test keys");
+    let mut keys = test_keys(DEFAULT_RECORDS_PER_KEY).expect("test keys");
     let mut out = Vec::new();
     for d in data {
         let mut rec = vec![0u8; HEADER + d.len() + 1 + TAG];
@@ -429,11 +670,11 @@ mod tests {
     use super::*;
 
     fn keys() -> (Keys, Keys) {
-        let k = || ConnectionTrafficSecrets::Aes256Gcm {
-            key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
-            iv: rustls::crypto::cipher::Iv::new([9u8; 12]),
-        };
-        (Keys::new(0, k()).unwrap(), Keys::new(0, k()).unwrap())
+        keys_updating_after(DEFAULT_RECORDS_PER_KEY)
+    }
+
+    fn keys_updating_after(n: u64) -> (Keys, Keys) {
+        (test_keys(n).unwrap(), test_keys(n).unwrap())
     }
 
     #[tokio::test]
@@ -468,11 +709,24 @@ mod tests {
 
     #[tokio::test]
     async fn splices_batches_both_ways_and_closes() {
+        splice_round_trip(DEFAULT_RECORDS_PER_KEY).await;
+    }
+
+    #[tokio::test]
+    async fn key_updates_every_few_records_keep_the_stream_intact() {
+        // A KeyUpdate every 3 records: hundreds of them each way.
+        splice_round_trip(3).await;
+    }
+
+    async fn splice_round_trip(records_per_key: u64) {
         // node_a <-> splice A <-records-> splice B <-> node_b
         let (mut node_a, local_a) = pair().await;
         let (mut node_b, local_b) = pair().await;
         let (wire_a, wire_b) = pair().await;
-        let ((tx_a, rx_b), (tx_b, rx_a)) = (keys(), keys());
+        let ((tx_a, rx_b), (tx_b, rx_a)) = (
+            keys_updating_after(records_per_key),
+            keys_updating_after(records_per_key),
+        );
         let a = tokio::spawn(splice(local_a, wire_a, tx_a, Reader::new(rx_a), |_, _| {}));
         let b = tokio::spawn(splice(local_b, wire_b, tx_b, Reader::new(rx_b), |_, _| {}));
 
@@ -515,5 +769,141 @@ mod tests {
         let (ca, cb) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
         assert_eq!((ca.out, ca.back), (data.len() as u64, 5));
         assert_eq!((cb.out, cb.back), (5, data.len() as u64));
+    }
+
+    #[tokio::test]
+    async fn change_cipher_spec_and_unknown_records_are_fatal() {
+        for (record, alert) in [
+            (vec![CHANGE_CIPHER_SPEC, 3, 3, 0, 1, 1], UNEXPECTED_MESSAGE),
+            (vec![HANDSHAKE, 3, 3, 0, 1, 1], UNEXPECTED_MESSAGE),
+            (vec![APPLICATION_DATA, 3, 3, 0xff, 0xff], RECORD_OVERFLOW),
+            (
+                vec![
+                    APPLICATION_DATA,
+                    3,
+                    3,
+                    0,
+                    17,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+                BAD_RECORD_MAC,
+            ),
+        ] {
+            let (_, rxk) = keys();
+            let err = Reader::new(rxk).first(&mut &record[..]).await.unwrap_err();
+            let f = err
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<Fatal>())
+                .expect("a fatal error");
+            assert_eq!(f.alert, alert, "{record:?}: {err}");
+        }
+        // A handshake message other than a ticket or a KeyUpdate.
+        let (mut tx, rxk) = keys();
+        let mut wire = Vec::new();
+        write_record(&mut wire, &mut tx, &[1, 0, 0, 0], HANDSHAKE)
+            .await
+            .unwrap();
+        let err = Reader::new(rxk).first(&mut &wire[..]).await.unwrap_err();
+        assert!(
+            err.to_string().contains("handshake message after the handshake"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_spliced_tunnel_answers_a_fatal_record_with_an_alert() {
+        let (_node, local) = pair().await;
+        let (wire, mut attacker) = pair().await;
+        let (tx, rxk) = keys();
+        let task = tokio::spawn(splice(local, wire, tx, Reader::new(rxk), |_, _| {}));
+        attacker.write_all(&[CHANGE_CIPHER_SPEC, 3, 3, 0, 1, 1]).await.unwrap();
+        let err = task.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("change_cipher_spec"), "{err}");
+        // What came back is one sealed alert record: unexpected_message.
+        let mut back = Vec::new();
+        attacker.read_to_end(&mut back).await.unwrap();
+        let mut rx = Reader::new(test_keys(DEFAULT_RECORDS_PER_KEY).unwrap());
+        rx.buf[..back.len()].copy_from_slice(&back);
+        rx.end = back.len();
+        let err = rx.open_next().err().expect("an alert");
+        assert!(err.to_string().contains("TLS alert 10"), "{err}");
+    }
+
+    /// rustls itself reads what this layer sends after a KeyUpdate: the key
+    /// schedule here matches the RFC's, not only itself.
+    #[test]
+    fn rustls_follows_our_key_updates() {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        use std::sync::Arc;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["hosta".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let capture = Arc::new(SecretCapture::default());
+        let mut server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der], PrivateKeyDer::try_from(key.serialize_der()).unwrap())
+            .unwrap();
+        server_config.enable_secret_extraction = true;
+        server_config.send_tls13_tickets = 0;
+        server_config.key_log = capture.clone();
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(client_config), ServerName::try_from("hosta").unwrap()).unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+        while client.is_handshaking() || server.is_handshaking() || server.wants_write() {
+            let mut b = Vec::new();
+            client.write_tls(&mut b).unwrap();
+            server.read_tls(&mut &b[..]).unwrap();
+            server.process_new_packets().unwrap();
+            let mut b = Vec::new();
+            server.write_tls(&mut b).unwrap();
+            client.read_tls(&mut &b[..]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        let (mut tx, _) = take_over(server.dangerous_extract_secrets().unwrap(), &capture, Side::Server, 2).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let wire = rt.block_on(async {
+            let mut wire = Vec::new();
+            for i in 0..5u8 {
+                if tx.due(1) {
+                    send_key_update(&mut wire, &mut tx).await.unwrap();
+                }
+                send(&mut wire, &mut tx, &[b'a' + i; 3]).await.unwrap();
+            }
+            wire
+        });
+        client.read_tls(&mut &wire[..]).unwrap();
+        client.process_new_packets().unwrap();
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut client.reader(), &mut got);
+        assert_eq!(got, b"aaabbbcccdddeee");
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{bail, Context as _};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,8 @@ pub const MAX_LOCAL_EPMD_CONNECTIONS: usize = 1024;
 
 /// Runs the proxy until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let tls = Tls::new(TlsConfigs::load(&config.tls, &config.host)?);
+    let (files, host) = (config.tls.clone(), config.host.clone());
+    let tls = Tls::new(tokio::task::spawn_blocking(move || TlsConfigs::load(&files, &host)).await??);
     warn_if_expiring(&config, tls.current().not_after);
     let metrics = Metrics::new(config.peers.iter().map(|p| p.host.as_str()));
     metrics.set_own_not_after(tls.current().not_after);
@@ -81,15 +83,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     mesh.start_static().await?;
     let inetrc = config.inetrc_path();
 
-    let policies = config
-        .peers
-        .iter()
-        .map(|p| (p.host.to_ascii_lowercase(), p.policy.clone()))
-        .collect();
     let ctx = Context {
         tls: tls.clone(),
         local,
-        policies: Arc::new(policies),
         handshake_timeout: config.handshake_timeout,
         metrics: metrics.clone(),
         host: config.host.clone(),
@@ -105,12 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         move |s, from, c| listener::handle(s, from, ctx.clone(), c),
     ));
 
-    tracker.spawn(reload_on_sighup(
-        config.clone(),
-        tls.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    ));
+    tracker.spawn(reload_tls(config.clone(), tls.clone(), metrics.clone(), cancel.clone()));
 
     // The control endpoint: always on a unix socket in state_dir (for
     // `erlmesh status`), and on a loopback TCP port when configured.
@@ -122,7 +113,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     }
-    let (m, h, c, t) = (metrics.clone(), config.host.clone(), cancel.clone(), tracker.clone());
+    let (m, h, c, t) = (
+        metrics.clone(),
+        config.host.to_string(),
+        cancel.clone(),
+        tracker.clone(),
+    );
     tracker.spawn(async move {
         loop {
             let s = tokio::select! {
@@ -143,7 +139,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("{}: metrics: cannot bind {addr}", config.file.display()))?;
-        let (m, h) = (metrics.clone(), config.host.clone());
+        let (m, h) = (metrics.clone(), config.host.to_string());
         tracker.spawn(accept_loop(
             l,
             Arc::new(Semaphore::new(16)),
@@ -190,33 +186,75 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// On SIGHUP, loads the CA, certificate and key again. New connections use
-/// them; open tunnels keep theirs. A bad set is refused and the old stays.
-async fn reload_on_sighup(config: Config, tls: Arc<Tls>, metrics: Arc<Metrics>, cancel: CancellationToken) {
+/// How often the CA, certificate, key and CRL files are looked at for
+/// changes: tools such as cert-manager's CSI driver replace them (a rename,
+/// or a `..data` symlink swap) and send no signal.
+pub const TLS_FILES_POLL: Duration = Duration::from_secs(2);
+
+/// The contents of the TLS files (None where unreadable), to see changes
+/// through renames and symlink swaps alike. Blocking: off the runtime.
+fn tls_files_snapshot(files: &crate::config::TlsFiles) -> Vec<Option<Vec<u8>>> {
+    files.watched().iter().map(|p| std::fs::read(p).ok()).collect()
+}
+
+/// Reloads the CA, certificate, key and CRLs when their files change on
+/// disk (looked at every [`TLS_FILES_POLL`]) or on SIGHUP. New connections
+/// use the new set; open tunnels keep theirs, except those whose peer the
+/// new set refuses (a CRL that revokes it), which are closed. A broken set
+/// is refused with an error and the previous one stays in use.
+async fn reload_tls(config: Config, tls: Arc<Tls>, metrics: Arc<Metrics>, cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
+        Ok(s) => Some(s),
         Err(e) => {
-            warn!(error = %e, "cannot watch SIGHUP; certificates will not be reloaded");
-            return;
+            warn!(error = %e, "cannot watch SIGHUP; certificate files are still watched");
+            None
         }
     };
+    let files = config.tls.clone();
+    let snapshot = || {
+        let f = files.clone();
+        tokio::task::spawn_blocking(move || tls_files_snapshot(&f))
+    };
+    let Ok(mut seen) = snapshot().await else { return };
+    let mut tick = tokio::time::interval(TLS_FILES_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let why = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = hup.recv() => if r.is_none() { return },
-        }
+            r = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                if r.is_none() { hup = None; continue; }
+                "SIGHUP"
+            }
+            _ = tick.tick() => {
+                let Ok(now) = snapshot().await else { return };
+                if now == seen { continue; }
+                seen = now;
+                "files changed"
+            }
+        };
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-        let loaded = TlsConfigs::load(&config.tls, &config.host);
+        let (f, host) = (files.clone(), config.host.clone());
+        let loaded = tokio::task::spawn_blocking(move || TlsConfigs::load(&f, &host)).await;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         match loaded {
-            Ok(c) => {
+            Ok(Ok(c)) => {
                 warn_if_expiring(&config, c.not_after);
                 metrics.set_own_not_after(c.not_after);
-                tls.replace(c);
-                info!(cert = %config.tls.cert.display(), ca = %config.tls.ca.display(), "SIGHUP: certificates reloaded");
+                let closed = tls.replace(c);
+                info!(
+                    reason = why,
+                    cert = %config.tls.cert.display(),
+                    ca = %config.tls.ca.display(),
+                    crls = config.tls.crl.len(),
+                    tunnels_closed = closed.len(),
+                    "certificates reloaded"
+                );
             }
-            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the previous certificates stay in use"),
+            Ok(Err(e)) => {
+                tracing::error!(reason = why, error = %e, "certificate reload refused; the previous certificates stay in use")
+            }
+            Err(e) => tracing::error!(error = %e, "certificate reload failed"),
         }
     }
 }

@@ -41,3 +41,19 @@ pub fn is_disconnect(e: &std::io::Error) -> bool {
         ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
     )
 }
+
+/// Runs a tunnel's splice until it ends or `live` says its peer's
+/// certificate is no longer accepted (then the tunnel is dropped, closing
+/// both sockets: the node sees the connection end).
+pub async fn until_revoked(
+    live: &crate::tls::LiveGuard,
+    splice: impl std::future::Future<Output = std::io::Result<Carried>>,
+) -> std::io::Result<Carried> {
+    tokio::select! {
+        r = splice => r,
+        _ = live.cancelled() => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the peer's certificate is no longer accepted (revoked or expired); tunnel closed",
+        )),
+    }
+}

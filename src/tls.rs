@@ -7,14 +7,19 @@
 //! the CA and takes the peer's identity from its DNS names.
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsFiles;
+use crate::hostname::HostName;
+use crate::record::SecretCapture;
 
 /// A TLS file or setting that could not be used.
 #[derive(Debug, Error)]
@@ -171,11 +176,48 @@ pub struct TlsConfigs {
     pub seed_client: Arc<ClientConfig>,
     /// When this host's certificate expires (Unix seconds).
     pub not_after: i64,
+    /// Records sealed under one key before a KeyUpdate (record.rs).
+    pub records_per_key: u64,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+/// Reads every CRL in the PEM files `paths`.
+fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let read_err = |reason: String| TlsError::Read {
+            path: path.clone(),
+            what: "CRLs",
+            reason,
+        };
+        let crls = CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| read_err(pem_reason(e)))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| read_err(pem_reason(e)))?;
+        if crls.is_empty() {
+            return Err(TlsError::Empty {
+                path: path.clone(),
+                what: "X509 CRL",
+            });
+        }
+        // Checked here, so that a broken file is refused at load, not at
+        // the first handshake.
+        for crl in &crls {
+            webpki::OwnedCertRevocationList::from_der(crl.as_ref()).map_err(|e| TlsError::Ca {
+                path: path.clone(),
+                reason: format!("not a usable CRL: {e:?}"),
+            })?;
+        }
+        out.extend(crls);
+    }
+    Ok(out)
 }
 
 impl TlsConfigs {
-    /// Loads the CA, this host's certificate and key, checks that the
-    /// certificate names `host`, and builds both configs.
+    /// Loads the CA, this host's certificate and key and the CRLs, checks
+    /// that the certificate names `host`, and builds both configs. Reads
+    /// files: call it off the async threads.
     pub fn load(files: &TlsFiles, host: &str) -> Result<TlsConfigs, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let ca_certs = load_certs(&files.ca)?;
@@ -187,6 +229,7 @@ impl TlsConfigs {
             })?;
         }
         let roots = Arc::new(roots);
+        let crls = load_crls(&files.crl)?;
         let chain = load_certs(&files.cert)?;
         let key = load_private_key(&files.key)?;
         let names = cert_dns_names(&chain[0]).map_err(|reason| TlsError::BadCert {
@@ -209,13 +252,26 @@ impl TlsConfigs {
             key: files.key.clone(),
             reason: e.to_string(),
         };
+        let ca_err = |e: rustls::server::VerifierBuilderError| TlsError::Ca {
+            path: files.ca.clone(),
+            reason: e.to_string(),
+        };
 
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        // Revocation: the end-entity certificate is looked up in the CRLs
+        // of its issuer; a CA without a CRL here leaves its certificates'
+        // status unknown, which is allowed (a CRL is optional per CA).
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .with_crls(crls.clone())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
             .build()
-            .map_err(|e| TlsError::Ca {
-                path: files.ca.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(ca_err)?;
+        let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(ca_err)?;
         // TLS 1.2 only when asked for; rustls offers AEAD suites alone.
         let versions: &[&rustls::SupportedProtocolVersion] = if files.allow_tls12 {
             &[&rustls::version::TLS13, &rustls::version::TLS12]
@@ -225,7 +281,7 @@ impl TlsConfigs {
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(mismatch)?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(client_verifier.clone())
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
         // Tunnels take over the record layer once open (record.rs).
@@ -233,37 +289,124 @@ impl TlsConfigs {
         let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(mismatch)?
-            .with_root_certificates(roots.clone())
+            .dangerous()
+            .with_custom_certificate_verifier(server_verifier.clone())
             .with_client_auth_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
         client.enable_secret_extraction = true;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-            .build()
-            .map_err(|e| TlsError::Ca {
-                path: files.ca.clone(),
-                reason: e.to_string(),
-            })?;
-        let seed_client = ClientConfig::builder_with_provider(provider)
+        let mut seed_client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(mismatch)?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SeedVerifier { inner }))
+            .with_custom_certificate_verifier(Arc::new(SeedVerifier {
+                inner: server_verifier.clone(),
+            }))
             .with_client_auth_cert(chain, key)
             .map_err(mismatch)?;
+        seed_client.enable_secret_extraction = true;
         Ok(TlsConfigs {
             server: Arc::new(server),
             client: Arc::new(client),
             seed_client: Arc::new(seed_client),
             not_after,
+            records_per_key: files.records_per_key,
+            client_verifier,
+            server_verifier,
         })
+    }
+
+    /// The server config for one connection, with a capture of its traffic
+    /// secrets for the record layer's key updates.
+    pub fn server_for_connection(&self) -> (Arc<ServerConfig>, Arc<SecretCapture>) {
+        let capture = Arc::new(SecretCapture::default());
+        let mut c = (*self.server).clone();
+        c.key_log = capture.clone();
+        (Arc::new(c), capture)
+    }
+
+    /// The client config (for a seed, when `seed`) for one connection, with
+    /// a capture of its traffic secrets.
+    pub fn client_for_connection(&self, seed: bool) -> (Arc<ClientConfig>, Arc<SecretCapture>) {
+        let capture = Arc::new(SecretCapture::default());
+        let mut c = ClientConfig::clone(if seed { &self.seed_client } else { &self.client });
+        c.key_log = capture.clone();
+        (Arc::new(c), capture)
+    }
+
+    /// Checks a peer's certificate chain now, as a fresh handshake would:
+    /// the chain to the CA, validity at this moment, and the CRLs. A
+    /// resumed session carries the chain of the handshake it resumes, which
+    /// rustls does not verify again; `server_name` is the dialled host for
+    /// a server's chain, `None` for a client's.
+    pub fn check_peer(
+        &self,
+        chain: &[CertificateDer<'static>],
+        server_name: Option<&ServerName<'_>>,
+    ) -> Result<(), rustls::Error> {
+        let (end_entity, intermediates) = chain.split_first().ok_or(rustls::Error::NoCertificatesPresented)?;
+        let now = rustls::pki_types::UnixTime::now();
+        match server_name {
+            None => self
+                .client_verifier
+                .verify_client_cert(end_entity, intermediates, now)
+                .map(|_| ()),
+            Some(name) => {
+                use rustls::client::danger::ServerCertVerifier;
+                self.server_verifier
+                    .verify_server_cert(end_entity, intermediates, name, &[], now)
+                    .map(|_| ())
+            }
+        }
     }
 }
 
 /// The configs in use; replaced whole on reload, so that connections
-/// already open keep the config they started with.
+/// already open keep the config they started with. Open tunnels are
+/// registered with the peer's certificate chain, and those whose peer
+/// no longer passes the check after a reload (a new CRL) are closed.
 #[derive(Debug)]
 pub struct Tls {
     current: RwLock<Arc<TlsConfigs>>,
+    live: Mutex<LiveTunnels>,
+}
+
+#[derive(Debug, Default)]
+struct LiveTunnels {
+    next: u64,
+    open: HashMap<u64, LiveTunnel>,
+}
+
+#[derive(Debug)]
+struct LiveTunnel {
+    peer: String,
+    chain: Vec<CertificateDer<'static>>,
+    /// The dialled host, for outbound tunnels (the peer is the server).
+    server_name: Option<ServerName<'static>>,
+    cancel: CancellationToken,
+}
+
+/// An open tunnel's registration; `cancelled` fires when its peer's
+/// certificate is revoked. Dropping it unregisters the tunnel.
+pub struct LiveGuard {
+    tls: Arc<Tls>,
+    id: u64,
+    cancel: CancellationToken,
+}
+
+impl LiveGuard {
+    /// Resolves when the tunnel must close (its peer's certificate failed
+    /// the check after a reload).
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut live) = self.tls.live.lock() {
+            live.open.remove(&self.id);
+        }
+    }
 }
 
 impl Tls {
@@ -271,15 +414,58 @@ impl Tls {
     pub fn new(c: TlsConfigs) -> Arc<Tls> {
         Arc::new(Tls {
             current: RwLock::new(Arc::new(c)),
+            live: Mutex::new(LiveTunnels::default()),
         })
     }
     /// The configs new connections use.
     pub fn current(&self) -> Arc<TlsConfigs> {
         self.current.read().expect("tls lock").clone()
     }
-    /// Puts new configs in place for new connections.
-    pub fn replace(&self, c: TlsConfigs) {
-        *self.current.write().expect("tls lock") = Arc::new(c);
+    /// Puts new configs in place for new connections, and closes the open
+    /// tunnels whose peer certificate they no longer accept (revoked, or
+    /// expired meanwhile); returns those tunnels' peers. A still-valid
+    /// peer keeps its tunnels, whatever else changed.
+    pub fn replace(&self, c: TlsConfigs) -> Vec<String> {
+        let c = Arc::new(c);
+        *self.current.write().expect("tls lock") = c.clone();
+        let live = self.live.lock().expect("live tunnels lock");
+        let mut closed = Vec::new();
+        for t in live.open.values() {
+            if let Err(e) = c.check_peer(&t.chain, t.server_name.as_ref()) {
+                tracing::warn!(peer = %t.peer, error = %e, "the peer's certificate is no longer accepted; closing its tunnel");
+                t.cancel.cancel();
+                closed.push(t.peer.clone());
+            }
+        }
+        closed
+    }
+    /// Registers an open tunnel to or from `peer`, whose certificate chain
+    /// the TLS connection `conn` saw.
+    pub fn register(
+        self: &Arc<Self>,
+        peer: &str,
+        conn: &rustls::CommonState,
+        server_name: Option<ServerName<'static>>,
+    ) -> LiveGuard {
+        let cancel = CancellationToken::new();
+        let chain = conn.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+        let mut live = self.live.lock().expect("live tunnels lock");
+        live.next += 1;
+        let id = live.next;
+        live.open.insert(
+            id,
+            LiveTunnel {
+                peer: peer.to_owned(),
+                chain,
+                server_name,
+                cancel: cancel.clone(),
+            },
+        );
+        LiveGuard {
+            tls: self.clone(),
+            id,
+            cancel,
+        }
     }
 }
 
@@ -288,10 +474,14 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?} cannot be checked as a TLS name: {e}"))
 }
 
-/// The hosts a verified peer may speak for: the DNS names of its certificate.
-pub fn peer_hosts(conn: &rustls::CommonState) -> Vec<String> {
+/// The hosts a verified peer may speak for: the names of its certificate,
+/// in canonical form (a name that is not a host name is left out).
+pub fn peer_hosts(conn: &rustls::CommonState) -> Vec<HostName> {
     conn.peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| cert_dns_names(c).ok())
         .unwrap_or_default()
+        .iter()
+        .filter_map(|n| HostName::parse(n).ok())
+        .collect()
 }

@@ -44,12 +44,7 @@ fn make_cert(dir: &Path, tag: &str, host: &str, from_days: i64, to_days: i64, se
     let key_path = dir.join(format!("{tag}.key"));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    TlsFiles {
-        ca: dir.join("certs/ca.pem"),
-        cert: cert_path,
-        key: key_path,
-        allow_tls12: false,
-    }
+    TlsFiles::new(dir.join("certs/ca.pem"), cert_path, key_path)
 }
 
 /// rustls configs as a given host would build them, without the check that
@@ -77,12 +72,11 @@ fn a_valid_certificate_for_hostc_cannot_speak_for_hostb() {
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     let hostc = c.host("hostc"); // a real, valid cluster certificate for hostc
-    let files = TlsFiles {
-        ca: c.path().join("certs/ca.pem"),
-        cert: c.path().join("certs/hostc.pem"),
-        key: c.path().join("certs/hostc.key"),
-        allow_tls12: false,
-    };
+    let files = TlsFiles::new(
+        c.path().join("certs/ca.pem"),
+        c.path().join("certs/hostc.pem"),
+        c.path().join("certs/hostc.key"),
+    );
     let tls = configs(&files, &hostc.name);
     let dialer = Dialer::new("hosta", &format!("127.0.0.1:{}", ha.listen_port), tls, Metrics::new([])).unwrap();
     let rt = rt();
@@ -267,12 +261,11 @@ fn the_dialler_checks_the_servers_certificate() {
         .build()
         .unwrap();
     // Where hostb should be, a server with hostc's valid certificate.
-    let hostc = TlsFiles {
-        ca: c.path().join("certs/ca.pem"),
-        cert: c.path().join("certs/hostc.pem"),
-        key: c.path().join("certs/hostc.key"),
-        allow_tls12: false,
-    };
+    let hostc = TlsFiles::new(
+        c.path().join("certs/ca.pem"),
+        c.path().join("certs/hostc.pem"),
+        c.path().join("certs/hostc.key"),
+    );
     fake_peer(&rt, &hostc, "hostc", hb.listen_port);
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pang");
     let log = ha.log();
