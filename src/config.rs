@@ -18,6 +18,13 @@ pub const DEFAULT_STATE_DIR: &str = "/run/erlmesh";
 /// Concurrent connections on the TLS port; a host carries a few tunnels per
 /// node pair, so this leaves ample room while bounding a flood.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Connections on the TLS port still in their TLS handshake, in all.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 256;
+/// Of those, from one source address.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE: usize = 16;
+/// From connect to the first byte of the TLS handshake: a client that
+/// connects and says nothing loses its slot after this.
+pub const DEFAULT_FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(2);
 /// Upper bound for `threads`.
 pub const MAX_THREADS: usize = 256;
 /// How long a client of the TLS port may take from connect to preface; a
@@ -65,6 +72,9 @@ struct RawConfig {
     #[serde(default)]
     epmd: EpmdMode,
     max_connections: Option<usize>,
+    max_unauthenticated: Option<usize>,
+    max_unauthenticated_per_source: Option<usize>,
+    first_bytes_timeout_secs: Option<u64>,
     threads: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     handshake_timeout_secs: Option<u64>,
@@ -167,7 +177,14 @@ pub struct Config {
     pub epmd_port: u16,
     pub epmd: EpmdMode,
     pub state_dir: PathBuf,
+    /// Authenticated connections on the TLS port.
     pub max_connections: usize,
+    /// Connections on the TLS port whose TLS handshake has not completed.
+    pub max_unauthenticated: usize,
+    /// Of those, from one source address.
+    pub max_unauthenticated_per_source: usize,
+    /// From connect to the first byte of the TLS handshake.
+    pub first_bytes_timeout: Duration,
     /// Runtime threads: 1 (one thread, the default), N, or 0 for one per CPU.
     pub threads: usize,
     pub shutdown_grace: Duration,
@@ -224,6 +241,23 @@ impl Config {
         let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1".into()));
+        }
+        let max_unauthenticated = raw.max_unauthenticated.unwrap_or(DEFAULT_MAX_UNAUTHENTICATED);
+        if max_unauthenticated == 0 {
+            return Err(invalid("max_unauthenticated", "must be at least 1".into()));
+        }
+        let max_unauthenticated_per_source = raw
+            .max_unauthenticated_per_source
+            .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE);
+        if max_unauthenticated_per_source == 0 {
+            return Err(invalid("max_unauthenticated_per_source", "must be at least 1".into()));
+        }
+        let first_bytes_timeout = Duration::from_secs(
+            raw.first_bytes_timeout_secs
+                .unwrap_or(DEFAULT_FIRST_BYTES_TIMEOUT.as_secs()),
+        );
+        if first_bytes_timeout.is_zero() {
+            return Err(invalid("first_bytes_timeout_secs", "must be at least 1".into()));
         }
         let threads = raw.threads.unwrap_or(1);
         if threads > MAX_THREADS {
@@ -339,6 +373,9 @@ impl Config {
             epmd: raw.epmd,
             state_dir: rel(raw.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))),
             max_connections,
+            max_unauthenticated,
+            max_unauthenticated_per_source,
+            first_bytes_timeout,
             threads,
             shutdown_grace: raw
                 .shutdown_grace_secs
@@ -358,6 +395,17 @@ impl Config {
         })
     }
 
+    /// File descriptors the configured caps can take at once: two per
+    /// authenticated connection (the TLS socket and the node's), one per
+    /// anonymous one, one per local EPMD connection, and a reserve for
+    /// listeners, faces, files and outbound dials.
+    pub fn descriptors_needed(&self) -> u64 {
+        (2 * self.max_connections
+            + self.max_unauthenticated
+            + crate::server::MAX_LOCAL_EPMD_CONNECTIONS
+            + DESCRIPTOR_RESERVE) as u64
+    }
+
     /// The resolver file local nodes read through `ERL_INETRC`.
     pub fn inetrc_path(&self) -> PathBuf {
         self.state_dir.join("inetrc")
@@ -368,6 +416,10 @@ impl Config {
 fn check_host(h: &str) -> Result<(), String> {
     HostName::parse(h).map(|_| ()).map_err(|e| e.to_string())
 }
+
+/// Descriptors kept for what the caps do not count (see
+/// [`Config::descriptors_needed`]).
+const DESCRIPTOR_RESERVE: usize = 256;
 
 /// Node-name patterns; absent means every node.
 fn patterns(v: Option<Vec<String>>) -> Result<Vec<Pattern>, String> {

@@ -10,6 +10,7 @@ use crate::policy::short;
 use crate::preface::{self, Preface, TunnelStatus};
 use crate::record;
 use crate::record::{SecretCapture, Side};
+use crate::serve::AnonymousSlot;
 use crate::splice::{is_disconnect, splice, until_revoked};
 use crate::tls::cert_not_after;
 use crate::tls::{peer_hosts, Tls};
@@ -40,6 +41,8 @@ pub struct Context {
     /// From connect to the end of the preface (and a tunnel's send_name):
     /// a slow or silent client loses its slot after this.
     pub handshake_timeout: Duration,
+    /// From connect to the first byte of the TLS handshake.
+    pub first_bytes_timeout: Duration,
     pub metrics: Arc<Metrics>,
     /// This host's name, for the local end of tunnels in status.
     pub host: HostName,
@@ -56,8 +59,19 @@ impl Context {
 }
 
 /// Serves one connection on the TLS port.
-pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: CancellationToken) {
+pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: Context, _cancel: CancellationToken) {
     let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
+    // A client that connects and says nothing gives its anonymous slot
+    // back long before the handshake deadline.
+    match timeout(ctx.first_bytes_timeout, tcp.peek(&mut [0u8; 1])).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return,
+        Err(_) => {
+            debug!(%from, "no TLS bytes within {:?}; closed", ctx.first_bytes_timeout);
+            ctx.metrics.handshake_failed("no_first_bytes");
+            return;
+        }
+    }
     let configs = ctx.tls.current();
     let (server_config, capture) = configs.server_for_connection();
     let acceptor = TlsAcceptor::from(server_config);
@@ -73,6 +87,12 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, ctx: Context, _cancel: Can
             ctx.metrics.handshake_failed("timeout");
             return;
         }
+    };
+    // Verified: from here on the connection holds an authenticated slot.
+    let Some(_slot) = slot.authenticated() else {
+        warn!(%from, "every authenticated slot (max_connections) is taken; closed");
+        ctx.metrics.refused("max_connections");
+        return;
     };
     let hosts = peer_hosts(tls.get_ref().1);
     let Some(peer) = hosts.first().cloned() else {

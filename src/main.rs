@@ -40,6 +40,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_logging(log_format);
             let config = load(&config)?;
             erlmesh::server::precheck(&config);
+            let nofile = erlmesh::server::raise_descriptor_limit(&config)?;
+            tracing::debug!(nofile, needed = config.descriptors_needed(), "open-file limit");
             let rt = runtime(config.threads)?;
             rt.block_on(async {
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();

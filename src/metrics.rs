@@ -62,6 +62,7 @@ pub struct Metrics {
     pub handshake_failures: Family<ReasonLabels, Counter>,
     pub identity_refusals: Family<PeerLabels, Counter>,
     pub epmd_requests: Family<RequestLabels, Counter>,
+    pub refused: Family<ReasonLabels, Counter>,
     cert_expiry: Gauge,
     own_not_after: AtomicI64,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
@@ -99,6 +100,12 @@ impl Metrics {
         let identity_refusals = Family::<PeerLabels, Counter>::default();
         let epmd_requests = Family::<RequestLabels, Counter>::default();
         let cert_expiry = Gauge::default();
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections on the TLS port closed before TLS, by reason",
+            refused.clone(),
+        );
         registry.register("tunnels_open", "Tunnels open, per peer host", tunnels_open.clone());
         registry.register("bytes", "Bytes carried, per peer host and direction", bytes.clone());
         registry.register(
@@ -126,6 +133,7 @@ impl Metrics {
             tunnels_open,
             bytes,
             handshake_failures,
+            refused,
             identity_refusals,
             epmd_requests,
             cert_expiry,
@@ -154,6 +162,15 @@ impl Metrics {
         self.epmd_requests
             .get_or_create(&RequestLabels {
                 request: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection refused before TLS.
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
             })
             .inc();
     }

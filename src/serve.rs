@@ -2,12 +2,13 @@
 //! `accept`, each connection runs as a tracked task, and the loop ends on
 //! shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -59,4 +60,146 @@ pub async fn accept_loop<F, Fut>(
         });
     }
     debug!(listener = what, "accept loop ended");
+}
+
+/// Admission on the TLS port. A connection whose TLS handshake has not
+/// completed is anonymous: it holds one of `max_unauthenticated` slots, at
+/// most `max_per_source` of them per source address, and loses it at the
+/// first-bytes or handshake deadline. Once the peer's certificate is
+/// verified it moves to one of `max_connections` authenticated slots,
+/// which anonymous connections therefore can never take.
+pub struct Admission {
+    anonymous: Arc<Semaphore>,
+    authenticated: Arc<Semaphore>,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+    max_per_source: usize,
+}
+
+/// Why a connection was refused at admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every anonymous slot is taken.
+    Anonymous,
+    /// This source address holds its share of anonymous slots.
+    PerSource,
+}
+
+impl Refused {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::Anonymous => "unauthenticated_slots_full",
+            Refused::PerSource => "per_source_limit",
+        }
+    }
+}
+
+/// An anonymous slot, released when dropped.
+pub struct AnonymousSlot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for AnonymousSlot {
+    fn drop(&mut self) {
+        let mut per = self.admission.per_source.lock().expect("admission lock");
+        if let Some(n) = per.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl AnonymousSlot {
+    /// Trades this slot for an authenticated one, if one is free.
+    pub fn authenticated(self) -> Option<OwnedSemaphorePermit> {
+        self.admission.authenticated.clone().try_acquire_owned().ok()
+    }
+}
+
+impl Admission {
+    pub fn new(max_unauthenticated: usize, max_per_source: usize, max_connections: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            anonymous: Arc::new(Semaphore::new(max_unauthenticated)),
+            authenticated: Arc::new(Semaphore::new(max_connections)),
+            per_source: Mutex::new(HashMap::new()),
+            max_per_source,
+        })
+    }
+
+    /// An anonymous slot for a connection from `ip`, if its share and the
+    /// pool allow one.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<AnonymousSlot, Refused> {
+        let ip = ip.to_canonical();
+        let mut per = self.per_source.lock().expect("admission lock");
+        let n = per.get(&ip).copied().unwrap_or(0);
+        if n >= self.max_per_source {
+            return Err(Refused::PerSource);
+        }
+        let permit = self
+            .anonymous
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Anonymous)?;
+        per.insert(ip, n + 1);
+        Ok(AnonymousSlot {
+            admission: self.clone(),
+            ip,
+            _permit: permit,
+        })
+    }
+}
+
+/// How often refusals at admission are logged (with their count since).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The TLS port's accept loop: accepts at once (so the kernel's backlog
+/// never fills behind a flood), admits through `admission` or closes, and
+/// runs `handle` for each admitted connection.
+pub async fn accept_admitted<F, Fut>(
+    listener: TcpListener,
+    admission: Arc<Admission>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    refused: impl Fn(Refused),
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, AnonymousSlot, CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut last_log: Option<tokio::time::Instant> = None;
+    let mut unlogged = 0u64;
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(listener = "tls", error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let slot = match admission.admit(addr.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                refused(why);
+                unlogged += 1;
+                if last_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                    warn!(from = %addr, reason = why.label(), refused = unlogged, "connections refused before TLS (count since the last such line)");
+                    last_log = Some(tokio::time::Instant::now());
+                    unlogged = 0;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(listener = "tls", error = %e, "set TCP_NODELAY failed");
+        }
+        tracker.spawn(handle(stream, addr, slot, cancel.child_token()));
+    }
+    debug!(listener = "tls", "accept loop ended");
 }

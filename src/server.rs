@@ -8,7 +8,7 @@ use crate::epmd::LocalEpmd;
 use crate::listener::{self, Context};
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
-use crate::serve::accept_loop;
+use crate::serve::{accept_admitted, accept_loop, Admission};
 use crate::tls::{Tls, TlsConfigs};
 use anyhow::{bail, Context as _};
 use std::future::Future;
@@ -87,18 +87,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tls: tls.clone(),
         local,
         handshake_timeout: config.handshake_timeout,
+        first_bytes_timeout: config.first_bytes_timeout,
         metrics: metrics.clone(),
         host: config.host.clone(),
         mesh: mesh.clone(),
     };
-    let slots = Arc::new(Semaphore::new(config.max_connections));
-    tracker.spawn(accept_loop(
+    let admission = Admission::new(
+        config.max_unauthenticated,
+        config.max_unauthenticated_per_source,
+        config.max_connections,
+    );
+    let m = metrics.clone();
+    tracker.spawn(accept_admitted(
         tls_listener,
-        slots,
+        admission,
         cancel.clone(),
         tracker.clone(),
-        "tls",
-        move |s, from, c| listener::handle(s, from, ctx.clone(), c),
+        move |why| m.refused(why.label()),
+        move |s, from, slot, c| listener::handle(s, from, slot, ctx.clone(), c),
     ));
 
     tracker.spawn(reload_tls(config.clone(), tls.clone(), metrics.clone(), cancel.clone()));
@@ -281,6 +287,25 @@ pub async fn shutdown_signal() -> anyhow::Result<()> {
         _ = int.recv() => info!("SIGINT received"),
     }
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one, and refuses to start
+/// when even that cannot hold what the configured caps may open.
+pub fn raise_descriptor_limit(config: &Config) -> anyhow::Result<u64> {
+    let need = config.descriptors_needed();
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    let soft = rlimit::increase_nofile_limit(hard)?;
+    if soft < need {
+        bail!(
+            "the open-file limit is {soft} (hard limit {hard}), but max_connections = {}, max_unauthenticated = {} and \
+             the local EPMD ({MAX_LOCAL_EPMD_CONNECTIONS}) need up to {need}: raise it (LimitNOFILE={need} in the \
+             systemd unit, or `ulimit -n {need}`) or lower those caps in {}",
+            config.max_connections,
+            config.max_unauthenticated,
+            config.file.display()
+        );
+    }
+    Ok(soft)
 }
 
 /// Warns about settings that are valid but probably not what was meant.
