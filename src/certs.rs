@@ -120,7 +120,6 @@ pub fn revoke(dir: &Path, host: &str) -> Result<Revoked, CertError> {
         return Err(CertError::BadHost(host.to_owned()));
     }
     let cert_path = dir.join(format!("{host}.pem"));
-    let crl_path = dir.join(CRL_FILE);
     let chain = crate::tls::load_certs(&cert_path).map_err(|e| CertError::Parse {
         path: cert_path.clone(),
         what: "certificate",
@@ -131,9 +130,21 @@ pub fn revoke(dir: &Path, host: &str) -> Result<Revoked, CertError> {
         what: "certificate",
         reason: e.to_string(),
     })?;
-    let serial = cert.raw_serial().to_vec();
-    let serial_hex = cert.raw_serial_as_string();
+    update_crl(dir, Some((cert.raw_serial().to_vec(), cert.raw_serial_as_string())))
+}
+
+/// Writes DIR/crl.pem anew, signed by the CA, keeping its entries (none
+/// when it is new) with a fresh thisUpdate: the first CRL of a cluster, to
+/// put in `tls.crl` before anything is revoked.
+pub fn refresh_crl(dir: &Path) -> Result<Revoked, CertError> {
+    update_crl(dir, None)
+}
+
+/// Rewrites DIR/crl.pem with its entries plus `add` (serial, hex).
+fn update_crl(dir: &Path, add: Option<(Vec<u8>, String)>) -> Result<Revoked, CertError> {
+    let crl_path = dir.join(CRL_FILE);
     let issuer = ca_issuer(dir)?;
+    let (serial, serial_hex) = add.unwrap_or_default();
 
     // The entries and number of the CRL there is, if any.
     let mut revoked = Vec::new();
@@ -175,12 +186,14 @@ pub fn revoke(dir: &Path, host: &str) -> Result<Revoked, CertError> {
         }
     }
     let now = OffsetDateTime::now_utc();
-    revoked.push(rcgen::RevokedCertParams {
-        serial_number: rcgen::SerialNumber::from_slice(&serial),
-        revocation_time: now,
-        reason_code: None,
-        invalidity_date: None,
-    });
+    if !serial.is_empty() {
+        revoked.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&serial),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
     let listed = revoked.len();
     let params = rcgen::CertificateRevocationListParams {
         this_update: now - CLOCK_SKEW,

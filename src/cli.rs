@@ -107,6 +107,14 @@ pub enum CertCommand {
         #[arg(long)]
         host: String,
     },
+    /// Write DIR/crl.pem anew, signed by DIR/ca.pem and DIR/ca.key, keeping
+    /// the certificates it lists (none when new): the first CRL of a
+    /// cluster, for `tls.crl` before anything is revoked.
+    Crl {
+        /// Directory holding the CA; crl.pem is written there.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Issue DIR/HOST.pem and DIR/HOST.key (mode 0600) for one host, signed
     /// by DIR/ca.pem and DIR/ca.key. HOST is the host part of that host's
     /// node names (hostb, or hostb.example.com for long names).

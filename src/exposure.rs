@@ -2,18 +2,92 @@
 //! /proc/net/tcp and /proc/net/tcp6 (this network namespace's sockets).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Registrations whose check waits; beyond this a check is skipped.
+pub const MAX_QUEUED_CHECKS: usize = 256;
+/// /proc/net/tcp is read at most once per this interval, for every
+/// registration queued meanwhile: a local process that registers names in
+/// a loop costs one read a second, on a blocking thread.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checks, off the runtime threads and at most once per [`CHECK_INTERVAL`],
+/// whether newly registered nodes listen beyond loopback, and warns.
+#[derive(Clone)]
+pub struct ExposureChecker {
+    tx: mpsc::Sender<(String, u16)>,
+}
+
+impl ExposureChecker {
+    /// Starts the checking task; it ends with `cancel`.
+    pub fn start(tracker: &tokio_util::task::TaskTracker, cancel: CancellationToken) -> ExposureChecker {
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_CHECKS);
+        tracker.spawn(run(rx, cancel));
+        ExposureChecker { tx }
+    }
+
+    /// Queues a check of node `name`'s distribution port.
+    pub fn check(&self, name: &str, port: u16) {
+        if self.tx.try_send((name.to_owned(), port)).is_err() {
+            debug!(node = %name, "exposure check queue full; this registration is not checked");
+        }
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<(String, u16)>, cancel: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        let mut batch = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            batch.push(m);
+        }
+        let Ok(listening) = tokio::task::spawn_blocking(listening_sockets).await else {
+            return;
+        };
+        for (name, port) in batch {
+            let exposed: Vec<_> = listening
+                .iter()
+                .filter(|a| a.port() == port && !a.ip().is_loopback())
+                .collect();
+            if !exposed.is_empty() {
+                warn!(
+                    node = %name,
+                    ?exposed,
+                    "this node's distribution port is open to the network, outside erlmesh's TLS: \
+                     start it with -kernel inet_dist_use_interface {{127,0,0,1}} (erlmesh env sets it)"
+                );
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(CHECK_INTERVAL) => {}
+        }
+    }
+}
 
 /// Listening sockets on `port` whose address is not loopback (0.0.0.0, ::
-/// or a real interface's address): reachable from the network.
+/// or a real interface's address): reachable from the network. Reads
+/// /proc: blocking.
 pub fn exposed_listeners(port: u16) -> Vec<SocketAddr> {
+    listening_sockets()
+        .into_iter()
+        .filter(|a| a.port() == port && !a.ip().is_loopback())
+        .collect()
+}
+
+/// Every listening TCP socket of this network namespace. Reads /proc:
+/// blocking.
+pub fn listening_sockets() -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for (path, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
         if let Ok(text) = std::fs::read_to_string(path) {
-            out.extend(
-                parse(&text, v6)
-                    .into_iter()
-                    .filter(|a| a.port() == port && !a.ip().is_loopback()),
-            );
+            out.extend(parse(&text, v6));
         }
     }
     out

@@ -104,6 +104,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Cert(CertCommand::Crl { dir }) => {
+            let r = erlmesh::certs::refresh_crl(&dir)?;
+            println!(
+                "wrote {}: it lists {} revoked certificate(s)",
+                r.crl.display(),
+                r.listed
+            );
+            Ok(())
+        }
         Command::Cert(CertCommand::Revoke { dir, host }) => {
             let r = erlmesh::certs::revoke(&dir, &host)?;
             if r.already {

@@ -167,7 +167,7 @@ impl Mesh {
     /// and writes the resolver file.
     pub async fn start_static(self: &Arc<Self>) -> anyhow::Result<()> {
         let mut peers = self.peers.lock().await;
-        let aliases = self.assign(&peers, &[])?;
+        let aliases = self.assign(&peers, &[]).await?;
         for p in &self.static_peers {
             let alias = aliases[&p.host];
             let face_cancel = self.open_face(&p.host, &p.address, alias, p.policy.clone()).await?;
@@ -182,12 +182,13 @@ impl Mesh {
                 },
             );
         }
-        self.write_resolver(&peers)?;
+        self.write_resolver(&peers).await?;
         Ok(())
     }
 
-    /// Allocates aliases for every host in the table plus `extra`.
-    fn assign(
+    /// Allocates aliases for every host in the table plus `extra` (the
+    /// alias file is read and written on a blocking thread).
+    async fn assign(
         &self,
         peers: &BTreeMap<HostName, Entry>,
         extra: &[&HostName],
@@ -211,9 +212,12 @@ impl Mesh {
                 policy: Policy::default(),
             });
         }
-        let ips = alias::assign(&list, &self.state_dir)
+        let hosts: Vec<HostName> = list.iter().map(|p| p.host.clone()).collect();
+        let dir = self.state_dir.clone();
+        let ips = tokio::task::spawn_blocking(move || alias::assign(&list, &dir))
+            .await?
             .map_err(|e| anyhow::anyhow!("{}: cannot keep the alias table: {e}", self.state_dir.display()))?;
-        Ok(list.into_iter().map(|p| p.host).zip(ips).collect())
+        Ok(hosts.into_iter().zip(ips).collect())
     }
 
     async fn open_face(
@@ -261,15 +265,21 @@ impl Mesh {
         Ok(face_cancel)
     }
 
-    fn write_resolver(&self, peers: &BTreeMap<HostName, Entry>) -> anyhow::Result<()> {
+    /// Writes the resolver files from the table (one canonical name per
+    /// host), on a blocking thread.
+    async fn write_resolver(&self, peers: &BTreeMap<HostName, Entry>) -> anyhow::Result<()> {
         let table: Vec<(String, Ipv4Addr)> = peers.iter().map(|(h, e)| (h.to_string(), e.alias)).collect();
         let hosts = self.state_dir.join(resolver::HOSTS_FILE);
-        resolver::write_atomically(&hosts, resolver::render_hosts(&self.host, &table).as_bytes())
-            .map_err(|e| anyhow::anyhow!("{}: cannot write the hosts file: {e}", hosts.display()))?;
         let inetrc = self.state_dir.join(resolver::INETRC_FILE);
-        resolver::write_atomically(&inetrc, resolver::render(&self.host, &table, &hosts).as_bytes())
-            .map_err(|e| anyhow::anyhow!("{}: cannot write the resolver file: {e}", inetrc.display()))?;
-        Ok(())
+        let hosts_text = resolver::render_hosts(&self.host, &table);
+        let inetrc_text = resolver::render(&self.host, &table, &hosts);
+        tokio::task::spawn_blocking(move || {
+            resolver::write_atomically(&hosts, hosts_text.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: cannot write the hosts file: {e}", hosts.display()))?;
+            resolver::write_atomically(&inetrc, inetrc_text.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: cannot write the resolver file: {e}", inetrc.display()))
+        })
+        .await?
     }
 
     /// The hosts to tell others about: this one first, then the table.
@@ -465,7 +475,7 @@ impl Mesh {
         if self.static_peers.iter().any(|p| &p.host == host) {
             return Ok(());
         }
-        let aliases = self.assign(&peers, &[host])?;
+        let aliases = self.assign(&peers, &[host]).await?;
         let alias = aliases[host];
         let face_cancel = self
             .open_face(host, address, alias, self.default_policy.clone())
@@ -480,7 +490,7 @@ impl Mesh {
                 last_ok: Instant::now(),
             },
         );
-        self.write_resolver(&peers)?;
+        self.write_resolver(&peers).await?;
         self.metrics.verified(host);
         info!(%host, %address, %alias, "peer learnt and verified");
         Ok(())
@@ -554,7 +564,7 @@ impl Mesh {
                 e.face_cancel.cancel();
                 warn!(%host, after = ?self.forget_after, "peer unreachable for too long; dropped (its alias stays reserved)");
                 self.metrics.forget(host);
-                if let Err(e) = self.write_resolver(&peers) {
+                if let Err(e) = self.write_resolver(&peers).await {
                     warn!(error = %e, "cannot rewrite the resolver file");
                 }
             }

@@ -37,7 +37,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let tracker = TaskTracker::new();
 
     // An epmd reachable from the network undoes what erlmesh is for.
-    let exposed = crate::exposure::exposed_listeners(config.epmd_port);
+    let port = config.epmd_port;
+    let exposed = tokio::task::spawn_blocking(move || crate::exposure::exposed_listeners(port)).await?;
     if !exposed.is_empty() {
         bail!(
             "the EPMD port {} is open to the network on {:?}: stop that epmd (systemctl disable --now epmd.socket epmd.service) \
@@ -61,13 +62,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let registry = Registry::new();
             let slots = Arc::new(Semaphore::new(MAX_LOCAL_EPMD_CONNECTIONS));
             let (reg, port, m) = (registry.clone(), config.epmd_port, metrics.clone());
+            let exposure = crate::exposure::ExposureChecker::start(&tracker, cancel.clone());
             tracker.spawn(accept_loop(
                 l,
                 slots,
                 cancel.clone(),
                 tracker.clone(),
                 "epmd",
-                move |s, from, c| epmd::server::handle(s, from, reg.clone(), port, m.clone(), c),
+                move |s, from, c| epmd::server::handle(s, from, reg.clone(), port, m.clone(), exposure.clone(), c),
             ));
             LocalEpmd::Embedded(registry)
         }

@@ -335,11 +335,7 @@ fn garbage_and_silence_on_the_tls_port() {
         let mut buf = [0u8; 16];
         assert!(matches!(s.read(&mut buf), Ok(0)), "a silent client was not closed");
     }
-    assert!(
-        ha.log().contains("no TLS bytes within 2s"),
-        "{}",
-        ha.log()
-    );
+    assert!(ha.log().contains("no TLS bytes within 2s"), "{}", ha.log());
     assert!(!ha.log().contains("panicked"));
     // The cluster carried on.
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");

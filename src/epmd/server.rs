@@ -74,6 +74,7 @@ pub async fn handle(
     registry: Arc<Registry>,
     epmd_port: u16,
     metrics: Arc<crate::metrics::Metrics>,
+    exposure: crate::exposure::ExposureChecker,
     cancel: CancellationToken,
 ) {
     let span = tracing::debug_span!("epmd", %from);
@@ -114,15 +115,7 @@ pub async fn handle(
                     return;
                 }
                 info!(node = %name, port, "node registered");
-                let exposed = crate::exposure::exposed_listeners(port);
-                if !exposed.is_empty() {
-                    warn!(
-                        node = %name,
-                        ?exposed,
-                        "this node's distribution port is open to the network, outside erlmesh's TLS: \
-                         start it with -kernel inet_dist_use_interface {{127,0,0,1}} (erlmesh env sets it)"
-                    );
-                }
+                exposure.check(&name, port);
                 // The registration lasts as long as this connection.
                 let mut sink = [0u8; 64];
                 loop {
