@@ -537,6 +537,42 @@ address = "hostc.example.com:4370"
     }
 
     #[test]
+    fn host_names_are_canonical() {
+        let text = GOOD
+            .replace("host = \"hosta\"", "host = \"HostA.\"")
+            .replace("host = \"hostb\"", "host = \"HOSTB\"");
+        let c = Config::parse(Path::new("/x.toml"), &text).unwrap();
+        assert_eq!(c.host, "hosta");
+        assert_eq!(c.peers[0].host, "hostb");
+        // Two spellings of one host, or this host under another spelling.
+        let e = err(&format!(
+            "{GOOD}\n[[peers]]\nhost = \"HostB.\"\naddress = \"192.0.2.8:4370\"\n"
+        ));
+        assert!(e.contains("peers[2].host") && e.contains("listed twice"), "{e}");
+        let e = err(&GOOD.replace("host = \"hostb\"", "host = \"HOSTA\""));
+        assert!(e.contains("this host itself"), "{e}");
+        let e = err(&GOOD.replace("host = \"hostb\"", "host = \"host b\""));
+        assert!(e.contains("peers[0].host") && e.contains("not a host name"), "{e}");
+    }
+
+    #[test]
+    fn default_policy_and_admission_keys() {
+        let text = GOOD.replace(
+            "state_dir = \"state\"",
+            "state_dir = \"state\"\nmax_unauthenticated = 10\nmax_unauthenticated_per_source = 2\nfirst_bytes_timeout_secs = 1\n[default_policy]\nnodes = [\"web*\"]\nlocal_nodes = [\"api\"]",
+        );
+        let c = Config::parse(Path::new("/x.toml"), &text).unwrap();
+        assert!(c.default_policy.allows_remote("web1") && !c.default_policy.allows_remote("db"));
+        assert!(c.default_policy.allows_local("api") && !c.default_policy.allows_local("db"));
+        assert_eq!((c.max_unauthenticated, c.max_unauthenticated_per_source), (10, 2));
+        assert_eq!(c.first_bytes_timeout, Duration::from_secs(1));
+        let e = err(&text.replace("nodes = [\"web*\"]", "nodes = [\"\"]"));
+        assert!(e.contains("default_policy.nodes: empty pattern"), "{e}");
+        let e = err(&GOOD.replace("[tls]", "[tls]\nrecords_per_key = 0"));
+        assert!(e.contains("tls.records_per_key"), "{e}");
+    }
+
+    #[test]
     fn threads_default_to_one() {
         let c = Config::parse(Path::new("/etc/erlmesh/erlmesh.toml"), GOOD).unwrap();
         assert_eq!(c.threads, 1);

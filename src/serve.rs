@@ -188,7 +188,7 @@ pub async fn accept_admitted<F, Fut>(
             Err(why) => {
                 refused(why);
                 unlogged += 1;
-                if last_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                if last_log.map_or(true, |t| t.elapsed() >= REFUSAL_LOG_INTERVAL) {
                     warn!(from = %addr, reason = why.label(), refused = unlogged, "connections refused before TLS (count since the last such line)");
                     last_log = Some(tokio::time::Instant::now());
                     unlogged = 0;

@@ -125,6 +125,7 @@ impl Cluster {
             netns: None,
             peers: Vec::new(),
             extra: String::new(),
+            tls_extra: String::new(),
             run_env: Vec::new(),
             run_args: Vec::new(),
             skip_env: Vec::new(),
@@ -179,6 +180,9 @@ pub struct Host {
     pub peers: Vec<(String, String)>,
     /// Extra top-level config lines.
     pub extra: String,
+    /// Extra lines in the config's [tls] table (paths relative to the
+    /// cluster directory).
+    pub tls_extra: String,
     /// Extra environment and arguments for `erlmesh run`.
     pub run_env: Vec<(String, String)>,
     pub run_args: Vec<String>,
@@ -205,8 +209,16 @@ impl Host {
 
     pub fn write_config(&self) {
         let mut c = format!(
-            "host = \"{}\"\nlisten = \"{}:{}\"\nepmd_port = {}\nstate_dir = \"state-{}\"\n{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{}.pem\"\nkey = \"certs/{}.key\"\n",
-            self.name, self.listen_ip, self.listen_port, self.epmd_port, self.name, self.extra, self.name, self.name
+            "host = \"{}\"\nlisten = \"{}:{}\"\nepmd_port = {}\nstate_dir = \"state-{}\"\n{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{}.pem\"\nkey = \"certs/{}.key\"\n{}\n",
+            self.name,
+            self.listen_ip,
+            self.listen_port,
+            self.epmd_port,
+            self.name,
+            self.extra,
+            self.name,
+            self.name,
+            self.tls_extra
         );
         for (h, addr) in &self.peers {
             c.push_str(&format!("\n[[peers]]\nhost = \"{h}\"\naddress = \"{addr}\"\n"));
