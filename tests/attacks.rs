@@ -51,18 +51,6 @@ fn dialer(tls: Arc<Tls>, host: &Host) -> Dialer {
     .unwrap()
 }
 
-/// A send_name ('N', version 6) for `node`.
-fn send_name(node: &str) -> Vec<u8> {
-    let mut body = vec![b'N'];
-    body.extend_from_slice(&0x0000_000d_07df_7fbd_u64.to_be_bytes());
-    body.extend_from_slice(&1u32.to_be_bytes());
-    body.extend_from_slice(&(node.len() as u16).to_be_bytes());
-    body.extend_from_slice(node.as_bytes());
-    let mut f = (body.len() as u16).to_be_bytes().to_vec();
-    f.extend_from_slice(&body);
-    f
-}
-
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())

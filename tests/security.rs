@@ -53,18 +53,6 @@ fn configs(files: &TlsFiles, claimed_host: &str) -> std::sync::Arc<Tls> {
     Tls::new(TlsConfigs::load(files, claimed_host).expect("attacker configs"))
 }
 
-/// A send_name ('N', version 6) for `node`, as a real node sends it.
-fn send_name(node: &str) -> Vec<u8> {
-    let mut body = vec![b'N'];
-    body.extend_from_slice(&0x0000_000d_07df_7fbd_u64.to_be_bytes());
-    body.extend_from_slice(&1u32.to_be_bytes());
-    body.extend_from_slice(&(node.len() as u16).to_be_bytes());
-    body.extend_from_slice(node.as_bytes());
-    let mut f = (body.len() as u16).to_be_bytes().to_vec();
-    f.extend_from_slice(&body);
-    f
-}
-
 #[test]
 fn a_valid_certificate_for_hostc_cannot_speak_for_hostb() {
     let c = Cluster::new();
