@@ -102,6 +102,7 @@ struct RawTls {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    /// Gone (TLS 1.3 only): read so that old configs get a clear error.
     min_version: Option<String>,
     #[serde(default)]
     crl: Vec<PathBuf>,
@@ -124,8 +125,6 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// Whether TLS 1.2 (AEAD suites only) is accepted besides TLS 1.3.
-    pub allow_tls12: bool,
     /// Certificate revocation lists (PEM), checked on both sides.
     pub crl: Vec<PathBuf>,
     /// Records sealed under one key before a TLS 1.3 KeyUpdate.
@@ -139,7 +138,6 @@ impl TlsFiles {
             ca,
             cert,
             key,
-            allow_tls12: false,
             crl: Vec::new(),
             records_per_key: crate::record::DEFAULT_RECORDS_PER_KEY,
         }
@@ -307,16 +305,12 @@ impl Config {
                 local_nodes: patterns(p.local_nodes).map_err(|m| invalid("default_policy.local_nodes", m))?,
             },
         };
-        let allow_tls12 = match raw.tls.min_version.as_deref() {
-            None | Some("1.3") => false,
-            Some("1.2") => true,
-            Some(v) => {
-                return Err(invalid(
-                    "tls.min_version",
-                    format!("{v:?}: expected \"1.3\" (default) or \"1.2\""),
-                ))
-            }
-        };
+        if let Some(v) = raw.tls.min_version {
+            return Err(invalid(
+                "tls.min_version",
+                format!("{v:?}: erlmesh speaks TLS 1.3 only since 0.2; remove this key"),
+            ));
+        }
         let records_per_key = raw
             .tls
             .records_per_key
@@ -387,7 +381,6 @@ impl Config {
                 ca: rel(raw.tls.ca),
                 cert: rel(raw.tls.cert),
                 key: rel(raw.tls.key),
-                allow_tls12,
                 crl: raw.tls.crl.into_iter().map(rel).collect(),
                 records_per_key,
             },
@@ -570,6 +563,12 @@ address = "hostc.example.com:4370"
         assert!(e.contains("default_policy.nodes: empty pattern"), "{e}");
         let e = err(&GOOD.replace("[tls]", "[tls]\nrecords_per_key = 0"));
         assert!(e.contains("tls.records_per_key"), "{e}");
+    }
+
+    #[test]
+    fn tls_min_version_is_gone() {
+        let e = err(&GOOD.replace("[tls]", "[tls]\nmin_version = \"1.2\""));
+        assert!(e.contains("tls.min_version") && e.contains("TLS 1.3 only"), "{e}");
     }
 
     #[test]

@@ -5,13 +5,13 @@
 use crate::epmd::codec::{self, Request};
 use crate::epmd::server::{read_request, reply_and_close, ReadError};
 use crate::handshake;
-use crate::metrics::{Counted, PeerLabels};
-use crate::peer::{Dialer, Tunnel};
+use crate::metrics::PeerLabels;
+use crate::peer::Dialer;
 use crate::policy::{short, Policy};
 use crate::preface::TunnelStatus;
 use crate::record;
+use crate::record::{is_disconnect, until_revoked};
 use crate::serve::accept_loop;
-use crate::splice::{is_disconnect, splice, until_revoked};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -265,31 +265,12 @@ impl Face {
                 .metrics()
                 .tunnel(&self.dialer.host, &send_name.node, &remote_node, "out");
             let (out_c, back_c) = guard.byte_counters();
-            let result = match remote {
-                Tunnel::Records {
-                    tcp,
-                    tx,
-                    rx,
-                    resumed,
-                    live,
-                } => {
-                    debug!(resumed, record_layer = "erlmesh", "tunnel open");
-                    let carried = record::splice(local, tcp, tx, rx, |o, b| {
-                        out_c.inc_by(o);
-                        back_c.inc_by(b);
-                    });
-                    until_revoked(&live, carried).await
-                }
-                Tunnel::Rustls(mut remote, live) => {
-                    let resumed = matches!(
-                        remote.get_ref().1.handshake_kind(),
-                        Some(rustls::HandshakeKind::Resumed)
-                    );
-                    debug!(resumed, record_layer = "rustls", "tunnel open");
-                    let mut local = Counted::new(local, (out_c, back_c));
-                    until_revoked(&live, splice(&mut local, &mut remote)).await
-                }
-            };
+            debug!(resumed = remote.resumed, "tunnel open");
+            let carried = record::splice(local, remote.tcp, remote.tx, remote.rx, |o, b| {
+                out_c.inc_by(o);
+                back_c.inc_by(b);
+            });
+            let result = until_revoked(&remote.live, carried).await;
             match result {
                 Ok(c) => debug!(bytes_out = c.out, bytes_back = c.back, "tunnel closed"),
                 Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),

@@ -29,5 +29,4 @@ pub mod record;
 pub mod resolver;
 pub mod serve;
 pub mod server;
-pub mod splice;
 pub mod tls;

@@ -5,13 +5,13 @@ use crate::epmd::LocalEpmd;
 use crate::handshake;
 use crate::hostname::HostName;
 use crate::mesh::{Mesh, Source};
-use crate::metrics::{tls_reason, Counted, Metrics, PeerLabels};
+use crate::metrics::{tls_reason, Metrics, PeerLabels};
 use crate::policy::short;
 use crate::preface::{self, Preface, TunnelStatus};
 use crate::record;
+use crate::record::{is_disconnect, until_revoked, Corked};
 use crate::record::{SecretCapture, Side};
 use crate::serve::AnonymousSlot;
-use crate::splice::{is_disconnect, splice, until_revoked};
 use crate::tls::cert_not_after;
 use crate::tls::{peer_hosts, Tls};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -75,7 +75,7 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: 
     let configs = ctx.tls.current();
     let (server_config, capture) = configs.server_for_connection();
     let acceptor = TlsAcceptor::from(server_config);
-    let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+    let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(Corked::new(tcp))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(%from, error = %e, "TLS handshake failed");
@@ -195,7 +195,7 @@ async fn answer_and_close<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) {
 /// Connects a peer's tunnel to local node `name`, after checking that the
 /// dialling node is named for the peer's certificated host.
 async fn tunnel_in(
-    mut tls: TlsStream<TcpStream>,
+    mut tls: TlsStream<Corked<TcpStream>>,
     capture: Arc<SecretCapture>,
     hosts: Vec<HostName>,
     name: String,
@@ -286,43 +286,26 @@ async fn tunnel_in(
         .tunnel(&peer, &format!("{name}@{}", ctx.host), &send_name.node, "in");
     let (to_peer, from_peer) = guard.byte_counters();
     let records_per_key = ctx.tls.current().records_per_key;
-    let result = if tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-        // Take over the record layer (record.rs) once rustls has nothing
-        // left to send.
-        let opened = async {
-            tls.flush().await?;
-            let (mut tcp, conn) = tls.into_inner();
-            let secrets = conn.dangerous_extract_secrets().map_err(std::io::Error::other)?;
-            let (mut tx, rx) = record::take_over(secrets, &capture, Side::Server, records_per_key)?;
-            record::send(&mut tcp, &mut tx, &[TunnelStatus::Ok as u8]).await?;
-            record::send(&mut tcp, &mut tx, &answer).await?;
-            Ok::<_, std::io::Error>((tcp, tx, rx))
-        };
-        match opened.await {
-            Ok((tcp, tx, rx)) => {
-                debug!(record_layer = "erlmesh", "tunnel open");
-                let carried = record::splice(local, tcp, tx, rx, |o, b| {
-                    to_peer.inc_by(o);
-                    from_peer.inc_by(b);
-                });
-                until_revoked(&live, carried).await
-            }
-            Err(e) => Err(e),
+    // Take over the record layer (record.rs) once rustls has nothing left
+    // to send; the status and the node's answer are its first records.
+    let opened = async {
+        tls.flush().await?;
+        let (mut tcp, mut tx, rx) =
+            record::hand_over(tls.into_inner(), &capture, Side::Server, records_per_key).await?;
+        record::send(&mut tcp, &mut tx, &[TunnelStatus::Ok as u8]).await?;
+        record::send(&mut tcp, &mut tx, &answer).await?;
+        Ok::<_, std::io::Error>((tcp, tx, rx))
+    };
+    let result = match opened.await {
+        Ok((tcp, tx, rx)) => {
+            debug!("tunnel open");
+            let carried = record::splice(local, tcp, tx, rx, |o, b| {
+                to_peer.inc_by(o);
+                from_peer.inc_by(b);
+            });
+            until_revoked(&live, carried).await
         }
-    } else {
-        let start = async {
-            tls.write_all(&[TunnelStatus::Ok as u8]).await?;
-            tls.write_all(&answer).await?;
-            tls.flush().await
-        };
-        match start.await {
-            Ok(()) => {
-                debug!(record_layer = "rustls", "tunnel open");
-                let mut local = Counted::new(local, (to_peer, from_peer));
-                until_revoked(&live, splice(&mut local, &mut tls)).await
-            }
-            Err(e) => Err(e),
-        }
+        Err(e) => Err(e),
     };
     match result {
         Ok(c) => debug!(bytes_in = c.out, bytes_back = c.back, "tunnel closed"),

@@ -6,7 +6,7 @@ use crate::hostname::HostName;
 use crate::metrics::{tls_reason, Metrics};
 use crate::preface::{self, Preface, PrefaceError, TunnelStatus};
 use crate::record;
-use crate::record::{SecretCapture, Side};
+use crate::record::{Corked, SecretCapture, Side};
 use crate::tls::{cert_not_after, server_name, LiveGuard, Tls};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
@@ -52,20 +52,15 @@ pub enum DialError {
     Name(String),
 }
 
-/// An open tunnel to a peer's node (made once per tunnel and moved into
-/// its task, so the variants' sizes do not matter).
-#[allow(clippy::large_enum_variant)]
-pub enum Tunnel {
-    /// TLS 1.3: the record layer taken over from rustls (record.rs).
-    Records {
-        tcp: TcpStream,
-        tx: record::Keys,
-        rx: record::Reader,
-        resumed: bool,
-        live: LiveGuard,
-    },
-    /// TLS 1.2: rustls' own stream.
-    Rustls(TlsStream<TcpStream>, LiveGuard),
+/// An open tunnel to a peer's node: the socket and the record layer taken
+/// over from rustls (record.rs), and its registration for revocation.
+pub struct Tunnel {
+    pub tcp: TcpStream,
+    pub tx: record::Keys,
+    pub rx: record::Reader,
+    /// Whether the TLS session was resumed.
+    pub resumed: bool,
+    pub live: LiveGuard,
 }
 
 /// Dials one peer host.
@@ -121,7 +116,7 @@ impl Dialer {
 
     /// Opens a verified TLS connection and sends `preface` (plus `extra`
     /// bytes in the same write, to save a round trip).
-    pub async fn open(&self, preface: &Preface, extra: &[u8]) -> Result<TlsStream<TcpStream>, DialError> {
+    pub async fn open(&self, preface: &Preface, extra: &[u8]) -> Result<TlsStream<Corked<TcpStream>>, DialError> {
         self.open_captured(preface, extra).await.map(|(s, _)| s)
     }
 
@@ -131,7 +126,7 @@ impl Dialer {
         &self,
         preface: &Preface,
         extra: &[u8],
-    ) -> Result<(TlsStream<TcpStream>, Arc<SecretCapture>), DialError> {
+    ) -> Result<(TlsStream<Corked<TcpStream>>, Arc<SecretCapture>), DialError> {
         let r = self.open_inner(preface, extra).await;
         match &r {
             Ok(_) if !self.listed => {}
@@ -170,7 +165,7 @@ impl Dialer {
         &self,
         preface: &Preface,
         extra: &[u8],
-    ) -> Result<(TlsStream<TcpStream>, Arc<SecretCapture>), DialError> {
+    ) -> Result<(TlsStream<Corked<TcpStream>>, Arc<SecretCapture>), DialError> {
         let address = || self.address.clone();
         let tcp = match timeout(CONNECT_TIMEOUT, self.connect_tcp()).await {
             Ok(r) => r?,
@@ -179,7 +174,12 @@ impl Dialer {
         let configs = self.tls.current();
         let (config, capture) = configs.client_for_connection(self.seed);
         let connector = TlsConnector::from(config);
-        let mut tls = match timeout(HANDSHAKE_TIMEOUT, connector.connect(self.name.clone(), tcp)).await {
+        let mut tls = match timeout(
+            HANDSHAKE_TIMEOUT,
+            connector.connect(self.name.clone(), Corked::new(tcp)),
+        )
+        .await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 return Err(DialError::Tls {
@@ -270,63 +270,51 @@ impl Dialer {
     /// Opens a tunnel to node `name`, sending `send_name` (the node's first
     /// handshake frame) along; returns the stream once the peer says OK.
     pub async fn tunnel(&self, name: &str, send_name: &[u8]) -> Result<(TunnelStatus, Tunnel), DialError> {
-        let (mut s, capture) = self.open_captured(&Preface::Tunnel(name.to_owned()), send_name).await?;
+        let (s, capture) = self.open_captured(&Preface::Tunnel(name.to_owned()), send_name).await?;
         let resumed = matches!(s.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         let live = self.tls.register(&self.host, s.get_ref().1, Some(self.name.clone()));
         let records_per_key = self.tls.current().records_per_key;
-        if s.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-            // Take over the record layer (record.rs); the status byte is
-            // the first thing read through it.
-            let io = |source| DialError::Io {
-                address: self.address.clone(),
-                source,
-            };
-            let (mut tcp, conn) = s.into_inner();
-            let secrets = conn
-                .dangerous_extract_secrets()
-                .map_err(|e| io(std::io::Error::other(e)))?;
-            let (tx, mut rx) = record::take_over(secrets, &capture, Side::Client, records_per_key).map_err(io)?;
-            let first = match timeout(ANSWER_TIMEOUT, rx.first(&mut tcp)).await {
-                Ok(r) => r.map_err(io)?,
-                Err(_) => {
-                    return Err(DialError::AnswerTimeout {
-                        address: self.address.clone(),
-                    })
-                }
-            };
-            let status = first
-                .first()
-                .ok_or(PrefaceError::Answer("empty tunnel status"))
-                .and_then(|b| TunnelStatus::from_byte(*b))
-                .map_err(|e| DialError::Answer {
+        let io = |source| DialError::Io {
+            address: self.address.clone(),
+            source,
+        };
+        // Take over the record layer (record.rs); the status byte is the
+        // first thing read through it.
+        let (mut tcp, tx, mut rx) = record::hand_over(s.into_inner(), &capture, Side::Client, records_per_key)
+            .await
+            .map_err(io)?;
+        let first = match timeout(ANSWER_TIMEOUT, rx.first(&mut tcp)).await {
+            Ok(r) => r.map_err(io)?,
+            Err(_) => {
+                return Err(DialError::AnswerTimeout {
                     address: self.address.clone(),
-                    source: e.into(),
-                })?;
-            if first.len() > 1 {
-                return Err(DialError::Answer {
-                    address: self.address.clone(),
-                    source: PrefaceError::Answer("tunnel status with trailing bytes").into(),
-                });
+                })
             }
-            return Ok((
-                status,
-                Tunnel::Records {
-                    tcp,
-                    tx,
-                    rx,
-                    resumed,
-                    live,
-                },
-            ));
+        };
+        let status = first
+            .first()
+            .ok_or(PrefaceError::Answer("empty tunnel status"))
+            .and_then(|b| TunnelStatus::from_byte(*b))
+            .map_err(|e| DialError::Answer {
+                address: self.address.clone(),
+                source: e.into(),
+            })?;
+        if first.len() > 1 {
+            return Err(DialError::Answer {
+                address: self.address.clone(),
+                source: PrefaceError::Answer("tunnel status with trailing bytes").into(),
+            });
         }
-        let status = self
-            .answer(async {
-                let mut b = [0u8; 1];
-                tokio::io::AsyncReadExt::read_exact(&mut s, &mut b).await?;
-                Ok(TunnelStatus::from_byte(b[0])?)
-            })
-            .await?;
-        Ok((status, Tunnel::Rustls(s, live)))
+        Ok((
+            status,
+            Tunnel {
+                tcp,
+                tx,
+                rx,
+                resumed,
+                live,
+            },
+        ))
     }
 
     /// Announces `advertise` (this host's TLS address) and returns the

@@ -8,6 +8,9 @@
 //! their plaintext written to the node from where it lies. That saves the
 //! copies and re-allocations of rustls' buffered path (see the README's
 //! performance section). The wire format is plain TLS 1.3 (RFC 8446 §5).
+//! Until the hand-over ([`hand_over`], the one way both ends take a
+//! connection over) rustls reads the socket through [`Corked`], so that no
+//! byte of the peer's is left behind in rustls' buffers.
 //!
 //! Key updates (RFC 8446 §4.6.3): each side sends a KeyUpdate before its
 //! sending key has sealed [`DEFAULT_RECORDS_PER_KEY`] records (or the
@@ -248,6 +251,134 @@ impl Keys {
     }
 }
 
+/// A socket as rustls sees it until a tunnel takes the connection over:
+/// reads never go past the end of the TLS record being read, so that once
+/// the handshake (and the preface) are done, every byte read from the
+/// socket is in a record rustls has processed. Bytes of the next record
+/// left in rustls' buffers would be lost to the record layer (the ktls
+/// crate's `CorkStream` guards against the same).
+pub struct Corked<S> {
+    inner: S,
+    header: [u8; HEADER],
+    header_have: usize,
+    body_left: usize,
+}
+
+impl<S> Corked<S> {
+    pub fn new(inner: S) -> Corked<S> {
+        Corked {
+            inner,
+            header: [0; HEADER],
+            header_have: 0,
+            body_left: 0,
+        }
+    }
+
+    /// Whether everything read so far ends on a record boundary.
+    pub fn at_record_boundary(&self) -> bool {
+        self.header_have == 0 && self.body_left == 0
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let want = if this.body_left > 0 {
+            this.body_left
+        } else {
+            HEADER - this.header_have
+        };
+        let n = want.min(buf.remaining());
+        let dst = buf.initialize_unfilled_to(n);
+        let mut limited = tokio::io::ReadBuf::new(dst);
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut limited))?;
+        let got = limited.filled().len();
+        if this.body_left > 0 {
+            this.body_left -= got;
+        } else {
+            this.header[this.header_have..this.header_have + got].copy_from_slice(limited.filled());
+            this.header_have += got;
+            if this.header_have == HEADER {
+                this.body_left = u16::from_be_bytes([this.header[3], this.header[4]]) as usize;
+                this.header_have = 0;
+            }
+        }
+        buf.advance(got);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Takes a tunnel's connection over from rustls, for either end: proves
+/// that rustls has nothing left to send, no plaintext received and unread,
+/// and no part of a record in its buffers ([`Corked`]), then extracts the
+/// keys. Returns the socket, the sending keys and the inbound reader.
+pub async fn hand_over<C>(
+    tls: (Corked<tokio::net::TcpStream>, C),
+    capture: &SecretCapture,
+    side: Side,
+    records_per_key: u64,
+) -> io::Result<(tokio::net::TcpStream, Keys, Reader)>
+where
+    C: Into<rustls::Connection>,
+{
+    let (io, conn) = tls;
+    let mut conn: rustls::Connection = conn.into();
+    if conn.wants_write() {
+        return Err(invalid("rustls still has TLS data to send at the hand-over"));
+    }
+    let state = conn.process_new_packets().map_err(io::Error::other)?;
+    if state.plaintext_bytes_to_read() > 0 {
+        return Err(invalid("data received before the hand-over was left unread"));
+    }
+    if !io.at_record_boundary() {
+        return Err(invalid("part of a record was read before the hand-over"));
+    }
+    let secrets = conn.dangerous_extract_secrets().map_err(io::Error::other)?;
+    let (tx, rx) = take_over(secrets, capture, side, records_per_key)?;
+    Ok((io.into_inner(), tx, rx))
+}
+
 /// The sending keys and the inbound reader for a tunnel whose TLS 1.3 keys
 /// were taken from rustls (`dangerous_extract_secrets`), with the traffic
 /// secrets `capture` saw during that connection's handshake. `side` is this
@@ -463,6 +594,39 @@ impl Reader {
     }
 }
 
+/// Bytes a tunnel carried, local-to-peer and peer-to-local.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Carried {
+    pub out: u64,
+    pub back: u64,
+}
+
+/// Whether an error ending a tunnel is an ordinary disconnect (logged at
+/// debug) rather than something an operator should see.
+pub fn is_disconnect(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+    )
+}
+
+/// Runs a tunnel's splice until it ends or `live` says its peer's
+/// certificate is no longer accepted (then the tunnel is dropped, closing
+/// both sockets: the node sees the connection end).
+pub async fn until_revoked(
+    live: &crate::tls::LiveGuard,
+    splice: impl std::future::Future<Output = io::Result<Carried>>,
+) -> io::Result<Carried> {
+    tokio::select! {
+        r = splice => r,
+        _ = live.cancelled() => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the peer's certificate is no longer accepted (revoked or expired); tunnel closed",
+        )),
+    }
+}
+
 /// How long the alert that ends a tunnel may take to leave.
 const ALERT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -476,7 +640,7 @@ pub async fn splice(
     mut tx: Keys,
     mut rx: Reader,
     counted: impl Fn(u64, u64),
-) -> io::Result<crate::splice::Carried> {
+) -> io::Result<Carried> {
     let (mut lr, mut lw) = local.into_split();
     let (mut rr, mut rw) = remote.into_split();
     let counted = &counted;
@@ -556,7 +720,7 @@ pub async fn splice(
         let (mut o, mut b) = (None, None);
         loop {
             if let (Some(out), Some(back)) = (o, b) {
-                break Ok(crate::splice::Carried { out, back });
+                break Ok(Carried { out, back });
             }
             tokio::select! {
                 r = &mut out, if o.is_none() => match r {
@@ -888,7 +1052,8 @@ mod tests {
             client.read_tls(&mut &b[..]).unwrap();
             client.process_new_packets().unwrap();
         }
-        let (mut tx, _) = take_over(server.dangerous_extract_secrets().unwrap(), &capture, Side::Server, 2).unwrap();
+        let (mut tx, mut rx) =
+            take_over(server.dangerous_extract_secrets().unwrap(), &capture, Side::Server, 2).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let wire = rt.block_on(async {
             let mut wire = Vec::new();
@@ -905,5 +1070,45 @@ mod tests {
         let mut got = Vec::new();
         let _ = std::io::Read::read_to_end(&mut client.reader(), &mut got);
         assert_eq!(got, b"aaabbbcccdddeee");
+
+        // The other way: records rustls seals, before and after a key
+        // update of its own, are opened here.
+        std::io::Write::write_all(&mut client.writer(), b"from rustls").unwrap();
+        client.refresh_traffic_keys().unwrap();
+        std::io::Write::write_all(&mut client.writer(), b"after its update").unwrap();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        let mut r = &wire[..];
+        let (one, two) = rt.block_on(async { (rx.first(&mut r).await.unwrap(), rx.first(&mut r).await.unwrap()) });
+        assert_eq!(
+            (one.as_slice(), two.as_slice()),
+            (&b"from rustls"[..], &b"after its update"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn corked_reads_stop_at_record_boundaries() {
+        // Two records (bodies of 3 and 0 bytes) and a third's first bytes.
+        let wire = [23, 3, 3, 0, 3, 1, 2, 3, 23, 3, 3, 0, 0, 23, 3];
+        let mut c = Corked::new(&wire[..]);
+        let mut buf = [0u8; 64];
+        let mut reads = Vec::new();
+        loop {
+            let n = c.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            reads.push(buf[..n].to_vec());
+            if reads.len() == 2 {
+                assert!(c.at_record_boundary(), "after the first record");
+            }
+        }
+        assert_eq!(
+            reads,
+            vec![vec![23, 3, 3, 0, 3], vec![1, 2, 3], vec![23, 3, 3, 0, 0], vec![23, 3]]
+        );
+        assert!(!c.at_record_boundary(), "a record was left half read");
     }
 }

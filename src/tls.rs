@@ -272,12 +272,8 @@ impl TlsConfigs {
             .allow_unknown_revocation_status()
             .build()
             .map_err(ca_err)?;
-        // TLS 1.2 only when asked for; rustls offers AEAD suites alone.
-        let versions: &[&rustls::SupportedProtocolVersion] = if files.allow_tls12 {
-            &[&rustls::version::TLS13, &rustls::version::TLS12]
-        } else {
-            &[&rustls::version::TLS13]
-        };
+        // TLS 1.3 only: tunnels take its record layer over (record.rs).
+        let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(mismatch)?
