@@ -79,7 +79,7 @@ pub enum CertCommand {
         #[arg(long)]
         dir: PathBuf,
         /// Validity in days.
-        #[arg(long, default_value_t = crate::certs::DEFAULT_CA_DAYS)]
+        #[arg(long, default_value_t = crate::tls::certs::DEFAULT_CA_DAYS)]
         days: u32,
         /// Replace existing files.
         #[arg(long)]
@@ -126,7 +126,7 @@ pub enum CertCommand {
         #[arg(long)]
         host: String,
         /// Validity in days.
-        #[arg(long, default_value_t = crate::certs::DEFAULT_HOST_DAYS)]
+        #[arg(long, default_value_t = crate::tls::certs::DEFAULT_HOST_DAYS)]
         days: u32,
         /// Replace existing files.
         #[arg(long)]

@@ -2,7 +2,7 @@
 //! file and the key.
 
 use crate::hostname::HostName;
-use crate::policy::{Pattern, Policy};
+use crate::mesh::policy::{Pattern, Policy};
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -139,7 +139,7 @@ impl TlsFiles {
             cert,
             key,
             crl: Vec::new(),
-            records_per_key: crate::record::DEFAULT_RECORDS_PER_KEY,
+            records_per_key: crate::tunnel::record::DEFAULT_RECORDS_PER_KEY,
         }
     }
 
@@ -314,11 +314,11 @@ impl Config {
         let records_per_key = raw
             .tls
             .records_per_key
-            .unwrap_or(crate::record::DEFAULT_RECORDS_PER_KEY);
-        if !(1..=crate::record::DEFAULT_RECORDS_PER_KEY).contains(&records_per_key) {
+            .unwrap_or(crate::tunnel::record::DEFAULT_RECORDS_PER_KEY);
+        if !(1..=crate::tunnel::record::DEFAULT_RECORDS_PER_KEY).contains(&records_per_key) {
             return Err(invalid(
                 "tls.records_per_key",
-                format!("must be 1 to {}", crate::record::DEFAULT_RECORDS_PER_KEY),
+                format!("must be 1 to {}", crate::tunnel::record::DEFAULT_RECORDS_PER_KEY),
             ));
         }
         let handshake_timeout = Duration::from_secs(
@@ -395,7 +395,7 @@ impl Config {
     pub fn descriptors_needed(&self) -> u64 {
         (2 * self.max_connections
             + self.max_unauthenticated
-            + crate::server::MAX_LOCAL_EPMD_CONNECTIONS
+            + crate::app::MAX_LOCAL_EPMD_CONNECTIONS
             + DESCRIPTOR_RESERVE) as u64
     }
 

@@ -1,32 +1,24 @@
 //! erlmesh: a per-host proxy that carries unmodified Erlang/OTP distribution
 //! between hosts inside mutually authenticated TLS.
 //!
-//! Data flows one way through the modules: a local node asks a peer's
-//! [`face`] (EPMD answers, per-node listeners on a loopback alias), the face
-//! dials the peer erlmesh over TLS ([`tls`], [`preface`]), whose
-//! [`listener`] answers or connects the tunnel to the real node, and
-//! [`splice`] moves the bytes.
+//! The folders follow the data (ARCHITECTURE.md has the picture): a local
+//! node asks a peer's face ([`mesh::face`]: EPMD answers, per-node
+//! listeners on a loopback alias); the face dials the peer's erlmesh
+//! ([`tunnel::dial`], TLS from [`tls`], the [`tunnel::preface`]) and
+//! carries the node's connection ([`tunnel::outbound`]); the peer's TLS
+//! port admits it ([`tunnel::accept`]) and connects it to the real node
+//! ([`tunnel::inbound`]); both ends then move bytes through the TLS 1.3
+//! record layer ([`tunnel::record`]). [`epmd`] serves this host's nodes,
+//! [`mesh`] keeps the peer table, [`ops`] is what operators see, and
+//! [`app`] runs it all.
 #![forbid(unsafe_code)]
 
-pub mod alias;
-pub mod certs;
+pub mod app;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod doctor;
 pub mod epmd;
-pub mod exposure;
-pub mod face;
-pub mod handshake;
 pub mod hostname;
-pub mod listener;
 pub mod mesh;
-pub mod metrics;
-pub mod peer;
-pub mod policy;
-pub mod preface;
-pub mod record;
-pub mod resolver;
-pub mod serve;
-pub mod server;
+pub mod ops;
 pub mod tls;
+pub mod tunnel;

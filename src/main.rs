@@ -39,19 +39,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config, log_format } => {
             init_logging(log_format);
             let config = load(&config)?;
-            erlmesh::server::precheck(&config);
-            let nofile = erlmesh::server::raise_descriptor_limit(&config)?;
+            erlmesh::app::precheck(&config);
+            let nofile = erlmesh::app::raise_descriptor_limit(&config)?;
             tracing::debug!(nofile, needed = config.descriptors_needed(), "open-file limit");
             let rt = runtime(config.threads)?;
             rt.block_on(async {
                 let (tx, rx) = tokio::sync::oneshot::channel::<()>();
                 let signals = tokio::spawn(async move {
-                    if let Err(e) = erlmesh::server::shutdown_signal().await {
+                    if let Err(e) = erlmesh::app::shutdown_signal().await {
                         tracing::error!(error = %e, "cannot watch signals");
                     }
                     let _ = tx.send(());
                 });
-                let r = erlmesh::server::run(config, async {
+                let r = erlmesh::app::run(config, async {
                     let _ = rx.await;
                 })
                 .await;
@@ -61,9 +61,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { config, metrics } => {
             let config = load(&config)?;
-            let sock = config.state_dir.join(erlmesh::control::SOCKET_FILE);
-            let body =
-                erlmesh::control::request(&sock, if metrics { "/metrics" } else { "/status" }).with_context(|| {
+            let sock = config.state_dir.join(erlmesh::ops::control::SOCKET_FILE);
+            let body = erlmesh::ops::control::request(&sock, if metrics { "/metrics" } else { "/status" })
+                .with_context(|| {
                     format!(
                         "{}: cannot reach erlmesh (is `erlmesh run` running with this config?)",
                         sock.display()
@@ -75,8 +75,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor { config, node, cookie } => {
             let config = load(&config)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let checks = rt.block_on(erlmesh::doctor::run(&config, node.as_deref(), cookie.as_deref()));
-            print!("{}", erlmesh::doctor::render(&checks));
+            let checks = rt.block_on(erlmesh::ops::doctor::run(&config, node.as_deref(), cookie.as_deref()));
+            print!("{}", erlmesh::ops::doctor::render(&checks));
             if checks.iter().any(|c| !c.ok) {
                 std::process::exit(1);
             }
@@ -88,7 +88,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::Ca { dir, days, force }) => {
-            let w = erlmesh::certs::make_ca(&dir, days, force)?;
+            let w = erlmesh::tls::certs::make_ca(&dir, days, force)?;
             println!(
                 "wrote {} and {} (keep the key offline; it signs every host)",
                 w.cert.display(),
@@ -97,7 +97,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::Show { file, ca }) => {
-            let shown = erlmesh::certs::show(&file, ca.as_deref())?;
+            let shown = erlmesh::tls::certs::show(&file, ca.as_deref())?;
             print!("{}", shown.report);
             if !shown.ok {
                 std::process::exit(1);
@@ -105,7 +105,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::Crl { dir }) => {
-            let r = erlmesh::certs::refresh_crl(&dir)?;
+            let r = erlmesh::tls::certs::refresh_crl(&dir)?;
             println!(
                 "wrote {}: it lists {} revoked certificate(s)",
                 r.crl.display(),
@@ -114,7 +114,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::Revoke { dir, host }) => {
-            let r = erlmesh::certs::revoke(&dir, &host)?;
+            let r = erlmesh::tls::certs::revoke(&dir, &host)?;
             if r.already {
                 println!(
                     "{host}'s certificate (serial {}) is already in {}; nothing changed",
@@ -132,7 +132,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(CertCommand::Issue { dir, host, days, force }) => {
-            let w = erlmesh::certs::issue(&dir, &host, days, force)?;
+            let w = erlmesh::tls::certs::issue(&dir, &host, days, force)?;
             println!("wrote {} and {}", w.cert.display(), w.key.display());
             Ok(())
         }

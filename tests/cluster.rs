@@ -53,16 +53,8 @@ fn ping_rpc_ets_and_names_across_two_hosts() {
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
     assert!(ha.log().contains("resumed=true"), "{}", ha.log());
     // Tunnels run on erlmesh's own record layer once open (the only path).
-    assert!(
-        ha.log().contains("tunnel open resumed=true"),
-        "{}",
-        ha.log()
-    );
-    assert!(
-        hb.log().contains("tunnel open"),
-        "{}",
-        hb.log()
-    );
+    assert!(ha.log().contains("tunnel open resumed=true"), "{}", ha.log());
+    assert!(hb.log().contains("tunnel open"), "{}", hb.log());
     // Local names through the embedded EPMD.
     assert_eq!(a.eval("{ok, Ns} = net_adm:names(), [N || {N, _} <- Ns]."), "[\"a\"]");
 }

@@ -5,8 +5,8 @@
 //! PROPTEST_CASES raises the case count for a longer run.
 
 use erlmesh::epmd::codec::{self, NodeInfo, Request};
-use erlmesh::handshake;
-use erlmesh::preface::{self, Preface};
+use erlmesh::tunnel::dist_handshake;
+use erlmesh::tunnel::preface::{self, Preface};
 use proptest::prelude::*;
 
 fn cases() -> ProptestConfig {
@@ -94,7 +94,7 @@ proptest! {
         }
         let _ = codec::parse_port2_resp(&bytes);
         let _ = codec::parse_names_reply(&bytes);
-        let _ = block_on(erlmesh::epmd::server::read_request(&mut &bytes[..]));
+        let _ = block_on(erlmesh::epmd::embedded::read_request(&mut &bytes[..]));
     }
 
     #[test]
@@ -127,10 +127,10 @@ proptest! {
 
     #[test]
     fn send_name_reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1200)) {
-        if let Ok((_, used)) = handshake::parse_send_name(&bytes) {
+        if let Ok((_, used)) = dist_handshake::parse_send_name(&bytes) {
             prop_assert!(used <= bytes.len());
         }
-        if let Ok((sn, raw)) = block_on(handshake::read_send_name(&mut &bytes[..])) {
+        if let Ok((sn, raw)) = block_on(dist_handshake::read_send_name(&mut &bytes[..])) {
             prop_assert!(bytes.starts_with(&raw));
             prop_assert!(sn.node.contains('@'));
         }
@@ -144,10 +144,10 @@ proptest! {
         body.extend_from_slice(node.as_bytes());
         let mut frame = (body.len() as u16).to_be_bytes().to_vec();
         frame.extend_from_slice(&body);
-        let (sn, used) = handshake::parse_send_name(&frame).unwrap();
+        let (sn, used) = dist_handshake::parse_send_name(&frame).unwrap();
         prop_assert_eq!(sn.node, node);
         prop_assert_eq!(used, frame.len());
-        let _ = handshake::parse_send_name(&mutated(frame, flips, cut, vec![]));
+        let _ = dist_handshake::parse_send_name(&mutated(frame, flips, cut, vec![]));
     }
 
     #[test]
@@ -157,12 +157,12 @@ proptest! {
         noise in proptest::collection::vec(any::<u8>(), 0..2000),
     ) {
         let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
-        let sealed = erlmesh::record::fuzz_seal(&refs);
-        prop_assert_eq!(erlmesh::record::fuzz_open(&sealed), chunks.clone());
+        let sealed = erlmesh::tunnel::record::fuzz_seal(&refs);
+        prop_assert_eq!(erlmesh::tunnel::record::fuzz_open(&sealed), chunks.clone());
         // Mutated: only an intact prefix of the records may come out.
         let m = mutated(sealed, flips, usize::MAX, vec![]);
-        let got = erlmesh::record::fuzz_open(&m);
+        let got = erlmesh::tunnel::record::fuzz_open(&m);
         prop_assert!(got.len() <= chunks.len() && got.iter().zip(&chunks).all(|(g, c)| g == c));
-        let _ = erlmesh::record::fuzz_open(&noise);
+        let _ = erlmesh::tunnel::record::fuzz_open(&noise);
     }
 }

@@ -5,10 +5,10 @@
 mod common;
 use common::*;
 use erlmesh::config::TlsFiles;
-use erlmesh::metrics::Metrics;
-use erlmesh::peer::Dialer;
-use erlmesh::preface::TunnelStatus;
+use erlmesh::ops::metrics::Metrics;
 use erlmesh::tls::{Tls, TlsConfigs};
+use erlmesh::tunnel::dial::Dialer;
+use erlmesh::tunnel::preface::TunnelStatus;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,8 +2,8 @@
 //! and the client that asks a system epmd.
 
 pub mod codec;
-pub mod local;
-pub mod server;
+pub mod embedded;
+pub mod registry;
 
 pub use codec::NodeInfo;
-pub use local::LocalEpmd;
+pub use registry::LocalEpmd;

@@ -6,6 +6,8 @@
 //! (webpki name check); the listener accepts any certificate chaining to
 //! the CA and takes the peer's identity from its DNS names.
 
+pub mod certs;
+
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::server::danger::ClientCertVerifier;
@@ -19,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsFiles;
 use crate::hostname::HostName;
-use crate::record::SecretCapture;
+use crate::tunnel::record::SecretCapture;
 
 /// A TLS file or setting that could not be used.
 #[derive(Debug, Error)]
@@ -176,7 +178,7 @@ pub struct TlsConfigs {
     pub seed_client: Arc<ClientConfig>,
     /// When this host's certificate expires (Unix seconds).
     pub not_after: i64,
-    /// Records sealed under one key before a KeyUpdate (record.rs).
+    /// Records sealed under one key before a KeyUpdate (tunnel/record.rs).
     pub records_per_key: u64,
     client_verifier: Arc<dyn ClientCertVerifier>,
     server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
@@ -272,7 +274,7 @@ impl TlsConfigs {
             .allow_unknown_revocation_status()
             .build()
             .map_err(ca_err)?;
-        // TLS 1.3 only: tunnels take its record layer over (record.rs).
+        // TLS 1.3 only: tunnels take its record layer over (tunnel/record.rs).
         let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
@@ -280,7 +282,7 @@ impl TlsConfigs {
             .with_client_cert_verifier(client_verifier.clone())
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
-        // Tunnels take over the record layer once open (record.rs).
+        // Tunnels take over the record layer once open (tunnel/record.rs).
         server.enable_secret_extraction = true;
         let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)

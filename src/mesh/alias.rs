@@ -41,7 +41,7 @@ pub fn assign(peers: &[Peer], state_dir: &Path) -> std::io::Result<Vec<Ipv4Addr>
         out.push(ip);
     }
     let text: String = known.iter().map(|(h, ip)| format!("{h} {ip}\n")).collect();
-    crate::resolver::write_atomically(&path, text.as_bytes())?;
+    crate::mesh::resolver::write_atomically(&path, text.as_bytes())?;
     Ok(out)
 }
 

@@ -3,11 +3,11 @@
 
 use crate::epmd::NodeInfo;
 use crate::hostname::HostName;
-use crate::metrics::{tls_reason, Metrics};
-use crate::preface::{self, Preface, PrefaceError, TunnelStatus};
-use crate::record;
-use crate::record::{Corked, SecretCapture, Side};
+use crate::ops::metrics::{tls_reason, Metrics};
 use crate::tls::{cert_not_after, server_name, LiveGuard, Tls};
+use crate::tunnel::preface::{self, Preface, PrefaceError, TunnelStatus};
+use crate::tunnel::record;
+use crate::tunnel::record::{Corked, SecretCapture, Side};
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,7 @@ pub enum DialError {
 }
 
 /// An open tunnel to a peer's node: the socket and the record layer taken
-/// over from rustls (record.rs), and its registration for revocation.
+/// over from rustls (tunnel/record.rs), and its registration for revocation.
 pub struct Tunnel {
     pub tcp: TcpStream,
     pub tx: record::Keys,
@@ -278,7 +278,7 @@ impl Dialer {
             address: self.address.clone(),
             source,
         };
-        // Take over the record layer (record.rs); the status byte is the
+        // Take over the record layer (tunnel/record.rs); the status byte is the
         // first thing read through it.
         let (mut tcp, tx, mut rx) = record::hand_over(s.into_inner(), &capture, Side::Client, records_per_key)
             .await

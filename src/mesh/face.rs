@@ -3,22 +3,15 @@
 //! connections are tunnelled to that node.
 
 use crate::epmd::codec::{self, Request};
-use crate::epmd::server::{read_request, reply_and_close, ReadError};
-use crate::handshake;
-use crate::metrics::PeerLabels;
-use crate::peer::Dialer;
-use crate::policy::{short, Policy};
-use crate::preface::TunnelStatus;
-use crate::record;
-use crate::record::{is_disconnect, until_revoked};
-use crate::serve::accept_loop;
+use crate::epmd::embedded::{read_request, reply_and_close, ReadError};
+use crate::mesh::policy::Policy;
+use crate::tunnel::accept::accept_loop;
+use crate::tunnel::dial::Dialer;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -28,17 +21,15 @@ use tracing::{debug, info, warn, Instrument};
 pub const MAX_NODES_PER_PEER: usize = 256;
 /// Concurrent local connections to one face (EPMD questions and tunnels).
 pub const MAX_FACE_CONNECTIONS: usize = 1024;
-/// How long a local node may take to send its first handshake message.
-pub const SEND_NAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One peer host as local nodes see it.
 pub struct Face {
     /// This host's name: local nodes dialling out must be named `*@own_host`.
-    own_host: String,
+    pub(crate) own_host: String,
     alias: Ipv4Addr,
     epmd_port: u16,
-    dialer: Dialer,
-    policy: Policy,
+    pub(crate) dialer: Dialer,
+    pub(crate) policy: Policy,
     /// Remote node name → port of its listener on the alias.
     nodes: Mutex<HashMap<String, u16>>,
     slots: Arc<Semaphore>,
@@ -200,84 +191,11 @@ impl Face {
                 move |s, _, _| {
                     let f = f.clone();
                     let node = node.clone();
-                    async move { f.tunnel_out(s, node).await }
+                    crate::tunnel::outbound::carry(f, s, node)
                 },
             )
             .await
         });
         Ok(port)
-    }
-
-    fn count_refusal(&self) {
-        self.dialer
-            .metrics()
-            .identity_refusals
-            .get_or_create(&PeerLabels {
-                peer: self.dialer.host.clone(),
-            })
-            .inc();
-    }
-
-    /// Carries one local node's connection to remote node `node`.
-    async fn tunnel_out(self: Arc<Self>, mut local: TcpStream, node: String) {
-        let remote_node = format!("{node}@{}", self.dialer.host);
-        let span = tracing::info_span!("tunnel", dir = "out", peer = %self.dialer.host, to = %remote_node, from = tracing::field::Empty);
-        async move {
-            let (send_name, raw) = match timeout(SEND_NAME_TIMEOUT, handshake::read_send_name(&mut local)).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
-                    warn!(error = %e, "local connection did not start with a distribution handshake; closed");
-                    return;
-                }
-                Err(_) => {
-                    warn!("local connection sent no handshake within {SEND_NAME_TIMEOUT:?}; closed");
-                    return;
-                }
-            };
-            tracing::Span::current().record("from", send_name.node.as_str());
-            let own = crate::hostname::HostName::parse(send_name.host()).is_ok_and(|h| h == *self.own_host);
-            if !own {
-                warn!(
-                    claimed = %send_name.node,
-                    "refused: a local node may only dial out under this host's name {:?}", self.own_host
-                );
-                self.count_refusal();
-                return;
-            }
-            if !self.policy.allows_local(short(&send_name.node)) {
-                warn!(claimed = %send_name.node, "refused: the peer's config does not allow this local node");
-                self.count_refusal();
-                return;
-            }
-            let (status, remote) = match self.dialer.tunnel(&node, &raw).await {
-                Ok(v) => v,
-                Err(e) => {
-                    warn!(error = %e, "tunnel to the peer failed");
-                    return;
-                }
-            };
-            if status != TunnelStatus::Ok {
-                info!(?status, "peer refused the tunnel");
-                return;
-            }
-            let guard = self
-                .dialer
-                .metrics()
-                .tunnel(&self.dialer.host, &send_name.node, &remote_node, "out");
-            let (out_c, back_c) = guard.byte_counters();
-            debug!(resumed = remote.resumed, "tunnel open");
-            let carried = record::splice(local, remote.tcp, remote.tx, remote.rx, |o, b| {
-                out_c.inc_by(o);
-                back_c.inc_by(b);
-            });
-            let result = until_revoked(&remote.live, carried).await;
-            match result {
-                Ok(c) => debug!(bytes_out = c.out, bytes_back = c.back, "tunnel closed"),
-                Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),
-                Err(e) => info!(error = %e, "tunnel ended with an error"),
-            }
-        }
-        .instrument(span)
-        .await
     }
 }

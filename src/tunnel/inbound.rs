@@ -2,18 +2,18 @@
 //! answers EPMD questions or connects a tunnel to a local node.
 
 use crate::epmd::LocalEpmd;
-use crate::handshake;
 use crate::hostname::HostName;
+use crate::mesh::policy::short;
 use crate::mesh::{Mesh, Source};
-use crate::metrics::{tls_reason, Metrics, PeerLabels};
-use crate::policy::short;
-use crate::preface::{self, Preface, TunnelStatus};
-use crate::record;
-use crate::record::{is_disconnect, until_revoked, Corked};
-use crate::record::{SecretCapture, Side};
-use crate::serve::AnonymousSlot;
+use crate::ops::metrics::{tls_reason, Metrics, PeerLabels};
 use crate::tls::cert_not_after;
 use crate::tls::{peer_hosts, Tls};
+use crate::tunnel::accept::AnonymousSlot;
+use crate::tunnel::dist_handshake;
+use crate::tunnel::preface::{self, Preface, TunnelStatus};
+use crate::tunnel::record;
+use crate::tunnel::record::{is_disconnect, until_revoked, Corked};
+use crate::tunnel::record::{SecretCapture, Side};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,7 +202,7 @@ async fn tunnel_in(
     deadline: tokio::time::Instant,
     ctx: Context,
 ) {
-    let (send_name, raw) = match tokio::time::timeout_at(deadline, handshake::read_send_name(&mut tls)).await {
+    let (send_name, raw) = match tokio::time::timeout_at(deadline, dist_handshake::read_send_name(&mut tls)).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             warn!(error = %e, "tunnel did not carry a distribution handshake; closed");
@@ -286,7 +286,7 @@ async fn tunnel_in(
         .tunnel(&peer, &format!("{name}@{}", ctx.host), &send_name.node, "in");
     let (to_peer, from_peer) = guard.byte_counters();
     let records_per_key = ctx.tls.current().records_per_key;
-    // Take over the record layer (record.rs) once rustls has nothing left
+    // Take over the record layer (tunnel/record.rs) once rustls has nothing left
     // to send; the status and the node's answer are its first records.
     let opened = async {
         tls.flush().await?;
@@ -319,7 +319,7 @@ async fn tunnel_in(
 /// recv_status); returns that frame, length prefix included, to forward.
 async fn node_answer(local: &mut TcpStream, send_name: &[u8]) -> std::io::Result<Vec<u8>> {
     local.write_all(send_name).await?;
-    let frame = handshake::read_frame(local).await?;
-    handshake::check_status(&frame).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let frame = dist_handshake::read_frame(local).await?;
+    dist_handshake::check_status(&frame).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     Ok(frame)
 }

@@ -28,15 +28,18 @@
 //! ready; its own nodes start after that, and by then every other host's
 //! file has carried the new entry for longer than the 5 s re-read window.
 
-use crate::alias;
+pub mod alias;
+pub mod face;
+pub mod policy;
+pub mod resolver;
+
 use crate::config::{Config, Peer};
-use crate::face::Face;
 use crate::hostname::HostName;
-use crate::metrics::Metrics;
-use crate::peer::Dialer;
-use crate::policy::Policy;
-use crate::resolver;
+use crate::mesh::face::Face;
+use crate::mesh::policy::Policy;
+use crate::ops::metrics::Metrics;
 use crate::tls::Tls;
+use crate::tunnel::dial::Dialer;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -3,13 +3,13 @@
 
 use crate::config::{Config, EpmdMode};
 use crate::epmd;
-use crate::epmd::local::Registry;
+use crate::epmd::registry::Registry;
 use crate::epmd::LocalEpmd;
-use crate::listener::{self, Context};
 use crate::mesh::Mesh;
-use crate::metrics::Metrics;
-use crate::serve::{accept_admitted, accept_loop, Admission};
+use crate::ops::metrics::Metrics;
 use crate::tls::{Tls, TlsConfigs};
+use crate::tunnel::accept::{accept_admitted, accept_loop, Admission};
+use crate::tunnel::inbound::{self, Context};
 use anyhow::{bail, Context as _};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -38,7 +38,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     // An epmd reachable from the network undoes what erlmesh is for.
     let port = config.epmd_port;
-    let exposed = tokio::task::spawn_blocking(move || crate::exposure::exposed_listeners(port)).await?;
+    let exposed = tokio::task::spawn_blocking(move || crate::ops::exposure::exposed_listeners(port)).await?;
     if !exposed.is_empty() {
         bail!(
             "the EPMD port {} is open to the network on {:?}: stop that epmd (systemctl disable --now epmd.socket epmd.service) \
@@ -62,14 +62,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let registry = Registry::new();
             let slots = Arc::new(Semaphore::new(MAX_LOCAL_EPMD_CONNECTIONS));
             let (reg, port, m) = (registry.clone(), config.epmd_port, metrics.clone());
-            let exposure = crate::exposure::ExposureChecker::start(&tracker, cancel.clone());
+            let exposure = crate::ops::exposure::ExposureChecker::start(&tracker, cancel.clone());
             tracker.spawn(accept_loop(
                 l,
                 slots,
                 cancel.clone(),
                 tracker.clone(),
                 "epmd",
-                move |s, from, c| epmd::server::handle(s, from, reg.clone(), port, m.clone(), exposure.clone(), c),
+                move |s, from, c| epmd::embedded::handle(s, from, reg.clone(), port, m.clone(), exposure.clone(), c),
             ));
             LocalEpmd::Embedded(registry)
         }
@@ -106,14 +106,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         cancel.clone(),
         tracker.clone(),
         move |why| m.refused(why.label()),
-        move |s, from, slot, c| listener::handle(s, from, slot, ctx.clone(), c),
+        move |s, from, slot, c| inbound::handle(s, from, slot, ctx.clone(), c),
     ));
 
     tracker.spawn(reload_tls(config.clone(), tls.clone(), metrics.clone(), cancel.clone()));
 
     // The control endpoint: always on a unix socket in state_dir (for
     // `erlmesh status`), and on a loopback TCP port when configured.
-    let sock = config.state_dir.join(crate::control::SOCKET_FILE);
+    let sock = config.state_dir.join(crate::ops::control::SOCKET_FILE);
     let _ = std::fs::remove_file(&sock);
     let unix = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("{}: cannot bind the control socket", sock.display()))?;
@@ -140,7 +140,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     }
                 },
             };
-            t.spawn(crate::control::serve_one(s, m.clone(), h.clone()));
+            t.spawn(crate::ops::control::serve_one(s, m.clone(), h.clone()));
         }
     });
     if let Some(addr) = config.metrics {
@@ -154,7 +154,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             cancel.clone(),
             tracker.clone(),
             "metrics",
-            move |s, _, _| crate::control::serve_one(s, m.clone(), h.clone()),
+            move |s, _, _| crate::ops::control::serve_one(s, m.clone(), h.clone()),
         ));
     }
 

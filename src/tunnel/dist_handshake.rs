@@ -170,7 +170,7 @@ mod tests {
     use super::*;
 
     /// send_name from `a@hosta` (OTP 25.2.3) to b@hostb, captured.
-    const SEND_NAME_N_OTP25: &[u8] = include_bytes!("../tests/data/send_name_N_otp25.bin");
+    const SEND_NAME_N_OTP25: &[u8] = include_bytes!("../../tests/data/send_name_N_otp25.bin");
 
     fn v5(name: &str) -> Vec<u8> {
         let mut body = vec![b'n', 0, 5, 0x00, 0x0d, 0xf7, 0xfd];

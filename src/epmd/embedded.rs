@@ -2,7 +2,7 @@
 //! request reader it shares with the peer faces.
 
 use super::codec::{self, CodecError, Request};
-use super::local::Registry;
+use super::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,8 +73,8 @@ pub async fn handle(
     from: SocketAddr,
     registry: Arc<Registry>,
     epmd_port: u16,
-    metrics: Arc<crate::metrics::Metrics>,
-    exposure: crate::exposure::ExposureChecker,
+    metrics: Arc<crate::ops::metrics::Metrics>,
+    exposure: crate::ops::exposure::ExposureChecker,
     cancel: CancellationToken,
 ) {
     let span = tracing::debug_span!("epmd", %from);

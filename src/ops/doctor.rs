@@ -3,9 +3,9 @@
 
 use crate::config::Config;
 use crate::epmd::LocalEpmd;
-use crate::metrics::Metrics;
-use crate::peer::Dialer;
+use crate::ops::metrics::Metrics;
 use crate::tls::{Tls, TlsConfigs};
+use crate::tunnel::dial::Dialer;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -29,7 +29,7 @@ fn pass(what: impl Into<String>) -> Check {
 /// Passes when nothing listens on `port` beyond loopback; otherwise fails
 /// with `exposed` of the addresses it listens on.
 fn loopback_only(port: u16, ok: String, exposed: impl FnOnce(&[std::net::SocketAddr]) -> String, fix: &str) -> Check {
-    let ex = crate::exposure::exposed_listeners(port);
+    let ex = crate::ops::exposure::exposed_listeners(port);
     if ex.is_empty() {
         pass(ok)
     } else {
@@ -70,7 +70,7 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
         }
     };
     if let Ok(chain) = crate::tls::load_certs(&config.tls.cert) {
-        match crate::certs::chains_to(
+        match crate::tls::certs::chains_to(
             &chain[0],
             &chain[1..],
             &config.tls.ca,
@@ -86,7 +86,7 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
             )),
         }
         if let Ok(na) = crate::tls::cert_not_after(&chain[0]) {
-            let days = (na - crate::metrics::now()) / 86_400;
+            let days = (na - crate::ops::metrics::now()) / 86_400;
             if days < 0 {
                 checks.push(fail(
                     format!("certificate expired {} days ago", -days),
@@ -204,7 +204,7 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
 
 /// The alias each peer has, as erlmesh keeps it in state_dir.
 fn read_aliases(config: &Config) -> Vec<(String, Option<Ipv4Addr>)> {
-    let text = std::fs::read_to_string(config.state_dir.join(crate::alias::ALIASES_FILE)).unwrap_or_default();
+    let text = std::fs::read_to_string(config.state_dir.join(crate::mesh::alias::ALIASES_FILE)).unwrap_or_default();
     config
         .peers
         .iter()

@@ -2,7 +2,7 @@
 //! (Prometheus text) and `/status` (what `erlmesh status` prints), on a
 //! unix socket in state_dir and, when configured, a loopback TCP port.
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
