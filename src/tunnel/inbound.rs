@@ -159,7 +159,7 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: 
             answer_and_close(&mut tls, &preface::encode_names_answer(&names)).await;
         }
         Preface::Hello(address) => {
-            answer_and_close(&mut tls, &preface::encode_hosts_answer(&ctx.mesh.known().await)).await;
+            answer_and_close(&mut tls, &preface::encode_hosts_answer(&ctx.mesh.known())).await;
             // The certificate proved the name; the address is verified by
             // dialling it before the host enters the table.
             ctx.mesh.learn(&peer, &address, Source::Itself);
