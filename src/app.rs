@@ -267,14 +267,15 @@ async fn reload_tls(config: Config, tls: Arc<Tls>, metrics: Arc<Metrics>, cancel
     }
 }
 
-/// Warns when this host's certificate expires within 30 days.
+/// Warns when this host's certificate expires within
+/// [`EXPIRY_WARNING_DAYS`](crate::ops::metrics::EXPIRY_WARNING_DAYS).
 fn warn_if_expiring(config: &Config, not_after: i64) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let days = (not_after - now) / 86_400;
-    if days < 30 {
+    let days = (not_after - now) / crate::ops::metrics::SECS_PER_DAY;
+    if days < crate::ops::metrics::EXPIRY_WARNING_DAYS {
         warn!(cert = %config.tls.cert.display(), days_left = days, "this host's certificate expires soon; issue a new one");
     }
 }

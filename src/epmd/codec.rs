@@ -240,6 +240,16 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
     out
 }
 
+/// A refused registration, in the form the node asked in (`v6`: ALIVE2_X
+/// with a 32-bit creation, else ALIVE2_RESP).
+pub fn encode_alive2_refusal(v6: bool) -> Vec<u8> {
+    if v6 {
+        encode_alive2_x_resp(1, 0)
+    } else {
+        encode_alive2_resp(1, 0)
+    }
+}
+
 /// ALIVE2_X_RESP (32-bit creation), for nodes announcing version 6.
 pub fn encode_alive2_x_resp(result: u8, creation: u32) -> Vec<u8> {
     let mut v = vec![ALIVE2_X_RESP, result];

@@ -16,8 +16,6 @@ use tracing::{debug, info, warn, Instrument};
 /// How long a client may take to send its request after connecting. Nodes
 /// send at once; this only frees slots held by silent clients.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long writing a reply may take before the client is dropped.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a request could not be read.
 #[derive(Debug, Error)]
@@ -55,17 +53,7 @@ async fn read_exact_or_closed<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -
 
 /// Writes a reply and closes the write side, as epmd does: after PORT2_RESP
 /// a node waits for the close, with no timeout of its own.
-pub async fn reply_and_close(stream: &mut TcpStream, reply: &[u8]) {
-    let work = async {
-        stream.write_all(reply).await?;
-        stream.shutdown().await
-    };
-    match timeout(REPLY_TIMEOUT, work).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "client went away before the reply"),
-        Err(_) => debug!("client did not take the reply in time"),
-    }
-}
+pub use crate::tunnel::preface::answer_and_close as reply_and_close;
 
 /// Serves one connection to the embedded EPMD.
 pub async fn handle(
@@ -96,11 +84,7 @@ pub async fn handle(
                 let port = info.port;
                 let Some(reg) = registry.register(info) else {
                     warn!(node = %name, "registration refused: name already registered");
-                    let reply = if v6 {
-                        codec::encode_alive2_x_resp(1, 0)
-                    } else {
-                        codec::encode_alive2_resp(1, 0)
-                    };
+                    let reply = codec::encode_alive2_refusal(v6);
                     reply_and_close(&mut stream, &reply).await;
                     return;
                 };

@@ -139,11 +139,7 @@ impl Face {
                 },
                 Request::Alive2(info) => {
                     warn!(node = %info.name, "a node tried to register on a peer's alias; refused");
-                    let reply = if info.high >= 6 {
-                        codec::encode_alive2_x_resp(1, 0)
-                    } else {
-                        codec::encode_alive2_resp(1, 0)
-                    };
+                    let reply = codec::encode_alive2_refusal(info.high >= 6);
                     reply_and_close(&mut stream, &reply).await;
                 }
                 other => warn!(

@@ -86,13 +86,13 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
             )),
         }
         if let Ok(na) = crate::tls::cert_not_after(&chain[0]) {
-            let days = (na - crate::ops::metrics::now()) / 86_400;
+            let days = (na - crate::ops::metrics::now()) / crate::ops::metrics::SECS_PER_DAY;
             if days < 0 {
                 checks.push(fail(
                     format!("certificate expired {} days ago", -days),
                     cert_fix.clone(),
                 ));
-            } else if days < 30 {
+            } else if days < crate::ops::metrics::EXPIRY_WARNING_DAYS {
                 checks.push(fail(
                     format!("certificate expires in {days} days"),
                     cert_fix.clone() + ", then SIGHUP erlmesh",

@@ -75,6 +75,12 @@ pub const MAX_UNVERIFIED: usize = 64;
 /// How long a failed check of an announced host stays in the status.
 pub const UNVERIFIED_TTL_SECS: i64 = 600;
 
+/// Seconds in a day, for certificate lifetimes shown in days.
+pub const SECS_PER_DAY: i64 = 86_400;
+/// A certificate closer than this to its expiry is warned about (at
+/// start, on reload, and by `erlmesh doctor`).
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
 /// Unix seconds.
 pub fn now() -> i64 {
     now_ms() / 1000
@@ -181,6 +187,24 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a tunnel refused because a node spoke for a host not its own,
+    /// or for a pair the policies do not allow.
+    pub fn identity_refused(&self, peer: &str) {
+        self.identity_refusals
+            .get_or_create(&PeerLabels { peer: peer.to_owned() })
+            .inc();
+    }
+
+    /// Notes a successful TLS connection with `peer`, and when the
+    /// certificate it presented there expires.
+    pub fn peer_connected(&self, peer: &str, conn: &rustls::CommonState) {
+        let not_after = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::cert_not_after(c).ok());
+        self.peer_ok(peer, not_after);
+    }
+
     /// Notes a successful connection with `peer`.
     pub fn peer_ok(&self, peer: &str, cert_not_after: Option<i64>) {
         let mut peers = self.peers.lock().expect("metrics lock");
@@ -272,7 +296,7 @@ impl Metrics {
                 open.get(name).copied().unwrap_or(0)
             ));
             if let Some(na) = p.cert_not_after {
-                s.push_str(&format!(" cert_expires_in_days={}", (na - now) / 86_400));
+                s.push_str(&format!(" cert_expires_in_days={}", (na - now) / SECS_PER_DAY));
             }
             if let Some((t, why)) = &p.last_error {
                 s.push_str(&format!(" last_error=\"{why}\" ({}s ago)", now - t / 1000));

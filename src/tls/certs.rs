@@ -278,9 +278,9 @@ pub fn show(file: &Path, ca: Option<&Path>) -> Result<Shown, CertError> {
     let status = if now < nb {
         "NOT YET VALID".to_owned()
     } else if now > na {
-        format!("EXPIRED {} days ago", (now - na) / 86_400)
+        format!("EXPIRED {} days ago", (now - na) / crate::ops::metrics::SECS_PER_DAY)
     } else {
-        format!("{} days left", (na - now) / 86_400)
+        format!("{} days left", (na - now) / crate::ops::metrics::SECS_PER_DAY)
     };
     let key = match cert.public_key().parsed() {
         Ok(PublicKey::EC(ec)) => format!("ECDSA {}-bit", ec.key_size()),

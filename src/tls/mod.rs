@@ -15,7 +15,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -364,7 +364,7 @@ impl TlsConfigs {
 /// no longer passes the check after a reload (a new CRL) are closed.
 #[derive(Debug)]
 pub struct Tls {
-    current: RwLock<Arc<TlsConfigs>>,
+    current: arc_swap::ArcSwap<TlsConfigs>,
     live: Mutex<LiveTunnels>,
 }
 
@@ -411,13 +411,13 @@ impl Tls {
     /// Wraps loaded configs.
     pub fn new(c: TlsConfigs) -> Arc<Tls> {
         Arc::new(Tls {
-            current: RwLock::new(Arc::new(c)),
+            current: arc_swap::ArcSwap::from_pointee(c),
             live: Mutex::new(LiveTunnels::default()),
         })
     }
     /// The configs new connections use.
     pub fn current(&self) -> Arc<TlsConfigs> {
-        self.current.read().expect("tls lock").clone()
+        self.current.load_full()
     }
     /// Puts new configs in place for new connections, and closes the open
     /// tunnels whose peer certificate they no longer accept (revoked, or
@@ -425,7 +425,7 @@ impl Tls {
     /// peer keeps its tunnels, whatever else changed.
     pub fn replace(&self, c: TlsConfigs) -> Vec<String> {
         let c = Arc::new(c);
-        *self.current.write().expect("tls lock") = c.clone();
+        self.current.store(c.clone());
         let live = self.live.lock().expect("live tunnels lock");
         let mut closed = Vec::new();
         for t in live.open.values() {

@@ -4,7 +4,7 @@
 use crate::epmd::NodeInfo;
 use crate::hostname::HostName;
 use crate::ops::metrics::{tls_reason, Metrics};
-use crate::tls::{cert_not_after, server_name, LiveGuard, Tls};
+use crate::tls::{server_name, LiveGuard, Tls};
 use crate::tunnel::preface::{self, Preface, PrefaceError, TunnelStatus};
 use crate::tunnel::record;
 use crate::tunnel::record::{Corked, SecretCapture, Side};
@@ -23,8 +23,7 @@ use tokio_rustls::TlsConnector;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// TLS handshake with a peer that accepted the TCP connection.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The peer's answer to a question or tunnel request.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::tunnel::preface::ANSWER_TIMEOUT;
 
 /// Why a peer could not be asked or reached.
 #[derive(Debug, Error)]
@@ -130,15 +129,7 @@ impl Dialer {
         let r = self.open_inner(preface, extra).await;
         match &r {
             Ok(_) if !self.listed => {}
-            Ok((s, _)) => {
-                let na = s
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| cert_not_after(c).ok());
-                self.metrics.peer_ok(&self.host, na);
-            }
+            Ok((s, _)) => self.metrics.peer_connected(&self.host, s.get_ref().1),
             Err(e) => {
                 if let DialError::Tls { source, .. } = e {
                     self.metrics.handshake_failed(tls_reason(source));

@@ -5,19 +5,18 @@ use crate::epmd::LocalEpmd;
 use crate::hostname::HostName;
 use crate::mesh::policy::short;
 use crate::mesh::{Mesh, Source};
-use crate::ops::metrics::{tls_reason, Metrics, PeerLabels};
-use crate::tls::cert_not_after;
+use crate::ops::metrics::{tls_reason, Metrics};
 use crate::tls::{peer_hosts, Tls};
 use crate::tunnel::accept::AnonymousSlot;
 use crate::tunnel::dist_handshake;
-use crate::tunnel::preface::{self, Preface, TunnelStatus};
+use crate::tunnel::preface::{self, answer_and_close, Preface, TunnelStatus};
 use crate::tunnel::record;
-use crate::tunnel::record::{is_disconnect, until_revoked, Corked};
+use crate::tunnel::record::{until_revoked, Corked};
 use crate::tunnel::record::{SecretCapture, Side};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::server::TlsStream;
@@ -27,8 +26,6 @@ use tracing::{debug, info, warn, Instrument};
 
 /// Connecting to a local node's distribution port on loopback.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Writing an answer and closing.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a local node may take to answer a forwarded send_name: less
 /// than the dialler's wait for the tunnel status.
 pub const NODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -110,13 +107,7 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: 
             return;
         }
     }
-    let na = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| cert_not_after(c).ok());
-    ctx.metrics.peer_ok(&peer, na);
+    ctx.metrics.peer_connected(&peer, tls.get_ref().1);
     let preface = match tokio::time::timeout_at(deadline, preface::read_preface(&mut tls)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -173,25 +164,6 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: 
     }
 }
 
-fn count_refusal(ctx: &Context, peer: &HostName) {
-    ctx.metrics
-        .identity_refusals
-        .get_or_create(&PeerLabels { peer: peer.to_string() })
-        .inc();
-}
-
-async fn answer_and_close<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) {
-    let work = async {
-        s.write_all(answer).await?;
-        s.shutdown().await
-    };
-    match timeout(ANSWER_TIMEOUT, work).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "peer left before the answer"),
-        Err(_) => debug!("peer did not take the answer in time"),
-    }
-}
-
 /// Connects a peer's tunnel to local node `name`, after checking that the
 /// dialling node is named for the peer's certificated host.
 async fn tunnel_in(
@@ -223,14 +195,14 @@ async fn tunnel_in(
             certificate_names = ?hosts.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
             "refused: the peer's certificate does not name the host of the node it speaks for"
         );
-        count_refusal(&ctx, &hosts[0]);
+        ctx.metrics.identity_refused(&hosts[0]);
         answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
         return;
     };
     let policy = ctx.mesh.policy_for(&claimed);
     if !policy.allows_remote(short(&send_name.node)) || !ctx.allows_local(&hosts, &name) {
         warn!(claimed = %send_name.node, "refused: the peer's config does not allow this node pair");
-        count_refusal(&ctx, &claimed);
+        ctx.metrics.identity_refused(&claimed);
         answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
         return;
     }
@@ -307,11 +279,7 @@ async fn tunnel_in(
         }
         Err(e) => Err(e),
     };
-    match result {
-        Ok(c) => debug!(bytes_in = c.out, bytes_back = c.back, "tunnel closed"),
-        Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),
-        Err(e) => info!(error = %e, "tunnel ended with an error"),
-    }
+    record::log_end(&result);
 }
 
 /// Forwards the dialler's send_name to the local endpoint and reads its

@@ -6,10 +6,9 @@
 
 use crate::mesh::face::Face;
 use crate::mesh::policy::short;
-use crate::ops::metrics::PeerLabels;
 use crate::tunnel::dist_handshake;
 use crate::tunnel::preface::TunnelStatus;
-use crate::tunnel::record::{self, is_disconnect, until_revoked};
+use crate::tunnel::record::{self, until_revoked};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -26,16 +25,6 @@ pub async fn carry(face: Arc<Face>, local: TcpStream, node: String) {
 }
 
 impl Face {
-    fn count_refusal(&self) {
-        self.dialer
-            .metrics()
-            .identity_refusals
-            .get_or_create(&PeerLabels {
-                peer: self.dialer.host.clone(),
-            })
-            .inc();
-    }
-
     /// Carries one local node's connection to remote node `node`.
     pub async fn carry(self: Arc<Self>, mut local: TcpStream, node: String) {
         let remote_node = format!("{node}@{}", self.dialer.host);
@@ -59,12 +48,12 @@ impl Face {
                     claimed = %send_name.node,
                     "refused: a local node may only dial out under this host's name {:?}", self.own_host
                 );
-                self.count_refusal();
+                self.dialer.metrics().identity_refused(&self.dialer.host);
                 return;
             }
             if !self.policy.allows_local(short(&send_name.node)) {
                 warn!(claimed = %send_name.node, "refused: the peer's config does not allow this local node");
-                self.count_refusal();
+                self.dialer.metrics().identity_refused(&self.dialer.host);
                 return;
             }
             let (status, remote) = match self.dialer.tunnel(&node, &raw).await {
@@ -89,11 +78,7 @@ impl Face {
                 back_c.inc_by(b);
             });
             let result = until_revoked(&remote.live, carried).await;
-            match result {
-                Ok(c) => debug!(bytes_out = c.out, bytes_back = c.back, "tunnel closed"),
-                Err(e) if is_disconnect(&e) => debug!(error = %e, "tunnel closed by a disconnect"),
-                Err(e) => info!(error = %e, "tunnel ended with an error"),
-            }
+            record::log_end(&result);
         }
         .instrument(span)
         .await

@@ -25,8 +25,9 @@
 //! without answering, so a newer dialler can fall back.
 
 use crate::epmd::codec::{check_name, CodecError, NodeInfo, MAX_EXTRA_LEN};
+use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 /// The first bytes of every request.
 pub const MAGIC: &[u8; 4] = b"EMSH";
@@ -253,6 +254,27 @@ pub async fn read_names_answer<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<St
         names.push(read_short(r).await?);
     }
     Ok(names)
+}
+
+/// How long an answer may take: the peer's to a question or a tunnel
+/// request, or the writing of ours and the close after it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Writes `answer`, closes the write side and forgets the connection: the
+/// end of every question erlmesh answers (on the TLS port, an alias's
+/// EPMD, the embedded EPMD). A client that does not take it within
+/// [`ANSWER_TIMEOUT`] is dropped.
+pub async fn answer_and_close<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let work = async {
+        s.write_all(answer).await?;
+        s.shutdown().await
+    };
+    match tokio::time::timeout(ANSWER_TIMEOUT, work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "the client left before the answer"),
+        Err(_) => tracing::debug!("the client did not take the answer in time"),
+    }
 }
 
 /// Most hosts in one HELLO answer: the mesh is meant for dozens of hosts.

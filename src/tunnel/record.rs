@@ -611,6 +611,16 @@ pub fn is_disconnect(e: &io::Error) -> bool {
     )
 }
 
+/// Logs how a tunnel ended: ordinary ends and disconnects at debug,
+/// anything else once at info.
+pub fn log_end(result: &io::Result<Carried>) {
+    match result {
+        Ok(c) => tracing::debug!(bytes_out = c.out, bytes_back = c.back, "tunnel closed"),
+        Err(e) if is_disconnect(e) => tracing::debug!(error = %e, "tunnel closed by a disconnect"),
+        Err(e) => tracing::info!(error = %e, "tunnel ended with an error"),
+    }
+}
+
 /// Runs a tunnel's splice until it ends or `live` says its peer's
 /// certificate is no longer accepted (then the tunnel is dropped, closing
 /// both sockets: the node sees the connection end).
