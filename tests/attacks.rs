@@ -14,7 +14,6 @@ use erlmesh::tls::{Tls, TlsConfigs};
 use erlmesh::tunnel::dial::{Dialer, Tunnel};
 use erlmesh::tunnel::preface::{self, Preface, TunnelStatus};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -517,13 +516,6 @@ fn three_with_crls(c: &Cluster) -> (Host, Host, Host) {
     let hb = hs.pop().unwrap();
     let ha = hs.pop().unwrap();
     (ha, hb, hc)
-}
-
-/// Copies `from` over `to` in one rename, as a tool that rotates files does.
-fn install(from: &Path, to: &Path) {
-    let tmp = to.with_extension("tmp-install");
-    std::fs::copy(from, &tmp).unwrap();
-    std::fs::rename(&tmp, to).unwrap();
 }
 
 #[test]

@@ -318,3 +318,122 @@ fn a_stalled_reader_holds_back_the_sender_not_erlmesh_memory() {
         "every message arrived"
     );
 }
+
+#[test]
+fn the_ca_is_rotated_as_the_readme_says_without_a_signal() {
+    let c = Cluster::new();
+    let mut ha = c.host("hosta");
+    let mut hb = c.host("hostb");
+    ha.peer(&hb);
+    hb.peer(&ha);
+    // Each host reads its CA from a file of its own (the bundle to edit).
+    for h in [&ha, &hb] {
+        std::fs::copy(
+            c.path().join("certs/ca.pem"),
+            c.path().join(format!("ca-{}.pem", h.name)),
+        )
+        .unwrap();
+        h.write_config();
+        let text = std::fs::read_to_string(h.config_path())
+            .unwrap()
+            .replace("ca = \"certs/ca.pem\"", &format!("ca = \"ca-{}.pem\"", h.name));
+        std::fs::write(h.config_path(), text).unwrap();
+    }
+    ha.start_with_written_config();
+    hb.start_with_written_config();
+    let mut a = ha.node("a");
+    let _b = hb.node("b");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    let reloads = |h: &Host| h.log().matches("certificates reloaded").count();
+    let wait_reload = |h: &Host, before: usize| {
+        assert!(wait_for(Duration::from_secs(10), || reloads(h) > before), "{}", h.log());
+    };
+    // 1. A new CA. 2. Every host trusts both.
+    let newca = c.path().join("newca");
+    run_ok(&["cert", "ca", "--dir", newca.to_str().unwrap()]);
+    let bundle = format!(
+        "{}{}",
+        std::fs::read_to_string(c.path().join("certs/ca.pem")).unwrap(),
+        std::fs::read_to_string(newca.join("ca.pem")).unwrap()
+    );
+    for h in [&ha, &hb] {
+        let before = reloads(h);
+        std::fs::write(c.path().join("bundle.tmp"), &bundle).unwrap();
+        install(
+            &c.path().join("bundle.tmp"),
+            &c.path().join(format!("ca-{}.pem", h.name)),
+        );
+        wait_reload(h, before);
+    }
+    assert_eq!(a.eval("rpc:call(b@hostb, erlang, node, [])."), "b@hostb");
+    // 3. Each host gets a certificate from the new CA.
+    for h in [&ha, &hb] {
+        run_ok(&["cert", "issue", "--dir", newca.to_str().unwrap(), "--host", &h.name]);
+        let before = reloads(h);
+        for ext in ["key", "pem"] {
+            install(
+                &newca.join(format!("{}.{ext}", h.name)),
+                &c.path().join(format!("certs/{}.{ext}", h.name)),
+            );
+        }
+        wait_reload(h, before);
+    }
+    assert_eq!(a.eval("erlang:disconnect_node(b@hostb)."), "true");
+    assert_eq!(
+        a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(5)),
+        "pong"
+    );
+    // 4. The old CA leaves every bundle: the cluster runs on the new one.
+    for h in [&ha, &hb] {
+        let before = reloads(h);
+        install(&newca.join("ca.pem"), &c.path().join(format!("ca-{}.pem", h.name)));
+        wait_reload(h, before);
+    }
+    assert_eq!(a.eval("erlang:disconnect_node(b@hostb)."), "true");
+    assert_eq!(
+        a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(5)),
+        "pong"
+    );
+    // A certificate of the old CA is refused now.
+    let old = TlsFilesFor::old(&c);
+    assert!(old.refused_by(&ha), "a certificate of the removed CA was accepted");
+}
+
+/// hostc's certificate from the original CA, for checking that a host no
+/// longer trusts that CA.
+struct TlsFilesFor(erlmesh::config::TlsFiles);
+
+impl TlsFilesFor {
+    fn old(c: &Cluster) -> TlsFilesFor {
+        run_ok(&[
+            "cert",
+            "issue",
+            "--dir",
+            c.path().join("certs").to_str().unwrap(),
+            "--host",
+            "hostc",
+        ]);
+        // It trusts the new CA, so that only hosta's refusal can fail it.
+        TlsFilesFor(erlmesh::config::TlsFiles::new(
+            c.path().join("newca/ca.pem"),
+            c.path().join("certs/hostc.pem"),
+            c.path().join("certs/hostc.key"),
+        ))
+    }
+
+    fn refused_by(&self, h: &Host) -> bool {
+        let tls = erlmesh::tls::Tls::new(erlmesh::tls::TlsConfigs::load(&self.0, "hostc").unwrap());
+        let d = erlmesh::tunnel::dial::Dialer::new(
+            &h.name,
+            &format!("127.0.0.1:{}", h.listen_port),
+            tls,
+            erlmesh::ops::metrics::Metrics::new([]),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(d.names()).is_err()
+    }
+}

@@ -1,5 +1,6 @@
 //! Property-based fuzzing of every parser that reads bytes from outside:
-//! the EPMD codec, the tunnel preface and the handshake reader. Random and
+//! the EPMD codec, the tunnel preface (HELLO and its answer included) and
+//! the handshake reader. Random and
 //! mutated input must give a value or an error, never a panic, and what
 //! the encoders write must parse back to the same value.
 //! PROPTEST_CASES raises the case count for a longer run.
@@ -14,9 +15,10 @@ fn cases() -> ProptestConfig {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3000);
+    // Failures are kept in tests/fuzz.proptest-regressions and replayed
+    // first on every run.
     ProptestConfig {
         cases: n,
-        failure_persistence: None,
         ..ProptestConfig::default()
     }
 }
@@ -107,8 +109,13 @@ proptest! {
     }
 
     #[test]
-    fn preface_round_trips(kind in 0u8..3, n in name()) {
-        let p = match kind { 0 => Preface::PortPlease(n), 1 => Preface::Names, _ => Preface::Tunnel(n) };
+    fn preface_round_trips(kind in 0u8..4, n in name()) {
+        let p = match kind {
+            0 => Preface::PortPlease(n),
+            1 => Preface::Names,
+            2 => Preface::Hello(format!("{n}:4370")),
+            _ => Preface::Tunnel(n),
+        };
         let bytes = p.encode();
         prop_assert_eq!(Preface::decode(&bytes), Ok((p.clone(), bytes.len())));
         prop_assert_eq!(block_on(preface::read_preface(&mut &bytes[..])).unwrap(), p);
@@ -120,9 +127,27 @@ proptest! {
         let _ = block_on(preface::read_preface(&mut &bytes[..]));
         let _ = block_on(preface::read_port_answer(&mut &bytes[..], "x"));
         let _ = block_on(preface::read_names_answer(&mut &bytes[..]));
+        let _ = block_on(preface::read_hosts_answer(&mut &bytes[..]));
         let valid = Preface::Tunnel("node".into()).encode();
-        let m = mutated(valid, flips, cut, vec![]);
+        let m = mutated(valid, flips.clone(), cut, vec![]);
         let _ = Preface::decode(&m);
+        let hello = Preface::Hello("hostb:4370".into()).encode();
+        let _ = Preface::decode(&mutated(hello, flips, cut, vec![]));
+    }
+
+    /// HELLO answers: what the encoder writes reads back (host names of
+    /// any spelling, which the mesh canonicalises later), and mutated
+    /// answers give a value or an error, never a panic.
+    #[test]
+    fn hello_answers_round_trip_and_survive_mutation(
+        hosts in proptest::collection::vec((name(), name()), 0..20),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        cut in any::<usize>(),
+    ) {
+        let hosts: Vec<(String, String)> = hosts.into_iter().map(|(h, a)| (h, format!("{a}:4370"))).collect();
+        let bytes = preface::encode_hosts_answer(&hosts);
+        prop_assert_eq!(block_on(preface::read_hosts_answer(&mut &bytes[..])).unwrap(), hosts);
+        let _ = block_on(preface::read_hosts_answer(&mut &mutated(bytes, flips, cut, vec![])[..]));
     }
 
     #[test]

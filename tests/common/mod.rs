@@ -501,3 +501,10 @@ pub fn send_name(node: &str) -> Vec<u8> {
     f.extend_from_slice(&body);
     f
 }
+
+/// Copies `from` over `to` in one rename, as a tool that rotates files does.
+pub fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("tmp-install");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
