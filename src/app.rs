@@ -10,11 +10,12 @@ use crate::ops::metrics::Metrics;
 use crate::tls::{Tls, TlsConfigs};
 use crate::tunnel::accept::{accept_admitted, accept_loop, Admission};
 use crate::tunnel::inbound::{self, Context};
-use anyhow::{bail, Context as _};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -24,174 +25,275 @@ use tracing::{info, warn};
 /// Concurrent connections to the embedded EPMD: one per registered node
 /// plus short questions.
 pub const MAX_LOCAL_EPMD_CONNECTIONS: usize = 1024;
+/// Concurrent connections to the metrics port.
+pub const MAX_METRICS_CONNECTIONS: usize = 16;
+/// Pause after a failed accept on the control socket.
+const CONTROL_ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why `erlmesh run` could not start (or stopped).
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "the EPMD port {port} is open to the network on {exposed:?}: stop that epmd (systemctl disable --now \
+         epmd.socket epmd.service) or restart it with ERL_EPMD_ADDRESS=127.0.0.1, then start erlmesh again"
+    )]
+    EpmdExposed { port: u16, exposed: Vec<SocketAddr> },
+    #[error("{what}: cannot bind {addr}: {source}{hint}")]
+    Bind {
+        what: String,
+        addr: String,
+        source: std::io::Error,
+        hint: String,
+    },
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::MeshError),
+    #[error(
+        "the open-file limit is {soft} (hard limit {hard}), but max_connections = {max_connections}, \
+         max_unauthenticated = {max_unauthenticated} and the local EPMD ({MAX_LOCAL_EPMD_CONNECTIONS}) need up to \
+         {need}: raise it (LimitNOFILE={need} in the systemd unit, or `ulimit -n {need}`) or lower those caps in {file}"
+    )]
+    DescriptorLimit {
+        soft: u64,
+        hard: u64,
+        need: u64,
+        max_connections: usize,
+        max_unauthenticated: usize,
+        file: PathBuf,
+    },
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
+    #[error("a blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What every part started by [`run`] shares.
+struct Running {
+    config: Config,
+    tls: Arc<Tls>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
 
 /// Runs the proxy until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let (files, host) = (config.tls.clone(), config.host.clone());
-    let tls = Tls::new(tokio::task::spawn_blocking(move || TlsConfigs::load(&files, &host)).await??);
-    warn_if_expiring(&config, tls.current().not_after);
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let tls = load_tls(&config).await?;
     let metrics = Metrics::new(config.peers.iter().map(|p| p.host.as_str()));
     metrics.set_own_not_after(tls.current().not_after);
-
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
-
-    // An epmd reachable from the network undoes what erlmesh is for.
-    let port = config.epmd_port;
-    let exposed = tokio::task::spawn_blocking(move || crate::ops::exposure::exposed_listeners(port)).await?;
-    if !exposed.is_empty() {
-        bail!(
-            "the EPMD port {} is open to the network on {:?}: stop that epmd (systemctl disable --now epmd.socket epmd.service) \
-             or restart it with ERL_EPMD_ADDRESS=127.0.0.1, then start erlmesh again",
-            config.epmd_port,
-            exposed
-        );
-    }
-
+    let r = Running {
+        config,
+        tls,
+        metrics,
+        cancel: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    refuse_exposed_epmd(r.config.epmd_port).await?;
     // Bind everything first: a port that is taken stops the start, with
     // nothing half-running.
-    let local = match config.epmd {
-        EpmdMode::Embedded => {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.epmd_port));
-            let l = TcpListener::bind(addr).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot bind the EPMD port {addr}: {e} (is a system epmd running? stop it, or set epmd = \"system\" in {})",
-                    config.file.display()
-                )
-            })?;
-            let registry = Registry::new();
-            let slots = Arc::new(Semaphore::new(MAX_LOCAL_EPMD_CONNECTIONS));
-            let (reg, port, m) = (registry.clone(), config.epmd_port, metrics.clone());
-            let exposure = crate::ops::exposure::ExposureChecker::start(&tracker, cancel.clone());
-            tracker.spawn(accept_loop(
-                l,
-                slots,
-                cancel.clone(),
-                tracker.clone(),
-                "epmd",
-                move |s, from, c| epmd::embedded::handle(s, from, reg.clone(), port, m.clone(), exposure.clone(), c),
-            ));
-            LocalEpmd::Embedded(registry)
-        }
-        EpmdMode::System => LocalEpmd::System { port: config.epmd_port },
-    };
-
-    let tls_listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("{}: listen: cannot bind {}", config.file.display(), config.listen))?;
-    let listen_addr = tls_listener.local_addr()?;
-
-    let mesh = Mesh::new(&config, tls.clone(), metrics.clone(), cancel.clone(), tracker.clone());
+    let local = r.serve_local_epmd().await?;
+    let tls_listener = bind(&r.config.listen.to_string(), r.config.listen, &r.config, "listen", "").await?;
+    let listen_addr = tls_listener.local_addr().map_err(|source| AppError::Io {
+        what: "the TLS port",
+        source,
+    })?;
+    let mesh = Mesh::new(
+        &r.config,
+        r.tls.clone(),
+        r.metrics.clone(),
+        r.cancel.clone(),
+        r.tracker.clone(),
+    );
     mesh.start_static().await?;
-    let inetrc = config.inetrc_path();
-
-    let ctx = Context {
-        tls: tls.clone(),
-        local,
-        handshake_timeout: config.handshake_timeout,
-        first_bytes_timeout: config.first_bytes_timeout,
-        metrics: metrics.clone(),
-        host: config.host.clone(),
-        mesh: mesh.clone(),
-    };
-    let admission = Admission::new(
-        config.max_unauthenticated,
-        config.max_unauthenticated_per_source,
-        config.max_connections,
-    );
-    let m = metrics.clone();
-    tracker.spawn(accept_admitted(
-        tls_listener,
-        admission,
-        cancel.clone(),
-        tracker.clone(),
-        move |why| m.refused(why.label()),
-        move |s, from, slot, c| inbound::handle(s, from, slot, ctx.clone(), c),
+    r.serve_tls_port(tls_listener, local, mesh.clone());
+    r.tracker.spawn(reload_tls(
+        r.config.clone(),
+        r.tls.clone(),
+        r.metrics.clone(),
+        r.cancel.clone(),
     ));
-
-    tracker.spawn(reload_tls(config.clone(), tls.clone(), metrics.clone(), cancel.clone()));
-
-    // The control endpoint: always on a unix socket in state_dir (for
-    // `erlmesh status`), and on a loopback TCP port when configured.
-    let sock = config.state_dir.join(crate::ops::control::SOCKET_FILE);
-    let _ = std::fs::remove_file(&sock);
-    let unix = tokio::net::UnixListener::bind(&sock)
-        .with_context(|| format!("{}: cannot bind the control socket", sock.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
-    }
-    let (m, h, c, t) = (
-        metrics.clone(),
-        config.host.to_string(),
-        cancel.clone(),
-        tracker.clone(),
-    );
-    tracker.spawn(async move {
-        loop {
-            let s = tokio::select! {
-                _ = c.cancelled() => break,
-                r = unix.accept() => match r {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        warn!(error = %e, "control socket accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            t.spawn(crate::ops::control::serve_one(s, m.clone(), h.clone()));
-        }
-    });
-    if let Some(addr) = config.metrics {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("{}: metrics: cannot bind {addr}", config.file.display()))?;
-        let (m, h) = (metrics.clone(), config.host.to_string());
-        tracker.spawn(accept_loop(
-            l,
-            Arc::new(Semaphore::new(16)),
-            cancel.clone(),
-            tracker.clone(),
-            "metrics",
-            move |s, _, _| crate::ops::control::serve_one(s, m.clone(), h.clone()),
-        ));
-    }
+    r.serve_control().await?;
 
     // Joining through seeds comes last: every listener and handler is in
     // place while the other hosts dial back to verify this one.
-    tracker.spawn(mesh.clone().learner());
+    r.tracker.spawn(mesh.clone().learner());
     mesh.join().await;
-    tracker.spawn(mesh.clone().gossip_forever());
-
-    info!(
-        host = %config.host,
-        listen = %listen_addr,
-        epmd = %format!("127.0.0.1:{} ({:?})", config.epmd_port, config.epmd).to_lowercase(),
-        peers = config.peers.len(),
-        resolver = %inetrc.display(),
-        "erlmesh ready"
-    );
-    // Every listener is bound: tell systemd (Type=notify), if it asked.
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-        warn!(error = %e, "cannot notify systemd of readiness");
-    }
+    r.tracker.spawn(mesh.clone().gossip_forever());
+    r.ready(listen_addr);
 
     shutdown.await;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    info!(
-        "shutting down: no new connections; open tunnels drain for up to {:?}",
-        config.shutdown_grace
-    );
-    cancel.cancel();
-    tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("grace period over; closing the remaining tunnels");
-    }
+    r.drain().await;
     Ok(())
+}
+
+/// Loads the CA, certificate, key and CRLs, off the runtime threads.
+async fn load_tls(config: &Config) -> Result<Arc<Tls>, AppError> {
+    let (files, host) = (config.tls.clone(), config.host.clone());
+    let configs = tokio::task::spawn_blocking(move || TlsConfigs::load(&files, &host)).await??;
+    warn_if_expiring(config, configs.not_after);
+    Ok(Tls::new(configs))
+}
+
+/// An epmd reachable from the network undoes what erlmesh is for.
+async fn refuse_exposed_epmd(port: u16) -> Result<(), AppError> {
+    let exposed = tokio::task::spawn_blocking(move || crate::ops::exposure::exposed_listeners(port)).await?;
+    if exposed.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::EpmdExposed { port, exposed })
+    }
+}
+
+/// Binds `addr` for `key` of the config, with `hint` on failure.
+async fn bind(shown: &str, addr: SocketAddr, config: &Config, key: &str, hint: &str) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+        what: format!("{}: {key}", config.file.display()),
+        addr: shown.to_owned(),
+        source,
+        hint: hint.to_owned(),
+    })
+}
+
+impl Running {
+    /// Binds and serves the embedded EPMD (or notes the system one).
+    async fn serve_local_epmd(&self) -> Result<LocalEpmd, AppError> {
+        let port = self.config.epmd_port;
+        if self.config.epmd == EpmdMode::System {
+            return Ok(LocalEpmd::System { port });
+        }
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let hint = " (is a system epmd running? stop it, or set epmd = \"system\")";
+        let l = bind(&addr.to_string(), addr, &self.config, "epmd_port", hint).await?;
+        let registry = Registry::new();
+        let (reg, m) = (registry.clone(), self.metrics.clone());
+        let exposure = crate::ops::exposure::ExposureChecker::start(&self.tracker, self.cancel.clone());
+        self.tracker.spawn(accept_loop(
+            l,
+            Arc::new(Semaphore::new(MAX_LOCAL_EPMD_CONNECTIONS)),
+            self.cancel.clone(),
+            self.tracker.clone(),
+            "epmd",
+            move |s, from, c| epmd::embedded::handle(s, from, reg.clone(), port, m.clone(), exposure.clone(), c),
+        ));
+        Ok(LocalEpmd::Embedded(registry))
+    }
+
+    /// Serves the TLS port: admission, then each connection's handler.
+    fn serve_tls_port(&self, listener: TcpListener, local: LocalEpmd, mesh: Arc<Mesh>) {
+        let c = &self.config;
+        let ctx = Context {
+            tls: self.tls.clone(),
+            local,
+            handshake_timeout: c.handshake_timeout,
+            first_bytes_timeout: c.first_bytes_timeout,
+            metrics: self.metrics.clone(),
+            host: c.host.clone(),
+            mesh,
+        };
+        let admission = Admission::new(
+            c.max_unauthenticated,
+            c.max_unauthenticated_per_source,
+            c.max_connections,
+        );
+        let m = self.metrics.clone();
+        self.tracker.spawn(accept_admitted(
+            listener,
+            admission,
+            self.cancel.clone(),
+            self.tracker.clone(),
+            move |why| m.refused(why.label()),
+            move |s, from, slot, c| inbound::handle(s, from, slot, ctx.clone(), c),
+        ));
+    }
+
+    /// The control endpoint: always on a unix socket in state_dir (for
+    /// `erlmesh status`), and on a loopback TCP port when configured.
+    async fn serve_control(&self) -> Result<(), AppError> {
+        let sock = self.config.state_dir.join(crate::ops::control::SOCKET_FILE);
+        let unix = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::remove_file(&sock);
+            let l = std::os::unix::net::UnixListener::bind(&sock)?;
+            std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+            l.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(l)
+        })
+        .await?
+        .and_then(tokio::net::UnixListener::from_std)
+        .map_err(|source| AppError::Io {
+            what: "cannot bind the control socket in state_dir",
+            source,
+        })?;
+        let (m, h, c, t) = (
+            self.metrics.clone(),
+            self.config.host.to_string(),
+            self.cancel.clone(),
+            self.tracker.clone(),
+        );
+        self.tracker.spawn(async move {
+            loop {
+                let s = tokio::select! {
+                    _ = c.cancelled() => break,
+                    r = unix.accept() => match r {
+                        Ok((s, _)) => s,
+                        Err(e) => {
+                            warn!(error = %e, "control socket accept failed");
+                            tokio::time::sleep(CONTROL_ACCEPT_BACKOFF).await;
+                            continue;
+                        }
+                    },
+                };
+                t.spawn(crate::ops::control::serve_one(s, m.clone(), h.clone()));
+            }
+        });
+        if let Some(addr) = self.config.metrics {
+            let l = bind(&addr.to_string(), addr, &self.config, "metrics", "").await?;
+            let (m, h) = (self.metrics.clone(), self.config.host.to_string());
+            self.tracker.spawn(accept_loop(
+                l,
+                Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS)),
+                self.cancel.clone(),
+                self.tracker.clone(),
+                "metrics",
+                move |s, _, _| crate::ops::control::serve_one(s, m.clone(), h.clone()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Says so in the log and to systemd (Type=notify), if it asked.
+    fn ready(&self, listen_addr: SocketAddr) {
+        let c = &self.config;
+        info!(
+            host = %c.host,
+            listen = %listen_addr,
+            epmd = %format!("127.0.0.1:{} ({:?})", c.epmd_port, c.epmd).to_lowercase(),
+            peers = c.peers.len(),
+            resolver = %c.inetrc_path().display(),
+            "erlmesh ready"
+        );
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            warn!(error = %e, "cannot notify systemd of readiness");
+        }
+    }
+
+    /// Stops accepting and lets open tunnels drain for the grace period.
+    async fn drain(self) {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        info!(
+            "shutting down: no new connections; open tunnels drain for up to {:?}",
+            self.config.shutdown_grace
+        );
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.config.shutdown_grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("grace period over; closing the remaining tunnels");
+        }
+    }
 }
 
 /// How often the CA, certificate, key and CRL files are looked at for
@@ -281,7 +383,7 @@ fn warn_if_expiring(config: &Config, not_after: i64) {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() -> anyhow::Result<()> {
+pub async fn shutdown_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -294,19 +396,23 @@ pub async fn shutdown_signal() -> anyhow::Result<()> {
 
 /// Raises the soft open-file limit to the hard one, and refuses to start
 /// when even that cannot hold what the configured caps may open.
-pub fn raise_descriptor_limit(config: &Config) -> anyhow::Result<u64> {
+pub fn raise_descriptor_limit(config: &Config) -> Result<u64, AppError> {
     let need = config.descriptors_needed();
-    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
-    let soft = rlimit::increase_nofile_limit(hard)?;
+    let io = |source| AppError::Io {
+        what: "the open-file limit",
+        source,
+    };
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).map_err(io)?;
+    let soft = rlimit::increase_nofile_limit(hard).map_err(io)?;
     if soft < need {
-        bail!(
-            "the open-file limit is {soft} (hard limit {hard}), but max_connections = {}, max_unauthenticated = {} and \
-             the local EPMD ({MAX_LOCAL_EPMD_CONNECTIONS}) need up to {need}: raise it (LimitNOFILE={need} in the \
-             systemd unit, or `ulimit -n {need}`) or lower those caps in {}",
-            config.max_connections,
-            config.max_unauthenticated,
-            config.file.display()
-        );
+        return Err(AppError::DescriptorLimit {
+            soft,
+            hard,
+            need,
+            max_connections: config.max_connections,
+            max_unauthenticated: config.max_unauthenticated,
+            file: config.file.clone(),
+        });
     }
     Ok(soft)
 }

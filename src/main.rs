@@ -57,7 +57,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .await;
                 signals.abort();
                 r
-            })
+            })?;
+            Ok(())
         }
         Command::Status { config, metrics } => {
             let config = load(&config)?;
