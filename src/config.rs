@@ -264,40 +264,7 @@ impl Config {
                 format!("must be at most {MAX_THREADS} (0 = one per CPU)"),
             ));
         }
-        let mut peers: Vec<Peer> = Vec::new();
-        for (i, p) in raw.peers.into_iter().enumerate() {
-            let key = |k: &str| format!("peers[{i}].{k}");
-            // Compared in canonical form: "Hostb." is hostb.
-            let peer_host = HostName::parse(&p.host).map_err(|e| invalid(&key("host"), e.to_string()))?;
-            if peer_host == host {
-                return Err(invalid(&key("host"), format!("{:?} is this host itself", p.host)));
-            }
-            if peers.iter().any(|q| q.host == peer_host) {
-                return Err(invalid(&key("host"), format!("{:?} is listed twice", p.host)));
-            }
-            check_address(&p.address).map_err(|m| invalid(&key("address"), m))?;
-            let alias = match p.alias {
-                None => None,
-                Some(a) => {
-                    let ip = check_alias(&a).map_err(|m| invalid(&key("alias"), m))?;
-                    if peers.iter().any(|q| q.alias == Some(ip)) {
-                        return Err(invalid(&key("alias"), format!("{ip} is already another peer's alias")));
-                    }
-                    Some(ip)
-                }
-            };
-            let patterns = |v: Option<Vec<String>>, k: &str| patterns(v).map_err(|m| invalid(&key(k), m));
-            let policy = Policy {
-                nodes: patterns(p.nodes, "nodes")?,
-                local_nodes: patterns(p.local_nodes, "local_nodes")?,
-            };
-            peers.push(Peer {
-                host: peer_host,
-                address: p.address,
-                alias,
-                policy,
-            });
-        }
+        let peers = parse_peers(raw.peers, &host, &invalid)?;
         let default_policy = match raw.default_policy {
             None => Policy::default(),
             Some(p) => Policy {
@@ -408,6 +375,50 @@ impl Config {
 /// A host part of node names or of an address.
 fn check_host(h: &str) -> Result<(), String> {
     HostName::parse(h).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The `[[peers]]` entries, each checked (canonical host, not this host,
+/// not listed twice, address, alias, patterns).
+fn parse_peers(
+    raw: Vec<RawPeer>,
+    host: &HostName,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<Vec<Peer>, ConfigError> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for (i, p) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("peers[{i}].{k}");
+        // Compared in canonical form: "Hostb." is hostb.
+        let peer_host = HostName::parse(&p.host).map_err(|e| invalid(&key("host"), e.to_string()))?;
+        if peer_host == *host {
+            return Err(invalid(&key("host"), format!("{:?} is this host itself", p.host)));
+        }
+        if peers.iter().any(|q| q.host == peer_host) {
+            return Err(invalid(&key("host"), format!("{:?} is listed twice", p.host)));
+        }
+        check_address(&p.address).map_err(|m| invalid(&key("address"), m))?;
+        let alias = match p.alias {
+            None => None,
+            Some(a) => {
+                let ip = check_alias(&a).map_err(|m| invalid(&key("alias"), m))?;
+                if peers.iter().any(|q| q.alias == Some(ip)) {
+                    return Err(invalid(&key("alias"), format!("{ip} is already another peer's alias")));
+                }
+                Some(ip)
+            }
+        };
+        let patterns = |v: Option<Vec<String>>, k: &str| patterns(v).map_err(|m| invalid(&key(k), m));
+        let policy = Policy {
+            nodes: patterns(p.nodes, "nodes")?,
+            local_nodes: patterns(p.local_nodes, "local_nodes")?,
+        };
+        peers.push(Peer {
+            host: peer_host,
+            address: p.address,
+            alias,
+            policy,
+        });
+    }
+    Ok(peers)
 }
 
 /// Descriptors kept for what the caps do not count (see

@@ -78,42 +78,7 @@ pub async fn handle(
         debug!(request = req.kind(), "request");
         metrics.epmd_request(req.kind());
         match req {
-            Request::Alive2(info) => {
-                let v6 = info.high >= 6;
-                let name = info.name.clone();
-                let port = info.port;
-                let Some(reg) = registry.register(info) else {
-                    warn!(node = %name, "registration refused: name already registered");
-                    let reply = codec::encode_alive2_refusal(v6);
-                    reply_and_close(&mut stream, &reply).await;
-                    return;
-                };
-                let reply = if v6 {
-                    codec::encode_alive2_x_resp(0, reg.creation)
-                } else {
-                    // 16-bit creations cycle 1..3, as old epmds handed out.
-                    codec::encode_alive2_resp(0, (reg.creation % 3 + 1) as u16)
-                };
-                if let Err(e) = stream.write_all(&reply).await {
-                    debug!(node = %name, error = %e, "node left during registration");
-                    return;
-                }
-                info!(node = %name, port, "node registered");
-                exposure.check(&name, port);
-                // The registration lasts as long as this connection.
-                let mut sink = [0u8; 64];
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        r = stream.read(&mut sink) => match r {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        },
-                    }
-                }
-                drop(reg);
-                info!(node = %name, "node unregistered");
-            }
+            Request::Alive2(info) => register(stream, info, &registry, &exposure, &cancel).await,
             Request::PortPlease2 { name } => {
                 let reply = match registry.lookup(&name) {
                     Some(n) => codec::encode_port2_resp(&n, n.port),
@@ -145,4 +110,48 @@ pub async fn handle(
     }
     .instrument(span)
     .await
+}
+
+/// Registers a node for as long as its connection stays open (as epmd
+/// does), answering in the form it asked in.
+async fn register(
+    mut stream: TcpStream,
+    info: codec::NodeInfo,
+    registry: &Arc<Registry>,
+    exposure: &crate::ops::exposure::ExposureChecker,
+    cancel: &CancellationToken,
+) {
+    let v6 = info.high >= 6;
+    let name = info.name.clone();
+    let port = info.port;
+    let Some(reg) = registry.register(info) else {
+        warn!(node = %name, "registration refused: name already registered");
+        reply_and_close(&mut stream, &codec::encode_alive2_refusal(v6)).await;
+        return;
+    };
+    let reply = if v6 {
+        codec::encode_alive2_x_resp(0, reg.creation)
+    } else {
+        // 16-bit creations cycle 1..3, as old epmds handed out.
+        codec::encode_alive2_resp(0, (reg.creation % 3 + 1) as u16)
+    };
+    if let Err(e) = stream.write_all(&reply).await {
+        debug!(node = %name, error = %e, "node left during registration");
+        return;
+    }
+    info!(node = %name, port, "node registered");
+    exposure.check(&name, port);
+    // The registration lasts as long as this connection.
+    let mut sink = [0u8; 64];
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = stream.read(&mut sink) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+        }
+    }
+    drop(reg);
+    info!(node = %name, "node unregistered");
 }

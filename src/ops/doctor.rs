@@ -51,6 +51,22 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
     let mut checks = vec![pass(format!("config {} is valid", config.file.display()))];
 
     // Certificates.
+    let tls = check_certificates(config, &mut checks);
+    // Peers.
+    if let Some(tls) = &tls {
+        check_peers(config, tls, &mut checks).await;
+    }
+    check_exposure(config, &mut checks).await;
+    let aliases = check_resolver(config, &mut checks);
+    // A running node's view of the peer hosts.
+    if let Some(node) = node {
+        checks.extend(check_node(config, node, cookie, &aliases).await);
+    }
+    checks
+}
+
+/// The certificate: chain, name, expiry. Returns the configs when they load.
+fn check_certificates(config: &Config, checks: &mut Vec<Check>) -> Option<std::sync::Arc<crate::tls::Tls>> {
     let cert_fix = format!(
         "issue one with `erlmesh cert issue --dir DIR --host {}` and point tls.cert / tls.key at it",
         config.host
@@ -103,38 +119,42 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
         }
     }
 
-    // Peers.
-    if let Some(tls) = &tls {
-        for p in &config.peers {
-            let d = match Dialer::new(&p.host, &p.address, tls.clone(), Metrics::new([])) {
-                Ok(d) => d,
-                Err(e) => {
-                    checks.push(fail(format!("peer {}: {e}", p.host), "fix peers[].host"));
-                    continue;
-                }
-            };
-            match d.names().await {
-                Ok(names) => checks.push(pass(format!(
-                    "peer {} at {} authenticates (TLS 1.3, certificate names {}); its nodes: {}",
-                    p.host,
-                    p.address,
-                    p.host,
-                    if names.is_empty() {
-                        "none".into()
-                    } else {
-                        names.join(", ")
-                    }
-                ))),
-                Err(e) => checks.push(fail(
-                    format!("peer {} at {}: {e}", p.host, p.address),
-                    "check that its erlmesh runs, that the address and port are right and open between the hosts, \
-                     and that its certificate comes from the same CA and names that host",
-                )),
+    tls
+}
+
+/// Each peer: reachable, and authenticates as itself.
+async fn check_peers(config: &Config, tls: &std::sync::Arc<crate::tls::Tls>, checks: &mut Vec<Check>) {
+    for p in &config.peers {
+        let d = match Dialer::new(&p.host, &p.address, tls.clone(), Metrics::new([])) {
+            Ok(d) => d,
+            Err(e) => {
+                checks.push(fail(format!("peer {}: {e}", p.host), "fix peers[].host"));
+                continue;
             }
+        };
+        match d.names().await {
+            Ok(names) => checks.push(pass(format!(
+                "peer {} at {} authenticates (TLS 1.3, certificate names {}); its nodes: {}",
+                p.host,
+                p.address,
+                p.host,
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            ))),
+            Err(e) => checks.push(fail(
+                format!("peer {} at {}: {e}", p.host, p.address),
+                "check that its erlmesh runs, that the address and port are right and open between the hosts, \
+                     and that its certificate comes from the same CA and names that host",
+            )),
         }
     }
+}
 
-    // Exposure: EPMD and local nodes on loopback only.
+/// EPMD and local nodes listen on loopback only.
+async fn check_exposure(config: &Config, checks: &mut Vec<Check>) {
     checks.push(loopback_only(
         config.epmd_port,
         format!("EPMD port {} is not open beyond loopback", config.epmd_port),
@@ -167,8 +187,11 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
             "start erlmesh (`erlmesh run`), or the system epmd when epmd = \"system\"",
         )),
     }
+}
 
-    // The resolver file.
+/// The resolver file maps this host and every peer. Returns the aliases
+/// erlmesh keeps, for the running node's check.
+fn check_resolver(config: &Config, checks: &mut Vec<Check>) -> Vec<(String, Option<Ipv4Addr>)> {
     let inetrc = config.inetrc_path();
     let aliases = read_aliases(config);
     match std::fs::read_to_string(&inetrc) {
@@ -195,11 +218,7 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
         )),
     }
 
-    // A running node's view of the peer hosts.
-    if let Some(node) = node {
-        checks.extend(check_node(config, node, cookie, &aliases).await);
-    }
-    checks
+    aliases
 }
 
 /// The alias each peer has, as erlmesh keeps it in state_dir.

@@ -55,35 +55,18 @@ impl Context {
     }
 }
 
-/// Serves one connection on the TLS port.
+/// A connection on the TLS port once its peer is verified.
+type Verified = TlsStream<Corked<TcpStream>>;
+
+/// Serves one connection on the TLS port: first bytes, TLS, the preface,
+/// then the question's answer or the tunnel.
 pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: Context, _cancel: CancellationToken) {
     let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
-    // A client that connects and says nothing gives its anonymous slot
-    // back long before the handshake deadline.
-    match timeout(ctx.first_bytes_timeout, tcp.peek(&mut [0u8; 1])).await {
-        Ok(Ok(n)) if n > 0 => {}
-        Ok(_) => return,
-        Err(_) => {
-            debug!(%from, "no TLS bytes within {:?}; closed", ctx.first_bytes_timeout);
-            ctx.metrics.handshake_failed("no_first_bytes");
-            return;
-        }
+    if !first_bytes(&tcp, from, &ctx).await {
+        return;
     }
-    let configs = ctx.tls.current();
-    let (server_config, capture) = configs.server_for_connection();
-    let acceptor = TlsAcceptor::from(server_config);
-    let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(Corked::new(tcp))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            warn!(%from, error = %e, "TLS handshake failed");
-            ctx.metrics.handshake_failed(tls_reason(&e));
-            return;
-        }
-        Err(_) => {
-            warn!(%from, "TLS handshake not completed within {:?}; closed", ctx.handshake_timeout);
-            ctx.metrics.handshake_failed("timeout");
-            return;
-        }
+    let Some((mut tls, capture)) = accept_tls(tcp, from, deadline, &ctx).await else {
+        return;
     };
     // Verified: from here on the connection holds an authenticated slot.
     let Some(_slot) = slot.authenticated() else {
@@ -97,15 +80,8 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: 
         ctx.metrics.handshake_failed("no_host_name");
         return;
     };
-    // A resumed session carries the certificate of the handshake it
-    // resumes, unchecked since: check it now, with today's CRLs and clock.
-    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-        let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
-        if let Err(e) = ctx.tls.current().check_peer(chain, None) {
-            warn!(%from, %peer, error = %e, "resumed TLS session refused: the peer's certificate is no longer accepted");
-            ctx.metrics.handshake_failed("resumed_certificate_refused");
-            return;
-        }
+    if !resumed_still_valid(&tls, from, &peer, &ctx) {
+        return;
     }
     ctx.metrics.peer_connected(&peer, tls.get_ref().1);
     let preface = match tokio::time::timeout_at(deadline, preface::read_preface(&mut tls)).await {
@@ -120,9 +96,81 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: 
         }
     };
     match preface {
-        Preface::PortPlease(name) if !ctx.allows_local(&hosts, &name) => {
+        Preface::Tunnel(name) => {
+            let span = tracing::info_span!("tunnel", dir = "in", %peer, to = %name, from = tracing::field::Empty);
+            tunnel_in(tls, capture, hosts, name, deadline, ctx)
+                .instrument(span)
+                .await
+        }
+        question => answer(&mut tls, question, &hosts, &ctx).await,
+    }
+}
+
+/// Waits for the first byte of the TLS handshake: a client that connects
+/// and says nothing gives its anonymous slot back long before the
+/// handshake deadline. Whether the connection goes on.
+async fn first_bytes(tcp: &TcpStream, from: SocketAddr, ctx: &Context) -> bool {
+    match timeout(ctx.first_bytes_timeout, tcp.peek(&mut [0u8; 1])).await {
+        Ok(Ok(n)) => n > 0,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            debug!(%from, "no TLS bytes within {:?}; closed", ctx.first_bytes_timeout);
+            ctx.metrics.handshake_failed("no_first_bytes");
+            false
+        }
+    }
+}
+
+/// The TLS handshake (the peer's certificate verified), with a capture of
+/// the connection's traffic secrets for a tunnel's record layer.
+async fn accept_tls(
+    tcp: TcpStream,
+    from: SocketAddr,
+    deadline: tokio::time::Instant,
+    ctx: &Context,
+) -> Option<(Verified, Arc<SecretCapture>)> {
+    let (server_config, capture) = ctx.tls.current().server_for_connection();
+    let acceptor = TlsAcceptor::from(server_config);
+    match tokio::time::timeout_at(deadline, acceptor.accept(Corked::new(tcp))).await {
+        Ok(Ok(s)) => Some((s, capture)),
+        Ok(Err(e)) => {
+            warn!(%from, error = %e, "TLS handshake failed");
+            ctx.metrics.handshake_failed(tls_reason(&e));
+            None
+        }
+        Err(_) => {
+            warn!(%from, "TLS handshake not completed within {:?}; closed", ctx.handshake_timeout);
+            ctx.metrics.handshake_failed("timeout");
+            None
+        }
+    }
+}
+
+/// A resumed session carries the certificate of the handshake it resumes,
+/// unchecked since: checks it now, with today's CRLs and clock.
+fn resumed_still_valid(tls: &Verified, from: SocketAddr, peer: &HostName, ctx: &Context) -> bool {
+    let conn = tls.get_ref().1;
+    if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+        return true;
+    }
+    let chain = conn.peer_certificates().unwrap_or_default();
+    match ctx.tls.current().check_peer(chain, None) {
+        Ok(()) => true,
+        Err(e) => {
+            warn!(%from, %peer, error = %e, "resumed TLS session refused: the peer's certificate is no longer accepted");
+            ctx.metrics.handshake_failed("resumed_certificate_refused");
+            false
+        }
+    }
+}
+
+/// Answers a question (PORT_PLEASE, NAMES, HELLO) and closes.
+async fn answer(tls: &mut Verified, question: Preface, hosts: &[HostName], ctx: &Context) {
+    let peer = &hosts[0];
+    match question {
+        Preface::PortPlease(name) if !ctx.allows_local(hosts, &name) => {
             info!(%peer, node = %name, "PORT_PLEASE for a local node this peer may not reach; answered 'not found'");
-            answer_and_close(&mut tls, &preface::encode_port_answer(None)).await;
+            answer_and_close(tls, &preface::encode_port_answer(None)).await;
         }
         Preface::PortPlease(name) => {
             let answer = match ctx.local.lookup(&name).await {
@@ -133,133 +181,62 @@ pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: 
                 }
             };
             debug!(%peer, node = %name, found = answer[0] == 0, "answered PORT_PLEASE");
-            answer_and_close(&mut tls, &answer).await;
+            answer_and_close(tls, &answer).await;
         }
         Preface::Names => {
             let names = match ctx.local.names().await {
                 Ok(n) => n
                     .into_iter()
                     .map(|(n, _)| n)
-                    .filter(|n| ctx.allows_local(&hosts, n))
+                    .filter(|n| ctx.allows_local(hosts, n))
                     .collect::<Vec<_>>(),
                 Err(e) => {
                     warn!(%peer, error = %e, "local EPMD NAMES failed");
                     Vec::new()
                 }
             };
-            answer_and_close(&mut tls, &preface::encode_names_answer(&names)).await;
+            answer_and_close(tls, &preface::encode_names_answer(&names)).await;
         }
         Preface::Hello(address) => {
-            answer_and_close(&mut tls, &preface::encode_hosts_answer(&ctx.mesh.known())).await;
+            answer_and_close(tls, &preface::encode_hosts_answer(&ctx.mesh.known())).await;
             // The certificate proved the name; the address is verified by
             // dialling it before the host enters the table.
-            ctx.mesh.learn(&peer, &address, Source::Itself);
+            ctx.mesh.learn(peer, &address, Source::Itself);
         }
-        Preface::Tunnel(name) => {
-            let span = tracing::info_span!("tunnel", dir = "in", %peer, to = %name, from = tracing::field::Empty);
-            tunnel_in(tls, capture, hosts, name, deadline, ctx)
-                .instrument(span)
-                .await
-        }
+        // Tunnels are served by tunnel_in, never passed here.
+        Preface::Tunnel(_) => {}
     }
 }
 
-/// Connects a peer's tunnel to local node `name`, after checking that the
-/// dialling node is named for the peer's certificated host.
+/// Connects a peer's tunnel to local node `name`: the dialling node must
+/// speak for a host the certificate names and be allowed this pair, the
+/// local end must answer like a node, and then the record layer carries it.
 async fn tunnel_in(
-    mut tls: TlsStream<Corked<TcpStream>>,
+    mut tls: Verified,
     capture: Arc<SecretCapture>,
     hosts: Vec<HostName>,
     name: String,
     deadline: tokio::time::Instant,
     ctx: Context,
 ) {
-    let (send_name, raw) = match tokio::time::timeout_at(deadline, dist_handshake::read_send_name(&mut tls)).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            warn!(error = %e, "tunnel did not carry a distribution handshake; closed");
-            return;
-        }
-        Err(_) => {
-            warn!("tunnel sent no handshake within {:?}; closed", ctx.handshake_timeout);
-            return;
-        }
-    };
-    tracing::Span::current().record("from", send_name.node.as_str());
-    // The node must be named for a host the certificate names, compared in
-    // canonical form; that host's policy then applies, however it is spelt.
-    let claimed = HostName::parse(send_name.host()).ok().filter(|h| hosts.contains(h));
-    let Some(claimed) = claimed else {
-        warn!(
-            claimed = %send_name.node,
-            certificate_names = ?hosts.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
-            "refused: the peer's certificate does not name the host of the node it speaks for"
-        );
-        ctx.metrics.identity_refused(&hosts[0]);
-        answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
+    let Some((send_name, raw, claimed)) = read_claim(&mut tls, &hosts, &name, deadline, &ctx).await else {
         return;
     };
-    let policy = ctx.mesh.policy_for(&claimed);
-    if !policy.allows_remote(short(&send_name.node)) || !ctx.allows_local(&hosts, &name) {
-        warn!(claimed = %send_name.node, "refused: the peer's config does not allow this node pair");
-        ctx.metrics.identity_refused(&claimed);
-        answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
-        return;
-    }
-    let node = match ctx.local.lookup(&name).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            info!("no such local node");
-            answer_and_close(&mut tls, &[TunnelStatus::NoSuchNode as u8]).await;
-            return;
-        }
-        Err(e) => {
-            warn!(error = %e, "local EPMD lookup failed");
-            answer_and_close(&mut tls, &[TunnelStatus::NoSuchNode as u8]).await;
+    let (local, answer) = match connect_node(&name, &raw, &ctx).await {
+        Ok(v) => v,
+        Err(status) => {
+            answer_and_close(&mut tls, &[status as u8]).await;
             return;
         }
     };
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, node.port));
-    let mut local = match timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            warn!(%addr, error = %e, "local node unreachable");
-            answer_and_close(&mut tls, &[TunnelStatus::Unreachable as u8]).await;
-            return;
-        }
-        Err(_) => {
-            warn!(%addr, "local node did not accept within {LOCAL_CONNECT_TIMEOUT:?}");
-            answer_and_close(&mut tls, &[TunnelStatus::Unreachable as u8]).await;
-            return;
-        }
-    };
-    let _ = local.set_nodelay(true);
-    // Only a distribution node may be reached: the local end must answer
-    // send_name with a status message before anything of the peer's
-    // passes further (a loopback-only database registered under a node
-    // name gets nothing but this handshake frame).
-    let answer = match timeout(NODE_ANSWER_TIMEOUT, node_answer(&mut local, &raw)).await {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => {
-            warn!(%addr, error = %e, "refused: the local endpoint did not answer like an Erlang node; closed");
-            answer_and_close(&mut tls, &[TunnelStatus::Unreachable as u8]).await;
-            return;
-        }
-        Err(_) => {
-            warn!(%addr, "refused: the local endpoint did not answer the distribution handshake within {NODE_ANSWER_TIMEOUT:?}; closed");
-            answer_and_close(&mut tls, &[TunnelStatus::Unreachable as u8]).await;
-            return;
-        }
-    };
-    let peer = claimed;
-    let live = ctx.tls.register(&peer, tls.get_ref().1, None);
+    let live = ctx.tls.register(&claimed, tls.get_ref().1, None);
     let guard = ctx
         .metrics
-        .tunnel(&peer, &format!("{name}@{}", ctx.host), &send_name.node, "in");
+        .tunnel(&claimed, &format!("{name}@{}", ctx.host), &send_name.node, "in");
     let (to_peer, from_peer) = guard.byte_counters();
     let records_per_key = ctx.tls.current().records_per_key;
-    // Take over the record layer (tunnel/record.rs) once rustls has nothing left
-    // to send; the status and the node's answer are its first records.
+    // Take over the record layer (tunnel/record.rs) once rustls has nothing
+    // left to send; the status and the node's answer are its first records.
     let opened = async {
         tls.flush().await?;
         let (mut tcp, mut tx, rx) =
@@ -280,6 +257,94 @@ async fn tunnel_in(
         Err(e) => Err(e),
     };
     record::log_end(&result);
+}
+
+/// Reads the dialling node's send_name and checks who it claims to be:
+/// named for a host the certificate names (compared in canonical form;
+/// that host's policy then applies, however it is spelt) and allowed to
+/// reach local node `name`. Refusals are answered here.
+async fn read_claim(
+    tls: &mut Verified,
+    hosts: &[HostName],
+    name: &str,
+    deadline: tokio::time::Instant,
+    ctx: &Context,
+) -> Option<(dist_handshake::SendName, Vec<u8>, HostName)> {
+    let (send_name, raw) = match tokio::time::timeout_at(deadline, dist_handshake::read_send_name(tls)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            warn!(error = %e, "tunnel did not carry a distribution handshake; closed");
+            return None;
+        }
+        Err(_) => {
+            warn!("tunnel sent no handshake within {:?}; closed", ctx.handshake_timeout);
+            return None;
+        }
+    };
+    tracing::Span::current().record("from", send_name.node.as_str());
+    let claimed = HostName::parse(send_name.host()).ok().filter(|h| hosts.contains(h));
+    let Some(claimed) = claimed else {
+        warn!(
+            claimed = %send_name.node,
+            certificate_names = ?hosts.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+            "refused: the peer's certificate does not name the host of the node it speaks for"
+        );
+        ctx.metrics.identity_refused(&hosts[0]);
+        answer_and_close(tls, &[TunnelStatus::NotAllowed as u8]).await;
+        return None;
+    };
+    let policy = ctx.mesh.policy_for(&claimed);
+    if !policy.allows_remote(short(&send_name.node)) || !ctx.allows_local(hosts, name) {
+        warn!(claimed = %send_name.node, "refused: the peer's config does not allow this node pair");
+        ctx.metrics.identity_refused(&claimed);
+        answer_and_close(tls, &[TunnelStatus::NotAllowed as u8]).await;
+        return None;
+    }
+    Some((send_name, raw, claimed))
+}
+
+/// Connects to local node `name` and has it answer the dialler's
+/// send_name (`raw`): only a distribution node may be reached, so the
+/// local end must answer with a status message before anything of the
+/// peer's passes further (a loopback-only database registered under a
+/// node name gets nothing but this handshake frame). Returns the socket
+/// and the answer to forward, or the status to refuse with.
+async fn connect_node(name: &str, raw: &[u8], ctx: &Context) -> Result<(TcpStream, Vec<u8>), TunnelStatus> {
+    let node = match ctx.local.lookup(name).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            info!("no such local node");
+            return Err(TunnelStatus::NoSuchNode);
+        }
+        Err(e) => {
+            warn!(error = %e, "local EPMD lookup failed");
+            return Err(TunnelStatus::NoSuchNode);
+        }
+    };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, node.port));
+    let mut local = match timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!(%addr, error = %e, "local node unreachable");
+            return Err(TunnelStatus::Unreachable);
+        }
+        Err(_) => {
+            warn!(%addr, "local node did not accept within {LOCAL_CONNECT_TIMEOUT:?}");
+            return Err(TunnelStatus::Unreachable);
+        }
+    };
+    let _ = local.set_nodelay(true);
+    match timeout(NODE_ANSWER_TIMEOUT, node_answer(&mut local, raw)).await {
+        Ok(Ok(answer)) => Ok((local, answer)),
+        Ok(Err(e)) => {
+            warn!(%addr, error = %e, "refused: the local endpoint did not answer like an Erlang node; closed");
+            Err(TunnelStatus::Unreachable)
+        }
+        Err(_) => {
+            warn!(%addr, "refused: the local endpoint did not answer the distribution handshake within {NODE_ANSWER_TIMEOUT:?}; closed");
+            Err(TunnelStatus::Unreachable)
+        }
+    }
 }
 
 /// Forwards the dialler's send_name to the local endpoint and reads its
