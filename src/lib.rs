@@ -22,3 +22,4 @@ pub mod mesh;
 pub mod ops;
 pub mod tls;
 pub mod tunnel;
+pub mod wire;

@@ -1,12 +1,11 @@
 //! The embedded EPMD for this host's nodes, on 127.0.0.1:epmd_port, and the
 //! request reader it shares with the peer faces.
 
-use super::codec::{self, CodecError, Request};
+use super::codec::{self, Request};
 use super::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -17,38 +16,21 @@ use tracing::{debug, info, warn, Instrument};
 /// send at once; this only frees slots held by silent clients.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a request could not be read.
-#[derive(Debug, Error)]
-pub enum ReadError {
-    #[error("connection closed before a complete request")]
-    Closed,
-    #[error("no request within {REQUEST_TIMEOUT:?}")]
-    Timeout,
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Codec(#[from] CodecError),
-}
+pub use crate::wire::ReadError;
 
 /// Reads exactly one length-prefixed request, never more bytes than it.
 pub async fn read_request<R: AsyncRead + Unpin>(r: &mut R) -> Result<Request, ReadError> {
     let work = async {
         let mut prefix = [0u8; 2];
-        read_exact_or_closed(r, &mut prefix).await?;
+        crate::wire::read_exact(r, &mut prefix).await?;
         let len = codec::request_len(prefix)?;
         let mut body = vec![0u8; len];
-        read_exact_or_closed(r, &mut body).await?;
+        crate::wire::read_exact(r, &mut body).await?;
         Ok(codec::parse_body(&body)?)
     };
-    timeout(REQUEST_TIMEOUT, work).await.map_err(|_| ReadError::Timeout)?
-}
-
-async fn read_exact_or_closed<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), ReadError> {
-    match r.read_exact(buf).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ReadError::Closed),
-        Err(e) => Err(ReadError::Io(e)),
-    }
+    timeout(REQUEST_TIMEOUT, work)
+        .await
+        .map_err(|_| ReadError::Timeout(REQUEST_TIMEOUT))?
 }
 
 /// Writes a reply and closes the write side, as epmd does: after PORT2_RESP

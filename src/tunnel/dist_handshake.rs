@@ -95,14 +95,7 @@ fn parse_body(body: &[u8]) -> Result<SendName, HandshakeError> {
     Ok(SendName { node: node.to_owned() })
 }
 
-/// Why a send_name could not be read from a stream.
-#[derive(Debug, Error)]
-pub enum ReadError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Handshake(#[from] HandshakeError),
-}
+pub use crate::wire::ReadError;
 
 /// Reads exactly one send_name frame; returns it parsed and its raw bytes.
 pub async fn read_send_name<R: AsyncRead + Unpin>(r: &mut R) -> Result<(SendName, Vec<u8>), ReadError> {

@@ -140,14 +140,7 @@ pub async fn read_preface<R: AsyncRead + Unpin>(r: &mut R) -> Result<Preface, Re
     Ok(build(kind, &name)?)
 }
 
-/// Why a preface or answer could not be read from a stream.
-#[derive(Debug, Error)]
-pub enum ReadError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Preface(#[from] PrefaceError),
-}
+pub use crate::wire::ReadError;
 
 /// The answer to a TUNNEL request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
