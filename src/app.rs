@@ -273,6 +273,7 @@ impl Running {
             resolver = %c.inetrc_path().display(),
             "erlmesh ready"
         );
+        self.metrics.set_ready();
         if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
             warn!(error = %e, "cannot notify systemd of readiness");
         }

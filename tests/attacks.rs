@@ -226,7 +226,7 @@ fn gossip_cannot_shadow_known_hosts_nor_reflect_a_flood() {
     answer.extend((0..1000).map(|i| (format!("victim{i}"), format!("127.0.0.1:{sink_port}"))));
     let rogue = rogue_member(&rt, &files(&c, "hostc"), answer);
     // hosta joins through the rogue member, as if it were a seed.
-    ha.extra = format!("seeds = [\"127.0.0.1:{rogue}\"]");
+    ha.seeds = vec![format!("127.0.0.1:{rogue}")];
     ha.start();
     let mut a = ha.node("a");
     let mut b = hb.node("b");
@@ -611,13 +611,9 @@ fn rotation_by_symlink_swap_needs_no_signal_and_keeps_tunnels() {
     for f in ["hosta.pem", "hosta.key"] {
         std::os::unix::fs::symlink(format!("..data/{f}"), live.join(f)).unwrap();
     }
-    ha.write_config();
-    let text = std::fs::read_to_string(ha.config_path())
-        .unwrap()
-        .replace("cert = \"certs/hosta.pem\"", "cert = \"live/hosta.pem\"")
-        .replace("key = \"certs/hosta.key\"", "key = \"live/hosta.key\"");
-    std::fs::write(ha.config_path(), text).unwrap();
-    ha.start_with_written_config();
+    ha.cert = "live/hosta.pem".into();
+    ha.key = "live/hosta.key".into();
+    ha.start();
     hb.start();
     let mut a = ha.node("a");
     let _b = hb.node("b");

@@ -62,37 +62,33 @@ fn cert_files_modes_and_no_silent_overwrite() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn config_with(extra: &str, tls_cert: &str) -> (tempfile::TempDir, String) {
-    let d = tempfile::tempdir().unwrap();
-    let certs = d.path().join("certs");
-    let certs = certs.to_str().unwrap();
-    assert!(erlmesh(&["cert", "ca", "--dir", certs]).0);
-    assert!(erlmesh(&["cert", "issue", "--dir", certs, "--host", "hosta"]).0);
-    let text = format!(
-        "host = \"hosta\"\nlisten = \"127.0.0.1:{}\"\nepmd_port = {}\nstate_dir = \"state\"\n{extra}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"{tls_cert}\"\nkey = \"certs/hosta.key\"\n[[peers]]\nhost = \"hostb\"\naddress = \"127.0.0.1:1\"\n",
-        free_port(),
-        free_port()
-    );
-    let path = d.path().join("erlmesh.toml");
-    std::fs::write(&path, text).unwrap();
-    (d, path.to_str().unwrap().to_owned())
+/// hosta's config (one peer), through the shared writer, with `extra`
+/// top-level lines and `tls_cert` as its certificate.
+fn config_with(extra: &str, tls_cert: &str) -> (Cluster, Host) {
+    let c = Cluster::new();
+    let mut h = c.host("hosta");
+    h.peers.push(("hostb".into(), "127.0.0.1:1".into()));
+    h.extra = extra.into();
+    h.cert = tls_cert.into();
+    h.write_config();
+    (c, h)
 }
 
 #[test]
 fn config_errors_name_file_and_key() {
-    let (_d, path) = config_with("listen_port = 5", "certs/hosta.pem");
-    let (ok, _, err) = erlmesh(&["run", "--config", &path]);
+    let (_c, h) = config_with("listen_port = 5", "certs/hosta.pem");
+    let (ok, _, err) = erlmesh(&["run", "--config", h.config_path().to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("erlmesh.toml") && err.contains("listen_port"), "{err}");
+    assert!(err.contains("hosta.toml") && err.contains("listen_port"), "{err}");
     assert_eq!(err.matches("panicked").count(), 0);
 
-    let (_d, path) = config_with("", "certs/missing.pem");
-    let (ok, _, err) = erlmesh(&["run", "--config", &path]);
+    let (_c, h) = config_with("", "certs/missing.pem");
+    let (ok, _, err) = erlmesh(&["run", "--config", h.config_path().to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("missing.pem") && err.contains("No such file"), "{err}");
 
-    let (_d, path) = config_with("", "certs/ca.pem");
-    let (ok, _, err) = erlmesh(&["run", "--config", &path]);
+    let (_c, h) = config_with("", "certs/ca.pem");
+    let (ok, _, err) = erlmesh(&["run", "--config", h.config_path().to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains("ca.pem") && err.contains("not this host"), "{err}");
 
@@ -103,19 +99,12 @@ fn config_errors_name_file_and_key() {
 
 #[test]
 fn a_taken_epmd_port_is_a_clear_error() {
-    let (_d, path) = config_with("", "certs/hosta.pem");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let (_c, mut h) = config_with("", "certs/hosta.pem");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let text = text.replace(
-        &format!(
-            "epmd_port = {}",
-            text.split("epmd_port = ").nth(1).unwrap().lines().next().unwrap()
-        ),
-        &format!("epmd_port = {port}"),
-    );
-    std::fs::write(&path, text).unwrap();
-    let (ok, _, err) = erlmesh(&["run", "--config", &path]);
+    h.epmd_port = port;
+    h.write_config();
+    let (ok, _, err) = erlmesh(&["run", "--config", h.config_path().to_str().unwrap()]);
     assert!(!ok);
     assert!(
         err.contains(&format!("127.0.0.1:{port}")) && err.contains("system epmd"),
@@ -125,10 +114,10 @@ fn a_taken_epmd_port_is_a_clear_error() {
 
 #[test]
 fn env_lines_for_embedded_and_system_epmd() {
-    let (d, path) = config_with("", "certs/hosta.pem");
-    let (ok, out, _) = erlmesh(&["env", "--config", &path]);
+    let (c, h) = config_with("", "certs/hosta.pem");
+    let (ok, out, _) = erlmesh(&["env", "--config", h.config_path().to_str().unwrap()]);
     assert!(ok);
-    let inetrc = d.path().canonicalize().unwrap().join("state/inetrc");
+    let inetrc = c.path().canonicalize().unwrap().join("state-hosta/inetrc");
     assert!(
         out.contains(&format!("export ERL_INETRC='{}'\n", inetrc.display())),
         "{out}"
@@ -149,8 +138,8 @@ fn env_lines_for_embedded_and_system_epmd() {
         "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
     );
 
-    let (_d, path) = config_with("epmd = \"system\"", "certs/hosta.pem");
-    let (ok, out, _) = erlmesh(&["env", "--config", &path]);
+    let (_c, h) = config_with("epmd = \"system\"", "certs/hosta.pem");
+    let (ok, out, _) = erlmesh(&["env", "--config", h.config_path().to_str().unwrap()]);
     assert!(ok);
     assert!(
         out.contains("export ERL_EPMD_ADDRESS='127.0.0.1'") && !out.contains("start_epmd"),

@@ -88,8 +88,9 @@ fn hosts_that_know_only_a_seed_join_the_mesh_and_departures_are_dropped() {
     hb.peer(&hc);
     hc.peer(&hb);
     // A knows only B's address, D only C's; neither knows a host name.
-    ha.extra = format!("seeds = [\"127.0.0.1:{}\"]\nforget_after_secs = 2", hb.listen_port);
-    hd.extra = format!("seeds = [\"127.0.0.1:{}\"]", hc.listen_port);
+    ha.seeds = vec![format!("127.0.0.1:{}", hb.listen_port)];
+    ha.extra = "forget_after_secs = 2".into();
+    hd.seeds = vec![format!("127.0.0.1:{}", hc.listen_port)];
     hb.start();
     hc.start();
     ha.start();

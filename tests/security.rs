@@ -119,14 +119,13 @@ fn per_peer_policy_hidden_nodes_and_remsh() {
     let mut hb = c.host("hostb");
     ha.peer(&hb);
     hb.peer(&ha);
-    ha.write_config();
-    ha.start();
     // Host A lets hostb's nodes b, h and remsh* reach its node a only.
-    let cfg = std::fs::read_to_string(ha.config_path()).unwrap()
-        + "nodes = [\"b\", \"h\", \"remsh*\"]\nlocal_nodes = [\"a\"]\n";
-    ha.kill();
-    std::fs::write(ha.config_path(), &cfg).unwrap();
-    ha.start_with_written_config();
+    ha.policies.push((
+        "hostb".into(),
+        vec!["b".into(), "h".into(), "remsh*".into()],
+        vec!["a".into()],
+    ));
+    ha.start();
     hb.start();
     let _a = ha.node("a");
     let _s = ha.node("secret");
@@ -468,11 +467,8 @@ fn a_certificate_close_to_expiry_is_warned_about() {
 fn tls13_only_an_old_min_version_key_is_refused_and_tls12_gets_nothing() {
     let c = Cluster::new();
     let mut ha = c.host("hosta");
+    ha.tls_extra = "min_version = \"1.2\"".into();
     ha.write_config();
-    let text = std::fs::read_to_string(ha.config_path())
-        .unwrap()
-        .replace("[tls]\n", "[tls]\nmin_version = \"1.2\"\n");
-    std::fs::write(ha.config_path(), &text).unwrap();
     let out = Command::new(ERLMESH)
         .args(["run", "--config", ha.config_path().to_str().unwrap()])
         .output()
@@ -480,6 +476,7 @@ fn tls13_only_an_old_min_version_key_is_refused_and_tls12_gets_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("tls.min_version") && err.contains("TLS 1.3 only"), "{err}");
+    ha.tls_extra = String::new();
     ha.start();
     let certs = c.path().join("certs");
     let _hb = c.host("hostb");

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub refused: Family<ReasonLabels, Counter>,
     cert_expiry: Gauge,
     own_not_after: AtomicI64,
+    /// Every listener bound and the join done: what `status` says first.
+    ready: std::sync::atomic::AtomicBool,
     peers: Mutex<BTreeMap<String, PeerStatus>>,
     /// Announced hosts whose check failed: at most [`MAX_UNVERIFIED`],
     /// each shown for [`UNVERIFIED_TTL_SECS`]. host -> (ms, address, why).
@@ -141,6 +143,7 @@ impl Metrics {
             epmd_requests,
             cert_expiry,
             own_not_after: AtomicI64::new(0),
+            ready: std::sync::atomic::AtomicBool::new(false),
             peers: Mutex::new(peers),
             unverified: Mutex::new(BTreeMap::new()),
             pairs: Mutex::new(BTreeMap::new()),
@@ -167,6 +170,11 @@ impl Metrics {
                 request: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// Every listener is bound and the join is done.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
     }
 
     /// Counts a connection refused before TLS.
@@ -266,7 +274,12 @@ impl Metrics {
     /// The status report `erlmesh status` prints.
     pub fn status(&self, host: &str) -> String {
         let now = now();
-        let mut s = format!("erlmesh on {host}\n\npeers:\n");
+        let state = if self.ready.load(Ordering::Relaxed) {
+            "ready"
+        } else {
+            "starting"
+        };
+        let mut s = format!("erlmesh on {host}\nstate: {state}\n\npeers:\n");
         let open: BTreeMap<String, i64> = self
             .peers
             .lock()

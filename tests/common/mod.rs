@@ -126,6 +126,11 @@ impl Cluster {
             peers: Vec::new(),
             extra: String::new(),
             tls_extra: String::new(),
+            ca: "certs/ca.pem".into(),
+            cert: format!("certs/{name}.pem"),
+            key: format!("certs/{name}.key"),
+            seeds: Vec::new(),
+            policies: Vec::new(),
             run_env: Vec::new(),
             run_args: Vec::new(),
             skip_env: Vec::new(),
@@ -183,6 +188,15 @@ pub struct Host {
     /// Extra lines in the config's [tls] table (paths relative to the
     /// cluster directory).
     pub tls_extra: String,
+    /// The CA, certificate and key files, relative to the cluster
+    /// directory (default: `certs/ca.pem`, `certs/NAME.pem`, `certs/NAME.key`).
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    /// TLS addresses to join through.
+    pub seeds: Vec<String>,
+    /// Per peer host: (nodes, local_nodes) patterns for its `[[peers]]` entry.
+    pub policies: Vec<(String, Vec<String>, Vec<String>)>,
     /// Extra environment and arguments for `erlmesh run`.
     pub run_env: Vec<(String, String)>,
     pub run_args: Vec<String>,
@@ -207,23 +221,33 @@ impl Host {
         self.dir.join(format!("{}.erlmesh.log", self.name))
     }
 
+    /// Writes this host's config: the one writer every test uses.
     pub fn write_config(&self) {
+        let q = |v: &[String]| v.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
         let mut c = format!(
-            "host = \"{}\"\nlisten = \"{}:{}\"\nepmd_port = {}\nstate_dir = \"state-{}\"\n{}\n[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{}.pem\"\nkey = \"certs/{}.key\"\n{}\n",
-            self.name,
-            self.listen_ip,
-            self.listen_port,
-            self.epmd_port,
-            self.name,
-            self.extra,
-            self.name,
-            self.name,
-            self.tls_extra
+            "host = \"{}\"\nlisten = \"{}:{}\"\nepmd_port = {}\nstate_dir = \"state-{}\"\n",
+            self.name, self.listen_ip, self.listen_port, self.epmd_port, self.name
         );
+        if !self.seeds.is_empty() {
+            c.push_str(&format!("seeds = [{}]\n", q(&self.seeds)));
+        }
+        c.push_str(&format!(
+            "{}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n{}\n",
+            self.extra, self.ca, self.cert, self.key, self.tls_extra
+        ));
         for (h, addr) in &self.peers {
             c.push_str(&format!("\n[[peers]]\nhost = \"{h}\"\naddress = \"{addr}\"\n"));
+            if let Some((_, nodes, local)) = self.policies.iter().find(|(p, _, _)| p == h) {
+                c.push_str(&format!("nodes = [{}]\nlocal_nodes = [{}]\n", q(nodes), q(local)));
+            }
         }
         std::fs::write(self.config_path(), c).unwrap();
+    }
+
+    /// The running erlmesh's `/status`, from its control socket.
+    pub fn status(&self) -> Option<String> {
+        let sock = self.dir.join(format!("state-{}", self.name)).join("erlmesh.sock");
+        erlmesh::ops::control::request(&sock, "/status").ok()
     }
 
     /// Starts erlmesh and waits for its "erlmesh ready" line.
@@ -235,9 +259,6 @@ impl Host {
     /// Starts erlmesh on the config file as it is on disk.
     pub fn start_with_written_config(&mut self) {
         let log = self.log_path();
-        let before = std::fs::read_to_string(&log)
-            .map(|s| s.matches("erlmesh ready").count())
-            .unwrap_or(0);
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -259,16 +280,22 @@ impl Host {
             what: format!("erlmesh {}", self.name),
         };
         self.starts += 1;
-        let end = Instant::now() + Duration::from_secs(10);
+        // Ready when the control socket says so (every listener bound, the
+        // join through seeds done).
+        let end = Instant::now() + Duration::from_secs(40);
         loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.matches("erlmesh ready").count() > before {
+            if let Ok(Some(s)) = p.child.try_wait() {
+                panic!("erlmesh {} exited ({s}) before ready:\n{}", self.name, self.log());
+            }
+            if self.status().is_some_and(|s| s.contains("state: ready")) {
                 break;
             }
-            if let Ok(Some(s)) = p.child.try_wait() {
-                panic!("erlmesh {} exited ({s}) before ready:\n{text}", self.name);
-            }
-            assert!(Instant::now() < end, "erlmesh {} not ready in 10 s:\n{text}", self.name);
+            assert!(
+                Instant::now() < end,
+                "erlmesh {} not ready in 40 s:\n{}",
+                self.name,
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.proc = Some(p);
