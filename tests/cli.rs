@@ -6,14 +6,7 @@ use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-fn erlmesh(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(ERLMESH).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::run as erlmesh;
 
 #[test]
 fn cert_files_modes_and_no_silent_overwrite() {

@@ -161,15 +161,21 @@ impl Cluster {
     }
 }
 
+/// Runs erlmesh with `args`: (success, stdout, stderr).
+pub fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(ERLMESH).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
 /// Runs erlmesh with `args`, asserting success; returns stdout.
 pub fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(ERLMESH).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "erlmesh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let (ok, out, err) = run(args);
+    assert!(ok, "erlmesh {args:?} failed: {err}");
+    out
 }
 
 /// One simulated host: an erlmesh config and, once started, its process.
