@@ -236,27 +236,32 @@ impl Config {
         if epmd_port == 0 {
             return Err(invalid("epmd_port", "must not be 0".into()));
         }
-        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            return Err(invalid("max_connections", "must be at least 1".into()));
-        }
-        let max_unauthenticated = raw.max_unauthenticated.unwrap_or(DEFAULT_MAX_UNAUTHENTICATED);
-        if max_unauthenticated == 0 {
-            return Err(invalid("max_unauthenticated", "must be at least 1".into()));
-        }
-        let max_unauthenticated_per_source = raw
-            .max_unauthenticated_per_source
-            .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE);
-        if max_unauthenticated_per_source == 0 {
-            return Err(invalid("max_unauthenticated_per_source", "must be at least 1".into()));
-        }
-        let first_bytes_timeout = Duration::from_secs(
-            raw.first_bytes_timeout_secs
-                .unwrap_or(DEFAULT_FIRST_BYTES_TIMEOUT.as_secs()),
-        );
-        if first_bytes_timeout.is_zero() {
-            return Err(invalid("first_bytes_timeout_secs", "must be at least 1".into()));
-        }
+        // A count or a number of seconds that must be at least 1.
+        let positive = |v: Option<u64>, default: u64, key: &str| match v.unwrap_or(default) {
+            0 => Err(invalid(key, "must be at least 1".into())),
+            n => Ok(n),
+        };
+        let count = |v: Option<usize>, default: usize, key: &str| {
+            positive(v.map(|n| n as u64), default as u64, key).map(|n| n as usize)
+        };
+        let secs =
+            |v: Option<u64>, default: Duration, key: &str| positive(v, default.as_secs(), key).map(Duration::from_secs);
+        let max_connections = count(raw.max_connections, DEFAULT_MAX_CONNECTIONS, "max_connections")?;
+        let max_unauthenticated = count(
+            raw.max_unauthenticated,
+            DEFAULT_MAX_UNAUTHENTICATED,
+            "max_unauthenticated",
+        )?;
+        let max_unauthenticated_per_source = count(
+            raw.max_unauthenticated_per_source,
+            DEFAULT_MAX_UNAUTHENTICATED_PER_SOURCE,
+            "max_unauthenticated_per_source",
+        )?;
+        let first_bytes_timeout = secs(
+            raw.first_bytes_timeout_secs,
+            DEFAULT_FIRST_BYTES_TIMEOUT,
+            "first_bytes_timeout_secs",
+        )?;
         let threads = raw.threads.unwrap_or(1);
         if threads > MAX_THREADS {
             return Err(invalid(
@@ -272,44 +277,18 @@ impl Config {
                 local_nodes: patterns(p.local_nodes).map_err(|m| invalid("default_policy.local_nodes", m))?,
             },
         };
-        if let Some(v) = raw.tls.min_version {
-            return Err(invalid(
-                "tls.min_version",
-                format!("{v:?}: erlmesh speaks TLS 1.3 only since 0.2; remove this key"),
-            ));
-        }
-        let records_per_key = raw
-            .tls
-            .records_per_key
-            .unwrap_or(crate::tunnel::record::DEFAULT_RECORDS_PER_KEY);
-        if !(1..=crate::tunnel::record::DEFAULT_RECORDS_PER_KEY).contains(&records_per_key) {
-            return Err(invalid(
-                "tls.records_per_key",
-                format!("must be 1 to {}", crate::tunnel::record::DEFAULT_RECORDS_PER_KEY),
-            ));
-        }
-        let handshake_timeout = Duration::from_secs(
-            raw.handshake_timeout_secs
-                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT.as_secs()),
-        );
-        if handshake_timeout.is_zero() {
-            return Err(invalid("handshake_timeout_secs", "must be at least 1".into()));
-        }
-        let metrics = match raw.metrics.as_deref() {
-            None => None,
-            Some(m) => {
-                let a: SocketAddr = m
-                    .parse()
-                    .map_err(|_| invalid("metrics", format!("{m:?} is not an address such as \"127.0.0.1:9370\"")))?;
-                if !a.ip().is_loopback() {
-                    return Err(invalid(
-                        "metrics",
-                        format!("{a} is not a loopback address: the endpoint is unauthenticated"),
-                    ));
-                }
-                Some(a)
-            }
-        };
+        let tls = parse_tls(raw.tls, &rel, &invalid)?;
+        let handshake_timeout = secs(
+            raw.handshake_timeout_secs,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            "handshake_timeout_secs",
+        )?;
+        let metrics = raw
+            .metrics
+            .as_deref()
+            .map(parse_metrics)
+            .transpose()
+            .map_err(|m| invalid("metrics", m))?;
         for (i, sd) in raw.seeds.iter().enumerate() {
             check_address(sd).map_err(|m| invalid(&format!("seeds[{i}]"), m))?;
         }
@@ -344,13 +323,7 @@ impl Config {
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             handshake_timeout,
             default_policy,
-            tls: TlsFiles {
-                ca: rel(raw.tls.ca),
-                cert: rel(raw.tls.cert),
-                key: rel(raw.tls.key),
-                crl: raw.tls.crl.into_iter().map(rel).collect(),
-                records_per_key,
-            },
+            tls,
             peers,
         })
     }
@@ -375,6 +348,49 @@ impl Config {
 /// A host part of node names or of an address.
 fn check_host(h: &str) -> Result<(), String> {
     HostName::parse(h).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The `[tls]` table: files relative to the config's directory, the
+/// record limit, and the refusal of the removed `min_version`.
+fn parse_tls(
+    raw: RawTls,
+    rel: &impl Fn(PathBuf) -> PathBuf,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<TlsFiles, ConfigError> {
+    use crate::tunnel::record::DEFAULT_RECORDS_PER_KEY;
+    if let Some(v) = raw.min_version {
+        return Err(invalid(
+            "tls.min_version",
+            format!("{v:?}: erlmesh speaks TLS 1.3 only since 0.2; remove this key"),
+        ));
+    }
+    let records_per_key = raw.records_per_key.unwrap_or(DEFAULT_RECORDS_PER_KEY);
+    if !(1..=DEFAULT_RECORDS_PER_KEY).contains(&records_per_key) {
+        return Err(invalid(
+            "tls.records_per_key",
+            format!("must be 1 to {DEFAULT_RECORDS_PER_KEY}"),
+        ));
+    }
+    Ok(TlsFiles {
+        ca: rel(raw.ca),
+        cert: rel(raw.cert),
+        key: rel(raw.key),
+        crl: raw.crl.into_iter().map(rel).collect(),
+        records_per_key,
+    })
+}
+
+/// The metrics address: loopback only, since the endpoint is unauthenticated.
+fn parse_metrics(m: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = m
+        .parse()
+        .map_err(|_| format!("{m:?} is not an address such as \"127.0.0.1:9370\""))?;
+    if !a.ip().is_loopback() {
+        return Err(format!(
+            "{a} is not a loopback address: the endpoint is unauthenticated"
+        ));
+    }
+    Ok(a)
 }
 
 /// The `[[peers]]` entries, each checked (canonical host, not this host,
