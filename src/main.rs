@@ -36,30 +36,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, log_format } => {
-            init_logging(log_format);
-            let config = load(&config)?;
-            erlmesh::app::precheck(&config);
-            let nofile = erlmesh::app::raise_descriptor_limit(&config)?;
-            tracing::debug!(nofile, needed = config.descriptors_needed(), "open-file limit");
-            let rt = runtime(config.threads)?;
-            rt.block_on(async {
-                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-                let signals = tokio::spawn(async move {
-                    if let Err(e) = erlmesh::app::shutdown_signal().await {
-                        tracing::error!(error = %e, "cannot watch signals");
-                    }
-                    let _ = tx.send(());
-                });
-                let r = erlmesh::app::run(config, async {
-                    let _ = rx.await;
-                })
-                .await;
-                signals.abort();
-                r
-            })?;
-            Ok(())
-        }
+        Command::Run { config, log_format } => run(&config, log_format),
         Command::Status { config, metrics } => {
             let config = load(&config)?;
             let sock = config.state_dir.join(erlmesh::ops::control::SOCKET_FILE);
@@ -88,7 +65,41 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print!("{}", env_lines(&config));
             Ok(())
         }
-        Command::Cert(CertCommand::Ca { dir, days, force }) => {
+        Command::Cert(c) => cert(c),
+    }
+}
+
+/// `erlmesh run`: logging, config, descriptor limit, the runtime, and the
+/// proxy until SIGTERM or SIGINT.
+fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<()> {
+    init_logging(log_format);
+    let config = load(config)?;
+    erlmesh::app::precheck(&config);
+    let nofile = erlmesh::app::raise_descriptor_limit(&config)?;
+    tracing::debug!(nofile, needed = config.descriptors_needed(), "open-file limit");
+    let rt = runtime(config.threads)?;
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let signals = tokio::spawn(async move {
+            if let Err(e) = erlmesh::app::shutdown_signal().await {
+                tracing::error!(error = %e, "cannot watch signals");
+            }
+            let _ = tx.send(());
+        });
+        let r = erlmesh::app::run(config, async {
+            let _ = rx.await;
+        })
+        .await;
+        signals.abort();
+        r
+    })?;
+    Ok(())
+}
+
+/// `erlmesh cert ...`: the cluster CA, host certificates, CRLs.
+fn cert(command: CertCommand) -> anyhow::Result<()> {
+    match command {
+        CertCommand::Ca { dir, days, force } => {
             let w = erlmesh::tls::certs::make_ca(&dir, days, force)?;
             println!(
                 "wrote {} and {} (keep the key offline; it signs every host)",
@@ -97,7 +108,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Cert(CertCommand::Show { file, ca }) => {
+        CertCommand::Show { file, ca } => {
             let shown = erlmesh::tls::certs::show(&file, ca.as_deref())?;
             print!("{}", shown.report);
             if !shown.ok {
@@ -105,7 +116,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Cert(CertCommand::Crl { dir }) => {
+        CertCommand::Crl { dir } => {
             let r = erlmesh::tls::certs::refresh_crl(&dir)?;
             println!(
                 "wrote {}: it lists {} revoked certificate(s)",
@@ -114,7 +125,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Cert(CertCommand::Revoke { dir, host }) => {
+        CertCommand::Revoke { dir, host } => {
             let r = erlmesh::tls::certs::revoke(&dir, &host)?;
             if r.already {
                 println!(
@@ -132,7 +143,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Cert(CertCommand::Issue { dir, host, days, force }) => {
+        CertCommand::Issue { dir, host, days, force } => {
             let w = erlmesh::tls::certs::issue(&dir, &host, days, force)?;
             println!("wrote {} and {}", w.cert.display(), w.key.display());
             Ok(())

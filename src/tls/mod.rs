@@ -184,6 +184,36 @@ pub struct TlsConfigs {
     server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
 }
 
+/// The cluster CA (a bundle of several while rotating) as trust roots.
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(path)? {
+        roots.add(c).map_err(|e| TlsError::Ca {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Checks that this host's certificate names `host`; returns when it
+/// expires (Unix seconds).
+fn check_own_certificate(path: &Path, cert: &CertificateDer<'_>, host: &str) -> Result<i64, TlsError> {
+    let bad = |reason| TlsError::BadCert {
+        path: path.to_owned(),
+        reason,
+    };
+    let names = cert_dns_names(cert).map_err(bad)?;
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+        return Err(TlsError::NotNamed {
+            path: path.to_owned(),
+            host: host.to_owned(),
+            names,
+        });
+    }
+    cert_not_after(cert).map_err(bad)
+}
+
 /// Reads every CRL in the PEM files `paths`.
 fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let mut out = Vec::new();
@@ -221,34 +251,12 @@ impl TlsConfigs {
     /// that the certificate names `host`, and builds both configs. Reads
     /// files: call it off the async threads.
     pub fn load(files: &TlsFiles, host: &str) -> Result<TlsConfigs, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let ca_certs = load_certs(&files.ca)?;
-        let mut roots = RootCertStore::empty();
-        for c in ca_certs {
-            roots.add(c).map_err(|e| TlsError::Ca {
-                path: files.ca.clone(),
-                reason: e.to_string(),
-            })?;
-        }
-        let roots = Arc::new(roots);
+        let roots = Arc::new(load_roots(&files.ca)?);
         let crls = load_crls(&files.crl)?;
         let chain = load_certs(&files.cert)?;
         let key = load_private_key(&files.key)?;
-        let names = cert_dns_names(&chain[0]).map_err(|reason| TlsError::BadCert {
-            path: files.cert.clone(),
-            reason,
-        })?;
-        if !names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
-            return Err(TlsError::NotNamed {
-                path: files.cert.clone(),
-                host: host.to_owned(),
-                names,
-            });
-        }
-        let not_after = cert_not_after(&chain[0]).map_err(|reason| TlsError::BadCert {
-            path: files.cert.clone(),
-            reason,
-        })?;
+        let not_after = check_own_certificate(&files.cert, &chain[0], host)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mismatch = |e: rustls::Error| TlsError::Mismatch {
             path: files.cert.clone(),
             key: files.key.clone(),
