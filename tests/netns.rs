@@ -27,8 +27,128 @@ impl Drop for Netns {
     fn drop(&mut self) {
         for n in &self.names {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{n}"));
         }
     }
+}
+
+/// A bridge namespace and `hosts` namespaces on it, at 198.18.NET.1.. in
+/// order; returns the guard and the addresses.
+fn lan(tag: &str, net: u32, hosts: &[&str]) -> (Netns, Vec<String>) {
+    let sw = format!("{tag}-sw");
+    let mut guard = Netns {
+        names: vec![sw.clone()],
+    };
+    ip(&["netns", "add", &sw]);
+    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &sw, "link", "set", "br0", "up"]);
+    let mut addrs = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        let ns = format!("{tag}-{h}");
+        guard.names.push(ns.clone());
+        ip(&["netns", "add", &ns]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let port = format!("p{i}");
+        ip(&[
+            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+        let addr = format!("198.18.{net}.{}", i + 1);
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        addrs.push(addr);
+    }
+    (guard, addrs)
+}
+
+/// Writes each namespace's /etc/hosts (what `ip netns exec` shows it):
+/// `name` resolves to every address in `to`, as a headless Service's name
+/// does. Written in place, so that running processes see the change.
+fn resolve_everywhere(guard: &Netns, name: &str, to: &[&String]) {
+    let mut text = String::from("127.0.0.1 localhost\n");
+    for a in to {
+        text.push_str(&format!("{a} {name}\n"));
+    }
+    for ns in &guard.names[1..] {
+        std::fs::create_dir_all(format!("/etc/netns/{ns}")).unwrap();
+        std::fs::write(format!("/etc/netns/{ns}/hosts"), &text).unwrap();
+    }
+}
+
+fn learnt(c: &Cluster, host: &str, other: &str) -> bool {
+    std::fs::read_to_string(c.path().join(format!("state-{host}/hosts")))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(other))
+}
+
+#[test]
+fn a_headless_service_seed_joins_every_address_and_hosts_come_and_go() {
+    if !is_root() {
+        eprintln!("SKIPPED a_headless_service_seed_joins_every_address_and_hosts_come_and_go: needs root for ip netns");
+        println!("SKIPPED: not root");
+        return;
+    }
+    require_erl();
+    let tag = format!("es{}", std::process::id() % 100_000);
+    let net = 1 + ((std::process::id() + 125) % 250);
+    let names = ["hosta", "hostb", "hostc", "hostd"];
+    let (guard, addrs) = lan(&tag, net, &names);
+    // The Service lists the three running hosts.
+    resolve_everywhere(&guard, "erlmesh-svc", &addrs[..3].iter().collect::<Vec<_>>());
+    let c = Cluster::new();
+    let mut hs: Vec<Host> = names
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut host = c.host(h);
+            host.netns = Some(format!("{tag}-{h}"));
+            host.listen_ip = addrs[i].clone();
+            host.listen_port = 4370;
+            host.epmd_port = 4369;
+            host.seeds = vec!["erlmesh-svc:4370".into()];
+            host.extra = "forget_after_secs = 3".into();
+            host
+        })
+        .collect();
+    for h in hs.iter_mut().take(3) {
+        h.start();
+    }
+    let (a, b, cc) = (&names[0], &names[1], &names[2]);
+    for (x, y) in [(a, b), (a, cc), (b, a), (b, cc), (cc, a), (cc, b)] {
+        assert!(
+            wait_for(Duration::from_secs(20), || learnt(&c, x, y)),
+            "{x} did not learn {y}:\n{}",
+            hs[0].log()
+        );
+    }
+    // A fourth pod: the Service now lists it too; nobody's config changes.
+    resolve_everywhere(&guard, "erlmesh-svc", &addrs.iter().collect::<Vec<_>>());
+    hs[3].start();
+    for x in [a, b, cc] {
+        assert!(
+            wait_for(Duration::from_secs(20), || learnt(&c, x, "hostd")),
+            "{x} did not learn hostd"
+        );
+    }
+    let mut na = hs[0].node("a");
+    let mut nd = hs[3].node("d");
+    assert_eq!(nd.eval("net_adm:ping(a@hosta)."), "pong", "{}", hs[3].log());
+    assert_eq!(na.eval("rpc:call(d@hostd, erlang, node, [])."), "d@hostd");
+    // It leaves: gone from the Service, its erlmesh stopped; the others
+    // drop it after forget_after_secs.
+    drop(nd);
+    resolve_everywhere(&guard, "erlmesh-svc", &addrs[..3].iter().collect::<Vec<_>>());
+    hs[3].kill();
+    for x in [a, b, cc] {
+        assert!(
+            wait_for(Duration::from_secs(30), || !learnt(&c, x, "hostd")),
+            "{x} kept hostd"
+        );
+    }
+    drop(na);
+    drop(hs);
+    drop(guard);
 }
 
 fn is_root() -> bool {

@@ -3,7 +3,7 @@
 
 use super::{
     Mesh, Source, FAILED_BACKOFF_MAX, FAILED_BACKOFF_MIN, GOSSIP_FANOUT, GOSSIP_INTERVAL, MAX_CHECKS_PER_ROUND,
-    MAX_FAILED_ADDRESSES, MAX_HOSTS_PER_HELLO, MAX_PEERS, MAX_PENDING_CHECKS,
+    MAX_FAILED_ADDRESSES, MAX_HOSTS_PER_HELLO, MAX_PEERS, MAX_PENDING_CHECKS, MAX_SEED_ADDRESSES, SEED_RESOLVE_TIMEOUT,
 };
 use crate::hostname::HostName;
 use crate::tunnel::dial::Dialer;
@@ -169,10 +169,33 @@ impl Mesh {
         }
     }
 
-    /// One exchange with every seed and [`GOSSIP_FANOUT`] random peers.
+    /// Every address the seeds resolve to (a headless Service's name gives
+    /// one per pod), at most [`MAX_SEED_ADDRESSES`] per seed.
+    async fn seed_addresses(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for seed in &self.seeds {
+            match tokio::time::timeout(SEED_RESOLVE_TIMEOUT, tokio::net::lookup_host(seed.as_str())).await {
+                Ok(Ok(addrs)) => {
+                    for a in addrs.take(MAX_SEED_ADDRESSES) {
+                        let a = a.to_string();
+                        if !out.contains(&a) {
+                            out.push(a);
+                        }
+                    }
+                }
+                Ok(Err(e)) => debug!(%seed, error = %e, "cannot resolve the seed"),
+                Err(_) => debug!(%seed, "the seed did not resolve within {SEED_RESOLVE_TIMEOUT:?}"),
+            }
+        }
+        out
+    }
+
+    /// One exchange with every seed address and [`GOSSIP_FANOUT`] random
+    /// peers.
     pub async fn gossip_round(self: &Arc<Self>) {
         let mut targets: Vec<Dialer> = self
-            .seeds
+            .seed_addresses()
+            .await
             .iter()
             .map(|s| Dialer::seed(s, self.tls.clone(), self.metrics.clone()))
             .collect();
@@ -198,15 +221,28 @@ impl Mesh {
         }
         while let Some(Ok((d, r))) = tasks.join_next().await {
             match r {
-                Ok((names, hosts)) => {
-                    let host = if d.is_seed() {
-                        names.first().cloned()
-                    } else {
-                        HostName::parse(&d.host).ok()
-                    };
-                    if let Some(host) = host {
-                        // The handshake just proved the name: no second
-                        // dial. A seed speaks for itself.
+                Ok((names, hosts)) if d.is_seed() => {
+                    // The handshake proved the seed's name; its own entry
+                    // comes first in its answer, with the address it
+                    // advertises (a pod's own name, where the seed address
+                    // is a Service's): that address is checked like any
+                    // announcement the host makes of itself.
+                    // A seed whose answer does not lead with itself is
+                    // taken at the address its handshake just proved.
+                    if let Some(name) = names.first() {
+                        match hosts.first() {
+                            Some((h, a)) if HostName::parse(h).as_ref() == Ok(name) && *a != d.address => {
+                                self.learn(h, a, Source::Itself)
+                            }
+                            _ => self.proven(name.clone(), d.address.clone()).await,
+                        }
+                    }
+                    self.learn_list(&d.address, hosts);
+                }
+                Ok((_, hosts)) => {
+                    if let Ok(host) = HostName::parse(&d.host) {
+                        // The handshake just proved the name at the address
+                        // the table has: no second dial.
                         self.proven(host, d.address.clone()).await;
                     }
                     self.learn_list(&d.address, hosts);

@@ -64,6 +64,11 @@ pub const JOIN_SETTLE: Duration = Duration::from_secs(6);
 pub const JOIN_SETTLE_ROUND: Duration = Duration::from_secs(1);
 /// Longest a join through seeds keeps gossiping before it settles.
 pub const JOIN_MAX: Duration = Duration::from_secs(30);
+/// Addresses taken from one seed's name (a headless Service resolves to
+/// one per pod).
+pub const MAX_SEED_ADDRESSES: usize = 64;
+/// How long resolving a seed's name may take.
+pub const SEED_RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most hosts in the table; bounds what a peer's gossip can make us open.
 pub const MAX_PEERS: usize = 1024;
 /// Hosts taken from one HELLO answer; the rest are ignored.
