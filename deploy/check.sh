@@ -23,7 +23,19 @@ for path in sorted(glob.glob("deploy/k8s/*.yaml")):
             assert k in d, f"{path}: a document lacks {k}"
         assert d["metadata"].get("name"), f"{path}: {d['kind']} without metadata.name"
     print(f"{path}: {len(docs)} documents: ok")
+# The StatefulSet's erlmesh config, rendered as its init container does.
+for d in yaml.safe_load_all(open("deploy/k8s/erlmesh-statefulset.yaml")):
+    if d and d["kind"] == "ConfigMap" and "erlmesh.toml.in" in d.get("data", {}):
+        text = d["data"]["erlmesh.toml.in"].replace("${POD}", "cache-0").replace("${NS}", "default")
+        assert "[[peers]]" not in text and "seeds = " in text, "the StatefulSet should join through its Service"
+        open("/tmp/erlmesh-k8s-rendered.toml", "w").write(text)
 PY
+bin=target/debug/erlmesh
+[ -x "$bin" ] || bin=target/release/erlmesh
+if [ -x "$bin" ]; then
+  "$bin" env --config /tmp/erlmesh-k8s-rendered.toml >/dev/null
+  echo "deploy/k8s: the rendered erlmesh config is valid"
+fi
 "$venv/bin/yamllint" -d '{extends: relaxed, rules: {line-length: {max: 140}}}' deploy/k8s
 if command -v systemd-analyze >/dev/null; then
   systemd-analyze verify deploy/erlmesh.service 2>&1 | grep -v "Command /usr/local/bin/erlmesh is not executable\|No such file" || true
