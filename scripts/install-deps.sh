@@ -14,6 +14,8 @@ command -v script >/dev/null 2>&1 || need+=(bsdutils)
 if [ "${ERLMESH_TEST_DEPS:-0}" = 1 ]; then
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
+  # Newer OTP releases for tests/otp.rs, in chroots (scripts/otp-root.sh).
+  command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing from Debian's packages: ${need[*]}" >&2

@@ -90,6 +90,18 @@ impl Drop for Proc {
 /// A directory of certificates and configs for one test's cluster.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// Bind mounts of `dir` into OTP roots (see [`Cluster::share_with`]),
+    /// undone when the cluster is dropped.
+    mounts: std::cell::RefCell<Vec<PathBuf>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in self.mounts.borrow().iter() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+            let _ = std::fs::remove_dir(m);
+        }
+    }
 }
 
 impl Cluster {
@@ -98,11 +110,34 @@ impl Cluster {
         require_erl();
         let dir = tempfile::tempdir().unwrap();
         run_ok(&["cert", "ca", "--dir", dir.path().join("certs").to_str().unwrap()]);
-        Cluster { dir }
+        Cluster {
+            dir,
+            mounts: Default::default(),
+        }
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Makes this cluster's directory visible inside the OTP root `root`
+    /// at the same path (a bind mount, undone on drop), so that nodes run
+    /// there find the resolver files erlmesh writes. Needs root.
+    pub fn share_with(&self, root: &Path) {
+        let inside = root.join(self.path().strip_prefix("/").unwrap());
+        if self.mounts.borrow().contains(&inside) {
+            return;
+        }
+        std::fs::create_dir_all(&inside).unwrap();
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .arg(self.path())
+            .arg(&inside)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount --bind {} {}", self.path().display(), inside.display());
+        self.mounts.borrow_mut().push(inside);
     }
 
     /// Declares a host (certificate issued now); peers are added with
@@ -131,6 +166,7 @@ impl Cluster {
             key: format!("certs/{name}.key"),
             seeds: Vec::new(),
             policies: Vec::new(),
+            otp_root: None,
             run_env: Vec::new(),
             run_args: Vec::new(),
             skip_env: Vec::new(),
@@ -203,6 +239,9 @@ pub struct Host {
     pub seeds: Vec<String>,
     /// Per peer host: (nodes, local_nodes) patterns for its `[[peers]]` entry.
     pub policies: Vec<(String, Vec<String>, Vec<String>)>,
+    /// A Debian root with another OTP release (scripts/otp-root.sh): this
+    /// host's nodes run there, through chroot.
+    pub otp_root: Option<PathBuf>,
     /// Extra environment and arguments for `erlmesh run`.
     pub run_env: Vec<(String, String)>,
     pub run_args: Vec<String>,
@@ -390,7 +429,23 @@ impl Node {
         let full = full.to_owned();
         let flag = if full.contains('.') { "-name" } else { "-sname" };
         let log = host.dir.join(format!("{full}.log"));
-        let mut cmd = host.command("erl");
+        let mut cmd = match &host.otp_root {
+            None => host.command("erl"),
+            Some(root) => {
+                // The root's own erl, with nothing of this machine's
+                // environment but what erlmesh gives nodes (added below).
+                let mut c = Command::new("chroot");
+                c.arg(root)
+                    .args(["/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "HOME=/tmp"]);
+                for (k, v) in host.env() {
+                    if !host.skip_env.contains(&k) {
+                        c.arg(format!("{k}={v}"));
+                    }
+                }
+                c.arg("erl");
+                c
+            }
+        };
         // Crash dumps and mnesia directories land in the test's directory.
         cmd.current_dir(&host.dir);
         cmd.args(extra);

@@ -1,0 +1,130 @@
+//! The core story across OTP releases: nodes of Debian 12's OTP 25 and of
+//! OTP 27 (Debian 13 "trixie") and 29 ("sid"), the latter two run in
+//! chroots built once per machine by scripts/otp-root.sh, through erlmesh:
+//! ping and rpc both ways, a value written on one host and read on the
+//! other, a hidden node, a restarted node reached again, and long names.
+//! Needs root (chroot, bind mounts); says it was skipped otherwise.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The root for `suite`, built when missing.
+fn otp_root(suite: &str) -> PathBuf {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/otp-root.sh");
+    let out = Command::new("bash").arg(script).arg(suite).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/otp-root.sh {suite}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// (suite, OTP release) for a side; None is this machine's OTP 25.
+fn side(suite: Option<&str>) -> (Option<PathBuf>, &'static str) {
+    match suite {
+        None => (None, "\"25\""),
+        Some("trixie") => (Some(otp_root("trixie")), "\"27\""),
+        Some("sid") => (Some(otp_root("sid")), "\"29\""),
+        Some(s) => panic!("unknown suite {s}"),
+    }
+}
+
+/// The story between a node of `left`'s OTP on host A and one of
+/// `right`'s on host B, with host names `a_host` and `b_host` (dotted for
+/// long names).
+fn story(left: Option<&str>, right: Option<&str>, a_host: &str, b_host: &str) {
+    if !is_root() {
+        println!("SKIPPED: chroot and bind mounts need root");
+        return;
+    }
+    let (a_root, a_rel) = side(left);
+    let (b_root, b_rel) = side(right);
+    let c = Cluster::new();
+    let mut ha = c.host(a_host);
+    let mut hb = c.host(b_host);
+    ha.peer(&hb);
+    hb.peer(&ha);
+    for (h, root) in [(&mut ha, &a_root), (&mut hb, &b_root)] {
+        if let Some(r) = root {
+            c.share_with(r);
+            h.otp_root = Some(r.clone());
+        }
+    }
+    ha.start();
+    hb.start();
+    let mut a = ha.node("a");
+    let mut b = hb.node("b");
+    assert_eq!(a.eval("erlang:system_info(otp_release)."), a_rel);
+    assert_eq!(b.eval("erlang:system_info(otp_release)."), b_rel);
+    let (an, bn) = (format!("'a@{a_host}'"), format!("'b@{b_host}'"));
+    assert_eq!(a.eval(&format!("net_adm:ping({bn}).")), "pong", "{}", ha.log());
+    assert_eq!(b.eval(&format!("net_adm:ping({an}).")), "pong");
+    assert_eq!(
+        a.eval(&format!("rpc:call({bn}, erlang, system_info, [otp_release]).")),
+        b_rel
+    );
+    assert_eq!(
+        b.eval(&format!("rpc:call({an}, erlang, system_info, [otp_release]).")),
+        a_rel
+    );
+    // A value written on host A, read from host B.
+    assert_eq!(
+        a.eval("ets:new(cache, [named_table, public]), ets:insert(cache, {k, <<\"v-4711\">>})."),
+        "true"
+    );
+    assert_eq!(
+        b.eval(&format!("rpc:call({an}, ets, lookup, [cache, k]).")),
+        "[{k,<<\"v-4711\">>}]"
+    );
+    // A hidden node on host B.
+    let mut h = hb.node_with("h", &["-hidden"]);
+    assert_eq!(h.eval(&format!("net_adm:ping({an}).")), "pong");
+    assert_eq!(
+        a.eval_until(
+            &format!("lists:member('h@{b_host}', nodes(hidden))."),
+            "true",
+            Duration::from_secs(5)
+        ),
+        "true"
+    );
+    // B restarts; A reaches the new one.
+    drop(b);
+    let mut b = hb.node("b");
+    assert_eq!(
+        a.eval_until(&format!("net_adm:ping({bn})."), "pong", Duration::from_secs(15)),
+        "pong"
+    );
+    assert_eq!(b.eval("atom_to_list(node())."), format!("\"b@{b_host}\""));
+}
+
+#[test]
+fn otp25_and_otp27() {
+    story(None, Some("trixie"), "hosta", "hostb");
+}
+
+#[test]
+fn otp27_and_otp27() {
+    story(Some("trixie"), Some("trixie"), "hosta", "hostb");
+}
+
+#[test]
+fn otp25_and_otp29() {
+    story(None, Some("sid"), "hosta", "hostb");
+}
+
+#[test]
+fn otp29_and_otp29_with_long_names() {
+    story(Some("sid"), Some("sid"), "hosta.example.com", "hostb.example.com");
+}
