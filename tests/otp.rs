@@ -128,3 +128,80 @@ fn otp25_and_otp29() {
 fn otp29_and_otp29_with_long_names() {
     story(Some("sid"), Some("sid"), "hosta.example.com", "hostb.example.com");
 }
+
+/// A node with a dynamic name (`-sname undefined@hostb`; `erl -remsh`
+/// without a name starts one under the machine's own name, which is the
+/// erlmesh host name on a real host) on host B, of `suite`'s OTP,
+/// connecting to a@hosta: host A's node assigns the name, and both
+/// erlmesh check it (hostb's, and allowed by the policies) before the node
+/// learns it.
+fn dynamic_story(suite: Option<&str>) {
+    if !is_root() {
+        println!("SKIPPED: chroot and bind mounts need root");
+        return;
+    }
+    let (root, rel) = side(suite);
+    let c = Cluster::new();
+    let (mut ha, mut hb) = (c.host("hosta"), c.host("hostb"));
+    ha.peer(&hb);
+    hb.peer(&ha);
+    if let Some(r) = &root {
+        c.share_with(r);
+        hb.otp_root = Some(r.clone());
+    }
+    ha.start();
+    hb.start();
+    let mut a = ha.node("a");
+    let mut d = Node::dynamic(&hb);
+    assert_eq!(d.eval("erlang:system_info(otp_release)."), rel);
+    assert_eq!(d.eval("net_kernel:connect_node(a@hosta)."), "true", "{}", hb.log());
+    let name = d.eval("atom_to_list(node()).");
+    assert!(name.ends_with("@hostb\""), "assigned {name}");
+    assert_eq!(d.eval("rpc:call(a@hosta, erlang, node, [])."), "a@hosta");
+    assert_eq!(
+        a.eval(&format!("lists:member(list_to_atom({name}), nodes(connected)).")),
+        "true"
+    );
+    assert!(ha.log().contains("tunnel open"), "{}", ha.log());
+}
+
+#[test]
+fn dynamic_names_on_otp25() {
+    dynamic_story(None);
+}
+
+#[test]
+fn dynamic_names_on_otp27() {
+    dynamic_story(Some("trixie"));
+}
+
+#[test]
+fn dynamic_names_on_otp29() {
+    dynamic_story(Some("sid"));
+}
+
+#[test]
+fn a_dynamic_name_is_held_to_the_peers_policy() {
+    if !is_root() {
+        println!("SKIPPED: needs root like the rest of this file");
+        return;
+    }
+    let c = Cluster::new();
+    let (mut ha, mut hb) = (c.host("hosta"), c.host("hostb"));
+    ha.peer(&hb);
+    hb.peer(&ha);
+    // hostb's nodes named b only: a generated name is not among them.
+    ha.policies.push(("hostb".into(), vec!["b".into()], vec!["*".into()]));
+    ha.start();
+    hb.start();
+    let _a = ha.node("a");
+    let mut d = Node::dynamic(&hb);
+    assert_eq!(d.eval("net_kernel:connect_node(a@hosta)."), "false");
+    assert!(
+        ha.log().contains("refused: the dynamic name assigned is not allowed"),
+        "{}",
+        ha.log()
+    );
+    let mut b = hb.node("b");
+    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+}

@@ -30,16 +30,54 @@ pub enum HandshakeError {
     Malformed(&'static str),
 }
 
-/// A parsed send_name: the dialling node's full name (`name@host`).
+/// `DFLAG_NAME_ME` (erl_dist_protocol.md): the dialler asks the accepting
+/// node for a name (OTP 23+ dynamic node names: `-sname undefined`, or
+/// `-remsh` without a name); its send_name then carries only a host part.
+pub const DFLAG_NAME_ME: u64 = 0x2_0000_0000;
+
+/// A parsed send_name: the dialling node's full name (`name@host`), or for
+/// a dynamic name only the host part it asks to be named under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendName {
     pub node: String,
+    /// The accepting node will assign the name (`DFLAG_NAME_ME`).
+    pub dynamic: bool,
 }
 
 impl SendName {
     /// The host part of the node name.
     pub fn host(&self) -> &str {
+        if self.dynamic {
+            return &self.node;
+        }
         self.node.split_once('@').map(|(_, h)| h).unwrap_or("")
+    }
+
+    /// The name for logs: `name@host`, or `(dynamic)@host`.
+    pub fn shown(&self) -> String {
+        if self.dynamic {
+            format!("(dynamic)@{}", self.node)
+        } else {
+            self.node.clone()
+        }
+    }
+}
+
+/// The name a `named:` status frame (length prefix included) assigns:
+/// `'s' "named:" Nlen:2 Name Creation:4`; None for any other status.
+pub fn named_status(frame: &[u8]) -> Option<String> {
+    let rest = frame.get(2..)?.strip_prefix(b"snamed:")?;
+    let nlen = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+    let name = rest.get(2..2 + nlen)?;
+    if rest.len() != 2 + nlen + 4 {
+        return None;
+    }
+    let name = std::str::from_utf8(name).ok()?;
+    match name.split_once('@') {
+        Some((n, h)) if !n.is_empty() && !h.is_empty() && !name.chars().any(|c| c.is_control()) => {
+            Some(name.to_owned())
+        }
+        _ => None,
     }
 }
 
@@ -64,35 +102,46 @@ pub fn parse_send_name(buf: &[u8]) -> Result<(SendName, usize), HandshakeError> 
 }
 
 fn parse_body(body: &[u8]) -> Result<SendName, HandshakeError> {
-    let name = match body.first() {
+    let (name, dynamic) = match body.first() {
         None => return Err(HandshakeError::Malformed("empty frame")),
         Some(b'N') => {
             if body.len() < 15 {
                 return Err(HandshakeError::Malformed("shorter than its fixed fields"));
             }
+            let flags = u64::from_be_bytes(body[1..9].try_into().expect("8 bytes"));
             let nlen = u16::from_be_bytes([body[13], body[14]]) as usize;
             if body.len() != 15 + nlen {
                 return Err(HandshakeError::Malformed("name length does not match the frame"));
             }
-            &body[15..]
+            (&body[15..], flags & DFLAG_NAME_ME != 0)
         }
         Some(b'n') => {
             if body.len() < 7 {
                 return Err(HandshakeError::Malformed("shorter than its fixed fields"));
             }
-            &body[7..]
+            (&body[7..], false)
         }
         Some(&t) => return Err(HandshakeError::NotSendName(t)),
     };
     let node = std::str::from_utf8(name).map_err(|_| HandshakeError::Malformed("name is not UTF-8"))?;
-    match node.split_once('@') {
-        Some((n, h)) if !n.is_empty() && !h.is_empty() && !h.contains('@') => {}
-        _ => return Err(HandshakeError::Malformed("name is not name@host")),
-    }
     if node.chars().any(|c| c.is_control()) {
         return Err(HandshakeError::Malformed("control character in name"));
     }
-    Ok(SendName { node: node.to_owned() })
+    if dynamic {
+        // Only the host part: the accepting node assigns the name.
+        if node.is_empty() || node.contains('@') {
+            return Err(HandshakeError::Malformed("a dynamic name's send_name is not a host"));
+        }
+    } else {
+        match node.split_once('@') {
+            Some((n, h)) if !n.is_empty() && !h.is_empty() && !h.contains('@') => {}
+            _ => return Err(HandshakeError::Malformed("name is not name@host")),
+        }
+    }
+    Ok(SendName {
+        node: node.to_owned(),
+        dynamic,
+    })
 }
 
 pub use crate::wire::ReadError;
@@ -237,5 +286,26 @@ mod tests {
         assert!(check_status(b"\x00\x0bsnamed:\x00\x01x").is_ok());
         assert_eq!(check_status(b"\x00\x03+OK"), Err(HandshakeError::NotStatus(b'+')));
         assert!(check_status(b"\x00\x04sbad").is_err());
+    }
+
+    #[test]
+    fn dynamic_names() {
+        // As OTP 25 sends it for `erl -sname undefined` on a machine "vm".
+        let mut f = vec![0, 17, b'N', 0, 0, 0, 0x0f, 0x07, 0xdf, 0x7f, 0xbc, 0, 0, 0, 0, 0, 2];
+        f.extend_from_slice(b"vm");
+        let (sn, used) = parse_send_name(&f).unwrap();
+        assert!(sn.dynamic && sn.host() == "vm" && used == f.len());
+        assert_eq!(sn.shown(), "(dynamic)@vm");
+        // The acceptor's answer names it.
+        let mut st = b"\x00\x00snamed:".to_vec();
+        st.extend_from_slice(&(15u16).to_be_bytes());
+        st.extend_from_slice(b"1WMFCF5U@hostb1");
+        st.extend_from_slice(&[0, 0, 0, 7]);
+        let len = (st.len() - 2) as u16;
+        st[..2].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(named_status(&st).as_deref(), Some("1WMFCF5U@hostb1"));
+        assert_eq!(check_status(&st), Ok(()));
+        assert_eq!(named_status(b"\x00\x03sok"), None);
+        assert_eq!(named_status(&st[..st.len() - 1]), None);
     }
 }

@@ -229,10 +229,21 @@ async fn tunnel_in(
             return;
         }
     };
+    let remote_name = if send_name.dynamic {
+        match dynamic_name(&answer, &claimed, &ctx) {
+            Some(n) => n,
+            None => {
+                answer_and_close(&mut tls, &[TunnelStatus::NotAllowed as u8]).await;
+                return;
+            }
+        }
+    } else {
+        send_name.node.clone()
+    };
     let live = ctx.tls.register(&claimed, tls.get_ref().1, None);
     let guard = ctx
         .metrics
-        .tunnel(&claimed, &format!("{name}@{}", ctx.host), &send_name.node, "in");
+        .tunnel(&claimed, &format!("{name}@{}", ctx.host), &remote_name, "in");
     let (to_peer, from_peer) = guard.byte_counters();
     let records_per_key = ctx.tls.current().records_per_key;
     // Take over the record layer (tunnel/record.rs) once rustls has nothing
@@ -281,7 +292,7 @@ async fn read_claim(
             return None;
         }
     };
-    tracing::Span::current().record("from", send_name.node.as_str());
+    tracing::Span::current().record("from", send_name.shown().as_str());
     let claimed = HostName::parse(send_name.host()).ok().filter(|h| hosts.contains(h));
     let Some(claimed) = claimed else {
         warn!(
@@ -294,13 +305,37 @@ async fn read_claim(
         return None;
     };
     let policy = ctx.mesh.policy_for(&claimed);
-    if !policy.allows_remote(short(&send_name.node)) || !ctx.allows_local(hosts, name) {
+    // A dynamic name is checked once the local node has assigned it.
+    let remote_ok = send_name.dynamic || policy.allows_remote(short(&send_name.node));
+    if !remote_ok || !ctx.allows_local(hosts, name) {
         warn!(claimed = %send_name.node, "refused: the peer's config does not allow this node pair");
         ctx.metrics.identity_refused(&claimed);
         answer_and_close(tls, &[TunnelStatus::NotAllowed as u8]).await;
         return None;
     }
     Some((send_name, raw, claimed))
+}
+
+/// The name a local node assigned a dynamic dialler (its `named:`
+/// answer): it must be under the claimed host and allowed by that host's
+/// policy (`peers[].nodes` or `default_policy.nodes`). None refuses.
+fn dynamic_name(answer: &[u8], claimed: &HostName, ctx: &Context) -> Option<String> {
+    let Some(name) = dist_handshake::named_status(answer) else {
+        // Refused by the node itself (nok, not_allowed): passed on as is.
+        return Some(format!("(dynamic)@{claimed}"));
+    };
+    let host_ok = name
+        .split_once('@')
+        .and_then(|(_, h)| HostName::parse(h).ok())
+        .is_some_and(|h| h == *claimed);
+    if host_ok && ctx.mesh.policy_for(claimed).allows_remote(short(&name)) {
+        tracing::Span::current().record("from", name.as_str());
+        Some(name)
+    } else {
+        warn!(assigned = %name, "refused: the dynamic name assigned is not allowed by the peer's config");
+        ctx.metrics.identity_refused(claimed);
+        None
+    }
 }
 
 /// Connects to local node `name` and has it answer the dialler's

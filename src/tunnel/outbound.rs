@@ -41,17 +41,26 @@ impl Face {
                     return;
                 }
             };
-            tracing::Span::current().record("from", send_name.node.as_str());
+            tracing::Span::current().record("from", send_name.shown().as_str());
+            // A dynamic name asks to be named under a host (the machine's
+            // own name, unless started as `-sname undefined@HOST`): it too
+            // must be this host's, as the peer names it `X@that host`.
             let own = crate::hostname::HostName::parse(send_name.host()).is_ok_and(|h| h == *self.own_host);
             if !own {
                 warn!(
-                    claimed = %send_name.node,
-                    "refused: a local node may only dial out under this host's name {:?}", self.own_host
+                    claimed = %send_name.shown(),
+                    "refused: a local node may only dial out under this host's name {:?}{}",
+                    self.own_host,
+                    if send_name.dynamic {
+                        " (for a dynamic name, start the node with -sname undefined@THIS_HOST)"
+                    } else {
+                        ""
+                    }
                 );
                 self.dialer.metrics().identity_refused(&self.dialer.host);
                 return;
             }
-            if !self.policy.allows_local(short(&send_name.node)) {
+            if !send_name.dynamic && !self.policy.allows_local(short(&send_name.node)) {
                 warn!(claimed = %send_name.node, "refused: the peer's config does not allow this local node");
                 self.dialer.metrics().identity_refused(&self.dialer.host);
                 return;
@@ -67,10 +76,21 @@ impl Face {
                 info!(?status, "peer refused the tunnel");
                 return;
             }
+            let mut remote = remote;
+            let local_name = if send_name.dynamic {
+                // The name the peer's node assigned, checked against this
+                // peer's local_nodes before the node learns it.
+                match self.assigned_name(&mut remote, &mut local).await {
+                    Some(n) => n,
+                    None => return,
+                }
+            } else {
+                send_name.node.clone()
+            };
             let guard = self
                 .dialer
                 .metrics()
-                .tunnel(&self.dialer.host, &send_name.node, &remote_node, "out");
+                .tunnel(&self.dialer.host, &local_name, &remote_node, "out");
             let (out_c, back_c) = guard.byte_counters();
             debug!(resumed = remote.resumed, "tunnel open");
             let carried = record::splice(local, remote.tcp, remote.tx, remote.rx, |o, b| {
@@ -82,5 +102,41 @@ impl Face {
         }
         .instrument(span)
         .await
+    }
+
+    /// For a dynamic name: reads the peer node's `named:` answer, checks the
+    /// name it assigns (this host's, and allowed by this peer's
+    /// local_nodes), and hands the answer to the local node. None when the
+    /// tunnel is refused.
+    async fn assigned_name(&self, remote: &mut crate::tunnel::dial::Tunnel, local: &mut TcpStream) -> Option<String> {
+        use tokio::io::AsyncWriteExt;
+        let answer = match timeout(SEND_NAME_TIMEOUT, remote.rx.first(&mut remote.tcp)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                info!(error = %e, "the peer closed before its node named this one");
+                return None;
+            }
+            Err(_) => {
+                warn!("the peer's node did not name this one within {SEND_NAME_TIMEOUT:?}");
+                return None;
+            }
+        };
+        let Some(name) = dist_handshake::named_status(&answer) else {
+            // Any other status (nok, not_allowed): the node learns it as is.
+            let _ = local.write_all(&answer).await;
+            return None;
+        };
+        let ours = name
+            .split_once('@')
+            .and_then(|(_, h)| crate::hostname::HostName::parse(h).ok())
+            .is_some_and(|h| h == *self.own_host);
+        if !ours || !self.policy.allows_local(short(&name)) {
+            warn!(assigned = %name, "refused: the name the peer assigned is not this host's or not allowed by the peer's config");
+            self.dialer.metrics().identity_refused(&self.dialer.host);
+            return None;
+        }
+        tracing::Span::current().record("from", name.as_str());
+        local.write_all(&answer).await.ok()?;
+        Some(name)
     }
 }

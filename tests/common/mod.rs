@@ -426,6 +426,22 @@ pub struct Node {
 
 impl Node {
     fn start(host: &Host, full: &str, extra: &[&str]) -> Node {
+        let mut n = Node::spawn(host, full, extra);
+        let me = n.eval("node().");
+        assert_eq!(me.trim_matches('\''), n.name, "node did not come up as itself");
+        n
+    }
+
+    /// A node with a dynamic name (`-sname undefined@HOST`, HOST being the
+    /// simulated host's name rather than the machine's): it is named by the
+    /// first node it connects to.
+    pub fn dynamic(host: &Host) -> Node {
+        let mut n = Node::spawn(host, &format!("undefined@{}", host.name), &[]);
+        assert_eq!(n.eval("ok."), "ok");
+        n
+    }
+
+    fn spawn(host: &Host, full: &str, extra: &[&str]) -> Node {
         let full = full.to_owned();
         let flag = if full.contains('.') { "-name" } else { "-sname" };
         let log = host.dir.join(format!("{full}.log"));
@@ -491,16 +507,13 @@ impl Node {
                 }
             }
         });
-        let mut n = Node {
+        Node {
             name: full,
             stdin,
             lines: rx,
             log,
             proc,
-        };
-        let me = n.eval("node().");
-        assert_eq!(me.trim_matches('\''), n.name, "node did not come up as itself");
-        n
+        }
     }
 
     /// Evaluates one Erlang expression (ending in '.') and returns the
