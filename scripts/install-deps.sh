@@ -10,6 +10,8 @@ command -v erl >/dev/null 2>&1 && ! erl -noshell -eval 'halt(case code:lib_dir(m
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The Elixir interop test; bsdutils' script(1) gives erl -remsh a terminal.
 [ "${ERLMESH_TEST_DEPS:-0}" = 1 ] && ! command -v elixir >/dev/null 2>&1 && need+=(elixir)
+# The release tooling test (tests/releases.rs).
+[ "${ERLMESH_TEST_DEPS:-0}" = 1 ] && ! command -v rebar3 >/dev/null 2>&1 && need+=(rebar3)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
 if [ "${ERLMESH_TEST_DEPS:-0}" = 1 ]; then
   command -v ip >/dev/null 2>&1 || need+=(iproute2)

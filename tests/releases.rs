@@ -1,7 +1,9 @@
-//! Release tooling end to end: a mix release (Debian's elixir; a project
-//! with no dependencies builds offline) whose `rel/env.sh.eex` is
-//! deploy/erlang/mix/env.sh.eex, started with its own scripts on two hosts
-//! wired by `erlmesh env`; `rpc`, `eval`, `remote` and clustering between
+//! Release tooling end to end: a mix release (Debian's elixir) whose
+//! `rel/env.sh.eex` is deploy/erlang/mix/env.sh.eex, and a rebar3 release
+//! (Debian's rebar3) whose `config/vm.args.src` is
+//! deploy/erlang/rebar3/vm.args.src; projects with no dependencies build
+//! offline. Each is started with its own scripts on two hosts wired by
+//! `erlmesh env`; `rpc`, `eval`, the remote console and clustering between
 //! the two hosts all go through erlmesh.
 
 mod common;
@@ -126,5 +128,146 @@ fn a_mix_release_on_two_hosts_clusters_and_answers_rpc_eval_and_remote() {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("iex(cache@hosta)"), "no remote shell prompt: {text}");
+    drop(nodes);
+}
+
+/// Builds a rebar3 release in `dir`; returns its bin/cachex script.
+fn build_rebar3_release(dir: &Path) -> PathBuf {
+    let run = |args: &[&str], cwd: &Path| {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(cwd)
+            .env("HOME", dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{args:?}: {e} (scripts/test.sh installs rebar3)"));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["rebar3", "new", "release", "cachex"], dir);
+    let project = dir.join("cachex");
+    std::fs::remove_file(project.join("config/vm.args")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/erlang/rebar3/vm.args.src"),
+        project.join("config/vm.args.src"),
+    )
+    .unwrap();
+    // rebar.config names the file: the .src form has its ${VARS} replaced
+    // from the environment at start.
+    let cfg = std::fs::read_to_string(project.join("rebar.config")).unwrap().replace(
+        "{vm_args, \"./config/vm.args\"}",
+        "{vm_args_src, \"./config/vm.args.src\"}",
+    );
+    std::fs::write(project.join("rebar.config"), cfg).unwrap();
+    run(&["rebar3", "release"], &project);
+    project.join("_build/default/rel/cachex/bin/cachex")
+}
+
+/// The relx script for `host`, with the environment `erlmesh env` gives
+/// its nodes (as a systemd drop-in or a wrapper would set it). relx's
+/// ping, eval and rpc use erl_call, a C program that resolves the node's
+/// host through the system resolver, not ERL_INETRC: on a real host that
+/// is the machine's own name; here each command gets a mount namespace of
+/// its own whose /etc/hosts names the simulated hosts on loopback.
+fn relx(bin: &Path, host: &Host) -> Command {
+    let hosts = host.dir.join("relx-etc-hosts");
+    if !hosts.exists() {
+        std::fs::write(&hosts, "127.0.0.1 localhost hosta hostb\n").unwrap();
+    }
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {} /etc/hosts && exec \"$0\" \"$@\"",
+            hosts.display()
+        ))
+        .arg(bin);
+    for (k, v) in host.env() {
+        c.env(k, v);
+    }
+    c.env("NODE_NAME", format!("cachex@{}", host.name))
+        .env("COOKIE", "erlmesh-test")
+        .env("RELX_OUT_FILE_PATH", host.dir.join(format!("relx-{}", host.name)));
+    std::fs::create_dir_all(host.dir.join(format!("relx-{}", host.name))).unwrap();
+    c
+}
+
+fn relx_out(mut c: Command) -> (bool, String) {
+    let out = c.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn a_rebar3_release_on_two_hosts_clusters_and_answers_rpc_eval_and_remote_console() {
+    let c = Cluster::new();
+    let bin = build_rebar3_release(c.path());
+    let (ha, hb) = c.pair("", "");
+    let mut nodes = Vec::new();
+    for h in [&ha, &hb] {
+        let log = std::fs::File::create(h.dir.join(format!("relx-{}.log", h.name))).unwrap();
+        let child = relx(&bin, h)
+            .arg("foreground")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        nodes.push(Proc {
+            child,
+            what: format!("cachex@{}", h.name),
+        });
+    }
+    for h in [&ha, &hb] {
+        assert!(
+            wait_for(Duration::from_secs(30), || {
+                let mut p = relx(&bin, h);
+                p.arg("ping");
+                relx_out(p).1.contains("pong")
+            }),
+            "release on {} did not come up: {}",
+            h.name,
+            std::fs::read_to_string(h.dir.join(format!("relx-{}.log", h.name))).unwrap_or_default()
+        );
+    }
+    let mut e = relx(&bin, &ha);
+    e.args(["eval", "net_kernel:connect_node(cachex@hostb)."]);
+    let (ok, out) = relx_out(e);
+    assert!(ok && out.contains("true"), "{out}\n{}", ha.log());
+    let mut r = relx(&bin, &hb);
+    r.args(["rpc", "erlang", "nodes"]);
+    let (ok, out) = relx_out(r);
+    assert!(ok && out.contains("cachex@hosta"), "{out}");
+    // The remote console: a dynamic name under the release's host part.
+    let mut cmd = Command::new("timeout");
+    let hosts = ha.dir.join("relx-etc-hosts");
+    cmd.args([
+        "10",
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        &format!(
+            "mount --bind {} /etc/hosts && exec script -qec '{} remote_console' /dev/null",
+            hosts.display(),
+            bin.display()
+        ),
+    ]);
+    for (k, v) in relx(&bin, &ha).get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("(cachex@hosta)"),
+        "no remote console prompt: {text}\n{}",
+        ha.log()
+    );
     drop(nodes);
 }
