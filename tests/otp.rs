@@ -205,3 +205,60 @@ fn a_dynamic_name_is_held_to_the_peers_policy() {
     let mut b = hb.node("b");
     assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
 }
+
+/// `erl -remsh b@hostb` with no name of its own, on a host whose erlmesh
+/// host name is the machine's own name (as on a real host): OTP asks for a
+/// dynamic name under that name, and the remote shell opens through
+/// erlmesh.
+fn remsh_without_a_name(suite: Option<&str>) {
+    if !is_root() {
+        println!("SKIPPED: chroot and bind mounts need root");
+        return;
+    }
+    let (root, _) = side(suite);
+    let out = Command::new("hostname").arg("-s").output().unwrap();
+    let machine = String::from_utf8_lossy(&out.stdout).trim().to_lowercase();
+    let c = Cluster::new();
+    let (mut ha, mut hb) = (c.host(&machine), c.host("hostb"));
+    ha.peer(&hb);
+    hb.peer(&ha);
+    if let Some(r) = &root {
+        c.share_with(r);
+    }
+    ha.start();
+    hb.start();
+    let _b = hb.node("b");
+    let env: String = ha.env().iter().map(|(k, v)| format!("{k}='{v}' ")).collect();
+    let erl = "erl -remsh b@hostb -setcookie erlmesh-test";
+    let inner = match &root {
+        Some(r) => format!(
+            "chroot {} /usr/bin/env -i PATH=/usr/bin:/bin HOME=/tmp {env}{erl}",
+            r.display()
+        ),
+        None => format!("env {env}{erl}"),
+    };
+    let out = Command::new("timeout")
+        .args(["15", "script", "-qec", &inner, "/dev/null"])
+        .current_dir(c.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(b@hostb)1>"), "no remote shell: {text}\n{}", ha.log());
+    assert!(ha.log().contains(&format!("(dynamic)@{machine}")), "{}", ha.log());
+}
+
+#[test]
+fn remsh_without_a_name_on_otp25() {
+    remsh_without_a_name(None);
+}
+
+#[test]
+fn remsh_without_a_name_on_otp27() {
+    remsh_without_a_name(Some("trixie"));
+}
+
+#[test]
+fn remsh_without_a_name_on_otp29() {
+    remsh_without_a_name(Some("sid"));
+}
