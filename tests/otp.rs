@@ -109,24 +109,30 @@ fn story(left: Option<&str>, right: Option<&str>, a_host: &str, b_host: &str) {
     assert_eq!(b.eval("atom_to_list(node())."), format!("\"b@{b_host}\""));
 }
 
+/// Short names, then long names, between `left` and `right`.
+fn both_name_kinds(left: Option<&str>, right: Option<&str>) {
+    story(left, right, "hosta", "hostb");
+    story(left, right, "hosta.example.com", "hostb.example.com");
+}
+
 #[test]
 fn otp25_and_otp27() {
-    story(None, Some("trixie"), "hosta", "hostb");
+    both_name_kinds(None, Some("trixie"));
 }
 
 #[test]
 fn otp27_and_otp27() {
-    story(Some("trixie"), Some("trixie"), "hosta", "hostb");
+    both_name_kinds(Some("trixie"), Some("trixie"));
 }
 
 #[test]
 fn otp25_and_otp29() {
-    story(None, Some("sid"), "hosta", "hostb");
+    both_name_kinds(None, Some("sid"));
 }
 
 #[test]
-fn otp29_and_otp29_with_long_names() {
-    story(Some("sid"), Some("sid"), "hosta.example.com", "hostb.example.com");
+fn otp29_and_otp29() {
+    both_name_kinds(Some("sid"), Some("sid"));
 }
 
 /// A node with a dynamic name (`-sname undefined@hostb`; `erl -remsh`
