@@ -151,14 +151,6 @@ fn a_headless_service_seed_joins_every_address_and_hosts_come_and_go() {
     drop(guard);
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 #[test]
 fn three_hosts_in_namespaces_expose_only_tls_and_leak_nothing() {
     if !is_root() {

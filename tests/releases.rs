@@ -63,11 +63,39 @@ fn release(bin: &Path, host: &Host) -> Command {
 }
 
 fn rpc(bin: &Path, host: &Host, expr: &str) -> (bool, String) {
-    let out = release(bin, host).args(["rpc", expr]).output().unwrap();
+    let mut c = release(bin, host);
+    c.args(["rpc", expr]);
+    output(c)
+}
+
+/// Runs `c`: (success, stdout and stderr).
+fn output(mut c: Command) -> (bool, String) {
+    let out = c.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
     )
+}
+
+/// Starts a release on each host with `command` (its script's start
+/// command), output in `LOG-HOST.log`; killed when dropped.
+fn start_on(hosts: [&Host; 2], log: &str, name: &str, mut command: impl FnMut(&Host) -> Command) -> Vec<Proc> {
+    hosts
+        .iter()
+        .map(|h| {
+            let f = std::fs::File::create(h.dir.join(format!("{log}-{}.log", h.name))).unwrap();
+            let child = command(h)
+                .stdin(Stdio::null())
+                .stdout(f.try_clone().unwrap())
+                .stderr(f)
+                .spawn()
+                .unwrap();
+            Proc {
+                child,
+                what: format!("{name}@{}", h.name),
+            }
+        })
+        .collect()
 }
 
 #[test]
@@ -75,21 +103,11 @@ fn a_mix_release_on_two_hosts_clusters_and_answers_rpc_eval_and_remote() {
     let c = Cluster::new();
     let bin = build_mix_release(c.path());
     let (ha, hb) = c.pair("", "");
-    let mut nodes = Vec::new();
-    for h in [&ha, &hb] {
-        let log = std::fs::File::create(h.dir.join(format!("release-{}.log", h.name))).unwrap();
-        let child = release(&bin, h)
-            .arg("start")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        nodes.push(Proc {
-            child,
-            what: format!("cache@{}", h.name),
-        });
-    }
+    let nodes = start_on([&ha, &hb], "release", "cache", |h| {
+        let mut c = release(&bin, h);
+        c.arg("start");
+        c
+    });
     for h in [&ha, &hb] {
         assert!(
             wait_for(Duration::from_secs(30), || rpc(&bin, h, "IO.puts(node())")
@@ -194,40 +212,22 @@ fn relx(bin: &Path, host: &Host) -> Command {
     c
 }
 
-fn relx_out(mut c: Command) -> (bool, String) {
-    let out = c.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 #[test]
 fn a_rebar3_release_on_two_hosts_clusters_and_answers_rpc_eval_and_remote_console() {
     let c = Cluster::new();
     let bin = build_rebar3_release(c.path());
     let (ha, hb) = c.pair("", "");
-    let mut nodes = Vec::new();
-    for h in [&ha, &hb] {
-        let log = std::fs::File::create(h.dir.join(format!("relx-{}.log", h.name))).unwrap();
-        let child = relx(&bin, h)
-            .arg("foreground")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        nodes.push(Proc {
-            child,
-            what: format!("cachex@{}", h.name),
-        });
-    }
+    let nodes = start_on([&ha, &hb], "relx", "cachex", |h| {
+        let mut c = relx(&bin, h);
+        c.arg("foreground");
+        c
+    });
     for h in [&ha, &hb] {
         assert!(
             wait_for(Duration::from_secs(30), || {
                 let mut p = relx(&bin, h);
                 p.arg("ping");
-                relx_out(p).1.contains("pong")
+                output(p).1.contains("pong")
             }),
             "release on {} did not come up: {}",
             h.name,
@@ -236,11 +236,11 @@ fn a_rebar3_release_on_two_hosts_clusters_and_answers_rpc_eval_and_remote_consol
     }
     let mut e = relx(&bin, &ha);
     e.args(["eval", "net_kernel:connect_node(cachex@hostb)."]);
-    let (ok, out) = relx_out(e);
+    let (ok, out) = output(e);
     assert!(ok && out.contains("true"), "{out}\n{}", ha.log());
     let mut r = relx(&bin, &hb);
     r.args(["rpc", "erlang", "nodes"]);
-    let (ok, out) = relx_out(r);
+    let (ok, out) = output(r);
     assert!(ok && out.contains("cachex@hosta"), "{out}");
     // The remote console: a dynamic name under the release's host part.
     let mut cmd = Command::new("timeout");
