@@ -653,79 +653,12 @@ pub async fn splice(
 ) -> io::Result<Carried> {
     let (mut lr, mut lw) = local.into_split();
     let (mut rr, mut rw) = remote.into_split();
-    let counted = &counted;
     // Set by the inbound side when the peer asks for a KeyUpdate; the
     // outbound side sends one before its next record.
     let update_asked = AtomicBool::new(rx.update_asked);
     let result = {
-        let (tx, rw, update_asked) = (&mut tx, &mut rw, &update_asked);
-        let out = async move {
-            // Record slots, back to back: a read fills them in order, so
-            // every sealed record but the last is full and they lie
-            // contiguous. One slot at first, BATCH once a read fills it.
-            let mut recs = vec![0u8; FULL_RECORD];
-            let mut total = 0u64;
-            loop {
-                let n = read_slots(&mut lr, &mut recs).await?;
-                if n == 0 {
-                    write_record(rw, tx, &[1, CLOSE_NOTIFY], ALERT).await?;
-                    rw.shutdown().await?;
-                    return Ok::<_, io::Error>(total);
-                }
-                if update_asked.swap(false, Ordering::Relaxed) || tx.due(n.div_ceil(MAX_PLAINTEXT)) {
-                    send_key_update(rw, tx).await?;
-                }
-                let (mut left, mut end) = (n, 0);
-                for slot in recs.chunks_mut(FULL_RECORD) {
-                    let k = left.min(MAX_PLAINTEXT);
-                    end += tx.seal(slot, k, APPLICATION_DATA)?;
-                    left -= k;
-                    if left == 0 {
-                        break;
-                    }
-                }
-                rw.write_all(&recs[..end]).await?;
-                total += n as u64;
-                counted(n as u64, 0);
-            }
-        };
-        let rx = &mut rx;
-        let back = async move {
-            let mut total = 0u64;
-            let mut ranges = Vec::with_capacity(MAX_RANGES);
-            let mut closed = false;
-            loop {
-                // Open every complete record in the buffer, then hand all
-                // their plaintext to the node with one vectored write.
-                while !closed && ranges.len() < MAX_RANGES {
-                    match rx.open_next()? {
-                        Some(Opened::Data(range)) => ranges.push(range),
-                        Some(Opened::Skip) => {}
-                        Some(Opened::UpdateRequested) => update_asked.store(true, Ordering::Relaxed),
-                        Some(Opened::Closed) => {
-                            closed = true;
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                if !ranges.is_empty() {
-                    let n = write_ranges(&mut lw, &rx.buf, &ranges).await?;
-                    total += n;
-                    counted(0, n);
-                    ranges.clear();
-                    continue;
-                }
-                if closed {
-                    lw.shutdown().await?;
-                    return Ok::<_, io::Error>(total);
-                }
-                if rx.fill(&mut rr).await? == 0 {
-                    // TCP closed without close_notify: a truncation.
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-        };
+        let out = seal_from_node(&mut lr, &mut rw, &mut tx, &update_asked, &counted);
+        let back = open_to_node(&mut rr, &mut lw, &mut rx, &update_asked, &counted);
         tokio::pin!(out, back);
         let (mut o, mut b) = (None, None);
         loop {
@@ -751,6 +684,90 @@ pub async fn splice(
         }
     }
     result
+}
+
+/// The node's bytes to the peer: read straight into record slots, sealed
+/// in place, written with one call; a KeyUpdate first when the key is due
+/// or the peer asked; close_notify at the node's end. Returns the bytes.
+async fn seal_from_node(
+    lr: &mut tokio::net::tcp::OwnedReadHalf,
+    rw: &mut tokio::net::tcp::OwnedWriteHalf,
+    tx: &mut Keys,
+    update_asked: &AtomicBool,
+    counted: &impl Fn(u64, u64),
+) -> io::Result<u64> {
+    // Record slots, back to back: a read fills them in order, so every
+    // sealed record but the last is full and they lie contiguous. One slot
+    // at first, BATCH once a read fills it.
+    let mut recs = vec![0u8; FULL_RECORD];
+    let mut total = 0u64;
+    loop {
+        let n = read_slots(lr, &mut recs).await?;
+        if n == 0 {
+            write_record(rw, tx, &[1, CLOSE_NOTIFY], ALERT).await?;
+            rw.shutdown().await?;
+            return Ok(total);
+        }
+        if update_asked.swap(false, Ordering::Relaxed) || tx.due(n.div_ceil(MAX_PLAINTEXT)) {
+            send_key_update(rw, tx).await?;
+        }
+        let (mut left, mut end) = (n, 0);
+        for slot in recs.chunks_mut(FULL_RECORD) {
+            let k = left.min(MAX_PLAINTEXT);
+            end += tx.seal(slot, k, APPLICATION_DATA)?;
+            left -= k;
+            if left == 0 {
+                break;
+            }
+        }
+        rw.write_all(&recs[..end]).await?;
+        total += n as u64;
+        counted(n as u64, 0);
+    }
+}
+
+/// The peer's records to the node: every complete record in the buffer
+/// opened in place, their plaintexts written with one vectored call; the
+/// peer's close_notify ends the direction, a bare TCP close is a
+/// truncation. Returns the bytes.
+async fn open_to_node(
+    rr: &mut tokio::net::tcp::OwnedReadHalf,
+    lw: &mut tokio::net::tcp::OwnedWriteHalf,
+    rx: &mut Reader,
+    update_asked: &AtomicBool,
+    counted: &impl Fn(u64, u64),
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut ranges = Vec::with_capacity(MAX_RANGES);
+    let mut closed = false;
+    loop {
+        while !closed && ranges.len() < MAX_RANGES {
+            match rx.open_next()? {
+                Some(Opened::Data(range)) => ranges.push(range),
+                Some(Opened::Skip) => {}
+                Some(Opened::UpdateRequested) => update_asked.store(true, Ordering::Relaxed),
+                Some(Opened::Closed) => {
+                    closed = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !ranges.is_empty() {
+            let n = write_ranges(lw, &rx.buf, &ranges).await?;
+            total += n;
+            counted(0, n);
+            ranges.clear();
+            continue;
+        }
+        if closed {
+            lw.shutdown().await?;
+            return Ok(total);
+        }
+        if rx.fill(rr).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
 }
 
 /// Reads a node's bytes straight into the plaintext parts of the record
