@@ -111,7 +111,7 @@ erlmesh)
   for h in hosta hostb; do
     "$em" run --config "$w/$h.toml" 2>"$w/$h.mesh.log" & pids+=($!); proxies+=($!)
   done
-  for h in hosta hostb; do wait_ready "$w/$h.mesh.log"; done
+  for h in hosta hostb; do wait_ready "$w/$h.toml" "$w/$h.mesh.log"; done
   idle=$(rss "${proxies[0]}")
   ( eval "$("$em" env --config "$w/hostb.toml")"; exec erl "${erl_common[@]}" -sname b@hostb -eval 'receive after infinity -> ok end' ) >"$w/b.log" 2>&1 &
   pids+=($!)

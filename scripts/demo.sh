@@ -26,7 +26,7 @@ step "two erlmesh proxies: hosta on TLS port $tls_a, hostb on $tls_b"
 for h in hosta hostb; do
   RUST_LOG=erlmesh=debug "$em" run --config "$w/$h.toml" 2>"$w/$h.log" & mesh+=($!)
 done
-for h in hosta hostb; do wait_ready "$w/$h.log"; grep "erlmesh ready" "$w/$h.log"; done
+for h in hosta hostb; do wait_ready "$w/$h.toml" "$w/$h.log"; grep "erlmesh ready" "$w/$h.log"; done
 
 step "node a@hosta writes a key into its ETS table"
 (

@@ -61,11 +61,13 @@ write_conf() {
 # add_peer FILE HOST ADDRESS
 add_peer() { printf '\n[[peers]]\nhost = "%s"\naddress = "%s"\n' "$2" "$3" >>"$1"; }
 
-# wait_ready LOG [N]: until LOG holds N "erlmesh ready" lines (default 1).
+# wait_ready CONF LOG: until the erlmesh running with CONF says it is ready
+# on its control socket (`erlmesh status`: every listener bound, the join
+# done); on timeout, LOG's last lines.
 wait_ready() {
   for _ in $(seq 600); do
-    [ "$(grep -c 'erlmesh ready' "$1" 2>/dev/null || true)" -ge "${2:-1}" ] && return 0
+    "$em" status --config "$1" 2>/dev/null | grep -q '^state: ready' && return 0
     sleep 0.05
   done
-  echo "erlmesh not ready: $1" >&2; tail -5 "$1" >&2; return 1
+  echo "erlmesh not ready: $1" >&2; tail -5 "$2" >&2; return 1
 }

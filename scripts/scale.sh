@@ -22,9 +22,9 @@ for i in $(seq 0 $((n - 1))); do
 done
 t0=$(date +%s.%N)
 "$em" run --config "$w/h0.toml" 2>"$w/h0.log" & mesh+=($!)
-wait_ready "$w/h0.log"
+wait_ready "$w/h0.toml" "$w/h0.log"
 for i in $(seq 1 $((n - 1))); do "$em" run --config "$w/h$i.toml" 2>"$w/h$i.log" & mesh+=($!); done
-for i in $(seq 0 $((n - 1))); do wait_ready "$w/h$i.log"; done
+for i in $(seq 0 $((n - 1))); do wait_ready "$w/h$i.toml" "$w/h$i.log"; done
 t1=$(date +%s.%N)
 echo "all $n erlmesh ready (joined through h0) in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
 node() { # i: start node n$i@h$i; it prints SEEN <ms> once it sees every other node

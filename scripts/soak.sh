@@ -24,7 +24,7 @@ done
 peak=0
 start_mesh() { # index host
   "$em" run --config "$w/$2.toml" 2>>"$w/$2.log" & mesh[$1]=$!
-  wait_ready "$w/$2.log" "${starts[$1]}"
+  wait_ready "$w/$2.toml" "$w/$2.log"
 }
 note_peak() {
   for p in "${mesh[@]}"; do
