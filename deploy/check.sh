@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 venv=${ERLMESH_CHECK_VENV:-/tmp/erlmesh-deploy-check}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q dockerfile yamllint pyyaml
-"$venv/bin/python" - <<'PY'
+rendered=$(mktemp --suffix=.toml)
+trap 'rm -f "$rendered"' EXIT
+"$venv/bin/python" - "$rendered" <<'PY'
 import dockerfile, sys, yaml, glob
 cmds = dockerfile.parse_file("Dockerfile")
 stages = [c for c in cmds if c.cmd == "FROM"]
@@ -28,12 +30,12 @@ for d in yaml.safe_load_all(open("deploy/k8s/erlmesh-statefulset.yaml")):
     if d and d["kind"] == "ConfigMap" and "erlmesh.toml.in" in d.get("data", {}):
         text = d["data"]["erlmesh.toml.in"].replace("${POD}", "cache-0").replace("${NS}", "default")
         assert "[[peers]]" not in text and "seeds = " in text, "the StatefulSet should join through its Service"
-        open("/tmp/erlmesh-k8s-rendered.toml", "w").write(text)
+        open(sys.argv[1], "w").write(text)
 PY
 bin=target/debug/erlmesh
 [ -x "$bin" ] || bin=target/release/erlmesh
 if [ -x "$bin" ]; then
-  "$bin" env --config /tmp/erlmesh-k8s-rendered.toml >/dev/null
+  "$bin" env --config "$rendered" >/dev/null
   echo "deploy/k8s: the rendered erlmesh config is valid"
 fi
 "$venv/bin/yamllint" -d '{extends: relaxed, rules: {line-length: {max: 140}}}' deploy/k8s

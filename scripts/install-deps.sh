@@ -18,6 +18,10 @@ if [ "${ERLMESH_TEST_DEPS:-0}" = 1 ]; then
   command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
   # Newer OTP releases for tests/otp.rs, in chroots (scripts/otp-root.sh).
   command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+  # The package test (tests/package.rs): its postinst's adduser, and the
+  # unit check.
+  command -v adduser >/dev/null 2>&1 || need+=(adduser)
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing from Debian's packages: ${need[*]}" >&2

@@ -162,35 +162,9 @@ fn three_hosts_in_namespaces_expose_only_tls_and_leak_nothing() {
     let tag = format!("em{}", std::process::id() % 100_000);
     // A third octet of our own, so parallel runs do not share a subnet.
     let net = 1 + (std::process::id() % 250);
-    let sw = format!("{tag}-sw");
     let hosts = ["hosta", "hostb", "hostc"];
-    let mut guard = Netns {
-        names: vec![sw.clone()],
-    };
-    ip(&["netns", "add", &sw]);
-    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", &sw, "link", "set", "br0", "up"]);
-    for (i, h) in hosts.iter().enumerate() {
-        let ns = format!("{tag}-{h}");
-        guard.names.push(ns.clone());
-        ip(&["netns", "add", &ns]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        let port = format!("p{}", i);
-        ip(&[
-            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]);
-        ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("198.18.{net}.{}/24", i + 1),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-    }
+    let (guard, addrs) = lan(&tag, net, &hosts);
+    let sw = guard.names[0].clone();
 
     let c = Cluster::new();
     let pcap = c.path().join("bridge.pcap");
@@ -223,7 +197,7 @@ fn three_hosts_in_namespaces_expose_only_tls_and_leak_nothing() {
         .map(|(i, h)| {
             let mut host = c.host(h);
             host.netns = Some(format!("{tag}-{h}"));
-            host.listen_ip = format!("198.18.{net}.{}", i + 1);
+            host.listen_ip = addrs[i].clone();
             host.listen_port = 4370;
             host.epmd_port = 4369; // each namespace has its own 4369
             host

@@ -12,24 +12,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// Runs a build tool `args` in `cwd` with `envs`, asserting success.
+fn build_step(args: &[&str], cwd: &Path, envs: &[(&str, &Path)]) {
+    let mut c = Command::new(args[0]);
+    c.args(&args[1..]).current_dir(cwd);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e} (scripts/test.sh installs it)"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Builds the release once in `dir`; returns its bin/cache script.
 fn build_mix_release(dir: &Path) -> PathBuf {
-    let run = |args: &[&str], cwd: &Path| {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(cwd)
-            .env("MIX_HOME", dir.join("mix-home"))
-            .env("HEX_OFFLINE", "1")
-            .env("MIX_ENV", "prod")
-            .output()
-            .unwrap_or_else(|e| panic!("{args:?}: {e} (scripts/test.sh installs elixir)"));
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let mix_home = dir.join("mix-home");
+    let envs = [
+        ("MIX_HOME", mix_home.as_path()),
+        ("HEX_OFFLINE", Path::new("1")),
+        ("MIX_ENV", Path::new("prod")),
+    ];
+    let run = |args: &[&str], cwd: &Path| build_step(args, cwd, &envs);
     run(&["mix", "new", "cache", "--sup"], dir);
     let project = dir.join("cache");
     std::fs::create_dir_all(project.join("rel")).unwrap();
@@ -151,20 +160,7 @@ fn a_mix_release_on_two_hosts_clusters_and_answers_rpc_eval_and_remote() {
 
 /// Builds a rebar3 release in `dir`; returns its bin/cachex script.
 fn build_rebar3_release(dir: &Path) -> PathBuf {
-    let run = |args: &[&str], cwd: &Path| {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(cwd)
-            .env("HOME", dir)
-            .output()
-            .unwrap_or_else(|e| panic!("{args:?}: {e} (scripts/test.sh installs rebar3)"));
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str], cwd: &Path| build_step(args, cwd, &[("HOME", dir)]);
     run(&["rebar3", "new", "release", "cachex"], dir);
     let project = dir.join("cachex");
     std::fs::remove_file(project.join("config/vm.args")).unwrap();

@@ -206,9 +206,7 @@ fn update_crl(dir: &Path, add: Option<(Vec<u8>, String)>) -> Result<Revoked, Cer
     let pem = params.signed_by(&issuer)?.pem()?;
     // Replaced in one rename: an erlmesh watching the file never reads
     // half of it.
-    let tmp = dir.join(format!(".{CRL_FILE}.tmp{}", std::process::id()));
-    write_file(&tmp, &pem, 0o644)?;
-    std::fs::rename(&tmp, &crl_path).map_err(|source| CertError::Io {
+    crate::mesh::resolver::write_atomically(&crl_path, pem.as_bytes()).map_err(|source| CertError::Io {
         path: crl_path.clone(),
         source,
     })?;
