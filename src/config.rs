@@ -1,6 +1,7 @@
 //! The TOML config file → a validated [`Config`]. Every error names the
 //! file and the key.
 
+use crate::dist::{DistPolicy, Mode};
 use crate::hostname::HostName;
 use crate::mesh::policy::{Pattern, Policy};
 use serde::Deserialize;
@@ -87,6 +88,8 @@ struct RawConfig {
     #[serde(default)]
     peers: Vec<RawPeer>,
     default_policy: Option<RawPolicy>,
+    #[serde(default)]
+    dist_policies: std::collections::BTreeMap<String, RawDistPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +97,16 @@ struct RawConfig {
 struct RawPolicy {
     nodes: Option<Vec<String>>,
     local_nodes: Option<Vec<String>>,
+    dist_policy: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDistPolicy {
+    mode: Option<String>,
+    spawn: Option<bool>,
+    registered: Option<Vec<String>>,
+    exit_signals: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +130,7 @@ struct RawPeer {
     alias: Option<String>,
     nodes: Option<Vec<String>>,
     local_nodes: Option<Vec<String>>,
+    dist_policy: Option<String>,
 }
 
 /// Paths to the cluster CA and this host's certificate and key.
@@ -269,12 +283,14 @@ impl Config {
                 format!("must be at most {MAX_THREADS} (0 = one per CPU)"),
             ));
         }
-        let peers = parse_peers(raw.peers, &host, &invalid)?;
+        let dist = parse_dist_policies(raw.dist_policies, &invalid)?;
+        let peers = parse_peers(raw.peers, &host, &dist, &invalid)?;
         let default_policy = match raw.default_policy {
             None => Policy::default(),
             Some(p) => Policy {
                 nodes: patterns(p.nodes).map_err(|m| invalid("default_policy.nodes", m))?,
                 local_nodes: patterns(p.local_nodes).map_err(|m| invalid("default_policy.local_nodes", m))?,
+                dist: dist_ref(p.dist_policy, &dist).map_err(|m| invalid("default_policy.dist_policy", m))?,
             },
         };
         let tls = parse_tls(raw.tls, &rel, &invalid)?;
@@ -398,6 +414,7 @@ fn parse_metrics(m: &str) -> Result<SocketAddr, String> {
 fn parse_peers(
     raw: Vec<RawPeer>,
     host: &HostName,
+    dist: &DistPolicies,
     invalid: &impl Fn(&str, String) -> ConfigError,
 ) -> Result<Vec<Peer>, ConfigError> {
     let mut peers: Vec<Peer> = Vec::new();
@@ -426,6 +443,7 @@ fn parse_peers(
         let policy = Policy {
             nodes: patterns(p.nodes, "nodes")?,
             local_nodes: patterns(p.local_nodes, "local_nodes")?,
+            dist: dist_ref(p.dist_policy, dist).map_err(|m| invalid(&key("dist_policy"), m))?,
         };
         peers.push(Peer {
             host: peer_host,
@@ -435,6 +453,59 @@ fn parse_peers(
         });
     }
     Ok(peers)
+}
+
+type DistPolicies = std::collections::BTreeMap<String, std::sync::Arc<DistPolicy>>;
+
+/// The `[dist_policies.NAME]` tables.
+fn parse_dist_policies(
+    raw: std::collections::BTreeMap<String, RawDistPolicy>,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<DistPolicies, ConfigError> {
+    let mut out = DistPolicies::new();
+    for (name, p) in raw {
+        let key = |k: &str| format!("dist_policies.{name}.{k}");
+        let mode = match p.mode.as_deref() {
+            None | Some("enforce") => Mode::Enforce,
+            Some("audit") => Mode::Audit,
+            Some(other) => {
+                return Err(invalid(
+                    &key("mode"),
+                    format!("{other:?} is not a mode: \"enforce\" or \"audit\""),
+                ))
+            }
+        };
+        let mut registered = Vec::new();
+        for (i, r) in p.registered.unwrap_or_default().into_iter().enumerate() {
+            if r.is_empty() || r.chars().count() > 255 {
+                return Err(invalid(
+                    &format!("dist_policies.{name}.registered[{i}]"),
+                    "a registered name has 1 to 255 characters".into(),
+                ));
+            }
+            registered.push(Pattern::new(&r));
+        }
+        let policy = DistPolicy {
+            name: name.clone(),
+            mode,
+            spawn: p.spawn.unwrap_or(false),
+            registered,
+            exit_signals: p.exit_signals.unwrap_or(false),
+        };
+        out.insert(name, std::sync::Arc::new(policy));
+    }
+    Ok(out)
+}
+
+/// A `dist_policy = "NAME"` reference.
+fn dist_ref(name: Option<String>, dist: &DistPolicies) -> Result<Option<std::sync::Arc<DistPolicy>>, String> {
+    match name {
+        None => Ok(None),
+        Some(n) => dist.get(&n).cloned().map(Some).ok_or_else(|| {
+            let known: Vec<&str> = dist.keys().map(String::as_str).collect();
+            format!("no [dist_policies.{n}] table (defined: {known:?})")
+        }),
+    }
 }
 
 /// Descriptors kept for what the caps do not count (see

@@ -16,6 +16,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dist;
 pub mod epmd;
 pub mod hostname;
 pub mod mesh;

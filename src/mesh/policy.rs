@@ -47,6 +47,9 @@ pub struct Policy {
     pub nodes: Vec<Pattern>,
     /// The local nodes that peer may reach and be reached from.
     pub local_nodes: Vec<Pattern>,
+    /// What its nodes may ask of local nodes (the distribution firewall);
+    /// None: anything, and the tunnel's bytes are not parsed.
+    pub dist: Option<std::sync::Arc<crate::dist::DistPolicy>>,
 }
 
 impl Default for Policy {
@@ -54,6 +57,7 @@ impl Default for Policy {
         Policy {
             nodes: vec![Pattern::new("*")],
             local_nodes: vec![Pattern::new("*")],
+            dist: None,
         }
     }
 }
@@ -97,6 +101,7 @@ mod tests {
         let p = Policy {
             nodes: vec![Pattern::new("app*")],
             local_nodes: vec![Pattern::new("db")],
+            dist: None,
         };
         assert!(p.allows_remote("app1") && !p.allows_remote("evil"));
         assert!(p.allows_local("db") && !p.allows_local("other"));

@@ -35,6 +35,24 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DistRefusedLabels {
+    pub peer: String,
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DistOpLabels {
+    pub peer: String,
+    pub op: String,
+    pub target: String,
+    pub verdict: String,
+}
+
+/// Distinct (peer, operation, target, verdict) series audit mode creates;
+/// beyond this, targets are counted as `(other)`.
+pub const MAX_DIST_SERIES: usize = 4096;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub request: String,
 }
@@ -60,6 +78,11 @@ pub struct Metrics {
     pub identity_refusals: Family<PeerLabels, Counter>,
     pub epmd_requests: Family<RequestLabels, Counter>,
     pub refused: Family<ReasonLabels, Counter>,
+    pub dist_refused: Family<DistRefusedLabels, Counter>,
+    pub dist_ops: Family<DistOpLabels, Counter>,
+    dist_series: std::sync::atomic::AtomicUsize,
+    /// peer -> its dist policy as status shows it.
+    dist_policies: Mutex<BTreeMap<String, String>>,
     cert_expiry: Gauge,
     own_not_after: AtomicI64,
     /// Every listener bound and the join done: what `status` says first.
@@ -106,6 +129,18 @@ impl Metrics {
         let epmd_requests = Family::<RequestLabels, Counter>::default();
         let cert_expiry = Gauge::default();
         let refused = Family::<ReasonLabels, Counter>::default();
+        let dist_refused = Family::<DistRefusedLabels, Counter>::default();
+        let dist_ops = Family::<DistOpLabels, Counter>::default();
+        registry.register(
+            "dist_refused",
+            "Distribution operations a dist policy refused, per peer host and operation",
+            dist_refused.clone(),
+        );
+        registry.register(
+            "dist_operations",
+            "Distribution operations seen under an audit-mode dist policy (and refusals in enforce mode), per peer host, operation, target and verdict",
+            dist_ops.clone(),
+        );
         registry.register(
             "connections_refused",
             "Connections on the TLS port closed before TLS, by reason",
@@ -139,6 +174,10 @@ impl Metrics {
             bytes,
             handshake_failures,
             refused,
+            dist_refused,
+            dist_ops,
+            dist_series: std::sync::atomic::AtomicUsize::new(0),
+            dist_policies: Mutex::new(BTreeMap::new()),
             identity_refusals,
             epmd_requests,
             cert_expiry,
@@ -148,6 +187,47 @@ impl Metrics {
             unverified: Mutex::new(BTreeMap::new()),
             pairs: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// A tunnel with `peer` runs under `policy`: status shows it.
+    pub fn dist_policy_in_use(&self, peer: &str, policy: &crate::dist::DistPolicy) {
+        let shown = format!("{}({})", policy.name, policy.mode.as_str());
+        self.dist_policies
+            .lock()
+            .expect("metrics lock")
+            .insert(peer.to_owned(), shown);
+    }
+
+    /// Counts one judged operation: refusals in enforce mode, everything
+    /// in audit mode (by target, within [`MAX_DIST_SERIES`]).
+    pub fn dist_operation(
+        &self,
+        peer: &str,
+        policy: &crate::dist::DistPolicy,
+        op: &str,
+        target: &crate::dist::rules::Target,
+        refused: bool,
+    ) {
+        if policy.mode == crate::dist::Mode::Enforce {
+            self.dist_refused
+                .get_or_create(&DistRefusedLabels {
+                    peer: peer.to_owned(),
+                    op: op.to_owned(),
+                })
+                .inc();
+            return;
+        }
+        let mut labels = DistOpLabels {
+            peer: peer.to_owned(),
+            op: op.to_owned(),
+            target: target.to_string(),
+            verdict: if refused { "would_refuse" } else { "allowed" }.to_owned(),
+        };
+        if self.dist_ops.get(&labels).is_none() && self.dist_series.fetch_add(1, Ordering::Relaxed) >= MAX_DIST_SERIES {
+            self.dist_series.fetch_sub(1, Ordering::Relaxed);
+            labels.target = "(other)".to_owned();
+        }
+        self.dist_ops.get_or_create(&labels).inc();
     }
 
     /// Records when this host's certificate expires.
@@ -311,6 +391,10 @@ impl Metrics {
             if let Some(na) = p.cert_not_after {
                 s.push_str(&format!(" cert_expires_in_days={}", (na - now) / SECS_PER_DAY));
             }
+            if let Some(dp) = self.dist_policies.lock().expect("metrics lock").get(name) {
+                let refused: u64 = self.dist_refused_of(name);
+                s.push_str(&format!(" dist_policy={dp} dist_refused={refused}"));
+            }
             if let Some((t, why)) = &p.last_error {
                 s.push_str(&format!(" last_error=\"{why}\" ({}s ago)", now - t / 1000));
             }
@@ -332,6 +416,22 @@ impl Metrics {
             s.push_str(&format!("  {l:<28} {r:<28} {d:<4} {n}\n"));
         }
         s
+    }
+}
+
+impl Metrics {
+    /// Operations refused for `peer` so far, all kinds.
+    fn dist_refused_of(&self, peer: &str) -> u64 {
+        crate::dist::rules::OPS
+            .iter()
+            .filter_map(|op| {
+                self.dist_refused.get(&DistRefusedLabels {
+                    peer: peer.to_owned(),
+                    op: (*op).to_owned(),
+                })
+            })
+            .map(|c| c.get())
+            .sum()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The TLS port: verifies the peer, reads what the connection is for, and
 //! answers EPMD questions or connects a tunnel to a local node.
 
+use crate::dist::filter::Firewall;
 use crate::epmd::LocalEpmd;
 use crate::hostname::HostName;
 use crate::mesh::policy::short;
@@ -259,10 +260,22 @@ async fn tunnel_in(
     let result = match opened.await {
         Ok((tcp, tx, rx)) => {
             debug!("tunnel open");
-            let carried = record::splice(local, tcp, tx, rx, |o, b| {
-                to_peer.inc_by(o);
-                from_peer.inc_by(b);
+            let local_node = format!("{name}@{}", ctx.host);
+            let firewall = ctx.mesh.policy_for(&claimed).dist.map(|p| record::Firewalled {
+                firewall: Firewall::new(p, &claimed, &local_node, ctx.metrics.clone()),
+                node_dials: false,
             });
+            let carried = record::splice(
+                local,
+                tcp,
+                tx,
+                rx,
+                |o, b| {
+                    to_peer.inc_by(o);
+                    from_peer.inc_by(b);
+                },
+                firewall,
+            );
             until_revoked(&live, carried).await
         }
         Err(e) => Err(e),

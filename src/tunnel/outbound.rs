@@ -93,10 +93,26 @@ impl Face {
                 .tunnel(&self.dialer.host, &local_name, &remote_node, "out");
             let (out_c, back_c) = guard.byte_counters();
             debug!(resumed = remote.resumed, "tunnel open");
-            let carried = record::splice(local, remote.tcp, remote.tx, remote.rx, |o, b| {
-                out_c.inc_by(o);
-                back_c.inc_by(b);
+            let firewall = self.policy.dist.clone().map(|p| record::Firewalled {
+                firewall: crate::dist::filter::Firewall::new(
+                    p,
+                    &self.dialer.host,
+                    &local_name,
+                    self.dialer.metrics().clone(),
+                ),
+                node_dials: true,
             });
+            let carried = record::splice(
+                local,
+                remote.tcp,
+                remote.tx,
+                remote.rx,
+                |o, b| {
+                    out_c.inc_by(o);
+                    back_c.inc_by(b);
+                },
+                firewall,
+            );
             let result = until_revoked(&remote.live, carried).await;
             record::log_end(&result);
         }

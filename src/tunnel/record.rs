@@ -28,12 +28,13 @@
 //! or any alert but close_notify is fatal: the tunnel is closed, with an
 //! alert to the peer when the fault was the peer's.
 
+use crate::dist::filter::{Firewall, Inbound, Outbound, Seg};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf::{self, KeyType as _};
 use rustls::ConnectionTrafficSecrets;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest plaintext in one record (RFC 8446 §5.1).
@@ -650,6 +651,7 @@ pub async fn splice(
     mut tx: Keys,
     mut rx: Reader,
     counted: impl Fn(u64, u64),
+    firewall: Option<Firewalled>,
 ) -> io::Result<Carried> {
     let (mut lr, mut lw) = local.into_split();
     let (mut rr, mut rw) = remote.into_split();
@@ -657,8 +659,35 @@ pub async fn splice(
     // outbound side sends one before its next record.
     let update_asked = AtomicBool::new(rx.update_asked);
     let result = {
-        let out = seal_from_node(&mut lr, &mut rw, &mut tx, &update_asked, &counted);
-        let back = open_to_node(&mut rr, &mut lw, &mut rx, &update_asked, &counted);
+        // Without a dist policy the bytes are not looked at; with one, the
+        // same loops with the firewall between the records and the node.
+        let out = async {
+            match &firewall {
+                None => seal_from_node(&mut lr, &mut rw, &mut tx, &update_asked, &counted).await,
+                Some(f) => {
+                    let mut reader = Outbound::new(f.firewall.clone(), f.node_dials);
+                    seal_from_node_filtered(
+                        &mut lr,
+                        &mut rw,
+                        &mut tx,
+                        &update_asked,
+                        &counted,
+                        &f.firewall,
+                        &mut reader,
+                    )
+                    .await
+                }
+            }
+        };
+        let back = async {
+            match &firewall {
+                None => open_to_node(&mut rr, &mut lw, &mut rx, &update_asked, &counted).await,
+                Some(f) => {
+                    let mut filter = Inbound::new(f.firewall.clone(), !f.node_dials);
+                    open_to_node_filtered(&mut rr, &mut lw, &mut rx, &update_asked, &counted, &mut filter).await
+                }
+            }
+        };
         tokio::pin!(out, back);
         let (mut o, mut b) = (None, None);
         loop {
@@ -768,6 +797,177 @@ async fn open_to_node(
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
+}
+
+/// A tunnel under a dist policy: its firewall, and which end dialled.
+pub struct Firewalled {
+    pub firewall: Arc<Firewall>,
+    /// The local node dialled the peer's (an outbound tunnel).
+    pub node_dials: bool,
+}
+
+/// Plaintext read from a node at once under a dist policy.
+const FILTERED_READ: usize = BATCH * MAX_PLAINTEXT;
+/// Pieces written to a node with one vectored call.
+const MAX_SLICES: usize = 64;
+
+/// [`seal_from_node`] under a dist policy: the node's frames are read (for
+/// the pids it gives the peer) and answers to refused requests go out
+/// between two of its frames. Records are sealed from a copy.
+async fn seal_from_node_filtered(
+    lr: &mut tokio::net::tcp::OwnedReadHalf,
+    rw: &mut tokio::net::tcp::OwnedWriteHalf,
+    tx: &mut Keys,
+    update_asked: &AtomicBool,
+    counted: &impl Fn(u64, u64),
+    fw: &Firewall,
+    reader: &mut Outbound,
+) -> io::Result<u64> {
+    let mut plain = vec![0u8; FILTERED_READ];
+    let mut recs = Vec::with_capacity(BATCH * FULL_RECORD);
+    let mut total = 0u64;
+    loop {
+        let n = tokio::select! {
+            r = lr.read(&mut plain) => r?,
+            _ = fw.wake.notified() => {
+                if reader.at_boundary() {
+                    send_answers(rw, tx, fw, &mut recs).await?;
+                }
+                continue;
+            }
+        };
+        if n == 0 {
+            write_record(rw, tx, &[1, CLOSE_NOTIFY], ALERT).await?;
+            rw.shutdown().await?;
+            return Ok(total);
+        }
+        if update_asked.swap(false, Ordering::Relaxed) {
+            send_key_update(rw, tx).await?;
+        }
+        let mut off = 0;
+        while off < n {
+            let used = reader.feed(&plain[off..n], fw.has_answers());
+            seal_all(rw, tx, &plain[off..off + used], &mut recs).await?;
+            off += used;
+            if reader.at_boundary() && fw.has_answers() {
+                send_answers(rw, tx, fw, &mut recs).await?;
+            }
+        }
+        total += n as u64;
+        counted(n as u64, 0);
+    }
+}
+
+/// Seals `data` into as many records as it takes, written with one call.
+async fn seal_all(
+    rw: &mut tokio::net::tcp::OwnedWriteHalf,
+    tx: &mut Keys,
+    data: &[u8],
+    recs: &mut Vec<u8>,
+) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if tx.due(data.len().div_ceil(MAX_PLAINTEXT)) {
+        send_key_update(rw, tx).await?;
+    }
+    recs.clear();
+    for chunk in data.chunks(MAX_PLAINTEXT) {
+        let start = recs.len();
+        recs.resize(start + HEADER + chunk.len() + 1 + TAG, 0);
+        recs[start + HEADER..start + HEADER + chunk.len()].copy_from_slice(chunk);
+        let len = tx.seal(&mut recs[start..], chunk.len(), APPLICATION_DATA)?;
+        recs.truncate(start + len);
+    }
+    rw.write_all(recs).await
+}
+
+/// Sends the firewall's answers to the peer's node (between two frames).
+async fn send_answers(
+    rw: &mut tokio::net::tcp::OwnedWriteHalf,
+    tx: &mut Keys,
+    fw: &Firewall,
+    recs: &mut Vec<u8>,
+) -> io::Result<()> {
+    for a in fw.take_answers() {
+        seal_all(rw, tx, &a, recs).await?;
+    }
+    Ok(())
+}
+
+/// [`open_to_node`] under a dist policy: the opened plaintext goes through
+/// the firewall, which passes frames where they lie, holds, or drops them.
+async fn open_to_node_filtered(
+    rr: &mut tokio::net::tcp::OwnedReadHalf,
+    lw: &mut tokio::net::tcp::OwnedWriteHalf,
+    rx: &mut Reader,
+    update_asked: &AtomicBool,
+    counted: &impl Fn(u64, u64),
+    filter: &mut Inbound,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut segs = Vec::new();
+    let mut closed = false;
+    loop {
+        let mut records = 0;
+        while !closed && records < MAX_RANGES {
+            match rx.open_next()? {
+                Some(Opened::Data(range)) => {
+                    records += 1;
+                    filter.feed(&rx.buf, range, &mut segs)?;
+                }
+                Some(Opened::Skip) => {}
+                Some(Opened::UpdateRequested) => update_asked.store(true, Ordering::Relaxed),
+                Some(Opened::Closed) => {
+                    closed = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !segs.is_empty() {
+            let n = write_segs(lw, &rx.buf, &segs).await?;
+            total += n;
+            counted(0, n);
+            segs.clear();
+            continue;
+        }
+        if records > 0 {
+            continue;
+        }
+        if closed {
+            lw.shutdown().await?;
+            return Ok(total);
+        }
+        if rx.fill(rr).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Writes the firewall's output to the node, in order; returns the bytes.
+async fn write_segs<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], segs: &[Seg]) -> io::Result<u64> {
+    let mut total = 0u64;
+    for group in segs.chunks(MAX_SLICES) {
+        let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
+        for (slice, s) in slices.iter_mut().zip(group) {
+            *slice = io::IoSlice::new(match s {
+                Seg::Buf(r) => &buf[r.clone()],
+                Seg::Own(v) => v,
+                Seg::Len(l) => l,
+            });
+        }
+        let mut bufs = &mut slices[..group.len()];
+        total += bufs.iter().map(|b| b.len() as u64).sum::<u64>();
+        while !bufs.is_empty() {
+            let n = w.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            io::IoSlice::advance_slices(&mut bufs, n);
+        }
+    }
+    Ok(total)
 }
 
 /// Reads a node's bytes straight into the plaintext parts of the record
@@ -918,8 +1118,8 @@ mod tests {
             keys_updating_after(records_per_key),
             keys_updating_after(records_per_key),
         );
-        let a = tokio::spawn(splice(local_a, wire_a, tx_a, Reader::new(rx_a), |_, _| {}));
-        let b = tokio::spawn(splice(local_b, wire_b, tx_b, Reader::new(rx_b), |_, _| {}));
+        let a = tokio::spawn(splice(local_a, wire_a, tx_a, Reader::new(rx_a), |_, _| {}, None));
+        let b = tokio::spawn(splice(local_b, wire_b, tx_b, Reader::new(rx_b), |_, _| {}, None));
 
         // Sizes around a record, a batch of records, and beyond.
         let sizes = [
@@ -1022,7 +1222,7 @@ mod tests {
         let (_node, local) = pair().await;
         let (wire, mut attacker) = pair().await;
         let (tx, rxk) = keys();
-        let task = tokio::spawn(splice(local, wire, tx, Reader::new(rxk), |_, _| {}));
+        let task = tokio::spawn(splice(local, wire, tx, Reader::new(rxk), |_, _| {}, None));
         attacker.write_all(&[CHANGE_CIPHER_SPEC, 3, 3, 0, 1, 1]).await.unwrap();
         let err = task.await.unwrap().unwrap_err();
         assert!(err.to_string().contains("change_cipher_spec"), "{err}");

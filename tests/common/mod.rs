@@ -97,6 +97,12 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // ERLMESH_TEST_KEEP=DIR keeps a copy of every cluster's directory
+        // (configs, logs) under DIR, for a failure's post-mortem.
+        if let Some(keep) = std::env::var_os("ERLMESH_TEST_KEEP") {
+            let _ = std::fs::create_dir_all(&keep);
+            let _ = Command::new("cp").arg("-a").arg(self.path()).arg(&keep).status();
+        }
         for m in self.mounts.borrow().iter() {
             let _ = Command::new("umount").arg("-l").arg(m).status();
             let _ = std::fs::remove_dir(m);
@@ -166,6 +172,7 @@ impl Cluster {
             key: format!("certs/{name}.key"),
             seeds: Vec::new(),
             policies: Vec::new(),
+            dist_policies: Vec::new(),
             otp_root: None,
             run_env: Vec::new(),
             run_args: Vec::new(),
@@ -239,6 +246,9 @@ pub struct Host {
     pub seeds: Vec<String>,
     /// Per peer host: (nodes, local_nodes) patterns for its `[[peers]]` entry.
     pub policies: Vec<(String, Vec<String>, Vec<String>)>,
+    /// Per peer host: the `dist_policy` of its `[[peers]]` entry (the
+    /// `[dist_policies.NAME]` tables go in `extra`).
+    pub dist_policies: Vec<(String, String)>,
     /// A Debian root with another OTP release (scripts/otp-root.sh): this
     /// host's nodes run there, through chroot.
     pub otp_root: Option<PathBuf>,
@@ -284,6 +294,9 @@ impl Host {
             c.push_str(&format!("\n[[peers]]\nhost = \"{h}\"\naddress = \"{addr}\"\n"));
             if let Some((_, nodes, local)) = self.policies.iter().find(|(p, _, _)| p == h) {
                 c.push_str(&format!("nodes = [{}]\nlocal_nodes = [{}]\n", q(nodes), q(local)));
+            }
+            if let Some((_, d)) = self.dist_policies.iter().find(|(p, _)| p == h) {
+                c.push_str(&format!("dist_policy = {d:?}\n"));
             }
         }
         std::fs::write(self.config_path(), c).unwrap();

@@ -1,0 +1,700 @@
+//! The external term format as the distribution carries it (OTP's
+//! `erl_ext_dist.md`): the distribution header with its atom cache, a
+//! bounded decoder for the terms a firewall must read (control messages,
+//! and the messages sent to the cluster machinery), and an encoder for the
+//! few terms erlmesh answers with.
+//!
+//! Every length a peer sends is checked against the bytes present before
+//! anything is allocated; a decoder that runs out of bytes says so
+//! ([`DecodeError::Truncated`]), so that a caller can wait for more.
+
+use std::sync::Arc;
+
+/// An atom's text. Atoms arrive inline or through the atom cache.
+pub type Atom = Arc<str>;
+
+/// A process identifier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pid {
+    pub node: Atom,
+    pub id: u32,
+    pub serial: u32,
+    pub creation: u32,
+}
+
+/// A reference (also a process alias).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ref {
+    pub node: Atom,
+    pub creation: u32,
+    pub ids: Vec<u32>,
+}
+
+/// A fun: `fun M:F/A` (export) or a closure of module `M`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fun {
+    pub module: Atom,
+    pub export: bool,
+    pub arity: u32,
+}
+
+/// A decoded term. Numbers, binaries and strings keep only what a rule
+/// looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Term {
+    Int(i64),
+    /// An integer beyond 64 bits.
+    Big,
+    Float,
+    Atom(Atom),
+    Pid(Pid),
+    Port,
+    Ref(Ref),
+    Tuple(Vec<Term>),
+    /// Elements and tail (`Nil` for a proper list).
+    List(Vec<Term>, Box<Term>),
+    Nil,
+    /// STRING_EXT: a list of bytes.
+    Bytes(Vec<u8>),
+    Binary(usize),
+    Map(Vec<(Term, Term)>),
+    Fun(Fun),
+}
+
+impl Term {
+    pub fn atom(&self) -> Option<&str> {
+        match self {
+            Term::Atom(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self) -> Option<i64> {
+        match self {
+            Term::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn tuple(&self) -> Option<&[Term]> {
+        match self {
+            Term::Tuple(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// A tuple's first element, when it is an atom: how OTP's processes
+    /// tag their messages.
+    pub fn tag(&self) -> Option<&str> {
+        self.tuple().and_then(|t| t.first()).and_then(Term::atom)
+    }
+
+    /// Calls `f` on this term and every term inside it.
+    pub fn visit(&self, f: &mut impl FnMut(&Term)) {
+        f(self);
+        match self {
+            Term::Tuple(v) => v.iter().for_each(|t| t.visit(f)),
+            Term::List(v, tail) => {
+                v.iter().for_each(|t| t.visit(f));
+                tail.visit(f);
+            }
+            Term::Map(kv) => kv.iter().for_each(|(k, v)| {
+                k.visit(f);
+                v.visit(f);
+            }),
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// More bytes are needed.
+    Truncated,
+    /// The bytes are not a term of the distribution (the cause).
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Truncated => f.write_str("truncated term"),
+            DecodeError::Malformed(why) => f.write_str(why),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DecodeError>;
+
+/// Nesting depth a decoded term may reach: the control messages and the
+/// machinery's messages nest a handful of levels.
+const MAX_DEPTH: usize = 64;
+/// Terms one decode may produce, whatever the bytes claim.
+const MAX_TERMS: usize = 1 << 20;
+/// Words a reference may carry (DFLAG_V4_NC allows five).
+const MAX_REF_WORDS: usize = 5;
+
+/// The version byte that starts a term outside a distribution header.
+pub const VERSION: u8 = 131;
+/// Distribution header tags.
+pub const DIST_HEADER: u8 = 68;
+pub const DIST_FRAG_HEADER: u8 = 69;
+pub const DIST_FRAG_CONT: u8 = 70;
+/// A frame without header (terms carry their version byte).
+pub const PASS_THROUGH: u8 = 112;
+
+/// A reader over bytes that all arrived, with the atoms the header named.
+pub struct Decoder<'a> {
+    buf: &'a [u8],
+    pub pos: usize,
+    refs: &'a [Atom],
+    terms: usize,
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(buf: &'a [u8], refs: &'a [Atom]) -> Decoder<'a> {
+        Decoder {
+            buf,
+            pos: 0,
+            refs,
+            terms: 0,
+        }
+    }
+
+    /// The atoms the header named.
+    pub fn refs(&self) -> &'a [Atom] {
+        self.refs
+    }
+
+    /// Bytes after the current position.
+    pub fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(DecodeError::Malformed("length overflow"))?;
+        let s = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Skips `n` bytes that the term says follow, checking they are there.
+    fn skip(&mut self, n: usize) -> Result<()> {
+        self.take(n).map(|_| ())
+    }
+
+    /// The version byte, for terms outside a distribution header.
+    pub fn version(&mut self) -> Result<()> {
+        match self.u8()? {
+            VERSION => Ok(()),
+            80 => Err(DecodeError::Malformed("compressed term in a distribution message")),
+            _ => Err(DecodeError::Malformed("term without the version byte")),
+        }
+    }
+
+    /// One term.
+    pub fn term(&mut self) -> Result<Term> {
+        self.term_at(0)
+    }
+
+    /// An atom where the format requires one (a pid's node, a module).
+    pub fn atom(&mut self) -> Result<Atom> {
+        match self.term_at(MAX_DEPTH)? {
+            Term::Atom(a) => Ok(a),
+            _ => Err(DecodeError::Malformed("expected an atom")),
+        }
+    }
+
+    fn count(&mut self, n: usize) -> Result<()> {
+        self.terms = self.terms.saturating_add(n);
+        if self.terms > MAX_TERMS {
+            return Err(DecodeError::Malformed("term too large to check"));
+        }
+        // Each term takes at least one byte: a count beyond the bytes left
+        // is either truncated or a lie; wait for the bytes either way.
+        if n > self.buf.len() - self.pos {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, n: usize) -> Result<Atom> {
+        let b = self.take(n)?;
+        let s = std::str::from_utf8(b).map_err(|_| DecodeError::Malformed("atom is not UTF-8"))?;
+        Ok(Arc::from(s))
+    }
+
+    fn term_at(&mut self, depth: usize) -> Result<Term> {
+        if depth > MAX_DEPTH {
+            return Err(DecodeError::Malformed("term nested too deeply to check"));
+        }
+        self.count(1)?;
+        let tag = self.u8()?;
+        Ok(match tag {
+            97 => Term::Int(self.u8()? as i64),
+            98 => Term::Int(self.u32()? as i32 as i64),
+            70 => {
+                self.skip(8)?;
+                Term::Float
+            }
+            99 => {
+                self.skip(31)?;
+                Term::Float
+            }
+            110 => {
+                let n = self.u8()? as usize;
+                self.big(n)?
+            }
+            111 => {
+                let n = self.u32()? as usize;
+                self.big(n)?
+            }
+            82 => {
+                let i = self.u8()? as usize;
+                Term::Atom(
+                    self.refs
+                        .get(i)
+                        .cloned()
+                        .ok_or(DecodeError::Malformed("unknown atom cache reference"))?,
+                )
+            }
+            100 | 118 => {
+                let n = self.u16()? as usize;
+                Term::Atom(self.text(n)?)
+            }
+            115 | 119 => {
+                let n = self.u8()? as usize;
+                Term::Atom(self.text(n)?)
+            }
+            88 | 103 => {
+                let node = self.atom()?;
+                let id = self.u32()?;
+                let serial = self.u32()?;
+                let creation = if tag == 88 { self.u32()? } else { self.u8()? as u32 };
+                Term::Pid(Pid {
+                    node,
+                    id,
+                    serial,
+                    creation,
+                })
+            }
+            89 | 102 | 120 => {
+                self.atom()?;
+                self.skip(match tag {
+                    89 => 8,
+                    102 => 5,
+                    _ => 12,
+                })?;
+                Term::Port
+            }
+            90 | 114 => {
+                let n = self.u16()? as usize;
+                if n == 0 || n > MAX_REF_WORDS {
+                    return Err(DecodeError::Malformed("reference of an impossible size"));
+                }
+                let node = self.atom()?;
+                let creation = if tag == 90 { self.u32()? } else { self.u8()? as u32 };
+                let ids = (0..n).map(|_| self.u32()).collect::<Result<Vec<_>>>()?;
+                Term::Ref(Ref { node, creation, ids })
+            }
+            101 => {
+                let node = self.atom()?;
+                let id = self.u32()?;
+                let creation = self.u8()? as u32;
+                Term::Ref(Ref {
+                    node,
+                    creation,
+                    ids: vec![id],
+                })
+            }
+            104 | 105 => {
+                let n = if tag == 104 {
+                    self.u8()? as usize
+                } else {
+                    self.u32()? as usize
+                };
+                self.count(n)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.term_at(depth + 1)?);
+                }
+                Term::Tuple(v)
+            }
+            106 => Term::Nil,
+            107 => {
+                let n = self.u16()? as usize;
+                Term::Bytes(self.take(n)?.to_vec())
+            }
+            108 => {
+                let n = self.u32()? as usize;
+                self.count(n)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.term_at(depth + 1)?);
+                }
+                let tail = self.term_at(depth + 1)?;
+                Term::List(v, Box::new(tail))
+            }
+            109 => {
+                let n = self.u32()? as usize;
+                self.skip(n)?;
+                Term::Binary(n)
+            }
+            77 => {
+                let n = self.u32()? as usize;
+                self.skip(1 + n)?;
+                Term::Binary(n)
+            }
+            116 => {
+                let n = self.u32()? as usize;
+                self.count(n.saturating_mul(2))?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = self.term_at(depth + 1)?;
+                    v.push((k, self.term_at(depth + 1)?));
+                }
+                Term::Map(v)
+            }
+            113 => {
+                let module = self.atom()?;
+                self.atom()?;
+                let arity = self
+                    .term_at(depth + 1)?
+                    .int()
+                    .ok_or(DecodeError::Malformed("fun arity"))?;
+                Term::Fun(Fun {
+                    module,
+                    export: true,
+                    arity: arity as u32,
+                })
+            }
+            112 => {
+                // Size counts itself, not the tag.
+                let size = self.u32()? as usize;
+                let start = self.pos - 4;
+                let arity = self.u8()? as u32;
+                self.skip(16 + 4)?;
+                let free = self.u32()? as usize;
+                let module = self.atom()?;
+                for _ in 0..3 {
+                    self.term_at(depth + 1)?; // old index, old uniq, pid
+                }
+                self.count(free)?;
+                for _ in 0..free {
+                    self.term_at(depth + 1)?;
+                }
+                if self.pos - start != size {
+                    return Err(DecodeError::Malformed("fun size does not match its contents"));
+                }
+                Term::Fun(Fun {
+                    module,
+                    export: false,
+                    arity,
+                })
+            }
+            117 => {
+                let free = self.u32()? as usize;
+                self.term_at(depth + 1)?; // pid
+                let module = self.atom()?;
+                self.term_at(depth + 1)?; // index
+                self.term_at(depth + 1)?; // uniq
+                self.count(free)?;
+                for _ in 0..free {
+                    self.term_at(depth + 1)?;
+                }
+                Term::Fun(Fun {
+                    module,
+                    export: false,
+                    arity: 0,
+                })
+            }
+            80 => return Err(DecodeError::Malformed("compressed term in a distribution message")),
+            _ => return Err(DecodeError::Malformed("unknown term tag")),
+        })
+    }
+
+    fn big(&mut self, n: usize) -> Result<Term> {
+        let sign = self.u8()?;
+        let digits = self.take(n)?;
+        if n <= 7 {
+            let mut v: i64 = 0;
+            for (i, d) in digits.iter().enumerate() {
+                v |= (*d as i64) << (8 * i);
+            }
+            return Ok(Term::Int(if sign == 0 { v } else { -v }));
+        }
+        Ok(Term::Big)
+    }
+}
+
+/// The atom cache of one direction of one connection: 8 segments of 256
+/// entries, set by distribution headers, read by later ones.
+pub struct AtomCache {
+    slots: Vec<Option<Atom>>,
+}
+
+impl Default for AtomCache {
+    fn default() -> Self {
+        AtomCache {
+            slots: vec![None; 2048],
+        }
+    }
+}
+
+/// A distribution header's atom references: the atoms, how many bytes the
+/// header took, and whether it set cache entries (a frame that does must
+/// reach the node, or the node's cache and this one part ways).
+#[derive(Debug, Default, Clone)]
+pub struct Refs {
+    pub atoms: Vec<Atom>,
+    pub len: usize,
+    pub sets_cache: bool,
+}
+
+impl AtomCache {
+    /// Reads the atom-cache part of a distribution header (from
+    /// `NumberOfAtomCacheRefs` on) and applies its new entries. Applying a
+    /// header twice gives the same cache, so a caller may retry it on more
+    /// bytes.
+    pub fn header(&mut self, buf: &[u8]) -> Result<Refs> {
+        let n = *buf.first().ok_or(DecodeError::Truncated)? as usize;
+        if n == 0 {
+            return Ok(Refs {
+                atoms: Vec::new(),
+                len: 1,
+                sets_cache: false,
+            });
+        }
+        let flags_len = n / 2 + 1;
+        let flags = buf.get(1..1 + flags_len).ok_or(DecodeError::Truncated)?;
+        let nibble = |i: usize| {
+            let b = flags[i / 2];
+            if i % 2 == 0 {
+                b & 0x0f
+            } else {
+                b >> 4
+            }
+        };
+        let long = nibble(n) & 1 == 1;
+        let mut d = Decoder::new(buf, &[]);
+        d.pos = 1 + flags_len;
+        let mut atoms = Vec::with_capacity(n);
+        let mut sets_cache = false;
+        for i in 0..n {
+            let f = nibble(i);
+            let slot = ((f & 7) as usize) * 256 + d.u8()? as usize;
+            if f & 8 != 0 {
+                let len = if long { d.u16()? as usize } else { d.u8()? as usize };
+                let a = d.text(len)?;
+                self.slots[slot] = Some(a.clone());
+                sets_cache = true;
+                atoms.push(a);
+            } else {
+                atoms.push(
+                    self.slots[slot]
+                        .clone()
+                        .ok_or(DecodeError::Malformed("atom cache reference to an empty entry"))?,
+                );
+            }
+        }
+        Ok(Refs {
+            atoms,
+            len: d.pos,
+            sets_cache,
+        })
+    }
+}
+
+/// Encodes `t` (atoms inline, no cache) after `out`. Only what erlmesh
+/// sends is supported: integers, atoms, pids, references, tuples, nil.
+pub fn encode(t: &Term, out: &mut Vec<u8>) {
+    match t {
+        Term::Int(i) if (0..256).contains(i) => out.extend([97, *i as u8]),
+        Term::Int(i) => {
+            out.push(98);
+            out.extend((*i as i32).to_be_bytes());
+        }
+        Term::Atom(a) => encode_atom(a, out),
+        Term::Pid(p) => {
+            out.push(88);
+            encode_atom(&p.node, out);
+            out.extend(p.id.to_be_bytes());
+            out.extend(p.serial.to_be_bytes());
+            out.extend(p.creation.to_be_bytes());
+        }
+        Term::Ref(r) => {
+            out.push(90);
+            out.extend((r.ids.len() as u16).to_be_bytes());
+            encode_atom(&r.node, out);
+            out.extend(r.creation.to_be_bytes());
+            for id in &r.ids {
+                out.extend(id.to_be_bytes());
+            }
+        }
+        Term::Tuple(v) => {
+            out.extend([104, v.len() as u8]);
+            v.iter().for_each(|t| encode(t, out));
+        }
+        _ => out.push(106),
+    }
+}
+
+fn encode_atom(a: &str, out: &mut Vec<u8>) {
+    let b = a.as_bytes();
+    if b.len() < 256 {
+        out.extend([119, b.len() as u8]);
+    } else {
+        out.push(118);
+        out.extend((b.len() as u16).to_be_bytes());
+    }
+    out.extend(b);
+}
+
+/// A whole frame for the connection: length, a distribution header with no
+/// atom cache references, the control message and an optional message.
+pub fn frame(control: &Term, message: Option<&Term>) -> Vec<u8> {
+    let mut v = vec![0, 0, 0, 0, VERSION, DIST_HEADER, 0];
+    encode(control, &mut v);
+    if let Some(m) = message {
+        encode(m, &mut v);
+    }
+    let len = (v.len() - 4) as u32;
+    v[..4].copy_from_slice(&len.to_be_bytes());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_terms_decode_to_themselves() {
+        let pid = Term::Pid(Pid {
+            node: Arc::from("a@hosta"),
+            id: 85,
+            serial: 2,
+            creation: 1_700_000_000,
+        });
+        let r = Term::Ref(Ref {
+            node: Arc::from("a@hosta"),
+            creation: 7,
+            ids: vec![1, 2, 3],
+        });
+        let t = Term::Tuple(vec![
+            Term::Int(31),
+            r,
+            pid,
+            Term::Int(70000),
+            Term::Atom(Arc::from("notsup")),
+        ]);
+        let mut b = Vec::new();
+        encode(&t, &mut b);
+        let mut d = Decoder::new(&b, &[]);
+        assert_eq!(d.term().unwrap(), t);
+        assert_eq!(d.pos, b.len());
+        for cut in 0..b.len() {
+            assert_eq!(
+                Decoder::new(&b[..cut], &[]).term(),
+                Err(DecodeError::Truncated),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_otp_25_encodes_decodes() {
+        // term_to_binary({fun(X) -> X + 1 end, fun lists:map/2,
+        //   #{a => [1,2|3]}, <<1,2,3>>, "str", 1.5, 12345678901234567890})
+        let b: &[u8] = &[
+            131, 104, 7, 112, 0, 0, 0, 189, 1, 6, 83, 97, 170, 70, 21, 144, 209, 189, 241, 235, 98, 209, 166, 235, 8,
+            0, 0, 0, 42, 0, 0, 0, 1, 100, 0, 8, 101, 114, 108, 95, 101, 118, 97, 108, 97, 42, 98, 0, 50, 155, 13, 88,
+            100, 0, 13, 110, 111, 110, 111, 100, 101, 64, 110, 111, 104, 111, 115, 116, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0,
+            0, 0, 104, 6, 97, 1, 106, 100, 0, 4, 110, 111, 110, 101, 100, 0, 4, 110, 111, 110, 101, 116, 0, 0, 0, 0,
+            108, 0, 0, 0, 1, 104, 5, 100, 0, 6, 99, 108, 97, 117, 115, 101, 97, 1, 108, 0, 0, 0, 1, 104, 3, 100, 0, 3,
+            118, 97, 114, 97, 1, 100, 0, 1, 88, 106, 106, 108, 0, 0, 0, 1, 104, 5, 100, 0, 2, 111, 112, 97, 1, 100, 0,
+            1, 43, 104, 3, 100, 0, 3, 118, 97, 114, 97, 1, 100, 0, 1, 88, 104, 3, 100, 0, 7, 105, 110, 116, 101, 103,
+            101, 114, 97, 1, 97, 1, 106, 106, 113, 100, 0, 5, 108, 105, 115, 116, 115, 100, 0, 3, 109, 97, 112, 97, 2,
+            116, 0, 0, 0, 1, 100, 0, 1, 97, 108, 0, 0, 0, 2, 97, 1, 97, 2, 97, 3, 109, 0, 0, 0, 3, 1, 2, 3, 107, 0, 3,
+            115, 116, 114, 70, 63, 248, 0, 0, 0, 0, 0, 0, 110, 8, 0, 210, 10, 31, 235, 140, 169, 84, 171,
+        ];
+        let mut d = Decoder::new(b, &[]);
+        d.version().unwrap();
+        let t = d.term().unwrap();
+        assert_eq!(d.pos, b.len());
+        let v = t.tuple().unwrap();
+        assert!(matches!(&v[0], Term::Fun(Fun { module, export: false, arity: 1 }) if &**module == "erl_eval"));
+        assert!(matches!(&v[1], Term::Fun(Fun { module, export: true, arity: 2 }) if &**module == "lists"));
+        assert!(matches!(&v[2], Term::Map(kv) if kv.len() == 1));
+        assert_eq!(v[3], Term::Binary(3));
+        assert_eq!(v[4], Term::Bytes(b"str".to_vec()));
+        assert_eq!(v[5], Term::Float);
+        assert_eq!(v[6], Term::Big);
+    }
+
+    #[test]
+    fn the_documented_fragment_header_sets_and_reads_the_cache() {
+        // erl_ext_dist.md's example, after `131,69,SequenceId,FragmentId`:
+        // five references, the first two already cached.
+        let mut cache = AtomCache::default();
+        cache.slots[4 * 256 + 10] = Some(Arc::from("hostb"));
+        cache.slots[5] = Some(Arc::from("hosta"));
+        let hdr = [
+            5, 4, 137, 9, 10, 5, 236, 3, 114, 101, 103, 9, 4, 99, 97, 108, 108, 238, 13, 115, 101, 116, 95, 103, 101,
+            116, 95, 115, 116, 97, 116, 101,
+        ];
+        let refs = cache.header(&hdr).unwrap();
+        let names: Vec<&str> = refs.atoms.iter().map(|a| &**a).collect();
+        assert_eq!(names, ["hostb", "hosta", "reg", "call", "set_get_state"]);
+        assert_eq!(refs.len, hdr.len());
+        assert!(refs.sets_cache);
+        // The control message that follows: {6, <0.0.0>, [], reg}.
+        let ctl = [104, 4, 97, 6, 103, 82, 0, 0, 0, 0, 85, 0, 0, 0, 0, 2, 82, 1, 82, 2];
+        let t = Decoder::new(&ctl, &refs.atoms).term().unwrap();
+        assert_eq!(t.tuple().unwrap()[0], Term::Int(6));
+        assert_eq!(t.tuple().unwrap()[3].atom(), Some("reg"));
+        // Applying the header again gives the same cache (callers retry).
+        assert_eq!(cache.header(&hdr).unwrap().atoms, refs.atoms);
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_or_waited_for_without_allocating() {
+        // A tuple claiming 2^32-1 elements, a list too, a huge binary.
+        for b in [
+            &[105u8, 255, 255, 255, 255, 97][..],
+            &[108, 255, 255, 255, 255],
+            &[109, 255, 255, 255, 255],
+        ] {
+            assert!(Decoder::new(b, &[]).term().is_err());
+        }
+        let deep: Vec<u8> = std::iter::repeat([104u8, 1]).take(100).flatten().chain([106]).collect();
+        assert!(matches!(
+            Decoder::new(&deep, &[]).term(),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Decoder::new(&[82, 0], &[]).term(),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Decoder::new(&[80, 0, 0, 0, 1], &[]).term(),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

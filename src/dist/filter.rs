@@ -1,0 +1,945 @@
+//! A tunnel's distribution traffic under a dist policy, both ways.
+//!
+//! [`Inbound`] reads the peer's bytes as the node would: the handshake's
+//! 2-byte frames until the peer's last handshake message, then 4-byte
+//! frames (ticks, distribution headers with the atom cache, fragments,
+//! pass-through frames). Each frame is held until [`rules::judge`] can
+//! decide on it (usually its first bytes), then passed on as it lies in the
+//! record buffer, or dropped. A refused frame that set atom cache entries
+//! is replaced by a no-op with the same header, so that the node's cache
+//! and this one never part ways. A fragmented message is decided when
+//! enough of it has arrived; its fragments are held until then (frames of
+//! other processes pass meanwhile: OTP sends one process's messages in
+//! order, and a process finishes a fragmented message before its next).
+//!
+//! [`Outbound`] reads the local node's bytes for the pids and references it
+//! gives the peer's node (and the links it makes), and knows where frames
+//! end, so that answers to refused requests go out between frames.
+
+use super::etf::{self, AtomCache, DecodeError, Decoder, Refs, Term};
+use super::rules::{self, Judgement, Memory, Unjudged};
+use super::walk::{Found, Walker};
+use super::{DistPolicy, Mode};
+use crate::ops::metrics::Metrics;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+/// Bytes held for decisions at once, per tunnel: a message to the
+/// machinery is judged whole, and larger ones are refused.
+const MAX_HELD: usize = 8 << 20;
+/// Fragmented messages in progress at once, per tunnel and direction.
+const MAX_SEQUENCES: usize = 4096;
+/// Distinct (operation, target, verdict) lines logged per tunnel; counts
+/// go on in the metrics.
+const MAX_LOGGED: usize = 64;
+/// Bytes of a fragment's header before its data: tag, sequence, fragment.
+const FRAG_HEADER: usize = 2 + 8 + 8;
+/// The handshake's last message: the dialler's challenge reply, the
+/// acceptor's challenge ack. After it, frames have 4-byte lengths.
+const CHALLENGE_REPLY: u8 = b'r';
+const CHALLENGE_ACK: u8 = b'a';
+
+fn malformed(why: &'static str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed distribution frame from the peer: {why}"),
+    )
+}
+
+/// What a tunnel's two directions share: the policy, what the local node
+/// gave the peer, answers waiting for a frame boundary, and accounting.
+pub struct Firewall {
+    policy: Arc<DistPolicy>,
+    peer: String,
+    metrics: Arc<Metrics>,
+    shared: Mutex<Shared>,
+    /// Wakes the outbound direction when an answer is queued.
+    pub wake: tokio::sync::Notify,
+}
+
+struct Shared {
+    mem: Memory,
+    answers: Vec<Vec<u8>>,
+    logged: HashSet<(&'static str, String, Option<&'static str>)>,
+}
+
+impl Firewall {
+    /// The firewall of a tunnel between `local_node` and a node of `peer`.
+    pub fn new(policy: Arc<DistPolicy>, peer: &str, local_node: &str, metrics: Arc<Metrics>) -> Arc<Firewall> {
+        metrics.dist_policy_in_use(peer, &policy);
+        Arc::new(Firewall {
+            policy,
+            peer: peer.to_owned(),
+            metrics,
+            shared: Mutex::new(Shared {
+                mem: Memory::new(local_node),
+                answers: Vec::new(),
+                logged: HashSet::new(),
+            }),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answers to send to the peer's node, taken.
+    pub fn take_answers(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.shared().answers)
+    }
+
+    pub fn has_answers(&self) -> bool {
+        !self.shared().answers.is_empty()
+    }
+
+    /// Counts and logs a judgement; says whether to pass the frame.
+    fn apply(&self, sh: &mut Shared, j: Judgement) -> bool {
+        let refused = j.refused.is_some();
+        let enforce = self.policy.mode == Mode::Enforce;
+        if enforce && !refused {
+            return true;
+        }
+        self.metrics
+            .dist_operation(&self.peer, &self.policy, j.op, &j.target, refused);
+        if sh.logged.len() < MAX_LOGGED && sh.logged.insert((j.op, j.target.to_string(), j.refused)) {
+            let why = j.refused.unwrap_or("allowed");
+            match (enforce, refused) {
+                (true, _) => tracing::warn!(
+                    peer = %self.peer, policy = %self.policy.name, op = j.op, target = %j.target,
+                    "dist policy refused an operation: {why} (further ones of this kind are counted, not logged)"
+                ),
+                (false, true) => tracing::info!(
+                    peer = %self.peer, policy = %self.policy.name, op = j.op, target = %j.target,
+                    "dist policy audit: would refuse: {why}"
+                ),
+                (false, false) => tracing::info!(
+                    peer = %self.peer, policy = %self.policy.name, op = j.op, target = %j.target,
+                    "dist policy audit: seen"
+                ),
+            }
+        }
+        if !enforce || !refused {
+            return true;
+        }
+        if let Some(a) = j.answer {
+            sh.answers.push(a);
+            self.wake.notify_one();
+        }
+        false
+    }
+}
+
+/// A piece of what goes to the node: bytes of the record buffer as they
+/// lie, or bytes of erlmesh's own (held frames, length prefixes).
+#[derive(Debug, PartialEq)]
+pub enum Seg {
+    Buf(Range<usize>),
+    Own(Vec<u8>),
+    /// A frame's length prefix.
+    Len([u8; 4]),
+}
+
+fn push_buf(out: &mut Vec<Seg>, r: Range<usize>) {
+    if r.is_empty() {
+        return;
+    }
+    if let Some(Seg::Buf(last)) = out.last_mut() {
+        if last.end == r.start {
+            last.end = r.end;
+            return;
+        }
+    }
+    out.push(Seg::Buf(r));
+}
+
+enum Phase {
+    /// 2-byte frames until the frame tagged `ends_on`.
+    Handshake {
+        ends_on: u8,
+    },
+    Connected,
+}
+
+/// Where the reader is in the frame stream.
+enum At {
+    /// Reading a length prefix (2 or 4 bytes by phase).
+    Len {
+        got: [u8; 4],
+        n: usize,
+    },
+    /// A handshake frame: passed, its first byte looked at.
+    Handshake {
+        left: usize,
+        first: bool,
+    },
+    /// A frame's bytes held until it is judged.
+    Head {
+        len: usize,
+        held: Vec<u8>,
+    },
+    Pass {
+        left: usize,
+    },
+    Drop {
+        left: usize,
+    },
+}
+
+/// A fragmented message from the peer.
+enum Seq {
+    /// Judged: pass or drop its remaining fragments.
+    Decided(bool),
+    /// Held until enough of it is there: its data so far, its header's
+    /// atoms and atom-cache bytes. Its frames wait in [`Inbound::hold`].
+    Held { body: Vec<u8>, refs: Refs, header: Vec<u8> },
+}
+
+/// What waits behind a held fragmented message, in arrival order.
+enum Held {
+    /// A frame of that message, as received (length included).
+    Frame(u64, Vec<u8>),
+    /// Bytes for the node, judged already.
+    Out(Vec<u8>),
+}
+
+/// What to do with one frame.
+enum Decision {
+    Need,
+    Pass,
+    Drop(Option<Vec<u8>>),
+    /// A frame of a message held until more of it comes (the last one).
+    Held(u64, bool),
+}
+
+/// The peer's frames on their way to the node.
+pub struct Inbound {
+    fw: Arc<Firewall>,
+    phase: Phase,
+    at: At,
+    cache: AtomCache,
+    seqs: HashMap<u64, Seq>,
+    /// Non-empty while a fragmented message waits for a decision: every
+    /// later frame waits behind it, so that the node sees the frames (and
+    /// their atom cache updates) in the order they came.
+    hold: VecDeque<Held>,
+    /// Bytes held, in frame heads, sequences and `hold`.
+    held: usize,
+}
+
+impl Inbound {
+    /// `peer_dials`: the peer's node is the dialler (its handshake ends
+    /// with its challenge reply), else the acceptor (challenge ack).
+    pub fn new(fw: Arc<Firewall>, peer_dials: bool) -> Inbound {
+        Inbound {
+            fw,
+            phase: Phase::Handshake {
+                ends_on: if peer_dials { CHALLENGE_REPLY } else { CHALLENGE_ACK },
+            },
+            at: At::Len { got: [0; 4], n: 0 },
+            cache: AtomCache::default(),
+            seqs: HashMap::new(),
+            hold: VecDeque::new(),
+            held: 0,
+        }
+    }
+
+    fn prefix(&self) -> usize {
+        match self.phase {
+            Phase::Handshake { .. } => 2,
+            Phase::Connected => 4,
+        }
+    }
+
+    /// Sends bytes on to the node, or behind a held message.
+    fn emit(&mut self, out: &mut Vec<Seg>, buf: &[u8], seg: Seg) -> io::Result<()> {
+        if self.hold.is_empty() {
+            match seg {
+                Seg::Buf(r) => push_buf(out, r),
+                other => out.push(other),
+            }
+            return Ok(());
+        }
+        let bytes: Vec<u8> = match seg {
+            Seg::Buf(r) => buf[r].to_vec(),
+            Seg::Own(v) => v,
+            Seg::Len(n) => n.to_vec(),
+        };
+        self.held += bytes.len();
+        if self.held > MAX_HELD {
+            return Err(too_large());
+        }
+        match self.hold.back_mut() {
+            Some(Held::Out(v)) => v.extend_from_slice(&bytes),
+            _ => self.hold.push_back(Held::Out(bytes)),
+        }
+        Ok(())
+    }
+
+    /// Reads `buf[range]` (plaintext from the peer) and appends what the
+    /// node gets to `out`. An error ends the tunnel.
+    pub fn feed(&mut self, buf: &[u8], range: Range<usize>, out: &mut Vec<Seg>) -> io::Result<()> {
+        let mut pos = range.start;
+        let end = range.end;
+        while pos < end {
+            let avail = end - pos;
+            let next_len = At::Len { got: [0; 4], n: 0 };
+            match std::mem::replace(&mut self.at, At::Len { got: [0; 4], n: 0 }) {
+                At::Len { mut got, mut n } => {
+                    let want = self.prefix();
+                    let k = (want - n).min(avail);
+                    got[n..n + k].copy_from_slice(&buf[pos..pos + k]);
+                    n += k;
+                    pos += k;
+                    if n < want {
+                        self.at = At::Len { got, n };
+                        continue;
+                    }
+                    if want == 2 {
+                        let len = u16::from_be_bytes([got[0], got[1]]) as usize;
+                        self.emit(out, buf, Seg::Own(got[..2].to_vec()))?;
+                        self.at = At::Handshake { left: len, first: true };
+                        continue;
+                    }
+                    let len = u32::from_be_bytes(got) as usize;
+                    if len == 0 {
+                        self.emit(out, buf, Seg::Len([0; 4]))?;
+                    } else {
+                        self.at = At::Head { len, held: Vec::new() };
+                    }
+                }
+                At::Handshake { mut left, first } => {
+                    let k = left.min(avail);
+                    if first && k > 0 {
+                        if let Phase::Handshake { ends_on } = self.phase {
+                            if buf[pos] == ends_on {
+                                self.phase = Phase::Connected;
+                            }
+                        }
+                    }
+                    self.emit(out, buf, Seg::Buf(pos..pos + k))?;
+                    left -= k;
+                    pos += k;
+                    self.at = if left == 0 {
+                        next_len
+                    } else {
+                        At::Handshake { left, first: false }
+                    };
+                }
+                At::Pass { mut left } => {
+                    let k = left.min(avail);
+                    self.emit(out, buf, Seg::Buf(pos..pos + k))?;
+                    left -= k;
+                    pos += k;
+                    if left > 0 {
+                        self.at = At::Pass { left };
+                    }
+                }
+                At::Drop { mut left } => {
+                    let k = left.min(avail);
+                    left -= k;
+                    pos += k;
+                    if left > 0 {
+                        self.at = At::Drop { left };
+                    }
+                }
+                At::Head { len, mut held } => {
+                    let want = len - held.len();
+                    let k = want.min(avail);
+                    let complete = k == want;
+                    let was_held = !held.is_empty();
+                    if was_held {
+                        held.extend_from_slice(&buf[pos..pos + k]);
+                        self.held += k;
+                    }
+                    let decision = if was_held {
+                        self.decide(len, &held, complete)?
+                    } else {
+                        self.decide(len, &buf[pos..pos + k], complete)?
+                    };
+                    let left = want - k;
+                    if !matches!(decision, Decision::Need) {
+                        self.held -= held.len();
+                    }
+                    match decision {
+                        Decision::Need => {
+                            if complete {
+                                return Err(malformed("a frame that ends before its control message"));
+                            }
+                            if !was_held {
+                                held.extend_from_slice(&buf[pos..pos + k]);
+                                self.held += k;
+                            }
+                            if self.held > MAX_HELD {
+                                return Err(too_large());
+                            }
+                            self.at = At::Head { len, held };
+                        }
+                        Decision::Pass => {
+                            self.emit(out, buf, Seg::Len((len as u32).to_be_bytes()))?;
+                            if was_held {
+                                self.emit(out, buf, Seg::Own(held))?;
+                            } else {
+                                self.emit(out, buf, Seg::Buf(pos..pos + k))?;
+                            }
+                            if left > 0 {
+                                self.at = At::Pass { left };
+                            }
+                        }
+                        Decision::Drop(standin) => {
+                            if let Some(s) = standin {
+                                self.emit(out, buf, Seg::Own(s))?;
+                            }
+                            if left > 0 {
+                                self.at = At::Drop { left };
+                            }
+                        }
+                        Decision::Held(seq, last) => {
+                            let mut frame = (len as u32).to_be_bytes().to_vec();
+                            frame.extend_from_slice(if was_held { &held } else { &buf[pos..pos + k] });
+                            self.held += frame.len();
+                            self.hold.push_back(Held::Frame(seq, frame));
+                            self.rejudge(seq, last, out)?;
+                        }
+                    }
+                    pos += k;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Judges a frame of `len` bytes from its first bytes `b` (all of it
+    /// when `complete`).
+    fn decide(&mut self, len: usize, b: &[u8], complete: bool) -> io::Result<Decision> {
+        let _ = len;
+        let need = |e: Unjudged| match e {
+            Unjudged::Need => Ok(Decision::Need),
+            Unjudged::Malformed(w) => Err(malformed(w)),
+        };
+        let hdr = |e: DecodeError| match e {
+            DecodeError::Truncated => Ok(Decision::Need),
+            DecodeError::Malformed(w) => Err(malformed(w)),
+        };
+        match b {
+            [] | [etf::VERSION] => Ok(Decision::Need),
+            [etf::PASS_THROUGH, body @ ..] => match self.judge(&[], body) {
+                Ok(j) => self.verdict(j, None),
+                Err(e) => need(e),
+            },
+            [etf::VERSION, etf::DIST_HEADER, rest @ ..] => {
+                let refs = match self.cache.header(rest) {
+                    Ok(r) => r,
+                    Err(e) => return hdr(e),
+                };
+                match self.judge(&refs.atoms, &rest[refs.len..]) {
+                    Ok(j) => self.verdict(j, refs.sets_cache.then_some(&rest[..refs.len])),
+                    Err(e) => need(e),
+                }
+            }
+            [etf::VERSION, etf::DIST_FRAG_HEADER, ..] | [etf::VERSION, etf::DIST_FRAG_CONT, ..]
+                if b.len() < FRAG_HEADER =>
+            {
+                Ok(Decision::Need)
+            }
+            [etf::VERSION, etf::DIST_FRAG_HEADER, ..] => {
+                let (seq, frag) = frag_ids(b);
+                if frag == 0 {
+                    return Err(malformed("fragment number 0"));
+                }
+                if self.seqs.contains_key(&seq) {
+                    return Err(malformed("a fragmented message started twice"));
+                }
+                let rest = &b[FRAG_HEADER..];
+                let refs = match self.cache.header(rest) {
+                    Ok(r) => r,
+                    Err(e) => return hdr(e),
+                };
+                let header = &rest[..refs.len];
+                let data = &rest[refs.len..];
+                match self.judge(&refs.atoms, data) {
+                    Ok(j) => {
+                        let d = self.verdict(j, refs.sets_cache.then_some(header))?;
+                        if frag > 1 {
+                            self.new_seq(seq)?;
+                            self.seqs.insert(seq, Seq::Decided(matches!(d, Decision::Pass)));
+                        }
+                        Ok(d)
+                    }
+                    Err(Unjudged::Need) if complete && frag > 1 => {
+                        self.new_seq(seq)?;
+                        self.held += data.len();
+                        self.seqs.insert(
+                            seq,
+                            Seq::Held {
+                                body: data.to_vec(),
+                                refs: refs.clone(),
+                                header: header.to_vec(),
+                            },
+                        );
+                        Ok(Decision::Held(seq, false))
+                    }
+                    Err(e) => need(e),
+                }
+            }
+            [etf::VERSION, etf::DIST_FRAG_CONT, ..] => {
+                let (seq, frag) = frag_ids(b);
+                let last = frag == 1;
+                match self.seqs.get_mut(&seq) {
+                    None => Err(malformed("a fragment of no message in progress")),
+                    Some(Seq::Decided(pass)) => {
+                        let pass = *pass;
+                        if last {
+                            self.seqs.remove(&seq);
+                        }
+                        Ok(if pass { Decision::Pass } else { Decision::Drop(None) })
+                    }
+                    Some(Seq::Held { .. }) if !complete => Ok(Decision::Need),
+                    Some(Seq::Held { body, .. }) => {
+                        body.extend_from_slice(&b[FRAG_HEADER..]);
+                        self.held += b.len() - FRAG_HEADER;
+                        Ok(Decision::Held(seq, last))
+                    }
+                }
+            }
+            [etf::VERSION, ..] => Err(malformed("unknown distribution header")),
+            _ => Err(malformed(
+                "a frame that is neither a distribution header nor pass-through",
+            )),
+        }
+    }
+
+    /// A held message got a frame: judge it again; once decided, its frames
+    /// pass or go (a stand-in keeping its atom cache updates), and what
+    /// waited behind it moves on.
+    fn rejudge(&mut self, seq: u64, last: bool, out: &mut Vec<Seg>) -> io::Result<()> {
+        let Some(Seq::Held { body, refs, header }) = self.seqs.get(&seq) else {
+            return Ok(());
+        };
+        let body = body.clone();
+        let (refs, header) = (refs.clone(), header.clone());
+        let pass = match self.judge(&refs.atoms, &body) {
+            Err(Unjudged::Need) if !last => return Ok(()),
+            Err(Unjudged::Need) => return Err(malformed("a fragmented message that ends before its control message")),
+            Err(Unjudged::Malformed(w)) => return Err(malformed(w)),
+            Ok(j) => matches!(self.verdict(j, None)?, Decision::Pass),
+        };
+        self.held = self.held.saturating_sub(body.len());
+        if last {
+            self.seqs.remove(&seq);
+        } else {
+            self.seqs.insert(seq, Seq::Decided(pass));
+        }
+        let mut standin_due = !pass && refs.sets_cache;
+        for h in self.hold.iter_mut() {
+            if let Held::Frame(s, f) = h {
+                if *s == seq {
+                    let f = std::mem::take(f);
+                    *h = Held::Out(if pass {
+                        f
+                    } else {
+                        self.held = self.held.saturating_sub(f.len());
+                        if std::mem::take(&mut standin_due) {
+                            let s = standin_for(&header, &self.fw.shared().mem)?;
+                            self.held += s.len();
+                            s
+                        } else {
+                            Vec::new()
+                        }
+                    });
+                }
+            }
+        }
+        while let Some(Held::Out(_)) = self.hold.front() {
+            if let Some(Held::Out(v)) = self.hold.pop_front() {
+                self.held = self.held.saturating_sub(v.len());
+                if !v.is_empty() {
+                    out.push(Seg::Own(v));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn new_seq(&self, seq: u64) -> io::Result<()> {
+        if self.seqs.len() >= MAX_SEQUENCES && !self.seqs.contains_key(&seq) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the peer has more than {MAX_SEQUENCES} fragmented messages in progress"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn judge(&mut self, refs: &[etf::Atom], body: &[u8]) -> Result<Judgement, Unjudged> {
+        let versioned = refs.is_empty() && body.first() == Some(&etf::VERSION);
+        let mut sh = self.fw.shared();
+        rules::judge(&self.fw.policy, &mut sh.mem, refs, body, versioned)
+    }
+
+    /// Pass, or drop (with a stand-in carrying `header` when it set atom
+    /// cache entries the node must see).
+    fn verdict(&mut self, j: Judgement, header: Option<&[u8]>) -> io::Result<Decision> {
+        let fw = self.fw.clone();
+        let mut sh = fw.shared();
+        if fw.apply(&mut sh, j) {
+            return Ok(Decision::Pass);
+        }
+        match header {
+            None => Ok(Decision::Drop(None)),
+            Some(h) => Ok(Decision::Drop(Some(standin_for(h, &sh.mem)?))),
+        }
+    }
+}
+
+fn standin_for(header: &[u8], mem: &Memory) -> io::Result<Vec<u8>> {
+    match &mem.peer_pid {
+        Some(p) => Ok(standin(header, p)),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a refused frame set atom cache entries before the peer's node named any of its processes",
+        )),
+    }
+}
+
+fn too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the peer's messages to check are larger than {MAX_HELD} bytes"),
+    )
+}
+
+fn frag_ids(b: &[u8]) -> (u64, u64) {
+    let seq = u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"));
+    let frag = u64::from_be_bytes(b[10..18].try_into().expect("8 bytes"));
+    (seq, frag)
+}
+
+/// A frame the node takes and ignores, with a refused frame's atom cache
+/// header, so that the node's cache follows: the demonitor of a monitor
+/// that does not exist (DEMONITOR_P {20, PeerPid, Name, Ref}; OTP checks
+/// that the sender is a pid of the peer's node, and finds no such monitor).
+fn standin(header: &[u8], peer_pid: &etf::Pid) -> Vec<u8> {
+    let r = etf::Ref {
+        node: peer_pid.node.clone(),
+        creation: peer_pid.creation,
+        ids: vec![0, 0, 0],
+    };
+    let control = Term::Tuple(vec![
+        Term::Int(20),
+        Term::Pid(peer_pid.clone()),
+        Term::Atom(Arc::from("$erlmesh_refused")),
+        Term::Ref(r),
+    ]);
+    let mut v = vec![0, 0, 0, 0, etf::VERSION, etf::DIST_HEADER];
+    v.extend_from_slice(header);
+    etf::encode(&control, &mut v);
+    let len = (v.len() - 4) as u32;
+    v[..4].copy_from_slice(&len.to_be_bytes());
+    v
+}
+
+/// The local node's frames on their way to the peer: only read.
+pub struct Outbound {
+    fw: Arc<Firewall>,
+    phase: Phase,
+    at: OutAt,
+    cache: AtomCache,
+    seqs: HashMap<u64, (Refs, Walker)>,
+}
+
+enum OutAt {
+    Len {
+        got: [u8; 4],
+        n: usize,
+    },
+    /// A handshake frame, kept whole: the node's challenge names it.
+    Handshake {
+        left: usize,
+        frame: Vec<u8>,
+    },
+    /// Head bytes held until the control message decodes.
+    Head {
+        len: usize,
+        held: Vec<u8>,
+    },
+    /// The rest of a frame, walked (the message, or a fragment of it).
+    Walk {
+        left: usize,
+        seq: Option<u64>,
+    },
+    Skip {
+        left: usize,
+    },
+}
+
+impl Outbound {
+    /// `node_dials`: the local node is the dialler.
+    pub fn new(fw: Arc<Firewall>, node_dials: bool) -> Outbound {
+        Outbound {
+            fw,
+            phase: Phase::Handshake {
+                ends_on: if node_dials { CHALLENGE_REPLY } else { CHALLENGE_ACK },
+            },
+            at: OutAt::Len { got: [0; 4], n: 0 },
+            cache: AtomCache::default(),
+            seqs: HashMap::new(),
+        }
+    }
+
+    /// Between two frames of the connected phase: where answers may go.
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.phase, Phase::Connected) && matches!(self.at, OutAt::Len { n: 0, .. })
+    }
+
+    /// Reads `data`; with `stop_at_boundary`, stops at the first frame
+    /// boundary reached. Returns the bytes read.
+    pub fn feed(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+        let mut pos = 0;
+        let fw = self.fw.clone();
+        let mut sh = fw.shared();
+        while pos < data.len() {
+            let avail = data.len() - pos;
+            match &mut self.at {
+                OutAt::Len { got, n } => {
+                    let want = if matches!(self.phase, Phase::Connected) { 4 } else { 2 };
+                    let k = (want - *n).min(avail);
+                    got[*n..*n + k].copy_from_slice(&data[pos..pos + k]);
+                    *n += k;
+                    pos += k;
+                    if *n < want {
+                        continue;
+                    }
+                    let len = if want == 2 {
+                        u16::from_be_bytes([got[0], got[1]]) as usize
+                    } else {
+                        u32::from_be_bytes(*got) as usize
+                    };
+                    self.at = if want == 2 {
+                        OutAt::Handshake {
+                            left: len,
+                            frame: Vec::with_capacity(len),
+                        }
+                    } else if len == 0 {
+                        OutAt::Len { got: [0; 4], n: 0 }
+                    } else {
+                        OutAt::Head { len, held: Vec::new() }
+                    };
+                }
+                OutAt::Handshake { left, frame } => {
+                    let k = (*left).min(avail);
+                    frame.extend_from_slice(&data[pos..pos + k]);
+                    *left -= k;
+                    pos += k;
+                    if *left == 0 {
+                        let frame = std::mem::take(frame);
+                        if let Some(name) = challenge_name(&frame) {
+                            sh.mem.set_local(name);
+                        }
+                        if let Phase::Handshake { ends_on } = self.phase {
+                            if frame.first() == Some(&ends_on) {
+                                self.phase = Phase::Connected;
+                            }
+                        }
+                        self.at = OutAt::Len { got: [0; 4], n: 0 };
+                    }
+                }
+                OutAt::Head { len, held } => {
+                    let len = *len;
+                    let want = len - held.len();
+                    let k = want.min(avail);
+                    let (used, next) = if held.is_empty() {
+                        self.head(&mut sh.mem, &data[pos..pos + k], k == want)
+                    } else {
+                        let before = held.len();
+                        let mut h = std::mem::take(held);
+                        h.extend_from_slice(&data[pos..pos + k]);
+                        let (u, next) = self.head(&mut sh.mem, &h, k == want);
+                        match next {
+                            None => {
+                                self.at = OutAt::Head { len, held: h };
+                                (k, None)
+                            }
+                            Some(n) => (u - before, Some(n)),
+                        }
+                    };
+                    pos += used;
+                    match next {
+                        Some(HeadDone::Walk(seq)) => self.at = OutAt::Walk { left: want - used, seq },
+                        Some(HeadDone::Skip) => self.at = OutAt::Skip { left: want - used },
+                        None => {
+                            if let OutAt::Head { held, .. } = &mut self.at {
+                                if held.is_empty() {
+                                    held.extend_from_slice(&data[pos - used..pos]);
+                                }
+                                if held.len() > MAX_HELD {
+                                    // The node's own frames: stop reading
+                                    // this one rather than hold more.
+                                    let left = len - held.len();
+                                    self.at = OutAt::Skip { left };
+                                }
+                            }
+                        }
+                    }
+                    self.frame_end_check();
+                }
+                OutAt::Walk { left, seq } => {
+                    let k = (*left).min(avail);
+                    let chunk = &data[pos..pos + k];
+                    let key = seq.unwrap_or(CURRENT);
+                    if let Some((refs, w)) = self.seqs.get_mut(&key) {
+                        w.feed(chunk, &refs.atoms, &mut |f| give(&mut sh.mem, f));
+                    }
+                    *left -= k;
+                    pos += k;
+                    if *left == 0 {
+                        if seq.is_none() {
+                            self.seqs.remove(&CURRENT);
+                        }
+                        self.at = OutAt::Len { got: [0; 4], n: 0 };
+                    }
+                }
+                OutAt::Skip { left } => {
+                    let k = (*left).min(avail);
+                    *left -= k;
+                    pos += k;
+                    if *left == 0 {
+                        self.at = OutAt::Len { got: [0; 4], n: 0 };
+                    }
+                }
+            }
+            if stop_at_boundary && self.at_boundary() {
+                break;
+            }
+        }
+        pos
+    }
+
+    fn frame_end_check(&mut self) {
+        match self.at {
+            OutAt::Walk { left: 0, seq } => {
+                if seq.is_none() {
+                    self.seqs.remove(&CURRENT);
+                }
+                self.at = OutAt::Len { got: [0; 4], n: 0 };
+            }
+            OutAt::Skip { left: 0 } => self.at = OutAt::Len { got: [0; 4], n: 0 },
+            _ => {}
+        }
+    }
+
+    /// A frame's head: header and control message read, the message's walk
+    /// set up. Returns the bytes of `b` used and what follows, or None
+    /// when more bytes are needed.
+    fn head(&mut self, mem: &mut Memory, b: &[u8], complete: bool) -> (usize, Option<HeadDone>) {
+        let gave_up = (b.len(), Some(HeadDone::Skip));
+        let (refs, start, seq, frag) = match b {
+            [] | [etf::VERSION] => return (0, if complete { gave_up.1 } else { None }),
+            [etf::PASS_THROUGH, ..] => (Refs::default(), 1, None, 1),
+            [etf::VERSION, etf::DIST_HEADER, rest @ ..] => match self.cache.header(rest) {
+                Ok(r) => {
+                    let n = 2 + r.len;
+                    (r, n, None, 1)
+                }
+                Err(DecodeError::Truncated) if !complete => return (0, None),
+                Err(_) => return gave_up,
+            },
+            [etf::VERSION, etf::DIST_FRAG_HEADER, ..] | [etf::VERSION, etf::DIST_FRAG_CONT, ..]
+                if b.len() < FRAG_HEADER =>
+            {
+                return if complete { gave_up } else { (0, None) }
+            }
+            [etf::VERSION, etf::DIST_FRAG_CONT, ..] => {
+                let (seq, frag) = frag_ids(b);
+                return (FRAG_HEADER, Some(self.continued(seq, frag)));
+            }
+            [etf::VERSION, etf::DIST_FRAG_HEADER, ..] => {
+                let (seq, frag) = frag_ids(b);
+                match self.cache.header(&b[FRAG_HEADER..]) {
+                    Ok(r) => {
+                        let n = FRAG_HEADER + r.len;
+                        (r, n, Some(seq), frag)
+                    }
+                    Err(DecodeError::Truncated) if !complete => return (0, None),
+                    Err(_) => return gave_up,
+                }
+            }
+            _ => return gave_up,
+        };
+        let versioned = b[0] == etf::PASS_THROUGH;
+        let mut d = Decoder::new(&b[start..], &refs.atoms);
+        let ctl = (if versioned { d.version() } else { Ok(()) }).and_then(|_| d.term());
+        let ctl = match ctl {
+            Ok(t) => t,
+            Err(DecodeError::Truncated) if !complete => return (0, None),
+            Err(_) => return gave_up,
+        };
+        mem.give_all(&ctl);
+        // LINK {1, From, To} made by the local node.
+        if let Some([Term::Int(1), Term::Pid(from), Term::Pid(to)]) = ctl.tuple() {
+            mem.local_link(from, to);
+        }
+        let used = start + d.pos;
+        let walker = Walker::new(1, versioned);
+        match seq {
+            Some(s) if frag > 1 => {
+                if self.seqs.len() < MAX_SEQUENCES {
+                    self.seqs.insert(s, (refs, walker));
+                }
+                (used, Some(HeadDone::Walk(Some(s))))
+            }
+            _ => {
+                self.seqs.insert(CURRENT, (refs, walker));
+                (used, Some(HeadDone::Walk(None)))
+            }
+        }
+    }
+
+    fn continued(&mut self, seq: u64, frag: u64) -> HeadDone {
+        if frag <= 1 {
+            // The last fragment: walked, then forgotten.
+            if let Some(v) = self.seqs.remove(&seq) {
+                self.seqs.insert(CURRENT, v);
+                return HeadDone::Walk(None);
+            }
+            return HeadDone::Skip;
+        }
+        if self.seqs.contains_key(&seq) {
+            HeadDone::Walk(Some(seq))
+        } else {
+            HeadDone::Skip
+        }
+    }
+}
+
+/// The node name in a node's challenge (`'N'`: flags 8, challenge 4,
+/// creation 4, name length 2; old `'n'`: version 2, flags 4, challenge 4,
+/// then the name to the end).
+fn challenge_name(f: &[u8]) -> Option<&str> {
+    let name = match f.first()? {
+        b'N' => {
+            let n = u16::from_be_bytes([*f.get(17)?, *f.get(18)?]) as usize;
+            f.get(19..19 + n)?
+        }
+        b'n' => f.get(11..)?,
+        _ => return None,
+    };
+    std::str::from_utf8(name).ok()
+}
+
+/// The walk of the frame being read when it is not a fragment.
+const CURRENT: u64 = u64::MAX;
+
+enum HeadDone {
+    Walk(Option<u64>),
+    Skip,
+}
+
+fn give(mem: &mut Memory, f: Found) {
+    match f {
+        Found::Pid(p) => mem.give_pid(&p),
+        Found::Ref(r) => mem.give_ref(&r),
+    }
+}

@@ -1,0 +1,351 @@
+//! The pids and references in the local node's messages, found as the
+//! bytes go by: a message may be megabytes long and split across frames
+//! (fragments) and reads, so it is walked token by token, holding only a
+//! stack of counts and the few bytes of a token cut by a read. Binaries
+//! are skipped, not read.
+
+use super::etf::{Atom, Pid, Ref};
+use std::sync::Arc;
+
+/// The longest token held across reads: a pid or reference with the
+/// longest atom (255 characters of 4 bytes) and its fixed fields.
+const MAX_TOKEN: usize = 2048;
+/// Open compound terms: deeper messages are not walked further (their
+/// pids are then not given, which refuses, never allows, more).
+const MAX_STACK: usize = 1 << 16;
+
+/// Something the walk found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    Pid(Pid),
+    Ref(Ref),
+}
+
+enum Tok {
+    Leaf,
+    Found(Found),
+    /// A compound term with this many terms inside.
+    Compound(u64),
+    /// Opaque bytes that follow (a binary's contents).
+    Skip(u64),
+}
+
+/// A walk through a sequence of terms.
+pub struct Walker {
+    stack: Vec<u64>,
+    skip: u64,
+    pending: Vec<u8>,
+    versioned: bool,
+    expect_version: bool,
+    failed: bool,
+}
+
+impl Walker {
+    /// A walk through `terms` terms, each with its version byte when
+    /// `versioned` (pass-through frames).
+    pub fn new(terms: u64, versioned: bool) -> Walker {
+        Walker {
+            stack: if terms == 0 { Vec::new() } else { vec![terms] },
+            skip: 0,
+            pending: Vec::new(),
+            versioned,
+            expect_version: versioned,
+            failed: false,
+        }
+    }
+
+    /// Every term walked, or the walk gave up.
+    pub fn done(&self) -> bool {
+        self.stack.is_empty() || self.failed
+    }
+
+    /// Walks the next bytes, telling `found` of each pid and reference.
+    pub fn feed(&mut self, mut data: &[u8], refs: &[Atom], found: &mut impl FnMut(Found)) {
+        while !data.is_empty() && !self.done() {
+            if self.skip > 0 {
+                let k = (self.skip.min(data.len() as u64)) as usize;
+                self.skip -= k as u64;
+                data = &data[k..];
+                if self.skip == 0 {
+                    self.term_done();
+                }
+                continue;
+            }
+            if self.expect_version {
+                if data[0] != super::etf::VERSION {
+                    self.failed = true;
+                    return;
+                }
+                self.expect_version = false;
+                data = &data[1..];
+                continue;
+            }
+            let (used, tok) = if self.pending.is_empty() {
+                match token(data, refs) {
+                    Ok(Some(v)) => v,
+                    Ok(None) => {
+                        self.pending.extend_from_slice(data);
+                        return;
+                    }
+                    Err(()) => {
+                        self.failed = true;
+                        return;
+                    }
+                }
+            } else {
+                let old = self.pending.len();
+                let take = data.len().min(MAX_TOKEN.saturating_sub(old));
+                self.pending.extend_from_slice(&data[..take]);
+                match token(&self.pending, refs) {
+                    Ok(Some((n, tok))) => {
+                        self.pending.clear();
+                        (n - old, tok)
+                    }
+                    Ok(None) if take == data.len() => return,
+                    _ => {
+                        self.failed = true;
+                        return;
+                    }
+                }
+            };
+            data = &data[used..];
+            match tok {
+                Tok::Leaf | Tok::Compound(0) | Tok::Skip(0) => self.term_done(),
+                Tok::Found(f) => {
+                    found(f);
+                    self.term_done();
+                }
+                Tok::Compound(n) if self.stack.len() < MAX_STACK => self.stack.push(n),
+                Tok::Compound(_) => self.failed = true,
+                Tok::Skip(n) => self.skip = n,
+            }
+        }
+    }
+
+    fn term_done(&mut self) {
+        loop {
+            let outermost = self.stack.len() == 1;
+            let Some(top) = self.stack.last_mut() else {
+                break;
+            };
+            *top -= 1;
+            if *top == 0 {
+                self.stack.pop();
+                continue;
+            }
+            if outermost {
+                self.expect_version = self.versioned;
+            }
+            break;
+        }
+    }
+}
+
+fn be(b: &[u8]) -> u64 {
+    b.iter().fold(0, |v, x| (v << 8) | *x as u64)
+}
+
+/// An atom at the start of `b`: its text and length; None when cut short.
+fn atom(b: &[u8], refs: &[Atom]) -> Result<Option<(Atom, usize)>, ()> {
+    let (start, n) = match b.first() {
+        None => return Ok(None),
+        Some(82) => {
+            return match b.get(1) {
+                None => Ok(None),
+                Some(i) => refs.get(*i as usize).map(|a| Some((a.clone(), 2))).ok_or(()),
+            }
+        }
+        Some(100 | 118) if b.len() >= 3 => (3, be(&b[1..3]) as usize),
+        Some(115 | 119) if b.len() >= 2 => (2, b[1] as usize),
+        Some(100 | 118 | 115 | 119) => return Ok(None),
+        Some(_) => return Err(()),
+    };
+    match b.get(start..start + n) {
+        None => Ok(None),
+        Some(t) => std::str::from_utf8(t)
+            .map(|s| Some((Arc::from(s), start + n)))
+            .map_err(|_| ()),
+    }
+}
+
+/// One token at the start of `b`: its length and what it is; None when cut
+/// short; Err when not a term of the distribution.
+fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
+    macro_rules! need {
+        ($n:expr) => {
+            if b.len() < $n {
+                return Ok(None);
+            }
+        };
+    }
+    let fixed = |n: usize| -> Result<Option<(usize, Tok)>, ()> { Ok((b.len() >= n).then_some((n, Tok::Leaf))) };
+    match b[0] {
+        97 => fixed(2),
+        98 => fixed(5),
+        70 => fixed(9),
+        99 => fixed(32),
+        106 => fixed(1),
+        82 | 100 | 115 | 118 | 119 => Ok(atom(b, refs)?.map(|(_, n)| (n, Tok::Leaf))),
+        104 => {
+            need!(2);
+            Ok(Some((2, Tok::Compound(b[1] as u64))))
+        }
+        105 => {
+            need!(5);
+            Ok(Some((5, Tok::Compound(be(&b[1..5])))))
+        }
+        108 => {
+            need!(5);
+            Ok(Some((5, Tok::Compound(be(&b[1..5]) + 1))))
+        }
+        116 => {
+            need!(5);
+            Ok(Some((5, Tok::Compound(2 * be(&b[1..5])))))
+        }
+        113 => Ok(Some((1, Tok::Compound(3)))),
+        109 => {
+            need!(5);
+            Ok(Some((5, Tok::Skip(be(&b[1..5])))))
+        }
+        77 => {
+            need!(6);
+            Ok(Some((6, Tok::Skip(be(&b[1..5])))))
+        }
+        107 => {
+            need!(3);
+            Ok(Some((3, Tok::Skip(be(&b[1..3])))))
+        }
+        110 => {
+            need!(3);
+            Ok(Some((3, Tok::Skip(b[1] as u64))))
+        }
+        111 => {
+            need!(6);
+            Ok(Some((6, Tok::Skip(be(&b[1..5])))))
+        }
+        // NEW_FUN_EXT: size, arity, uniq, index, free count, then module,
+        // old index, old uniq, pid and the free variables as terms.
+        112 => {
+            need!(30);
+            Ok(Some((30, Tok::Compound(4 + be(&b[26..30])))))
+        }
+        // FUN_EXT: free count, then pid, module, index, uniq, free variables.
+        117 => {
+            need!(5);
+            Ok(Some((5, Tok::Compound(4 + be(&b[1..5])))))
+        }
+        88 | 103 => {
+            let Some((node, n)) = atom(&b[1..], refs)? else {
+                return Ok(None);
+            };
+            let len = 1 + n + if b[0] == 88 { 12 } else { 9 };
+            need!(len);
+            let f = &b[1 + n..];
+            let creation = if b[0] == 88 { be(&f[8..12]) } else { f[8] as u64 };
+            let pid = Pid {
+                node,
+                id: be(&f[0..4]) as u32,
+                serial: be(&f[4..8]) as u32,
+                creation: creation as u32,
+            };
+            Ok(Some((len, Tok::Found(Found::Pid(pid)))))
+        }
+        89 | 102 | 120 => {
+            let Some((_, n)) = atom(&b[1..], refs)? else {
+                return Ok(None);
+            };
+            let len = 1 + n + [8, 5, 12][[89, 102, 120].iter().position(|t| *t == b[0]).unwrap_or(0)];
+            need!(len);
+            Ok(Some((len, Tok::Leaf)))
+        }
+        90 | 114 => {
+            need!(3);
+            let words = be(&b[1..3]) as usize;
+            if words == 0 || words > 5 {
+                return Err(());
+            }
+            let Some((node, n)) = atom(&b[3..], refs)? else {
+                return Ok(None);
+            };
+            let cr = if b[0] == 90 { 4 } else { 1 };
+            let len = 3 + n + cr + 4 * words;
+            need!(len);
+            let f = &b[3 + n..];
+            let r = Ref {
+                node,
+                creation: be(&f[..cr]) as u32,
+                ids: (0..words).map(|i| be(&f[cr + 4 * i..cr + 4 * i + 4]) as u32).collect(),
+            };
+            Ok(Some((len, Tok::Found(Found::Ref(r)))))
+        }
+        101 => {
+            let Some((node, n)) = atom(&b[1..], refs)? else {
+                return Ok(None);
+            };
+            let len = 1 + n + 5;
+            need!(len);
+            let f = &b[1 + n..];
+            let r = Ref {
+                node,
+                creation: f[4] as u32,
+                ids: vec![be(&f[..4]) as u32],
+            };
+            Ok(Some((len, Tok::Found(Found::Ref(r)))))
+        }
+        _ => Err(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::etf::{encode, Term};
+
+    fn sample() -> (Vec<u8>, Vec<Found>) {
+        let pid = Pid {
+            node: Arc::from("b@hostb"),
+            id: 90,
+            serial: 0,
+            creation: 3,
+        };
+        let r = Ref {
+            node: Arc::from("b@hostb"),
+            creation: 3,
+            ids: vec![9, 8, 7],
+        };
+        let mut b = Vec::new();
+        // {[<pid>, ref], <<1 MiB of zeros>>, "abc"} written by hand around
+        // encoded pieces.
+        b.extend([104, 3, 108, 0, 0, 0, 2]);
+        encode(&Term::Pid(pid.clone()), &mut b);
+        encode(&Term::Ref(r.clone()), &mut b);
+        b.push(106);
+        b.extend([109, 0, 0x10, 0, 0]);
+        b.extend(std::iter::repeat(0).take(0x10_0000));
+        b.extend([107, 0, 3, b'a', b'b', b'c']);
+        (b, vec![Found::Pid(pid), Found::Ref(r)])
+    }
+
+    #[test]
+    fn finds_pids_and_refs_whatever_the_cuts() {
+        let (b, want) = sample();
+        for step in [1usize, 2, 3, 7, 1000, 65536, b.len()] {
+            let mut w = Walker::new(1, false);
+            let mut got = Vec::new();
+            for chunk in b.chunks(step) {
+                w.feed(chunk, &[], &mut |f| got.push(f));
+            }
+            assert_eq!(got, want, "step {step}");
+            assert!(w.done(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn garbage_stops_the_walk_without_finding_anything() {
+        let mut w = Walker::new(1, false);
+        let mut n = 0;
+        w.feed(&[104, 2, 200, 1, 2, 3], &[], &mut |_| n += 1);
+        assert!(w.done());
+        assert_eq!(n, 0);
+    }
+}

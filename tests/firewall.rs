@@ -1,0 +1,441 @@
+//! The distribution firewall (`dist_policies`) with real nodes on three
+//! simulated hosts: hostb lets hostc's nodes reach its `cache` and the
+//! cluster machinery, nothing else; hosta has no dist policy. Every route
+//! by which c@hostc could run code on b@hostb, reach an unlisted process or
+//! kill one is tried, each would leave a file behind; none may appear, b
+//! must stay up, and the allowed traffic (ping, the cache, pids it was
+//! given, global, pg) must keep working meanwhile, as must everything
+//! hosta does. Then the same in audit mode, which must change nothing, and
+//! with OTP 29 and 27 nodes.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const NODE_B: &str = "'b@hostb'";
+
+fn marker(dir: &Path, route: &str) -> PathBuf {
+    dir.join(format!("pwned-{route}"))
+}
+
+/// An Erlang expression writing the marker file of `route`.
+fn write(dir: &Path, route: &str) -> String {
+    format!("file:write_file(\"{}\", <<>>)", marker(dir, route).display())
+}
+
+fn otp_root(suite: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/otp-root.sh");
+    let out = Command::new("bash").arg(script).arg(suite).output().unwrap();
+    assert!(out.status.success(), "scripts/otp-root.sh {suite}");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+const POLICY: &str =
+    "[dist_policies.edge]\nmode = \"MODE\"\nspawn = false\nregistered = [\"cache\"]\nexit_signals = false\n";
+
+struct Story {
+    c: Cluster,
+    ha: Host,
+    hb: Host,
+    hc: Host,
+}
+
+fn cluster(mode: &str, b_suite: Option<&str>, c_suite: Option<&str>) -> Story {
+    let c = Cluster::new();
+    let mut ha = c.host("hosta");
+    let mut hb = c.host("hostb");
+    let mut hc = c.host("hostc");
+    let addr = |h: &Host| (h.name.clone(), format!("{}:{}", h.listen_ip, h.listen_port));
+    let (a, b, cc) = (addr(&ha), addr(&hb), addr(&hc));
+    ha.peers = vec![b.clone(), cc.clone()];
+    hb.peers = vec![a.clone(), cc];
+    hc.peers = vec![a, b];
+    hb.extra = POLICY.replace("MODE", mode);
+    hb.dist_policies.push(("hostc".into(), "edge".into()));
+    for (h, suite) in [(&mut hb, b_suite), (&mut hc, c_suite)] {
+        if let Some(s) = suite {
+            let r = otp_root(s);
+            c.share_with(&r);
+            h.otp_root = Some(r);
+        }
+    }
+    ha.start();
+    hb.start();
+    hc.start();
+    Story { c, ha, hb, hc }
+}
+
+/// b@hostb with the cache (a gen_server compiled on the node itself, so
+/// that any OTP release loads it), a victim, a `secret` that leaves a file
+/// when it gets any message, and pg.
+fn start_b(s: &Story) -> Node {
+    let dir = s.c.path();
+    let mut b = s.hb.node("b");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erl/fw_cache.erl");
+    std::fs::copy(&src, dir.join("fw_cache.erl")).unwrap();
+    let load = format!(
+        "begin {{ok, M, Bin}} = compile:file(\"{}\", [binary]), {{module, M}} = code:load_binary(M, \"fw_cache.erl\", Bin), {{ok, _}} = fw_cache:start(), ok end.",
+        dir.join("fw_cache.erl").display()
+    );
+    assert_eq!(b.eval(&load), "ok");
+    assert_eq!(
+        b.eval("begin register(victim, spawn(fun() -> receive stop -> ok end end)), ok end."),
+        "ok"
+    );
+    let secret = format!(
+        "begin register(secret, spawn(fun() -> receive _ -> {} end end)), ok end.",
+        write(dir, "secret")
+    );
+    assert_eq!(b.eval(&secret), "ok");
+    assert!(b.eval("pg:start(pg).").starts_with("{ok,"));
+    b
+}
+
+/// c@hostc, given by b (in a message) the cache's pid, the victim's, b's
+/// group leader and the pid of b's shell process (the cache's parent).
+fn start_c(s: &Story, b: &mut Node) -> Node {
+    let mut c = s.hc.node("c");
+    assert_eq!(c.eval("register(inbox, self())."), "true");
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    b.eval("{inbox, 'c@hostc'} ! {pids, whereis(cache), whereis(victim), group_leader(), self()}.");
+    assert_eq!(
+        c.eval("receive {pids, P, V, GL, E} -> persistent_term:put(pids, {P, V, GL, E}) after 5000 -> timeout end."),
+        "ok"
+    );
+    c
+}
+
+/// Every route from c to running code or reaching the unlisted on b.
+fn attacks(dir: &Path, c: &mut Node) -> Vec<(&'static str, String)> {
+    let w = |r: &str| write(dir, r);
+    let mut out = Vec::new();
+    let mut run = |route: &'static str, expr: String| {
+        let v = c.eval(&expr);
+        out.push((route, v));
+    };
+    run(
+        "rpc_call",
+        format!(
+            "rpc:call({NODE_B}, file, write_file, [\"{}\", <<>>], 10000).",
+            marker(dir, "rpc_call").display()
+        ),
+    );
+    run(
+        "rpc_cast",
+        format!(
+            "rpc:cast({NODE_B}, file, write_file, [\"{}\", <<>>]).",
+            marker(dir, "rpc_cast").display()
+        ),
+    );
+    run(
+        "rpc_multicall",
+        format!(
+            "rpc:multicall([{NODE_B}], file, write_file, [\"{}\", <<>>], 10000).",
+            marker(dir, "rpc_multicall").display()
+        ),
+    );
+    run(
+        "erpc_call",
+        format!("catch erpc:call({NODE_B}, fun() -> {} end, 10000).", w("erpc_call")),
+    );
+    run(
+        "erpc_cast",
+        format!("erpc:cast({NODE_B}, fun() -> {} end).", w("erpc_cast")),
+    );
+    run(
+        "spawn2",
+        format!("is_pid(spawn({NODE_B}, fun() -> {} end)).", w("spawn2")),
+    );
+    run(
+        "spawn4",
+        format!(
+            "catch spawn({NODE_B}, file, write_file, [\"{}\", <<>>]).",
+            marker(dir, "spawn4").display()
+        ),
+    );
+    // Linked and monitored spawns from a middleman: a refused spawn_link
+    // gives the caller an exit signal, as a failed one does.
+    run(
+        "spawn_link",
+        format!(
+            "is_pid(spawn(fun() -> catch spawn_link({NODE_B}, fun() -> {} end) end)).",
+            w("spawn_link")
+        ),
+    );
+    run(
+        "spawn_opt",
+        format!(
+            "catch spawn_opt({NODE_B}, file, write_file, [\"{}\", <<>>], [monitor]).",
+            marker(dir, "spawn_opt").display()
+        ),
+    );
+    run(
+        "rex_message",
+        format!(
+            "{{rex, {NODE_B}}} ! {{self(), {{call, file, write_file, [\"{}\", <<>>], group_leader()}}}}.",
+            marker(dir, "rex_message").display()
+        ),
+    );
+    run(
+        "rex_call",
+        format!(
+            "catch gen_server:call({{rex, {NODE_B}}}, {{call, file, write_file, [\"{}\", <<>>], group_leader()}}, 10000).",
+            marker(dir, "rex_call").display()
+        ),
+    );
+    run("secret", format!("{{secret, {NODE_B}}} ! hello."));
+    run("init_stop", format!("{{init, {NODE_B}}} ! {{stop, stop}}."));
+    run(
+        "app_controller",
+        format!("catch gen_server:call({{application_controller, {NODE_B}}}, {{stop_application, kernel}}, 10000)."),
+    );
+    run(
+        "code_server",
+        format!("begin {{code_server, {NODE_B}}} ! {{code_call, self(), get_path}}, receive {{code_server, _}} -> answered after 1000 -> silent end end."),
+    );
+    run(
+        "prim_loader",
+        format!("begin {{erl_prim_loader, {NODE_B}}} ! {{self(), {{list_dir, \"/\"}}}}, receive {{erl_prim_loader, _}} -> answered after 1000 -> silent end end."),
+    );
+    run(
+        "user_io",
+        format!(
+            "{{user, {NODE_B}}} ! {{io_request, self(), make_ref(), {{put_chars, unicode, file, write_file, [\"{}\", <<>>]}}}}.",
+            marker(dir, "user_io").display()
+        ),
+    );
+    run(
+        "group_leader_io",
+        format!(
+            "begin {{_, _, GL, _}} = persistent_term:get(pids), R = make_ref(), GL ! {{io_request, self(), R, {{put_chars, unicode, file, write_file, [\"{}\", <<>>]}}}}, receive {{io_reply, R, X}} -> X after 1000 -> silent end end.",
+            marker(dir, "group_leader_io").display()
+        ),
+    );
+    run(
+        "net_kernel_relay",
+        format!("{{net_kernel, {NODE_B}}} ! {{self(), registered_send, secret, hello}}."),
+    );
+    run(
+        "net_kernel_spawn",
+        format!(
+            "catch gen_server:call({{net_kernel, {NODE_B}}}, {{spawn, file, write_file, [\"{}\", <<>>], group_leader()}}, 1000).",
+            marker(dir, "net_kernel_spawn").display()
+        ),
+    );
+    run(
+        "global_registrar",
+        format!(
+            "catch gen_server:call({{global_name_server, {NODE_B}}}, {{registrar, fun() -> {} end}}, 1000).",
+            w("global_registrar")
+        ),
+    );
+    run(
+        "sys_replace_state",
+        format!(
+            "begin {{P, _, _, _}} = persistent_term:get(pids), catch sys:replace_state(P, fun(S) -> {}, S end, 1000) end.",
+            w("sys_replace_state")
+        ),
+    );
+    // A pid never given: init's, forged from the cache's (same node and
+    // creation, number 0).
+    run(
+        "forged_pid",
+        "begin {P, _, _, _} = persistent_term:get(pids), <<131, 88, R/binary>> = term_to_binary(P), N = byte_size(R) - 12, <<Node:N/binary, _:64, Cr:32>> = R, F = binary_to_term(<<131, 88, Node/binary, 0:32, 0:32, Cr:32>>), F ! {stop, stop}, F end.".into(),
+    );
+    run(
+        "exit2",
+        "begin {_, V, _, _} = persistent_term:get(pids), exit(V, kill) end.".into(),
+    );
+    run(
+        "link_exit",
+        "begin {_, V, _, _} = persistent_term:get(pids), is_pid(spawn(fun() -> link(V), timer:sleep(200), exit(boom) end)) end.".into(),
+    );
+    run(
+        "fake_parent_exit",
+        "begin {P, _, _, E} = persistent_term:get(pids), P ! {'EXIT', E, kill} end.".into(),
+    );
+    run(
+        "monitor_unlisted",
+        format!("begin R = erlang:monitor(process, {{secret, {NODE_B}}}), receive {{'DOWN', R, _, _, W}} -> W after 5000 -> none end end."),
+    );
+    out
+}
+
+/// What hostc's nodes may still do, and what hosta does meanwhile.
+fn allowed(s: &Story, b: &mut Node, c: &mut Node, a: &mut Node) {
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    assert_eq!(
+        c.eval(&format!("gen_server:call({{cache, {NODE_B}}}, {{put, k, from_c}}).")),
+        "ok"
+    );
+    assert_eq!(b.eval("gen_server:call(cache, {get, k})."), "from_c");
+    c.eval(&format!("{{cache, {NODE_B}}} ! {{put, k2, sent}}."));
+    assert_eq!(
+        b.eval_until("gen_server:call(cache, {get, k2}).", "sent", Duration::from_secs(5)),
+        "sent"
+    );
+    // A pid it was given, with a request that asks nothing dangerous.
+    assert_eq!(
+        c.eval("begin {_, _, GL, _} = persistent_term:get(pids), R = make_ref(), GL ! {io_request, self(), R, {put_chars, unicode, \"hello from c\\n\"}}, receive {io_reply, R, X} -> X after 5000 -> silent end end."),
+        "ok"
+    );
+    // Monitors of what it may reach stay up.
+    assert_eq!(
+        c.eval(&format!("begin R = erlang:monitor(process, {{cache, {NODE_B}}}), receive {{'DOWN', R, _, _, W}} -> W after 500 -> up end end.")),
+        "up"
+    );
+    // global: names both ways, a name's pid reached, transitive connects.
+    assert_eq!(c.eval("global:register_name(c_svc, self())."), "yes");
+    assert_eq!(b.eval("global:register_name(b_svc, whereis(cache))."), "yes");
+    assert_eq!(
+        b.eval_until("is_pid(global:whereis_name(c_svc)).", "true", Duration::from_secs(10)),
+        "true"
+    );
+    assert_eq!(
+        c.eval_until("is_pid(global:whereis_name(b_svc)).", "true", Duration::from_secs(10)),
+        "true"
+    );
+    assert_eq!(
+        c.eval("gen_server:call(global:whereis_name(b_svc), {get, k})."),
+        "from_c"
+    );
+    assert_eq!(
+        c.eval_until("lists:member('a@hosta', nodes()).", "true", Duration::from_secs(10)),
+        "true",
+        "global's transitive connect from c to a"
+    );
+    // pg: c's member seen on b.
+    assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+    assert_eq!(c.eval("pg:join(grp, self())."), "ok");
+    assert_eq!(
+        b.eval_until("length(pg:get_members(grp)).", "1", Duration::from_secs(10)),
+        "1"
+    );
+    // hosta has no dist policy: it may do what c may not.
+    let pa = marker(s.c.path(), "from_hosta");
+    assert_eq!(
+        a.eval(&format!(
+            "rpc:call({NODE_B}, file, write_file, [\"{}\", <<>>]).",
+            pa.display()
+        )),
+        "ok"
+    );
+    assert!(pa.exists(), "hosta's rpc ran on b");
+    assert_eq!(a.eval(&format!("erpc:call({NODE_B}, erlang, is_alive, []).")), "true");
+}
+
+fn restricted_story(b_suite: Option<&str>, c_suite: Option<&str>) {
+    let s = cluster("enforce", b_suite, c_suite);
+    let dir = s.c.path().to_owned();
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    assert_eq!(a.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+
+    let results = attacks(&dir, &mut c);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut report = String::new();
+    for (route, v) in &results {
+        report.push_str(&format!("{route}: {v}\n"));
+    }
+    let landed: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pwned-"))
+        .collect();
+    assert!(
+        landed.is_empty(),
+        "routes that ran code or reached b: {landed:?}\n{report}\n{}",
+        s.hb.log()
+    );
+    // Prompt errors, not hangs, where a caller waits on a refusal.
+    let get = |r: &str| results.iter().find(|(x, _)| *x == r).unwrap().1.clone();
+    assert!(
+        get("rpc_call").starts_with("{badrpc,") && !get("rpc_call").contains("timeout"),
+        "{report}"
+    );
+    assert!(get("erpc_call").contains("notsup"), "{report}");
+    assert!(get("rex_call").contains("noproc"), "{report}");
+    assert!(get("app_controller").contains("noproc"), "{report}");
+    assert_eq!(get("monitor_unlisted"), "noproc", "{report}");
+    assert_eq!(get("code_server"), "silent", "{report}");
+    assert_eq!(get("prim_loader"), "silent", "{report}");
+    assert_eq!(get("group_leader_io"), "silent", "{report}");
+    // b is up, its victim and cache alive, the connection kept.
+    assert_eq!(b.eval("is_process_alive(whereis(victim))."), "true", "{report}");
+    assert_eq!(b.eval("is_pid(whereis(cache))."), "true", "{report}");
+    assert_eq!(b.eval("lists:member('c@hostc', nodes())."), "true", "{report}");
+
+    allowed(&s, &mut b, &mut c, &mut a);
+
+    let status = s.hb.status().unwrap();
+    assert!(status.contains("dist_policy=edge(enforce)"), "{status}");
+    let sock = s.c.path().join("state-hostb").join("erlmesh.sock");
+    let metrics = erlmesh::ops::control::request(&sock, "/metrics").unwrap();
+    for op in ["spawn", "reg_send", "exit2", "send", "monitor", "link_exit"] {
+        assert!(
+            metrics.contains(&format!("erlmesh_dist_refused_total{{peer=\"hostc\",op=\"{op}\"}}")),
+            "no refusal counted for {op}:\n{metrics}"
+        );
+    }
+    assert!(s.hb.log().contains("dist policy refused"), "{}", s.hb.log());
+    // Nothing was refused for hosta.
+    assert!(!metrics.contains("peer=\"hosta\",op="), "{metrics}");
+}
+
+#[test]
+fn a_restricted_peer_gets_only_what_its_policy_grants() {
+    require_erl();
+    restricted_story(None, None);
+}
+
+#[test]
+fn the_same_with_otp_29_and_27_nodes() {
+    require_erl();
+    if !is_root() {
+        println!("SKIPPED: chroot and bind mounts need root");
+        return;
+    }
+    restricted_story(Some("sid"), Some("trixie"));
+}
+
+#[test]
+fn audit_mode_changes_nothing_and_reports_each_operation() {
+    require_erl();
+    let s = cluster("audit", None, None);
+    let dir = s.c.path().to_owned();
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let p = marker(&dir, "audit_rpc");
+    assert_eq!(
+        c.eval(&format!(
+            "rpc:call({NODE_B}, file, write_file, [\"{}\", <<>>]).",
+            p.display()
+        )),
+        "ok"
+    );
+    assert!(p.exists(), "audit mode refused an rpc");
+    c.eval(&format!("{{secret, {NODE_B}}} ! hello."));
+    assert!(wait_for(Duration::from_secs(5), || marker(&dir, "secret").exists()));
+    assert_eq!(
+        c.eval(&format!("gen_server:call({{cache, {NODE_B}}}, {{put, k, v}}).")),
+        "ok"
+    );
+    let sock = dir.join("state-hostb").join("erlmesh.sock");
+    let metrics = erlmesh::ops::control::request(&sock, "/metrics").unwrap();
+    for want in [
+        "op=\"spawn\",target=\"erpc:execute_call/4\",verdict=\"would_refuse\"",
+        "op=\"reg_send\",target=\"secret\",verdict=\"would_refuse\"",
+        "op=\"reg_send\",target=\"cache\",verdict=\"allowed\"",
+        "op=\"reg_send\",target=\"net_kernel\",verdict=\"allowed\"",
+    ] {
+        assert!(metrics.contains(want), "{want} not in:\n{metrics}");
+    }
+    assert!(!metrics.contains("erlmesh_dist_refused_total{"), "{metrics}");
+    let log = s.hb.log();
+    assert!(log.contains("dist policy audit: would refuse"), "{log}");
+    assert!(s.hb.status().unwrap().contains("dist_policy=edge(audit)"));
+}
