@@ -81,6 +81,11 @@ struct Running {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let tls = load_tls(&config).await?;
     let metrics = Metrics::new(config.peers.iter().map(|p| p.host.as_str()));
+    for p in &config.peers {
+        if let Some(d) = &p.policy.dist {
+            metrics.dist_policy_in_use(&p.host, d);
+        }
+    }
     metrics.set_own_not_after(tls.current().not_after);
     let r = Running {
         config,

@@ -664,6 +664,43 @@ address = "hostc.example.com:4370"
     }
 
     #[test]
+    fn dist_policies_for_peers_and_for_learnt_hosts() {
+        let text = GOOD
+            .replace(
+                "[tls]",
+                "[default_policy]\ndist_policy = \"strict\"\n[dist_policies.edge]\nmode = \"audit\"\nregistered = [\"cache\", \"web_*\"]\nexit_signals = true\n[dist_policies.strict]\n[tls]",
+            )
+            .replace("alias = \"127.77.0.2\"", "alias = \"127.77.0.2\"\ndist_policy = \"edge\"");
+        let c = Config::parse(Path::new("/x.toml"), &text).unwrap();
+        let edge = c.peers[0].policy.dist.as_ref().unwrap();
+        assert_eq!(
+            (edge.name.as_str(), edge.mode, edge.spawn, edge.exit_signals),
+            ("edge", Mode::Audit, false, true)
+        );
+        assert!(edge.lists("cache") && edge.lists("web_1") && !edge.lists("rex"));
+        // No dist_policy: nothing parsed on that peer's tunnels.
+        assert!(c.peers[1].policy.dist.is_none());
+        // Learnt hosts: the default's, restrictive by default.
+        let strict = c.default_policy.dist.as_ref().unwrap();
+        assert_eq!(
+            (strict.mode, strict.spawn, strict.exit_signals),
+            (Mode::Enforce, false, false)
+        );
+        assert!(strict.registered.is_empty());
+        let e = err(&text.replace("dist_policy = \"edge\"", "dist_policy = \"egde\""));
+        assert!(
+            e.contains("peers[0].dist_policy") && e.contains("no [dist_policies.egde]"),
+            "{e}"
+        );
+        let e = err(&text.replace("mode = \"audit\"", "mode = \"log\""));
+        assert!(e.contains("dist_policies.edge.mode"), "{e}");
+        let e = err(&text.replace("\"cache\", ", "\"\", "));
+        assert!(e.contains("dist_policies.edge.registered[0]"), "{e}");
+        let e = err(&text.replace("exit_signals = true", "exit_signal = true"));
+        assert!(e.contains("exit_signal"), "{e}");
+    }
+
+    #[test]
     fn tls_min_version_is_gone() {
         let e = err(&GOOD.replace("[tls]", "[tls]\nmin_version = \"1.2\""));
         assert!(e.contains("tls.min_version") && e.contains("TLS 1.3 only"), "{e}");

@@ -313,6 +313,30 @@ fn allowed(s: &Story, b: &mut Node, c: &mut Node, a: &mut Node) {
         b.eval_until("length(pg:get_members(grp)).", "1", Duration::from_secs(10)),
         "1"
     );
+    // Fragmented messages (1 MB: OTP sends them in fragments): to the
+    // cache they pass whole; to an unlisted name, to global with a request
+    // global does not make, or as a spawn's arguments, they go whole.
+    c.eval(&format!(
+        "{{cache, {NODE_B}}} ! {{put, big, binary:copy(<<7>>, 1000000)}}."
+    ));
+    assert_eq!(
+        b.eval_until(
+            "byte_size(gen_server:call(cache, {get, big})).",
+            "1000000",
+            Duration::from_secs(10)
+        ),
+        "1000000"
+    );
+    c.eval(&format!("{{secret, {NODE_B}}} ! binary:copy(<<1>>, 1000000)."));
+    c.eval(&format!(
+        "{{global_name_server, {NODE_B}}} ! {{junk, binary:copy(<<1>>, 1000000)}}."
+    ));
+    let big_rpc = c.eval(&format!(
+        "rpc:call({NODE_B}, erlang, byte_size, [binary:copy(<<1>>, 1000000)], 10000)."
+    ));
+    assert_eq!(big_rpc, "{badrpc,notsup}");
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    assert_eq!(b.eval("lists:member('c@hostc', nodes())."), "true");
     // hosta has no dist policy: it may do what c may not.
     let pa = marker(s.c.path(), "from_hosta");
     assert_eq!(
@@ -371,11 +395,27 @@ fn restricted_story(b_suite: Option<&str>, c_suite: Option<&str>) {
 
     allowed(&s, &mut b, &mut c, &mut a);
 
+    // A link from c's process to the victim, then the connection dropped:
+    // the node would send the link's exit itself (noconnection).
+    assert_eq!(
+        c.eval(&format!("begin {{_, V, _, _}} = persistent_term:get(pids), spawn(fun() -> link(V), receive after infinity -> ok end end), timer:sleep(300), erlang:disconnect_node({NODE_B}) end.")),
+        "true"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.eval("is_process_alive(whereis(victim))."), "true");
+    // Connected again, c still reaches what it was given before.
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    assert_eq!(
+        c.eval("begin {P, _, _, _} = persistent_term:get(pids), gen_server:call(P, {get, k}) end."),
+        "from_c"
+    );
+    assert!(!marker(&dir, "secret").exists());
+
     let status = s.hb.status().unwrap();
     assert!(status.contains("dist_policy=edge(enforce)"), "{status}");
     let sock = s.c.path().join("state-hostb").join("erlmesh.sock");
     let metrics = erlmesh::ops::control::request(&sock, "/metrics").unwrap();
-    for op in ["spawn", "reg_send", "exit2", "send", "monitor", "link_exit"] {
+    for op in ["spawn", "reg_send", "exit2", "send", "monitor", "link"] {
         assert!(
             metrics.contains(&format!("erlmesh_dist_refused_total{{peer=\"hostc\",op=\"{op}\"}}")),
             "no refusal counted for {op}:\n{metrics}"

@@ -1,10 +1,13 @@
 //! Property-based fuzzing of every parser that reads bytes from outside:
-//! the EPMD codec, the tunnel preface (HELLO and its answer included) and
-//! the handshake reader. Random and
+//! the EPMD codec, the tunnel preface (HELLO and its answer included), the
+//! handshake reader, the record layer, and the distribution firewall (the
+//! term decoder, the walk for pids, the frame filter). Random and
 //! mutated input must give a value or an error, never a panic, and what
 //! the encoders write must parse back to the same value.
 //! PROPTEST_CASES raises the case count for a longer run.
 
+use erlmesh::dist::etf::{self, Term};
+use erlmesh::dist::walk::{Found, Walker};
 use erlmesh::epmd::codec::{self, NodeInfo, Request};
 use erlmesh::tunnel::dist_handshake;
 use erlmesh::tunnel::preface::{self, Preface};
@@ -70,6 +73,64 @@ fn mutated(valid: Vec<u8>, flips: Vec<(usize, u8)>, cut: usize, tail: Vec<u8>) -
     v.truncate(cut.min(v.len()));
     v.extend(tail);
     v
+}
+
+/// Terms of the kinds the distribution carries, nested.
+fn term() -> impl Strategy<Value = Term> {
+    let leaf = prop_oneof![
+        any::<i32>().prop_map(|i| Term::Int(i as i64)),
+        "[a-z_]{0,12}".prop_map(|a| Term::Atom(a.into())),
+        (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(id, serial, creation)| Term::Pid(etf::Pid {
+            node: "b@hostb".into(),
+            id,
+            serial,
+            creation
+        })),
+        (any::<u32>(), proptest::collection::vec(any::<u32>(), 1..6)).prop_map(|(creation, ids)| Term::Ref(etf::Ref {
+            node: "b@hostb".into(),
+            creation,
+            ids
+        })),
+        Just(Term::Nil),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        proptest::collection::vec(inner, 0..8).prop_map(Term::Tuple)
+    })
+}
+
+/// Distribution frames as a peer's node sends them: a normal header that
+/// sets atom cache entries, a control message naming an entry (REG_SEND,
+/// or an operation no OTP release defines), a message.
+fn frames() -> impl Strategy<Value = Vec<u8>> {
+    let op = prop::sample::select(vec![6u8, 6, 6, 0, 9, 10, 11, 14, 15, 17, 37, 38, 39, 200]);
+    proptest::collection::vec((op, "[a-z]{1,8}", term(), any::<bool>()), 1..6).prop_map(|v| {
+        let mut out = Vec::new();
+        for (i, (op, name, msg, tick)) in v.into_iter().enumerate() {
+            // The first names a process of the peer's node (a refused frame
+            // that sets cache entries is replaced by one sent in its name).
+            let op = if i == 0 { 6 } else { op };
+            if tick {
+                out.extend([0, 0, 0, 0]);
+            }
+            let mut body = vec![131, 68, 1, 0x08, 3, name.len() as u8];
+            body.extend(name.as_bytes());
+            body.extend([104, 4, 97, op]);
+            etf::encode(
+                &Term::Pid(etf::Pid {
+                    node: "c@hostc".into(),
+                    id: 1,
+                    serial: 0,
+                    creation: 1,
+                }),
+                &mut body,
+            );
+            body.extend([106, 82, 0]);
+            etf::encode(&msg, &mut body);
+            out.extend((body.len() as u32).to_be_bytes());
+            out.extend(body);
+        }
+        out
+    })
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -189,5 +250,53 @@ proptest! {
         let got = erlmesh::tunnel::record::fuzz_open(&m);
         prop_assert!(got.len() <= chunks.len() && got.iter().zip(&chunks).all(|(g, c)| g == c));
         let _ = erlmesh::tunnel::record::fuzz_open(&noise);
+    }
+
+    #[test]
+    fn term_decoder_reads_what_the_encoder_writes_and_survives_anything(
+        t in term(),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        cut in any::<usize>(),
+        noise in proptest::collection::vec(any::<u8>(), 0..600),
+    ) {
+        let mut b = Vec::new();
+        etf::encode(&t, &mut b);
+        let mut d = etf::Decoder::new(&b, &[]);
+        prop_assert_eq!(d.term().unwrap(), t);
+        let _ = etf::Decoder::new(&mutated(b, flips, cut, vec![]), &[]).term();
+        let _ = etf::Decoder::new(&noise, &[]).term();
+        let _ = etf::AtomCache::default().header(&noise);
+    }
+
+    #[test]
+    fn the_walk_finds_every_pid_and_reference_at_any_cut(t in term(), step in 1usize..64) {
+        let mut b = Vec::new();
+        etf::encode(&t, &mut b);
+        let mut want = Vec::new();
+        t.visit(&mut |x| match x {
+            Term::Pid(p) => want.push(Found::Pid(p.clone())),
+            Term::Ref(r) => want.push(Found::Ref(r.clone())),
+            _ => {}
+        });
+        let mut w = Walker::new(1, false);
+        let mut got = Vec::new();
+        for c in b.chunks(step) {
+            w.feed(c, &[], &mut |f| got.push(f));
+        }
+        prop_assert!(w.done());
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_dist_filter_takes_or_refuses_anything_without_panicking(
+        valid in frames(),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        cut in any::<usize>(),
+        noise in proptest::collection::vec(any::<u8>(), 0..1500),
+        step in 1usize..5000,
+    ) {
+        prop_assert!(erlmesh::dist::filter::fuzz_inbound(&valid, step), "valid frames refused as malformed");
+        erlmesh::dist::filter::fuzz_inbound(&mutated(valid, flips, cut, vec![]), step);
+        erlmesh::dist::filter::fuzz_inbound(&noise, step);
     }
 }

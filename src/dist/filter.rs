@@ -29,6 +29,9 @@ use std::sync::{Arc, Mutex};
 /// Bytes held for decisions at once, per tunnel: a message to the
 /// machinery is judged whole, and larger ones are refused.
 const MAX_HELD: usize = 8 << 20;
+/// Bytes of a frame held before it is judged again after a first try
+/// fell short; then each try waits for twice the bytes of the last.
+const MIN_RETRY: usize = 512;
 /// Fragmented messages in progress at once, per tunnel and direction.
 const MAX_SEQUENCES: usize = 4096;
 /// Distinct (operation, target, verdict) lines logged per tunnel; counts
@@ -55,26 +58,35 @@ pub struct Firewall {
     peer: String,
     metrics: Arc<Metrics>,
     shared: Mutex<Shared>,
+    /// What the local node gave the peer's node (shared by their
+    /// successive connections).
+    mem: Arc<Mutex<Memory>>,
     /// Wakes the outbound direction when an answer is queued.
     pub wake: tokio::sync::Notify,
 }
 
 struct Shared {
-    mem: Memory,
     answers: Vec<Vec<u8>>,
     logged: HashSet<(&'static str, String, Option<&'static str>)>,
 }
 
 impl Firewall {
-    /// The firewall of a tunnel between `local_node` and a node of `peer`.
-    pub fn new(policy: Arc<DistPolicy>, peer: &str, local_node: &str, metrics: Arc<Metrics>) -> Arc<Firewall> {
+    /// The firewall of a tunnel between `local_node` and `remote_node` of
+    /// host `peer`.
+    pub fn new(
+        policy: Arc<DistPolicy>,
+        peer: &str,
+        local_node: &str,
+        remote_node: &str,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Firewall> {
         metrics.dist_policy_in_use(peer, &policy);
         Arc::new(Firewall {
             policy,
             peer: peer.to_owned(),
             metrics,
+            mem: rules::memory_for(local_node, remote_node),
             shared: Mutex::new(Shared {
-                mem: Memory::new(local_node),
                 answers: Vec::new(),
                 logged: HashSet::new(),
             }),
@@ -84,6 +96,10 @@ impl Firewall {
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.mem.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Answers to send to the peer's node, taken.
@@ -175,10 +191,13 @@ enum At {
         left: usize,
         first: bool,
     },
-    /// A frame's bytes held until it is judged.
+    /// A frame's bytes held until it is judged; judged again once `held`
+    /// reaches `retry` bytes or the frame is complete, so that a large
+    /// frame is parsed a bounded number of times.
     Head {
         len: usize,
         held: Vec<u8>,
+        retry: usize,
     },
     Pass {
         left: usize,
@@ -194,7 +213,13 @@ enum Seq {
     Decided(bool),
     /// Held until enough of it is there: its data so far, its header's
     /// atoms and atom-cache bytes. Its frames wait in [`Inbound::hold`].
-    Held { body: Vec<u8>, refs: Refs, header: Vec<u8> },
+    Held {
+        body: Vec<u8>,
+        refs: Refs,
+        header: Vec<u8>,
+        /// Judged again once `body` is this long, or at the last fragment.
+        retry: usize,
+    },
 }
 
 /// What waits behind a held fragmented message, in arrival order.
@@ -307,7 +332,11 @@ impl Inbound {
                     if len == 0 {
                         self.emit(out, buf, Seg::Len([0; 4]))?;
                     } else {
-                        self.at = At::Head { len, held: Vec::new() };
+                        self.at = At::Head {
+                            len,
+                            held: Vec::new(),
+                            retry: 0,
+                        };
                     }
                 }
                 At::Handshake { mut left, first } => {
@@ -345,7 +374,7 @@ impl Inbound {
                         self.at = At::Drop { left };
                     }
                 }
-                At::Head { len, mut held } => {
+                At::Head { len, mut held, retry } => {
                     let want = len - held.len();
                     let k = want.min(avail);
                     let complete = k == want;
@@ -353,6 +382,14 @@ impl Inbound {
                     if was_held {
                         held.extend_from_slice(&buf[pos..pos + k]);
                         self.held += k;
+                        if held.len() < retry && !complete {
+                            if self.held > MAX_HELD {
+                                return Err(too_large());
+                            }
+                            pos += k;
+                            self.at = At::Head { len, held, retry };
+                            continue;
+                        }
                     }
                     let decision = if was_held {
                         self.decide(len, &held, complete)?
@@ -375,7 +412,8 @@ impl Inbound {
                             if self.held > MAX_HELD {
                                 return Err(too_large());
                             }
-                            self.at = At::Head { len, held };
+                            let retry = (2 * held.len()).max(MIN_RETRY);
+                            self.at = At::Head { len, held, retry };
                         }
                         Decision::Pass => {
                             self.emit(out, buf, Seg::Len((len as u32).to_be_bytes()))?;
@@ -477,6 +515,7 @@ impl Inbound {
                                 body: data.to_vec(),
                                 refs: refs.clone(),
                                 header: header.to_vec(),
+                                retry: 2 * data.len(),
                             },
                         );
                         Ok(Decision::Held(seq, false))
@@ -515,9 +554,19 @@ impl Inbound {
     /// pass or go (a stand-in keeping its atom cache updates), and what
     /// waited behind it moves on.
     fn rejudge(&mut self, seq: u64, last: bool, out: &mut Vec<Seg>) -> io::Result<()> {
-        let Some(Seq::Held { body, refs, header }) = self.seqs.get(&seq) else {
+        let Some(Seq::Held {
+            body,
+            refs,
+            header,
+            retry,
+        }) = self.seqs.get_mut(&seq)
+        else {
             return Ok(());
         };
+        if body.len() < *retry && !last {
+            return Ok(());
+        }
+        *retry = 2 * body.len();
         let body = body.clone();
         let (refs, header) = (refs.clone(), header.clone());
         let pass = match self.judge(&refs.atoms, &body) {
@@ -542,7 +591,7 @@ impl Inbound {
                     } else {
                         self.held = self.held.saturating_sub(f.len());
                         if std::mem::take(&mut standin_due) {
-                            let s = standin_for(&header, &self.fw.shared().mem)?;
+                            let s = standin_for(&header, &self.fw.mem())?;
                             self.held += s.len();
                             s
                         } else {
@@ -575,8 +624,8 @@ impl Inbound {
 
     fn judge(&mut self, refs: &[etf::Atom], body: &[u8]) -> Result<Judgement, Unjudged> {
         let versioned = refs.is_empty() && body.first() == Some(&etf::VERSION);
-        let mut sh = self.fw.shared();
-        rules::judge(&self.fw.policy, &mut sh.mem, refs, body, versioned)
+        let mut mem = self.fw.mem();
+        rules::judge(&self.fw.policy, &mut mem, refs, body, versioned)
     }
 
     /// Pass, or drop (with a stand-in carrying `header` when it set atom
@@ -589,7 +638,7 @@ impl Inbound {
         }
         match header {
             None => Ok(Decision::Drop(None)),
-            Some(h) => Ok(Decision::Drop(Some(standin_for(h, &sh.mem)?))),
+            Some(h) => Ok(Decision::Drop(Some(standin_for(h, &fw.mem())?))),
         }
     }
 }
@@ -699,7 +748,7 @@ impl Outbound {
     pub fn feed(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
         let mut pos = 0;
         let fw = self.fw.clone();
-        let mut sh = fw.shared();
+        let mut mem = fw.mem();
         while pos < data.len() {
             let avail = data.len() - pos;
             match &mut self.at {
@@ -736,7 +785,7 @@ impl Outbound {
                     if *left == 0 {
                         let frame = std::mem::take(frame);
                         if let Some(name) = challenge_name(&frame) {
-                            sh.mem.set_local(name);
+                            mem.set_local(name);
                         }
                         if let Phase::Handshake { ends_on } = self.phase {
                             if frame.first() == Some(&ends_on) {
@@ -747,40 +796,42 @@ impl Outbound {
                     }
                 }
                 OutAt::Head { len, held } => {
-                    let len = *len;
-                    let want = len - held.len();
+                    let (len, mut h) = (*len, std::mem::take(held));
+                    let before = h.len();
+                    let want = len - before;
                     let k = want.min(avail);
-                    let (used, next) = if held.is_empty() {
-                        self.head(&mut sh.mem, &data[pos..pos + k], k == want)
+                    // Judged where it lies when nothing is held (the usual
+                    // case: no copy), else on the held bytes and these.
+                    let tried = if before == 0 {
+                        self.head(&mut mem, &data[pos..pos + k], k == want)
                     } else {
-                        let before = held.len();
-                        let mut h = std::mem::take(held);
                         h.extend_from_slice(&data[pos..pos + k]);
-                        let (u, next) = self.head(&mut sh.mem, &h, k == want);
-                        match next {
-                            None => {
-                                self.at = OutAt::Head { len, held: h };
-                                (k, None)
-                            }
-                            Some(n) => (u - before, Some(n)),
-                        }
+                        self.head(&mut mem, &h, k == want)
                     };
-                    pos += used;
-                    match next {
-                        Some(HeadDone::Walk(seq)) => self.at = OutAt::Walk { left: want - used, seq },
-                        Some(HeadDone::Skip) => self.at = OutAt::Skip { left: want - used },
-                        None => {
-                            if let OutAt::Head { held, .. } = &mut self.at {
-                                if held.is_empty() {
-                                    held.extend_from_slice(&data[pos - used..pos]);
-                                }
-                                if held.len() > MAX_HELD {
-                                    // The node's own frames: stop reading
-                                    // this one rather than hold more.
-                                    let left = len - held.len();
-                                    self.at = OutAt::Skip { left };
-                                }
-                            }
+                    if tried.1.is_none() && before == 0 {
+                        h.extend_from_slice(&data[pos..pos + k]);
+                    }
+                    match tried {
+                        (u, Some(next)) => {
+                            // Bytes of this read the head took; the rest of
+                            // the frame is walked or skipped.
+                            let used = u.saturating_sub(before).min(k);
+                            pos += used;
+                            let left = want - used;
+                            self.at = match next {
+                                HeadDone::Walk(seq) => OutAt::Walk { left, seq },
+                                HeadDone::Skip => OutAt::Skip { left },
+                            };
+                        }
+                        (_, None) => {
+                            pos += k;
+                            self.at = if h.len() > MAX_HELD {
+                                // The node's own frame: stop reading it
+                                // rather than hold more.
+                                OutAt::Skip { left: len - h.len() }
+                            } else {
+                                OutAt::Head { len, held: h }
+                            };
                         }
                     }
                     self.frame_end_check();
@@ -790,7 +841,7 @@ impl Outbound {
                     let chunk = &data[pos..pos + k];
                     let key = seq.unwrap_or(CURRENT);
                     if let Some((refs, w)) = self.seqs.get_mut(&key) {
-                        w.feed(chunk, &refs.atoms, &mut |f| give(&mut sh.mem, f));
+                        w.feed(chunk, &refs.atoms, &mut |f| give(&mut mem, f));
                     }
                     *left -= k;
                     pos += k;
@@ -877,10 +928,6 @@ impl Outbound {
             Err(_) => return gave_up,
         };
         mem.give_all(&ctl);
-        // LINK {1, From, To} made by the local node.
-        if let Some([Term::Int(1), Term::Pid(from), Term::Pid(to)]) = ctl.tuple() {
-            mem.local_link(from, to);
-        }
         let used = start + d.pos;
         let walker = Walker::new(1, versioned);
         match seq {
@@ -941,5 +988,291 @@ fn give(mem: &mut Memory, f: Found) {
     match f {
         Found::Pid(p) => mem.give_pid(&p),
         Found::Ref(r) => mem.give_ref(&r),
+    }
+}
+
+/// The firewall's inbound filter on arbitrary bytes, for the fuzz tests:
+/// the bytes after a handshake, fed in pieces of `step`. Returns whether
+/// they were taken (an error ends a tunnel; a panic would be the bug).
+pub fn fuzz_inbound(bytes: &[u8], step: usize) -> bool {
+    let policy = Arc::new(DistPolicy {
+        name: "fuzz".into(),
+        mode: Mode::Enforce,
+        spawn: false,
+        registered: vec![crate::mesh::policy::Pattern::new("cache")],
+        exit_signals: false,
+    });
+    let fw = Firewall::new(policy, "fuzz", "b@fuzz", "c@fuzz", Metrics::new([]));
+    let mut inb = Inbound::new(fw.clone(), true);
+    let mut input = vec![0, 1, b'r'];
+    input.extend_from_slice(bytes);
+    let mut at = 0;
+    let step = step.max(1);
+    while at < input.len() {
+        let end = (at + step).min(input.len());
+        let mut segs = Vec::new();
+        if inb.feed(&input, at..end, &mut segs).is_err() {
+            return false;
+        }
+        at = end;
+    }
+    let mut out = Outbound::new(fw, false);
+    let mut plain = vec![0, 1, b'a'];
+    plain.extend_from_slice(bytes);
+    let mut off = 0;
+    while off < plain.len() {
+        let end = (off + step).min(plain.len());
+        off += out.feed(&plain[off..end], false).max(end - off);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::etf::{encode, Pid};
+    use crate::mesh::policy::Pattern;
+
+    fn policy() -> Arc<DistPolicy> {
+        Arc::new(DistPolicy {
+            name: "edge".into(),
+            mode: Mode::Enforce,
+            spawn: false,
+            registered: vec![Pattern::new("cache")],
+            exit_signals: false,
+        })
+    }
+
+    /// A filter for a tunnel whose peer dialled, past the handshake (its
+    /// challenge reply), under the `edge` policy. `local` names the node
+    /// pair's memory (tests run in parallel).
+    fn inbound(local: &str) -> (Arc<Firewall>, Inbound, Vec<u8>) {
+        let fw = Firewall::new(policy(), "hostc", local, "c@hostc", Metrics::new([]));
+        let inb = Inbound::new(fw.clone(), true);
+        (fw, inb, vec![0, 5, b'r', 1, 2, 3, 4])
+    }
+
+    fn peer_pid() -> Term {
+        Term::Pid(Pid {
+            node: Arc::from("c@hostc"),
+            id: 77,
+            serial: 0,
+            creation: 9,
+        })
+    }
+
+    /// A D frame: `header` (atom cache part), then `terms` already encoded.
+    fn d_frame(header: &[u8], terms: &[u8]) -> Vec<u8> {
+        let mut body = vec![etf::VERSION, etf::DIST_HEADER];
+        body.extend_from_slice(header);
+        body.extend_from_slice(terms);
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend(body);
+        f
+    }
+
+    fn enc(t: &Term) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode(t, &mut v);
+        v
+    }
+
+    fn atom(a: &str) -> Term {
+        Term::Atom(Arc::from(a))
+    }
+
+    /// REG_SEND {6, PeerPid, '', Name} with Name as atom cache reference 0.
+    fn reg_send_cached(header: &[u8], msg: &Term) -> Vec<u8> {
+        let mut t = vec![104, 4, 97, 6];
+        t.extend(enc(&peer_pid()));
+        t.extend(enc(&atom("")));
+        t.extend([82, 0]);
+        t.extend(enc(msg));
+        d_frame(header, &t)
+    }
+
+    /// Feeds `input` in pieces of `step` bytes; returns what the node gets.
+    fn run(inb: &mut Inbound, input: &[u8], step: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < input.len() {
+            let end = (at + step).min(input.len());
+            let mut segs = Vec::new();
+            inb.feed(input, at..end, &mut segs)?;
+            for s in segs {
+                match s {
+                    Seg::Buf(r) => out.extend_from_slice(&input[r]),
+                    Seg::Own(v) => out.extend(v),
+                    Seg::Len(l) => out.extend(l),
+                }
+            }
+            at = end;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_refused_frame_still_brings_its_atom_cache_entries_to_the_node() {
+        // 1: sets slot (0, 5) = rex, sends there: refused, yet the node must
+        // learn the entry. 2: reuses slot (0, 5): refused too. 3: sets the
+        // slot to cache: allowed, passed as it came.
+        let new_rex = [1, 0x08, 5, 3, b'r', b'e', b'x'];
+        let cached = [1, 0x00, 5];
+        let new_cache = [1, 0x08, 5, 5, b'c', b'a', b'c', b'h', b'e'];
+        let msg = Term::Tuple(vec![atom("put"), atom("k"), atom("v")]);
+        let (f1, f2, f3) = (
+            reg_send_cached(&new_rex, &msg),
+            reg_send_cached(&cached, &msg),
+            reg_send_cached(&new_cache, &msg),
+        );
+        for step in [1, 3, 7, 64, 4096] {
+            let (_fw, mut inb, mut input) = inbound(&format!("b{step}@refused-cache"));
+            let hs = input.len();
+            for f in [&f1, &f2, &f3] {
+                input.extend_from_slice(f);
+            }
+            let out = run(&mut inb, &input, step).unwrap();
+            assert_eq!(&out[..hs], &input[..hs], "the handshake passes");
+            // The stand-in: same header, a DEMONITOR_P of nothing.
+            let standin_len = u32::from_be_bytes(out[hs..hs + 4].try_into().unwrap()) as usize;
+            let standin = &out[hs + 4..hs + 4 + standin_len];
+            assert_eq!(&standin[..2 + new_rex.len()], &[&[131, 68][..], &new_rex].concat()[..]);
+            let ctl = Decoder::new(&standin[2 + new_rex.len()..], &[]).term().unwrap();
+            assert_eq!(ctl.tuple().unwrap()[0], Term::Int(20));
+            assert_eq!(&out[hs + 4 + standin_len..], &f3[..], "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_spawn_whose_control_message_spans_fragments_is_refused_whole_and_answered() {
+        // SPAWN_REQUEST {29, Ref, PeerPid, PeerPid, {os, cmd, 1}, []}, then
+        // its arguments, cut inside the control message.
+        let r = Term::Ref(etf::Ref {
+            node: Arc::from("c@hostc"),
+            creation: 9,
+            ids: vec![1, 2, 3],
+        });
+        let ctl = Term::Tuple(vec![
+            Term::Int(29),
+            r,
+            peer_pid(),
+            peer_pid(),
+            Term::Tuple(vec![atom("os"), atom("cmd"), Term::Int(1)]),
+            Term::Nil,
+        ]);
+        let mut data = enc(&ctl);
+        data.extend([108, 0, 0, 0, 1, 107, 0, 2, b'i', b'd', 106]);
+        let cut = 20;
+        let frag = |tag: u8, n: u64, header: &[u8], part: &[u8]| {
+            let mut body = vec![etf::VERSION, tag];
+            body.extend(7u64.to_be_bytes());
+            body.extend(n.to_be_bytes());
+            body.extend_from_slice(header);
+            body.extend_from_slice(part);
+            let mut f = (body.len() as u32).to_be_bytes().to_vec();
+            f.extend(body);
+            f
+        };
+        let first = frag(etf::DIST_FRAG_HEADER, 2, &[0], &data[..cut]);
+        let last = frag(etf::DIST_FRAG_CONT, 1, &[], &data[cut..]);
+        // Another process's message between the two: it waits behind.
+        let between = reg_send_cached(&[1, 0x08, 9, 5, b'c', b'a', b'c', b'h', b'e'], &atom("hello"));
+        for step in [1, 5, 4096] {
+            let (fw, mut inb, mut input) = inbound(&format!("b{step}@split-spawn"));
+            let hs = input.len();
+            input.extend_from_slice(&first);
+            input.extend_from_slice(&between);
+            let before = run(&mut inb, &input, step).unwrap();
+            assert_eq!(before.len(), hs, "nothing passes before the spawn is judged");
+            let out = run(&mut inb, &last, step).unwrap();
+            assert_eq!(out, between, "only the other message passes, after");
+            let answers = fw.take_answers();
+            assert_eq!(answers.len(), 1);
+            let reply = Decoder::new(&answers[0][7..], &[]).term().unwrap();
+            assert_eq!(reply.tuple().unwrap()[0], Term::Int(31));
+            assert_eq!(reply.tuple().unwrap()[4], atom("notsup"));
+        }
+    }
+
+    #[test]
+    fn malformed_frames_end_the_tunnel_with_their_cause() {
+        let cases: [(&[u8], &str); 4] = [
+            (&[0, 0, 0, 2, 131, 99], "unknown distribution header"),
+            (&[0, 0, 0, 2, 7, 7], "neither a distribution header"),
+            (
+                &[0, 0, 0, 18, 131, 70, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+                "no message in progress",
+            ),
+            (&[0, 0, 0, 5, 131, 68, 0, 97, 1], "not a tuple"),
+        ];
+        for (i, (frame, why)) in cases.iter().enumerate() {
+            let (_fw, mut inb, mut input) = inbound(&format!("b{i}@malformed"));
+            input.extend_from_slice(frame);
+            let e = run(&mut inb, &input, 4096).unwrap_err();
+            assert!(e.to_string().contains(why), "{e} (wanted {why})");
+        }
+    }
+
+    #[test]
+    fn a_pid_the_node_sends_is_reachable_after_whatever_the_cuts() {
+        let local = |id| {
+            Term::Pid(Pid {
+                node: Arc::from("b@given"),
+                id,
+                serial: 0,
+                creation: 5,
+            })
+        };
+        // The node: challenge ack ends its handshake; then a REG_SEND from
+        // pid 1 carrying pid 2 deep in a 100 kB message.
+        let mut out_stream = vec![0, 1, b'a'];
+        let msg = Term::Tuple(vec![atom("hello"), Term::Tuple(vec![local(2), Term::Nil])]);
+        let mut t = vec![104, 4, 97, 6];
+        t.extend(enc(&local(1)));
+        t.extend(enc(&atom("")));
+        t.extend(enc(&atom("inbox")));
+        t.extend([104, 2, 109, 0, 1, 0x86, 0xa0]);
+        t.extend(std::iter::repeat(0).take(100_000));
+        t.extend(enc(&msg));
+        out_stream.extend(d_frame(&[0], &t));
+        // The peer: a send to pid 2 and one to pid 3.
+        let send_to = |id| {
+            let mut t = vec![104, 3, 97, 22];
+            t.extend(enc(&peer_pid()));
+            t.extend(enc(&local(id)));
+            t.extend(enc(&atom("hi")));
+            d_frame(&[0], &t)
+        };
+        for step in [1, 2, 5, 100, 70_000] {
+            let fw = Firewall::new(
+                policy(),
+                "hostc",
+                "b@given",
+                &format!("c{step}@hostc"),
+                Metrics::new([]),
+            );
+            let mut o = Outbound::new(fw.clone(), false);
+            for c in out_stream.chunks(step) {
+                assert_eq!(o.feed(c, false), c.len());
+            }
+            assert!(o.at_boundary());
+            let mut inb = Inbound::new(fw, true);
+            let mut input = vec![0, 1, b'r'];
+            let (two, three) = (send_to(2), send_to(3));
+            input.extend_from_slice(&two);
+            input.extend_from_slice(&three);
+            assert_eq!(run(&mut inb, &input, 4096).unwrap()[3..], two[..], "step {step}");
+        }
+    }
+
+    #[test]
+    fn ticks_and_handshake_pass_untouched_at_any_cut() {
+        let mut input = vec![0, 3, b's', b'o', b'k', 0, 5, b'r', 1, 2, 3, 4];
+        input.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        for step in 1..input.len() {
+            let fw = Firewall::new(policy(), "hostc", "b@ticks", "c@hostc", Metrics::new([]));
+            let mut inb = Inbound::new(fw, true);
+            assert_eq!(run(&mut inb, &input, step).unwrap(), input);
+        }
     }
 }

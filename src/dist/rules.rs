@@ -14,13 +14,12 @@
 //! | I/O requests that apply a fun (`put_chars` with M:F:A, `get_until`) | a send | dropped |
 //! | `sys` messages (`replace_state`, code change), a fake parent's `'EXIT'` | a send | dropped (`'EXIT'` when exit signals are refused) |
 //! | exit/2 | EXIT2(_TT), PAYLOAD_EXIT2(_TT) | dropped unless `exit_signals` |
-//! | a link made by the peer, then its process dies | LINK, then EXIT | the exit is dropped unless `exit_signals` |
+//! | a link from the peer's process (its exit, or the connection dropped, kills the local one) | LINK | refused unless `exit_signals` |
 //! | group_leader/2 on a local process | GROUP_LEADER | refused unless `spawn` |
 //! | anything else | an unknown operation | dropped (fail closed) |
 
 use super::etf::{self, Atom, DecodeError, Decoder, Pid, Ref, Term};
 use super::DistPolicy;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Pids of the local node this peer node was given (in any frame the
@@ -29,9 +28,6 @@ const MAX_GIVEN_PIDS: usize = 65_536;
 /// References (aliases) of the local node it was given: replies to calls
 /// come back through these, so they churn; the recent ones matter.
 const MAX_GIVEN_REFS: usize = 16_384;
-/// Links the peer's processes made to local ones, tracked so that their
-/// exits can be refused; beyond this, new links from the peer are refused.
-const MAX_PEER_LINKS: usize = 65_536;
 
 /// The machinery a restricted policy keeps working, judged by content.
 const NET_KERNEL: &str = "net_kernel";
@@ -75,7 +71,6 @@ pub struct Memory {
     local: String,
     pids: lru::LruCache<PidKey, ()>,
     refs: lru::LruCache<(u32, Vec<u32>), ()>,
-    peer_links: HashSet<(PidKey, Pid)>,
     /// A pid of the peer's node, the last one seen as a sender.
     pub peer_pid: Option<Pid>,
 }
@@ -86,7 +81,6 @@ impl Memory {
             local: local_node.to_owned(),
             pids: lru::LruCache::unbounded(),
             refs: lru::LruCache::unbounded(),
-            peer_links: HashSet::new(),
             peer_pid: None,
         }
     }
@@ -138,14 +132,6 @@ impl Memory {
     fn given_ref(&self, r: &Ref) -> bool {
         *r.node == *self.local && self.refs.contains(&(r.creation, r.ids.clone()))
     }
-
-    /// The local node linked `local` to the peer's `remote` itself: exits
-    /// through that link are its own choice.
-    pub fn local_link(&mut self, local: &Pid, remote: &Pid) {
-        if let Some(k) = self.local_key(local) {
-            self.peer_links.remove(&(k, remote.clone()));
-        }
-    }
 }
 
 /// Every operation name a judgement carries.
@@ -166,6 +152,29 @@ pub const OPS: &[&str] = &[
     "alias_send",
     "unknown",
 ];
+
+/// Node pairs whose memory outlives their connection: pids stay valid
+/// across a reconnection (only a restart, a new creation, ends them).
+const MAX_REMEMBERED_PAIRS: usize = 1024;
+
+type Memories = lru::LruCache<(String, String), Arc<std::sync::Mutex<Memory>>>;
+static MEMORIES: std::sync::OnceLock<std::sync::Mutex<Memories>> = std::sync::OnceLock::new();
+
+/// What `local` gave `remote` so far, kept across their connections.
+pub fn memory_for(local: &str, remote: &str) -> Arc<std::sync::Mutex<Memory>> {
+    let all = MEMORIES.get_or_init(|| std::sync::Mutex::new(lru::LruCache::unbounded()));
+    let mut all = all.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (local.to_owned(), remote.to_owned());
+    if let Some(m) = all.get(&key) {
+        return m.clone();
+    }
+    let m = Arc::new(std::sync::Mutex::new(Memory::new(local)));
+    all.put(key, m.clone());
+    if all.len() > MAX_REMEMBERED_PAIRS {
+        all.pop_lru();
+    }
+    m
+}
 
 /// What a message reaches, for counts and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -280,21 +289,15 @@ pub fn judge(
         _ => Err(Unjudged::Malformed("control message: expected a pid")),
     };
     Ok(match op {
-        // LINK {1, From, To}
-        1 => {
-            if p.exit_signals {
-                return Ok(Judgement::allow("link", Target::Pid));
-            }
-            let (from, to) = (pid(1)?, pid(2)?);
-            match mem.local_key(to) {
-                Some(k) if mem.peer_links.len() < MAX_PEER_LINKS || mem.peer_links.contains(&(k, from.clone())) => {
-                    mem.peer_links.insert((k, from.clone()));
-                    Judgement::allow("link", Target::Pid)
-                }
-                Some(_) => Judgement::refuse("link", Target::Pid, "too many links made by this peer"),
-                None => Judgement::allow("link", Target::Pid),
-            }
-        }
+        // LINK {1, From, To}: a link the peer's process makes would let it
+        // kill the local one, by exiting or by dropping the connection
+        // (the node then sends the link's exit itself, `noconnection`).
+        1 if p.exit_signals => Judgement::allow("link", Target::Pid),
+        1 => Judgement::refuse(
+            "link",
+            Target::Pid,
+            "a link to a local process (its exit would be an exit signal)",
+        ),
         // SEND {2, _, To}, SEND_TT {12, _, To, Token}, SEND_SENDER {22, From, To}, _TT {23, ...}
         2 | 12 | 22 | 23 => {
             let to = pid(2)?;
@@ -307,31 +310,12 @@ pub fn judge(
             }
             content(p, &mut d, versioned, "send", Target::Pid)?
         }
-        // Link exits: EXIT {3, From, To, Reason}, EXIT_TT {13, ...},
-        // PAYLOAD_EXIT {24, From, To}, PAYLOAD_EXIT_TT {25, ...}
-        3 | 13 | 24 | 25 => {
-            let (from, to) = (pid(1)?, pid(2)?);
-            let made_by_peer = mem
-                .local_key(to)
-                .is_some_and(|k| mem.peer_links.remove(&(k, from.clone())));
-            if made_by_peer && !p.exit_signals {
-                Judgement::refuse("link_exit", Target::Pid, "an exit through a link the peer made")
-            } else {
-                Judgement::allow("link_exit", Target::Pid)
-            }
-        }
-        // UNLINK {4, From, To}, UNLINK_ID {35, Id, From, To}
-        4 | 35 => {
-            let (from, to) = if op == 4 {
-                (pid(1)?, pid(2)?)
-            } else {
-                (pid(2)?, pid(3)?)
-            };
-            if let Some(k) = mem.local_key(to) {
-                mem.peer_links.remove(&(k, from.clone()));
-            }
-            Judgement::allow("unlink", Target::Pid)
-        }
+        // Link exits: EXIT {3, ...}, EXIT_TT {13, ...}, PAYLOAD_EXIT {24, ...},
+        // PAYLOAD_EXIT_TT {25, ...}. Under a restricted policy the only links
+        // are those local processes made; the node ignores exits of others.
+        3 | 13 | 24 | 25 => Judgement::allow("link_exit", Target::Pid),
+        // UNLINK {4, ...}, UNLINK_ID {35, ...}, UNLINK_ID_ACK {36, ...}
+        4 | 35 | 36 => Judgement::allow("unlink", Target::Pid),
         // NODE_LINK {5}: never sent, a no-op on receipt.
         5 => Judgement::allow("node_link", Target::None),
         // REG_SEND {6, From, _, Name}, REG_SEND_TT {16, From, _, Name, Token}
@@ -427,8 +411,6 @@ pub fn judge(
             Term::Ref(_) => Judgement::refuse("alias_send", Target::Alias, "an alias this peer's node was not given"),
             _ => return Err(Unjudged::Malformed("alias_send to a non-reference")),
         },
-        // UNLINK_ID_ACK {36, Id, From, To}
-        36 => Judgement::allow("unlink", Target::Pid),
         _ => Judgement::refuse("unknown", Target::None, "an unknown control message"),
     })
 }

@@ -98,6 +98,7 @@ impl Face {
                     p,
                     &self.dialer.host,
                     &local_name,
+                    &remote_node,
                     self.dialer.metrics().clone(),
                 ),
                 node_dials: true,
