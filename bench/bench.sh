@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # erlmesh's benchmark: real nodes through direct inet_tcp_dist, a plain
 # forwarder pair (the floor for any proxy per host), erlmesh, OTP's
-# inet_tls_dist and stunnel (when installed), alternating setups over
+# inet_tls_dist and stunnel (when installed), and erlmesh with a restrictive
+# dist policy on both hosts (erlmesh-policy), alternating setups over
 # ROUNDS rounds; prints each figure's median and its ratio to direct, with
 # erlmesh's CPU seconds per GB carried and its memory.
 # usage: bench/bench.sh [ROUNDS=3] [bulk_MiB=256] [round_trips=5000] [small_msgs=200000]
@@ -10,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 rounds=${1:-3}; shift || true
 "$here/../scripts/install-deps.sh"
 (cd "$here/.." && cargo build --release --locked -q --bins --examples)
-modes="direct plain erlmesh tlsdist"
+modes="direct plain erlmesh erlmesh-policy tlsdist"
 command -v stunnel >/dev/null && modes="$modes stunnel"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -26,9 +27,9 @@ for line in open(path):
     rows.setdefault(kv.pop('mode'), []).append({k: float(v) for k, v in kv.items()})
 keys = ['first_ping_ms', 'rtt_p50_us', 'rtt_p99_us', 'bulk_MBps', 'small_msgs_per_s', 'proxy_cpu_s', 'proxy_rss_kb']
 med = {m: {k: st.median(r[k] for r in rows[m]) for k in keys} for m in modes if m in rows}
-print('%-9s' % 'setup' + ''.join('%17s' % k for k in keys))
+print('%-15s' % 'setup' + ''.join('%17s' % k for k in keys))
 for m in med:
-    print('%-9s' % m + ''.join('%17.1f' % med[m][k] for k in keys))
+    print('%-15s' % m + ''.join('%17.1f' % med[m][k] for k in keys))
 for m in med:
     if m == 'direct': continue
     r = {k: med[m][k] / med['direct'][k] for k in keys[:5]}
@@ -36,9 +37,12 @@ for m in med:
 if 'plain' in med and 'erlmesh' in med:
     r = {k: med['erlmesh'][k] / med['plain'][k] for k in keys[:5]}
     print('RATIO erlmesh/plain ' + ' '.join('%s=%.2f' % (k, v) for k, v in r.items()))
+if 'erlmesh-policy' in med and 'erlmesh' in med:
+    r = {k: med['erlmesh-policy'][k] / med['erlmesh'][k] for k in keys[:5]}
+    print('RATIO erlmesh-policy/erlmesh ' + ' '.join('%s=%.2f' % (k, v) for k, v in r.items()))
 # Bytes carried per run: bulk MiB plus small messages and round trips (small).
 gb = bulk_mib * 1024 * 1024 / 1e9
-for m in ('plain', 'erlmesh', 'stunnel'):
+for m in ('plain', 'erlmesh', 'erlmesh-policy', 'stunnel'):
     if m in med:
         print('CPU %s: %.2f s per GB carried (both proxies, whole run / bulk bytes)' % (m, med[m]['proxy_cpu_s'] / gb))
 if 'erlmesh' in rows:

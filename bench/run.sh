@@ -4,6 +4,9 @@
 #
 #   direct   plain inet_tcp_dist, no encryption: the floor to compare against
 #   erlmesh  one erlmesh per simulated host (target/release/erlmesh)
+#   erlmesh-policy  the same, each host restricting the other with a dist
+#            policy (no spawn, one registered name, no exit signals) that
+#            lets the benchmark's own traffic through
 #   tlsdist  OTP's inet_tls_dist with mutual TLS
 #   stunnel  a stunnel4 pair per host with mutual TLS (when installed)
 #   plain    the stunnel layout with a plain TCP forwarder per host and no
@@ -28,7 +31,7 @@ erl_common=(-noshell -pa "$w" -setcookie bench -kernel inet_dist_use_interface '
 extra=""
 
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
-start_b() { "$@" -eval 'receive after infinity -> ok end' >"$w/b.log" 2>&1 & pids+=($!); }
+start_b() { "$@" -eval 'distbench:serve()' >"$w/b.log" 2>&1 & pids+=($!); }
 wait_names() { # epmd_port name: until the node is registered
   for _ in $(seq 100); do
     ERL_EPMD_PORT=$1 epmd -port "$1" -names 2>/dev/null | grep -q "name $2 " && return 0; sleep 0.05
@@ -102,18 +105,21 @@ stunnel)
   stunnel "$w/stunnel_b.conf" >"$w/sb.log" 2>&1 & pids+=($!); proxies+=($!)
   proxy_pair_run
   ;;
-erlmesh)
+erlmesh|erlmesh-policy)
   [ -x "$em" ] || { echo "no erlmesh binary at $em (cargo build --release, or set ERLMESH)" >&2; exit 1; }
   make_certs "$c" hosta hostb
   ta=$(free_port); tb=$(free_port); ea=$(free_port); eb=$(free_port)
-  write_conf "$w/hosta.toml" hosta "$ta" "$ea" "$w/state-hosta" "$c"; add_peer "$w/hosta.toml" hostb "127.0.0.1:$tb"
-  write_conf "$w/hostb.toml" hostb "$tb" "$eb" "$w/state-hostb" "$c"; add_peer "$w/hostb.toml" hosta "127.0.0.1:$ta"
+  policy=""
+  [ "$mode" = erlmesh-policy ] && policy=$'[dist_policies.bench]\nmode = "enforce"\nspawn = false\nregistered = ["bench"]\nexit_signals = false'
+  write_conf "$w/hosta.toml" hosta "$ta" "$ea" "$w/state-hosta" "$c" "$policy"; add_peer "$w/hosta.toml" hostb "127.0.0.1:$tb"
+  write_conf "$w/hostb.toml" hostb "$tb" "$eb" "$w/state-hostb" "$c" "$policy"; add_peer "$w/hostb.toml" hosta "127.0.0.1:$ta"
+  if [ -n "$policy" ]; then for h in hosta hostb; do echo 'dist_policy = "bench"' >>"$w/$h.toml"; done; fi
   for h in hosta hostb; do
     "$em" run --config "$w/$h.toml" 2>"$w/$h.mesh.log" & pids+=($!); proxies+=($!)
   done
   for h in hosta hostb; do wait_ready "$w/$h.toml" "$w/$h.mesh.log"; done
   idle=$(rss "${proxies[0]}")
-  ( eval "$("$em" env --config "$w/hostb.toml")"; exec erl "${erl_common[@]}" -sname b@hostb -eval 'receive after infinity -> ok end' ) >"$w/b.log" 2>&1 &
+  ( eval "$("$em" env --config "$w/hostb.toml")"; exec erl "${erl_common[@]}" -sname b@hostb -eval 'distbench:serve()' ) >"$w/b.log" 2>&1 &
   pids+=($!)
   wait_names "$eb" b
   ( eval "$("$em" env --config "$w/hosta.toml")"; run_a erl "${erl_common[@]}" -sname a@hosta ) >"$w/a.result" || { tail -20 "$w"/*.mesh.log >&2; exit 1; }
@@ -129,5 +135,5 @@ plain)
   "$fwd" "127.0.0.1:$s1=127.0.0.1:$eb" "127.0.0.1:$s2=127.0.0.1:$db" & pids+=($!); proxies+=($!)
   proxy_pair_run
   ;;
-*) echo "unknown mode $mode (direct|erlmesh|tlsdist|stunnel|plain)" >&2; exit 2 ;;
+*) echo "unknown mode $mode (direct|erlmesh|erlmesh-policy|tlsdist|stunnel|plain)" >&2; exit 2 ;;
 esac
