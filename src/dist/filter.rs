@@ -29,6 +29,10 @@ use std::sync::{Arc, Mutex};
 /// Bytes held for decisions at once, per tunnel: a message to the
 /// machinery is judged whole, and larger ones are refused.
 const MAX_HELD: usize = 8 << 20;
+/// Answers to refused requests waiting for a frame boundary of the local
+/// node's stream; beyond this (a peer flooding refused spawns faster than
+/// it reads), further refusals go unanswered.
+const MAX_ANSWERS: usize = 1024;
 /// Bytes of a frame held before it is judged again after a first try
 /// fell short; then each try waits for twice the bytes of the last.
 const MIN_RETRY: usize = 512;
@@ -141,8 +145,12 @@ impl Firewall {
             return true;
         }
         if let Some(a) = j.answer {
-            sh.answers.push(a);
-            self.wake.notify_one();
+            if sh.answers.len() < MAX_ANSWERS {
+                sh.answers.push(a);
+                self.wake.notify_one();
+            } else if sh.logged.insert(("answer", String::new(), Some("answers full"))) {
+                tracing::warn!(peer = %self.peer, "dist policy: {MAX_ANSWERS} answers to refused requests wait for the peer; further refusals go unanswered");
+            }
         }
         false
     }
@@ -1274,5 +1282,72 @@ mod tests {
             let mut inb = Inbound::new(fw, true);
             assert_eq!(run(&mut inb, &input, step).unwrap(), input);
         }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::dist::etf::{encode, Pid};
+
+    #[test]
+    #[ignore]
+    fn per_frame_cost() {
+        let p = Arc::new(DistPolicy {
+            name: "t".into(),
+            mode: Mode::Enforce,
+            spawn: false,
+            registered: vec![],
+            exit_signals: false,
+        });
+        let pid = |node: &str, id| {
+            Term::Pid(Pid {
+                node: Arc::from(node),
+                id,
+                serial: 0,
+                creation: 3,
+            })
+        };
+        let fw = Firewall::new(p, "hosta", "b@hostb", "a@hosta", Metrics::new([]));
+        // b gives a pid 5 (outbound), then a sends to it (inbound), n times.
+        let frame = |from: Term, to: Term, msg: Term| {
+            let mut body = vec![131, 68, 0, 104, 3, 97, 22];
+            encode(&from, &mut body);
+            encode(&to, &mut body);
+            encode(&msg, &mut body);
+            let mut f = (body.len() as u32).to_be_bytes().to_vec();
+            f.extend(body);
+            f
+        };
+        let out_f = frame(
+            pid("b@hostb", 5),
+            pid("a@hosta", 9),
+            Term::Tuple(vec![pid("b@hostb", 5), Term::Atom(Arc::from("ping"))]),
+        );
+        let in_f = frame(
+            pid("a@hosta", 9),
+            pid("b@hostb", 5),
+            Term::Tuple(vec![pid("a@hosta", 9), Term::Atom(Arc::from("ping"))]),
+        );
+        let mut o = Outbound::new(fw.clone(), false);
+        o.feed(&[0, 1, b'a'], false);
+        let mut i = Inbound::new(fw, true);
+        let hs = [0u8, 1, b'r'];
+        let mut segs = Vec::new();
+        i.feed(&hs, 0..3, &mut segs).unwrap();
+        let n = 200_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            o.feed(&out_f, false);
+        }
+        let to = t.elapsed();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            segs.clear();
+            i.feed(&in_f, 0..in_f.len(), &mut segs).unwrap();
+            assert_eq!(segs.len(), 2);
+        }
+        let ti = t.elapsed();
+        println!("outbound {:?}/frame, inbound {:?}/frame", to / n, ti / n);
     }
 }
