@@ -479,3 +479,63 @@ fn audit_mode_changes_nothing_and_reports_each_operation() {
     assert!(log.contains("dist policy audit: would refuse"), "{log}");
     assert!(s.hb.status().unwrap().contains("dist_policy=edge(audit)"));
 }
+
+/// A raw client holding hostc's valid certificate opens a tunnel to b and,
+/// past a handshake frame, sends a frame that is no distribution message:
+/// that tunnel ends, with a log line naming the cause; hostc's real node
+/// keeps talking to b meanwhile.
+#[test]
+fn a_malformed_frame_ends_that_tunnel_only() {
+    use erlmesh::config::TlsFiles;
+    use erlmesh::tls::{Tls, TlsConfigs};
+    use erlmesh::tunnel::dial::{Dialer, Tunnel};
+    use erlmesh::tunnel::preface::TunnelStatus;
+    use erlmesh::tunnel::record;
+    use tokio::io::AsyncReadExt;
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let files = TlsFiles::new(
+        s.c.path().join("certs/ca.pem"),
+        s.c.path().join("certs/hostc.pem"),
+        s.c.path().join("certs/hostc.key"),
+    );
+    let tls = Tls::new(TlsConfigs::load(&files, "hostc").unwrap());
+    let d = Dialer::new(
+        "hostb",
+        &format!("127.0.0.1:{}", s.hb.listen_port),
+        tls,
+        erlmesh::ops::metrics::Metrics::new([]),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ended = rt.block_on(async {
+        let (status, tunnel) = d.tunnel("b", &send_name("x@hostc")).await.unwrap();
+        assert_eq!(status, TunnelStatus::Ok);
+        let Tunnel { mut tcp, mut tx, .. } = tunnel;
+        // A challenge reply (its digest is garbage), then a 4-byte frame
+        // that starts with neither a header nor pass-through, in one record.
+        let mut bytes = vec![0, 21, b'r'];
+        bytes.extend([0u8; 20]);
+        bytes.extend([0, 0, 0, 2, 7, 7]);
+        record::send(&mut tcp, &mut tx, &bytes).await.unwrap();
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink))
+            .await
+            .is_ok()
+    });
+    assert!(ended, "the tunnel stayed open");
+    assert!(
+        wait_for(Duration::from_secs(5), || s.hb.log().contains(
+            "malformed distribution frame from the peer: a frame that is neither"
+        )),
+        "{}",
+        s.hb.log()
+    );
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    assert_eq!(
+        c.eval(&format!("gen_server:call({{cache, {NODE_B}}}, {{put, k, v}}).")),
+        "ok"
+    );
+}

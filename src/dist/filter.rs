@@ -1274,6 +1274,30 @@ mod tests {
     }
 
     #[test]
+    fn pass_through_frames_and_unknown_operations_are_judged_too() {
+        // 'p' frames carry terms with their version byte and no header.
+        let p_frame = |name: &str| {
+            let mut body = vec![etf::PASS_THROUGH, etf::VERSION];
+            body.extend(enc(&Term::Tuple(vec![Term::Int(6), peer_pid(), atom(""), atom(name)])));
+            body.push(etf::VERSION);
+            body.extend(enc(&atom("hello")));
+            let mut f = (body.len() as u32).to_be_bytes().to_vec();
+            f.extend(body);
+            f
+        };
+        let unknown = d_frame(&[0], &enc(&Term::Tuple(vec![Term::Int(99), peer_pid()])));
+        let (fw, mut inb, mut input) = inbound("b@pass-through");
+        let hs = input.len();
+        let (to_secret, to_cache) = (p_frame("secret"), p_frame("cache"));
+        for f in [&to_secret, &unknown, &to_cache] {
+            input.extend_from_slice(f);
+        }
+        let out = run(&mut inb, &input, 4096).unwrap();
+        assert_eq!(&out[hs..], &to_cache[..], "only the frame to the listed name passes");
+        assert!(fw.take_answers().is_empty(), "a dropped send is not answered");
+    }
+
+    #[test]
     fn ticks_and_handshake_pass_untouched_at_any_cut() {
         let mut input = vec![0, 3, b's', b'o', b'k', 0, 5, b'r', 1, 2, 3, 4];
         input.extend([0, 0, 0, 0, 0, 0, 0, 0]);
