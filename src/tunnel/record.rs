@@ -681,10 +681,10 @@ pub async fn splice(
         };
         let back = async {
             match &firewall {
-                None => open_to_node(&mut rr, &mut lw, &mut rx, &update_asked, &counted).await,
+                None => open_to_node(&mut rr, &mut lw, &mut rx, &update_asked, &counted, None).await,
                 Some(f) => {
                     let mut filter = Inbound::new(f.firewall.clone(), !f.node_dials);
-                    open_to_node_filtered(&mut rr, &mut lw, &mut rx, &update_asked, &counted, &mut filter).await
+                    open_to_node(&mut rr, &mut lw, &mut rx, &update_asked, &counted, Some(&mut filter)).await
                 }
             }
         };
@@ -758,21 +758,31 @@ async fn seal_from_node(
 /// The peer's records to the node: every complete record in the buffer
 /// opened in place, their plaintexts written with one vectored call; the
 /// peer's close_notify ends the direction, a bare TCP close is a
-/// truncation. Returns the bytes.
+/// truncation. Under a dist policy the plaintext goes through `filter`,
+/// which passes frames where they lie, holds, or drops them. Returns the
+/// bytes written to the node.
 async fn open_to_node(
     rr: &mut tokio::net::tcp::OwnedReadHalf,
     lw: &mut tokio::net::tcp::OwnedWriteHalf,
     rx: &mut Reader,
     update_asked: &AtomicBool,
     counted: &impl Fn(u64, u64),
+    mut filter: Option<&mut Inbound>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
-    let mut ranges = Vec::with_capacity(MAX_RANGES);
+    let mut segs = Vec::with_capacity(MAX_RANGES);
     let mut closed = false;
     loop {
-        while !closed && ranges.len() < MAX_RANGES {
+        let mut records = 0;
+        while !closed && records < MAX_RANGES {
             match rx.open_next()? {
-                Some(Opened::Data(range)) => ranges.push(range),
+                Some(Opened::Data(range)) => {
+                    records += 1;
+                    match filter.as_deref_mut() {
+                        None => segs.push(Seg::Buf(range)),
+                        Some(f) => f.feed(&rx.buf, range, &mut segs)?,
+                    }
+                }
                 Some(Opened::Skip) => {}
                 Some(Opened::UpdateRequested) => update_asked.store(true, Ordering::Relaxed),
                 Some(Opened::Closed) => {
@@ -782,11 +792,15 @@ async fn open_to_node(
                 None => break,
             }
         }
-        if !ranges.is_empty() {
-            let n = write_ranges(lw, &rx.buf, &ranges).await?;
+        if !segs.is_empty() {
+            let n = write_segs(lw, &rx.buf, &segs).await?;
             total += n;
             counted(0, n);
-            ranges.clear();
+            segs.clear();
+            continue;
+        }
+        // Records whose every frame was dropped or held: read on.
+        if records > 0 {
             continue;
         }
         if closed {
@@ -895,57 +909,8 @@ async fn send_answers(
     Ok(())
 }
 
-/// [`open_to_node`] under a dist policy: the opened plaintext goes through
-/// the firewall, which passes frames where they lie, holds, or drops them.
-async fn open_to_node_filtered(
-    rr: &mut tokio::net::tcp::OwnedReadHalf,
-    lw: &mut tokio::net::tcp::OwnedWriteHalf,
-    rx: &mut Reader,
-    update_asked: &AtomicBool,
-    counted: &impl Fn(u64, u64),
-    filter: &mut Inbound,
-) -> io::Result<u64> {
-    let mut total = 0u64;
-    let mut segs = Vec::new();
-    let mut closed = false;
-    loop {
-        let mut records = 0;
-        while !closed && records < MAX_RANGES {
-            match rx.open_next()? {
-                Some(Opened::Data(range)) => {
-                    records += 1;
-                    filter.feed(&rx.buf, range, &mut segs)?;
-                }
-                Some(Opened::Skip) => {}
-                Some(Opened::UpdateRequested) => update_asked.store(true, Ordering::Relaxed),
-                Some(Opened::Closed) => {
-                    closed = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-        if !segs.is_empty() {
-            let n = write_segs(lw, &rx.buf, &segs).await?;
-            total += n;
-            counted(0, n);
-            segs.clear();
-            continue;
-        }
-        if records > 0 {
-            continue;
-        }
-        if closed {
-            lw.shutdown().await?;
-            return Ok(total);
-        }
-        if rx.fill(rr).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
-
-/// Writes the firewall's output to the node, in order; returns the bytes.
+/// Writes what goes to the node (record plaintext where it lies, and the
+/// firewall's own bytes), in order, vectored; returns the bytes.
 async fn write_segs<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], segs: &[Seg]) -> io::Result<u64> {
     let mut total = 0u64;
     for group in segs.chunks(MAX_SLICES) {
@@ -990,29 +955,6 @@ async fn read_slots(r: &mut tokio::net::tcp::OwnedReadHalf, recs: &mut Vec<u8>) 
         // The rest (an error or the end) shows on the next read.
         Err(_) => Ok(n),
     }
-}
-
-/// Writes the parts of `buf` at `ranges` (at most [`MAX_RANGES`]) in order
-/// (vectored); returns the bytes written.
-async fn write_ranges<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    buf: &[u8],
-    ranges: &[std::ops::Range<usize>],
-) -> io::Result<u64> {
-    let mut slices = [io::IoSlice::new(&[]); MAX_RANGES];
-    for (slice, r) in slices.iter_mut().zip(ranges) {
-        *slice = io::IoSlice::new(&buf[r.clone()]);
-    }
-    let total: usize = ranges.iter().map(|r| r.len()).sum();
-    let mut bufs = &mut slices[..ranges.len()];
-    while !bufs.is_empty() {
-        let n = w.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        io::IoSlice::advance_slices(&mut bufs, n);
-    }
-    Ok(total as u64)
 }
 
 /// Fixed AES-256-GCM keys from a fixed traffic secret, for tests and fuzzing.
