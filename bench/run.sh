@@ -109,11 +109,10 @@ erlmesh|erlmesh-policy)
   [ -x "$em" ] || { echo "no erlmesh binary at $em (cargo build --release, or set ERLMESH)" >&2; exit 1; }
   make_certs "$c" hosta hostb
   ta=$(free_port); tb=$(free_port); ea=$(free_port); eb=$(free_port)
-  policy=""
-  [ "$mode" = erlmesh-policy ] && policy=$'[dist_policies.bench]\nmode = "enforce"\nspawn = false\nregistered = ["bench"]\nexit_signals = false'
-  write_conf "$w/hosta.toml" hosta "$ta" "$ea" "$w/state-hosta" "$c" "$policy"; add_peer "$w/hosta.toml" hostb "127.0.0.1:$tb"
-  write_conf "$w/hostb.toml" hostb "$tb" "$eb" "$w/state-hostb" "$c" "$policy"; add_peer "$w/hostb.toml" hosta "127.0.0.1:$ta"
-  if [ -n "$policy" ]; then for h in hosta hostb; do echo 'dist_policy = "bench"' >>"$w/$h.toml"; done; fi
+  policy=()
+  [ "$mode" = erlmesh-policy ] && policy=(--dist-policy bench --extra $'[dist_policies.bench]\nmode = "enforce"\nspawn = false\nregistered = ["bench"]\nexit_signals = false')
+  write_conf "$w/hosta.toml" hosta "$ta" "$ea" "$w/state-hosta" "$c" --peer "hostb=127.0.0.1:$tb" "${policy[@]}"
+  write_conf "$w/hostb.toml" hostb "$tb" "$eb" "$w/state-hostb" "$c" --peer "hosta=127.0.0.1:$ta" "${policy[@]}"
   for h in hosta hostb; do
     "$em" run --config "$w/$h.toml" 2>"$w/$h.mesh.log" & pids+=($!); proxies+=($!)
   done

@@ -11,8 +11,8 @@ w=$(mktemp -d /tmp/erlmesh-tunnels.XXXXXX); c=$w/certs
 . "$here/../scripts/lib.sh"
 make_certs "$c" hosta hostb
 ta=$(free_port); tb=$(free_port); ea=$(free_port); eb=$(free_port)
-write_conf "$w/hosta.toml" hosta "$ta" "$ea" "$w/state-hosta" "$c"; add_peer "$w/hosta.toml" hostb "127.0.0.1:$tb"
-write_conf "$w/hostb.toml" hostb "$tb" "$eb" "$w/state-hostb" "$c"; add_peer "$w/hostb.toml" hosta "127.0.0.1:$ta"
+write_conf "$w/hosta.toml" hosta "$ta" "$ea" "$w/state-hosta" "$c" --peer "hostb=127.0.0.1:$tb"
+write_conf "$w/hostb.toml" hostb "$tb" "$eb" "$w/state-hostb" "$c" --peer "hosta=127.0.0.1:$ta"
 for h in hosta hostb; do RUST_LOG=erlmesh=debug "$em" run --config "$w/$h.toml" 2>"$w/$h.log" & mesh+=($!); done
 for h in hosta hostb; do wait_ready "$w/$h.toml" "$w/$h.log"; done
 rss() { local t=0; for p in "${mesh[@]}"; do t=$((t + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $t; }

@@ -17,10 +17,8 @@ step "certificates: one cluster CA, one certificate per host (erlmesh cert)"
 "$em" cert issue --dir "$w/certs" --host hostb
 
 tls_a=$(free_port); tls_b=$(free_port); epmd_a=$(free_port); epmd_b=$(free_port)
-write_conf "$w/hosta.toml" hosta "$tls_a" "$epmd_a" "$w/state-hosta" "$w/certs"
-add_peer "$w/hosta.toml" hostb "127.0.0.1:$tls_b"
-write_conf "$w/hostb.toml" hostb "$tls_b" "$epmd_b" "$w/state-hostb" "$w/certs"
-add_peer "$w/hostb.toml" hosta "127.0.0.1:$tls_a"
+write_conf "$w/hosta.toml" hosta "$tls_a" "$epmd_a" "$w/state-hosta" "$w/certs" --peer "hostb=127.0.0.1:$tls_b"
+write_conf "$w/hostb.toml" hostb "$tls_b" "$epmd_b" "$w/state-hostb" "$w/certs" --peer "hosta=127.0.0.1:$tls_a"
 echo "hosta's config:"; sed 's/^/    /' "$w/hosta.toml"
 step "two erlmesh proxies: hosta on TLS port $tls_a, hostb on $tls_b"
 for h in hosta hostb; do

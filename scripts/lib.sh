@@ -51,15 +51,17 @@ make_certs() {
   for h in "$@"; do "$em" cert issue --dir "$dir" --host "$h" >/dev/null; done
 }
 
-# write_conf FILE HOST TLS_PORT EPMD_PORT STATE_DIR CERT_DIR [EXTRA]: a
-# loopback host's config; add peers with add_peer.
+# write_conf FILE HOST TLS_PORT EPMD_PORT STATE_DIR CERT_DIR [OPTION...]: a
+# loopback host's config, written by `erlmesh config init` (the one config
+# writer, which the Rust tests' harness uses too) and checked as `erlmesh
+# run` checks it. OPTIONs are config init's: --peer HOST=ADDRESS, --seed
+# ADDRESS, --extra TOML, --dist-policy NAME.
 write_conf() {
-  printf 'host = "%s"\nlisten = "127.0.0.1:%s"\nepmd_port = %s\nstate_dir = "%s"\n%s\n[tls]\nca = "%s/ca.pem"\ncert = "%s/%s.pem"\nkey = "%s/%s.key"\n' \
-    "$2" "$3" "$4" "$5" "${7:-}" "$6" "$6" "$2" "$6" "$2" >"$1"
+  local file=$1 host=$2 tls=$3 epmd=$4 state=$5 certs=$6
+  shift 6
+  "$em" config init --force --output "$file" --host "$host" --listen "127.0.0.1:$tls" \
+    --epmd-port "$epmd" --state-dir "$state" --certs "$certs" "$@"
 }
-
-# add_peer FILE HOST ADDRESS
-add_peer() { printf '\n[[peers]]\nhost = "%s"\naddress = "%s"\n' "$2" "$3" >>"$1"; }
 
 # wait_ready CONF LOG: until the erlmesh running with CONF says it is ready
 # on its control socket (`erlmesh status`: every listener bound, the join

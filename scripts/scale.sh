@@ -17,8 +17,8 @@ make_certs "$w/certs" $(seq -f 'h%g' 0 $((n - 1)))
 tls=(); epmd=()
 for i in $(seq 0 $((n - 1))); do tls+=("$(free_port)"); epmd+=("$(free_port)"); done
 for i in $(seq 0 $((n - 1))); do
-  seeds=""; [ "$i" -gt 0 ] && seeds="seeds = [\"127.0.0.1:${tls[0]}\"]"
-  write_conf "$w/h$i.toml" "h$i" "${tls[$i]}" "${epmd[$i]}" "$w/state-h$i" "$w/certs" "$seeds"
+  seeds=(); [ "$i" -gt 0 ] && seeds=(--seed "127.0.0.1:${tls[0]}")
+  write_conf "$w/h$i.toml" "h$i" "${tls[$i]}" "${epmd[$i]}" "$w/state-h$i" "$w/certs" "${seeds[@]}"
 done
 t0=$(date +%s.%N)
 "$em" run --config "$w/h0.toml" 2>"$w/h0.log" & mesh+=($!)

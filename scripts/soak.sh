@@ -18,8 +18,7 @@ declare -A tls epmd
 for h in hosta hostb; do tls[$h]=$(free_port); epmd[$h]=$(free_port); done
 for h in hosta hostb; do
   p=hostb; [ $h = hostb ] && p=hosta
-  write_conf "$w/$h.toml" $h "${tls[$h]}" "${epmd[$h]}" "$w/state-$h" "$w/certs"
-  add_peer "$w/$h.toml" $p "127.0.0.1:${tls[$p]}"
+  write_conf "$w/$h.toml" $h "${tls[$h]}" "${epmd[$h]}" "$w/state-$h" "$w/certs" --peer "$p=127.0.0.1:${tls[$p]}"
 done
 peak=0
 start_mesh() { # index host

@@ -69,6 +69,51 @@ pub enum Command {
     /// Make the cluster CA and host certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Write a config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Write a starting config for HOST with the certificates `erlmesh cert`
+    /// made in --certs (ca.pem, HOST.pem, HOST.key), checked as `erlmesh
+    /// run` would check it. Refuses to overwrite without --force.
+    Init {
+        /// This host's name (the host part of its nodes' names).
+        #[arg(long)]
+        host: String,
+        /// Where the config goes.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// The directory of ca.pem, HOST.pem and HOST.key.
+        #[arg(long)]
+        certs: PathBuf,
+        /// The TLS port peers connect to.
+        #[arg(long, default_value = "0.0.0.0:4370")]
+        listen: String,
+        /// The EPMD port local nodes use.
+        #[arg(long, default_value_t = 4369)]
+        epmd_port: u16,
+        /// Where the resolver files and the control socket live.
+        #[arg(long, default_value = "/run/erlmesh")]
+        state_dir: String,
+        /// A peer host, HOST=ADDRESS (repeatable).
+        #[arg(long = "peer", value_name = "HOST=ADDRESS")]
+        peers: Vec<String>,
+        /// A host to join through (repeatable).
+        #[arg(long = "seed", value_name = "ADDRESS")]
+        seeds: Vec<String>,
+        /// More top-level TOML (tables such as [dist_policies.NAME] included).
+        #[arg(long, default_value = "")]
+        extra: String,
+        /// Every peer holds to this dist policy (defined in --extra).
+        #[arg(long)]
+        dist_policy: Option<String>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -178,6 +178,79 @@ pub struct Peer {
     pub policy: Policy,
 }
 
+/// A config as a tool writes one, before it is validated: the one writer
+/// of config files (`erlmesh config init`, which the scripts use, and the
+/// integration tests' harness).
+#[derive(Debug, Clone, Default)]
+pub struct Sketch {
+    pub host: String,
+    pub listen: String,
+    pub epmd_port: u16,
+    pub state_dir: String,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    pub seeds: Vec<String>,
+    pub peers: Vec<SketchPeer>,
+    /// More top-level lines, tables such as `[dist_policies.NAME]` included.
+    pub extra: String,
+    /// More lines in `[tls]`.
+    pub tls_extra: String,
+}
+
+/// One `[[peers]]` entry of a [`Sketch`].
+#[derive(Debug, Clone, Default)]
+pub struct SketchPeer {
+    pub host: String,
+    pub address: String,
+    pub nodes: Option<Vec<String>>,
+    pub local_nodes: Option<Vec<String>>,
+    pub dist_policy: Option<String>,
+}
+
+impl Sketch {
+    /// The TOML text.
+    pub fn render(&self) -> String {
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+        let mut c = format!(
+            "host = {}\nlisten = {}\nepmd_port = {}\nstate_dir = {}\n",
+            q(&self.host),
+            q(&self.listen),
+            self.epmd_port,
+            q(&self.state_dir)
+        );
+        if !self.seeds.is_empty() {
+            c.push_str(&format!("seeds = [{}]\n", list(&self.seeds)));
+        }
+        c.push_str(&format!(
+            "{}\n[tls]\nca = {}\ncert = {}\nkey = {}\n{}\n",
+            self.extra,
+            q(&self.ca),
+            q(&self.cert),
+            q(&self.key),
+            self.tls_extra
+        ));
+        for p in &self.peers {
+            c.push_str(&format!(
+                "\n[[peers]]\nhost = {}\naddress = {}\n",
+                q(&p.host),
+                q(&p.address)
+            ));
+            if let Some(n) = &p.nodes {
+                c.push_str(&format!("nodes = [{}]\n", list(n)));
+            }
+            if let Some(n) = &p.local_nodes {
+                c.push_str(&format!("local_nodes = [{}]\n", list(n)));
+            }
+            if let Some(d) = &p.dist_policy {
+                c.push_str(&format!("dist_policy = {}\n", q(d)));
+            }
+        }
+        c
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -698,6 +771,34 @@ address = "hostc.example.com:4370"
         assert!(e.contains("dist_policies.edge.registered[0]"), "{e}");
         let e = err(&text.replace("exit_signals = true", "exit_signal = true"));
         assert!(e.contains("exit_signal"), "{e}");
+    }
+
+    #[test]
+    fn a_sketch_renders_a_config_that_loads() {
+        let s = Sketch {
+            host: "hosta".into(),
+            listen: "127.0.0.1:4370".into(),
+            epmd_port: 4369,
+            state_dir: "state \"a\"".into(),
+            ca: "certs/ca.pem".into(),
+            cert: "certs/hosta.pem".into(),
+            key: "certs/hosta.key".into(),
+            seeds: vec!["hostb:4370".into()],
+            peers: vec![SketchPeer {
+                host: "hostb".into(),
+                address: "127.0.0.1:4371".into(),
+                nodes: Some(vec!["web*".into()]),
+                local_nodes: None,
+                dist_policy: Some("edge".into()),
+            }],
+            extra: "[dist_policies.edge]\nspawn = false".into(),
+            tls_extra: String::new(),
+        };
+        let c = Config::parse(Path::new("/x/erlmesh.toml"), &s.render()).unwrap();
+        assert_eq!(c.state_dir, Path::new("/x/state \"a\""));
+        assert_eq!(c.seeds, ["hostb:4370"]);
+        assert!(c.peers[0].policy.allows_remote("web1") && !c.peers[0].policy.allows_remote("db"));
+        assert_eq!(c.peers[0].policy.dist.as_ref().unwrap().name, "edge");
     }
 
     #[test]

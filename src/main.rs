@@ -66,7 +66,62 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(c) => cert(c),
+        Command::Config(c) => config_init(c),
     }
+}
+
+/// `erlmesh config init`: a config rendered by the one writer, checked
+/// as `erlmesh run` checks it, then written.
+fn config_init(c: erlmesh::cli::ConfigCommand) -> anyhow::Result<()> {
+    let erlmesh::cli::ConfigCommand::Init {
+        host,
+        output,
+        certs,
+        listen,
+        epmd_port,
+        state_dir,
+        peers,
+        seeds,
+        extra,
+        dist_policy,
+        force,
+    } = c;
+    // The certificates' directory as given on the command line (relative to
+    // here), not relative to the config file as the config's paths are.
+    let certs = std::path::absolute(&certs).with_context(|| format!("--certs {}", certs.display()))?;
+    let path = |f: String| certs.join(f).to_string_lossy().into_owned();
+    let peers = peers
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((h, a)) if !h.is_empty() && !a.is_empty() => Ok(erlmesh::config::SketchPeer {
+                host: h.to_owned(),
+                address: a.to_owned(),
+                dist_policy: dist_policy.clone(),
+                ..Default::default()
+            }),
+            _ => anyhow::bail!("--peer {p:?}: expected HOST=ADDRESS"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sketch = erlmesh::config::Sketch {
+        ca: path("ca.pem".into()),
+        cert: path(format!("{host}.pem")),
+        key: path(format!("{host}.key")),
+        host,
+        listen,
+        epmd_port,
+        state_dir,
+        seeds,
+        peers,
+        extra,
+        tls_extra: String::new(),
+    };
+    let text = sketch.render();
+    Config::parse(&output, &text)?;
+    if output.exists() && !force {
+        anyhow::bail!("{}: exists (use --force to replace it)", output.display());
+    }
+    std::fs::write(&output, text).with_context(|| format!("writing {}", output.display()))?;
+    Ok(())
 }
 
 /// `erlmesh run`: logging, config, descriptor limit, the runtime, and the

@@ -139,3 +139,65 @@ fn env_lines_for_embedded_and_system_epmd() {
         "{out}"
     );
 }
+
+#[test]
+fn config_init_writes_a_config_that_runs_and_refuses_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    let certs = d.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    assert!(erlmesh(&["cert", "ca", "--dir", certs]).0);
+    assert!(erlmesh(&["cert", "issue", "--dir", certs, "--host", "hosta"]).0);
+    let conf = d.path().join("hosta.toml");
+    let conf = conf.to_str().unwrap();
+    let init = |extra: &[&str]| {
+        let mut args = vec![
+            "config",
+            "init",
+            "--host",
+            "hosta",
+            "--output",
+            conf,
+            "--certs",
+            certs,
+            "--listen",
+            "127.0.0.1:24370",
+            "--epmd-port",
+            "24369",
+            "--state-dir",
+            "state",
+            "--peer",
+            "hostb=127.0.0.1:24371",
+        ];
+        args.extend_from_slice(extra);
+        erlmesh(&args)
+    };
+    let policy = "[dist_policies.edge]\nregistered = [\"cache\"]";
+    let (ok, _, err) = init(&["--extra", policy, "--dist-policy", "edge"]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(conf).unwrap();
+    assert!(
+        text.contains("dist_policy = \"edge\"") && text.contains("address = \"127.0.0.1:24371\""),
+        "{text}"
+    );
+    // It is what `erlmesh run` reads: env lines come out of it.
+    let (ok, out, err) = erlmesh(&["env", "--config", conf]);
+    assert!(ok && out.contains("ERL_EPMD_PORT='24369'"), "{out}{err}");
+    // Not overwritten silently; bad input named.
+    let (ok, _, err) = init(&[]);
+    assert!(!ok && err.contains("exists") && err.contains("--force"), "{err}");
+    let (ok, _, err) = init(&["--force", "--peer", "hostc"]);
+    assert!(
+        !ok && err.contains("--peer \"hostc\"") && err.contains("HOST=ADDRESS"),
+        "{err}"
+    );
+    let (ok, _, err) = init(&["--force", "--dist-policy", "nope"]);
+    assert!(
+        !ok && err.contains("peers[0].dist_policy") && err.contains("no [dist_policies.nope]"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(conf).unwrap(),
+        text,
+        "a refused init left the file as it was"
+    );
+}

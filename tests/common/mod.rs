@@ -276,30 +276,38 @@ impl Host {
         self.dir.join(format!("{}.erlmesh.log", self.name))
     }
 
-    /// Writes this host's config: the one writer every test uses.
+    /// Writes this host's config with erlmesh's own writer
+    /// (`config::Sketch`, also behind `erlmesh config init`, which the
+    /// scripts use), unchecked: tests write broken configs on purpose.
     pub fn write_config(&self) {
-        let q = |v: &[String]| v.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
-        let mut c = format!(
-            "host = \"{}\"\nlisten = \"{}:{}\"\nepmd_port = {}\nstate_dir = \"state-{}\"\n",
-            self.name, self.listen_ip, self.listen_port, self.epmd_port, self.name
-        );
-        if !self.seeds.is_empty() {
-            c.push_str(&format!("seeds = [{}]\n", q(&self.seeds)));
-        }
-        c.push_str(&format!(
-            "{}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n{}\n",
-            self.extra, self.ca, self.cert, self.key, self.tls_extra
-        ));
-        for (h, addr) in &self.peers {
-            c.push_str(&format!("\n[[peers]]\nhost = \"{h}\"\naddress = \"{addr}\"\n"));
-            if let Some((_, nodes, local)) = self.policies.iter().find(|(p, _, _)| p == h) {
-                c.push_str(&format!("nodes = [{}]\nlocal_nodes = [{}]\n", q(nodes), q(local)));
-            }
-            if let Some((_, d)) = self.dist_policies.iter().find(|(p, _)| p == h) {
-                c.push_str(&format!("dist_policy = {d:?}\n"));
-            }
-        }
-        std::fs::write(self.config_path(), c).unwrap();
+        let peers = self
+            .peers
+            .iter()
+            .map(|(h, addr)| {
+                let policy = self.policies.iter().find(|(p, _, _)| p == h);
+                erlmesh::config::SketchPeer {
+                    host: h.clone(),
+                    address: addr.clone(),
+                    nodes: policy.map(|(_, n, _)| n.clone()),
+                    local_nodes: policy.map(|(_, _, l)| l.clone()),
+                    dist_policy: self.dist_policies.iter().find(|(p, _)| p == h).map(|(_, d)| d.clone()),
+                }
+            })
+            .collect();
+        let sketch = erlmesh::config::Sketch {
+            host: self.name.clone(),
+            listen: format!("{}:{}", self.listen_ip, self.listen_port),
+            epmd_port: self.epmd_port,
+            state_dir: format!("state-{}", self.name),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            seeds: self.seeds.clone(),
+            peers,
+            extra: self.extra.clone(),
+            tls_extra: self.tls_extra.clone(),
+        };
+        std::fs::write(self.config_path(), sketch.render()).unwrap();
     }
 
     /// The running erlmesh's `/status`, from its control socket.
