@@ -663,19 +663,11 @@ pub async fn splice(
         // same loops with the firewall between the records and the node.
         let out = async {
             match &firewall {
-                None => seal_from_node(&mut lr, &mut rw, &mut tx, &update_asked, &counted).await,
+                None => seal_from_node(&mut lr, &mut rw, &mut tx, &update_asked, &counted, None).await,
                 Some(f) => {
                     let mut reader = Outbound::new(f.firewall.clone(), f.node_dials);
-                    seal_from_node_filtered(
-                        &mut lr,
-                        &mut rw,
-                        &mut tx,
-                        &update_asked,
-                        &counted,
-                        &f.firewall,
-                        &mut reader,
-                    )
-                    .await
+                    let filter = Some((&*f.firewall, &mut reader));
+                    seal_from_node(&mut lr, &mut rw, &mut tx, &update_asked, &counted, filter).await
                 }
             }
         };
@@ -717,21 +709,38 @@ pub async fn splice(
 
 /// The node's bytes to the peer: read straight into record slots, sealed
 /// in place, written with one call; a KeyUpdate first when the key is due
-/// or the peer asked; close_notify at the node's end. Returns the bytes.
+/// or the peer asked; close_notify at the node's end. Under a dist policy
+/// the node's frames are read too (for the pids it gives the peer), and
+/// answers to refused requests go out between two of its frames. Returns
+/// the bytes.
 async fn seal_from_node(
     lr: &mut tokio::net::tcp::OwnedReadHalf,
     rw: &mut tokio::net::tcp::OwnedWriteHalf,
     tx: &mut Keys,
     update_asked: &AtomicBool,
     counted: &impl Fn(u64, u64),
+    mut filter: Option<(&Firewall, &mut Outbound)>,
 ) -> io::Result<u64> {
     // Record slots, back to back: a read fills them in order, so every
     // sealed record but the last is full and they lie contiguous. One slot
     // at first, BATCH once a read fills it.
     let mut recs = vec![0u8; FULL_RECORD];
+    // Answers, and the rare read split to let them in, are sealed here.
+    let mut spare = Vec::new();
     let mut total = 0u64;
     loop {
-        let n = read_slots(lr, &mut recs).await?;
+        let n = match filter.as_mut() {
+            None => read_slots(lr, &mut recs).await?,
+            Some((fw, reader)) => tokio::select! {
+                r = read_slots(lr, &mut recs) => r?,
+                _ = fw.wake.notified() => {
+                    if reader.at_boundary() {
+                        send_answers(rw, tx, fw, &mut spare).await?;
+                    }
+                    continue;
+                }
+            },
+        };
         if n == 0 {
             write_record(rw, tx, &[1, CLOSE_NOTIFY], ALERT).await?;
             rw.shutdown().await?;
@@ -739,6 +748,33 @@ async fn seal_from_node(
         }
         if update_asked.swap(false, Ordering::Relaxed) || tx.due(n.div_ceil(MAX_PLAINTEXT)) {
             send_key_update(rw, tx).await?;
+        }
+        if let Some((fw, reader)) = filter.as_mut() {
+            if fw.has_answers() {
+                // Answers wait for a frame boundary: split the read there.
+                let plain = plaintext_of(&recs, n);
+                let mut off = 0;
+                while off < n {
+                    let used = reader.feed(&plain[off..], true);
+                    seal_all(rw, tx, &plain[off..off + used], &mut spare).await?;
+                    off += used;
+                    if reader.at_boundary() {
+                        send_answers(rw, tx, fw, &mut spare).await?;
+                    }
+                }
+                total += n as u64;
+                counted(n as u64, 0);
+                continue;
+            }
+            let mut left = n;
+            for slot in recs.chunks(FULL_RECORD) {
+                let k = left.min(MAX_PLAINTEXT);
+                reader.feed(&slot[HEADER..HEADER + k], false);
+                left -= k;
+                if left == 0 {
+                    break;
+                }
+            }
         }
         let (mut left, mut end) = (n, 0);
         for slot in recs.chunks_mut(FULL_RECORD) {
@@ -753,6 +789,19 @@ async fn seal_from_node(
         total += n as u64;
         counted(n as u64, 0);
     }
+}
+
+/// The plaintext of the first `n` bytes read into record slots.
+fn plaintext_of(recs: &[u8], n: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(n);
+    for slot in recs.chunks(FULL_RECORD) {
+        let k = (n - v.len()).min(MAX_PLAINTEXT);
+        v.extend_from_slice(&slot[HEADER..HEADER + k]);
+        if v.len() == n {
+            break;
+        }
+    }
+    v
 }
 
 /// The peer's records to the node: every complete record in the buffer
@@ -820,57 +869,8 @@ pub struct Firewalled {
     pub node_dials: bool,
 }
 
-/// Plaintext read from a node at once under a dist policy.
-const FILTERED_READ: usize = BATCH * MAX_PLAINTEXT;
 /// Pieces written to a node with one vectored call.
 const MAX_SLICES: usize = 64;
-
-/// [`seal_from_node`] under a dist policy: the node's frames are read (for
-/// the pids it gives the peer) and answers to refused requests go out
-/// between two of its frames. Records are sealed from a copy.
-async fn seal_from_node_filtered(
-    lr: &mut tokio::net::tcp::OwnedReadHalf,
-    rw: &mut tokio::net::tcp::OwnedWriteHalf,
-    tx: &mut Keys,
-    update_asked: &AtomicBool,
-    counted: &impl Fn(u64, u64),
-    fw: &Firewall,
-    reader: &mut Outbound,
-) -> io::Result<u64> {
-    let mut plain = vec![0u8; FILTERED_READ];
-    let mut recs = Vec::with_capacity(BATCH * FULL_RECORD);
-    let mut total = 0u64;
-    loop {
-        let n = tokio::select! {
-            r = lr.read(&mut plain) => r?,
-            _ = fw.wake.notified() => {
-                if reader.at_boundary() {
-                    send_answers(rw, tx, fw, &mut recs).await?;
-                }
-                continue;
-            }
-        };
-        if n == 0 {
-            write_record(rw, tx, &[1, CLOSE_NOTIFY], ALERT).await?;
-            rw.shutdown().await?;
-            return Ok(total);
-        }
-        if update_asked.swap(false, Ordering::Relaxed) {
-            send_key_update(rw, tx).await?;
-        }
-        let mut off = 0;
-        while off < n {
-            let used = reader.feed(&plain[off..n], fw.has_answers());
-            seal_all(rw, tx, &plain[off..off + used], &mut recs).await?;
-            off += used;
-            if reader.at_boundary() && fw.has_answers() {
-                send_answers(rw, tx, fw, &mut recs).await?;
-            }
-        }
-        total += n as u64;
-        counted(n as u64, 0);
-    }
-}
 
 /// Seals `data` into as many records as it takes, written with one call.
 async fn seal_all(
