@@ -704,6 +704,10 @@ pub struct Outbound {
     phase: Phase,
     at: OutAt,
     cache: AtomCache,
+    /// The walk of the frame being read, when it is a whole message (or a
+    /// fragmented message's last fragment).
+    current: Option<(Refs, Walker)>,
+    /// The walks of fragmented messages in progress.
     seqs: HashMap<u64, (Refs, Walker)>,
 }
 
@@ -742,6 +746,7 @@ impl Outbound {
             },
             at: OutAt::Len { got: [0; 4], n: 0 },
             cache: AtomCache::default(),
+            current: None,
             seqs: HashMap::new(),
         }
     }
@@ -847,15 +852,18 @@ impl Outbound {
                 OutAt::Walk { left, seq } => {
                     let k = (*left).min(avail);
                     let chunk = &data[pos..pos + k];
-                    let key = seq.unwrap_or(CURRENT);
-                    if let Some((refs, w)) = self.seqs.get_mut(&key) {
+                    let walk = match seq {
+                        None => self.current.as_mut(),
+                        Some(s) => self.seqs.get_mut(s),
+                    };
+                    if let Some((refs, w)) = walk {
                         w.feed(chunk, &refs.atoms, &mut |f| give(&mut mem, f));
                     }
                     *left -= k;
                     pos += k;
                     if *left == 0 {
                         if seq.is_none() {
-                            self.seqs.remove(&CURRENT);
+                            self.current = None;
                         }
                         self.at = OutAt::Len { got: [0; 4], n: 0 };
                     }
@@ -880,7 +888,7 @@ impl Outbound {
         match self.at {
             OutAt::Walk { left: 0, seq } => {
                 if seq.is_none() {
-                    self.seqs.remove(&CURRENT);
+                    self.current = None;
                 }
                 self.at = OutAt::Len { got: [0; 4], n: 0 };
             }
@@ -946,7 +954,7 @@ impl Outbound {
                 (used, Some(HeadDone::Walk(Some(s))))
             }
             _ => {
-                self.seqs.insert(CURRENT, (refs, walker));
+                self.current = Some((refs, walker));
                 (used, Some(HeadDone::Walk(None)))
             }
         }
@@ -956,7 +964,7 @@ impl Outbound {
         if frag <= 1 {
             // The last fragment: walked, then forgotten.
             if let Some(v) = self.seqs.remove(&seq) {
-                self.seqs.insert(CURRENT, v);
+                self.current = Some(v);
                 return HeadDone::Walk(None);
             }
             return HeadDone::Skip;
@@ -983,9 +991,6 @@ fn challenge_name(f: &[u8]) -> Option<&str> {
     };
     std::str::from_utf8(name).ok()
 }
-
-/// The walk of the frame being read when it is not a fragment.
-const CURRENT: u64 = u64::MAX;
 
 enum HeadDone {
     Walk(Option<u64>),
