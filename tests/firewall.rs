@@ -107,160 +107,92 @@ fn start_c(s: &Story, b: &mut Node) -> Node {
     c
 }
 
-/// Every route from c to running code or reaching the unlisted on b.
-fn attacks(dir: &Path, c: &mut Node) -> Vec<(&'static str, String)> {
-    let w = |r: &str| write(dir, r);
-    let mut out = Vec::new();
-    let mut run = |route: &'static str, expr: String| {
-        let v = c.eval(&expr);
-        out.push((route, v));
-    };
-    run(
-        "rpc_call",
-        format!(
-            "rpc:call({NODE_B}, file, write_file, [\"{}\", <<>>], 10000).",
-            marker(dir, "rpc_call").display()
-        ),
-    );
-    run(
-        "rpc_cast",
-        format!(
-            "rpc:cast({NODE_B}, file, write_file, [\"{}\", <<>>]).",
-            marker(dir, "rpc_cast").display()
-        ),
-    );
-    run(
-        "rpc_multicall",
-        format!(
-            "rpc:multicall([{NODE_B}], file, write_file, [\"{}\", <<>>], 10000).",
-            marker(dir, "rpc_multicall").display()
-        ),
-    );
-    run(
-        "erpc_call",
-        format!("catch erpc:call({NODE_B}, fun() -> {} end, 10000).", w("erpc_call")),
-    );
-    run(
-        "erpc_cast",
-        format!("erpc:cast({NODE_B}, fun() -> {} end).", w("erpc_cast")),
-    );
-    run(
-        "spawn2",
-        format!("is_pid(spawn({NODE_B}, fun() -> {} end)).", w("spawn2")),
-    );
-    run(
-        "spawn4",
-        format!(
-            "catch spawn({NODE_B}, file, write_file, [\"{}\", <<>>]).",
-            marker(dir, "spawn4").display()
-        ),
-    );
-    // Linked and monitored spawns from a middleman: a refused spawn_link
-    // gives the caller an exit signal, as a failed one does.
-    run(
-        "spawn_link",
-        format!(
-            "is_pid(spawn(fun() -> catch spawn_link({NODE_B}, fun() -> {} end) end)).",
-            w("spawn_link")
-        ),
-    );
-    run(
-        "spawn_opt",
-        format!(
-            "catch spawn_opt({NODE_B}, file, write_file, [\"{}\", <<>>], [monitor]).",
-            marker(dir, "spawn_opt").display()
-        ),
-    );
-    run(
-        "rex_message",
-        format!(
-            "{{rex, {NODE_B}}} ! {{self(), {{call, file, write_file, [\"{}\", <<>>], group_leader()}}}}.",
-            marker(dir, "rex_message").display()
-        ),
-    );
-    run(
+/// Every route from c to running code or reaching the unlisted on b, as
+/// (route, expression): `{B}` is b's node, `{P}` the route's marker file
+/// (a string), `{W}` an expression that writes it.
+const ROUTES: &[(&str, &str)] = &[
+    ("rpc_call", "rpc:call({B}, file, write_file, [{P}, <<>>], 10000)."),
+    ("rpc_cast", "rpc:cast({B}, file, write_file, [{P}, <<>>])."),
+    ("rpc_multicall", "rpc:multicall([{B}], file, write_file, [{P}, <<>>], 10000)."),
+    ("erpc_call", "catch erpc:call({B}, fun() -> {W} end, 10000)."),
+    ("erpc_cast", "erpc:cast({B}, fun() -> {W} end)."),
+    ("spawn2", "is_pid(spawn({B}, fun() -> {W} end))."),
+    ("spawn4", "catch spawn({B}, file, write_file, [{P}, <<>>])."),
+    // Linked from a middleman: a refused spawn_link gives the caller an
+    // exit signal, as a failed one does.
+    ("spawn_link", "is_pid(spawn(fun() -> catch spawn_link({B}, fun() -> {W} end) end))."),
+    ("spawn_opt", "catch spawn_opt({B}, file, write_file, [{P}, <<>>], [monitor])."),
+    ("rex_message", "{rex, {B}} ! {self(), {call, file, write_file, [{P}, <<>>], group_leader()}}."),
+    (
         "rex_call",
-        format!(
-            "catch gen_server:call({{rex, {NODE_B}}}, {{call, file, write_file, [\"{}\", <<>>], group_leader()}}, 10000).",
-            marker(dir, "rex_call").display()
-        ),
-    );
-    run("secret", format!("{{secret, {NODE_B}}} ! hello."));
-    run("init_stop", format!("{{init, {NODE_B}}} ! {{stop, stop}}."));
-    run(
+        "catch gen_server:call({rex, {B}}, {call, file, write_file, [{P}, <<>>], group_leader()}, 10000).",
+    ),
+    ("secret", "{secret, {B}} ! hello."),
+    ("init_stop", "{init, {B}} ! {stop, stop}."),
+    (
         "app_controller",
-        format!("catch gen_server:call({{application_controller, {NODE_B}}}, {{stop_application, kernel}}, 10000)."),
-    );
-    run(
+        "catch gen_server:call({application_controller, {B}}, {stop_application, kernel}, 10000).",
+    ),
+    (
         "code_server",
-        format!("begin {{code_server, {NODE_B}}} ! {{code_call, self(), get_path}}, receive {{code_server, _}} -> answered after 1000 -> silent end end."),
-    );
-    run(
+        "begin {code_server, {B}} ! {code_call, self(), get_path}, receive {code_server, _} -> answered after 1000 -> silent end end.",
+    ),
+    (
         "prim_loader",
-        format!("begin {{erl_prim_loader, {NODE_B}}} ! {{self(), {{list_dir, \"/\"}}}}, receive {{erl_prim_loader, _}} -> answered after 1000 -> silent end end."),
-    );
-    run(
+        "begin {erl_prim_loader, {B}} ! {self(), {list_dir, \"/\"}}, receive {erl_prim_loader, _} -> answered after 1000 -> silent end end.",
+    ),
+    (
         "user_io",
-        format!(
-            "{{user, {NODE_B}}} ! {{io_request, self(), make_ref(), {{put_chars, unicode, file, write_file, [\"{}\", <<>>]}}}}.",
-            marker(dir, "user_io").display()
-        ),
-    );
-    run(
+        "{user, {B}} ! {io_request, self(), make_ref(), {put_chars, unicode, file, write_file, [{P}, <<>>]}}.",
+    ),
+    (
         "group_leader_io",
-        format!(
-            "begin {{_, _, GL, _}} = persistent_term:get(pids), R = make_ref(), GL ! {{io_request, self(), R, {{put_chars, unicode, file, write_file, [\"{}\", <<>>]}}}}, receive {{io_reply, R, X}} -> X after 1000 -> silent end end.",
-            marker(dir, "group_leader_io").display()
-        ),
-    );
-    run(
-        "net_kernel_relay",
-        format!("{{net_kernel, {NODE_B}}} ! {{self(), registered_send, secret, hello}}."),
-    );
-    run(
+        "begin {_, _, GL, _} = persistent_term:get(pids), R = make_ref(), GL ! {io_request, self(), R, {put_chars, unicode, file, write_file, [{P}, <<>>]}}, receive {io_reply, R, X} -> X after 1000 -> silent end end.",
+    ),
+    ("net_kernel_relay", "{net_kernel, {B}} ! {self(), registered_send, secret, hello}."),
+    (
         "net_kernel_spawn",
-        format!(
-            "catch gen_server:call({{net_kernel, {NODE_B}}}, {{spawn, file, write_file, [\"{}\", <<>>], group_leader()}}, 1000).",
-            marker(dir, "net_kernel_spawn").display()
-        ),
-    );
-    run(
+        "catch gen_server:call({net_kernel, {B}}, {spawn, file, write_file, [{P}, <<>>], group_leader()}, 1000).",
+    ),
+    (
         "global_registrar",
-        format!(
-            "catch gen_server:call({{global_name_server, {NODE_B}}}, {{registrar, fun() -> {} end}}, 1000).",
-            w("global_registrar")
-        ),
-    );
-    run(
+        "catch gen_server:call({global_name_server, {B}}, {registrar, fun() -> {W} end}, 1000).",
+    ),
+    (
         "sys_replace_state",
-        format!(
-            "begin {{P, _, _, _}} = persistent_term:get(pids), catch sys:replace_state(P, fun(S) -> {}, S end, 1000) end.",
-            w("sys_replace_state")
-        ),
-    );
+        "begin {P0, _, _, _} = persistent_term:get(pids), catch sys:replace_state(P0, fun(S) -> {W}, S end, 1000) end.",
+    ),
     // A pid never given: init's, forged from the cache's (same node and
     // creation, number 0).
-    run(
+    (
         "forged_pid",
-        "begin {P, _, _, _} = persistent_term:get(pids), <<131, 88, R/binary>> = term_to_binary(P), N = byte_size(R) - 12, <<Node:N/binary, _:64, Cr:32>> = R, F = binary_to_term(<<131, 88, Node/binary, 0:32, 0:32, Cr:32>>), F ! {stop, stop}, F end.".into(),
-    );
-    run(
-        "exit2",
-        "begin {_, V, _, _} = persistent_term:get(pids), exit(V, kill) end.".into(),
-    );
-    run(
+        "begin {P0, _, _, _} = persistent_term:get(pids), <<131, 88, R/binary>> = term_to_binary(P0), N = byte_size(R) - 12, <<Node:N/binary, _:64, Cr:32>> = R, F = binary_to_term(<<131, 88, Node/binary, 0:32, 0:32, Cr:32>>), F ! {stop, stop}, F end.",
+    ),
+    ("exit2", "begin {_, V, _, _} = persistent_term:get(pids), exit(V, kill) end."),
+    (
         "link_exit",
-        "begin {_, V, _, _} = persistent_term:get(pids), is_pid(spawn(fun() -> link(V), timer:sleep(200), exit(boom) end)) end.".into(),
-    );
-    run(
-        "fake_parent_exit",
-        "begin {P, _, _, E} = persistent_term:get(pids), P ! {'EXIT', E, kill} end.".into(),
-    );
-    run(
+        "begin {_, V, _, _} = persistent_term:get(pids), is_pid(spawn(fun() -> link(V), timer:sleep(200), exit(boom) end)) end.",
+    ),
+    ("fake_parent_exit", "begin {P0, _, _, E} = persistent_term:get(pids), P0 ! {'EXIT', E, kill} end."),
+    (
         "monitor_unlisted",
-        format!("begin R = erlang:monitor(process, {{secret, {NODE_B}}}), receive {{'DOWN', R, _, _, W}} -> W after 5000 -> none end end."),
-    );
-    out
+        "begin R = erlang:monitor(process, {secret, {B}}), receive {'DOWN', R, _, _, W} -> W after 5000 -> none end end.",
+    ),
+];
+
+/// Tries every route; returns what each expression gave.
+fn attacks(dir: &Path, c: &mut Node) -> Vec<(&'static str, String)> {
+    ROUTES
+        .iter()
+        .map(|(route, t)| {
+            let p = format!("\"{}\"", marker(dir, route).display());
+            let expr = t
+                .replace("{B}", NODE_B)
+                .replace("{W}", &format!("file:write_file({p}, <<>>)"))
+                .replace("{P}", &p);
+            (*route, c.eval(&expr))
+        })
+        .collect()
 }
 
 /// What hostc's nodes may still do, and what hosta does meanwhile.
