@@ -400,9 +400,9 @@ impl Inbound {
                         }
                     }
                     let decision = if was_held {
-                        self.decide(len, &held, complete)?
+                        self.decide(&held, complete)?
                     } else {
-                        self.decide(len, &buf[pos..pos + k], complete)?
+                        self.decide(&buf[pos..pos + k], complete)?
                     };
                     let left = want - k;
                     if !matches!(decision, Decision::Need) {
@@ -457,10 +457,9 @@ impl Inbound {
         Ok(())
     }
 
-    /// Judges a frame of `len` bytes from its first bytes `b` (all of it
+    /// Judges a frame from its first bytes `b` (all of it
     /// when `complete`).
-    fn decide(&mut self, len: usize, b: &[u8], complete: bool) -> io::Result<Decision> {
-        let _ = len;
+    fn decide(&mut self, b: &[u8], complete: bool) -> io::Result<Decision> {
         let need = |e: Unjudged| match e {
             Unjudged::Need => Ok(Decision::Need),
             Unjudged::Malformed(w) => Err(malformed(w)),
@@ -471,7 +470,7 @@ impl Inbound {
         };
         match b {
             [] | [etf::VERSION] => Ok(Decision::Need),
-            [etf::PASS_THROUGH, body @ ..] => match self.judge(&[], body) {
+            [etf::PASS_THROUGH, body @ ..] => match self.judge(&[], body, true) {
                 Ok(j) => self.verdict(j, None),
                 Err(e) => need(e),
             },
@@ -480,7 +479,7 @@ impl Inbound {
                     Ok(r) => r,
                     Err(e) => return hdr(e),
                 };
-                match self.judge(&refs.atoms, &rest[refs.len..]) {
+                match self.judge(&refs.atoms, &rest[refs.len..], false) {
                     Ok(j) => self.verdict(j, refs.sets_cache.then_some(&rest[..refs.len])),
                     Err(e) => need(e),
                 }
@@ -505,7 +504,7 @@ impl Inbound {
                 };
                 let header = &rest[..refs.len];
                 let data = &rest[refs.len..];
-                match self.judge(&refs.atoms, data) {
+                match self.judge(&refs.atoms, data, false) {
                     Ok(j) => {
                         let d = self.verdict(j, refs.sets_cache.then_some(header))?;
                         if frag > 1 {
@@ -577,7 +576,7 @@ impl Inbound {
         *retry = 2 * body.len();
         let body = body.clone();
         let (refs, header) = (refs.clone(), header.clone());
-        let pass = match self.judge(&refs.atoms, &body) {
+        let pass = match self.judge(&refs.atoms, &body, false) {
             Err(Unjudged::Need) if !last => return Ok(()),
             Err(Unjudged::Need) => return Err(malformed("a fragmented message that ends before its control message")),
             Err(Unjudged::Malformed(w)) => return Err(malformed(w)),
@@ -630,16 +629,18 @@ impl Inbound {
         Ok(())
     }
 
-    fn judge(&mut self, refs: &[etf::Atom], body: &[u8]) -> Result<Judgement, Unjudged> {
-        let versioned = refs.is_empty() && body.first() == Some(&etf::VERSION);
+    /// Judges a control message (and message) in `body`: terms after a
+    /// distribution header, or with their version byte in a pass-through
+    /// frame (`versioned`), as the node reads each.
+    fn judge(&self, refs: &[etf::Atom], body: &[u8], versioned: bool) -> Result<Judgement, Unjudged> {
         let mut mem = self.fw.mem();
         rules::judge(&self.fw.policy, &mut mem, refs, body, versioned)
     }
 
     /// Pass, or drop (with a stand-in carrying `header` when it set atom
     /// cache entries the node must see).
-    fn verdict(&mut self, j: Judgement, header: Option<&[u8]>) -> io::Result<Decision> {
-        let fw = self.fw.clone();
+    fn verdict(&self, j: Judgement, header: Option<&[u8]>) -> io::Result<Decision> {
+        let fw = &self.fw;
         let mut sh = fw.shared();
         if fw.apply(&mut sh, j) {
             return Ok(Decision::Pass);

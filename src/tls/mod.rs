@@ -54,22 +54,28 @@ pub enum TlsError {
 
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read_err = |reason: String| TlsError::Read {
+    read_pem_all(path, "certificates", "certificate")
+}
+
+/// Reads every item of type `T` in a PEM file; none is an error naming
+/// `one` (what an item is), unreadable ones name `what` (the items).
+fn read_pem_all<T: PemObject>(path: &Path, what: &'static str, one: &'static str) -> Result<Vec<T>, TlsError> {
+    let read_err = |e| TlsError::Read {
         path: path.to_owned(),
-        what: "certificates",
-        reason,
+        what,
+        reason: pem_reason(e),
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| read_err(pem_reason(e)))?
+    let items = T::pem_file_iter(path)
+        .map_err(read_err)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| read_err(pem_reason(e)))?;
-    if certs.is_empty() {
+        .map_err(read_err)?;
+    if items.is_empty() {
         return Err(TlsError::Empty {
             path: path.to_owned(),
-            what: "certificate",
+            what: one,
         });
     }
-    Ok(certs)
+    Ok(items)
 }
 
 /// Reads the private key in a PEM file (PKCS#8, SEC1 or PKCS#1).
@@ -218,21 +224,7 @@ fn check_own_certificate(path: &Path, cert: &CertificateDer<'_>, host: &str) -> 
 fn load_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let mut out = Vec::new();
     for path in paths {
-        let read_err = |reason: String| TlsError::Read {
-            path: path.clone(),
-            what: "CRLs",
-            reason,
-        };
-        let crls = CertificateRevocationListDer::pem_file_iter(path)
-            .map_err(|e| read_err(pem_reason(e)))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| read_err(pem_reason(e)))?;
-        if crls.is_empty() {
-            return Err(TlsError::Empty {
-                path: path.clone(),
-                what: "X509 CRL",
-            });
-        }
+        let crls: Vec<CertificateRevocationListDer<'static>> = read_pem_all(path, "CRLs", "X509 CRL")?;
         // Checked here, so that a broken file is refused at load, not at
         // the first handshake.
         for crl in &crls {
