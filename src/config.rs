@@ -1,7 +1,7 @@
 //! The TOML config file → a validated [`Config`]. Every error names the
 //! file and the key.
 
-use crate::dist::{DistPolicy, Mode};
+use crate::firewall::{DistPolicy, Mode};
 use crate::hostname::HostName;
 use crate::mesh::policy::{Pattern, Policy};
 use serde::Deserialize;

@@ -16,8 +16,8 @@
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod dist;
 pub mod epmd;
+pub mod firewall;
 pub mod hostname;
 pub mod mesh;
 pub mod ops;

@@ -174,11 +174,71 @@ const ROUTES: &[(&str, &str)] = &[
         "begin {_, V, _, _} = persistent_term:get(pids), is_pid(spawn(fun() -> link(V), timer:sleep(200), exit(boom) end)) end.",
     ),
     ("fake_parent_exit", "begin {P0, _, _, E} = persistent_term:get(pids), P0 ! {'EXIT', E, kill} end."),
+    // Class 1: the machinery reached by pid. Its pids pass in sender
+    // fields (ping's answer, rex's probe, global's sync); forged here from
+    // boot order (every pid of b up to 80 that c was not given).
+    ("forged_relay", "begin [F ! {self(), registered_send, secret, hello} || F <- {F}], ok end."),
+    (
+        "forged_rex_call",
+        "begin [F ! {'$gen_call', {self(), make_ref()}, {call, file, write_file, [{P}, <<>>], group_leader()}} || F <- {F}], ok end.",
+    ),
+    (
+        "forged_nk_spawn",
+        "begin [F ! {'$gen_call', {self(), make_ref()}, {spawn, file, write_file, [{P}, <<>>], group_leader()}} || F <- {F}], ok end.",
+    ),
+    (
+        "forged_registrar",
+        "begin [F ! {'$gen_call', {self(), make_ref()}, {registrar, fun(_) -> {W} end}} || F <- {F}], ok end.",
+    ),
+    (
+        "forged_file_server",
+        "begin [F ! {'$gen_call', {self(), make_ref()}, {write_file, {P}, <<>>}} || F <- {F}], ok end.",
+    ),
+    // Class 2: laundering forged pids through replies that echo caller
+    // data: a service that stores and returns terms, and is_auth's tag.
+    (
+        "launder_cache",
+        "begin Fs = {F}, catch gen_server:call({cache, {B}}, {put, laundered, Fs}, 1000), L = gen_server:call({cache, {B}}, {get, laundered}), [X ! {'$gen_call', {self(), make_ref()}, {write_file, {P}, <<>>}} || is_list(L), X <- L], L end.",
+    ),
+    (
+        "launder_is_auth",
+        "begin {net_kernel, {B}} ! {'$gen_call', {self(), {make_ref(), {F}}}, {is_auth, node()}}, receive {{_, L}, yes} -> [X ! {stop, stop} || X <- L], laundered after 1000 -> silent end end.",
+    ),
+    // Class 3: machinery messages of the right tag in the wrong shape.
+    ("bad_global_cast", "{global_name_server, {B}} ! {'$gen_cast', {init_connect, {}, x, y}}."),
+    ("bad_lock_set", "{global_name_server, {B}} ! {'$gen_cast', {lock_set, notpid, true, [], 1}}."),
+    ("bad_nk_from", "{net_kernel, {B}} ! {'$gen_call', notfrom, {is_auth, node()}}."),
+    ("bad_nk_tag", "{net_kernel, {B}} ! {'$gen_call', {notpid, make_ref()}, {is_auth, node()}}."),
+    ("bad_pg_join", "{pg, {B}} ! {join, self(), g, not_a_pid}."),
+    ("bad_pg_junk", "{pg, {B}} ! junk."),
+    ("bad_rex_probe", "{rex, {B}} ! {notpid, features_request}."),
+    ("bad_global_info", "{global_name_server, {B}} ! {lost_connection, x, notint, 1, y}."),
+    // Class 4: input into a given group leader.
+    (
+        "gl_expand_fun",
+        "begin {_, _, GL, _} = persistent_term:get(pids), R = make_ref(), GL ! {io_request, self(), R, {setopts, [{expand_fun, fun(_) -> {W}, {no, \"\", []} end}]}}, receive {io_reply, R, X} -> X after 1000 -> silent end end.",
+    ),
+    (
+        "gl_get_line",
+        "begin {_, _, GL, _} = persistent_term:get(pids), R = make_ref(), GL ! {io_request, self(), R, {get_line, unicode, \"> \"}}, receive {io_reply, R, X} -> X after 1000 -> silent end end.",
+    ),
+    (
+        "gl_driver_data",
+        "begin {_, _, GL, _} = persistent_term:get(pids), GL ! {self(), {data, \"halt().\\n\"}}, [GL ! {F, {data, \"halt().\\n\"}} || F <- {F}], ok end.",
+    ),
     (
         "monitor_unlisted",
         "begin R = erlang:monitor(process, {secret, {B}}), receive {'DOWN', R, _, _, W} -> W after 5000 -> none end end.",
     ),
 ];
+
+/// b's pids 0..80 (its kernel processes among them) that c was not
+/// given, forged from the cache's pid (same node and creation).
+const FORGED: &str = "(fun() -> {Pc, Vc, GLc, Ec} = persistent_term:get(pids), <<131, 88, Rb/binary>> = term_to_binary(Pc), Nb = byte_size(Rb) - 12, <<Nodeb:Nb/binary, _:64, Crb:32>> = Rb, [Fp || I <- lists:seq(0, 80), Fp <- [binary_to_term(<<131, 88, Nodeb/binary, I:32, 0:32, Crb:32>>)], not lists:member(Fp, [Pc, Vc, GLc, Ec])] end)()";
+
+/// b's kernel processes, by name: the same pids after the attacks means
+/// none crashed and restarted.
+const KERNEL: &str = "[{N, whereis(N)} || N <- [net_kernel, global_name_server, rex, pg, init, code_server, file_server_2, application_controller, kernel_sup, user, erl_prim_loader, logger]].";
 
 /// Tries every route; returns what each expression gave.
 fn attacks(dir: &Path, c: &mut Node) -> Vec<(&'static str, String)> {
@@ -187,6 +247,7 @@ fn attacks(dir: &Path, c: &mut Node) -> Vec<(&'static str, String)> {
         .map(|(route, t)| {
             let p = format!("\"{}\"", marker(dir, route).display());
             let expr = t
+                .replace("{F}", FORGED)
                 .replace("{B}", NODE_B)
                 .replace("{W}", &format!("file:write_file({p}, <<>>)"))
                 .replace("{P}", &p);
@@ -211,6 +272,10 @@ fn allowed(s: &Story, b: &mut Node, c: &mut Node, a: &mut Node) {
     // A pid it was given, with a request that asks nothing dangerous.
     assert_eq!(
         c.eval("begin {_, _, GL, _} = persistent_term:get(pids), R = make_ref(), GL ! {io_request, self(), R, {put_chars, unicode, \"hello from c\\n\"}}, receive {io_reply, R, X} -> X after 5000 -> silent end end."),
+        "ok"
+    );
+    assert_eq!(
+        c.eval("begin {_, _, GL, _} = persistent_term:get(pids), R = make_ref(), GL ! {io_request, self(), R, {put_chars, unicode, io_lib, format, [\"~p~n\", [from_c]]}}, receive {io_reply, R, X} -> X after 5000 -> silent end end."),
         "ok"
     );
     // Monitors of what it may reach stay up.
@@ -290,6 +355,7 @@ fn restricted_story(b_suite: Option<&str>, c_suite: Option<&str>) {
     let mut a = s.ha.node("a");
     assert_eq!(a.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
 
+    let kernel_before = b.eval(KERNEL);
     let results = attacks(&dir, &mut c);
     std::thread::sleep(Duration::from_secs(2));
     let mut report = String::new();
@@ -308,7 +374,13 @@ fn restricted_story(b_suite: Option<&str>, c_suite: Option<&str>) {
         s.hb.log()
     );
     // Prompt errors, not hangs, where a caller waits on a refusal.
-    let get = |r: &str| results.iter().find(|(x, _)| *x == r).unwrap().1.clone();
+    let get = |r: &str| {
+        results
+            .iter()
+            .find(|(x, _)| *x == r)
+            .map(|x| x.1.clone())
+            .unwrap_or_default()
+    };
     assert!(
         get("rpc_call").starts_with("{badrpc,") && !get("rpc_call").contains("timeout"),
         "{report}"
@@ -320,6 +392,10 @@ fn restricted_story(b_suite: Option<&str>, c_suite: Option<&str>) {
     assert_eq!(get("code_server"), "silent", "{report}");
     assert_eq!(get("prim_loader"), "silent", "{report}");
     assert_eq!(get("group_leader_io"), "silent", "{report}");
+    assert_eq!(get("launder_is_auth"), "silent", "{report}");
+    assert_eq!(get("gl_expand_fun"), "silent", "{report}");
+    assert_eq!(get("gl_get_line"), "silent", "{report}");
+    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted\n{report}");
     // b is up, its victim and cache alive, the connection kept.
     assert_eq!(b.eval("is_process_alive(whereis(victim))."), "true", "{report}");
     assert_eq!(b.eval("is_pid(whereis(cache))."), "true", "{report}");

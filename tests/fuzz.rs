@@ -6,9 +6,9 @@
 //! the encoders write must parse back to the same value.
 //! PROPTEST_CASES raises the case count for a longer run.
 
-use erlmesh::dist::etf::{self, Term};
-use erlmesh::dist::walk::{Found, Walker};
 use erlmesh::epmd::codec::{self, NodeInfo, Request};
+use erlmesh::firewall::etf::{self, Term};
+use erlmesh::firewall::walk::{Found, Walker};
 use erlmesh::tunnel::dist_handshake;
 use erlmesh::tunnel::preface::{self, Preface};
 use proptest::prelude::*;
@@ -295,8 +295,8 @@ proptest! {
         noise in proptest::collection::vec(any::<u8>(), 0..1500),
         step in 1usize..5000,
     ) {
-        prop_assert!(erlmesh::dist::filter::fuzz_inbound(&valid, step), "valid frames refused as malformed");
-        erlmesh::dist::filter::fuzz_inbound(&mutated(valid, flips, cut, vec![]), step);
-        erlmesh::dist::filter::fuzz_inbound(&noise, step);
+        prop_assert!(erlmesh::firewall::filter::fuzz_inbound(&valid, step), "valid frames refused as malformed");
+        erlmesh::firewall::filter::fuzz_inbound(&mutated(valid, flips, cut, vec![]), step);
+        erlmesh::firewall::filter::fuzz_inbound(&noise, step);
     }
 }

@@ -49,7 +49,7 @@ pub struct Policy {
     pub local_nodes: Vec<Pattern>,
     /// What its nodes may ask of local nodes (the distribution firewall);
     /// None: anything, and the tunnel's bytes are not parsed.
-    pub dist: Option<std::sync::Arc<crate::dist::DistPolicy>>,
+    pub dist: Option<std::sync::Arc<crate::firewall::DistPolicy>>,
 }
 
 impl Default for Policy {

@@ -190,7 +190,7 @@ impl Metrics {
     }
 
     /// A tunnel with `peer` runs under `policy`: status shows it.
-    pub fn dist_policy_in_use(&self, peer: &str, policy: &crate::dist::DistPolicy) {
+    pub fn dist_policy_in_use(&self, peer: &str, policy: &crate::firewall::DistPolicy) {
         let shown = format!("{}({})", policy.name, policy.mode.as_str());
         self.dist_policies
             .lock()
@@ -203,12 +203,12 @@ impl Metrics {
     pub fn dist_operation(
         &self,
         peer: &str,
-        policy: &crate::dist::DistPolicy,
+        policy: &crate::firewall::DistPolicy,
         op: &str,
-        target: &crate::dist::rules::Target,
+        target: &crate::firewall::rules::Target,
         refused: bool,
     ) {
-        if policy.mode == crate::dist::Mode::Enforce {
+        if policy.mode == crate::firewall::Mode::Enforce {
             self.dist_refused
                 .get_or_create(&DistRefusedLabels {
                     peer: peer.to_owned(),
@@ -422,7 +422,7 @@ impl Metrics {
 impl Metrics {
     /// Operations refused for `peer` so far, all kinds.
     fn dist_refused_of(&self, peer: &str) -> u64 {
-        crate::dist::rules::OPS
+        crate::firewall::rules::OPS
             .iter()
             .filter_map(|op| {
                 self.dist_refused.get(&DistRefusedLabels {

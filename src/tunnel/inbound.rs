@@ -1,8 +1,8 @@
 //! The TLS port: verifies the peer, reads what the connection is for, and
 //! answers EPMD questions or connects a tunnel to a local node.
 
-use crate::dist::filter::Firewall;
 use crate::epmd::LocalEpmd;
+use crate::firewall::filter::Firewall;
 use crate::hostname::HostName;
 use crate::mesh::policy::short;
 use crate::mesh::{Mesh, Source};

@@ -94,7 +94,7 @@ impl Face {
             let (out_c, back_c) = guard.byte_counters();
             debug!(resumed = remote.resumed, "tunnel open");
             let firewall = self.policy.dist.clone().map(|p| record::Firewalled {
-                firewall: crate::dist::filter::Firewall::new(
+                firewall: crate::firewall::filter::Firewall::new(
                     p,
                     &self.dialer.host,
                     &local_name,

@@ -28,7 +28,7 @@
 //! or any alert but close_notify is fatal: the tunnel is closed, with an
 //! alert to the peer when the fault was the peer's.
 
-use crate::dist::filter::{Firewall, Inbound, Outbound, Seg};
+use crate::firewall::filter::{Firewall, Inbound, Outbound, Seg};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf::{self, KeyType as _};
 use rustls::ConnectionTrafficSecrets;

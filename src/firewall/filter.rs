@@ -944,8 +944,35 @@ impl Outbound {
             Err(DecodeError::Truncated) if !complete => return (0, None),
             Err(_) => return gave_up,
         };
-        mem.give_all(&ctl);
+        // Control messages give nothing (their sender fields name the
+        // machinery too), but for a spawn request's group leader, which the
+        // spawned process writes to.
+        let t = ctl.tuple().unwrap_or(&[]);
+        let op = t.first().and_then(Term::int);
+        if let (Some(29 | 30), Some(Term::Pid(gl))) = (op, t.get(3)) {
+            mem.give_pid(gl);
+        }
         let used = start + d.pos;
+        // A whole message in hand (the usual case) is given by its shape.
+        if complete && seq.is_none() && frag <= 1 {
+            let sender = match (op, t.get(1), t.get(2)) {
+                (Some(37), _, Some(Term::Pid(p))) | (Some(_), Some(Term::Pid(p)), _) => Some(p),
+                _ => None,
+            };
+            let to_name = match (op, t.get(1).and_then(Term::int), t.get(3)) {
+                (Some(6 | 16), _, Some(Term::Atom(a))) => Some(&**a),
+                (Some(37), Some(f), Some(Term::Atom(a))) if f & 8 != 0 => Some(&**a),
+                _ => None,
+            };
+            let m = (if versioned { d.version() } else { Ok(()) }).and_then(|_| d.term());
+            match m {
+                Ok(m) => {
+                    mem.give_message(sender, to_name, &m);
+                    return (b.len(), Some(HeadDone::Skip));
+                }
+                Err(_) => return gave_up,
+            }
+        }
         let walker = Walker::new(1, versioned);
         match seq {
             Some(s) if frag > 1 => {
@@ -1044,7 +1071,7 @@ pub fn fuzz_inbound(bytes: &[u8], step: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::etf::{encode, Pid};
+    use crate::firewall::etf::{encode, Pid};
     use crate::mesh::policy::Pattern;
 
     fn policy() -> Arc<DistPolicy> {
@@ -1318,7 +1345,7 @@ mod tests {
 #[cfg(test)]
 mod timing {
     use super::*;
-    use crate::dist::etf::{encode, Pid};
+    use crate::firewall::etf::{encode, Pid};
 
     #[test]
     #[ignore]

@@ -48,7 +48,8 @@ pub enum Term {
     Float,
     Atom(Atom),
     Pid(Pid),
-    Port,
+    /// A port, by its node.
+    Port(Atom),
     Ref(Ref),
     Tuple(Vec<Term>),
     /// Elements and tail (`Nil` for a proper list).
@@ -296,13 +297,13 @@ impl<'a> Decoder<'a> {
                 })
             }
             89 | 102 | 120 => {
-                self.atom()?;
+                let node = self.atom()?;
                 self.skip(match tag {
                     89 => 8,
                     102 => 5,
                     _ => 12,
                 })?;
-                Term::Port
+                Term::Port(node)
             }
             90 | 114 => {
                 let n = self.u16()? as usize;

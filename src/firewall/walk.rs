@@ -299,7 +299,7 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::etf::{encode, Term};
+    use crate::firewall::etf::{encode, Term};
 
     fn sample() -> (Vec<u8>, Vec<Found>) {
         let pid = Pid {

@@ -1,0 +1,1034 @@
+//! One distribution message from a peer's node against a dist policy.
+//!
+//! The routes by which a remote node can run code or reach a process, and
+//! what a restricted policy does with each:
+//!
+//! | route | control message | restricted policy |
+//! |---|---|---|
+//! | spawn, spawn_link, spawn_opt, erpc, rpc (OTP 23+) | SPAWN_REQUEST(_TT) | refused unless `spawn`, answered with a spawn reply `notsup` |
+//! | rpc through `rex`, old spawn through `net_kernel` | REG_SEND | `rex` unlisted; `net_kernel` takes only `is_auth` (ping) |
+//! | a registered name (`init`, `code_server`, `application_controller`, `erl_prim_loader`, `user`, ...) | REG_SEND(_TT), MONITOR_P by name | unlisted names dropped; a monitor answered `noproc`, as for a name nobody holds |
+//! | `net_kernel`'s relay `{From, registered_send, To, Msg}` | REG_SEND to net_kernel | dropped: net_kernel is judged by what it is asked |
+//! | `global_name_server` (`registrar` funs, methods) | REG_SEND | only global's own protocol; funs only of module `global` |
+//! | a pid (group leaders, any process) | SEND, SEND_SENDER(_TT), ALIAS_SEND(_TT), MONITOR_P | only pids and aliases the local node gave this peer node |
+//! | I/O requests that apply a fun (`put_chars` with M:F:A, `get_until`) | a send | dropped |
+//! | `sys` messages (`replace_state`, code change), a fake parent's `'EXIT'` | a send | dropped (`'EXIT'` when exit signals are refused) |
+//! | exit/2 | EXIT2(_TT), PAYLOAD_EXIT2(_TT) | dropped unless `exit_signals` |
+//! | a link from the peer's process (its exit, or the connection dropped, kills the local one) | LINK | refused unless `exit_signals` |
+//! | group_leader/2 on a local process | GROUP_LEADER | refused unless `spawn` |
+//! | anything else | an unknown operation | dropped (fail closed) |
+
+use super::etf::{self, Atom, DecodeError, Decoder, Pid, Ref, Term};
+use super::DistPolicy;
+use std::sync::Arc;
+
+/// Pids of the local node this peer node was given (in any frame the
+/// local node sent it), most recently seen kept.
+const MAX_GIVEN_PIDS: usize = 65_536;
+/// References (aliases) of the local node it was given: replies to calls
+/// come back through these, so they churn; the recent ones matter.
+const MAX_GIVEN_REFS: usize = 16_384;
+
+/// The machinery a restricted policy keeps working, judged by content.
+const NET_KERNEL: &str = "net_kernel";
+const GLOBAL: &str = "global_name_server";
+const PG: &str = "pg";
+/// rpc's server: asked only which features it has (OTP's rpc.erl asks every
+/// node that comes up).
+const REX: &str = "rex";
+
+/// A local pid as remembered: id, serial, creation.
+type PidKey = (u32, u32, u32);
+/// A local reference as remembered: creation, words.
+type RefKey = (u32, Vec<u32>);
+
+/// Local pids and references the peer's node named before it was given
+/// them: never reachable afterwards, whatever the local node echoes.
+const MAX_FORGED: usize = 16_384;
+/// Local processes that speak a kernel protocol to the peer (learnt from
+/// what they send its machinery): a handful per node.
+const MAX_MACHINERY_PIDS: usize = 1024;
+
+/// What one node pair's tunnels remember across messages: what the local
+/// node gave the peer's node, what the peer forged, and which local
+/// processes are the kernel's protocol servers.
+///
+/// The capability model: a peer's node reaches a local pid or alias only
+/// if the local node gave it inside a message's content (control-message
+/// sender fields give nothing), and only if the peer had not named it
+/// first. A local process that sends to the peer's machinery (global, pg,
+/// rex, net_kernel) is judged by that protocol's rules, by pid as by name.
+pub struct Memory {
+    /// The local node's full name: only its pids and references count.
+    local: String,
+    pids: lru::LruCache<PidKey, ()>,
+    refs: lru::LruCache<RefKey, ()>,
+    forged_pids: lru::LruCache<PidKey, ()>,
+    forged_refs: lru::LruCache<RefKey, ()>,
+    machinery: lru::LruCache<PidKey, &'static str>,
+    /// Local processes that called the peer (the `From` of a gen_server
+    /// call): they may be sent only the call's reply.
+    repliers: lru::LruCache<PidKey, ()>,
+    /// A pid of the peer's node, the last one seen as a sender.
+    pub peer_pid: Option<Pid>,
+}
+
+impl Memory {
+    pub fn new(local_node: &str) -> Memory {
+        Memory {
+            local: local_node.to_owned(),
+            pids: lru::LruCache::unbounded(),
+            refs: lru::LruCache::unbounded(),
+            forged_pids: lru::LruCache::unbounded(),
+            forged_refs: lru::LruCache::unbounded(),
+            machinery: lru::LruCache::unbounded(),
+            repliers: lru::LruCache::unbounded(),
+            peer_pid: None,
+        }
+    }
+
+    /// The local node's name as it names itself (its challenge).
+    pub fn set_local(&mut self, name: &str) {
+        if name != self.local {
+            self.local = name.to_owned();
+        }
+    }
+
+    fn local_key(&self, p: &Pid) -> Option<PidKey> {
+        (*p.node == *self.local).then_some((p.id, p.serial, p.creation))
+    }
+
+    fn local_ref(&self, r: &Ref) -> Option<RefKey> {
+        (*r.node == *self.local).then(|| (r.creation, r.ids.clone()))
+    }
+
+    /// A pid of a node other than the local one (the peer's processes).
+    fn remote_pid(&self, t: &Term) -> bool {
+        matches!(t, Term::Pid(p) if *p.node != *self.local)
+    }
+
+    /// The local node sent `p` to the peer's node in a message.
+    pub fn give_pid(&mut self, p: &Pid) {
+        if let Some(k) = self.local_key(p) {
+            if self.forged_pids.contains(&k) || self.machinery.contains(&k) {
+                return;
+            }
+            bounded_put(&mut self.pids, k, (), MAX_GIVEN_PIDS);
+        }
+    }
+
+    /// The local node sent `r` to the peer's node in a message.
+    pub fn give_ref(&mut self, r: &Ref) {
+        if let Some(k) = self.local_ref(r) {
+            if !self.forged_refs.contains(&k) {
+                bounded_put(&mut self.refs, k, (), MAX_GIVEN_REFS);
+            }
+        }
+    }
+
+    /// Every pid and reference in a message the local node sent.
+    pub fn give_all(&mut self, t: &Term) {
+        t.visit(&mut |t| match t {
+            Term::Pid(p) => self.give_pid(p),
+            Term::Ref(r) => self.give_ref(r),
+            _ => {}
+        });
+    }
+
+    /// Local process `p` sent the peer's machinery `name` a message: it
+    /// speaks that protocol, and is judged by it.
+    pub fn learn_machinery(&mut self, p: &Pid, name: &'static str) {
+        if let Some(k) = self.local_key(p) {
+            if !self.machinery.contains(&k) {
+                bounded_put(&mut self.machinery, k, name, MAX_MACHINERY_PIDS);
+            }
+        }
+    }
+
+    /// Local process `p` called the peer: it may get the reply (even if
+    /// the peer forged its pid before: a reply must carry the call's tag,
+    /// which the peer cannot forge).
+    pub fn give_replier(&mut self, p: &Pid) {
+        if let Some(k) = self.local_key(p) {
+            bounded_put(&mut self.repliers, k, (), MAX_GIVEN_PIDS);
+        }
+    }
+
+    /// Every reference in a term the local node sent (a call's tag).
+    pub fn give_refs(&mut self, t: &Term) {
+        t.visit(&mut |t| {
+            if let Term::Ref(r) = t {
+                self.give_ref(r)
+            }
+        });
+    }
+
+    /// A whole message the local node sends: a call gives its caller only
+    /// for the reply, its tag's references and the request's content; a
+    /// message to the peer's machinery gives its references only, and the
+    /// sender of the machinery's own casts and probes is learnt as that
+    /// protocol's server; anything else gives every pid and reference.
+    pub fn give_message(&mut self, sender: Option<&Pid>, to_name: Option<&str>, m: &Term) {
+        let t = m.tuple().unwrap_or(&[]);
+        if let Some(name) = to_name.and_then(machinery_name) {
+            let own = match (name, m.tag(), t) {
+                (PG, Some("discover"), [Term::Pid(p), ..]) => sender == Some(p),
+                (GLOBAL, Some("$gen_cast"), _) => true,
+                (REX, _, [Term::Pid(p), Term::Atom(a)]) => &**a == "features_request" && sender == Some(p),
+                _ => false,
+            };
+            if let (true, Some(s)) = (own, sender) {
+                self.learn_machinery(s, name);
+            }
+            // Pids the machinery hands out in its own messages (global's
+            // locker, pg's scope) are judged by its protocol, not given.
+            let mut handed = Vec::new();
+            m.visit(&mut |t| {
+                if let Term::Pid(p) = t {
+                    if self.local_key(p).is_some_and(|k| !self.pids.contains(&k)) {
+                        handed.push(p.clone());
+                    }
+                }
+            });
+            for p in handed {
+                self.learn_machinery(&p, name);
+            }
+            if let [Term::Atom(g), from, _] = t {
+                if &**g == "$gen_call" {
+                    if let Some([Term::Pid(p), _]) = from.tuple() {
+                        self.give_replier(p);
+                    }
+                }
+            }
+            self.give_refs(m);
+            return;
+        }
+        match t {
+            [Term::Atom(g), from, req] if &**g == "$gen_call" => {
+                match from.tuple() {
+                    Some([Term::Pid(p), tag]) => {
+                        self.give_replier(p);
+                        self.give_refs(tag);
+                    }
+                    _ => self.give_all(from),
+                }
+                self.give_all(req);
+            }
+            _ => self.give_all(m),
+        }
+    }
+
+    fn replier(&self, p: &Pid) -> bool {
+        self.local_key(p).is_some_and(|k| self.repliers.contains(&k))
+    }
+
+    /// A reply `{Tag, Reply}` to a local call: Tag of OTP's forms, its
+    /// local references given.
+    fn is_reply(&self, m: &Term) -> bool {
+        match m.tuple() {
+            Some([tag, _]) if valid_tag(tag) => {
+                let mut ok = true;
+                tag.visit(&mut |t| {
+                    if let Term::Ref(r) = t {
+                        ok &= self.local_ref(r).is_none() || self.given_ref(r);
+                    }
+                });
+                ok
+            }
+            _ => false,
+        }
+    }
+
+    fn machinery_of(&self, p: &Pid) -> Option<&'static str> {
+        self.local_key(p).and_then(|k| self.machinery.peek(&k).copied())
+    }
+
+    fn given_pid(&self, p: &Pid) -> bool {
+        self.local_key(p).is_some_and(|k| self.pids.contains(&k))
+    }
+
+    fn given_ref(&self, r: &Ref) -> bool {
+        self.local_ref(r).is_some_and(|k| self.refs.contains(&k))
+    }
+
+    /// The peer named local pid `p` without having been given it.
+    fn forge_pid(&mut self, p: &Pid) {
+        if let Some(k) = self.local_key(p) {
+            if !self.pids.contains(&k) && !self.machinery.contains(&k) {
+                bounded_put(&mut self.forged_pids, k, (), MAX_FORGED);
+            }
+        }
+    }
+
+    /// Why a message from the peer names what it may not: a local pid or
+    /// reference it was not given (remembered as forged), or a local port.
+    fn names_forged(&mut self, t: &Term) -> Option<&'static str> {
+        let mut why = None;
+        let mut forged = (Vec::new(), Vec::new());
+        t.visit(&mut |t| match t {
+            Term::Pid(p) => {
+                if let Some(k) = self.local_key(p) {
+                    if !self.pids.contains(&k) && !self.machinery.contains(&k) {
+                        forged.0.push(k);
+                        why = Some("a message naming a local pid this peer's node was not given");
+                    }
+                }
+            }
+            Term::Ref(r) => {
+                if let Some(k) = self.local_ref(r) {
+                    if !self.refs.contains(&k) {
+                        forged.1.push(k);
+                        why = Some("a message naming a local reference this peer's node was not given");
+                    }
+                }
+            }
+            Term::Port(n) if **n == *self.local => why = Some("a message naming a local port"),
+            _ => {}
+        });
+        for k in forged.0 {
+            bounded_put(&mut self.forged_pids, k, (), MAX_FORGED);
+        }
+        for k in forged.1 {
+            bounded_put(&mut self.forged_refs, k, (), MAX_FORGED);
+        }
+        why
+    }
+}
+
+fn bounded_put<K: std::hash::Hash + Eq, V>(c: &mut lru::LruCache<K, V>, k: K, v: V, max: usize) {
+    c.put(k, v);
+    if c.len() > max {
+        c.pop_lru();
+    }
+}
+
+/// Every operation name a judgement carries.
+pub const OPS: &[&str] = &[
+    "link",
+    "send",
+    "link_exit",
+    "unlink",
+    "node_link",
+    "reg_send",
+    "group_leader",
+    "exit2",
+    "monitor",
+    "demonitor",
+    "monitor_exit",
+    "spawn",
+    "spawn_reply",
+    "alias_send",
+    "unknown",
+];
+
+/// Node pairs whose memory outlives their connection: pids stay valid
+/// across a reconnection (only a restart, a new creation, ends them).
+const MAX_REMEMBERED_PAIRS: usize = 1024;
+
+type Memories = lru::LruCache<(String, String), Arc<std::sync::Mutex<Memory>>>;
+static MEMORIES: std::sync::OnceLock<std::sync::Mutex<Memories>> = std::sync::OnceLock::new();
+
+/// What `local` gave `remote` so far, kept across their connections.
+pub fn memory_for(local: &str, remote: &str) -> Arc<std::sync::Mutex<Memory>> {
+    let all = MEMORIES.get_or_init(|| std::sync::Mutex::new(lru::LruCache::unbounded()));
+    let mut all = all.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (local.to_owned(), remote.to_owned());
+    if let Some(m) = all.get(&key) {
+        return m.clone();
+    }
+    let m = Arc::new(std::sync::Mutex::new(Memory::new(local)));
+    all.put(key, m.clone());
+    if all.len() > MAX_REMEMBERED_PAIRS {
+        all.pop_lru();
+    }
+    m
+}
+
+/// What a message reaches, for counts and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    None,
+    Name(Atom),
+    Pid,
+    Alias,
+    Mfa(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::None => f.write_str("-"),
+            Target::Name(n) => f.write_str(n),
+            Target::Pid => f.write_str("pid"),
+            Target::Alias => f.write_str("alias"),
+            Target::Mfa(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The verdict on one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    /// The operation (`reg_send`, `spawn`, `exit2`, ...).
+    pub op: &'static str,
+    pub target: Target,
+    /// Why it is refused; None when allowed.
+    pub refused: Option<&'static str>,
+    /// The frame that answers the peer's node when refused (a spawn reply,
+    /// a monitor's noproc), so that its caller does not wait.
+    pub answer: Option<Vec<u8>>,
+}
+
+impl Judgement {
+    fn allow(op: &'static str, target: Target) -> Judgement {
+        Judgement {
+            op,
+            target,
+            refused: None,
+            answer: None,
+        }
+    }
+
+    fn refuse(op: &'static str, target: Target, why: &'static str) -> Judgement {
+        Judgement {
+            op,
+            target,
+            refused: Some(why),
+            answer: None,
+        }
+    }
+}
+
+/// Why a message could not be judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unjudged {
+    /// More of the message is needed.
+    Need,
+    /// Not a distribution message (the cause).
+    Malformed(&'static str),
+}
+
+impl From<DecodeError> for Unjudged {
+    fn from(e: DecodeError) -> Unjudged {
+        match e {
+            DecodeError::Truncated => Unjudged::Need,
+            DecodeError::Malformed(w) => Unjudged::Malformed(w),
+        }
+    }
+}
+
+/// Judges the control message (and, where a rule needs it, the message) in
+/// `body`: the bytes after the distribution header, terms with their
+/// version byte when `versioned` (a pass-through frame).
+pub fn judge(
+    p: &DistPolicy,
+    mem: &mut Memory,
+    refs: &[Atom],
+    body: &[u8],
+    versioned: bool,
+) -> Result<Judgement, Unjudged> {
+    let mut d = Decoder::new(body, refs);
+    if versioned {
+        d.version()?;
+    }
+    let ctl = d.term()?;
+    let t = ctl
+        .tuple()
+        .ok_or(Unjudged::Malformed("control message is not a tuple"))?;
+    let op = t
+        .first()
+        .and_then(Term::int)
+        .ok_or(Unjudged::Malformed("control message without an operation"))?;
+    // The sender (a pid of the peer's node) of the operations that name one.
+    let sender = match op {
+        1 | 3 | 4 | 6 | 7 | 8 | 13 | 16 | 18 | 19 | 20 | 22..=28 | 33 | 34 => t.get(1),
+        29 | 30 | 35 | 36 | 37 => t.get(2),
+        _ => None,
+    };
+    if let Some(Term::Pid(p)) = sender {
+        if *p.node != *mem.local {
+            mem.peer_pid = Some(p.clone());
+        }
+    }
+    let el = |i: usize| t.get(i).ok_or(Unjudged::Malformed("control message too short"));
+    let pid = |i: usize| match el(i)? {
+        Term::Pid(p) => Ok(p),
+        _ => Err(Unjudged::Malformed("control message: expected a pid")),
+    };
+    Ok(match op {
+        // LINK {1, From, To}: a link the peer's process makes would let it
+        // kill the local one, by exiting or by dropping the connection
+        // (the node then sends the link's exit itself, `noconnection`).
+        1 if p.exit_signals => Judgement::allow("link", Target::Pid),
+        1 => Judgement::refuse(
+            "link",
+            Target::Pid,
+            "a link to a local process (its exit would be an exit signal)",
+        ),
+        // SEND {2, _, To}, SEND_TT {12, _, To, Token}, SEND_SENDER {22, From, To}, _TT {23, ...}
+        2 | 12 | 22 | 23 => to_pid(p, mem, &mut d, versioned, "send", pid(2)?)?,
+        // Link exits: EXIT {3, ...}, EXIT_TT {13, ...}, PAYLOAD_EXIT {24, ...},
+        // PAYLOAD_EXIT_TT {25, ...}. Under a restricted policy the only links
+        // are those local processes made; the node ignores exits of others.
+        3 | 13 | 24 | 25 => Judgement::allow("link_exit", Target::Pid),
+        // UNLINK {4, ...}, UNLINK_ID {35, ...}, UNLINK_ID_ACK {36, ...}
+        4 | 35 | 36 => Judgement::allow("unlink", Target::Pid),
+        // NODE_LINK {5}: never sent, a no-op on receipt.
+        5 => Judgement::allow("node_link", Target::None),
+        // REG_SEND {6, From, _, Name}, REG_SEND_TT {16, From, _, Name, Token}
+        6 | 16 => {
+            let name = el(3)?.atom().ok_or(Unjudged::Malformed("reg_send to a non-atom"))?;
+            to_name(p, mem, &mut d, versioned, "reg_send", name)?
+        }
+        // GROUP_LEADER {7, From, To}
+        7 if p.spawn => Judgement::allow("group_leader", Target::Pid),
+        7 => Judgement::refuse("group_leader", Target::Pid, "group_leader/2 on a local process"),
+        // EXIT2 {8, From, To, Reason}, EXIT2_TT {18, ...}, PAYLOAD_EXIT2 {26, ...}, _TT {27, ...}
+        8 | 18 | 26 | 27 => exit2(p),
+        // MONITOR_P {19, From, ToProc, Ref}
+        19 => {
+            let (from, to, r) = (pid(1)?, el(2)?, el(3)?);
+            let (target, ok) = match to {
+                Term::Atom(n) => (
+                    Target::Name(n.clone()),
+                    p.lists(n) || [NET_KERNEL, GLOBAL, PG].contains(&&**n),
+                ),
+                Term::Pid(q) => {
+                    let ok = mem.given_pid(q) || mem.machinery_of(q).is_some();
+                    if !ok {
+                        mem.forge_pid(q);
+                    }
+                    (Target::Pid, ok)
+                }
+                _ => return Err(Unjudged::Malformed("monitor of neither a pid nor a name")),
+            };
+            if ok {
+                Judgement::allow("monitor", target)
+            } else {
+                // What a node answers for a name nobody holds or a process
+                // that is gone: MONITOR_P_EXIT {21, ToProc, From, Ref, noproc}.
+                let answer = etf::frame(
+                    &Term::Tuple(vec![
+                        Term::Int(21),
+                        to.clone(),
+                        Term::Pid(from.clone()),
+                        r.clone(),
+                        Term::Atom(Arc::from("noproc")),
+                    ]),
+                    None,
+                );
+                Judgement {
+                    answer: Some(answer),
+                    ..Judgement::refuse("monitor", target, "a process this peer's node may not reach")
+                }
+            }
+        }
+        // DEMONITOR_P {20, ...}, MONITOR_P_EXIT {21, ...}, PAYLOAD_MONITOR_P_EXIT {28, ...}
+        20 => Judgement::allow("demonitor", Target::None),
+        21 | 28 => Judgement::allow("monitor_exit", Target::None),
+        // SPAWN_REQUEST {29, ReqId, From, GroupLeader, {M, F, A}, Opts}, _TT {30, ...}
+        29 | 30 => {
+            let mfa = el(4)?.tuple().unwrap_or(&[]);
+            let target = match mfa {
+                [Term::Atom(m), Term::Atom(f), Term::Int(a)] => Target::Mfa(format!("{m}:{f}/{a}")),
+                _ => return Err(Unjudged::Malformed("spawn request without {M, F, A}")),
+            };
+            if p.spawn {
+                Judgement::allow("spawn", target)
+            } else {
+                // SPAWN_REPLY {31, ReqId, To, Flags, Result}: an atom is
+                // the error the caller sees.
+                let answer = etf::frame(
+                    &Term::Tuple(vec![
+                        Term::Int(31),
+                        el(1)?.clone(),
+                        Term::Pid(pid(2)?.clone()),
+                        Term::Int(0),
+                        Term::Atom(Arc::from("notsup")),
+                    ]),
+                    None,
+                );
+                Judgement {
+                    answer: Some(answer),
+                    ..Judgement::refuse("spawn", target, "a spawn request (rpc, erpc, spawn)")
+                }
+            }
+        }
+        // SPAWN_REPLY {31, ...}, _TT {32, ...}: answers to the local node's requests.
+        31 | 32 => Judgement::allow("spawn_reply", Target::None),
+        // ALIAS_SEND {33, From, Alias}, _TT {34, ...}
+        33 | 34 => match el(2)? {
+            Term::Ref(r) => to_alias(p, mem, &mut d, versioned, r)?,
+            _ => return Err(Unjudged::Malformed("alias_send to a non-reference")),
+        },
+        // ALTACT_SIG_SEND {37, Flags, From, To} and {37, Flags, From, To,
+        // Token} (OTP 28+): a send (priority or not) to a pid, an alias or a
+        // name, or an exit signal (EXIT flag), judged as what it stands for.
+        37 => {
+            let flags = el(1)?
+                .int()
+                .ok_or(Unjudged::Malformed("altact signal flags not a small integer"))?;
+            let to = el(3)?;
+            if flags & ALTACT_EXIT != 0 {
+                exit2(p)
+            } else if flags & ALTACT_NAME != 0 {
+                let name = to
+                    .atom()
+                    .ok_or(Unjudged::Malformed("altact send to a name that is no atom"))?;
+                to_name(p, mem, &mut d, versioned, "reg_send", name)?
+            } else if flags & ALTACT_ALIAS != 0 {
+                match to {
+                    Term::Ref(r) => to_alias(p, mem, &mut d, versioned, r)?,
+                    _ => return Err(Unjudged::Malformed("altact send to an alias that is no reference")),
+                }
+            } else {
+                match to {
+                    Term::Pid(q) => to_pid(p, mem, &mut d, versioned, "send", q)?,
+                    _ => return Err(Unjudged::Malformed("altact send to a pid that is no pid")),
+                }
+            }
+        }
+        _ => Judgement::refuse("unknown", Target::None, "an unknown control message"),
+    })
+}
+
+/// ALTACT_SIG_SEND's flags (`erts/emulator/beam/dist.h`).
+const ALTACT_ALIAS: i64 = 4;
+const ALTACT_NAME: i64 = 8;
+const ALTACT_EXIT: i64 = 16;
+
+/// Every name whose messages are judged by a kernel protocol.
+const MACHINERY: &[&str] = &[NET_KERNEL, GLOBAL, PG, REX];
+
+fn machinery_name(name: &str) -> Option<&'static str> {
+    MACHINERY.iter().copied().find(|m| *m == name)
+}
+
+fn exit2(p: &DistPolicy) -> Judgement {
+    if p.exit_signals {
+        Judgement::allow("exit2", Target::Pid)
+    } else {
+        Judgement::refuse("exit2", Target::Pid, "an exit signal (exit/2)")
+    }
+}
+
+/// A send to a local pid: a kernel protocol server by its protocol, a
+/// given pid by its content, anything else refused (and remembered as
+/// forged).
+fn to_pid(
+    p: &DistPolicy,
+    mem: &mut Memory,
+    d: &mut Decoder,
+    versioned: bool,
+    op: &'static str,
+    to: &Pid,
+) -> Result<Judgement, Unjudged> {
+    if let Some(name) = mem.machinery_of(to) {
+        let m = message(d, versioned)?;
+        let target = Target::Name(Arc::from(name));
+        if mem.is_reply(&m) {
+            return Ok(reply(mem, op, target, &m));
+        }
+        mem.names_forged(&m);
+        return Ok(match machinery(mem, name, &m) {
+            Ok(()) => Judgement::allow(op, target),
+            Err(why) => Judgement::refuse(op, target, why),
+        });
+    }
+    if !mem.given_pid(to) && mem.replier(to) {
+        let m = message(d, versioned)?;
+        if mem.is_reply(&m) {
+            return Ok(reply(mem, op, Target::Pid, &m));
+        }
+        return Ok(Judgement::refuse(
+            op,
+            Target::Pid,
+            "a caller's pid is sent only its call's reply",
+        ));
+    }
+    if !mem.given_pid(to) {
+        mem.forge_pid(to);
+        return Ok(Judgement::refuse(
+            op,
+            Target::Pid,
+            "a pid this peer's node was not given",
+        ));
+    }
+    content(p, mem, d, versioned, op, Target::Pid)
+}
+
+/// The reply to a local call, refused only if it names what the peer
+/// was not given.
+fn reply(mem: &mut Memory, op: &'static str, target: Target, m: &Term) -> Judgement {
+    match mem.names_forged(m) {
+        Some(why) => Judgement::refuse(op, target, why),
+        None => Judgement::allow(op, target),
+    }
+}
+
+/// A send to a registered name: a listed one by its content, the
+/// machinery by its protocol, the rest refused.
+fn to_name(
+    p: &DistPolicy,
+    mem: &mut Memory,
+    d: &mut Decoder,
+    versioned: bool,
+    op: &'static str,
+    name: &str,
+) -> Result<Judgement, Unjudged> {
+    let target = Target::Name(Arc::from(name));
+    if let Some(m_name) = machinery_name(name) {
+        let m = message(d, versioned)?;
+        mem.names_forged(&m);
+        return Ok(match machinery(mem, m_name, &m) {
+            Ok(()) => Judgement::allow(op, target),
+            Err(why) => Judgement::refuse(op, target, why),
+        });
+    }
+    if p.lists(name) {
+        return content(p, mem, d, versioned, op, target);
+    }
+    Ok(Judgement::refuse(
+        op,
+        target,
+        "a registered name the policy does not list",
+    ))
+}
+
+/// A send to a local alias the peer was given.
+fn to_alias(
+    p: &DistPolicy,
+    mem: &mut Memory,
+    d: &mut Decoder,
+    versioned: bool,
+    r: &Ref,
+) -> Result<Judgement, Unjudged> {
+    if mem.given_ref(r) {
+        return content(p, mem, d, versioned, "alias_send", Target::Alias);
+    }
+    if let Some(k) = mem.local_ref(r) {
+        bounded_put(&mut mem.forged_refs, k, (), MAX_FORGED);
+    }
+    Ok(Judgement::refuse(
+        "alias_send",
+        Target::Alias,
+        "an alias this peer's node was not given",
+    ))
+}
+
+/// The message of a send whose target is allowed: refused when it names
+/// local pids, references or ports the peer was not given, asks the
+/// process for what no peer should get by a message (a sys request, an I/O
+/// request other than plain output, input as from a local driver, a fake
+/// parent's exit), or is a gen_server call whose `From` is not a process
+/// of the peer. A message too large to be in hand whole is judged by its
+/// top (its arity and tag) only.
+fn content(
+    p: &DistPolicy,
+    mem: &mut Memory,
+    d: &mut Decoder,
+    versioned: bool,
+    op: &'static str,
+    target: Target,
+) -> Result<Judgement, Unjudged> {
+    let mut whole = Decoder::new(d.rest(), d.refs());
+    let m = match message(&mut whole, versioned) {
+        Ok(m) => Some(m),
+        Err(Unjudged::Need) => None,
+        Err(e) => return Err(e),
+    };
+    let (arity, tag) = match &m {
+        Some(m) => (m.tuple().map_or(0, |t| t.len()), m.tag().map(Arc::from)),
+        None => peek(d, versioned)?,
+    };
+    let mut why = match (arity, tag.as_deref()) {
+        (3, Some("system")) => Some("a sys message (state replacement, code change)"),
+        (3, Some("EXIT")) if !p.exit_signals => Some("an 'EXIT' message (as from a parent)"),
+        (4, Some("io_request")) => {
+            let m = match m {
+                Some(ref m) => m.clone(),
+                None => message(d, versioned)?,
+            };
+            (!m.tuple().and_then(|t| t.get(3)).is_some_and(io_ok)).then_some("an I/O request other than plain output")
+        }
+        _ => None,
+    };
+    if let (None, Some(m)) = (why, &m) {
+        why = mem.names_forged(m).or_else(|| {
+            let t = m.tuple().unwrap_or(&[]);
+            match (m.tag(), t) {
+                (Some("$gen_call"), [_, from, _]) if !valid_from(mem, from) => {
+                    Some("a gen_server call whose From is not {a process of the peer, a tag}")
+                }
+                (_, [Term::Pid(_) | Term::Port(_), input]) if driver_input(input) => {
+                    Some("input as a local driver or port sends it")
+                }
+                _ => None,
+            }
+        });
+    }
+    Ok(match why {
+        Some(why) => Judgement::refuse(op, target, why),
+        None => Judgement::allow(op, target),
+    })
+}
+
+/// What a driver or port sends the process reading it (a group leader, a
+/// port owner): from a peer, it would be input typed on this host.
+fn driver_input(t: &Term) -> bool {
+    match t {
+        Term::Atom(a) => matches!(&**a, "eof" | "closed" | "connected"),
+        Term::Tuple(v) => matches!(
+            v.first().and_then(Term::atom),
+            Some("data" | "error" | "exit_status" | "reply" | "open_editor" | "editor_data")
+        ),
+        _ => false,
+    }
+}
+
+/// `From` of a gen_server call as OTP's own nodes send it: `{Pid, Tag}`
+/// with Pid a process of the peer, Tag `Ref`, `[alias | Ref]`,
+/// `[[alias | Alias] | Mon]` (OTP 26+ multi_call) or `{Ref, Node}` (OTP 25
+/// multi_call).
+fn valid_from(mem: &Memory, from: &Term) -> bool {
+    let Some([pid, tag]) = from.tuple() else {
+        return false;
+    };
+    mem.remote_pid(pid) && valid_tag(tag)
+}
+
+fn valid_tag(tag: &Term) -> bool {
+    let alias = |t: &Term| match t {
+        Term::List(v, tail) => matches!(&v[..], [Term::Atom(a)] if &**a == "alias") && matches!(**tail, Term::Ref(_)),
+        _ => false,
+    };
+    match tag {
+        Term::Ref(_) => true,
+        Term::Tuple(v) => matches!(&v[..], [Term::Ref(_), Term::Atom(_)]),
+        Term::List(v, tail) => alias(tag) || (matches!(&v[..], [a] if alias(a)) && matches!(**tail, Term::Ref(_))),
+        _ => false,
+    }
+}
+
+/// The message's top: its arity if a tuple (0 otherwise) and its first
+/// element if an atom. Reads no further than that.
+fn peek(d: &Decoder, versioned: bool) -> Result<(usize, Option<Atom>), Unjudged> {
+    let mut d = Decoder::new(d.rest(), d.refs());
+    if versioned {
+        d.version()?;
+    }
+    let rest = d.rest();
+    let (arity, skip) = match rest.first().ok_or(Unjudged::Need)? {
+        104 => (*rest.get(1).ok_or(Unjudged::Need)? as usize, 2),
+        105 => {
+            let b = rest.get(1..5).ok_or(Unjudged::Need)?;
+            (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, 5)
+        }
+        _ => return Ok((0, None)),
+    };
+    if arity == 0 {
+        return Ok((0, None));
+    }
+    let mut first = Decoder::new(&rest[skip..], d.refs());
+    let tag = match rest.get(skip) {
+        Some(82 | 100 | 115 | 118 | 119) => first.term()?.atom().map(Arc::from),
+        Some(_) => None,
+        None => return Err(Unjudged::Need),
+    };
+    Ok((arity, tag))
+}
+
+/// The whole message.
+fn message(d: &mut Decoder, versioned: bool) -> Result<Term, Unjudged> {
+    if versioned {
+        d.version()?;
+    }
+    Ok(d.term()?)
+}
+
+/// An I/O request a group leader may take from a peer: plain output
+/// (`put_chars` of characters, or of io_lib's own formatting, as
+/// `io:format` sends it), the terminal's geometry and options read,
+/// recursively through `requests`. Input requests (`get_line`,
+/// `get_until`, ...), `setopts` (an `expand_fun`) and any other `M, F, A`
+/// are refused.
+fn io_ok(req: &Term) -> bool {
+    let t = req.tuple().unwrap_or(&[]);
+    match (req, req.tag(), t.len()) {
+        (Term::Atom(a), _, _) => &**a == "getopts",
+        (_, Some("put_chars"), 2 | 3) => true,
+        (_, Some("put_chars"), 5) => {
+            matches!((&t[2], &t[3]), (Term::Atom(m), Term::Atom(f)) if &**m == "io_lib" && matches!(&**f, "format" | "fwrite" | "write"))
+                && matches!(t[4], Term::List(..) | Term::Nil)
+                && no_fun(&t[4])
+        }
+        (_, Some("get_geometry"), 2) => true,
+        (_, Some("requests"), 2) => match &t[1] {
+            Term::List(v, tail) => **tail == Term::Nil && v.iter().all(io_ok),
+            Term::Nil => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn no_fun(t: &Term) -> bool {
+    let mut any = false;
+    t.visit(&mut |t| any |= matches!(t, Term::Fun(_)));
+    !any
+}
+
+fn is_atom(t: &Term) -> bool {
+    matches!(t, Term::Atom(_))
+}
+
+fn is_list(t: &Term) -> bool {
+    matches!(t, Term::List(_, tail) if **tail == Term::Nil) || *t == Term::Nil
+}
+
+fn list(t: &Term) -> &[Term] {
+    match t {
+        Term::List(v, _) => v,
+        _ => &[],
+    }
+}
+
+fn is_int(t: &Term) -> bool {
+    matches!(t, Term::Int(_) | Term::Big)
+}
+
+fn is_bool(t: &Term) -> bool {
+    matches!(t, Term::Atom(a) if matches!(&**a, "true" | "false"))
+}
+
+/// A pid, or a proper list of pids, of the peer.
+fn remote_pids(mem: &Memory, t: &Term) -> bool {
+    mem.remote_pid(t) || (is_list(t) && list(t).iter().all(|p| mem.remote_pid(p)))
+}
+
+/// What the machinery may be asked, in the exact shapes OTP 25, 27 and
+/// 29's own nodes send (`net_kernel.erl`, `global.erl`, `rpc.erl`,
+/// `pg.erl`): every element whose type the receiver relies on is checked,
+/// since a kernel process that crashes can take the node down.
+fn machinery(mem: &Memory, name: &str, m: &Term) -> Result<(), &'static str> {
+    let t = m.tuple().unwrap_or(&[]);
+    match name {
+        // rpc's nodes observer asks every new node's rex which features it
+        // has, and gets the answer at its own pid.
+        REX => match t {
+            [from, Term::Atom(a)] if &**a == "features_request" && mem.remote_pid(from) => Ok(()),
+            [Term::Atom(a), n, l] if &**a == "features_reply" && is_atom(n) && is_list(l) => Ok(()),
+            _ => Err("rex (rpc) is asked only which features it has"),
+        },
+        // ping.
+        NET_KERNEL => match t {
+            [Term::Atom(g), from, req] if &**g == "$gen_call" && valid_from(mem, from) => match req.tuple() {
+                Some([Term::Atom(a), n]) if &**a == "is_auth" && is_atom(n) => Ok(()),
+                _ => Err("net_kernel is asked only is_auth (ping)"),
+            },
+            _ => Err("net_kernel is asked only is_auth (ping)"),
+        },
+        GLOBAL => {
+            let ok = match t {
+                [Term::Atom(g), req] if &**g == "$gen_cast" => global_cast(mem, req),
+                [Term::Atom(g), from, req] if &**g == "$gen_call" => valid_from(mem, from) && global_call(req),
+                _ => global_info(m),
+            };
+            if !ok {
+                return Err("a request global's own protocol does not make, or not in its shape");
+            }
+            // Name-clash methods travel with registrations: only global's.
+            let mut foreign_fun = false;
+            m.visit(&mut |t| {
+                if let Term::Fun(f) = t {
+                    foreign_fun |= &*f.module != "global";
+                }
+            });
+            if foreign_fun {
+                return Err("a fun of a module other than global");
+            }
+            Ok(())
+        }
+        _ => {
+            let ok = match t {
+                [Term::Atom(a), peer] if &**a == "discover" => mem.remote_pid(peer),
+                [Term::Atom(g), req] if &**g == "$gen_cast" => match req.tuple() {
+                    Some([Term::Atom(a), peer, groups]) if &**a == "sync" => {
+                        mem.remote_pid(peer)
+                            && is_list(groups)
+                            && list(groups)
+                                .iter()
+                                .all(|g| matches!(g.tuple(), Some([_, ps]) if is_list(ps) && remote_pids(mem, ps)))
+                    }
+                    _ => false,
+                },
+                [Term::Atom(a), peer, _group, pids] if &**a == "join" => mem.remote_pid(peer) && remote_pids(mem, pids),
+                [Term::Atom(a), peer, pids, groups] if &**a == "leave" => {
+                    mem.remote_pid(peer) && remote_pids(mem, pids) && is_list(groups)
+                }
+                _ => false,
+            };
+            if ok && no_fun(m) {
+                Ok(())
+            } else {
+                Err("a request pg's own protocol does not make, or not in its shape")
+            }
+        }
+    }
+}
+
+/// global's casts between name servers (protocol versions 7 and 8).
+fn global_cast(mem: &Memory, req: &Term) -> bool {
+    let t = req.tuple().unwrap_or(&[]);
+    let tag = req.tag().unwrap_or("");
+    match (tag, t.len()) {
+        ("init_connect", 4) => {
+            let vsn_ok = match &t[1] {
+                Term::Tuple(v) => v.len() >= 2 && is_int(&v[0]),
+                v => is_int(v),
+            };
+            let msg_ok =
+                matches!(t[3].tuple(), Some([Term::Atom(l), _, _, p]) if &**l == "locker" && mem.remote_pid(p));
+            vsn_ok && is_atom(&t[2]) && msg_ok
+        }
+        ("lock_set", 4 | 5) => mem.remote_pid(&t[1]),
+        ("exchange", 5) => is_atom(&t[1]) && name_entries(&t[2]) && is_list(&t[3]),
+        ("exchange_ops", 5) => is_atom(&t[1]) && is_list(&t[3]) && is_list(&t[4]),
+        ("resolved", 7) => is_atom(&t[1]) && is_list(&t[2]) && is_list(&t[3]) && is_list(&t[5]),
+        ("new_nodes", 6) => is_atom(&t[1]) && is_list(&t[2]) && is_list(&t[3]) && is_list(&t[4]) && is_list(&t[5]),
+        ("in_sync", 3) => is_atom(&t[1]) && is_bool(&t[2]),
+        ("async_del_name", 3) | ("async_del_lock", 3) => mem.remote_pid(&t[2]),
+        _ => false,
+    }
+}
+
+/// `[{Name, Pid, Method}]` as global's exchange sends its names.
+fn name_entries(t: &Term) -> bool {
+    is_list(t) && list(t).iter().all(|e| matches!(e.tuple(), Some([_, Term::Pid(_), _])))
+}
+
+/// global's calls between name servers, made under its locks.
+fn global_call(req: &Term) -> bool {
+    let t = req.tuple().unwrap_or(&[]);
+    let lock_id = |l: &Term| matches!(l.tuple(), Some([_, _]));
+    match (req.tag().unwrap_or(""), t.len()) {
+        ("set_lock" | "del_lock", 2) => lock_id(&t[1]),
+        ("register", 4) => matches!(t[2], Term::Pid(_)) && matches!(t[3], Term::Fun(_) | Term::Atom(_)),
+        ("register_ext", 5) => {
+            matches!(t[2], Term::Pid(_)) && matches!(t[3], Term::Fun(_) | Term::Atom(_)) && is_atom(&t[4])
+        }
+        ("unregister", 2) => true,
+        _ => false,
+    }
+}
+
+/// global's plain messages between name servers (protocol 7 and 8).
+fn global_info(m: &Term) -> bool {
+    let t = m.tuple().unwrap_or(&[]);
+    match (m.tag().unwrap_or(""), t.len()) {
+        ("init_connect_ack", 4) | ("cancel_connect", 3) => is_atom(&t[1]),
+        ("lost_connection", 5) => is_atom(&t[1]) && is_int(&t[2]) && is_int(&t[3]) && is_atom(&t[4]),
+        ("remove_connection", 2) => is_atom(&t[1]),
+        _ => false,
+    }
+}
