@@ -102,7 +102,7 @@ fn term() -> impl Strategy<Value = Term> {
 /// sets atom cache entries, a control message naming an entry (REG_SEND,
 /// or an operation no OTP release defines), a message.
 fn frames() -> impl Strategy<Value = Vec<u8>> {
-    let op = prop::sample::select(vec![6u8, 6, 6, 0, 9, 10, 11, 14, 15, 17, 37, 38, 39, 200]);
+    let op = prop::sample::select(vec![6u8, 6, 6, 0, 9, 10, 11, 14, 15, 17, 38, 39, 40, 200]);
     proptest::collection::vec((op, "[a-z]{1,8}", term(), any::<bool>()), 1..6).prop_map(|v| {
         let mut out = Vec::new();
         for (i, (op, name, msg, tick)) in v.into_iter().enumerate() {
