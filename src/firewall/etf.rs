@@ -338,6 +338,25 @@ impl<'a> Decoder<'a> {
                 }
                 Term::Tuple(v)
             }
+            // RECORD_EXT (OTP 29, EEP 79): field count, flags, module and
+            // name atoms, the field names, then the values. Read as a tuple
+            // of its values: no rule looks inside a record, but its pids
+            // and references count.
+            67 => {
+                let n = self.u32()? as usize;
+                self.count(2 * n)?;
+                self.u8()?;
+                self.atom()?;
+                self.atom()?;
+                for _ in 0..n {
+                    self.atom()?;
+                }
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.term_at(depth + 1)?);
+                }
+                Term::Tuple(v)
+            }
             106 => Term::Nil,
             107 => {
                 let n = self.u16()? as usize;

@@ -203,6 +203,12 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
             Ok(Some((5, Tok::Compound(2 * be(&b[1..5])))))
         }
         113 => Ok(Some((1, Tok::Compound(3)))),
+        // RECORD_EXT (OTP 29): field count, flags, then module, name, the
+        // field names and the values as terms.
+        67 => {
+            need!(6);
+            Ok(Some((6, Tok::Compound(2 + 2 * be(&b[1..5])))))
+        }
         109 => {
             need!(5);
             Ok(Some((5, Tok::Skip(be(&b[1..5])))))
@@ -338,6 +344,26 @@ mod tests {
             assert_eq!(got, want, "step {step}");
             assert!(w.done(), "step {step}");
         }
+    }
+
+    #[test]
+    fn a_record_is_walked_into() {
+        // #r{a = <pid>} of module m, as RECORD_EXT: 67, 1 field, flags 0.
+        let pid = Pid {
+            node: Arc::from("b@hostb"),
+            id: 4,
+            serial: 0,
+            creation: 3,
+        };
+        let mut b = vec![67, 0, 0, 0, 1, 0, 119, 1, b'm', 119, 1, b'r', 119, 1, b'a'];
+        encode(&Term::Pid(pid.clone()), &mut b);
+        let mut w = Walker::new(1, false);
+        let mut got = Vec::new();
+        w.feed(&b, &[], &mut |f| got.push(f));
+        assert!(w.done());
+        assert_eq!(got, vec![Found::Pid(pid.clone())]);
+        let t = crate::firewall::etf::Decoder::new(&b, &[]).term().unwrap();
+        assert_eq!(t, Term::Tuple(vec![Term::Pid(pid)]));
     }
 
     #[test]
