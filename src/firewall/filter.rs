@@ -953,15 +953,19 @@ impl Outbound {
             mem.give_pid(gl);
         }
         let used = start + d.pos;
-        // A whole message in hand (the usual case) is given by its shape.
-        if complete && seq.is_none() && frag <= 1 {
+        // A whole message whose shape decides what it gives (a call, a
+        // message to the peer's machinery) is decoded; any other gives
+        // every pid and reference in it, found by the walk without decoding.
+        let to_name = match (op, t.get(1).and_then(Term::int), t.get(3)) {
+            (Some(6 | 16), _, Some(Term::Atom(a))) => Some(&**a),
+            (Some(37), Some(f), Some(Term::Atom(a))) if f & 8 != 0 => Some(&**a),
+            _ => None,
+        };
+        let shaped = to_name.is_some_and(|n| rules::machinery_name(n).is_some())
+            || matches!(rules::peek(&d, versioned), Ok((3, Some(tag))) if &*tag == "$gen_call");
+        if shaped && complete && seq.is_none() && frag <= 1 {
             let sender = match (op, t.get(1), t.get(2)) {
                 (Some(37), _, Some(Term::Pid(p))) | (Some(_), Some(Term::Pid(p)), _) => Some(p),
-                _ => None,
-            };
-            let to_name = match (op, t.get(1).and_then(Term::int), t.get(3)) {
-                (Some(6 | 16), _, Some(Term::Atom(a))) => Some(&**a),
-                (Some(37), Some(f), Some(Term::Atom(a))) if f & 8 != 0 => Some(&**a),
                 _ => None,
             };
             let m = (if versioned { d.version() } else { Ok(()) }).and_then(|_| d.term());

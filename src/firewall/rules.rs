@@ -260,38 +260,38 @@ impl Memory {
         }
     }
 
+    /// The peer named local reference `r` without having been given it.
+    fn forge_ref(&mut self, r: &Ref) {
+        if let Some(k) = self.local_ref(r) {
+            if !self.refs.contains(&k) {
+                bounded_put(&mut self.forged_refs, k, (), MAX_FORGED);
+            }
+        }
+    }
+
     /// Why a message from the peer names what it may not: a local pid or
     /// reference it was not given (remembered as forged), or a local port.
     fn names_forged(&mut self, t: &Term) -> Option<&'static str> {
-        let mut why = None;
-        let mut forged = (Vec::new(), Vec::new());
+        let (mut pids, mut refs, mut port) = (Vec::new(), Vec::new(), false);
         t.visit(&mut |t| match t {
-            Term::Pid(p) => {
-                if let Some(k) = self.local_key(p) {
-                    if !self.pids.contains(&k) && !self.machinery.contains(&k) {
-                        forged.0.push(k);
-                        why = Some("a message naming a local pid this peer's node was not given");
-                    }
-                }
+            Term::Pid(p) if !self.given_pid(p) && self.local_key(p).is_some() && self.machinery_of(p).is_none() => {
+                pids.push(p.clone())
             }
-            Term::Ref(r) => {
-                if let Some(k) = self.local_ref(r) {
-                    if !self.refs.contains(&k) {
-                        forged.1.push(k);
-                        why = Some("a message naming a local reference this peer's node was not given");
-                    }
-                }
-            }
-            Term::Port(n) if **n == *self.local => why = Some("a message naming a local port"),
+            Term::Ref(r) if !self.given_ref(r) && self.local_ref(r).is_some() => refs.push(r.clone()),
+            Term::Port(n) if **n == *self.local => port = true,
             _ => {}
         });
-        for k in forged.0 {
-            bounded_put(&mut self.forged_pids, k, (), MAX_FORGED);
+        pids.iter().for_each(|p| self.forge_pid(p));
+        refs.iter().for_each(|r| self.forge_ref(r));
+        if !pids.is_empty() {
+            Some("a message naming a local pid this peer's node was not given")
+        } else if !refs.is_empty() {
+            Some("a message naming a local reference this peer's node was not given")
+        } else if port {
+            Some("a message naming a local port")
+        } else {
+            None
         }
-        for k in forged.1 {
-            bounded_put(&mut self.forged_refs, k, (), MAX_FORGED);
-        }
-        why
     }
 }
 
@@ -600,7 +600,8 @@ const ALTACT_EXIT: i64 = 16;
 /// Every name whose messages are judged by a kernel protocol.
 const MACHINERY: &[&str] = &[NET_KERNEL, GLOBAL, PG, REX];
 
-fn machinery_name(name: &str) -> Option<&'static str> {
+/// The kernel protocol a registered name speaks, if any.
+pub fn machinery_name(name: &str) -> Option<&'static str> {
     MACHINERY.iter().copied().find(|m| *m == name)
 }
 
@@ -706,9 +707,7 @@ fn to_alias(
     if mem.given_ref(r) {
         return content(p, mem, d, versioned, "alias_send", Target::Alias);
     }
-    if let Some(k) = mem.local_ref(r) {
-        bounded_put(&mut mem.forged_refs, k, (), MAX_FORGED);
-    }
+    mem.forge_ref(r);
     Ok(Judgement::refuse(
         "alias_send",
         Target::Alias,
@@ -745,11 +744,12 @@ fn content(
         (3, Some("system")) => Some("a sys message (state replacement, code change)"),
         (3, Some("EXIT")) if !p.exit_signals => Some("an 'EXIT' message (as from a parent)"),
         (4, Some("io_request")) => {
-            let m = match m {
-                Some(ref m) => m.clone(),
-                None => message(d, versioned)?,
+            let plain = |m: &Term| m.tuple().and_then(|t| t.get(3)).is_some_and(io_ok);
+            let ok = match &m {
+                Some(m) => plain(m),
+                None => plain(&message(d, versioned)?),
             };
-            (!m.tuple().and_then(|t| t.get(3)).is_some_and(io_ok)).then_some("an I/O request other than plain output")
+            (!ok).then_some("an I/O request other than plain output")
         }
         _ => None,
     };
@@ -812,7 +812,7 @@ fn valid_tag(tag: &Term) -> bool {
 
 /// The message's top: its arity if a tuple (0 otherwise) and its first
 /// element if an atom. Reads no further than that.
-fn peek(d: &Decoder, versioned: bool) -> Result<(usize, Option<Atom>), Unjudged> {
+pub fn peek(d: &Decoder, versioned: bool) -> Result<(usize, Option<Atom>), Unjudged> {
     let mut d = Decoder::new(d.rest(), d.refs());
     if versioned {
         d.version()?;
