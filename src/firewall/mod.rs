@@ -14,11 +14,17 @@
 //! - [`etf`]: the term format, the header, the atom cache.
 //! - [`rules`]: one control message (and, where it matters, its message)
 //!   against a policy.
+//! - [`memory`]: the capability model's state per node pair (given,
+//!   forged, machinery pids), owned by the running erlmesh.
+//! - [`machinery`]: the exact shapes of the kernel protocols a restricted
+//!   peer keeps, and the I/O a group leader may take.
 //! - [`walk`]: the pids and references in the local node's frames.
 //! - [`filter`]: both directions' framing, fragments, held bytes, answers.
 
 pub mod etf;
 pub mod filter;
+pub mod machinery;
+pub mod memory;
 pub mod rules;
 pub mod walk;
 

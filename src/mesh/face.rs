@@ -4,6 +4,7 @@
 
 use crate::epmd::codec::{self, Request};
 use crate::epmd::embedded::{read_request, reply_and_close, ReadError};
+use crate::firewall::memory::Memories;
 use crate::mesh::policy::Policy;
 use crate::tunnel::accept::accept_loop;
 use crate::tunnel::dial::Dialer;
@@ -30,6 +31,8 @@ pub struct Face {
     epmd_port: u16,
     pub(crate) dialer: Dialer,
     pub(crate) policy: Policy,
+    /// The distribution firewall's memory, per node pair.
+    pub(crate) memories: Arc<Memories>,
     /// Remote node name → port of its listener on the alias.
     nodes: Mutex<HashMap<String, u16>>,
     slots: Arc<Semaphore>,
@@ -39,12 +42,14 @@ pub struct Face {
 
 impl Face {
     /// A face for the peer `dialer` reaches, on `alias`.
+    #[allow(clippy::too_many_arguments)] // called once, by the peer table
     pub fn new(
         own_host: &str,
         alias: Ipv4Addr,
         epmd_port: u16,
         dialer: Dialer,
         policy: Policy,
+        memories: Arc<Memories>,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Face> {
@@ -54,6 +59,7 @@ impl Face {
             epmd_port,
             dialer,
             policy,
+            memories,
             nodes: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(MAX_FACE_CONNECTIONS)),
             cancel,

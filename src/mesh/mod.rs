@@ -36,6 +36,7 @@ pub mod resolver;
 mod table;
 
 use crate::config::{Config, Peer};
+use crate::firewall::memory::Memories;
 use crate::hostname::HostName;
 use crate::mesh::policy::Policy;
 use crate::ops::metrics::Metrics;
@@ -149,6 +150,8 @@ pub struct Mesh {
     default_policy: Policy,
     tls: Arc<Tls>,
     metrics: Arc<Metrics>,
+    /// What the distribution firewall remembers per node pair, by host.
+    memories: Arc<Memories>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// To the task that owns the table (table.rs).
@@ -202,6 +205,7 @@ impl Mesh {
             checks: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
             tls,
             metrics,
+            memories: Arc::default(),
             cancel,
             tracker,
             pending: Mutex::new(BTreeSet::new()),
@@ -220,6 +224,11 @@ impl Mesh {
                 .map(|(h, e)| (h.to_string(), e.address.clone())),
         );
         v
+    }
+
+    /// What the distribution firewall remembers per node pair.
+    pub fn memories(&self) -> &Arc<Memories> {
+        &self.memories
     }
 
     /// What `host`'s nodes may do here: its `peers` entry's policy, else

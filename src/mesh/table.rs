@@ -331,6 +331,7 @@ impl Mesh {
             self.epmd_port,
             dialer,
             policy,
+            self.memories.clone(),
             face_cancel.clone(),
             self.tracker.clone(),
         );

@@ -262,7 +262,12 @@ async fn tunnel_in(
             debug!("tunnel open");
             let local_node = format!("{name}@{}", ctx.host);
             let firewall = ctx.mesh.policy_for(&claimed).dist.map(|p| record::Firewalled {
-                firewall: Firewall::new(p, &claimed, &local_node, &remote_name, ctx.metrics.clone()),
+                firewall: Firewall::new(
+                    p,
+                    &claimed,
+                    ctx.mesh.memories().pair(&claimed, &local_node, &remote_name),
+                    ctx.metrics.clone(),
+                ),
                 node_dials: false,
             });
             let carried = record::splice(

@@ -97,8 +97,7 @@ impl Face {
                 firewall: crate::firewall::filter::Firewall::new(
                     p,
                     &self.dialer.host,
-                    &local_name,
-                    &remote_node,
+                    self.memories.pair(&self.dialer.host, &local_name, &remote_node),
                     self.dialer.metrics().clone(),
                 ),
                 node_dials: true,

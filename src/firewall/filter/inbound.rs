@@ -1,0 +1,539 @@
+//! The peer's frames on their way to the node: framing, the atom cache,
+//! fragments held until judged, stand-ins for refused frames.
+
+use super::*;
+
+/// Where the reader is in the frame stream.
+enum At {
+    /// Reading a length prefix (2 or 4 bytes by phase).
+    Len {
+        got: [u8; 4],
+        n: usize,
+    },
+    /// A handshake frame: passed, its first byte looked at.
+    Handshake {
+        left: usize,
+        first: bool,
+    },
+    /// A frame's bytes held until it is judged; judged again once `held`
+    /// reaches `retry` bytes or the frame is complete, so that a large
+    /// frame is parsed a bounded number of times.
+    Head {
+        len: usize,
+        held: Vec<u8>,
+        retry: usize,
+    },
+    Pass {
+        left: usize,
+    },
+    Drop {
+        left: usize,
+    },
+}
+
+/// A fragmented message from the peer.
+enum Seq {
+    /// Judged: pass or drop its remaining fragments.
+    Decided(bool),
+    /// Held until enough of it is there: its data so far, its header's
+    /// atoms and atom-cache bytes. Its frames wait in [`Inbound::hold`].
+    Held {
+        body: Vec<u8>,
+        refs: Refs,
+        header: Vec<u8>,
+        /// Judged again once `body` is this long, or at the last fragment.
+        retry: usize,
+    },
+}
+
+/// What waits behind a held fragmented message, in arrival order.
+enum Held {
+    /// A frame of that message, as received (length included).
+    Frame(u64, Vec<u8>),
+    /// Bytes for the node, judged already.
+    Out(Vec<u8>),
+}
+
+/// What to do with one frame.
+enum Decision {
+    Need,
+    Pass,
+    Drop(Option<Vec<u8>>),
+    /// A frame of a message held until more of it comes (the last one).
+    Held(u64, bool),
+}
+
+/// The peer's frames on their way to the node.
+pub struct Inbound {
+    fw: Arc<Firewall>,
+    phase: Phase,
+    at: At,
+    cache: AtomCache,
+    seqs: HashMap<u64, Seq>,
+    /// Non-empty while a fragmented message waits for a decision: every
+    /// later frame waits behind it, so that the node sees the frames (and
+    /// their atom cache updates) in the order they came.
+    hold: VecDeque<Held>,
+    /// Bytes held, in frame heads, sequences and `hold`.
+    held: usize,
+}
+
+impl Inbound {
+    /// `peer_dials`: the peer's node is the dialler (its handshake ends
+    /// with its challenge reply), else the acceptor (challenge ack).
+    pub fn new(fw: Arc<Firewall>, peer_dials: bool) -> Inbound {
+        Inbound {
+            fw,
+            phase: Phase::Handshake {
+                ends_on: if peer_dials { CHALLENGE_REPLY } else { CHALLENGE_ACK },
+            },
+            at: At::Len { got: [0; 4], n: 0 },
+            cache: AtomCache::default(),
+            seqs: HashMap::new(),
+            hold: VecDeque::new(),
+            held: 0,
+        }
+    }
+
+    fn prefix(&self) -> usize {
+        match self.phase {
+            Phase::Handshake { .. } => 2,
+            Phase::Connected => 4,
+        }
+    }
+
+    /// Sends bytes on to the node, or behind a held message.
+    fn emit(&mut self, out: &mut Vec<Seg>, buf: &[u8], seg: Seg) -> io::Result<()> {
+        if self.hold.is_empty() {
+            match seg {
+                Seg::Buf(r) => push_buf(out, r),
+                other => out.push(other),
+            }
+            return Ok(());
+        }
+        let bytes: Vec<u8> = match seg {
+            Seg::Buf(r) => buf[r].to_vec(),
+            Seg::Own(v) => v,
+            Seg::Len(n) => n.to_vec(),
+        };
+        self.held += bytes.len();
+        if self.held > MAX_HELD {
+            return Err(too_large());
+        }
+        match self.hold.back_mut() {
+            Some(Held::Out(v)) => v.extend_from_slice(&bytes),
+            _ => self.hold.push_back(Held::Out(bytes)),
+        }
+        Ok(())
+    }
+
+    /// Reads `buf[range]` (plaintext from the peer) and appends what the
+    /// node gets to `out`. An error ends the tunnel.
+    pub fn feed(&mut self, buf: &[u8], range: Range<usize>, out: &mut Vec<Seg>) -> io::Result<()> {
+        let mut pos = range.start;
+        let end = range.end;
+        while pos < end {
+            let avail = end - pos;
+            let next_len = At::Len { got: [0; 4], n: 0 };
+            match std::mem::replace(&mut self.at, At::Len { got: [0; 4], n: 0 }) {
+                At::Len { mut got, mut n } => {
+                    let want = self.prefix();
+                    let k = (want - n).min(avail);
+                    got[n..n + k].copy_from_slice(&buf[pos..pos + k]);
+                    n += k;
+                    pos += k;
+                    if n < want {
+                        self.at = At::Len { got, n };
+                        continue;
+                    }
+                    if want == 2 {
+                        let len = u16::from_be_bytes([got[0], got[1]]) as usize;
+                        self.emit(out, buf, Seg::Own(got[..2].to_vec()))?;
+                        self.at = At::Handshake { left: len, first: true };
+                        continue;
+                    }
+                    let len = u32::from_be_bytes(got) as usize;
+                    if len == 0 {
+                        self.emit(out, buf, Seg::Len([0; 4]))?;
+                    } else {
+                        self.at = At::Head {
+                            len,
+                            held: Vec::new(),
+                            retry: 0,
+                        };
+                    }
+                }
+                At::Handshake { mut left, first } => {
+                    let k = left.min(avail);
+                    if first && k > 0 {
+                        if let Phase::Handshake { ends_on } = self.phase {
+                            if buf[pos] == ends_on {
+                                self.phase = Phase::Connected;
+                            }
+                        }
+                    }
+                    self.emit(out, buf, Seg::Buf(pos..pos + k))?;
+                    left -= k;
+                    pos += k;
+                    self.at = if left == 0 {
+                        next_len
+                    } else {
+                        At::Handshake { left, first: false }
+                    };
+                }
+                At::Pass { mut left } => {
+                    let k = left.min(avail);
+                    self.emit(out, buf, Seg::Buf(pos..pos + k))?;
+                    left -= k;
+                    pos += k;
+                    if left > 0 {
+                        self.at = At::Pass { left };
+                    }
+                }
+                At::Drop { mut left } => {
+                    let k = left.min(avail);
+                    left -= k;
+                    pos += k;
+                    if left > 0 {
+                        self.at = At::Drop { left };
+                    }
+                }
+                At::Head { len, mut held, retry } => {
+                    let want = len - held.len();
+                    let k = want.min(avail);
+                    let complete = k == want;
+                    let was_held = !held.is_empty();
+                    if was_held {
+                        held.extend_from_slice(&buf[pos..pos + k]);
+                        self.held += k;
+                        if held.len() < retry && !complete {
+                            if self.held > MAX_HELD {
+                                return Err(too_large());
+                            }
+                            pos += k;
+                            self.at = At::Head { len, held, retry };
+                            continue;
+                        }
+                    }
+                    let decision = if was_held {
+                        self.decide(&held, complete)?
+                    } else {
+                        self.decide(&buf[pos..pos + k], complete)?
+                    };
+                    let left = want - k;
+                    if !matches!(decision, Decision::Need) {
+                        self.held -= held.len();
+                    }
+                    match decision {
+                        Decision::Need => {
+                            if complete {
+                                return Err(malformed("a frame that ends before its control message"));
+                            }
+                            if !was_held {
+                                held.extend_from_slice(&buf[pos..pos + k]);
+                                self.held += k;
+                            }
+                            if self.held > MAX_HELD {
+                                return Err(too_large());
+                            }
+                            let retry = (2 * held.len()).max(MIN_RETRY);
+                            self.at = At::Head { len, held, retry };
+                        }
+                        Decision::Pass => {
+                            self.emit(out, buf, Seg::Len((len as u32).to_be_bytes()))?;
+                            if was_held {
+                                self.emit(out, buf, Seg::Own(held))?;
+                            } else {
+                                self.emit(out, buf, Seg::Buf(pos..pos + k))?;
+                            }
+                            if left > 0 {
+                                self.at = At::Pass { left };
+                            }
+                        }
+                        Decision::Drop(standin) => {
+                            if let Some(s) = standin {
+                                self.emit(out, buf, Seg::Own(s))?;
+                            }
+                            if left > 0 {
+                                self.at = At::Drop { left };
+                            }
+                        }
+                        Decision::Held(seq, last) => {
+                            let mut frame = (len as u32).to_be_bytes().to_vec();
+                            frame.extend_from_slice(if was_held { &held } else { &buf[pos..pos + k] });
+                            self.held += frame.len();
+                            self.hold.push_back(Held::Frame(seq, frame));
+                            self.rejudge(seq, last, out)?;
+                        }
+                    }
+                    pos += k;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Judges a frame from its first bytes `b` (all of it
+    /// when `complete`).
+    fn decide(&mut self, b: &[u8], complete: bool) -> io::Result<Decision> {
+        let need = |e: Unjudged| match e {
+            Unjudged::Need => Ok(Decision::Need),
+            Unjudged::Malformed(w) => Err(malformed(w)),
+        };
+        let hdr = |e: DecodeError| match e {
+            DecodeError::Truncated => Ok(Decision::Need),
+            DecodeError::Malformed(w) => Err(malformed(w)),
+        };
+        match b {
+            [] | [etf::VERSION] => Ok(Decision::Need),
+            [etf::PASS_THROUGH, body @ ..] => match self.judge(&[], body, true) {
+                Ok(j) => self.verdict(j, None),
+                Err(e) => need(e),
+            },
+            [etf::VERSION, etf::DIST_HEADER, rest @ ..] => {
+                let refs = match self.cache.header(rest) {
+                    Ok(r) => r,
+                    Err(e) => return hdr(e),
+                };
+                match self.judge(&refs.atoms, &rest[refs.len..], false) {
+                    Ok(j) => self.verdict(j, refs.sets_cache.then_some(&rest[..refs.len])),
+                    Err(e) => need(e),
+                }
+            }
+            [etf::VERSION, etf::DIST_FRAG_HEADER, ..] | [etf::VERSION, etf::DIST_FRAG_CONT, ..]
+                if b.len() < FRAG_HEADER =>
+            {
+                Ok(Decision::Need)
+            }
+            [etf::VERSION, etf::DIST_FRAG_HEADER, ..] => {
+                let (seq, frag) = frag_ids(b);
+                if frag == 0 {
+                    return Err(malformed("fragment number 0"));
+                }
+                if self.seqs.contains_key(&seq) {
+                    return Err(malformed("a fragmented message started twice"));
+                }
+                let rest = &b[FRAG_HEADER..];
+                let refs = match self.cache.header(rest) {
+                    Ok(r) => r,
+                    Err(e) => return hdr(e),
+                };
+                let header = &rest[..refs.len];
+                let data = &rest[refs.len..];
+                match self.judge(&refs.atoms, data, false) {
+                    Ok(j) => {
+                        let d = self.verdict(j, refs.sets_cache.then_some(header))?;
+                        if frag > 1 {
+                            self.new_seq(seq)?;
+                            self.seqs.insert(seq, Seq::Decided(matches!(d, Decision::Pass)));
+                        }
+                        Ok(d)
+                    }
+                    Err(Unjudged::Need) if complete && frag > 1 => {
+                        self.new_seq(seq)?;
+                        self.held += data.len();
+                        self.seqs.insert(
+                            seq,
+                            Seq::Held {
+                                body: data.to_vec(),
+                                refs: refs.clone(),
+                                header: header.to_vec(),
+                                retry: 2 * data.len(),
+                            },
+                        );
+                        Ok(Decision::Held(seq, false))
+                    }
+                    Err(e) => need(e),
+                }
+            }
+            [etf::VERSION, etf::DIST_FRAG_CONT, ..] => {
+                let (seq, frag) = frag_ids(b);
+                let last = frag == 1;
+                match self.seqs.get_mut(&seq) {
+                    None => Err(malformed("a fragment of no message in progress")),
+                    Some(Seq::Decided(pass)) => {
+                        let pass = *pass;
+                        if last {
+                            self.seqs.remove(&seq);
+                        }
+                        Ok(if pass { Decision::Pass } else { Decision::Drop(None) })
+                    }
+                    Some(Seq::Held { .. }) if !complete => Ok(Decision::Need),
+                    Some(Seq::Held { body, .. }) => {
+                        body.extend_from_slice(&b[FRAG_HEADER..]);
+                        self.held += b.len() - FRAG_HEADER;
+                        Ok(Decision::Held(seq, last))
+                    }
+                }
+            }
+            [etf::VERSION, ..] => Err(malformed("unknown distribution header")),
+            _ => Err(malformed(
+                "a frame that is neither a distribution header nor pass-through",
+            )),
+        }
+    }
+
+    /// A held message got a frame: judge it again; once decided, its frames
+    /// pass or go (a stand-in keeping its atom cache updates), and what
+    /// waited behind it moves on.
+    fn rejudge(&mut self, seq: u64, last: bool, out: &mut Vec<Seg>) -> io::Result<()> {
+        let Some(Seq::Held {
+            body,
+            refs,
+            header,
+            retry,
+        }) = self.seqs.get_mut(&seq)
+        else {
+            return Ok(());
+        };
+        if body.len() < *retry && !last {
+            return Ok(());
+        }
+        *retry = 2 * body.len();
+        let body = body.clone();
+        let (refs, header) = (refs.clone(), header.clone());
+        let pass = match self.judge(&refs.atoms, &body, false) {
+            Err(Unjudged::Need) if !last => return Ok(()),
+            Err(Unjudged::Need) => return Err(malformed("a fragmented message that ends before its control message")),
+            Err(Unjudged::Malformed(w)) => return Err(malformed(w)),
+            Ok(j) => matches!(self.verdict(j, None)?, Decision::Pass),
+        };
+        self.held = self.held.saturating_sub(body.len());
+        if last {
+            self.seqs.remove(&seq);
+        } else {
+            self.seqs.insert(seq, Seq::Decided(pass));
+        }
+        let mut standin_due = !pass && refs.sets_cache;
+        for h in self.hold.iter_mut() {
+            if let Held::Frame(s, f) = h {
+                if *s == seq {
+                    let f = std::mem::take(f);
+                    *h = Held::Out(if pass {
+                        f
+                    } else {
+                        self.held = self.held.saturating_sub(f.len());
+                        if std::mem::take(&mut standin_due) {
+                            let s = standin_for(&header, &self.fw.mem())?;
+                            self.held += s.len();
+                            s
+                        } else {
+                            Vec::new()
+                        }
+                    });
+                }
+            }
+        }
+        while let Some(Held::Out(_)) = self.hold.front() {
+            if let Some(Held::Out(v)) = self.hold.pop_front() {
+                self.held = self.held.saturating_sub(v.len());
+                if !v.is_empty() {
+                    out.push(Seg::Own(v));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn new_seq(&self, seq: u64) -> io::Result<()> {
+        if self.seqs.len() >= MAX_SEQUENCES && !self.seqs.contains_key(&seq) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the peer has more than {MAX_SEQUENCES} fragmented messages in progress"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Judges a control message (and message) in `body`: terms after a
+    /// distribution header, or with their version byte in a pass-through
+    /// frame (`versioned`), as the node reads each.
+    fn judge(&self, refs: &[etf::Atom], body: &[u8], versioned: bool) -> Result<Judgement, Unjudged> {
+        let mut mem = self.fw.mem();
+        rules::judge(&self.fw.policy, &mut mem, refs, body, versioned)
+    }
+
+    /// Pass, or drop (with a stand-in carrying `header` when it set atom
+    /// cache entries the node must see).
+    fn verdict(&self, j: Judgement, header: Option<&[u8]>) -> io::Result<Decision> {
+        let fw = &self.fw;
+        let mut sh = fw.shared();
+        if fw.apply(&mut sh, j) {
+            return Ok(Decision::Pass);
+        }
+        match header {
+            None => Ok(Decision::Drop(None)),
+            Some(h) => Ok(Decision::Drop(Some(standin_for(h, &fw.mem())?))),
+        }
+    }
+}
+
+fn standin_for(header: &[u8], mem: &Memory) -> io::Result<Vec<u8>> {
+    match &mem.peer_pid {
+        Some(p) => Ok(standin(header, p)),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a refused frame set atom cache entries before the peer's node named any of its processes",
+        )),
+    }
+}
+
+/// A frame the node takes and ignores, with a refused frame's atom cache
+/// header, so that the node's cache follows: the demonitor of a monitor
+/// that does not exist (DEMONITOR_P {20, PeerPid, Name, Ref}; OTP checks
+/// that the sender is a pid of the peer's node, and finds no such monitor).
+fn standin(header: &[u8], peer_pid: &etf::Pid) -> Vec<u8> {
+    let r = etf::Ref {
+        node: peer_pid.node.clone(),
+        creation: peer_pid.creation,
+        ids: vec![0, 0, 0],
+    };
+    let control = Term::Tuple(vec![
+        Term::Int(20),
+        Term::Pid(peer_pid.clone()),
+        Term::Atom(Arc::from("$erlmesh_refused")),
+        Term::Ref(r),
+    ]);
+    let mut v = vec![0, 0, 0, 0, etf::VERSION, etf::DIST_HEADER];
+    v.extend_from_slice(header);
+    etf::encode(&control, &mut v);
+    let len = (v.len() - 4) as u32;
+    v[..4].copy_from_slice(&len.to_be_bytes());
+    v
+}
+
+/// The firewall's inbound filter on arbitrary bytes, for the fuzz tests:
+/// the bytes after a handshake, fed in pieces of `step`. Returns whether
+/// they were taken (an error ends a tunnel; a panic would be the bug).
+pub fn fuzz_inbound(bytes: &[u8], step: usize) -> bool {
+    let policy = Arc::new(DistPolicy {
+        name: "fuzz".into(),
+        mode: Mode::Enforce,
+        spawn: false,
+        registered: vec![crate::mesh::policy::Pattern::new("cache")],
+        exit_signals: false,
+    });
+    let fw = Firewall::new(policy, "fuzz", Memory::shared("b@fuzz"), Metrics::new([]));
+    let mut inb = Inbound::new(fw.clone(), true);
+    let mut input = vec![0, 1, b'r'];
+    input.extend_from_slice(bytes);
+    let mut at = 0;
+    let step = step.max(1);
+    while at < input.len() {
+        let end = (at + step).min(input.len());
+        let mut segs = Vec::new();
+        if inb.feed(&input, at..end, &mut segs).is_err() {
+            return false;
+        }
+        at = end;
+    }
+    let mut out = Outbound::new(fw, false);
+    let mut plain = vec![0, 1, b'a'];
+    plain.extend_from_slice(bytes);
+    let mut off = 0;
+    while off < plain.len() {
+        let end = (off + step).min(plain.len());
+        off += out.feed(&plain[off..end], false).max(end - off);
+    }
+    true
+}

@@ -1,0 +1,341 @@
+//! The local node's frames on their way to the peer: what they give the
+//! peer's node, and where they end (answers go out between frames).
+
+use super::*;
+
+/// The local node's frames on their way to the peer: only read.
+pub struct Outbound {
+    fw: Arc<Firewall>,
+    phase: Phase,
+    at: OutAt,
+    cache: AtomCache,
+    /// The walk of the frame being read, when it is a whole message (or a
+    /// fragmented message's last fragment).
+    current: Option<(Refs, Walker)>,
+    /// The walks of fragmented messages in progress.
+    seqs: HashMap<u64, (Refs, Walker)>,
+}
+
+enum OutAt {
+    Len {
+        got: [u8; 4],
+        n: usize,
+    },
+    /// A handshake frame, kept whole: the node's challenge names it.
+    Handshake {
+        left: usize,
+        frame: Vec<u8>,
+    },
+    /// Head bytes held until the control message decodes.
+    Head {
+        len: usize,
+        held: Vec<u8>,
+    },
+    /// The rest of a frame, walked (the message, or a fragment of it).
+    Walk {
+        left: usize,
+        seq: Option<u64>,
+    },
+    Skip {
+        left: usize,
+    },
+}
+
+impl Outbound {
+    /// `node_dials`: the local node is the dialler.
+    pub fn new(fw: Arc<Firewall>, node_dials: bool) -> Outbound {
+        Outbound {
+            fw,
+            phase: Phase::Handshake {
+                ends_on: if node_dials { CHALLENGE_REPLY } else { CHALLENGE_ACK },
+            },
+            at: OutAt::Len { got: [0; 4], n: 0 },
+            cache: AtomCache::default(),
+            current: None,
+            seqs: HashMap::new(),
+        }
+    }
+
+    /// Between two frames of the connected phase: where answers may go.
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.phase, Phase::Connected) && matches!(self.at, OutAt::Len { n: 0, .. })
+    }
+
+    /// Reads `data`; with `stop_at_boundary`, stops at the first frame
+    /// boundary reached. Returns the bytes read.
+    pub fn feed(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+        let mut pos = 0;
+        let fw = self.fw.clone();
+        let mut mem = fw.mem();
+        while pos < data.len() {
+            let avail = data.len() - pos;
+            match &mut self.at {
+                OutAt::Len { got, n } => {
+                    let want = if matches!(self.phase, Phase::Connected) { 4 } else { 2 };
+                    let k = (want - *n).min(avail);
+                    got[*n..*n + k].copy_from_slice(&data[pos..pos + k]);
+                    *n += k;
+                    pos += k;
+                    if *n < want {
+                        continue;
+                    }
+                    let len = if want == 2 {
+                        u16::from_be_bytes([got[0], got[1]]) as usize
+                    } else {
+                        u32::from_be_bytes(*got) as usize
+                    };
+                    self.at = if want == 2 {
+                        OutAt::Handshake {
+                            left: len,
+                            frame: Vec::with_capacity(len),
+                        }
+                    } else if len == 0 {
+                        OutAt::Len { got: [0; 4], n: 0 }
+                    } else {
+                        OutAt::Head { len, held: Vec::new() }
+                    };
+                }
+                OutAt::Handshake { left, frame } => {
+                    let k = (*left).min(avail);
+                    frame.extend_from_slice(&data[pos..pos + k]);
+                    *left -= k;
+                    pos += k;
+                    if *left == 0 {
+                        let frame = std::mem::take(frame);
+                        if let Some(name) = challenge_name(&frame) {
+                            mem.set_local(name);
+                        }
+                        if let Phase::Handshake { ends_on } = self.phase {
+                            if frame.first() == Some(&ends_on) {
+                                self.phase = Phase::Connected;
+                            }
+                        }
+                        self.at = OutAt::Len { got: [0; 4], n: 0 };
+                    }
+                }
+                OutAt::Head { len, held } => {
+                    let (len, mut h) = (*len, std::mem::take(held));
+                    let before = h.len();
+                    let want = len - before;
+                    let k = want.min(avail);
+                    // Judged where it lies when nothing is held (the usual
+                    // case: no copy), else on the held bytes and these.
+                    let tried = if before == 0 {
+                        self.head(&mut mem, &data[pos..pos + k], k == want)
+                    } else {
+                        h.extend_from_slice(&data[pos..pos + k]);
+                        self.head(&mut mem, &h, k == want)
+                    };
+                    if tried.1.is_none() && before == 0 {
+                        h.extend_from_slice(&data[pos..pos + k]);
+                    }
+                    match tried {
+                        (u, Some(next)) => {
+                            // Bytes of this read the head took; the rest of
+                            // the frame is walked or skipped.
+                            let used = u.saturating_sub(before).min(k);
+                            pos += used;
+                            let left = want - used;
+                            self.at = match next {
+                                HeadDone::Walk(seq) => OutAt::Walk { left, seq },
+                                HeadDone::Skip => OutAt::Skip { left },
+                            };
+                        }
+                        (_, None) => {
+                            pos += k;
+                            self.at = if h.len() > MAX_HELD {
+                                // The node's own frame: stop reading it
+                                // rather than hold more.
+                                OutAt::Skip { left: len - h.len() }
+                            } else {
+                                OutAt::Head { len, held: h }
+                            };
+                        }
+                    }
+                    self.frame_end_check();
+                }
+                OutAt::Walk { left, seq } => {
+                    let k = (*left).min(avail);
+                    let chunk = &data[pos..pos + k];
+                    let walk = match seq {
+                        None => self.current.as_mut(),
+                        Some(s) => self.seqs.get_mut(s),
+                    };
+                    if let Some((refs, w)) = walk {
+                        w.feed(chunk, &refs.atoms, &mut |f| give(&mut mem, f));
+                    }
+                    *left -= k;
+                    pos += k;
+                    if *left == 0 {
+                        if seq.is_none() {
+                            self.current = None;
+                        }
+                        self.at = OutAt::Len { got: [0; 4], n: 0 };
+                    }
+                }
+                OutAt::Skip { left } => {
+                    let k = (*left).min(avail);
+                    *left -= k;
+                    pos += k;
+                    if *left == 0 {
+                        self.at = OutAt::Len { got: [0; 4], n: 0 };
+                    }
+                }
+            }
+            if stop_at_boundary && self.at_boundary() {
+                break;
+            }
+        }
+        pos
+    }
+
+    fn frame_end_check(&mut self) {
+        match self.at {
+            OutAt::Walk { left: 0, seq } => {
+                if seq.is_none() {
+                    self.current = None;
+                }
+                self.at = OutAt::Len { got: [0; 4], n: 0 };
+            }
+            OutAt::Skip { left: 0 } => self.at = OutAt::Len { got: [0; 4], n: 0 },
+            _ => {}
+        }
+    }
+
+    /// A frame's head: header and control message read, the message's walk
+    /// set up. Returns the bytes of `b` used and what follows, or None
+    /// when more bytes are needed.
+    fn head(&mut self, mem: &mut Memory, b: &[u8], complete: bool) -> (usize, Option<HeadDone>) {
+        let gave_up = (b.len(), Some(HeadDone::Skip));
+        let (refs, start, seq, frag) = match b {
+            [] | [etf::VERSION] => return (0, if complete { gave_up.1 } else { None }),
+            [etf::PASS_THROUGH, ..] => (Refs::default(), 1, None, 1),
+            [etf::VERSION, etf::DIST_HEADER, rest @ ..] => match self.cache.header(rest) {
+                Ok(r) => {
+                    let n = 2 + r.len;
+                    (r, n, None, 1)
+                }
+                Err(DecodeError::Truncated) if !complete => return (0, None),
+                Err(_) => return gave_up,
+            },
+            [etf::VERSION, etf::DIST_FRAG_HEADER, ..] | [etf::VERSION, etf::DIST_FRAG_CONT, ..]
+                if b.len() < FRAG_HEADER =>
+            {
+                return if complete { gave_up } else { (0, None) }
+            }
+            [etf::VERSION, etf::DIST_FRAG_CONT, ..] => {
+                let (seq, frag) = frag_ids(b);
+                return (FRAG_HEADER, Some(self.continued(seq, frag)));
+            }
+            [etf::VERSION, etf::DIST_FRAG_HEADER, ..] => {
+                let (seq, frag) = frag_ids(b);
+                match self.cache.header(&b[FRAG_HEADER..]) {
+                    Ok(r) => {
+                        let n = FRAG_HEADER + r.len;
+                        (r, n, Some(seq), frag)
+                    }
+                    Err(DecodeError::Truncated) if !complete => return (0, None),
+                    Err(_) => return gave_up,
+                }
+            }
+            _ => return gave_up,
+        };
+        let versioned = b[0] == etf::PASS_THROUGH;
+        let mut d = Decoder::new(&b[start..], &refs.atoms);
+        let ctl = (if versioned { d.version() } else { Ok(()) }).and_then(|_| d.term());
+        let ctl = match ctl {
+            Ok(t) => t,
+            Err(DecodeError::Truncated) if !complete => return (0, None),
+            Err(_) => return gave_up,
+        };
+        // Control messages give nothing (their sender fields name the
+        // machinery too), but for a spawn request's group leader, which the
+        // spawned process writes to.
+        let t = ctl.tuple().unwrap_or(&[]);
+        let op = t.first().and_then(Term::int);
+        if let (Some(29 | 30), Some(Term::Pid(gl))) = (op, t.get(3)) {
+            mem.give_pid(gl);
+        }
+        let used = start + d.pos;
+        // A whole message whose shape decides what it gives (a call, a
+        // message to the peer's machinery) is decoded; any other gives
+        // every pid and reference in it, found by the walk without decoding.
+        let to_name = match (op, t.get(1).and_then(Term::int), t.get(3)) {
+            (Some(6 | 16), _, Some(Term::Atom(a))) => Some(&**a),
+            (Some(37), Some(f), Some(Term::Atom(a))) if f & 8 != 0 => Some(&**a),
+            _ => None,
+        };
+        let shaped = to_name.is_some_and(|n| machinery_name(n).is_some())
+            || matches!(rules::peek(&d, versioned), Ok((3, Some(tag))) if &*tag == "$gen_call");
+        if shaped && complete && seq.is_none() && frag <= 1 {
+            let sender = match (op, t.get(1), t.get(2)) {
+                (Some(37), _, Some(Term::Pid(p))) | (Some(_), Some(Term::Pid(p)), _) => Some(p),
+                _ => None,
+            };
+            let m = (if versioned { d.version() } else { Ok(()) }).and_then(|_| d.term());
+            match m {
+                Ok(m) => {
+                    mem.give_message(sender, to_name, &m);
+                    return (b.len(), Some(HeadDone::Skip));
+                }
+                Err(_) => return gave_up,
+            }
+        }
+        let walker = Walker::new(1, versioned);
+        match seq {
+            Some(s) if frag > 1 => {
+                if self.seqs.len() < MAX_SEQUENCES {
+                    self.seqs.insert(s, (refs, walker));
+                }
+                (used, Some(HeadDone::Walk(Some(s))))
+            }
+            _ => {
+                self.current = Some((refs, walker));
+                (used, Some(HeadDone::Walk(None)))
+            }
+        }
+    }
+
+    fn continued(&mut self, seq: u64, frag: u64) -> HeadDone {
+        if frag <= 1 {
+            // The last fragment: walked, then forgotten.
+            if let Some(v) = self.seqs.remove(&seq) {
+                self.current = Some(v);
+                return HeadDone::Walk(None);
+            }
+            return HeadDone::Skip;
+        }
+        if self.seqs.contains_key(&seq) {
+            HeadDone::Walk(Some(seq))
+        } else {
+            HeadDone::Skip
+        }
+    }
+}
+
+/// The node name in a node's challenge (`'N'`: flags 8, challenge 4,
+/// creation 4, name length 2; old `'n'`: version 2, flags 4, challenge 4,
+/// then the name to the end).
+fn challenge_name(f: &[u8]) -> Option<&str> {
+    let name = match f.first()? {
+        b'N' => {
+            let n = u16::from_be_bytes([*f.get(17)?, *f.get(18)?]) as usize;
+            f.get(19..19 + n)?
+        }
+        b'n' => f.get(11..)?,
+        _ => return None,
+    };
+    std::str::from_utf8(name).ok()
+}
+
+enum HeadDone {
+    Walk(Option<u64>),
+    Skip,
+}
+
+fn give(mem: &mut Memory, f: Found) {
+    match f {
+        Found::Pid(p) => mem.give_pid(&p),
+        Found::Ref(r) => mem.give_ref(&r),
+    }
+}

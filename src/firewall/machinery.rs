@@ -1,0 +1,247 @@
+//! The kernel's protocol servers a restricted peer keeps reaching
+//! (net_kernel, global_name_server, rex, pg scopes), and the exact shapes
+//! of what OTP 25, 27 and 29's own nodes send them; the I/O a group leader
+//! may take from a peer; gen_server's `From` and tags.
+
+use super::etf::Term;
+use super::memory::Memory;
+
+/// The machinery a restricted policy keeps working, judged by content.
+pub(super) const NET_KERNEL: &str = "net_kernel";
+pub(super) const GLOBAL: &str = "global_name_server";
+pub(super) const PG: &str = "pg";
+/// rpc's server: asked only which features it has (OTP's rpc.erl asks every
+/// node that comes up).
+pub(super) const REX: &str = "rex";
+
+/// Every name whose messages are judged by a kernel protocol.
+const MACHINERY: &[&str] = &[NET_KERNEL, GLOBAL, PG, REX];
+
+/// The kernel protocol a registered name speaks, if any.
+pub fn machinery_name(name: &str) -> Option<&'static str> {
+    MACHINERY.iter().copied().find(|m| *m == name)
+}
+
+/// What a driver or port sends the process reading it (a group leader, a
+/// port owner): from a peer, it would be input typed on this host.
+pub(super) fn driver_input(t: &Term) -> bool {
+    match t {
+        Term::Atom(a) => matches!(&**a, "eof" | "closed" | "connected"),
+        Term::Tuple(v) => matches!(
+            v.first().and_then(Term::atom),
+            Some("data" | "error" | "exit_status" | "reply" | "open_editor" | "editor_data")
+        ),
+        _ => false,
+    }
+}
+
+/// `From` of a gen_server call as OTP's own nodes send it: `{Pid, Tag}`
+/// with Pid a process of the peer, Tag `Ref`, `[alias | Ref]`,
+/// `[[alias | Alias] | Mon]` (OTP 26+ multi_call) or `{Ref, Node}` (OTP 25
+/// multi_call).
+pub(super) fn valid_from(mem: &Memory, from: &Term) -> bool {
+    let Some([pid, tag]) = from.tuple() else {
+        return false;
+    };
+    mem.remote_pid(pid) && valid_tag(tag)
+}
+
+pub(super) fn valid_tag(tag: &Term) -> bool {
+    let alias = |t: &Term| match t {
+        Term::List(v, tail) => matches!(&v[..], [Term::Atom(a)] if &**a == "alias") && matches!(**tail, Term::Ref(_)),
+        _ => false,
+    };
+    match tag {
+        Term::Ref(_) => true,
+        Term::Tuple(v) => matches!(&v[..], [Term::Ref(_), Term::Atom(_)]),
+        Term::List(v, tail) => alias(tag) || (matches!(&v[..], [a] if alias(a)) && matches!(**tail, Term::Ref(_))),
+        _ => false,
+    }
+}
+
+/// An I/O request a group leader may take from a peer: plain output
+/// (`put_chars` of characters, or of io_lib's own formatting, as
+/// `io:format` sends it), the terminal's geometry and options read,
+/// recursively through `requests`. Input requests (`get_line`,
+/// `get_until`, ...), `setopts` (an `expand_fun`) and any other `M, F, A`
+/// are refused.
+pub(super) fn io_ok(req: &Term) -> bool {
+    let t = req.tuple().unwrap_or(&[]);
+    match (req, req.tag(), t.len()) {
+        (Term::Atom(a), _, _) => &**a == "getopts",
+        (_, Some("put_chars"), 2 | 3) => true,
+        (_, Some("put_chars"), 5) => {
+            matches!((&t[2], &t[3]), (Term::Atom(m), Term::Atom(f)) if &**m == "io_lib" && matches!(&**f, "format" | "fwrite" | "write"))
+                && matches!(t[4], Term::List(..) | Term::Nil)
+                && no_fun(&t[4])
+        }
+        (_, Some("get_geometry"), 2) => true,
+        (_, Some("requests"), 2) => match &t[1] {
+            Term::List(v, tail) => **tail == Term::Nil && v.iter().all(io_ok),
+            Term::Nil => true,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn no_fun(t: &Term) -> bool {
+    let mut any = false;
+    t.visit(&mut |t| any |= matches!(t, Term::Fun(_)));
+    !any
+}
+
+fn is_atom(t: &Term) -> bool {
+    matches!(t, Term::Atom(_))
+}
+
+fn is_list(t: &Term) -> bool {
+    matches!(t, Term::List(_, tail) if **tail == Term::Nil) || *t == Term::Nil
+}
+
+fn list(t: &Term) -> &[Term] {
+    match t {
+        Term::List(v, _) => v,
+        _ => &[],
+    }
+}
+
+fn is_int(t: &Term) -> bool {
+    matches!(t, Term::Int(_) | Term::Big)
+}
+
+fn is_bool(t: &Term) -> bool {
+    matches!(t, Term::Atom(a) if matches!(&**a, "true" | "false"))
+}
+
+/// A pid, or a proper list of pids, of the peer.
+fn remote_pids(mem: &Memory, t: &Term) -> bool {
+    mem.remote_pid(t) || (is_list(t) && list(t).iter().all(|p| mem.remote_pid(p)))
+}
+
+/// What the machinery may be asked, in the exact shapes OTP 25, 27 and
+/// 29's own nodes send (`net_kernel.erl`, `global.erl`, `rpc.erl`,
+/// `pg.erl`): every element whose type the receiver relies on is checked,
+/// since a kernel process that crashes can take the node down.
+pub(super) fn machinery(mem: &Memory, name: &str, m: &Term) -> Result<(), &'static str> {
+    let t = m.tuple().unwrap_or(&[]);
+    match name {
+        // rpc's nodes observer asks every new node's rex which features it
+        // has, and gets the answer at its own pid.
+        REX => match t {
+            [from, Term::Atom(a)] if &**a == "features_request" && mem.remote_pid(from) => Ok(()),
+            [Term::Atom(a), n, l] if &**a == "features_reply" && is_atom(n) && is_list(l) => Ok(()),
+            _ => Err("rex (rpc) is asked only which features it has"),
+        },
+        // ping.
+        NET_KERNEL => match t {
+            [Term::Atom(g), from, req] if &**g == "$gen_call" && valid_from(mem, from) => match req.tuple() {
+                Some([Term::Atom(a), n]) if &**a == "is_auth" && is_atom(n) => Ok(()),
+                _ => Err("net_kernel is asked only is_auth (ping)"),
+            },
+            _ => Err("net_kernel is asked only is_auth (ping)"),
+        },
+        GLOBAL => {
+            let ok = match t {
+                [Term::Atom(g), req] if &**g == "$gen_cast" => global_cast(mem, req),
+                [Term::Atom(g), from, req] if &**g == "$gen_call" => valid_from(mem, from) && global_call(req),
+                _ => global_info(m),
+            };
+            if !ok {
+                return Err("a request global's own protocol does not make, or not in its shape");
+            }
+            // Name-clash methods travel with registrations: only global's.
+            let mut foreign_fun = false;
+            m.visit(&mut |t| {
+                if let Term::Fun(f) = t {
+                    foreign_fun |= &*f.module != "global";
+                }
+            });
+            if foreign_fun {
+                return Err("a fun of a module other than global");
+            }
+            Ok(())
+        }
+        _ => {
+            let ok = match t {
+                [Term::Atom(a), peer] if &**a == "discover" => mem.remote_pid(peer),
+                [Term::Atom(g), req] if &**g == "$gen_cast" => match req.tuple() {
+                    Some([Term::Atom(a), peer, groups]) if &**a == "sync" => {
+                        mem.remote_pid(peer)
+                            && is_list(groups)
+                            && list(groups)
+                                .iter()
+                                .all(|g| matches!(g.tuple(), Some([_, ps]) if is_list(ps) && remote_pids(mem, ps)))
+                    }
+                    _ => false,
+                },
+                [Term::Atom(a), peer, _group, pids] if &**a == "join" => mem.remote_pid(peer) && remote_pids(mem, pids),
+                [Term::Atom(a), peer, pids, groups] if &**a == "leave" => {
+                    mem.remote_pid(peer) && remote_pids(mem, pids) && is_list(groups)
+                }
+                _ => false,
+            };
+            if ok && no_fun(m) {
+                Ok(())
+            } else {
+                Err("a request pg's own protocol does not make, or not in its shape")
+            }
+        }
+    }
+}
+
+/// global's casts between name servers (protocol versions 7 and 8).
+fn global_cast(mem: &Memory, req: &Term) -> bool {
+    let t = req.tuple().unwrap_or(&[]);
+    let tag = req.tag().unwrap_or("");
+    match (tag, t.len()) {
+        ("init_connect", 4) => {
+            let vsn_ok = match &t[1] {
+                Term::Tuple(v) => v.len() >= 2 && is_int(&v[0]),
+                v => is_int(v),
+            };
+            let msg_ok =
+                matches!(t[3].tuple(), Some([Term::Atom(l), _, _, p]) if &**l == "locker" && mem.remote_pid(p));
+            vsn_ok && is_atom(&t[2]) && msg_ok
+        }
+        ("lock_set", 4 | 5) => mem.remote_pid(&t[1]),
+        ("exchange", 5) => is_atom(&t[1]) && name_entries(&t[2]) && is_list(&t[3]),
+        ("exchange_ops", 5) => is_atom(&t[1]) && is_list(&t[3]) && is_list(&t[4]),
+        ("resolved", 7) => is_atom(&t[1]) && is_list(&t[2]) && is_list(&t[3]) && is_list(&t[5]),
+        ("new_nodes", 6) => is_atom(&t[1]) && is_list(&t[2]) && is_list(&t[3]) && is_list(&t[4]) && is_list(&t[5]),
+        ("in_sync", 3) => is_atom(&t[1]) && is_bool(&t[2]),
+        ("async_del_name", 3) | ("async_del_lock", 3) => mem.remote_pid(&t[2]),
+        _ => false,
+    }
+}
+
+/// `[{Name, Pid, Method}]` as global's exchange sends its names.
+fn name_entries(t: &Term) -> bool {
+    is_list(t) && list(t).iter().all(|e| matches!(e.tuple(), Some([_, Term::Pid(_), _])))
+}
+
+/// global's calls between name servers, made under its locks.
+fn global_call(req: &Term) -> bool {
+    let t = req.tuple().unwrap_or(&[]);
+    let lock_id = |l: &Term| matches!(l.tuple(), Some([_, _]));
+    match (req.tag().unwrap_or(""), t.len()) {
+        ("set_lock" | "del_lock", 2) => lock_id(&t[1]),
+        ("register", 4) => matches!(t[2], Term::Pid(_)) && matches!(t[3], Term::Fun(_) | Term::Atom(_)),
+        ("register_ext", 5) => {
+            matches!(t[2], Term::Pid(_)) && matches!(t[3], Term::Fun(_) | Term::Atom(_)) && is_atom(&t[4])
+        }
+        ("unregister", 2) => true,
+        _ => false,
+    }
+}
+
+/// global's plain messages between name servers (protocol 7 and 8).
+fn global_info(m: &Term) -> bool {
+    let t = m.tuple().unwrap_or(&[]);
+    match (m.tag().unwrap_or(""), t.len()) {
+        ("init_connect_ack", 4) | ("cancel_connect", 3) => is_atom(&t[1]),
+        ("lost_connection", 5) => is_atom(&t[1]) && is_int(&t[2]) && is_int(&t[3]) && is_atom(&t[4]),
+        ("remove_connection", 2) => is_atom(&t[1]),
+        _ => false,
+    }
+}

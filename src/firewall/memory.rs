@@ -1,0 +1,355 @@
+//! What a peer's node was given, what it forged, and which local
+//! processes speak a kernel protocol to it: the capability model's state,
+//! one per node pair, owned by the running erlmesh ([`Memories`]).
+
+use super::etf::{Pid, Ref, Term};
+use super::machinery::{machinery_name, valid_tag, GLOBAL, PG, REX};
+use std::sync::{Arc, Mutex};
+
+/// Pids of the local node this peer node was given (in any frame the
+/// local node sent it), most recently seen kept.
+const MAX_GIVEN_PIDS: usize = 65_536;
+/// References (aliases) of the local node it was given: replies to calls
+/// come back through these, so they churn; the recent ones matter.
+const MAX_GIVEN_REFS: usize = 16_384;
+
+/// A local pid as remembered: id, serial, creation.
+type PidKey = (u32, u32, u32);
+/// A local reference as remembered: creation, words.
+type RefKey = (u32, Vec<u32>);
+
+/// Local pids and references the peer's node named before it was given
+/// them: never reachable afterwards, whatever the local node echoes.
+const MAX_FORGED: usize = 16_384;
+/// Local processes that speak a kernel protocol to the peer (learnt from
+/// what they send its machinery): a handful per node.
+const MAX_MACHINERY_PIDS: usize = 1024;
+
+/// What one node pair's tunnels remember across messages: what the local
+/// node gave the peer's node, what the peer forged, and which local
+/// processes are the kernel's protocol servers.
+///
+/// The capability model: a peer's node reaches a local pid or alias only
+/// if the local node gave it inside a message's content (control-message
+/// sender fields give nothing), and only if the peer had not named it
+/// first. A local process that sends to the peer's machinery (global, pg,
+/// rex, net_kernel) is judged by that protocol's rules, by pid as by name.
+pub struct Memory {
+    /// The local node's full name: only its pids and references count.
+    local: String,
+    pids: lru::LruCache<PidKey, ()>,
+    refs: lru::LruCache<RefKey, ()>,
+    forged_pids: lru::LruCache<PidKey, ()>,
+    forged_refs: lru::LruCache<RefKey, ()>,
+    machinery: lru::LruCache<PidKey, &'static str>,
+    /// Local processes that called the peer (the `From` of a gen_server
+    /// call): they may be sent only the call's reply.
+    repliers: lru::LruCache<PidKey, ()>,
+    /// A pid of the peer's node, the last one seen as a sender.
+    pub peer_pid: Option<Pid>,
+}
+
+impl Memory {
+    /// A memory of its own (tests, fuzzing): not kept across connections.
+    pub fn shared(local_node: &str) -> Arc<Mutex<Memory>> {
+        Arc::new(Mutex::new(Memory::new(local_node)))
+    }
+
+    /// The local node's full name.
+    pub(super) fn local(&self) -> &str {
+        &self.local
+    }
+
+    pub fn new(local_node: &str) -> Memory {
+        Memory {
+            local: local_node.to_owned(),
+            pids: lru::LruCache::unbounded(),
+            refs: lru::LruCache::unbounded(),
+            forged_pids: lru::LruCache::unbounded(),
+            forged_refs: lru::LruCache::unbounded(),
+            machinery: lru::LruCache::unbounded(),
+            repliers: lru::LruCache::unbounded(),
+            peer_pid: None,
+        }
+    }
+
+    /// The local node's name as it names itself (its challenge).
+    pub fn set_local(&mut self, name: &str) {
+        if name != self.local {
+            self.local = name.to_owned();
+        }
+    }
+
+    fn local_key(&self, p: &Pid) -> Option<PidKey> {
+        (*p.node == *self.local).then_some((p.id, p.serial, p.creation))
+    }
+
+    fn local_ref(&self, r: &Ref) -> Option<RefKey> {
+        (*r.node == *self.local).then(|| (r.creation, r.ids.clone()))
+    }
+
+    /// A pid of a node other than the local one (the peer's processes).
+    pub(super) fn remote_pid(&self, t: &Term) -> bool {
+        matches!(t, Term::Pid(p) if *p.node != *self.local)
+    }
+
+    /// The local node sent `p` to the peer's node in a message.
+    pub fn give_pid(&mut self, p: &Pid) {
+        if let Some(k) = self.local_key(p) {
+            if self.forged_pids.contains(&k) || self.machinery.contains(&k) {
+                return;
+            }
+            bounded_put(&mut self.pids, k, (), MAX_GIVEN_PIDS);
+        }
+    }
+
+    /// The local node sent `r` to the peer's node in a message.
+    pub fn give_ref(&mut self, r: &Ref) {
+        if let Some(k) = self.local_ref(r) {
+            if !self.forged_refs.contains(&k) {
+                bounded_put(&mut self.refs, k, (), MAX_GIVEN_REFS);
+            }
+        }
+    }
+
+    /// Every pid and reference in a message the local node sent.
+    pub fn give_all(&mut self, t: &Term) {
+        t.visit(&mut |t| match t {
+            Term::Pid(p) => self.give_pid(p),
+            Term::Ref(r) => self.give_ref(r),
+            _ => {}
+        });
+    }
+
+    /// Local process `p` sent the peer's machinery `name` a message: it
+    /// speaks that protocol, and is judged by it.
+    pub fn learn_machinery(&mut self, p: &Pid, name: &'static str) {
+        if let Some(k) = self.local_key(p) {
+            if !self.machinery.contains(&k) {
+                bounded_put(&mut self.machinery, k, name, MAX_MACHINERY_PIDS);
+            }
+        }
+    }
+
+    /// Local process `p` called the peer: it may get the reply (even if
+    /// the peer forged its pid before: a reply must carry the call's tag,
+    /// which the peer cannot forge).
+    pub fn give_replier(&mut self, p: &Pid) {
+        if let Some(k) = self.local_key(p) {
+            bounded_put(&mut self.repliers, k, (), MAX_GIVEN_PIDS);
+        }
+    }
+
+    /// Every reference in a term the local node sent (a call's tag).
+    pub fn give_refs(&mut self, t: &Term) {
+        t.visit(&mut |t| {
+            if let Term::Ref(r) = t {
+                self.give_ref(r)
+            }
+        });
+    }
+
+    /// A whole message the local node sends: a call gives its caller only
+    /// for the reply, its tag's references and the request's content; a
+    /// message to the peer's machinery gives its references only, and the
+    /// sender of the machinery's own casts and probes is learnt as that
+    /// protocol's server; anything else gives every pid and reference.
+    pub fn give_message(&mut self, sender: Option<&Pid>, to_name: Option<&str>, m: &Term) {
+        let t = m.tuple().unwrap_or(&[]);
+        if let Some(name) = to_name.and_then(machinery_name) {
+            let own = match (name, m.tag(), t) {
+                (PG, Some("discover"), [Term::Pid(p), ..]) => sender == Some(p),
+                (GLOBAL, Some("$gen_cast"), _) => true,
+                (REX, _, [Term::Pid(p), Term::Atom(a)]) => &**a == "features_request" && sender == Some(p),
+                _ => false,
+            };
+            if let (true, Some(s)) = (own, sender) {
+                self.learn_machinery(s, name);
+            }
+            // Pids the machinery hands out in its own messages (global's
+            // locker, pg's scope) are judged by its protocol, not given.
+            let mut handed = Vec::new();
+            m.visit(&mut |t| {
+                if let Term::Pid(p) = t {
+                    if self.local_key(p).is_some_and(|k| !self.pids.contains(&k)) {
+                        handed.push(p.clone());
+                    }
+                }
+            });
+            for p in handed {
+                self.learn_machinery(&p, name);
+            }
+            if let [Term::Atom(g), from, _] = t {
+                if &**g == "$gen_call" {
+                    if let Some([Term::Pid(p), _]) = from.tuple() {
+                        self.give_replier(p);
+                    }
+                }
+            }
+            self.give_refs(m);
+            return;
+        }
+        match t {
+            [Term::Atom(g), from, req] if &**g == "$gen_call" => {
+                match from.tuple() {
+                    Some([Term::Pid(p), tag]) => {
+                        self.give_replier(p);
+                        self.give_refs(tag);
+                    }
+                    _ => self.give_all(from),
+                }
+                self.give_all(req);
+            }
+            _ => self.give_all(m),
+        }
+    }
+
+    pub(super) fn replier(&self, p: &Pid) -> bool {
+        self.local_key(p).is_some_and(|k| self.repliers.contains(&k))
+    }
+
+    /// A reply `{Tag, Reply}` to a local call: Tag of OTP's forms, its
+    /// local references given.
+    pub(super) fn is_reply(&self, m: &Term) -> bool {
+        match m.tuple() {
+            Some([tag, _]) if valid_tag(tag) => {
+                let mut ok = true;
+                tag.visit(&mut |t| {
+                    if let Term::Ref(r) = t {
+                        ok &= self.local_ref(r).is_none() || self.given_ref(r);
+                    }
+                });
+                ok
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) fn machinery_of(&self, p: &Pid) -> Option<&'static str> {
+        self.local_key(p).and_then(|k| self.machinery.peek(&k).copied())
+    }
+
+    pub(super) fn given_pid(&self, p: &Pid) -> bool {
+        self.local_key(p).is_some_and(|k| self.pids.contains(&k))
+    }
+
+    pub(super) fn given_ref(&self, r: &Ref) -> bool {
+        self.local_ref(r).is_some_and(|k| self.refs.contains(&k))
+    }
+
+    /// The peer named local pid `p` without having been given it.
+    pub(super) fn forge_pid(&mut self, p: &Pid) {
+        if let Some(k) = self.local_key(p) {
+            if !self.pids.contains(&k) && !self.machinery.contains(&k) {
+                bounded_put(&mut self.forged_pids, k, (), MAX_FORGED);
+            }
+        }
+    }
+
+    /// The peer named local reference `r` without having been given it.
+    pub(super) fn forge_ref(&mut self, r: &Ref) {
+        if let Some(k) = self.local_ref(r) {
+            if !self.refs.contains(&k) {
+                bounded_put(&mut self.forged_refs, k, (), MAX_FORGED);
+            }
+        }
+    }
+
+    /// Why a message from the peer names what it may not: a local pid or
+    /// reference it was not given (remembered as forged), or a local port.
+    pub(super) fn names_forged(&mut self, t: &Term) -> Option<&'static str> {
+        let (mut pids, mut refs, mut port) = (Vec::new(), Vec::new(), false);
+        t.visit(&mut |t| match t {
+            Term::Pid(p) if !self.given_pid(p) && self.local_key(p).is_some() && self.machinery_of(p).is_none() => {
+                pids.push(p.clone())
+            }
+            Term::Ref(r) if !self.given_ref(r) && self.local_ref(r).is_some() => refs.push(r.clone()),
+            Term::Port(n) if **n == *self.local => port = true,
+            _ => {}
+        });
+        pids.iter().for_each(|p| self.forge_pid(p));
+        refs.iter().for_each(|r| self.forge_ref(r));
+        if !pids.is_empty() {
+            Some("a message naming a local pid this peer's node was not given")
+        } else if !refs.is_empty() {
+            Some("a message naming a local reference this peer's node was not given")
+        } else if port {
+            Some("a message naming a local port")
+        } else {
+            None
+        }
+    }
+}
+
+fn bounded_put<K: std::hash::Hash + Eq, V>(c: &mut lru::LruCache<K, V>, k: K, v: V, max: usize) {
+    c.put(k, v);
+    if c.len() > max {
+        c.pop_lru();
+    }
+}
+
+/// Node pairs of one peer host whose memory outlives their connection:
+/// pids stay valid across a reconnection (only a restart, a new creation,
+/// ends them). A host that makes up node names evicts only its own pairs.
+pub const MAX_PAIRS_PER_HOST: usize = 64;
+
+type Pairs = lru::LruCache<(String, String), Arc<Mutex<Memory>>>;
+
+/// What the running erlmesh remembers for each node pair, by peer host:
+/// one peer host's node names never evict another's pairs. Peer hosts are
+/// as many as the peer table holds (`MAX_PEERS`); a host not in use for
+/// longest goes first.
+pub struct Memories {
+    hosts: Mutex<lru::LruCache<String, Pairs>>,
+}
+
+impl Default for Memories {
+    fn default() -> Self {
+        Memories {
+            hosts: Mutex::new(lru::LruCache::unbounded()),
+        }
+    }
+}
+
+impl Memories {
+    /// What `local` gave `remote` (a node of peer host `host`) so far,
+    /// kept across their connections.
+    pub fn pair(&self, host: &str, local: &str, remote: &str) -> Arc<Mutex<Memory>> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if !hosts.contains(host) {
+            bounded_put(&mut hosts, host.to_owned(), Pairs::unbounded(), crate::mesh::MAX_PEERS);
+        }
+        let pairs = hosts.get_mut(host).expect("just put");
+        let key = (local.to_owned(), remote.to_owned());
+        if let Some(m) = pairs.get(&key) {
+            return m.clone();
+        }
+        let m = Arc::new(Mutex::new(Memory::new(local)));
+        bounded_put(pairs, key, m.clone(), MAX_PAIRS_PER_HOST);
+        m
+    }
+
+    /// Node pairs remembered for `host`.
+    pub fn pairs(&self, host: &str) -> usize {
+        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        hosts.peek(host).map_or(0, |p| p.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_hosts_node_names_evict_only_its_own_pairs() {
+        let all = Memories::default();
+        let kept = all.pair("hosta", "b@hostb", "a@hosta");
+        kept.lock().unwrap().peer_pid = None;
+        for i in 0..10 * MAX_PAIRS_PER_HOST {
+            all.pair("hostc", "b@hostb", &format!("n{i}@hostc"));
+        }
+        assert_eq!(all.pairs("hostc"), MAX_PAIRS_PER_HOST);
+        assert_eq!(all.pairs("hosta"), 1);
+        assert!(Arc::ptr_eq(&kept, &all.pair("hosta", "b@hostb", "a@hosta")));
+    }
+}
