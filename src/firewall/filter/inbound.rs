@@ -48,8 +48,14 @@ enum Seq {
 
 /// What waits behind a held fragmented message, in arrival order.
 enum Held {
-    /// A frame of that message, as received (length included).
-    Frame(u64, Vec<u8>),
+    /// A frame of message `seq`: its bytes up to its data (length prefix,
+    /// fragment header, atom cache header), its data being `data` of the
+    /// message's body (held once, in [`Seq::Held`]).
+    Frame {
+        seq: u64,
+        head: Vec<u8>,
+        data: Range<usize>,
+    },
     /// Bytes for the node, judged already.
     Out(Vec<u8>),
 }
@@ -59,13 +65,20 @@ enum Decision {
     Need,
     Pass,
     Drop(Option<Vec<u8>>),
-    /// A frame of a message held until more of it comes (the last one).
-    Held(u64, bool),
+    /// A frame of message `seq` held until more of it comes (`last`: the
+    /// last one), its data now `data` of the message's body.
+    Held {
+        seq: u64,
+        last: bool,
+        data: Range<usize>,
+    },
 }
 
 /// The peer's frames on their way to the node.
 pub struct Inbound {
-    fw: Arc<Firewall>,
+    /// The firewall, and the bytes this direction holds: frame heads,
+    /// bodies of held messages and what waits in `hold`.
+    share: Share,
     phase: Phase,
     at: At,
     cache: AtomCache,
@@ -74,8 +87,6 @@ pub struct Inbound {
     /// later frame waits behind it, so that the node sees the frames (and
     /// their atom cache updates) in the order they came.
     hold: VecDeque<Held>,
-    /// Bytes held, in frame heads, sequences and `hold`.
-    held: usize,
 }
 
 impl Inbound {
@@ -83,7 +94,7 @@ impl Inbound {
     /// with its challenge reply), else the acceptor (challenge ack).
     pub fn new(fw: Arc<Firewall>, peer_dials: bool) -> Inbound {
         Inbound {
-            fw,
+            share: Share { fw, held: 0 },
             phase: Phase::Handshake {
                 ends_on: if peer_dials { CHALLENGE_REPLY } else { CHALLENGE_ACK },
             },
@@ -91,8 +102,42 @@ impl Inbound {
             cache: AtomCache::default(),
             seqs: HashMap::new(),
             hold: VecDeque::new(),
-            held: 0,
         }
+    }
+
+    fn fw(&self) -> &Arc<Firewall> {
+        &self.share.fw
+    }
+
+    /// Bytes this direction holds, counted from what it holds: always
+    /// its share of the budget.
+    fn counted(&self) -> usize {
+        let head = match &self.at {
+            At::Head { held, .. } => held.len(),
+            _ => 0,
+        };
+        let bodies: usize = self
+            .seqs
+            .values()
+            .map(|s| match s {
+                Seq::Held { body, .. } => body.len(),
+                Seq::Decided(_) => 0,
+            })
+            .sum();
+        let waiting: usize = self
+            .hold
+            .iter()
+            .map(|h| match h {
+                Held::Frame { head, .. } => head.len(),
+                Held::Out(v) => v.len(),
+            })
+            .sum();
+        head + bodies + waiting
+    }
+
+    /// Bytes this direction holds for judging.
+    pub fn held(&self) -> usize {
+        self.share.held
     }
 
     fn prefix(&self) -> usize {
@@ -116,10 +161,7 @@ impl Inbound {
             Seg::Own(v) => v,
             Seg::Len(n) => n.to_vec(),
         };
-        self.held += bytes.len();
-        if self.held > MAX_HELD {
-            return Err(too_large());
-        }
+        self.share.take(bytes.len())?;
         match self.hold.back_mut() {
             Some(Held::Out(v)) => v.extend_from_slice(&bytes),
             _ => self.hold.push_back(Held::Out(bytes)),
@@ -204,12 +246,9 @@ impl Inbound {
                     let complete = k == want;
                     let was_held = !held.is_empty();
                     if was_held {
+                        self.share.take(k)?;
                         held.extend_from_slice(&buf[pos..pos + k]);
-                        self.held += k;
                         if held.len() < retry && !complete {
-                            if self.held > MAX_HELD {
-                                return Err(too_large());
-                            }
                             pos += k;
                             self.at = At::Head { len, held, retry };
                             continue;
@@ -222,7 +261,7 @@ impl Inbound {
                     };
                     let left = want - k;
                     if !matches!(decision, Decision::Need) {
-                        self.held -= held.len();
+                        self.share.give(held.len());
                     }
                     match decision {
                         Decision::Need => {
@@ -230,11 +269,8 @@ impl Inbound {
                                 return Err(malformed("a frame that ends before its control message"));
                             }
                             if !was_held {
+                                self.share.take(k)?;
                                 held.extend_from_slice(&buf[pos..pos + k]);
-                                self.held += k;
-                            }
-                            if self.held > MAX_HELD {
-                                return Err(too_large());
                             }
                             let retry = (2 * held.len()).max(MIN_RETRY);
                             self.at = At::Head { len, held, retry };
@@ -258,11 +294,14 @@ impl Inbound {
                                 self.at = At::Drop { left };
                             }
                         }
-                        Decision::Held(seq, last) => {
-                            let mut frame = (len as u32).to_be_bytes().to_vec();
-                            frame.extend_from_slice(if was_held { &held } else { &buf[pos..pos + k] });
-                            self.held += frame.len();
-                            self.hold.push_back(Held::Frame(seq, frame));
+                        Decision::Held { seq, last, data } => {
+                            // The frame's data is in the message's body
+                            // now; what waits here is what comes before it.
+                            let frame = if was_held { &held[..] } else { &buf[pos..pos + k] };
+                            let mut head = (len as u32).to_be_bytes().to_vec();
+                            head.extend_from_slice(&frame[..frame.len() - data.len()]);
+                            self.share.take(head.len())?;
+                            self.hold.push_back(Held::Frame { seq, head, data });
                             self.rejudge(seq, last, out)?;
                         }
                     }
@@ -270,6 +309,7 @@ impl Inbound {
                 }
             }
         }
+        debug_assert_eq!(self.counted(), self.share.held, "held bytes and the budget part ways");
         Ok(())
     }
 
@@ -331,7 +371,7 @@ impl Inbound {
                     }
                     Err(Unjudged::Need) if complete && frag > 1 => {
                         self.new_seq(seq)?;
-                        self.held += data.len();
+                        self.share.take(data.len())?;
                         self.seqs.insert(
                             seq,
                             Seq::Held {
@@ -341,7 +381,11 @@ impl Inbound {
                                 retry: 2 * data.len(),
                             },
                         );
-                        Ok(Decision::Held(seq, false))
+                        Ok(Decision::Held {
+                            seq,
+                            last: false,
+                            data: 0..data.len(),
+                        })
                     }
                     Err(e) => need(e),
                 }
@@ -359,10 +403,19 @@ impl Inbound {
                         Ok(if pass { Decision::Pass } else { Decision::Drop(None) })
                     }
                     Some(Seq::Held { .. }) if !complete => Ok(Decision::Need),
-                    Some(Seq::Held { body, .. }) => {
-                        body.extend_from_slice(&b[FRAG_HEADER..]);
-                        self.held += b.len() - FRAG_HEADER;
-                        Ok(Decision::Held(seq, last))
+                    Some(Seq::Held { .. }) => {
+                        let data = &b[FRAG_HEADER..];
+                        self.share.take(data.len())?;
+                        let Some(Seq::Held { body, .. }) = self.seqs.get_mut(&seq) else {
+                            unreachable!("matched above");
+                        };
+                        let at = body.len();
+                        body.extend_from_slice(data);
+                        Ok(Decision::Held {
+                            seq,
+                            last,
+                            data: at..body.len(),
+                        })
                     }
                 }
             }
@@ -377,56 +430,70 @@ impl Inbound {
     /// pass or go (a stand-in keeping its atom cache updates), and what
     /// waited behind it moves on.
     fn rejudge(&mut self, seq: u64, last: bool, out: &mut Vec<Seg>) -> io::Result<()> {
-        let Some(Seq::Held {
-            body,
-            refs,
-            header,
-            retry,
-        }) = self.seqs.get_mut(&seq)
-        else {
-            return Ok(());
-        };
-        if body.len() < *retry && !last {
-            return Ok(());
+        match self.seqs.get(&seq) {
+            Some(Seq::Held { body, retry, .. }) if body.len() >= *retry || last => {}
+            _ => return Ok(()),
         }
-        *retry = 2 * body.len();
-        let body = body.clone();
-        let (refs, header) = (refs.clone(), header.clone());
+        let Some(Seq::Held { body, refs, header, .. }) = self.seqs.remove(&seq) else {
+            unreachable!("matched above");
+        };
         let pass = match self.judge(&refs.atoms, &body, false) {
-            Err(Unjudged::Need) if !last => return Ok(()),
-            Err(Unjudged::Need) => return Err(malformed("a fragmented message that ends before its control message")),
-            Err(Unjudged::Malformed(w)) => return Err(malformed(w)),
+            Err(Unjudged::Need) if !last => {
+                let retry = 2 * body.len();
+                self.seqs.insert(
+                    seq,
+                    Seq::Held {
+                        body,
+                        refs,
+                        header,
+                        retry,
+                    },
+                );
+                return Ok(());
+            }
+            Err(Unjudged::Need) => {
+                self.share.give(body.len());
+                return Err(malformed("a fragmented message that ends before its control message"));
+            }
+            Err(Unjudged::Malformed(w)) => {
+                self.share.give(body.len());
+                return Err(malformed(w));
+            }
             Ok(j) => matches!(self.verdict(j, None)?, Decision::Pass),
         };
-        self.held = self.held.saturating_sub(body.len());
-        if last {
-            self.seqs.remove(&seq);
-        } else {
+        if !last {
             self.seqs.insert(seq, Seq::Decided(pass));
         }
+        // The body and the frames' heads are let go; what goes on to the
+        // node (the frames, or one stand-in) is taken again.
+        let (mut freed, mut taken) = (body.len(), 0);
         let mut standin_due = !pass && refs.sets_cache;
         for h in self.hold.iter_mut() {
-            if let Held::Frame(s, f) = h {
-                if *s == seq {
-                    let f = std::mem::take(f);
-                    *h = Held::Out(if pass {
-                        f
-                    } else {
-                        self.held = self.held.saturating_sub(f.len());
-                        if std::mem::take(&mut standin_due) {
-                            let s = standin_for(&header, &self.fw.mem())?;
-                            self.held += s.len();
-                            s
-                        } else {
-                            Vec::new()
-                        }
-                    });
-                }
+            let Held::Frame { seq: s, head, data } = h else {
+                continue;
+            };
+            if *s != seq {
+                continue;
             }
+            freed += head.len();
+            let bytes = if pass {
+                let mut f = std::mem::take(head);
+                f.extend_from_slice(&body[data.clone()]);
+                f
+            } else if std::mem::take(&mut standin_due) {
+                standin_for(&header, &self.share.fw.mem())?
+            } else {
+                Vec::new()
+            };
+            taken += bytes.len();
+            *h = Held::Out(bytes);
         }
+        drop(body);
+        self.share.give(freed);
+        self.share.take(taken)?;
         while let Some(Held::Out(_)) = self.hold.front() {
             if let Some(Held::Out(v)) = self.hold.pop_front() {
-                self.held = self.held.saturating_sub(v.len());
+                self.share.give(v.len());
                 if !v.is_empty() {
                     out.push(Seg::Own(v));
                 }
@@ -449,14 +516,14 @@ impl Inbound {
     /// distribution header, or with their version byte in a pass-through
     /// frame (`versioned`), as the node reads each.
     fn judge(&self, refs: &[etf::Atom], body: &[u8], versioned: bool) -> Result<Judgement, Unjudged> {
-        let mut mem = self.fw.mem();
-        rules::judge(&self.fw.policy, &mut mem, refs, body, versioned)
+        let mut mem = self.fw().mem();
+        rules::judge(&self.fw().policy, &mut mem, refs, body, versioned)
     }
 
     /// Pass, or drop (with a stand-in carrying `header` when it set atom
     /// cache entries the node must see).
     fn verdict(&self, j: Judgement, header: Option<&[u8]>) -> io::Result<Decision> {
-        let fw = &self.fw;
+        let fw = self.fw();
         let mut sh = fw.shared();
         if fw.apply(&mut sh, j) {
             return Ok(Decision::Pass);

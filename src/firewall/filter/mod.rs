@@ -26,11 +26,14 @@ use crate::ops::metrics::Metrics;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Bytes held for decisions at once, per tunnel: a message to the
-/// machinery is judged whole, and larger ones are refused.
-const MAX_HELD: usize = 8 << 20;
+/// Bytes held for decisions at once, per tunnel, both directions together
+/// ([`Budget`]): frames not judged yet, fragments of a message not decided
+/// yet and the frames queued behind it. A peer that needs more (fragments
+/// that never complete, a flood queued behind them) loses its tunnel.
+pub const MAX_HELD: usize = 8 << 20;
 /// Answers to refused requests waiting for a frame boundary of the local
 /// node's stream; beyond this (a peer flooding refused spawns faster than
 /// it reads), further refusals go unanswered.
@@ -69,6 +72,69 @@ pub struct Firewall {
     mem: Arc<Mutex<Memory>>,
     /// Wakes the outbound direction when an answer is queued.
     pub wake: tokio::sync::Notify,
+    /// Bytes held for judging, by both directions.
+    budget: Budget,
+}
+
+/// The one count of bytes held for judging on a tunnel: every path that
+/// holds bytes takes them here first (and fails, holding nothing, beyond
+/// [`MAX_HELD`]), and gives them back when it lets them go. Each direction
+/// also keeps its own share, checked against what it really holds (in
+/// debug builds, after every read) and given back when it ends.
+#[derive(Default)]
+pub struct Budget {
+    used: AtomicUsize,
+}
+
+impl Budget {
+    /// Takes `n` bytes; false (nothing taken) if that would pass
+    /// [`MAX_HELD`].
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                u.checked_add(n).filter(|t| *t <= MAX_HELD)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        let was = self.used.fetch_sub(n, Ordering::Relaxed);
+        debug_assert!(was >= n, "gave back more held bytes than were taken");
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// One direction's share of the [`Budget`].
+struct Share {
+    fw: Arc<Firewall>,
+    held: usize,
+}
+
+impl Share {
+    fn take(&mut self, n: usize) -> io::Result<()> {
+        if !self.fw.budget.take(n) {
+            return Err(too_large());
+        }
+        self.held += n;
+        Ok(())
+    }
+
+    fn give(&mut self, n: usize) {
+        debug_assert!(n <= self.held, "a direction gave back more than it held");
+        let n = n.min(self.held);
+        self.held -= n;
+        self.fw.budget.give(n);
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.fw.budget.give(self.held);
+    }
 }
 
 struct Shared {
@@ -92,7 +158,13 @@ impl Firewall {
                 logged: HashSet::new(),
             }),
             wake: tokio::sync::Notify::new(),
+            budget: Budget::default(),
         })
+    }
+
+    /// Bytes held for judging on this tunnel now.
+    pub fn held(&self) -> usize {
+        self.budget.used()
     }
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {

@@ -5,7 +5,8 @@ use super::*;
 
 /// The local node's frames on their way to the peer: only read.
 pub struct Outbound {
-    fw: Arc<Firewall>,
+    /// The firewall, and the head bytes this direction holds.
+    share: Share,
     phase: Phase,
     at: OutAt,
     cache: AtomCache,
@@ -45,7 +46,7 @@ impl Outbound {
     /// `node_dials`: the local node is the dialler.
     pub fn new(fw: Arc<Firewall>, node_dials: bool) -> Outbound {
         Outbound {
-            fw,
+            share: Share { fw, held: 0 },
             phase: Phase::Handshake {
                 ends_on: if node_dials { CHALLENGE_REPLY } else { CHALLENGE_ACK },
             },
@@ -65,7 +66,7 @@ impl Outbound {
     /// boundary reached. Returns the bytes read.
     pub fn feed(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
         let mut pos = 0;
-        let fw = self.fw.clone();
+        let fw = self.share.fw.clone();
         let mut mem = fw.mem();
         while pos < data.len() {
             let avail = data.len() - pos;
@@ -120,6 +121,14 @@ impl Outbound {
                     let k = want.min(avail);
                     // Judged where it lies when nothing is held (the usual
                     // case: no copy), else on the held bytes and these.
+                    if before > 0 && self.share.take(k).is_err() {
+                        // The node's own frame, beyond the budget: stop
+                        // reading it rather than hold more (it gives
+                        // nothing, which refuses more, never less).
+                        self.share.give(before);
+                        self.at = OutAt::Skip { left: want };
+                        continue;
+                    }
                     let tried = if before == 0 {
                         self.head(&mut mem, &data[pos..pos + k], k == want)
                     } else {
@@ -127,10 +136,15 @@ impl Outbound {
                         self.head(&mut mem, &h, k == want)
                     };
                     if tried.1.is_none() && before == 0 {
+                        if self.share.take(k).is_err() {
+                            self.at = OutAt::Skip { left: want };
+                            continue;
+                        }
                         h.extend_from_slice(&data[pos..pos + k]);
                     }
                     match tried {
                         (u, Some(next)) => {
+                            self.share.give(h.len());
                             // Bytes of this read the head took; the rest of
                             // the frame is walked or skipped.
                             let used = u.saturating_sub(before).min(k);
@@ -143,13 +157,7 @@ impl Outbound {
                         }
                         (_, None) => {
                             pos += k;
-                            self.at = if h.len() > MAX_HELD {
-                                // The node's own frame: stop reading it
-                                // rather than hold more.
-                                OutAt::Skip { left: len - h.len() }
-                            } else {
-                                OutAt::Head { len, held: h }
-                            };
+                            self.at = OutAt::Head { len, held: h };
                         }
                     }
                     self.frame_end_check();
