@@ -114,13 +114,16 @@ pub enum DecodeError {
     Truncated,
     /// The bytes are not a term of the distribution (the cause).
     Malformed(&'static str),
+    /// A term beyond what one decode builds (too many terms, nested too
+    /// deeply): well formed, maybe, but walked rather than decoded.
+    TooLarge(&'static str),
 }
 
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DecodeError::Truncated => f.write_str("truncated term"),
-            DecodeError::Malformed(why) => f.write_str(why),
+            DecodeError::Malformed(why) | DecodeError::TooLarge(why) => f.write_str(why),
         }
     }
 }
@@ -130,8 +133,9 @@ pub type Result<T> = std::result::Result<T, DecodeError>;
 /// Nesting depth a decoded term may reach: the control messages and the
 /// machinery's messages nest a handful of levels.
 const MAX_DEPTH: usize = 64;
-/// Terms one decode may produce, whatever the bytes claim.
-const MAX_TERMS: usize = 1 << 20;
+/// Terms one decode may produce, whatever the bytes claim: at most about
+/// 10 MiB of decoded terms (a term is 40 bytes).
+pub const MAX_TERMS: usize = 1 << 18;
 /// Words a reference may carry (DFLAG_V4_NC allows five).
 const MAX_REF_WORDS: usize = 5;
 
@@ -150,15 +154,23 @@ pub struct Decoder<'a> {
     pub pos: usize,
     refs: &'a [Atom],
     terms: usize,
+    max_terms: usize,
 }
 
 impl<'a> Decoder<'a> {
     pub fn new(buf: &'a [u8], refs: &'a [Atom]) -> Decoder<'a> {
+        Decoder::limited(buf, refs, MAX_TERMS)
+    }
+
+    /// A decoder that builds at most `max_terms` terms (then
+    /// [`DecodeError::TooLarge`]).
+    pub fn limited(buf: &'a [u8], refs: &'a [Atom], max_terms: usize) -> Decoder<'a> {
         Decoder {
             buf,
             pos: 0,
             refs,
             terms: 0,
+            max_terms: max_terms.min(MAX_TERMS),
         }
     }
 
@@ -225,8 +237,8 @@ impl<'a> Decoder<'a> {
 
     fn count(&mut self, n: usize) -> Result<()> {
         self.terms = self.terms.saturating_add(n);
-        if self.terms > MAX_TERMS {
-            return Err(DecodeError::Malformed("term too large to check"));
+        if self.terms > self.max_terms {
+            return Err(DecodeError::TooLarge("term too large to decode"));
         }
         // Each term takes at least one byte: a count beyond the bytes left
         // is either truncated or a lie; wait for the bytes either way.
@@ -244,7 +256,7 @@ impl<'a> Decoder<'a> {
 
     fn term_at(&mut self, depth: usize) -> Result<Term> {
         if depth > MAX_DEPTH {
-            return Err(DecodeError::Malformed("term nested too deeply to check"));
+            return Err(DecodeError::TooLarge("term nested too deeply to decode"));
         }
         self.count(1)?;
         let tag = self.u8()?;
@@ -704,10 +716,7 @@ mod tests {
             assert!(Decoder::new(b, &[]).term().is_err());
         }
         let deep: Vec<u8> = std::iter::repeat([104u8, 1]).take(100).flatten().chain([106]).collect();
-        assert!(matches!(
-            Decoder::new(&deep, &[]).term(),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(Decoder::new(&deep, &[]).term(), Err(DecodeError::TooLarge(_))));
         assert!(matches!(
             Decoder::new(&[82, 0], &[]).term(),
             Err(DecodeError::Malformed(_))

@@ -4,6 +4,7 @@
 
 use super::etf::{Pid, Ref, Term};
 use super::machinery::{machinery_name, valid_tag, GLOBAL, PG, REX};
+use super::walk::Found;
 use std::sync::{Arc, Mutex};
 
 /// Pids of the local node this peer node was given (in any frame the
@@ -211,18 +212,18 @@ impl Memory {
     /// A reply `{Tag, Reply}` to a local call: Tag of OTP's forms, its
     /// local references given.
     pub(super) fn is_reply(&self, m: &Term) -> bool {
-        match m.tuple() {
-            Some([tag, _]) if valid_tag(tag) => {
-                let mut ok = true;
-                tag.visit(&mut |t| {
-                    if let Term::Ref(r) = t {
-                        ok &= self.local_ref(r).is_none() || self.given_ref(r);
-                    }
-                });
-                ok
+        matches!(m.tuple(), Some([tag, _]) if self.reply_tag(tag))
+    }
+
+    /// A call's tag of OTP's forms whose local references were given.
+    pub(super) fn reply_tag(&self, tag: &Term) -> bool {
+        let mut ok = valid_tag(tag);
+        tag.visit(&mut |t| {
+            if let Term::Ref(r) = t {
+                ok &= self.local_ref(r).is_none() || self.given_ref(r);
             }
-            _ => false,
-        }
+        });
+        ok
     }
 
     pub(super) fn machinery_of(&self, p: &Pid) -> Option<&'static str> {
@@ -252,6 +253,24 @@ impl Memory {
             if !self.refs.contains(&k) {
                 bounded_put(&mut self.forged_refs, k, (), MAX_FORGED);
             }
+        }
+    }
+
+    /// Why a pid, reference or port a walk found in a message from the
+    /// peer may not be named there: as [`Memory::names_forged`], one at a
+    /// time.
+    pub fn names_forged_found(&mut self, f: &Found) -> Option<&'static str> {
+        match f {
+            Found::Pid(p) if !self.given_pid(p) && self.local_key(p).is_some() && self.machinery_of(p).is_none() => {
+                self.forge_pid(p);
+                Some("a message naming a local pid this peer's node was not given")
+            }
+            Found::Ref(r) if !self.given_ref(r) && self.local_ref(r).is_some() => {
+                self.forge_ref(r);
+                Some("a message naming a local reference this peer's node was not given")
+            }
+            Found::Port(n) if **n == *self.local => Some("a message naming a local port"),
+            _ => None,
         }
     }
 

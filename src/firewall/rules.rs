@@ -76,6 +76,11 @@ pub struct Judgement {
     /// The frame that answers the peer's node when refused (a spawn reply,
     /// a monitor's noproc), so that its caller does not wait.
     pub answer: Option<Vec<u8>>,
+    /// Allowed on the message's top alone (it was too large to decode, or
+    /// not all there): the message is the body's last `walk` bytes, to be
+    /// walked, with the rest of it as it passes, for local pids,
+    /// references and ports this peer's node was not given.
+    pub walk: Option<usize>,
 }
 
 impl Judgement {
@@ -85,6 +90,7 @@ impl Judgement {
             target,
             refused: None,
             answer: None,
+            walk: None,
         }
     }
 
@@ -94,6 +100,7 @@ impl Judgement {
             target,
             refused: Some(why),
             answer: None,
+            walk: None,
         }
     }
 }
@@ -111,7 +118,7 @@ impl From<DecodeError> for Unjudged {
     fn from(e: DecodeError) -> Unjudged {
         match e {
             DecodeError::Truncated => Unjudged::Need,
-            DecodeError::Malformed(w) => Unjudged::Malformed(w),
+            DecodeError::Malformed(w) | DecodeError::TooLarge(w) => Unjudged::Malformed(w),
         }
     }
 }
@@ -316,8 +323,10 @@ fn to_pid(
     to: &Pid,
 ) -> Result<Judgement, Unjudged> {
     if let Some(name) = mem.machinery_of(to) {
-        let m = message(d, versioned)?;
         let target = Target::Name(Arc::from(name));
+        let Some(m) = whole(d, versioned)? else {
+            return Ok(Judgement::refuse(op, target, TOO_LARGE_FOR_MACHINERY));
+        };
         if mem.is_reply(&m) {
             return Ok(reply(mem, op, target, &m));
         }
@@ -328,7 +337,25 @@ fn to_pid(
         });
     }
     if !mem.given_pid(to) && mem.replier(to) {
-        let m = message(d, versioned)?;
+        let Some(m) = whole(d, versioned)? else {
+            // A large reply: its tag checked, the rest walked.
+            let tag = match at_element(d, versioned, 0)? {
+                Some(mut e) => whole_term(&mut e)?,
+                None => None,
+            };
+            let shape = peek(d, versioned)?.0 == 2;
+            if shape && tag.is_some_and(|t| mem.reply_tag(&t)) {
+                return Ok(Judgement {
+                    walk: Some(d.rest().len()),
+                    ..Judgement::allow(op, Target::Pid)
+                });
+            }
+            return Ok(Judgement::refuse(
+                op,
+                Target::Pid,
+                "a caller's pid is sent only its call's reply",
+            ));
+        };
         if mem.is_reply(&m) {
             return Ok(reply(mem, op, Target::Pid, &m));
         }
@@ -370,7 +397,9 @@ fn to_name(
 ) -> Result<Judgement, Unjudged> {
     let target = Target::Name(Arc::from(name));
     if let Some(m_name) = machinery_name(name) {
-        let m = message(d, versioned)?;
+        let Some(m) = whole(d, versioned)? else {
+            return Ok(Judgement::refuse(op, target, TOO_LARGE_FOR_MACHINERY));
+        };
         mem.names_forged(&m);
         return Ok(match machinery(mem, m_name, &m) {
             Ok(()) => Judgement::allow(op, target),
@@ -411,8 +440,11 @@ fn to_alias(
 /// process for what no peer should get by a message (a sys request, an I/O
 /// request other than plain output, input as from a local driver, a fake
 /// parent's exit), or is a gen_server call whose `From` is not a process
-/// of the peer. A message too large to be in hand whole is judged by its
-/// top (its arity and tag) only.
+/// of the peer. A message not all in hand, or too large to decode
+/// ([`MAX_JUDGED_TERMS`]), is judged by its top (arity, tag, a call's
+/// `From`, the tag of a 2-tuple's second element) and walked for what it
+/// names ([`Judgement::walk`]); the work per message stays linear in its
+/// bytes, the memory bounded.
 fn content(
     p: &DistPolicy,
     mem: &mut Memory,
@@ -421,9 +453,8 @@ fn content(
     op: &'static str,
     target: Target,
 ) -> Result<Judgement, Unjudged> {
-    let mut whole = Decoder::new(d.rest(), d.refs());
-    let m = match message(&mut whole, versioned) {
-        Ok(m) => Some(m),
+    let m = match whole(d, versioned) {
+        Ok(m) => m,
         Err(Unjudged::Need) => None,
         Err(e) => return Err(e),
     };
@@ -438,14 +469,53 @@ fn content(
             let plain = |m: &Term| m.tuple().and_then(|t| t.get(3)).is_some_and(io_ok);
             let ok = match &m {
                 Some(m) => plain(m),
-                None => plain(&message(d, versioned)?),
+                // An I/O request is judged whole: wait for it, and refuse
+                // one too large to decode.
+                None => message(d, versioned).is_ok_and(|m| plain(&m)),
             };
             (!ok).then_some("an I/O request other than plain output")
         }
+        (2 | 3, Some("$gen_call" | "$gen_cast")) if supervisor_request(d, versioned, &m)? => {
+            Some("a supervisor's child management (start, restart, terminate, delete)")
+        }
         _ => None,
     };
-    if let (None, Some(m)) = (why, &m) {
-        why = mem.names_forged(m).or_else(|| {
+    let Some(m) = m else {
+        why = why.or(match (arity, tag.as_deref()) {
+            (3, Some("$gen_call")) => {
+                let from = match at_element(d, versioned, 1)? {
+                    Some(mut e) => whole_term(&mut e)?,
+                    None => None,
+                };
+                (!from.is_some_and(|f| valid_from(mem, &f)))
+                    .then_some("a gen_server call whose From is not {a process of the peer, a tag}")
+            }
+            (2, _) => {
+                let first = match at_element(d, versioned, 0)? {
+                    Some(mut e) => whole_term(&mut e)?,
+                    None => None,
+                };
+                let input = match (first, at_element(d, versioned, 1)?) {
+                    (Some(Term::Pid(_) | Term::Port(_)), Some(e)) => {
+                        let (_, tag) = peek(&e, false)?;
+                        tag.is_some_and(|t| driver_input(&Term::Tuple(vec![Term::Atom(t)])))
+                    }
+                    _ => false,
+                };
+                input.then_some("input as a local driver or port sends it")
+            }
+            _ => None,
+        });
+        return Ok(match why {
+            Some(why) => Judgement::refuse(op, target, why),
+            None => Judgement {
+                walk: Some(d.rest().len()),
+                ..Judgement::allow(op, target)
+            },
+        });
+    };
+    if why.is_none() {
+        why = mem.names_forged(&m).or_else(|| {
             let t = m.tuple().unwrap_or(&[]);
             match (m.tag(), t) {
                 (Some("$gen_call"), [_, from, _]) if !valid_from(mem, from) => {
@@ -462,6 +532,82 @@ fn content(
         Some(why) => Judgement::refuse(op, target, why),
         None => Judgement::allow(op, target),
     })
+}
+
+/// Why a message to the machinery is refused when too large to decode.
+const TOO_LARGE_FOR_MACHINERY: &str = "a message to the kernel's machinery too large to check";
+
+/// Terms decoded to judge one message's content: beyond, it is judged by
+/// its top and walked (about 640 KiB of decoded terms at most).
+pub const MAX_JUDGED_TERMS: usize = 1 << 14;
+
+/// The whole message if in hand and small enough to decode
+/// ([`MAX_JUDGED_TERMS`]); None if too large; [`Unjudged::Need`] if not
+/// all there.
+fn whole(d: &Decoder, versioned: bool) -> Result<Option<Term>, Unjudged> {
+    let mut w = Decoder::limited(d.rest(), d.refs(), MAX_JUDGED_TERMS);
+    if versioned {
+        w.version()?;
+    }
+    whole_term(&mut w)
+}
+
+/// One term: None if too large to decode, [`Unjudged::Need`] if not all
+/// there.
+fn whole_term(d: &mut Decoder) -> Result<Option<Term>, Unjudged> {
+    match d.term() {
+        Ok(t) => Ok(Some(t)),
+        Err(DecodeError::TooLarge(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A decoder at element `i` of the message's top tuple, the elements
+/// before it decoded (each within [`MAX_JUDGED_TERMS`]); None if the
+/// message is no tuple that long, or an element before is too large.
+fn at_element<'a>(d: &Decoder<'a>, versioned: bool, i: usize) -> Result<Option<Decoder<'a>>, Unjudged> {
+    let mut e = Decoder::limited(d.rest(), d.refs(), MAX_JUDGED_TERMS);
+    if versioned {
+        e.version()?;
+    }
+    let rest = e.rest();
+    let (arity, skip) = match rest.first().ok_or(Unjudged::Need)? {
+        104 => (*rest.get(1).ok_or(Unjudged::Need)? as usize, 2),
+        105 => {
+            let b = rest.get(1..5).ok_or(Unjudged::Need)?;
+            (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, 5)
+        }
+        _ => return Ok(None),
+    };
+    if i >= arity {
+        return Ok(None);
+    }
+    let mut e = Decoder::limited(&rest[skip..], d.refs(), MAX_JUDGED_TERMS);
+    for _ in 0..i {
+        if whole_term(&mut e)?.is_none() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Decoder::limited(e.rest(), d.refs(), MAX_JUDGED_TERMS)))
+}
+
+/// A supervisor's child management, by call or cast: `which_children`
+/// and `count_children` are reads, the rest change what runs.
+fn supervisor_request(d: &Decoder, versioned: bool, m: &Option<Term>) -> Result<bool, Unjudged> {
+    let req = match m {
+        Some(m) => m.tuple().and_then(|t| t.last()).cloned(),
+        None => {
+            let last = peek(d, versioned)?.0.saturating_sub(1);
+            match at_element(d, versioned, last)? {
+                Some(e) => peek(&e, false)?.1.map(|t| Term::Tuple(vec![Term::Atom(t)])),
+                None => None,
+            }
+        }
+    };
+    Ok(matches!(
+        req.as_ref().and_then(Term::tag),
+        Some("start_child" | "restart_child" | "terminate_child" | "delete_child" | "try_again_restart")
+    ))
 }
 
 /// The message's top: its arity if a tuple (0 otherwise) and its first

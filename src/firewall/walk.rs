@@ -19,6 +19,8 @@ const MAX_STACK: usize = 1 << 16;
 pub enum Found {
     Pid(Pid),
     Ref(Ref),
+    /// A port, by its node.
+    Port(Atom),
 }
 
 enum Tok {
@@ -33,6 +35,7 @@ enum Tok {
 /// A walk through a sequence of terms.
 pub struct Walker {
     stack: Vec<u64>,
+    max_stack: usize,
     skip: u64,
     pending: Vec<u8>,
     versioned: bool,
@@ -44,7 +47,13 @@ impl Walker {
     /// A walk through `terms` terms, each with its version byte when
     /// `versioned` (pass-through frames).
     pub fn new(terms: u64, versioned: bool) -> Walker {
+        Walker::bounded(terms, versioned, MAX_STACK)
+    }
+
+    /// A walk that gives up beyond `max_stack` open compound terms.
+    pub fn bounded(terms: u64, versioned: bool, max_stack: usize) -> Walker {
         Walker {
+            max_stack: max_stack.min(MAX_STACK),
             stack: if terms == 0 { Vec::new() } else { vec![terms] },
             skip: 0,
             pending: Vec::new(),
@@ -57,6 +66,11 @@ impl Walker {
     /// Every term walked, or the walk gave up.
     pub fn done(&self) -> bool {
         self.stack.is_empty() || self.failed
+    }
+
+    /// The walk gave up: bytes that are no term, or nested too deeply.
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     /// Walks the next bytes, telling `found` of each pid and reference.
@@ -115,7 +129,7 @@ impl Walker {
                     found(f);
                     self.term_done();
                 }
-                Tok::Compound(n) if self.stack.len() < MAX_STACK => self.stack.push(n),
+                Tok::Compound(n) if self.stack.len() < self.max_stack => self.stack.push(n),
                 Tok::Compound(_) => self.failed = true,
                 Tok::Skip(n) => self.skip = n,
             }
@@ -257,12 +271,12 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
             Ok(Some((len, Tok::Found(Found::Pid(pid)))))
         }
         89 | 102 | 120 => {
-            let Some((_, n)) = atom(&b[1..], refs)? else {
+            let Some((node, n)) = atom(&b[1..], refs)? else {
                 return Ok(None);
             };
             let len = 1 + n + [8, 5, 12][[89, 102, 120].iter().position(|t| *t == b[0]).unwrap_or(0)];
             need!(len);
-            Ok(Some((len, Tok::Leaf)))
+            Ok(Some((len, Tok::Found(Found::Port(node)))))
         }
         90 | 114 => {
             need!(3);

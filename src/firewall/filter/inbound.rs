@@ -25,16 +25,40 @@ enum At {
     },
     Pass {
         left: usize,
+        walk: Walk,
     },
     Drop {
         left: usize,
     },
 }
 
+/// A message that passed on its top alone, walked as it goes by for what
+/// it names ([`Judgement::walk`]).
+struct Walking {
+    atoms: Vec<etf::Atom>,
+    walker: Walker,
+}
+
+/// Open compound terms a walk of the peer's message follows: a message
+/// nested deeper ends the tunnel. Bounds a walk's memory to 8 KiB.
+const MAX_WALK_DEPTH: usize = 1024;
+
+/// What walks the bytes of a frame that passes.
+enum Walk {
+    None,
+    /// A whole message in this frame.
+    Frame(Box<Walking>),
+    /// A fragment of message `seq` (the last one: `true`), walked by its
+    /// [`Seq::Walking`].
+    Seq(u64, bool),
+}
+
 /// A fragmented message from the peer.
 enum Seq {
     /// Judged: pass or drop its remaining fragments.
     Decided(bool),
+    /// Passing on its top alone: its fragments are walked.
+    Walking(Box<Walking>),
     /// Held until enough of it is there: its data so far, its header's
     /// atoms and atom-cache bytes. Its frames wait in [`Inbound::hold`].
     Held {
@@ -63,7 +87,7 @@ enum Held {
 /// What to do with one frame.
 enum Decision {
     Need,
-    Pass,
+    Pass(Walk),
     Drop(Option<Vec<u8>>),
     /// A frame of message `seq` held until more of it comes (`last`: the
     /// last one), its data now `data` of the message's body.
@@ -121,7 +145,7 @@ impl Inbound {
             .values()
             .map(|s| match s {
                 Seq::Held { body, .. } => body.len(),
-                Seq::Decided(_) => 0,
+                Seq::Decided(_) | Seq::Walking(_) => 0,
             })
             .sum();
         let waiting: usize = self
@@ -223,13 +247,16 @@ impl Inbound {
                         At::Handshake { left, first: false }
                     };
                 }
-                At::Pass { mut left } => {
+                At::Pass { mut left, mut walk } => {
                     let k = left.min(avail);
+                    self.walk(&mut walk, &buf[pos..pos + k])?;
                     self.emit(out, buf, Seg::Buf(pos..pos + k))?;
                     left -= k;
                     pos += k;
                     if left > 0 {
-                        self.at = At::Pass { left };
+                        self.at = At::Pass { left, walk };
+                    } else {
+                        self.walked(walk);
                     }
                 }
                 At::Drop { mut left } => {
@@ -275,7 +302,7 @@ impl Inbound {
                             let retry = (2 * held.len()).max(MIN_RETRY);
                             self.at = At::Head { len, held, retry };
                         }
-                        Decision::Pass => {
+                        Decision::Pass(walk) => {
                             self.emit(out, buf, Seg::Len((len as u32).to_be_bytes()))?;
                             if was_held {
                                 self.emit(out, buf, Seg::Own(held))?;
@@ -283,7 +310,9 @@ impl Inbound {
                                 self.emit(out, buf, Seg::Buf(pos..pos + k))?;
                             }
                             if left > 0 {
-                                self.at = At::Pass { left };
+                                self.at = At::Pass { left, walk };
+                            } else {
+                                self.walked(walk);
                             }
                         }
                         Decision::Drop(standin) => {
@@ -322,12 +351,12 @@ impl Inbound {
         };
         let hdr = |e: DecodeError| match e {
             DecodeError::Truncated => Ok(Decision::Need),
-            DecodeError::Malformed(w) => Err(malformed(w)),
+            DecodeError::Malformed(w) | DecodeError::TooLarge(w) => Err(malformed(w)),
         };
         match b {
             [] | [etf::VERSION] => Ok(Decision::Need),
             [etf::PASS_THROUGH, body @ ..] => match self.judge(&[], body, true) {
-                Ok(j) => self.verdict(j, None),
+                Ok(j) => self.verdict(j, None, &[], body, true),
                 Err(e) => need(e),
             },
             [etf::VERSION, etf::DIST_HEADER, rest @ ..] => {
@@ -336,7 +365,13 @@ impl Inbound {
                     Err(e) => return hdr(e),
                 };
                 match self.judge(&refs.atoms, &rest[refs.len..], false) {
-                    Ok(j) => self.verdict(j, refs.sets_cache.then_some(&rest[..refs.len])),
+                    Ok(j) => self.verdict(
+                        j,
+                        refs.sets_cache.then_some(&rest[..refs.len]),
+                        &refs.atoms,
+                        &rest[refs.len..],
+                        false,
+                    ),
                     Err(e) => need(e),
                 }
             }
@@ -362,12 +397,21 @@ impl Inbound {
                 let data = &rest[refs.len..];
                 match self.judge(&refs.atoms, data, false) {
                     Ok(j) => {
-                        let d = self.verdict(j, refs.sets_cache.then_some(header))?;
-                        if frag > 1 {
-                            self.new_seq(seq)?;
-                            self.seqs.insert(seq, Seq::Decided(matches!(d, Decision::Pass)));
+                        let d = self.verdict(j, refs.sets_cache.then_some(header), &refs.atoms, data, false)?;
+                        if frag == 1 {
+                            return Ok(d);
                         }
-                        Ok(d)
+                        self.new_seq(seq)?;
+                        Ok(match d {
+                            Decision::Pass(Walk::Frame(w)) => {
+                                self.seqs.insert(seq, Seq::Walking(w));
+                                Decision::Pass(Walk::Seq(seq, false))
+                            }
+                            d => {
+                                self.seqs.insert(seq, Seq::Decided(matches!(d, Decision::Pass(_))));
+                                d
+                            }
+                        })
                     }
                     Err(Unjudged::Need) if complete && frag > 1 => {
                         self.new_seq(seq)?;
@@ -400,7 +444,16 @@ impl Inbound {
                         if last {
                             self.seqs.remove(&seq);
                         }
-                        Ok(if pass { Decision::Pass } else { Decision::Drop(None) })
+                        Ok(if pass {
+                            Decision::Pass(Walk::None)
+                        } else {
+                            Decision::Drop(None)
+                        })
+                    }
+                    Some(Seq::Walking(_)) => {
+                        let mut walk = Walk::Seq(seq, last);
+                        self.walk(&mut walk, &b[FRAG_HEADER..])?;
+                        Ok(Decision::Pass(walk))
                     }
                     Some(Seq::Held { .. }) if !complete => Ok(Decision::Need),
                     Some(Seq::Held { .. }) => {
@@ -437,7 +490,7 @@ impl Inbound {
         let Some(Seq::Held { body, refs, header, .. }) = self.seqs.remove(&seq) else {
             unreachable!("matched above");
         };
-        let pass = match self.judge(&refs.atoms, &body, false) {
+        let decision = match self.judge(&refs.atoms, &body, false) {
             Err(Unjudged::Need) if !last => {
                 let retry = 2 * body.len();
                 self.seqs.insert(
@@ -459,10 +512,15 @@ impl Inbound {
                 self.share.give(body.len());
                 return Err(malformed(w));
             }
-            Ok(j) => matches!(self.verdict(j, None)?, Decision::Pass),
+            Ok(j) => self.verdict(j, None, &refs.atoms, &body, false)?,
         };
+        let pass = matches!(decision, Decision::Pass(_));
         if !last {
-            self.seqs.insert(seq, Seq::Decided(pass));
+            let decided = match decision {
+                Decision::Pass(Walk::Frame(w)) => Seq::Walking(w),
+                _ => Seq::Decided(pass),
+            };
+            self.seqs.insert(seq, decided);
         }
         // The body and the frames' heads are let go; what goes on to the
         // node (the frames, or one stand-in) is taken again.
@@ -512,6 +570,66 @@ impl Inbound {
         Ok(())
     }
 
+    /// Walks bytes of a message that passed on its top: a local pid or
+    /// reference the peer was not given, a local port, or a message the
+    /// walk cannot follow ends the tunnel before the message is whole at
+    /// the node (audit mode: reported).
+    fn walk(&mut self, walk: &mut Walk, chunk: &[u8]) -> io::Result<()> {
+        let w: &mut Walking = match walk {
+            Walk::None => return Ok(()),
+            Walk::Frame(w) => w,
+            Walk::Seq(s, _) => match self.seqs.get_mut(s) {
+                Some(Seq::Walking(w)) => w,
+                _ => return Ok(()),
+            },
+        };
+        let mut why = None;
+        {
+            let mut mem = self.share.fw.mem();
+            w.walker.feed(chunk, &w.atoms, &mut |f| {
+                if why.is_none() {
+                    why = mem.names_forged_found(&f);
+                }
+            });
+        }
+        if w.walker.failed() {
+            why = why.or(Some("a message nested too deeply to walk, or not a term"));
+        }
+        let Some(why) = why else {
+            return Ok(());
+        };
+        let fw = &self.share.fw;
+        let j = Judgement {
+            op: "send",
+            target: rules::Target::Pid,
+            refused: Some(why),
+            answer: None,
+            walk: None,
+        };
+        if !fw.apply(&mut fw.shared(), j) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("dist policy: {why}, found past the message's first bytes; the tunnel is ended before the message is whole at the node"),
+            ));
+        }
+        // Audit: reported once; the message goes on unwalked.
+        match walk {
+            Walk::Seq(s, _) => {
+                self.seqs.insert(*s, Seq::Decided(true));
+            }
+            w => *w = Walk::None,
+        }
+        Ok(())
+    }
+
+    /// A frame that passed is over: a walked message's last fragment ends
+    /// its walk.
+    fn walked(&mut self, walk: Walk) {
+        if let Walk::Seq(s, true) = walk {
+            self.seqs.remove(&s);
+        }
+    }
+
     /// Judges a control message (and message) in `body`: terms after a
     /// distribution header, or with their version byte in a pass-through
     /// frame (`versioned`), as the node reads each.
@@ -521,16 +639,40 @@ impl Inbound {
     }
 
     /// Pass, or drop (with a stand-in carrying `header` when it set atom
-    /// cache entries the node must see).
-    fn verdict(&self, j: Judgement, header: Option<&[u8]>) -> io::Result<Decision> {
-        let fw = self.fw();
-        let mut sh = fw.shared();
-        if fw.apply(&mut sh, j) {
-            return Ok(Decision::Pass);
+    /// cache entries the node must see). Passing on its top alone, the
+    /// message (the last bytes of `body`, with `atoms`) starts its walk.
+    fn verdict(
+        &mut self,
+        j: Judgement,
+        header: Option<&[u8]>,
+        atoms: &[etf::Atom],
+        body: &[u8],
+        versioned: bool,
+    ) -> io::Result<Decision> {
+        let walk = j.walk;
+        let passes = {
+            let fw = self.fw();
+            let mut sh = fw.shared();
+            fw.apply(&mut sh, j)
+        };
+        if passes {
+            let Some(n) = walk else {
+                return Ok(Decision::Pass(Walk::None));
+            };
+            let w = Box::new(Walking {
+                atoms: atoms.to_vec(),
+                walker: Walker::bounded(1, versioned, MAX_WALK_DEPTH),
+            });
+            let mut walk = Walk::Frame(w);
+            self.walk(&mut walk, &body[body.len().saturating_sub(n)..])?;
+            return Ok(match walk {
+                Walk::Frame(w) if w.walker.done() && !w.walker.failed() => Decision::Pass(Walk::None),
+                walk => Decision::Pass(walk),
+            });
         }
         match header {
             None => Ok(Decision::Drop(None)),
-            Some(h) => Ok(Decision::Drop(Some(standin_for(h, &fw.mem())?))),
+            Some(h) => Ok(Decision::Drop(Some(standin_for(h, &self.fw().mem())?))),
         }
     }
 }

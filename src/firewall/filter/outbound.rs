@@ -345,5 +345,7 @@ fn give(mem: &mut Memory, f: Found) {
     match f {
         Found::Pid(p) => mem.give_pid(&p),
         Found::Ref(r) => mem.give_ref(&r),
+        // A port gives nothing: no peer may name one of this node's.
+        Found::Port(_) => {}
     }
 }

@@ -464,14 +464,14 @@ fn held_bytes_are_one_budget_whatever_the_interleaving_and_cuts() {
 fn fragments_that_never_complete_with_messages_behind_end_the_tunnel_at_the_budget() {
     let (fw, mut inb, hs) = inbound("b@never-completes");
     run(&mut inb, &hs, 4096).unwrap();
-    // {'$gen_call', [<<...>>, <<...>>, ...: a list of a million
-    // binaries of 100 bytes, longer than the budget.
+    // {'$gen_call', [<<...>>, <<...>>, ...: a list of 10,000 binaries
+    // of 1,000 bytes (few terms, so decoded whole), longer than the budget.
     let mut start = reg_send_data("net_kernel", &atom("x"));
     start.truncate(start.len() - enc(&atom("x")).len());
     start.extend([104, 3]);
     start.extend(enc(&atom("$gen_call")));
     start.extend([108]);
-    start.extend(1_000_000u32.to_be_bytes());
+    start.extend(10_000u32.to_be_bytes());
     let frag = |tag: u8, fragid: u64, cache: bool, data: &[u8]| {
         let mut body = vec![etf::VERSION, tag];
         body.extend(1u64.to_be_bytes());
@@ -492,7 +492,7 @@ fn fragments_that_never_complete_with_messages_behind_end_the_tunnel_at_the_budg
         r
     };
     feed(&mut inb, &frag(etf::DIST_FRAG_HEADER, u64::MAX, true, &start)).unwrap();
-    let ones: Vec<u8> = binary(100).repeat(600);
+    let ones: Vec<u8> = binary(1000).repeat(60);
     let mut behind = reg_send_cached(&[1, 0x08, 9, 5, b'c', b'a', b'c', b'h', b'e'], &Term::Nil);
     behind.pop();
     behind.extend(binary(60 << 10));
@@ -518,4 +518,127 @@ fn fragments_that_never_complete_with_messages_behind_end_the_tunnel_at_the_budg
         fed > MAX_HELD - (256 << 10),
         "ended after {fed} bytes: held bytes counted twice?"
     );
+}
+
+/// `{put, [1, 1, ..., Pid, 1, ...]}` to `cache`: `ones` small integers
+/// (more terms than a judgement decodes) with `pid` at `at`.
+fn large_put(ones: usize, at: usize, pid: &Term) -> Vec<u8> {
+    let mut d = reg_send_data("cache", &Term::Nil);
+    d.pop();
+    d.extend([104, 2]);
+    d.extend(enc(&atom("put")));
+    d.push(108);
+    d.extend((ones as u32 + 1).to_be_bytes());
+    for i in 0..ones {
+        if i == at {
+            d.extend(enc(pid));
+        }
+        d.extend([97, 1]);
+    }
+    d.push(106);
+    d
+}
+
+fn local_pid(node: &str, id: u32) -> Term {
+    Term::Pid(Pid {
+        node: Arc::from(node),
+        id,
+        serial: 0,
+        creation: 3,
+    })
+}
+
+/// The invariant: a message that passes on its top alone (too large to
+/// decode, or not all there) is walked to its end as it passes, and a
+/// local pid the peer was not given anywhere in it ends the tunnel before
+/// the node has the whole message (so it is never delivered); a given pid
+/// passes. Attacked with the pid at seeded places, whole frames and
+/// fragments, cut anywhere.
+#[test]
+fn a_forged_pid_deep_in_a_large_message_never_reaches_the_node() {
+    let seed = std::env::var("ERLMESH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {seed} (replay with ERLMESH_SEED={seed})");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let ones = 3 * rules::MAX_JUDGED_TERMS;
+    for round in 0..24 {
+        let node = format!("b{round}@walk");
+        let (fw, mut inb, hs) = inbound(&node);
+        let given = rng.bool();
+        let pid = local_pid(&node, 40 + round);
+        if let Term::Pid(p) = &pid {
+            if given {
+                fw.mem().give_pid(p);
+            }
+        }
+        let data = large_put(ones, rng.usize(..ones), &pid);
+        let frames: Vec<u8> = if rng.bool() {
+            let mut f = vec![etf::VERSION, etf::DIST_HEADER, 0];
+            f.extend(&data);
+            let mut framed = (f.len() as u32).to_be_bytes().to_vec();
+            framed.extend(f);
+            framed
+        } else {
+            fragments(9, &data, rng.usize(2..9)).concat()
+        };
+        let step = [7, 1000, 65536, 1 << 20][rng.usize(..4)];
+        let mut input = hs.clone();
+        input.extend(&frames);
+        let mut got = Vec::new();
+        let mut at = 0;
+        let r = loop {
+            if at >= input.len() {
+                break Ok(());
+            }
+            let end = (at + step).min(input.len());
+            let mut segs = Vec::new();
+            if let Err(e) = inb.feed(&input, at..end, &mut segs) {
+                break Err(e);
+            }
+            for s in segs {
+                match s {
+                    Seg::Buf(r) => got.extend_from_slice(&input[r]),
+                    Seg::Own(v) => got.extend(v),
+                    Seg::Len(l) => got.extend(l),
+                }
+            }
+            at = end;
+        };
+        if given {
+            r.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
+            assert_eq!(got, input, "seed {seed} round {round}: a given pid passes");
+        } else {
+            let e = r.expect_err("a forged pid ends the tunnel");
+            assert!(e.to_string().contains("local pid"), "seed {seed} round {round}: {e}");
+            assert!(
+                got.len() < input.len(),
+                "seed {seed} round {round}: the message never arrives whole"
+            );
+        }
+    }
+}
+
+/// Deeply nested and many-term messages to a listed name are judged by
+/// their top and walked, not refused as malformed (the tunnel stays).
+#[test]
+fn messages_too_large_to_decode_still_pass_when_they_name_nothing_forged() {
+    let (_fw, mut inb, hs) = inbound("b@deep");
+    let mut deep = reg_send_data("cache", &Term::Nil);
+    deep.pop();
+    deep.extend([104, 2]);
+    deep.extend(enc(&atom("put")));
+    for _ in 0..500 {
+        deep.extend([104, 1]);
+    }
+    deep.push(106);
+    let mut input = hs.clone();
+    for data in [deep, large_put(3 * rules::MAX_JUDGED_TERMS, 0, &peer_pid())] {
+        let mut f = vec![etf::VERSION, etf::DIST_HEADER, 0];
+        f.extend(&data);
+        input.extend((f.len() as u32).to_be_bytes());
+        input.extend(f);
+    }
+    assert_eq!(run(&mut inb, &input, 999).unwrap(), input);
 }
