@@ -94,11 +94,18 @@ fn start_b(s: &Story) -> Node {
 }
 
 /// c@hostc, given by b (in a message) the cache's pid, the victim's, b's
-/// group leader and the pid of b's shell process (the cache's parent).
+/// group leader (which b's rpc to c gave it first, as a group leader) and
+/// the pid of b's shell process (the cache's parent).
 fn start_c(s: &Story, b: &mut Node) -> Node {
     let mut c = s.hc.node("c");
     assert_eq!(c.eval("register(inbox, self())."), "true");
     assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    // b's group leader reaches c as a group leader does: as the one of a
+    // process b spawns there (an rpc), whose output goes to it.
+    assert_eq!(
+        b.eval("rpc:call('c@hostc', erlang, group_leader, []) =:= group_leader()."),
+        "true"
+    );
     b.eval("{inbox, 'c@hostc'} ! {pids, whereis(cache), whereis(victim), group_leader(), self()}.");
     assert_eq!(
         c.eval("receive {pids, P, V, GL, E} -> persistent_term:put(pids, {P, V, GL, E}) after 5000 -> timeout end."),
@@ -546,4 +553,110 @@ fn a_malformed_frame_ends_that_tunnel_only() {
         c.eval(&format!("gen_server:call({{cache, {NODE_B}}}, {{put, k, v}}).")),
         "ok"
     );
+}
+
+/// Batches of generated attacks, and messages in each (one eval each).
+const GENERATED_BATCHES: u64 = 5;
+const GENERATED_PER_BATCH: u64 = 600;
+
+/// The generative attack: from a real restricted node, thousands of
+/// generated messages (tests/erl/fw_gen.erl: OTP's tags in random shapes,
+/// every kernel protocol's shapes with wrong elements, forged pids of b's
+/// kernel processes, code in every form, laundering through every reply
+/// that echoes caller data) to every machinery name and every given and
+/// forged pid, while hosta's node uses b's cache. Invariants: nothing
+/// runs on b (no marker file, b never halts), no kernel process restarts,
+/// hosta's calls never fail, and c keeps what its policy grants. Seeded
+/// (`ERLMESH_SEED`), printed, replayable.
+fn generative_story(b_suite: Option<&str>, c_suite: Option<&str>) {
+    let s = cluster("enforce", b_suite, c_suite);
+    let dir = s.c.path().to_owned();
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    assert_eq!(
+        a.eval(&format!("gen_server:call({{cache, {NODE_B}}}, {{put, ka, from_a}}).")),
+        "ok"
+    );
+    assert_eq!(
+        a.eval(&format!("begin C = counters:new(2, []), persistent_term:put(legit, C), register(legit, spawn(fun() -> (fun L() -> receive stop -> ok after 20 -> case catch gen_server:call({{cache, {NODE_B}}}, {{get, ka}}, 5000) of from_a -> counters:add(C, 1, 1); _ -> counters:add(C, 2, 1) end, L() end end)() end)), ok end.")),
+        "ok"
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erl/fw_gen.erl");
+    std::fs::copy(&src, dir.join("fw_gen.erl")).unwrap();
+    let load = format!(
+        "begin {{ok, M, Bin}} = compile:file(\"{}\", [binary]), {{module, M}} = code:load_binary(M, \"fw_gen.erl\", Bin), ok end.",
+        dir.join("fw_gen.erl").display()
+    );
+    assert_eq!(c.eval(&load), "ok");
+    let kernel_before = b.eval(KERNEL);
+    let seed: u64 = std::env::var("ERLMESH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(1..1 << 40));
+    println!("generative attack seed {seed} (replay with ERLMESH_SEED={seed})");
+    let given = "(fun() -> {P, V, GL, E} = persistent_term:get(pids), [P, V, GL, E] end)()";
+    let m = marker(&dir, "generated");
+    for batch in 0..GENERATED_BATCHES {
+        let r = c.eval(&format!(
+            "fw_gen:run({}, {GENERATED_PER_BATCH}, {NODE_B}, {given}, {FORGED}, \"{}\").",
+            seed + batch,
+            m.display()
+        ));
+        assert!(r.starts_with("{sent,"), "seed {seed} batch {batch}: {r}");
+        println!("batch {batch}: {r}");
+        assert_eq!(
+            b.eval(KERNEL),
+            kernel_before,
+            "seed {seed} batch {batch}: a kernel process restarted\n{}",
+            s.hb.log()
+        );
+        assert!(!m.exists(), "seed {seed} batch {batch}: code ran on b\n{}", s.hb.log());
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!m.exists(), "seed {seed}: code ran on b");
+    assert_eq!(b.eval(KERNEL), kernel_before, "seed {seed}: a kernel process restarted");
+    let legit =
+        a.eval("begin legit ! stop, C = persistent_term:get(legit), {counters:get(C, 1), counters:get(C, 2)} end.");
+    let (ok, failed) = legit
+        .trim_matches(|c| c == '{' || c == '}')
+        .split_once(',')
+        .map(|(x, y)| (x.parse::<u64>().unwrap_or(0), y.parse::<u64>().unwrap_or(1)))
+        .unwrap_or((0, 1));
+    assert!(
+        ok > 0 && failed == 0,
+        "seed {seed}: hosta's calls to b meanwhile: {legit}"
+    );
+    // c still gets what its policy grants.
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong", "seed {seed}");
+    assert_eq!(
+        c.eval(&format!(
+            "gen_server:call({{cache, {NODE_B}}}, {{put, k, after_attack}})."
+        )),
+        "ok",
+        "seed {seed}"
+    );
+    assert_eq!(b.eval("gen_server:call(cache, {get, k})."), "after_attack");
+    let sock = s.c.path().join("state-hostb").join("erlmesh.sock");
+    let metrics = erlmesh::ops::control::request(&sock, "/metrics").unwrap();
+    assert!(
+        metrics.contains("erlmesh_dist_refused_total{peer=\"hostc\""),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn generated_attacks_from_a_real_node_run_nothing_and_crash_nothing() {
+    require_erl();
+    generative_story(None, None);
+}
+
+#[test]
+fn generated_attacks_with_otp_29_nodes() {
+    require_erl();
+    if !is_root() {
+        println!("SKIPPED: chroot and bind mounts need root");
+        return;
+    }
+    generative_story(Some("sid"), Some("sid"));
 }

@@ -59,23 +59,28 @@ pub(super) fn valid_tag(tag: &Term) -> bool {
     }
 }
 
-/// An I/O request a group leader may take from a peer: plain output
-/// (`put_chars` of characters, or of io_lib's own formatting, as
-/// `io:format` sends it), the terminal's geometry and options read,
-/// recursively through `requests`. Input requests (`get_line`,
-/// `get_until`, ...), `setopts` (an `expand_fun`) and any other `M, F, A`
-/// are refused.
+/// An I/O request a group leader may take from a peer, in the exact
+/// shapes OTP's `io` module sends (an I/O server of OTP 26 and later
+/// crashes on others): plain output (`put_chars` of characters in an
+/// encoding, or of io_lib's own formatting, as `io:format` sends it), the
+/// terminal's geometry and options read, recursively through `requests`.
+/// Input requests (`get_line`, `get_until`, ...), `setopts` (an
+/// `expand_fun`) and any other `M, F, A` are refused.
 pub(super) fn io_ok(req: &Term) -> bool {
     let t = req.tuple().unwrap_or(&[]);
+    let enc = |e: &Term| matches!(e, Term::Atom(a) if matches!(&**a, "unicode" | "latin1"));
+    let chars = |c: &Term| matches!(c, Term::List(..) | Term::Nil | Term::Bytes(_) | Term::Binary(_)) && no_fun(c);
     match (req, req.tag(), t.len()) {
         (Term::Atom(a), _, _) => &**a == "getopts",
-        (_, Some("put_chars"), 2 | 3) => true,
+        (_, Some("put_chars"), 2) => chars(&t[1]),
+        (_, Some("put_chars"), 3) => enc(&t[1]) && chars(&t[2]),
         (_, Some("put_chars"), 5) => {
-            matches!((&t[2], &t[3]), (Term::Atom(m), Term::Atom(f)) if &**m == "io_lib" && matches!(&**f, "format" | "fwrite" | "write"))
+            enc(&t[1])
+                && matches!((&t[2], &t[3]), (Term::Atom(m), Term::Atom(f)) if &**m == "io_lib" && matches!(&**f, "format" | "fwrite" | "write"))
                 && matches!(t[4], Term::List(..) | Term::Nil)
                 && no_fun(&t[4])
         }
-        (_, Some("get_geometry"), 2) => true,
+        (_, Some("get_geometry"), 2) => matches!(&t[1], Term::Atom(a) if matches!(&**a, "columns" | "rows")),
         (_, Some("requests"), 2) => match &t[1] {
             Term::List(v, tail) => **tail == Term::Nil && v.iter().all(io_ok),
             Term::Nil => true,
@@ -83,6 +88,12 @@ pub(super) fn io_ok(req: &Term) -> bool {
         },
         _ => false,
     }
+}
+
+/// `{io_request, From, ReplyAs, Request}` as OTP's `io` sends it: From a
+/// process of the peer, the request plain output ([`io_ok`]).
+pub(super) fn io_request_ok(mem: &Memory, m: &Term) -> bool {
+    matches!(m.tuple(), Some([Term::Atom(a), from, _, req]) if &**a == "io_request" && mem.remote_pid(from) && io_ok(req))
 }
 
 fn no_fun(t: &Term) -> bool {

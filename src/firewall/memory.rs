@@ -43,6 +43,10 @@ pub struct Memory {
     forged_pids: lru::LruCache<PidKey, ()>,
     forged_refs: lru::LruCache<RefKey, ()>,
     machinery: lru::LruCache<PidKey, &'static str>,
+    /// Local I/O servers (group leaders): given as a spawn request's
+    /// group leader, or seen answering the peer's I/O requests. They take
+    /// only plain output requests.
+    io_servers: lru::LruCache<PidKey, ()>,
     /// Local processes that called the peer (the `From` of a gen_server
     /// call): they may be sent only the call's reply.
     repliers: lru::LruCache<PidKey, ()>,
@@ -70,6 +74,7 @@ impl Memory {
             forged_refs: lru::LruCache::unbounded(),
             machinery: lru::LruCache::unbounded(),
             repliers: lru::LruCache::unbounded(),
+            io_servers: lru::LruCache::unbounded(),
             peer_pid: None,
         }
     }
@@ -132,6 +137,19 @@ impl Memory {
         }
     }
 
+    /// Local process `p` is an I/O server the peer's processes write to.
+    pub fn give_io_server(&mut self, p: &Pid) {
+        if let Some(k) = self.local_key(p) {
+            if !self.forged_pids.contains(&k) && !self.machinery.contains(&k) {
+                bounded_put(&mut self.io_servers, k, (), MAX_MACHINERY_PIDS);
+            }
+        }
+    }
+
+    pub(super) fn io_server(&self, p: &Pid) -> bool {
+        self.local_key(p).is_some_and(|k| self.io_servers.contains(&k))
+    }
+
     /// Local process `p` called the peer: it may get the reply (even if
     /// the peer forged its pid before: a reply must carry the call's tag,
     /// which the peer cannot forge).
@@ -191,6 +209,13 @@ impl Memory {
             return;
         }
         match t {
+            // An I/O server answering the peer's request.
+            [Term::Atom(a), _, _] if &**a == "io_reply" => {
+                if let Some(s) = sender {
+                    self.give_io_server(s);
+                }
+                self.give_all(m);
+            }
             [Term::Atom(g), from, req] if &**g == "$gen_call" => {
                 match from.tuple() {
                     Some([Term::Pid(p), tag]) => {

@@ -19,7 +19,7 @@
 //! | anything else | an unknown operation | dropped (fail closed) |
 
 use super::etf::{self, Atom, DecodeError, Decoder, Pid, Ref, Term};
-use super::machinery::{driver_input, io_ok, machinery, machinery_name, valid_from, GLOBAL, NET_KERNEL, PG};
+use super::machinery::{driver_input, io_request_ok, machinery, machinery_name, valid_from, GLOBAL, NET_KERNEL, PG};
 use super::memory::Memory;
 use super::DistPolicy;
 use std::sync::Arc;
@@ -336,6 +336,23 @@ fn to_pid(
             Err(why) => Judgement::refuse(op, target, why),
         });
     }
+    if mem.io_server(to) {
+        let Some(m) = whole(d, versioned)? else {
+            return Ok(Judgement::refuse(
+                op,
+                Target::Pid,
+                "a message to an I/O server too large to check",
+            ));
+        };
+        if mem.names_forged(&m).is_none() && io_request_ok(mem, &m) {
+            return Ok(Judgement::allow(op, Target::Pid));
+        }
+        return Ok(Judgement::refuse(
+            op,
+            Target::Pid,
+            "an I/O server (a group leader) takes only plain output requests from a peer",
+        ));
+    }
     if !mem.given_pid(to) && mem.replier(to) {
         let Some(m) = whole(d, versioned)? else {
             // A large reply: its tag checked, the rest walked.
@@ -466,7 +483,7 @@ fn content(
         (3, Some("system")) => Some("a sys message (state replacement, code change)"),
         (3, Some("EXIT")) if !p.exit_signals => Some("an 'EXIT' message (as from a parent)"),
         (4, Some("io_request")) => {
-            let plain = |m: &Term| m.tuple().and_then(|t| t.get(3)).is_some_and(io_ok);
+            let plain = |m: &Term| io_request_ok(mem, m);
             let ok = match &m {
                 Some(m) => plain(m),
                 // An I/O request is judged whole: wait for it, and refuse
@@ -840,5 +857,69 @@ mod tests {
             ),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod io_servers {
+    use super::*;
+    use crate::mesh::policy::Pattern;
+
+    fn pid(node: &str, id: u32) -> Term {
+        Term::Pid(Pid {
+            node: Arc::from(node),
+            id,
+            serial: 0,
+            creation: 3,
+        })
+    }
+
+    fn atom(a: &str) -> Term {
+        Term::Atom(Arc::from(a))
+    }
+
+    fn send(mem: &mut Memory, to: &Term, msg: Term) -> Option<&'static str> {
+        let p = DistPolicy {
+            name: "edge".into(),
+            mode: super::super::Mode::Enforce,
+            spawn: false,
+            registered: vec![Pattern::new("cache")],
+            exit_signals: false,
+        };
+        let mut body = Vec::new();
+        etf::encode(&Term::Tuple(vec![Term::Int(22), pid("c@h", 1), to.clone()]), &mut body);
+        etf::encode(&msg, &mut body);
+        judge(&p, mem, &[], &body, false).unwrap().refused
+    }
+
+    fn io_request(from: Term, req: Term) -> Term {
+        Term::Tuple(vec![atom("io_request"), from, atom("ref"), req])
+    }
+
+    /// OTP 26+'s group leader crashes on a gen_server call or cast, on an
+    /// I/O request whose From is no pid, on put_chars with no encoding:
+    /// a group leader known as one takes only plain output, exactly.
+    #[test]
+    fn a_group_leader_takes_only_exact_plain_output() {
+        let mut m = Memory::new("b@h");
+        let gl = pid("b@h", 9);
+        let Term::Pid(p) = &gl else { unreachable!() };
+        m.give_io_server(p);
+        let put = |enc: Term| Term::Tuple(vec![atom("put_chars"), enc, Term::Nil]);
+        assert_eq!(send(&mut m, &gl, io_request(pid("c@h", 1), put(atom("unicode")))), None);
+        for bad in [
+            io_request(pid("c@h", 1), put(Term::Int(1))),
+            io_request(atom("hello"), put(atom("unicode"))),
+            io_request(pid("b@h", 2), put(atom("unicode"))),
+            Term::Tuple(vec![atom("$gen_cast"), atom("x")]),
+            Term::Tuple(vec![
+                atom("$gen_call"),
+                Term::Tuple(vec![pid("c@h", 1), atom("t")]),
+                atom("x"),
+            ]),
+            atom("hello"),
+        ] {
+            assert!(send(&mut m, &gl, bad.clone()).is_some(), "{bad:?}");
+        }
     }
 }

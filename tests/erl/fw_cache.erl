@@ -9,9 +9,11 @@ start() -> gen_server:start({local, cache}, ?MODULE, #{}, []).
 init(S) -> {ok, S}.
 
 handle_call({put, K, V}, _From, S) -> {reply, ok, S#{K => V}};
-handle_call({get, K}, _From, S) -> {reply, maps:get(K, S, undefined), S}.
+handle_call({get, K}, _From, S) -> {reply, maps:get(K, S, undefined), S};
+handle_call(_, _From, S) -> {reply, unknown, S}.
 
-handle_cast({put, K, V}, S) -> {noreply, S#{K => V}}.
+handle_cast({put, K, V}, S) -> {noreply, S#{K => V}};
+handle_cast(_, S) -> {noreply, S}.
 
 handle_info({put, K, V}, S) -> {noreply, S#{K => V}};
 handle_info(_, S) -> {noreply, S}.

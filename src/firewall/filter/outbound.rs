@@ -262,7 +262,7 @@ impl Outbound {
         let t = ctl.tuple().unwrap_or(&[]);
         let op = t.first().and_then(Term::int);
         if let (Some(29 | 30), Some(Term::Pid(gl))) = (op, t.get(3)) {
-            mem.give_pid(gl);
+            mem.give_io_server(gl);
         }
         let used = start + d.pos;
         // A whole message whose shape decides what it gives (a call, a
@@ -274,7 +274,7 @@ impl Outbound {
             _ => None,
         };
         let shaped = to_name.is_some_and(|n| machinery_name(n).is_some())
-            || matches!(rules::peek(&d, versioned), Ok((3, Some(tag))) if &*tag == "$gen_call");
+            || matches!(rules::peek(&d, versioned), Ok((3, Some(tag))) if matches!(&*tag, "$gen_call" | "io_reply"));
         if shaped && complete && seq.is_none() && frag <= 1 {
             let sender = match (op, t.get(1), t.get(2)) {
                 (Some(37), _, Some(Term::Pid(p))) | (Some(_), Some(Term::Pid(p)), _) => Some(p),
