@@ -1,0 +1,256 @@
+use super::*;
+use crate::mesh::policy::Pattern;
+
+fn policy() -> DistPolicy {
+    DistPolicy {
+        name: "edge".into(),
+        mode: super::super::Mode::Enforce,
+        spawn: false,
+        registered: vec![Pattern::new("cache")],
+        exit_signals: false,
+    }
+}
+
+fn pid(node: &str, id: u32) -> Term {
+    Term::Pid(Pid {
+        node: Arc::from(node),
+        id,
+        serial: 0,
+        creation: 3,
+    })
+}
+
+fn local(id: u32) -> Term {
+    pid("b@h", id)
+}
+
+fn atom(a: &str) -> Term {
+    Term::Atom(Arc::from(a))
+}
+
+fn local_ref(n: u32) -> Term {
+    Term::Ref(Ref {
+        node: Arc::from("b@h"),
+        creation: 3,
+        ids: vec![n, 0, 0],
+    })
+}
+
+/// Judges control `ctl` and message `msg` as a D frame's body.
+fn judged(mem: &mut Memory, ctl: Vec<Term>, msg: Term) -> Option<&'static str> {
+    let mut body = Vec::new();
+    etf::encode(&Term::Tuple(ctl), &mut body);
+    etf::encode(&msg, &mut body);
+    judge(&policy(), mem, &[], &body, false).unwrap().refused
+}
+
+fn send(mem: &mut Memory, to: Term, msg: Term) -> Option<&'static str> {
+    judged(mem, vec![Term::Int(22), pid("c@h", 1), to], msg)
+}
+
+#[test]
+fn callers_get_only_their_reply_and_senders_nothing() {
+    let mut m = Memory::new("b@h");
+    // b's process 6 calls c: it may be sent only the reply.
+    let call = Term::Tuple(vec![
+        atom("$gen_call"),
+        Term::Tuple(vec![local(6), local_ref(1)]),
+        Term::Tuple(vec![atom("get"), atom("k")]),
+    ]);
+    m.give_message(
+        Some(&Pid {
+            node: Arc::from("b@h"),
+            id: 6,
+            serial: 0,
+            creation: 3,
+        }),
+        Some("cache"),
+        &call,
+    );
+    assert!(send(&mut m, local(6), atom("hello")).is_some());
+    assert_eq!(
+        send(&mut m, local(6), Term::Tuple(vec![local_ref(1), atom("ok")])),
+        None
+    );
+    assert!(send(&mut m, local(6), Term::Tuple(vec![local_ref(2), atom("ok")])).is_some());
+    // A pid seen only as a sender (of a control message) is not reachable.
+    assert!(send(&mut m, local(9), atom("hello")).is_some());
+}
+
+#[test]
+fn a_pid_named_before_it_was_given_stays_unreachable() {
+    let mut m = Memory::new("b@h");
+    let put = Term::Tuple(vec![atom("put"), atom("k"), local(7)]);
+    let reg = vec![Term::Int(6), pid("c@h", 1), atom(""), atom("cache")];
+    assert!(
+        judged(&mut m, reg.clone(), put).is_some(),
+        "a message naming a forged pid"
+    );
+    // The cache echoes it back: still forged.
+    m.give_message(None, None, &Term::Tuple(vec![atom("value"), local(7)]));
+    assert!(send(&mut m, local(7), atom("hello")).is_some());
+    // A pid given first is reachable, and may be named.
+    m.give_message(None, None, &Term::Tuple(vec![atom("value"), local(8)]));
+    assert_eq!(send(&mut m, local(8), atom("hello")), None);
+    assert_eq!(
+        judged(&mut m, reg, Term::Tuple(vec![atom("put"), atom("k"), local(8)])),
+        None
+    );
+}
+
+#[test]
+fn machinery_by_pid_follows_its_protocol() {
+    let mut m = Memory::new("b@h");
+    let scope = Pid {
+        node: Arc::from("b@h"),
+        id: 40,
+        serial: 0,
+        creation: 3,
+    };
+    m.give_message(
+        Some(&scope),
+        Some("pg"),
+        &Term::Tuple(vec![atom("discover"), local(40)]),
+    );
+    let join = Term::Tuple(vec![atom("join"), pid("c@h", 2), atom("g"), pid("c@h", 3)]);
+    assert_eq!(send(&mut m, local(40), join), None);
+    let bad = Term::Tuple(vec![atom("join"), pid("c@h", 2), atom("g"), atom("not_a_pid")]);
+    assert!(send(&mut m, local(40), bad).is_some());
+    assert!(send(&mut m, local(40), atom("junk")).is_some());
+    // Given in a message afterwards, it is still judged as pg.
+    m.give_message(None, None, &Term::Tuple(vec![atom("here"), local(40)]));
+    assert!(send(&mut m, local(40), atom("junk")).is_some());
+}
+
+#[test]
+fn altact_sig_send_is_judged_as_what_it_stands_for() {
+    let mut m = Memory::new("b@h");
+    let alt = |flags: i64, to: Term| vec![Term::Int(37), Term::Int(flags), pid("c@h", 1), to];
+    assert!(judged(&mut m, alt(8, atom("secret")), atom("hi")).is_some());
+    assert_eq!(judged(&mut m, alt(8 | 1, atom("cache")), atom("hi")), None);
+    assert!(judged(&mut m, alt(16, local(5)), atom("kill")).is_some(), "an exit");
+    assert!(
+        judged(&mut m, alt(1, local(5)), atom("hi")).is_some(),
+        "a pid not given"
+    );
+    m.give_message(None, None, &Term::Tuple(vec![atom("here"), local(6)]));
+    assert_eq!(
+        judged(&mut m, alt(1, local(6)), atom("hi")),
+        None,
+        "a priority message to a given pid"
+    );
+    assert!(
+        judged(&mut m, alt(4, local_ref(9)), atom("hi")).is_some(),
+        "an alias not given"
+    );
+}
+
+#[test]
+fn machinery_messages_in_the_wrong_shape_are_dropped() {
+    let mut m = Memory::new("b@h");
+    let reg = |name: &str| vec![Term::Int(6), pid("c@h", 1), atom(""), atom(name)];
+    let ping = |from: Term| {
+        Term::Tuple(vec![
+            atom("$gen_call"),
+            from,
+            Term::Tuple(vec![atom("is_auth"), atom("c@h")]),
+        ])
+    };
+    let tag = Term::Ref(Ref {
+        node: Arc::from("c@h"),
+        creation: 3,
+        ids: vec![1, 2, 3],
+    });
+    assert_eq!(
+        judged(
+            &mut m,
+            reg("net_kernel"),
+            ping(Term::Tuple(vec![pid("c@h", 1), tag.clone()]))
+        ),
+        None
+    );
+    assert!(judged(&mut m, reg("net_kernel"), ping(atom("notfrom"))).is_some());
+    assert!(judged(&mut m, reg("net_kernel"), ping(Term::Tuple(vec![atom("x"), tag]))).is_some());
+    let init_connect = Term::Tuple(vec![
+        atom("$gen_cast"),
+        Term::Tuple(vec![atom("init_connect"), Term::Tuple(vec![]), atom("x"), atom("y")]),
+    ]);
+    assert!(judged(&mut m, reg("global_name_server"), init_connect).is_some());
+    assert!(judged(
+        &mut m,
+        reg("rex"),
+        Term::Tuple(vec![atom("x"), atom("features_request")])
+    )
+    .is_some());
+    assert_eq!(
+        judged(
+            &mut m,
+            reg("rex"),
+            Term::Tuple(vec![pid("c@h", 1), atom("features_request")])
+        ),
+        None
+    );
+}
+
+mod io_servers {
+    use super::*;
+    use crate::mesh::policy::Pattern;
+
+    fn pid(node: &str, id: u32) -> Term {
+        Term::Pid(Pid {
+            node: Arc::from(node),
+            id,
+            serial: 0,
+            creation: 3,
+        })
+    }
+
+    fn atom(a: &str) -> Term {
+        Term::Atom(Arc::from(a))
+    }
+
+    fn send(mem: &mut Memory, to: &Term, msg: Term) -> Option<&'static str> {
+        let p = DistPolicy {
+            name: "edge".into(),
+            mode: crate::firewall::Mode::Enforce,
+            spawn: false,
+            registered: vec![Pattern::new("cache")],
+            exit_signals: false,
+        };
+        let mut body = Vec::new();
+        etf::encode(&Term::Tuple(vec![Term::Int(22), pid("c@h", 1), to.clone()]), &mut body);
+        etf::encode(&msg, &mut body);
+        judge(&p, mem, &[], &body, false).unwrap().refused
+    }
+
+    fn io_request(from: Term, req: Term) -> Term {
+        Term::Tuple(vec![atom("io_request"), from, atom("ref"), req])
+    }
+
+    /// OTP 26+'s group leader crashes on a gen_server call or cast, on an
+    /// I/O request whose From is no pid, on put_chars with no encoding:
+    /// a group leader known as one takes only plain output, exactly.
+    #[test]
+    fn a_group_leader_takes_only_exact_plain_output() {
+        let mut m = Memory::new("b@h");
+        let gl = pid("b@h", 9);
+        let Term::Pid(p) = &gl else { unreachable!() };
+        m.give_io_server(p);
+        let put = |enc: Term| Term::Tuple(vec![atom("put_chars"), enc, Term::Nil]);
+        assert_eq!(send(&mut m, &gl, io_request(pid("c@h", 1), put(atom("unicode")))), None);
+        for bad in [
+            io_request(pid("c@h", 1), put(Term::Int(1))),
+            io_request(atom("hello"), put(atom("unicode"))),
+            io_request(pid("b@h", 2), put(atom("unicode"))),
+            Term::Tuple(vec![atom("$gen_cast"), atom("x")]),
+            Term::Tuple(vec![
+                atom("$gen_call"),
+                Term::Tuple(vec![pid("c@h", 1), atom("t")]),
+                atom("x"),
+            ]),
+            atom("hello"),
+        ] {
+            assert!(send(&mut m, &gl, bad.clone()).is_some(), "{bad:?}");
+        }
+    }
+}
