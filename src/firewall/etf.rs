@@ -31,11 +31,14 @@ pub struct Ref {
 }
 
 /// A fun: `fun M:F/A` (export) or a closure of module `M`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Fun {
     pub module: Atom,
     pub export: bool,
     pub arity: u32,
+    /// A closure's creator pid and free variables: pids and references
+    /// travel in them as anywhere else.
+    pub env: Vec<Term>,
 }
 
 /// A decoded term. Numbers, binaries and strings keep only what a rule
@@ -103,6 +106,7 @@ impl Term {
                 k.visit(f);
                 v.visit(f);
             }),
+            Term::Fun(fun) => fun.env.iter().for_each(|t| t.visit(f)),
             _ => {}
         }
     }
@@ -415,6 +419,7 @@ impl<'a> Decoder<'a> {
                     module,
                     export: true,
                     arity: arity as u32,
+                    env: Vec::new(),
                 })
             }
             112 => {
@@ -425,12 +430,12 @@ impl<'a> Decoder<'a> {
                 self.skip(16 + 4)?;
                 let free = self.u32()? as usize;
                 let module = self.atom()?;
-                for _ in 0..3 {
-                    self.term_at(depth + 1)?; // old index, old uniq, pid
-                }
+                self.term_at(depth + 1)?; // old index
+                self.term_at(depth + 1)?; // old uniq
+                let mut env = vec![self.term_at(depth + 1)?]; // pid
                 self.count(free)?;
                 for _ in 0..free {
-                    self.term_at(depth + 1)?;
+                    env.push(self.term_at(depth + 1)?);
                 }
                 if self.pos - start != size {
                     return Err(DecodeError::Malformed("fun size does not match its contents"));
@@ -439,22 +444,24 @@ impl<'a> Decoder<'a> {
                     module,
                     export: false,
                     arity,
+                    env,
                 })
             }
             117 => {
                 let free = self.u32()? as usize;
-                self.term_at(depth + 1)?; // pid
+                let mut env = vec![self.term_at(depth + 1)?]; // pid
                 let module = self.atom()?;
                 self.term_at(depth + 1)?; // index
                 self.term_at(depth + 1)?; // uniq
                 self.count(free)?;
                 for _ in 0..free {
-                    self.term_at(depth + 1)?;
+                    env.push(self.term_at(depth + 1)?);
                 }
                 Term::Fun(Fun {
                     module,
                     export: false,
                     arity: 0,
+                    env,
                 })
             }
             80 => return Err(DecodeError::Malformed("compressed term in a distribution message")),
@@ -671,8 +678,8 @@ mod tests {
         let t = d.term().unwrap();
         assert_eq!(d.pos, b.len());
         let v = t.tuple().unwrap();
-        assert!(matches!(&v[0], Term::Fun(Fun { module, export: false, arity: 1 }) if &**module == "erl_eval"));
-        assert!(matches!(&v[1], Term::Fun(Fun { module, export: true, arity: 2 }) if &**module == "lists"));
+        assert!(matches!(&v[0], Term::Fun(Fun { module, export: false, arity: 1, .. }) if &**module == "erl_eval"));
+        assert!(matches!(&v[1], Term::Fun(Fun { module, export: true, arity: 2, .. }) if &**module == "lists"));
         assert!(matches!(&v[2], Term::Map(kv) if kv.len() == 1));
         assert_eq!(v[3], Term::Binary(3));
         assert_eq!(v[4], Term::Bytes(b"str".to_vec()));

@@ -254,3 +254,36 @@ mod io_servers {
         }
     }
 }
+
+/// Found by fuzzing (the decoder against the walk): a closure's free
+/// variables carry pids, and a forged one there is forged too (else the
+/// fun, stored and returned by a listed service, would launder it).
+#[test]
+fn a_forged_pid_in_a_closures_free_variables_is_forged() {
+    let mut m = Memory::new("b@h");
+    let mut fun = vec![1u8];
+    fun.extend([0u8; 16]);
+    fun.extend(0u32.to_be_bytes());
+    fun.extend(1u32.to_be_bytes());
+    etf::encode(&atom("erl_eval"), &mut fun);
+    etf::encode(&Term::Int(0), &mut fun);
+    etf::encode(&Term::Int(0), &mut fun);
+    etf::encode(&pid("c@h", 1), &mut fun);
+    etf::encode(&local(42), &mut fun);
+    let mut msg = vec![104, 2];
+    etf::encode(&atom("put"), &mut msg);
+    msg.push(112);
+    msg.extend((fun.len() as u32 + 4).to_be_bytes());
+    msg.extend(fun);
+    let mut body = Vec::new();
+    etf::encode(
+        &Term::Tuple(vec![Term::Int(6), pid("c@h", 1), atom(""), atom("cache")]),
+        &mut body,
+    );
+    body.extend(msg);
+    let j = judge(&policy(), &mut m, &[], &body, false).unwrap();
+    assert!(j.refused.is_some_and(|w| w.contains("local pid")), "{j:?}");
+    let Term::Pid(p) = local(42) else { unreachable!() };
+    m.give_pid(&p);
+    assert!(!m.given_pid(&p), "a pid once forged is never given");
+}
