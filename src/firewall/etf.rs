@@ -36,8 +36,8 @@ pub struct Fun {
     pub module: Atom,
     pub export: bool,
     pub arity: u32,
-    /// A closure's creator pid and free variables: pids and references
-    /// travel in them as anywhere else.
+    /// A closure's creator pid, index, uniq and free variables: pids and
+    /// references travel in them as anywhere else.
     pub env: Vec<Term>,
 }
 
@@ -430,9 +430,12 @@ impl<'a> Decoder<'a> {
                 self.skip(16 + 4)?;
                 let free = self.u32()? as usize;
                 let module = self.atom()?;
-                self.term_at(depth + 1)?; // old index
-                self.term_at(depth + 1)?; // old uniq
-                let mut env = vec![self.term_at(depth + 1)?]; // pid
+                // Old index, old uniq, pid: whatever the bytes hold there
+                // is kept, as the walk counts it.
+                let mut env = Vec::with_capacity(3);
+                for _ in 0..3 {
+                    env.push(self.term_at(depth + 1)?);
+                }
                 self.count(free)?;
                 for _ in 0..free {
                     env.push(self.term_at(depth + 1)?);
@@ -451,8 +454,8 @@ impl<'a> Decoder<'a> {
                 let free = self.u32()? as usize;
                 let mut env = vec![self.term_at(depth + 1)?]; // pid
                 let module = self.atom()?;
-                self.term_at(depth + 1)?; // index
-                self.term_at(depth + 1)?; // uniq
+                env.push(self.term_at(depth + 1)?); // index
+                env.push(self.term_at(depth + 1)?); // uniq
                 self.count(free)?;
                 for _ in 0..free {
                     env.push(self.term_at(depth + 1)?);
