@@ -121,7 +121,7 @@ erlmesh|erlmesh-policy)
   ( eval "$("$em" env --config "$w/hostb.toml")"; exec erl "${erl_common[@]}" -sname b@hostb -eval 'distbench:serve()' ) >"$w/b.log" 2>&1 &
   pids+=($!)
   wait_names "$eb" b
-  ( eval "$("$em" env --config "$w/hosta.toml")"; run_a erl "${erl_common[@]}" -sname a@hosta ) >"$w/a.result" || { tail -20 "$w"/*.mesh.log >&2; exit 1; }
+  ( eval "$("$em" env --config "$w/hosta.toml")"; run_a erl "${erl_common[@]}" -sname a@hosta ) >"$w/a.result" || { tail -n 20 "$w"/*.mesh.log >&2; exit 1; }
   sed "s/\$/ idle_rss_kb=$idle/" "$w/a.result"
   ;;
 plain)

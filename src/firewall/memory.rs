@@ -186,11 +186,19 @@ impl Memory {
                 self.learn_machinery(s, name);
             }
             // Pids the machinery hands out in its own messages (global's
-            // locker, pg's scope) are judged by its protocol, not given.
+            // locker, pg's scope) are judged by its protocol, not given;
+            // a call's caller (a ping's, say) is only a caller.
+            let caller = match t {
+                [Term::Atom(g), from, _] if &**g == "$gen_call" => match from.tuple() {
+                    Some([Term::Pid(p), _]) => Some(p.clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
             let mut handed = Vec::new();
             m.visit(&mut |t| {
                 if let Term::Pid(p) = t {
-                    if self.local_key(p).is_some_and(|k| !self.pids.contains(&k)) {
+                    if Some(p) != caller.as_ref() && self.local_key(p).is_some_and(|k| !self.pids.contains(&k)) {
                         handed.push(p.clone());
                     }
                 }

@@ -287,3 +287,35 @@ fn a_forged_pid_in_a_closures_free_variables_is_forged() {
     m.give_pid(&p);
     assert!(!m.given_pid(&p), "a pid once forged is never given");
 }
+
+/// Found by the benchmark: a process that pinged the peer (a call to its
+/// net_kernel) is a caller, not net_kernel's machinery; given afterwards,
+/// it takes ordinary messages.
+#[test]
+fn a_process_that_pinged_is_not_machinery() {
+    let mut m = Memory::new("b@h");
+    let tag = Term::Ref(Ref {
+        node: Arc::from("b@h"),
+        creation: 3,
+        ids: vec![1, 2, 3],
+    });
+    m.give_message(
+        Some(&Pid {
+            node: Arc::from("b@h"),
+            id: 5,
+            serial: 0,
+            creation: 3,
+        }),
+        Some("net_kernel"),
+        &Term::Tuple(vec![
+            atom("$gen_call"),
+            Term::Tuple(vec![local(5), tag]),
+            Term::Tuple(vec![atom("is_auth"), atom("b@h")]),
+        ]),
+    );
+    m.give_message(None, Some("bench"), &Term::Tuple(vec![local(5), atom("echo")]));
+    assert_eq!(
+        send(&mut m, local(5), Term::Tuple(vec![atom("bench"), pid("c@h", 9)])),
+        None
+    );
+}
