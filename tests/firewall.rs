@@ -299,7 +299,9 @@ fn allowed(s: &Story, b: &mut Node, c: &mut Node, a: &mut Node) {
     );
     assert_eq!(
         c.eval_until("is_pid(global:whereis_name(b_svc)).", "true", Duration::from_secs(10)),
-        "true"
+        "true",
+        "{}",
+        s.hb.log()
     );
     assert_eq!(
         c.eval("gen_server:call(global:whereis_name(b_svc), {get, k})."),

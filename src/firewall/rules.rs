@@ -200,7 +200,9 @@ pub fn judge(
                     p.lists(n) || [NET_KERNEL, GLOBAL, PG].contains(&&**n),
                 ),
                 Term::Pid(q) => {
-                    let ok = mem.given_pid(q) || mem.machinery_of(q).is_some();
+                    // A caller too: the server it calls may watch it (global
+                    // monitors whoever asks for a lock).
+                    let ok = mem.given_pid(q) || mem.machinery_of(q).is_some() || mem.replier(q) || mem.io_server(q);
                     if !ok {
                         mem.forge_pid(q);
                     }
