@@ -170,6 +170,10 @@ pub enum CertCommand {
         /// The host name the certificate names.
         #[arg(long)]
         host: String,
+        /// An address of the host the certificate names too (repeatable;
+        /// IPv4 or IPv6).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
         /// Validity in days.
         #[arg(long, default_value_t = crate::tls::certs::DEFAULT_HOST_DAYS)]
         days: u32,

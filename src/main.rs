@@ -198,8 +198,14 @@ fn cert(command: CertCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        CertCommand::Issue { dir, host, days, force } => {
-            let w = erlmesh::tls::certs::issue(&dir, &host, days, force)?;
+        CertCommand::Issue {
+            dir,
+            host,
+            ips,
+            days,
+            force,
+        } => {
+            let w = erlmesh::tls::certs::issue_naming(&dir, &host, &ips, days, force)?;
             println!("wrote {} and {}", w.cert.display(), w.key.display());
             Ok(())
         }

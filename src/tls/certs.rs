@@ -72,6 +72,18 @@ pub fn make_ca(dir: &Path, days: u32, force: bool) -> Result<Written, CertError>
 /// Issues DIR/HOST.pem and DIR/HOST.key, signed by DIR/ca.pem and
 /// DIR/ca.key, naming HOST, for both TLS server and client use.
 pub fn issue(dir: &Path, host: &str, days: u32, force: bool) -> Result<Written, CertError> {
+    issue_naming(dir, host, &[], days, force)
+}
+
+/// [`issue`], the certificate naming `ips` too (IP address SANs: the
+/// host's addresses, for node names whose host part is an address).
+pub fn issue_naming(
+    dir: &Path,
+    host: &str,
+    ips: &[std::net::IpAddr],
+    days: u32,
+    force: bool,
+) -> Result<Written, CertError> {
     if host.is_empty() || host.contains(['/', '\\', ' ']) || host.starts_with('.') {
         return Err(CertError::BadHost(host.to_owned()));
     }
@@ -82,6 +94,9 @@ pub fn issue(dir: &Path, host: &str, days: u32, force: bool) -> Result<Written, 
     check_free(&out, force)?;
     let issuer = ca_issuer(dir)?;
     let mut params = CertificateParams::new(vec![host.to_owned()]).map_err(|_| CertError::BadHost(host.into()))?;
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
     params.distinguished_name = dn(host);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -443,6 +458,35 @@ mod tests {
         make_ca(other.path(), 30, false).unwrap();
         let s = show(&w.cert, Some(&other.path().join("ca.pem"))).unwrap();
         assert!(!s.ok && s.report.contains("NO ("), "{}", s.report);
+    }
+
+    #[test]
+    fn a_host_certificate_can_name_its_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        make_ca(dir.path(), 30, false).unwrap();
+        let ips: Vec<std::net::IpAddr> = vec!["198.18.0.1".parse().unwrap(), "2001:2::1".parse().unwrap()];
+        let w = issue_naming(dir.path(), "hosta", &ips, 10, false).unwrap();
+        let chain = crate::tls::load_certs(&w.cert).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(chain[0].as_ref()).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        use x509_parser::extensions::GeneralName;
+        let names = &san.value.general_names;
+        assert!(
+            names.iter().any(|n| matches!(n, GeneralName::DNSName("hosta"))),
+            "{names:?}"
+        );
+        for ip in &ips {
+            let octets = match ip {
+                std::net::IpAddr::V4(v) => v.octets().to_vec(),
+                std::net::IpAddr::V6(v) => v.octets().to_vec(),
+            };
+            assert!(
+                names
+                    .iter()
+                    .any(|n| matches!(n, GeneralName::IPAddress(b) if *b == octets.as_slice())),
+                "{ip} in {names:?}"
+            );
+        }
     }
 
     #[test]
