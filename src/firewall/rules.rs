@@ -358,10 +358,7 @@ fn to_pid(
     if !mem.given_pid(to) && mem.replier(to) {
         let Some(m) = whole(d, versioned)? else {
             // A large reply: its tag checked, the rest walked.
-            let tag = match at_element(d, versioned, 0)? {
-                Some(mut e) => whole_term(&mut e)?,
-                None => None,
-            };
+            let tag = element(d, versioned, 0)?;
             let shape = peek(d, versioned)?.0 == 2;
             if shape && tag.is_some_and(|t| mem.reply_tag(&t)) {
                 return Ok(Judgement {
@@ -502,18 +499,12 @@ fn content(
     let Some(m) = m else {
         why = why.or(match (arity, tag.as_deref()) {
             (3, Some("$gen_call")) => {
-                let from = match at_element(d, versioned, 1)? {
-                    Some(mut e) => whole_term(&mut e)?,
-                    None => None,
-                };
+                let from = element(d, versioned, 1)?;
                 (!from.is_some_and(|f| valid_from(mem, &f)))
                     .then_some("a gen_server call whose From is not {a process of the peer, a tag}")
             }
             (2, _) => {
-                let first = match at_element(d, versioned, 0)? {
-                    Some(mut e) => whole_term(&mut e)?,
-                    None => None,
-                };
+                let first = element(d, versioned, 0)?;
                 let input = match (first, at_element(d, versioned, 1)?) {
                     (Some(Term::Pid(_) | Term::Port(_)), Some(e)) => {
                         let (_, tag) = peek(&e, false)?;
@@ -590,13 +581,8 @@ fn at_element<'a>(d: &Decoder<'a>, versioned: bool, i: usize) -> Result<Option<D
         e.version()?;
     }
     let rest = e.rest();
-    let (arity, skip) = match rest.first().ok_or(Unjudged::Need)? {
-        104 => (*rest.get(1).ok_or(Unjudged::Need)? as usize, 2),
-        105 => {
-            let b = rest.get(1..5).ok_or(Unjudged::Need)?;
-            (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, 5)
-        }
-        _ => return Ok(None),
+    let Some((arity, skip)) = tuple_header(rest)? else {
+        return Ok(None);
     };
     if i >= arity {
         return Ok(None);
@@ -608,6 +594,27 @@ fn at_element<'a>(d: &Decoder<'a>, versioned: bool, i: usize) -> Result<Option<D
         }
     }
     Ok(Some(Decoder::limited(e.rest(), d.refs(), MAX_JUDGED_TERMS)))
+}
+
+/// Element `i` of the message's top tuple, decoded (None: no such
+/// element, or too large to decode).
+fn element(d: &Decoder, versioned: bool, i: usize) -> Result<Option<Term>, Unjudged> {
+    match at_element(d, versioned, i)? {
+        Some(mut e) => whole_term(&mut e),
+        None => Ok(None),
+    }
+}
+
+/// A tuple's arity and header length, if `rest` starts with a tuple.
+fn tuple_header(rest: &[u8]) -> Result<Option<(usize, usize)>, Unjudged> {
+    Ok(match rest.first().ok_or(Unjudged::Need)? {
+        104 => Some((*rest.get(1).ok_or(Unjudged::Need)? as usize, 2)),
+        105 => {
+            let b = rest.get(1..5).ok_or(Unjudged::Need)?;
+            Some((u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, 5))
+        }
+        _ => None,
+    })
 }
 
 /// A supervisor's child management, by call or cast: `which_children`
@@ -637,13 +644,8 @@ pub fn peek(d: &Decoder, versioned: bool) -> Result<(usize, Option<Atom>), Unjud
         d.version()?;
     }
     let rest = d.rest();
-    let (arity, skip) = match rest.first().ok_or(Unjudged::Need)? {
-        104 => (*rest.get(1).ok_or(Unjudged::Need)? as usize, 2),
-        105 => {
-            let b = rest.get(1..5).ok_or(Unjudged::Need)?;
-            (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, 5)
-        }
-        _ => return Ok((0, None)),
+    let Some((arity, skip)) = tuple_header(rest)? else {
+        return Ok((0, None));
     };
     if arity == 0 {
         return Ok((0, None));

@@ -62,12 +62,20 @@ fn reg_send_cached(header: &[u8], msg: &Term) -> Vec<u8> {
 
 /// Feeds `input` in pieces of `step` bytes; returns what the node gets.
 fn run(inb: &mut Inbound, input: &[u8], step: usize) -> io::Result<Vec<u8>> {
+    let (out, r) = run_until_error(inb, input, step);
+    r.map(|()| out)
+}
+
+/// [`run`], keeping what the node got before an error.
+fn run_until_error(inb: &mut Inbound, input: &[u8], step: usize) -> (Vec<u8>, io::Result<()>) {
     let mut out = Vec::new();
     let mut at = 0;
     while at < input.len() {
         let end = (at + step).min(input.len());
         let mut segs = Vec::new();
-        inb.feed(input, at..end, &mut segs)?;
+        if let Err(e) = inb.feed(input, at..end, &mut segs) {
+            return (out, Err(e));
+        }
         for s in segs {
             match s {
                 Seg::Buf(r) => out.extend_from_slice(&input[r]),
@@ -77,7 +85,7 @@ fn run(inb: &mut Inbound, input: &[u8], step: usize) -> io::Result<Vec<u8>> {
         }
         at = end;
     }
-    Ok(out)
+    (out, Ok(()))
 }
 
 #[test]
@@ -586,26 +594,7 @@ fn a_forged_pid_deep_in_a_large_message_never_reaches_the_node() {
         let step = [7, 1000, 65536, 1 << 20][rng.usize(..4)];
         let mut input = hs.clone();
         input.extend(&frames);
-        let mut got = Vec::new();
-        let mut at = 0;
-        let r = loop {
-            if at >= input.len() {
-                break Ok(());
-            }
-            let end = (at + step).min(input.len());
-            let mut segs = Vec::new();
-            if let Err(e) = inb.feed(&input, at..end, &mut segs) {
-                break Err(e);
-            }
-            for s in segs {
-                match s {
-                    Seg::Buf(r) => got.extend_from_slice(&input[r]),
-                    Seg::Own(v) => got.extend(v),
-                    Seg::Len(l) => got.extend(l),
-                }
-            }
-            at = end;
-        };
+        let (got, r) = run_until_error(&mut inb, &input, step);
         if given {
             r.unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
             assert_eq!(got, input, "seed {seed} round {round}: a given pid passes");

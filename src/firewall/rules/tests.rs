@@ -194,33 +194,10 @@ fn machinery_messages_in_the_wrong_shape_are_dropped() {
 
 mod io_servers {
     use super::*;
-    use crate::mesh::policy::Pattern;
 
-    fn pid(node: &str, id: u32) -> Term {
-        Term::Pid(Pid {
-            node: Arc::from(node),
-            id,
-            serial: 0,
-            creation: 3,
-        })
-    }
-
-    fn atom(a: &str) -> Term {
-        Term::Atom(Arc::from(a))
-    }
-
+    /// A SEND_SENDER from the peer to `to`.
     fn send(mem: &mut Memory, to: &Term, msg: Term) -> Option<&'static str> {
-        let p = DistPolicy {
-            name: "edge".into(),
-            mode: crate::firewall::Mode::Enforce,
-            spawn: false,
-            registered: vec![Pattern::new("cache")],
-            exit_signals: false,
-        };
-        let mut body = Vec::new();
-        etf::encode(&Term::Tuple(vec![Term::Int(22), pid("c@h", 1), to.clone()]), &mut body);
-        etf::encode(&msg, &mut body);
-        judge(&p, mem, &[], &body, false).unwrap().refused
+        super::send(mem, to.clone(), msg)
     }
 
     fn io_request(from: Term, req: Term) -> Term {
