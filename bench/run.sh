@@ -14,6 +14,8 @@
 #            with a proxy per host
 #
 # usage: bench/run.sh MODE [bulk_MiB] [round_trips] [small_msgs]
+# (ERLMESH=path runs another erlmesh binary; ERLMESH_SUITES sets its
+# tls.cipher_suites, comma-separated)
 # RESULT fields: first_ping_ms rtt_p50_us rtt_p99_us bulk_MBps small_msgs_per_s
 #   proxy_cpu_s (both proxies) proxy_rss_kb (peak, both) and, for erlmesh,
 #   idle_rss_kb (one erlmesh before any node) and tunnel_rss_kb (one erlmesh
@@ -113,6 +115,12 @@ erlmesh|erlmesh-policy)
   [ "$mode" = erlmesh-policy ] && policy=(--dist-policy bench --extra $'[dist_policies.bench]\nmode = "enforce"\nspawn = false\nregistered = ["bench"]\nexit_signals = false')
   write_conf "$w/hosta.toml" hosta "$ta" "$ea" "$w/state-hosta" "$c" --peer "hostb=127.0.0.1:$tb" "${policy[@]}"
   write_conf "$w/hostb.toml" hostb "$tb" "$eb" "$w/state-hostb" "$c" --peer "hosta=127.0.0.1:$ta" "${policy[@]}"
+  # ERLMESH_SUITES="TLS13_...[,TLS13_...]": both hosts' tls.cipher_suites
+  # (to compare suites; unset, erlmesh's default order).
+  if [ -n "${ERLMESH_SUITES:-}" ]; then
+    list=$(sed 's/[^,][^,]*/"&"/g; s/,/, /g' <<<"$ERLMESH_SUITES")
+    sed -i "/^key = /a cipher_suites = [$list]" "$w/hosta.toml" "$w/hostb.toml"
+  fi
   for h in hosta hostb; do
     "$em" run --config "$w/$h.toml" 2>"$w/$h.mesh.log" & pids+=($!); proxies+=($!)
   done

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what erlmesh's demo and tests need from Debian's packages, only
 # when it is missing: Erlang/OTP (erlang-base, erlang-ssl, erlang-mnesia),
-# openssl, and for the tests Elixir, iproute2 and tcpdump.
+# openssl, a C compiler (for aws-lc-rs), and for the tests Elixir, iproute2 and tcpdump.
 set -euo pipefail
 need=()
 command -v erl >/dev/null 2>&1 || need+=(erlang-base erlang-ssl erlang-mnesia)
 command -v erl >/dev/null 2>&1 && ! erl -noshell -eval 'halt(case code:lib_dir(ssl) of {error,_} -> 1; _ -> 0 end).' && need+=(erlang-ssl)
 command -v erl >/dev/null 2>&1 && ! erl -noshell -eval 'halt(case code:lib_dir(mnesia) of {error,_} -> 1; _ -> 0 end).' && need+=(erlang-mnesia)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# aws-lc-rs (the crypto provider) builds AWS-LC's C code with the system's
+# C compiler.
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # The Elixir interop test; bsdutils' script(1) gives erl -remsh a terminal.
 [ "${ERLMESH_TEST_DEPS:-0}" = 1 ] && ! command -v elixir >/dev/null 2>&1 && need+=(elixir)
 # The release tooling test (tests/releases.rs).

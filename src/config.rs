@@ -120,6 +120,7 @@ struct RawTls {
     #[serde(default)]
     crl: Vec<PathBuf>,
     records_per_key: Option<u64>,
+    cipher_suites: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +144,8 @@ pub struct TlsFiles {
     pub crl: Vec<PathBuf>,
     /// Records sealed under one key before a TLS 1.3 KeyUpdate.
     pub records_per_key: u64,
+    /// The TLS 1.3 suites offered and accepted, most preferred first.
+    pub cipher_suites: Vec<crate::tls::Suite>,
 }
 
 impl TlsFiles {
@@ -154,6 +157,7 @@ impl TlsFiles {
             key,
             crl: Vec::new(),
             records_per_key: crate::tunnel::record::DEFAULT_RECORDS_PER_KEY,
+            cipher_suites: crate::tls::Suite::DEFAULT.to_vec(),
         }
     }
 
@@ -460,12 +464,17 @@ fn parse_tls(
             format!("must be 1 to {DEFAULT_RECORDS_PER_KEY}"),
         ));
     }
+    let cipher_suites = match raw.cipher_suites {
+        None => crate::tls::Suite::DEFAULT.to_vec(),
+        Some(names) => crate::tls::Suite::parse_list(&names).map_err(|e| invalid("tls.cipher_suites", e))?,
+    };
     Ok(TlsFiles {
         ca: rel(raw.ca),
         cert: rel(raw.cert),
         key: rel(raw.key),
         crl: raw.crl.into_iter().map(rel).collect(),
         records_per_key,
+        cipher_suites,
     })
 }
 
@@ -734,6 +743,21 @@ address = "hostc.example.com:4370"
         assert!(e.contains("default_policy.nodes: empty pattern"), "{e}");
         let e = err(&GOOD.replace("[tls]", "[tls]\nrecords_per_key = 0"));
         assert!(e.contains("tls.records_per_key"), "{e}");
+        for (suites, says) in [
+            ("[]", "at least one"),
+            ("[\"TLS13_AES_128_GCM\"]", "TLS13_AES_128_GCM_SHA256"),
+            ("[\"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\"]", "unknown"),
+            ("[\"TLS13_AES_128_GCM_SHA256\", \"TLS13_AES_128_GCM_SHA256\"]", "twice"),
+        ] {
+            let e = err(&GOOD.replace("[tls]", &format!("[tls]\ncipher_suites = {suites}")));
+            assert!(e.contains("tls.cipher_suites") && e.contains(says), "{suites}: {e}");
+        }
+        let c = Config::parse(
+            Path::new("/etc/erlmesh/erlmesh.toml"),
+            &GOOD.replace("[tls]", "[tls]\ncipher_suites = [\"TLS13_CHACHA20_POLY1305_SHA256\"]"),
+        )
+        .unwrap();
+        assert_eq!(c.tls.cipher_suites, vec![crate::tls::Suite::Chacha20Poly1305]);
     }
 
     #[test]

@@ -301,7 +301,7 @@ pub fn show(file: &Path, ca: Option<&Path>) -> Result<Shown, CertError> {
         Ok(_) => format!("{}", cert.public_key().algorithm.algorithm),
         Err(_) => "unknown".into(),
     };
-    let fp = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    let fp = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
     let fp: Vec<String> = fp.as_ref().iter().map(|b| format!("{b:02X}")).collect();
     let mut r = String::new();
     r.push_str(&format!("file:        {}\n", file.display()));
@@ -338,7 +338,7 @@ pub fn chains_to(
     for c in crate::tls::load_certs(ca).map_err(|e| e.to_string())? {
         roots.add(c).map_err(|e| e.to_string())?;
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let v = rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
         .build()
         .map_err(|e| e.to_string())?;

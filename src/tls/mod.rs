@@ -52,6 +52,68 @@ pub enum TlsError {
     Ca { path: PathBuf, reason: String },
 }
 
+/// A TLS 1.3 cipher suite erlmesh offers (`tls.cipher_suites`, names as
+/// rustls spells them). Every one is sound; the default order is the
+/// measured one (README, "Cipher suites"): AES-128-GCM is the cheapest on
+/// CPUs with AES instructions, AES-256-GCM next, ChaCha20-Poly1305 last
+/// (the fastest where AES has no hardware support).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    Aes128Gcm,
+    Aes256Gcm,
+    Chacha20Poly1305,
+}
+
+impl Suite {
+    pub const ALL: [Suite; 3] = [Suite::Aes128Gcm, Suite::Aes256Gcm, Suite::Chacha20Poly1305];
+    /// The order erlmesh prefers when `tls.cipher_suites` is not set.
+    pub const DEFAULT: [Suite; 3] = Suite::ALL;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Aes128Gcm => "TLS13_AES_128_GCM_SHA256",
+            Suite::Aes256Gcm => "TLS13_AES_256_GCM_SHA384",
+            Suite::Chacha20Poly1305 => "TLS13_CHACHA20_POLY1305_SHA256",
+        }
+    }
+
+    fn rustls(self) -> rustls::SupportedCipherSuite {
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+        match self {
+            Suite::Aes128Gcm => cs::TLS13_AES_128_GCM_SHA256,
+            Suite::Aes256Gcm => cs::TLS13_AES_256_GCM_SHA384,
+            Suite::Chacha20Poly1305 => cs::TLS13_CHACHA20_POLY1305_SHA256,
+        }
+    }
+
+    /// `tls.cipher_suites`: known names, none twice, at least one.
+    pub fn parse_list(names: &[String]) -> Result<Vec<Suite>, String> {
+        if names.is_empty() {
+            return Err("name at least one suite".into());
+        }
+        let known = || Suite::ALL.map(Suite::name).join(", ");
+        let mut out = Vec::new();
+        for n in names {
+            let s = Suite::ALL
+                .into_iter()
+                .find(|s| s.name() == n)
+                .ok_or_else(|| format!("{n:?}: unknown TLS 1.3 suite (erlmesh knows {})", known()))?;
+            if out.contains(&s) {
+                return Err(format!("{n:?} is named twice"));
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// The crypto provider for the mesh: aws-lc-rs with `suites`, in that order.
+pub fn provider(suites: &[Suite]) -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites = suites.iter().map(|s| s.rustls()).collect();
+    Arc::new(p)
+}
+
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     read_pem_all(path, "certificates", "certificate")
@@ -184,7 +246,7 @@ pub struct TlsConfigs {
     pub seed_client: Arc<ClientConfig>,
     /// When this host's certificate expires (Unix seconds).
     pub not_after: i64,
-    /// Records sealed under one key before a KeyUpdate (tunnel/record.rs).
+    /// Records sealed under one key before a KeyUpdate (tunnel/record/).
     pub records_per_key: u64,
     client_verifier: Arc<dyn ClientCertVerifier>,
     server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
@@ -248,7 +310,7 @@ impl TlsConfigs {
         let chain = load_certs(&files.cert)?;
         let key = load_private_key(&files.key)?;
         let not_after = check_own_certificate(&files.cert, &chain[0], host)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider(&files.cipher_suites);
         let mismatch = |e: rustls::Error| TlsError::Mismatch {
             path: files.cert.clone(),
             key: files.key.clone(),
@@ -274,7 +336,7 @@ impl TlsConfigs {
             .allow_unknown_revocation_status()
             .build()
             .map_err(ca_err)?;
-        // TLS 1.3 only: tunnels take its record layer over (tunnel/record.rs).
+        // TLS 1.3 only: tunnels take its record layer over (tunnel/record/).
         let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
@@ -282,8 +344,10 @@ impl TlsConfigs {
             .with_client_cert_verifier(client_verifier.clone())
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(mismatch)?;
-        // Tunnels take over the record layer once open (tunnel/record.rs).
+        // Tunnels take over the record layer once open (tunnel/record/).
         server.enable_secret_extraction = true;
+        // The accepting host's order of `tls.cipher_suites` decides.
+        server.ignore_client_order = true;
         let mut client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
             .map_err(mismatch)?

@@ -52,13 +52,15 @@ pub enum DialError {
 }
 
 /// An open tunnel to a peer's node: the socket and the record layer taken
-/// over from rustls (tunnel/record.rs), and its registration for revocation.
+/// over from rustls (tunnel/record/), and its registration for revocation.
 pub struct Tunnel {
     pub tcp: TcpStream,
-    pub tx: record::Keys,
+    pub tx: record::Sender,
     pub rx: record::Reader,
     /// Whether the TLS session was resumed.
     pub resumed: bool,
+    /// The TLS 1.3 suite negotiated (as rustls names it).
+    pub suite: &'static str,
     pub live: LiveGuard,
 }
 
@@ -263,19 +265,25 @@ impl Dialer {
     pub async fn tunnel(&self, name: &str, send_name: &[u8]) -> Result<(TunnelStatus, Tunnel), DialError> {
         let (s, capture) = self.open_captured(&Preface::Tunnel(name.to_owned()), send_name).await?;
         let resumed = matches!(s.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        let suite = suite_name(s.get_ref().1.negotiated_cipher_suite());
         let live = self.tls.register(&self.host, s.get_ref().1, Some(self.name.clone()));
         let records_per_key = self.tls.current().records_per_key;
         let io = |source| DialError::Io {
             address: self.address.clone(),
             source,
         };
-        // Take over the record layer (tunnel/record.rs); the status byte is the
+        // Take over the record layer (tunnel/record/); the status byte is the
         // first thing read through it.
-        let (mut tcp, tx, mut rx) = record::hand_over(s.into_inner(), &capture, Side::Client, records_per_key)
+        let (mut tcp, mut tx, mut rx) = record::hand_over(s.into_inner(), &capture, Side::Client, records_per_key)
             .await
             .map_err(io)?;
         let first = match timeout(ANSWER_TIMEOUT, rx.first(&mut tcp)).await {
-            Ok(r) => r.map_err(io)?,
+            Ok(Ok(first)) => first,
+            Ok(Err(e)) => {
+                // A fault in the peer's first records: the alert it calls for.
+                tx.abort(&mut tcp, &e).await;
+                return Err(io(e));
+            }
             Err(_) => {
                 return Err(DialError::AnswerTimeout {
                     address: self.address.clone(),
@@ -303,6 +311,7 @@ impl Dialer {
                 tx,
                 rx,
                 resumed,
+                suite,
                 live,
             },
         ))
@@ -332,4 +341,9 @@ impl Dialer {
             }),
         }
     }
+}
+
+/// The name of a negotiated suite, for logs.
+pub fn suite_name(suite: Option<rustls::SupportedCipherSuite>) -> &'static str {
+    suite.and_then(|s| s.suite().as_str()).unwrap_or("unknown")
 }

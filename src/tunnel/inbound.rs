@@ -12,7 +12,7 @@ use crate::tunnel::accept::AnonymousSlot;
 use crate::tunnel::dist_handshake;
 use crate::tunnel::preface::{self, answer_and_close, Preface, TunnelStatus};
 use crate::tunnel::record;
-use crate::tunnel::record::{until_revoked, Corked};
+use crate::tunnel::record::Corked;
 use crate::tunnel::record::{SecretCapture, Side};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -242,12 +242,13 @@ async fn tunnel_in(
         send_name.node.clone()
     };
     let live = ctx.tls.register(&claimed, tls.get_ref().1, None);
+    let suite = crate::tunnel::dial::suite_name(tls.get_ref().1.negotiated_cipher_suite());
     let guard = ctx
         .metrics
         .tunnel(&claimed, &format!("{name}@{}", ctx.host), &remote_name, "in");
     let (to_peer, from_peer) = guard.byte_counters();
     let records_per_key = ctx.tls.current().records_per_key;
-    // Take over the record layer (tunnel/record.rs) once rustls has nothing
+    // Take over the record layer (tunnel/record/) once rustls has nothing
     // left to send; the status and the node's answer are its first records.
     let opened = async {
         tls.flush().await?;
@@ -259,7 +260,7 @@ async fn tunnel_in(
     };
     let result = match opened.await {
         Ok((tcp, tx, rx)) => {
-            debug!("tunnel open");
+            debug!(suite = %suite, "tunnel open");
             let local_node = format!("{name}@{}", ctx.host);
             let firewall = ctx.mesh.policy_for(&claimed).dist.map(|p| record::Firewalled {
                 firewall: Firewall::new(
@@ -280,8 +281,9 @@ async fn tunnel_in(
                     from_peer.inc_by(b);
                 },
                 firewall,
+                live.cancelled(),
             );
-            until_revoked(&live, carried).await
+            carried.await
         }
         Err(e) => Err(e),
     };

@@ -8,7 +8,7 @@ use crate::mesh::face::Face;
 use crate::mesh::policy::short;
 use crate::tunnel::dist_handshake;
 use crate::tunnel::preface::TunnelStatus;
-use crate::tunnel::record::{self, until_revoked};
+use crate::tunnel::record;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -92,7 +92,7 @@ impl Face {
                 .metrics()
                 .tunnel(&self.dialer.host, &local_name, &remote_node, "out");
             let (out_c, back_c) = guard.byte_counters();
-            debug!(resumed = remote.resumed, "tunnel open");
+            debug!(resumed = remote.resumed, suite = %remote.suite, "tunnel open");
             let firewall = self.policy.dist.clone().map(|p| record::Firewalled {
                 firewall: crate::firewall::filter::Firewall::new(
                     p,
@@ -112,8 +112,9 @@ impl Face {
                     back_c.inc_by(b);
                 },
                 firewall,
+                remote.live.cancelled(),
             );
-            let result = until_revoked(&remote.live, carried).await;
+            let result = carried.await;
             record::log_end(&result);
         }
         .instrument(span)
@@ -130,6 +131,7 @@ impl Face {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 info!(error = %e, "the peer closed before its node named this one");
+                remote.tx.abort(&mut remote.tcp, &e).await;
                 return None;
             }
             Err(_) => {

@@ -1,0 +1,208 @@
+//! The cryptography a tunnel pays, provider by provider and suite by suite:
+//! the record layer (16 KiB records sealed and opened in place, as
+//! `tunnel/record` does) and a full mutual-TLS 1.3 handshake (ECDSA P-256
+//! certificates, as `erlmesh cert` issues). `bench/crypto.sh` runs it under
+//! callgrind (instructions, repeatable on a noisy machine) and natively
+//! (time, best of several).
+//!
+//! usage: cryptobench records PROVIDER SUITE MIB
+//!        cryptobench handshakes PROVIDER SUITE N
+//!        cryptobench native
+//! PROVIDER: ring | aws-lc-rs; SUITE: TLS13_AES_128_GCM_SHA256 |
+//! TLS13_AES_256_GCM_SHA384 | TLS13_CHACHA20_POLY1305_SHA256
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::sync::Arc;
+use std::time::Instant;
+
+const RECORD: usize = 16 * 1024;
+const TAG: usize = 16;
+const PROVIDERS: [&str; 2] = ["ring", "aws-lc-rs"];
+const SUITES: [&str; 3] = [
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+];
+
+/// Seals `mib` MiB as 16 KiB records under one key and opens them under the
+/// other end's, in place, with the provider's AEAD as the record layer
+/// calls it. Returns a checksum so that nothing is optimised away.
+macro_rules! records_with {
+    ($aead:path, $alg:expr, $mib:expr) => {{
+        use $aead as aead;
+        let key = [7u8; 32];
+        let alg = $alg;
+        let seal = aead::LessSafeKey::new(aead::UnboundKey::new(alg, &key[..alg.key_len()]).unwrap());
+        let open = aead::LessSafeKey::new(aead::UnboundKey::new(alg, &key[..alg.key_len()]).unwrap());
+        let mut rec = vec![0x5au8; RECORD + 1 + TAG];
+        let mut sum = 0u64;
+        for seq in 0..($mib as u64 * 1024 * 1024 / RECORD as u64) {
+            let mut n = [0u8; 12];
+            n[4..].copy_from_slice(&seq.to_be_bytes());
+            let hdr = [23, 3, 3, 0x40, 0x11];
+            let tag = seal
+                .seal_in_place_separate_tag(
+                    aead::Nonce::assume_unique_for_key(n),
+                    aead::Aad::from(hdr),
+                    &mut rec[..RECORD + 1],
+                )
+                .unwrap();
+            rec[RECORD + 1..].copy_from_slice(tag.as_ref());
+            let plain = open
+                .open_in_place(aead::Nonce::assume_unique_for_key(n), aead::Aad::from(hdr), &mut rec)
+                .unwrap();
+            sum = sum.wrapping_add(plain[0] as u64);
+        }
+        sum
+    }};
+}
+
+fn records(provider: &str, suite: &str, mib: usize) -> u64 {
+    match (provider, suite) {
+        ("ring", "TLS13_AES_128_GCM_SHA256") => records_with!(ring::aead, &ring::aead::AES_128_GCM, mib),
+        ("ring", "TLS13_AES_256_GCM_SHA384") => records_with!(ring::aead, &ring::aead::AES_256_GCM, mib),
+        ("ring", "TLS13_CHACHA20_POLY1305_SHA256") => {
+            records_with!(ring::aead, &ring::aead::CHACHA20_POLY1305, mib)
+        }
+        ("aws-lc-rs", "TLS13_AES_128_GCM_SHA256") => {
+            records_with!(aws_lc_rs::aead, &aws_lc_rs::aead::AES_128_GCM, mib)
+        }
+        ("aws-lc-rs", "TLS13_AES_256_GCM_SHA384") => {
+            records_with!(aws_lc_rs::aead, &aws_lc_rs::aead::AES_256_GCM, mib)
+        }
+        ("aws-lc-rs", "TLS13_CHACHA20_POLY1305_SHA256") => {
+            records_with!(aws_lc_rs::aead, &aws_lc_rs::aead::CHACHA20_POLY1305, mib)
+        }
+        _ => usage(),
+    }
+}
+
+fn provider(name: &str, suite: &str) -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = match name {
+        "ring" => rustls::crypto::ring::default_provider(),
+        "aws-lc-rs" => rustls::crypto::aws_lc_rs::default_provider(),
+        _ => usage(),
+    };
+    p.cipher_suites.retain(|s| s.suite().as_str() == Some(suite));
+    if p.cipher_suites.is_empty() {
+        usage();
+    }
+    Arc::new(p)
+}
+
+/// Configs for a mutual-TLS 1.3 pair under one provider and suite.
+fn configs(p: Arc<rustls::crypto::CryptoProvider>) -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf = |host: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(ca.der().to_vec())).unwrap();
+    let roots = Arc::new(roots);
+    let (scert, skey) = leaf("hosta");
+    let (ccert, ckey) = leaf("hostb");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), p.clone())
+        .build()
+        .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(p.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(scert, skey)
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(p)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(ccert, ckey)
+        .unwrap();
+    (Arc::new(client), Arc::new(server))
+}
+
+fn handshake(client: &Arc<rustls::ClientConfig>, server: &Arc<rustls::ServerConfig>) {
+    let mut c = rustls::ClientConnection::new(client.clone(), ServerName::try_from("hosta").unwrap()).unwrap();
+    let mut s = rustls::ServerConnection::new(server.clone()).unwrap();
+    while c.is_handshaking() || s.is_handshaking() {
+        let mut b = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut b).unwrap();
+        }
+        s.read_tls(&mut &b[..]).unwrap();
+        s.process_new_packets().unwrap();
+        let mut b = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut b).unwrap();
+        }
+        c.read_tls(&mut &b[..]).unwrap();
+        c.process_new_packets().unwrap();
+    }
+}
+
+fn handshakes(provider_name: &str, suite: &str, n: usize) {
+    let (client, server) = configs(provider(provider_name, suite));
+    for _ in 0..n {
+        handshake(&client, &server);
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: cryptobench records|handshakes PROVIDER SUITE COUNT, or cryptobench native");
+    std::process::exit(2)
+}
+
+/// Times every combination natively: the best of five runs each.
+fn native() {
+    println!(
+        "{:<10} {:<31} {:>14} {:>14}",
+        "provider", "suite", "records_MBps", "handshake_us"
+    );
+    for p in PROVIDERS {
+        for s in SUITES {
+            let mib = 256;
+            let best = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(records(p, s, mib));
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min);
+            let (client, server) = configs(provider(p, s));
+            let n = 200;
+            let hs = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    for _ in 0..n {
+                        handshake(&client, &server);
+                    }
+                    t.elapsed().as_secs_f64() / n as f64
+                })
+                .fold(f64::MAX, f64::min);
+            // Each byte is sealed once and opened once.
+            let mbps = (mib * 1024 * 1024) as f64 / best / 1e6;
+            println!("{p:<10} {s:<31} {mbps:>14.0} {:>14.0}", hs * 1e6);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["records", p, s, n] => {
+            std::hint::black_box(records(p, s, n.parse().unwrap_or_else(|_| usage())));
+        }
+        ["handshakes", p, s, n] => handshakes(p, s, n.parse().unwrap_or_else(|_| usage())),
+        ["native"] => native(),
+        _ => usage(),
+    }
+}
