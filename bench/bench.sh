@@ -44,7 +44,16 @@ if 'erlmesh-policy' in med and 'erlmesh' in med:
 gb = bulk_mib * 1024 * 1024 / 1e9
 for m in ('plain', 'erlmesh', 'erlmesh-policy', 'stunnel'):
     if m in med:
-        print('CPU %s: %.2f s per GB carried (both proxies, whole run / bulk bytes)' % (m, med[m]['proxy_cpu_s'] / gb))
+        carried = st.median(r['proxy_cpu_s'] - r.get('proxy_start_cpu_s', 0) for r in rows[m])
+        print('CPU %s: %.2f s per GB carried (both proxies from ready to the end / bulk bytes; %.2f s with start-up)' % (m, carried / gb, med[m]['proxy_cpu_s'] / gb))
+if 'plain' in med:
+    for m in ('erlmesh', 'erlmesh-policy'):
+        if m in med:
+            # Round by round against plain's run of the same round.
+            rs = [(a['proxy_cpu_s'] - a.get('proxy_start_cpu_s', 0)) / (p['proxy_cpu_s'] - p.get('proxy_start_cpu_s', 0))
+                  for a, p in zip(rows[m], rows['plain'])]
+            bs = [a['bulk_MBps'] / p['bulk_MBps'] for a, p in zip(rows[m], rows['plain'])]
+            print('PER-ROUND %s/plain: bulk %s; CPU per GB carried %s' % (m, ' '.join('%.2f' % b for b in bs), ' '.join('%.2f' % r for r in rs)))
 if 'erlmesh' in rows:
     print('MEMORY erlmesh: idle RSS %.0f KiB (one process); peak RSS during the run %.0f KiB (both)' %
           (st.median(r['idle_rss_kb'] for r in rows['erlmesh']), med['erlmesh']['proxy_rss_kb']))

@@ -17,7 +17,8 @@
 # (ERLMESH=path runs another erlmesh binary; ERLMESH_SUITES sets its
 # tls.cipher_suites, comma-separated)
 # RESULT fields: first_ping_ms rtt_p50_us rtt_p99_us bulk_MBps small_msgs_per_s
-#   proxy_cpu_s (both proxies) proxy_rss_kb (peak, both) and, for erlmesh,
+#   proxy_cpu_s (both proxies, the whole run) proxy_start_cpu_s (theirs
+#   before the first node started) proxy_rss_kb (peak, both) and, for erlmesh,
 #   idle_rss_kb (one erlmesh before any node) and tunnel_rss_kb (one erlmesh
 #   holding one tunnel, after the run).
 set -euo pipefail
@@ -33,6 +34,16 @@ erl_common=(-noshell -pa "$w" -setcookie bench -kernel inet_dist_use_interface '
 extra=""
 
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+# CPU clock ticks the proxies have used so far (user and system).
+proxy_ticks() {
+  local t=0 u s
+  for p in "${proxies[@]}"; do
+    read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat")
+    t=$((t + u + s))
+  done
+  echo "$t"
+}
+ticks_ready=0
 start_b() { "$@" -eval 'distbench:serve()' >"$w/b.log" 2>&1 & pids+=($!); }
 wait_names() { # epmd_port name: until the node is registered
   for _ in $(seq 100); do
@@ -49,7 +60,7 @@ run_a() {
     cpu=$((cpu + u + s)); hwm=$((hwm + $(awk '/VmHWM/{print $2}' "/proc/$p/status")))
   done
   tck=$(getconf CLK_TCK)
-  echo "${line/RESULT/RESULT mode=$mode} proxy_cpu_s=$(awk -v c=$cpu -v t=$tck 'BEGIN{printf "%.2f", c/t}') proxy_rss_kb=$hwm$extra"
+  echo "${line/RESULT/RESULT mode=$mode} proxy_cpu_s=$(awk -v c=$cpu -v t=$tck 'BEGIN{printf "%.2f", c/t}') proxy_start_cpu_s=$(awk -v c=$ticks_ready -v t=$tck 'BEGIN{printf "%.2f", c/t}') proxy_rss_kb=$hwm$extra"
 }
 
 # The proxy-pair layout (stunnel, plain): an epmd per host, b's dist port
@@ -64,6 +75,7 @@ proxy_pair_ports() {
 }
 proxy_pair_run() { # once the proxies are started
   sleep 0.5
+  ticks_ready=$(proxy_ticks)
   start_b env ERL_EPMD_PORT=$eb erl "${erl_common[@]}" -sname b@hostb -kernel inet_dist_listen_min "$db" -kernel inet_dist_listen_max "$db"
   wait_names "$eb" b
   run_a env ERL_EPMD_PORT=$ea ERL_INETRC=$w/inetrc_a erl "${erl_common[@]}" -sname a@hosta
@@ -126,6 +138,7 @@ erlmesh|erlmesh-policy)
   done
   for h in hosta hostb; do wait_ready "$w/$h.toml" "$w/$h.mesh.log"; done
   idle=$(rss "${proxies[0]}")
+  ticks_ready=$(proxy_ticks)
   ( eval "$("$em" env --config "$w/hostb.toml")"; exec erl "${erl_common[@]}" -sname b@hostb -eval 'distbench:serve()' ) >"$w/b.log" 2>&1 &
   pids+=($!)
   wait_names "$eb" b

@@ -151,8 +151,12 @@ fn handshake(client: &Arc<rustls::ClientConfig>, server: &Arc<rustls::ServerConf
 
 fn handshakes(provider_name: &str, suite: &str, n: usize) {
     let (client, server) = configs(provider(provider_name, suite));
-    for _ in 0..n {
+    for i in 0..n {
+        let t = Instant::now();
         handshake(&client, &server);
+        if std::env::var_os("CRYPTOBENCH_EACH").is_some() {
+            eprintln!("handshake {i}: {:?}", t.elapsed());
+        }
     }
 }
 

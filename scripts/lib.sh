@@ -10,7 +10,7 @@ cleanup() {
   exec 2>/dev/null
   for p in "${pids[@]}" "${mesh[@]}"; do kill -9 "$p" || true; done
   wait || true
-  rm -rf "$w"
+  [ -n "${KEEP_W:-}" ] && cp -a "$w" "$KEEP_W"; rm -rf "$w"
 }
 trap cleanup EXIT
 

@@ -133,6 +133,7 @@ fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<()> {
     let nofile = erlmesh::app::raise_descriptor_limit(&config)?;
     tracing::debug!(nofile, needed = config.descriptors_needed(), "open-file limit");
     let rt = runtime(config.threads)?;
+    erlmesh::tls::warm_rng();
     rt.block_on(async {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let signals = tokio::spawn(async move {

@@ -114,6 +114,19 @@ pub fn provider(suites: &[Suite]) -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
+/// Seeds aws-lc's random generator now. AWS-LC seeds it, once per
+/// process, from CPU jitter entropy on first use, which takes 30-45 ms of
+/// CPU here; done before `erlmesh run` is ready, the first handshake (a
+/// node's first ping) does not wait for it.
+pub fn warm_rng() {
+    let started = std::time::Instant::now();
+    let mut seed = [0u8; 32];
+    if let Err(e) = aws_lc_rs::rand::fill(&mut seed) {
+        tracing::warn!(error = ?e, "the random generator could not be seeded at start");
+    }
+    tracing::debug!(took = ?started.elapsed(), "random generator seeded");
+}
+
 /// Reads every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     read_pem_all(path, "certificates", "certificate")
