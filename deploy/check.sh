@@ -43,3 +43,18 @@ if command -v systemd-analyze >/dev/null; then
   systemd-analyze verify deploy/erlmesh.service 2>&1 | grep -v "Command /usr/local/bin/erlmesh is not executable\|No such file" || true
 fi
 echo "deploy files: ok"
+# Every program the unit runs by absolute path comes with the package, with
+# an Essential package, or with one the package depends on (a minimal
+# Debian has no procps, whose /bin/kill ExecReload uses).
+depends=$(sed -n 's/^Depends: //p' deploy/deb/build.sh | tr -d ' ' | tr ',' '\n')
+for prog in $(grep -oE '^Exec[A-Za-z]*=[-@+!]*/[^ ]+' deploy/erlmesh.service | sed -E 's/^[^=]*=[-@+!]*//' | sort -u); do
+  case $prog in /usr/bin/erlmesh | /usr/local/bin/erlmesh) continue ;; esac
+  owner=$(dpkg -S "$prog" 2>/dev/null | head -1 | cut -d: -f1) || true
+  [ -n "$owner" ] || owner=$(dpkg -S "/usr$prog" 2>/dev/null | head -1 | cut -d: -f1) || true
+  [ -n "$owner" ] || { echo "deploy/erlmesh.service runs $prog, which no installed package provides" >&2; exit 1; }
+  if [ "$(dpkg-query -W -f='${Essential}' "$owner")" != yes ] && ! grep -qx "$owner" <<<"$depends"; then
+    echo "deploy/erlmesh.service runs $prog from $owner, which is neither Essential nor in the package's Depends" >&2
+    exit 1
+  fi
+done
+echo "deploy/erlmesh.service: every program it runs is provided"

@@ -24,6 +24,8 @@ if [ "${ERLMESH_TEST_DEPS:-0}" = 1 ]; then
   # The package test (tests/package.rs): its postinst's adduser, and the
   # unit check.
   command -v adduser >/dev/null 2>&1 || need+=(adduser)
+  # The package depends on procps (the unit's ExecReload runs /bin/kill).
+  dpkg -s procps >/dev/null 2>&1 || need+=(procps)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -31,7 +31,7 @@ Package: erlmesh
 Version: $version
 Architecture: $arch
 Maintainer: erlmesh developers <erlmesh@localhost>
-Depends: adduser
+Depends: adduser, procps
 Section: net
 Priority: optional
 Homepage: https://localhost/erlmesh

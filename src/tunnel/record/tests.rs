@@ -567,6 +567,11 @@ fn interop(suite: crate::tls::Suite) {
         client.negotiated_cipher_suite().unwrap().suite().as_str(),
         Some(suite.name())
     );
+    // The hybrid post-quantum key exchange is the one chosen.
+    assert_eq!(
+        client.negotiated_key_exchange_group().map(|g| g.name()),
+        Some(rustls::NamedGroup::X25519MLKEM768)
+    );
     let (mut tx, mut rx) = take_over(server.dangerous_extract_secrets().unwrap(), &capture, Side::Server, 2).unwrap();
     assert!(capture.is_empty(), "the traffic secrets stayed in the capture");
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
