@@ -688,3 +688,87 @@ fn key_updates_keep_a_long_tunnel_open() {
     assert!(!ha.log().contains("tunnel ended with an error"), "{}", ha.log());
     assert!(!hb.log().contains("tunnel ended with an error"), "{}", hb.log());
 }
+
+/// A sustained flood: 2 400 idle connections from 200 source addresses
+/// (12 each, within `max_unauthenticated_per_source`), each reopened as
+/// soon as hostb closes it, so that the anonymous pool (256) stays full
+/// for as long as the flood lasts. Invariant: a newcomer evicts the oldest
+/// connection that has sent nothing, so a real peer's new tunnel opens
+/// within seconds during the flood; descriptors and memory stay bounded.
+#[test]
+fn a_sustained_flood_of_idle_connections_cannot_keep_new_tunnels_out() {
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    rlimit::setrlimit(rlimit::Resource::NOFILE, hard.max(soft), hard).unwrap();
+    let c = Cluster::new();
+    let (ha, hb) = c.pair("", "");
+    let mut a = ha.node("a");
+    let _b = hb.node("b");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    assert_eq!(a.eval("erlang:disconnect_node(b@hostb)."), "true");
+    let fds_before = fds(pid(&hb));
+    let rss_before = rss_kb(pid(&hb));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let port = hb.listen_port;
+    let flood = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let mut tasks = Vec::new();
+                for i in 0..2400u32 {
+                    let src = std::net::Ipv4Addr::new(127, 0, 2, (i % 200) as u8 + 1);
+                    let (stop, opened) = (stop.clone(), opened.clone());
+                    tasks.push(tokio::spawn(async move {
+                        while !stop.load(Ordering::Relaxed) {
+                            let s = tokio::net::TcpSocket::new_v4().unwrap();
+                            s.bind((src, 0).into()).unwrap();
+                            let Ok(mut conn) = s.connect((std::net::Ipv4Addr::LOCALHOST, port).into()).await else {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            };
+                            opened.fetch_add(1, Ordering::Relaxed);
+                            // Idle until hostb closes it, then again at once.
+                            let mut b = [0u8; 1];
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(30),
+                                tokio::io::AsyncReadExt::read(&mut conn, &mut b),
+                            )
+                            .await;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            })
+        })
+    };
+    // Let the flood fill the pool, then open a new tunnel through it.
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    let pong = a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(10));
+    let took = started.elapsed();
+    let fds_during = fds(pid(&hb));
+    let rss_during = rss_kb(pid(&hb));
+    let opened_during = opened.load(Ordering::Relaxed);
+    assert_eq!(a.eval("rpc:call(b@hostb, erlang, node, [])."), "b@hostb");
+    stop.store(true, Ordering::Relaxed);
+    eprintln!(
+        "flood: {opened_during} connections opened; a new tunnel in {took:?}; hostb descriptors {fds_before} -> {fds_during}, RSS {rss_before} -> {rss_during} KiB"
+    );
+    assert_eq!(pong, "pong", "no new tunnel during the flood:\n{}", hb.log());
+    assert!(took < Duration::from_secs(5), "the new tunnel took {took:?}");
+    assert!(opened_during > 2400, "the flood did not fill the pool: {opened_during}");
+    // Anonymous connections held or waiting: at most twice the pool.
+    assert!(
+        fds_during < fds_before + 2 * 256 + 64,
+        "descriptors {fds_before} -> {fds_during} under the flood"
+    );
+    assert!(rss_during < rss_before + 30_000, "RSS {rss_before} -> {rss_during} KiB");
+    let metrics = run_ok(&["status", "--metrics", "--config", hb.config_path().to_str().unwrap()]);
+    assert!(
+        metrics.contains("evicted_silent"),
+        "no connection was evicted:\n{metrics}"
+    );
+    drop(flood);
+}

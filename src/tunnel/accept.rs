@@ -68,12 +68,27 @@ pub async fn accept_loop<F, Fut>(
 /// first-bytes or handshake deadline. Once the peer's certificate is
 /// verified it moves to one of `max_connections` authenticated slots,
 /// which anonymous connections therefore can never take.
+///
+/// When every anonymous slot is taken, a newcomer evicts the oldest
+/// connection that has sent nothing yet (connections that have sent their
+/// ClientHello are kept) and takes its slot once it is given back: a flood
+/// of idle connections from many sources, each within its share, cannot
+/// keep a real peer's new tunnel out. Invariant: at most one newcomer
+/// waits per evicted connection, so connections held or waiting stay
+/// within twice `max_unauthenticated`.
 pub struct Admission {
     anonymous: Arc<Semaphore>,
     authenticated: Arc<Semaphore>,
     per_source: Mutex<HashMap<IpAddr, usize>>,
     max_per_source: usize,
+    /// Anonymous connections that have sent nothing, oldest first (by
+    /// admission number), each with the token that evicts it.
+    silent: Mutex<std::collections::BTreeMap<u64, CancellationToken>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
+
+/// How long a newcomer waits for the slot of the connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a connection was refused at admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,11 +112,16 @@ impl Refused {
 pub struct AnonymousSlot {
     admission: Arc<Admission>,
     ip: IpAddr,
-    _permit: OwnedSemaphorePermit,
+    id: u64,
+    /// The pool's permit; None while waiting for an evicted connection's.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Cancelled when a newcomer evicts this connection (it sent nothing).
+    evicted: CancellationToken,
 }
 
 impl Drop for AnonymousSlot {
     fn drop(&mut self) {
+        self.admission.silent.lock().expect("admission lock").remove(&self.id);
         let mut per = self.admission.per_source.lock().expect("admission lock");
         if let Some(n) = per.get_mut(&self.ip) {
             *n -= 1;
@@ -113,6 +133,33 @@ impl Drop for AnonymousSlot {
 }
 
 impl AnonymousSlot {
+    /// Waits, within [`EVICTION_WAIT`], for the pool's permit when this
+    /// slot was admitted by evicting a silent connection; whether it holds
+    /// one.
+    pub async fn ready(&mut self) -> bool {
+        if self.permit.is_some() {
+            return true;
+        }
+        let acquire = self.admission.anonymous.clone().acquire_owned();
+        match tokio::time::timeout(EVICTION_WAIT, acquire).await {
+            Ok(Ok(p)) => {
+                self.permit = Some(p);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The connection has sent its first bytes: it is no longer evictable.
+    pub fn spoke(&self) {
+        self.admission.silent.lock().expect("admission lock").remove(&self.id);
+    }
+
+    /// Resolves when a newcomer evicts this (silent) connection.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+
     /// Trades this slot for an authenticated one, if one is free.
     pub fn authenticated(self) -> Option<OwnedSemaphorePermit> {
         self.admission.authenticated.clone().try_acquire_owned().ok()
@@ -126,6 +173,8 @@ impl Admission {
             authenticated: Arc::new(Semaphore::new(max_connections)),
             per_source: Mutex::new(HashMap::new()),
             max_per_source,
+            silent: Mutex::new(Default::default()),
+            next_id: Default::default(),
         })
     }
 
@@ -138,16 +187,28 @@ impl Admission {
         if n >= self.max_per_source {
             return Err(Refused::PerSource);
         }
-        let permit = self
-            .anonymous
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refused::Anonymous)?;
+        let mut silent = self.silent.lock().expect("admission lock");
+        let permit = match self.anonymous.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            // Full: the oldest connection that has sent nothing makes room.
+            Err(_) => match silent.pop_first() {
+                Some((_, victim)) => {
+                    victim.cancel();
+                    None
+                }
+                None => return Err(Refused::Anonymous),
+            },
+        };
         per.insert(ip, n + 1);
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        silent.insert(id, evicted.clone());
         Ok(AnonymousSlot {
             admission: self.clone(),
             ip,
-            _permit: permit,
+            id,
+            permit,
+            evicted,
         })
     }
 }
@@ -202,4 +263,51 @@ pub async fn accept_admitted<F, Fut>(
         tracker.spawn(handle(stream, addr, slot, cancel.child_token()));
     }
     debug!(listener = "tls", "accept loop ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([127, 0, 3, n])
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_evicts_its_oldest_silent_connection_only() {
+        let adm = Admission::new(2, 4, 8);
+        let mut first = adm.admit(ip(1)).unwrap();
+        let mut second = adm.admit(ip(2)).unwrap();
+        assert!(first.ready().await && second.ready().await);
+        // Full: the newcomer evicts the oldest silent one (first)...
+        let mut third = adm.admit(ip(3)).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), first.evicted())
+            .await
+            .expect("the oldest silent connection is evicted");
+        assert!(!second.evicted.is_cancelled());
+        // ...and takes its permit once it is given back.
+        drop(first);
+        assert!(third.ready().await);
+        // Connections that have spoken are never evicted: with none silent
+        // left, a newcomer is refused.
+        second.spoke();
+        third.spoke();
+        assert_eq!(adm.admit(ip(4)).err(), Some(Refused::Anonymous));
+        // The per-source share still holds.
+        let adm = Admission::new(8, 1, 8);
+        let _one = adm.admit(ip(5)).unwrap();
+        assert_eq!(adm.admit(ip(5)).err(), Some(Refused::PerSource));
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_waits_only_for_the_slot_it_freed() {
+        let adm = Admission::new(1, 4, 8);
+        let first = adm.admit(ip(1)).unwrap();
+        let mut second = adm.admit(ip(2)).unwrap();
+        assert!(first.evicted.is_cancelled());
+        // The evicted connection never lets go: the newcomer gives up
+        // after EVICTION_WAIT.
+        assert!(!second.ready().await);
+        drop(first);
+    }
 }

@@ -61,11 +61,31 @@ type Verified = TlsStream<Corked<TcpStream>>;
 
 /// Serves one connection on the TLS port: first bytes, TLS, the preface,
 /// then the question's answer or the tunnel.
-pub async fn handle(tcp: TcpStream, from: SocketAddr, slot: AnonymousSlot, ctx: Context, _cancel: CancellationToken) {
+pub async fn handle(
+    tcp: TcpStream,
+    from: SocketAddr,
+    mut slot: AnonymousSlot,
+    ctx: Context,
+    _cancel: CancellationToken,
+) {
     let deadline = tokio::time::Instant::now() + ctx.handshake_timeout;
-    if !first_bytes(&tcp, from, &ctx).await {
+    if !slot.ready().await {
+        debug!(%from, "the evicted connection's slot was not given back in time; closed");
+        ctx.metrics.refused("unauthenticated_slots_full");
         return;
     }
+    let spoke = tokio::select! {
+        s = first_bytes(&tcp, from, &ctx) => s,
+        _ = slot.evicted() => {
+            debug!(%from, "silent while every anonymous slot was taken: evicted for a newcomer");
+            ctx.metrics.handshake_failed("evicted_silent");
+            false
+        }
+    };
+    if !spoke {
+        return;
+    }
+    slot.spoke();
     let Some((mut tls, capture)) = accept_tls(tcp, from, deadline, &ctx).await else {
         return;
     };
