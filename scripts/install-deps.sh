@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what erlmesh's demo and tests need from Debian's packages, only
 # when it is missing: Erlang/OTP (erlang-base, erlang-ssl, erlang-mnesia),
-# openssl, a C compiler (for aws-lc-rs), and for the tests Elixir, iproute2 and tcpdump.
+# openssl, a C compiler (for aws-lc-rs), nftables (transparent mode), and for the tests Elixir, iproute2 and tcpdump.
 set -euo pipefail
 need=()
 command -v erl >/dev/null 2>&1 || need+=(erlang-base erlang-ssl erlang-mnesia)
@@ -16,6 +16,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # The release tooling test (tests/releases.rs).
 [ "${ERLMESH_TEST_DEPS:-0}" = 1 ] && ! command -v rebar3 >/dev/null 2>&1 && need+=(rebar3)
 command -v script >/dev/null 2>&1 || need+=(bsdutils)
+# Transparent interception applies its rules with nft.
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)
 if [ "${ERLMESH_TEST_DEPS:-0}" = 1 ]; then
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)

@@ -62,6 +62,8 @@ pub enum AppError {
         max_unauthenticated: usize,
         file: PathBuf,
     },
+    #[error("transparent interception: {0}")]
+    Rules(#[from] crate::transparent::nft::NftError),
     #[error("{what}: {source}")]
     Io { what: &'static str, source: std::io::Error },
     #[error("a blocking task failed: {0}")]
@@ -94,10 +96,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         cancel: CancellationToken::new(),
         tracker: TaskTracker::new(),
     };
-    refuse_exposed_epmd(r.config.epmd_port).await?;
+    let transparent = r.config.interception == crate::config::Interception::Transparent;
+    if !transparent {
+        // In transparent mode the rules guard the nodes' own epmd.
+        refuse_exposed_epmd(r.config.epmd_port).await?;
+    }
     // Bind everything first: a port that is taken stops the start, with
     // nothing half-running.
     let local = r.serve_local_epmd().await?;
+    let redirect = match transparent {
+        false => Vec::new(),
+        true => {
+            let port = r.config.transparent.redirect_port;
+            crate::transparent::bind_redirect(port)
+                .await
+                .map_err(|source| AppError::Bind {
+                    what: format!("{}: transparent.redirect_port", r.config.file.display()),
+                    addr: format!("127.0.0.1:{port}"),
+                    source,
+                    hint: String::new(),
+                })?
+        }
+    };
     let tls_listener = bind(&r.config.listen.to_string(), r.config.listen, &r.config, "listen", "").await?;
     let listen_addr = tls_listener.local_addr().map_err(|source| AppError::Io {
         what: "the TLS port",
@@ -111,6 +131,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         r.tracker.clone(),
     );
     mesh.start_static().await?;
+    if let Some(i) = mesh.intercept() {
+        i.start(mesh.faces()).await?;
+        i.serve(redirect, r.cancel.clone(), &r.tracker);
+        i.keep(mesh.clone(), local.clone(), r.cancel.clone(), &r.tracker);
+    }
     r.serve_tls_port(tls_listener, local, mesh.clone());
     r.tracker.spawn(reload_tls(
         r.config.clone(),

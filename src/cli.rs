@@ -69,9 +69,39 @@ pub enum Command {
     /// Make the cluster CA and host certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// The kernel rules of transparent interception (nftables table
+    /// `inet erlmesh`), for an init step and for operators. `erlmesh run`
+    /// applies them itself and keeps them in step with the peer table.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Write a config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Replace erlmesh's table with the rules for this config: its static
+    /// peers' addresses (resolved now) and the distribution ports already
+    /// learnt. Needs CAP_NET_ADMIN. Applying twice gives the same ruleset.
+    Apply {
+        /// The config file (TOML), with interception = "transparent".
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print erlmesh's table as the kernel holds it (exit 1 when absent).
+    Show {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove erlmesh's table: nodes' connections to peer hosts go out
+    /// plainly again. No other table is touched.
+    Remove {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

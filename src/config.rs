@@ -52,6 +52,48 @@ pub enum ConfigError {
     },
 }
 
+/// The port erlmesh listens on, on loopback, for connections the kernel
+/// redirects to it in transparent mode.
+pub const DEFAULT_REDIRECT_PORT: u16 = 4371;
+/// The socket mark on erlmesh's own connections in transparent mode, which
+/// the rules let through unredirected ("ME" in ASCII).
+pub const DEFAULT_SOCKET_MARK: u32 = 0x4d45;
+
+/// How local nodes reach other hosts through erlmesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Interception {
+    /// Nodes read erlmesh's resolver file (`erlmesh env`): each peer host
+    /// is a loopback alias where erlmesh answers.
+    #[default]
+    Resolver,
+    /// Nodes start as on a trusted network; nftables rules send their
+    /// connections to peer hosts' EPMD and distribution ports to erlmesh.
+    Transparent,
+}
+
+/// The `[transparent]` table, for `interception = "transparent"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transparent {
+    /// Where redirected connections arrive (127.0.0.1 and ::1).
+    pub redirect_port: u16,
+    /// The mark on erlmesh's own sockets, which the rules never redirect.
+    pub socket_mark: u32,
+    /// A fixed distribution port range (the nodes' `inet_dist_listen_min`
+    /// and `max`): redirected and guarded whole, before any node registers.
+    pub dist_ports: Option<(u16, u16)>,
+}
+
+impl Default for Transparent {
+    fn default() -> Self {
+        Transparent {
+            redirect_port: DEFAULT_REDIRECT_PORT,
+            socket_mark: DEFAULT_SOCKET_MARK,
+            dist_ports: None,
+        }
+    }
+}
+
 /// Which EPMD this host's nodes register with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -70,8 +112,10 @@ struct RawConfig {
     listen: Option<String>,
     epmd_port: Option<u16>,
     state_dir: Option<PathBuf>,
+    epmd: Option<EpmdMode>,
     #[serde(default)]
-    epmd: EpmdMode,
+    interception: Interception,
+    transparent: Option<RawTransparent>,
     max_connections: Option<usize>,
     max_unauthenticated: Option<usize>,
     max_unauthenticated_per_source: Option<usize>,
@@ -90,6 +134,14 @@ struct RawConfig {
     default_policy: Option<RawPolicy>,
     #[serde(default)]
     dist_policies: std::collections::BTreeMap<String, RawDistPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransparent {
+    redirect_port: Option<u16>,
+    socket_mark: Option<u32>,
+    dist_ports: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +317,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub epmd_port: u16,
     pub epmd: EpmdMode,
+    /// How local nodes' connections to other hosts reach erlmesh.
+    pub interception: Interception,
+    /// Settings of transparent interception (defaults in resolver mode).
+    pub transparent: Transparent,
     pub state_dir: PathBuf,
     /// Authenticated connections on the TLS port.
     pub max_connections: usize,
@@ -393,6 +449,7 @@ impl Config {
             None if listen.ip().is_unspecified() => format!("{}:{}", host, listen.port()),
             None => listen.to_string(),
         };
+        let (epmd, transparent) = parse_interception(raw.interception, raw.epmd, raw.transparent, epmd_port, &invalid)?;
         let forget_after = Duration::from_secs(raw.forget_after_secs.unwrap_or(DEFAULT_FORGET_AFTER.as_secs()));
         Ok(Config {
             metrics,
@@ -403,7 +460,9 @@ impl Config {
             host,
             listen,
             epmd_port,
-            epmd: raw.epmd,
+            epmd,
+            interception: raw.interception,
+            transparent,
             state_dir: rel(raw.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))),
             max_connections,
             max_unauthenticated,
@@ -436,6 +495,81 @@ impl Config {
     pub fn inetrc_path(&self) -> PathBuf {
         self.state_dir.join("inetrc")
     }
+}
+
+/// The EPMD mode and the `[transparent]` table: transparent interception
+/// asks the epmd the nodes run themselves (`epmd = "system"`, implied).
+fn parse_interception(
+    interception: Interception,
+    epmd: Option<EpmdMode>,
+    raw: Option<RawTransparent>,
+    epmd_port: u16,
+    invalid: &impl Fn(&str, String) -> ConfigError,
+) -> Result<(EpmdMode, Transparent), ConfigError> {
+    if interception == Interception::Resolver {
+        if raw.is_some() {
+            return Err(invalid(
+                "transparent",
+                "only read with interception = \"transparent\"".into(),
+            ));
+        }
+        return Ok((epmd.unwrap_or_default(), Transparent::default()));
+    }
+    if epmd == Some(EpmdMode::Embedded) {
+        return Err(invalid(
+            "epmd",
+            "with interception = \"transparent\" nodes run their own epmd: remove this key or set it to \"system\""
+                .into(),
+        ));
+    }
+    let raw = raw.unwrap_or(RawTransparent {
+        redirect_port: None,
+        socket_mark: None,
+        dist_ports: None,
+    });
+    let redirect_port = raw.redirect_port.unwrap_or(DEFAULT_REDIRECT_PORT);
+    if redirect_port == 0 || redirect_port == epmd_port {
+        return Err(invalid(
+            "transparent.redirect_port",
+            format!("must be a port of its own (not 0, not the EPMD port {epmd_port})"),
+        ));
+    }
+    let socket_mark = raw.socket_mark.unwrap_or(DEFAULT_SOCKET_MARK);
+    if socket_mark == 0 {
+        return Err(invalid("transparent.socket_mark", "must not be 0".into()));
+    }
+    let dist_ports = match raw.dist_ports {
+        None => None,
+        Some(s) => Some(parse_port_range(&s).map_err(|m| invalid("transparent.dist_ports", m))?),
+    };
+    if let Some((lo, hi)) = dist_ports {
+        if (lo..=hi).contains(&epmd_port) || (lo..=hi).contains(&redirect_port) {
+            return Err(invalid(
+                "transparent.dist_ports",
+                format!("{lo}-{hi} holds the EPMD port or the redirect port"),
+            ));
+        }
+    }
+    Ok((
+        EpmdMode::System,
+        Transparent {
+            redirect_port,
+            socket_mark,
+            dist_ports,
+        },
+    ))
+}
+
+/// "MIN-MAX", as the nodes' `inet_dist_listen_min` and `inet_dist_listen_max`.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a port range such as \"9100-9155\"");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 /// A host part of node names or of an address.
@@ -837,5 +971,38 @@ address = "hostc.example.com:4370"
         assert_eq!(c.threads, 1);
         let text = GOOD.replace("host = \"hosta\"", "host = \"hosta\"\nthreads = 0");
         assert_eq!(Config::parse(Path::new("/x.toml"), &text).unwrap().threads, 0);
+    }
+
+    #[test]
+    fn transparent_interception_and_its_table() {
+        let c = Config::parse(Path::new("/x.toml"), GOOD).unwrap();
+        assert_eq!(c.interception, Interception::Resolver);
+        let t = GOOD.replace("host = \"hosta\"", "host = \"hosta\"\ninterception = \"transparent\"");
+        let c = Config::parse(Path::new("/x.toml"), &t).unwrap();
+        assert_eq!(c.interception, Interception::Transparent);
+        assert_eq!(c.epmd, EpmdMode::System, "the nodes' own epmd is asked");
+        assert_eq!(c.transparent, Transparent::default());
+        let with = |extra: &str| t.replace("[tls]", &format!("[transparent]\n{extra}\n[tls]"));
+        let c = Config::parse(
+            Path::new("/x.toml"),
+            &with("dist_ports = \"9100-9155\"\nredirect_port = 4400"),
+        )
+        .unwrap();
+        assert_eq!(c.transparent.dist_ports, Some((9100, 9155)));
+        assert_eq!(c.transparent.redirect_port, 4400);
+        for (extra, key) in [
+            ("dist_ports = \"9155-9100\"", "transparent.dist_ports"),
+            ("dist_ports = \"4300-4400\"", "transparent.dist_ports"),
+            ("redirect_port = 4369", "transparent.redirect_port"),
+            ("socket_mark = 0", "transparent.socket_mark"),
+            ("colour = 1", "colour"),
+        ] {
+            let e = err(&with(extra));
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = err(&t.replace("interception", "epmd = \"embedded\"\ninterception"));
+        assert!(e.contains(": epmd: "), "{e}");
+        let e = err(&GOOD.replace("[tls]", "[transparent]\n[tls]"));
+        assert!(e.contains(": transparent: "), "{e}");
     }
 }

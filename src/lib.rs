@@ -22,5 +22,6 @@ pub mod hostname;
 pub mod mesh;
 pub mod ops;
 pub mod tls;
+pub mod transparent;
 pub mod tunnel;
 pub mod wire;

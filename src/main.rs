@@ -66,6 +66,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cert(c) => cert(c),
+        Command::Rules(c) => rules(c),
         Command::Config(c) => config_init(c),
     }
 }
@@ -122,6 +123,51 @@ fn config_init(c: erlmesh::cli::ConfigCommand) -> anyhow::Result<()> {
     }
     std::fs::write(&output, text).with_context(|| format!("writing {}", output.display()))?;
     Ok(())
+}
+
+/// `erlmesh rules`: the kernel rules of transparent interception.
+fn rules(c: erlmesh::cli::RulesCommand) -> anyhow::Result<()> {
+    use erlmesh::cli::RulesCommand;
+    use erlmesh::transparent::nft;
+    match c {
+        RulesCommand::Apply { config } => {
+            let config = load(&config)?;
+            if config.interception != erlmesh::config::Interception::Transparent {
+                anyhow::bail!(
+                    "{}: interception: rules are for interception = \"transparent\"",
+                    config.file.display()
+                );
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rules = rt.block_on(erlmesh::transparent::static_rules(&config));
+            nft::apply(&rules)?;
+            println!(
+                "applied table inet erlmesh: {} peer addresses, {} learnt distribution ports",
+                rules.peers.len(),
+                rules.dist.len()
+            );
+            Ok(())
+        }
+        RulesCommand::Show { config } => {
+            load(&config)?;
+            match nft::show()? {
+                Some(t) => {
+                    print!("{t}");
+                    Ok(())
+                }
+                None => anyhow::bail!("no table inet erlmesh: the rules are not applied"),
+            }
+        }
+        RulesCommand::Remove { config } => {
+            load(&config)?;
+            if nft::remove()? {
+                println!("removed table inet erlmesh");
+            } else {
+                println!("no table inet erlmesh: nothing to remove");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `erlmesh run`: logging, config, descriptor limit, the runtime, and the

@@ -5,61 +5,10 @@
 //! Needs root; reports itself skipped, visibly, otherwise.
 
 mod common;
+use common::netns::*;
 use common::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip(8) from iproute2");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Namespaces made for this test; deleted on drop (their veths go with them).
-struct Netns {
-    names: Vec<String>,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-            let _ = std::fs::remove_dir_all(format!("/etc/netns/{n}"));
-        }
-    }
-}
-
-/// A bridge namespace and `hosts` namespaces on it, at 198.18.NET.1.. in
-/// order; returns the guard and the addresses.
-fn lan(tag: &str, net: u32, hosts: &[&str]) -> (Netns, Vec<String>) {
-    let sw = format!("{tag}-sw");
-    let mut guard = Netns {
-        names: vec![sw.clone()],
-    };
-    ip(&["netns", "add", &sw]);
-    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", &sw, "link", "set", "br0", "up"]);
-    let mut addrs = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        let ns = format!("{tag}-{h}");
-        guard.names.push(ns.clone());
-        ip(&["netns", "add", &ns]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        let port = format!("p{i}");
-        ip(&[
-            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]);
-        ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
-        let addr = format!("198.18.{net}.{}", i + 1);
-        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        addrs.push(addr);
-    }
-    (guard, addrs)
-}
 
 /// Writes each namespace's /etc/hosts (what `ip netns exec` shows it):
 /// `name` resolves to every address in `to`, as a headless Service's name

@@ -6,6 +6,7 @@ use crate::epmd::codec::{self, Request};
 use crate::epmd::embedded::{read_request, reply_and_close, ReadError};
 use crate::firewall::memory::Memories;
 use crate::mesh::policy::Policy;
+use crate::transparent::Intercept;
 use crate::tunnel::accept::accept_loop;
 use crate::tunnel::dial::Dialer;
 use std::collections::HashMap;
@@ -35,6 +36,9 @@ pub struct Face {
     pub(crate) memories: Arc<Memories>,
     /// Remote node name → port of its listener on the alias.
     nodes: Mutex<HashMap<String, u16>>,
+    /// Transparent mode: nodes dial the peer's real ports, which the
+    /// kernel redirects here; no alias listeners.
+    intercept: Option<Arc<Intercept>>,
     slots: Arc<Semaphore>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -50,6 +54,7 @@ impl Face {
         dialer: Dialer,
         policy: Policy,
         memories: Arc<Memories>,
+        intercept: Option<Arc<Intercept>>,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> Arc<Face> {
@@ -61,6 +66,7 @@ impl Face {
             policy,
             memories,
             nodes: Mutex::new(HashMap::new()),
+            intercept,
             slots: Arc::new(Semaphore::new(MAX_FACE_CONNECTIONS)),
             cancel,
             tracker,
@@ -95,7 +101,9 @@ impl Face {
         .await
     }
 
-    async fn epmd(self: Arc<Self>, mut stream: TcpStream, from: SocketAddr) {
+    /// Answers one EPMD question about the peer host (on the alias, or
+    /// redirected by the kernel).
+    pub(crate) async fn epmd(self: Arc<Self>, mut stream: TcpStream, from: SocketAddr) {
         let span = tracing::debug_span!("face", peer = %self.dialer.host, %from);
         async move {
             let req = match read_request(&mut stream).await {
@@ -115,7 +123,7 @@ impl Face {
                 }
                 Request::PortPlease2 { name } => {
                     let reply = match self.dialer.port_please(&name).await {
-                        Ok(Some(info)) => match self.node_port(&name).await {
+                        Ok(Some(info)) => match self.node_port(&name, info.port).await {
                             Ok(port) => codec::encode_port2_resp(&info, port),
                             Err(e) => {
                                 warn!(node = %name, error = %e, "cannot open a listener for the remote node");
@@ -134,7 +142,15 @@ impl Face {
                     Ok(names) => {
                         let mut lines = Vec::with_capacity(names.len());
                         for n in names.into_iter().filter(|n| self.policy.allows_remote(n)) {
-                            match self.node_port(&n).await {
+                            // Transparent mode answers with the real ports.
+                            let real = match &self.intercept {
+                                None => 0,
+                                Some(_) => match self.dialer.port_please(&n).await {
+                                    Ok(Some(info)) => info.port,
+                                    _ => continue,
+                                },
+                            };
+                            match self.node_port(&n, real).await {
                                 Ok(p) => lines.push((n, p)),
                                 Err(e) => warn!(node = %n, error = %e, "cannot open a listener for the remote node"),
                             }
@@ -158,10 +174,16 @@ impl Face {
         .await
     }
 
-    /// The port of the alias listener for remote node `name`, opened on
-    /// first use. It stays for the life of the process, so a node that
-    /// restarts on the peer host keeps the same port here.
-    pub async fn node_port(self: &Arc<Self>, name: &str) -> std::io::Result<u16> {
+    /// The port local nodes dial for remote node `name`, whose real port
+    /// is `real`. In resolver mode, the port of its alias listener, opened
+    /// on first use; it stays for the life of the process, so a node that
+    /// restarts on the peer host keeps the same port here. In transparent
+    /// mode, the real port, once the rules redirect it.
+    pub async fn node_port(self: &Arc<Self>, name: &str, real: u16) -> std::io::Result<u16> {
+        if let Some(i) = &self.intercept {
+            i.learn(&self.dialer.host, name, real).await;
+            return Ok(real);
+        }
         if let Some(p) = self.nodes.lock().expect("face lock").get(name) {
             return Ok(*p);
         }
@@ -199,5 +221,13 @@ impl Face {
             .await
         });
         Ok(port)
+    }
+}
+
+impl std::fmt::Debug for Face {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Face")
+            .field("peer", &self.dialer.host)
+            .finish_non_exhaustive()
     }
 }

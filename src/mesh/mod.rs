@@ -133,6 +133,8 @@ pub struct PeerView {
     pub address: String,
     /// From the config: never dropped or moved.
     pub fixed: bool,
+    /// How local nodes reach it.
+    pub face: Arc<face::Face>,
 }
 
 /// The peer table's handle: what it needs to open faces, the channel to
@@ -152,6 +154,8 @@ pub struct Mesh {
     metrics: Arc<Metrics>,
     /// What the distribution firewall remembers per node pair, by host.
     memories: Arc<Memories>,
+    /// Transparent mode's rules and redirect (none in resolver mode).
+    intercept: Option<Arc<crate::transparent::Intercept>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// To the task that owns the table (table.rs).
@@ -204,8 +208,10 @@ impl Mesh {
             failed: Mutex::new(HashMap::new()),
             checks: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
             tls,
-            metrics,
+            metrics: metrics.clone(),
             memories: Arc::default(),
+            intercept: (config.interception == crate::config::Interception::Transparent)
+                .then(|| crate::transparent::Intercept::new(config, metrics.clone())),
             cancel,
             tracker,
             pending: Mutex::new(BTreeSet::new()),
@@ -224,6 +230,25 @@ impl Mesh {
                 .map(|(h, e)| (h.to_string(), e.address.clone())),
         );
         v
+    }
+
+    /// Transparent mode's interception, if configured.
+    pub fn intercept(&self) -> Option<&Arc<crate::transparent::Intercept>> {
+        self.intercept.as_ref()
+    }
+
+    /// Every host in the table with its face.
+    pub fn faces(&self) -> Vec<(HostName, Arc<face::Face>)> {
+        self.snapshot
+            .borrow()
+            .iter()
+            .map(|(h, v)| (h.clone(), v.face.clone()))
+            .collect()
+    }
+
+    /// Changes to the table.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<BTreeMap<HostName, PeerView>>> {
+        self.snapshot.clone()
     }
 
     /// What the distribution firewall remembers per node pair.

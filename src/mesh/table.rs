@@ -38,7 +38,7 @@ pub(super) enum Msg {
         host: HostName,
         address: String,
         alias: Ipv4Addr,
-        face: Result<CancellationToken, MeshError>,
+        face: Result<(CancellationToken, Arc<Face>), MeshError>,
         done: oneshot::Sender<()>,
     },
 }
@@ -48,6 +48,7 @@ struct Entry {
     address: String,
     alias: Ipv4Addr,
     face_cancel: CancellationToken,
+    face: Arc<Face>,
     /// From the config: never dropped or moved.
     fixed: bool,
     last_ok: Instant,
@@ -64,13 +65,14 @@ impl Mesh {
         let aliases = self.assign(&table, &[]).await?;
         for p in &self.static_peers {
             let alias = aliases[&p.host];
-            let face_cancel = self.open_face(&p.host, &p.address, alias, p.policy.clone()).await?;
+            let (face_cancel, face) = self.open_face(&p.host, &p.address, alias, p.policy.clone()).await?;
             table.insert(
                 p.host.clone(),
                 Entry {
                     address: p.address.clone(),
                     alias,
                     face_cancel,
+                    face,
                     fixed: true,
                     last_ok: Instant::now(),
                 },
@@ -204,9 +206,9 @@ impl Mesh {
         host: HostName,
         address: String,
         alias: Ipv4Addr,
-        face: Result<CancellationToken, MeshError>,
+        face: Result<(CancellationToken, Arc<Face>), MeshError>,
     ) {
-        let face_cancel = match face {
+        let (face_cancel, face) = match face {
             Ok(c) => c,
             Err(e) => {
                 warn!(%host, error = %e, "cannot add the peer");
@@ -219,6 +221,7 @@ impl Mesh {
                 info!(%host, old = %e.address, new = %address, "peer moved");
                 e.address = address;
                 e.face_cancel = face_cancel;
+                e.face = face;
                 e.last_ok = Instant::now();
             }
             None => {
@@ -229,6 +232,7 @@ impl Mesh {
                         address,
                         alias,
                         face_cancel,
+                        face,
                         fixed: false,
                         last_ok: Instant::now(),
                     },
@@ -270,6 +274,7 @@ impl Mesh {
                     PeerView {
                         address: e.address.clone(),
                         fixed: e.fixed,
+                        face: e.face.clone(),
                     },
                 )
             })
@@ -318,7 +323,7 @@ impl Mesh {
         address: &str,
         alias: Ipv4Addr,
         policy: Policy,
-    ) -> Result<CancellationToken, MeshError> {
+    ) -> Result<(CancellationToken, Arc<Face>), MeshError> {
         let dialer =
             Dialer::new(host, address, self.tls.clone(), self.metrics.clone()).map_err(|source| MeshError::Dial {
                 host: host.clone(),
@@ -332,9 +337,14 @@ impl Mesh {
             dialer,
             policy,
             self.memories.clone(),
+            self.intercept.clone(),
             face_cancel.clone(),
             self.tracker.clone(),
         );
+        if self.intercept.is_some() {
+            // Transparent mode: the kernel brings connections, no alias.
+            return Ok((face_cancel, face));
+        }
         // A face being replaced may not have released the port yet.
         let end = Instant::now() + REBIND_WAIT;
         let listener = loop {
@@ -362,13 +372,16 @@ impl Mesh {
                 Ok(l) => break l,
             }
         };
-        self.tracker.spawn(face.serve(listener));
-        Ok(face_cancel)
+        self.tracker.spawn(face.clone().serve(listener));
+        Ok((face_cancel, face))
     }
 
     /// Writes the resolver files from the table (one canonical name per
     /// host), on a blocking thread.
     async fn write_resolver(&self, table: &Table) -> Result<(), MeshError> {
+        if self.intercept.is_some() {
+            return Ok(()); // nodes resolve hosts as they always do
+        }
         let entries: Vec<(String, Ipv4Addr)> = table.iter().map(|(h, e)| (h.to_string(), e.alias)).collect();
         let hosts = self.state_dir.join(resolver::HOSTS_FILE);
         let inetrc = self.state_dir.join(resolver::INETRC_FILE);

@@ -53,6 +53,11 @@ pub struct DistOpLabels {
 pub const MAX_DIST_SERIES: usize = 4096;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub request: String,
 }
@@ -77,6 +82,8 @@ pub struct Metrics {
     pub handshake_failures: Family<ReasonLabels, Counter>,
     pub identity_refusals: Family<PeerLabels, Counter>,
     pub epmd_requests: Family<RequestLabels, Counter>,
+    /// Transparent mode: connections the kernel redirected, by kind.
+    pub redirected: Family<KindLabels, Counter>,
     pub refused: Family<ReasonLabels, Counter>,
     pub dist_refused: Family<DistRefusedLabels, Counter>,
     pub dist_ops: Family<DistOpLabels, Counter>,
@@ -127,6 +134,12 @@ impl Metrics {
         let handshake_failures = Family::<ReasonLabels, Counter>::default();
         let identity_refusals = Family::<PeerLabels, Counter>::default();
         let epmd_requests = Family::<RequestLabels, Counter>::default();
+        let redirected = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "redirected_connections",
+            "Transparent mode: local connections the kernel redirected to erlmesh, by kind (epmd, dist, unknown)",
+            redirected.clone(),
+        );
         let cert_expiry = Gauge::default();
         let refused = Family::<ReasonLabels, Counter>::default();
         let dist_refused = Family::<DistRefusedLabels, Counter>::default();
@@ -180,6 +193,7 @@ impl Metrics {
             dist_policies: Mutex::new(BTreeMap::new()),
             identity_refusals,
             epmd_requests,
+            redirected,
             cert_expiry,
             own_not_after: AtomicI64::new(0),
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -249,6 +263,13 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 request: kind.to_owned(),
             })
+            .inc();
+    }
+
+    /// Counts a connection redirected by the kernel (transparent mode).
+    pub fn redirect(&self, kind: &str) {
+        self.redirected
+            .get_or_create(&KindLabels { kind: kind.to_owned() })
             .inc();
     }
 
@@ -411,6 +432,16 @@ impl Metrics {
             }
         }
         drop(u);
+        let redirects: Vec<String> = ["epmd", "dist", "unknown"]
+            .iter()
+            .filter_map(|k| {
+                let n = self.redirected.get(&KindLabels { kind: (*k).to_owned() })?.get();
+                Some(format!("{k}={n}"))
+            })
+            .collect();
+        if !redirects.is_empty() {
+            s.push_str(&format!("\nredirected by the kernel: {}\n", redirects.join(" ")));
+        }
         s.push_str("\ntunnels (local node, remote node, direction, open):\n");
         for ((l, r, d), n) in self.pairs.lock().expect("metrics lock").iter() {
             s.push_str(&format!("  {l:<28} {r:<28} {d:<4} {n}\n"));

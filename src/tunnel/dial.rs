@@ -234,7 +234,7 @@ impl Dialer {
             })?;
         let mut last = None;
         for a in addrs {
-            match TcpStream::connect(a).await {
+            match connect_marked(a).await {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
                     return Ok(s);
@@ -346,4 +346,24 @@ impl Dialer {
 /// The name of a negotiated suite, for logs.
 pub fn suite_name(suite: Option<rustls::SupportedCipherSuite>) -> &'static str {
     suite.and_then(|s| s.suite().as_str()).unwrap_or("unknown")
+}
+
+/// Connects to `addr`; in transparent mode with erlmesh's socket mark, so
+/// the kernel's rules never send erlmesh's own connections back to it.
+pub async fn connect_marked(addr: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(mark) = crate::transparent::socket_mark() else {
+        return TcpStream::connect(addr).await;
+    };
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket2::SockRef::from(&sock).set_mark(mark).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot mark erlmesh's socket (needs CAP_NET_ADMIN): {e}"),
+        )
+    })?;
+    sock.connect(addr).await
 }

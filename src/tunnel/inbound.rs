@@ -397,7 +397,7 @@ async fn connect_node(name: &str, raw: &[u8], ctx: &Context) -> Result<(TcpStrea
         }
     };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, node.port));
-    let mut local = match timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let mut local = match timeout(LOCAL_CONNECT_TIMEOUT, connect_local(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!(%addr, error = %e, "local node unreachable");
@@ -419,6 +419,18 @@ async fn connect_node(name: &str, raw: &[u8], ctx: &Context) -> Result<(TcpStrea
             warn!(%addr, "refused: the local endpoint did not answer the distribution handshake within {NODE_ANSWER_TIMEOUT:?}; closed");
             Err(TunnelStatus::Unreachable)
         }
+    }
+}
+
+/// Connects to a local node's port on 127.0.0.1, or on ::1 when it
+/// listens for IPv6 only (`-proto_dist inet6_tcp`).
+async fn connect_local(v4: SocketAddr) -> std::io::Result<TcpStream> {
+    match TcpStream::connect(v4).await {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v4.port()));
+            TcpStream::connect(v6).await.map_err(|_| e)
+        }
+        r => r,
     }
 }
 

@@ -4,6 +4,8 @@
 //! the test ends, pass or fail.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -177,6 +179,7 @@ impl Cluster {
             run_env: Vec::new(),
             run_args: Vec::new(),
             skip_env: Vec::new(),
+            bare: false,
             proc: None,
             starts: 0,
         }
@@ -257,6 +260,9 @@ pub struct Host {
     pub run_args: Vec<String>,
     /// Variables of `erlmesh env` that nodes started here do not get.
     pub skip_env: Vec<String>,
+    /// Nodes started here get no erlmesh environment and no ERL_*
+    /// variable at all (`env -i`): transparent mode.
+    pub bare: bool,
     pub proc: Option<Proc>,
     starts: u32,
 }
@@ -467,6 +473,16 @@ impl Node {
         let flag = if full.contains('.') { "-name" } else { "-sname" };
         let log = host.dir.join(format!("{full}.log"));
         let mut cmd = match &host.otp_root {
+            None if host.bare => {
+                let mut c = host.command("env");
+                c.args([
+                    "-i",
+                    "PATH=/usr/local/bin:/usr/bin:/bin",
+                    &format!("HOME={}", host.dir.display()),
+                    "erl",
+                ]);
+                c
+            }
             None => host.command("erl"),
             Some(root) => {
                 // The root's own erl, with nothing of this machine's
@@ -497,7 +513,7 @@ impl Node {
             "10",
         ]);
         cmd.args(["-eval", EVAL_LOOP]);
-        for (k, v) in host.env() {
+        for (k, v) in if host.bare { Vec::new() } else { host.env() } {
             if !host.skip_env.contains(&k) {
                 cmd.env(k, v);
             }
