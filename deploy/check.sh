@@ -10,8 +10,9 @@ venv=${ERLMESH_CHECK_VENV:-/tmp/erlmesh-deploy-check}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q dockerfile yamllint pyyaml
 rendered=$(mktemp --suffix=.toml)
-trap 'rm -f "$rendered"' EXIT
-"$venv/bin/python" - "$rendered" <<'PY'
+rendered_transparent=$(mktemp --suffix=.toml)
+trap 'rm -f "$rendered" "$rendered_transparent"' EXIT
+"$venv/bin/python" - "$rendered" "$rendered_transparent" <<'PY'
 import dockerfile, sys, yaml, glob
 cmds = dockerfile.parse_file("Dockerfile")
 stages = [c for c in cmds if c.cmd == "FROM"]
@@ -31,12 +32,19 @@ for d in yaml.safe_load_all(open("deploy/k8s/erlmesh-statefulset.yaml")):
         text = d["data"]["erlmesh.toml.in"].replace("${POD}", "cache-0").replace("${NS}", "default")
         assert "[[peers]]" not in text and "seeds = " in text, "the StatefulSet should join through its Service"
         open(sys.argv[1], "w").write(text)
+# The transparent variant's config, rendered as its init container does.
+for d in yaml.safe_load_all(open("deploy/k8s/erlmesh-transparent.yaml")):
+    if d and d["kind"] == "ConfigMap":
+        text = d["data"]["erlmesh.toml.in"].replace("${POD_IP}", "10.1.2.3").replace("${NS}", "default")
+        assert 'interception = "transparent"' in text and 'host = "10.1.2.3"' in text
+        open(sys.argv[2], "w").write(text)
 PY
 bin=target/debug/erlmesh
 [ -x "$bin" ] || bin=target/release/erlmesh
 if [ -x "$bin" ]; then
   "$bin" env --config "$rendered" >/dev/null
-  echo "deploy/k8s: the rendered erlmesh config is valid"
+  "$bin" env --config "$rendered_transparent" | grep -q "nodes need no environment"
+  echo "deploy/k8s: the rendered erlmesh configs are valid"
 fi
 "$venv/bin/yamllint" -d '{extends: relaxed, rules: {line-length: {max: 140}}}' deploy/k8s
 if command -v systemd-analyze >/dev/null; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what erlmesh's demo and tests need from Debian's packages, only
 # when it is missing: Erlang/OTP (erlang-base, erlang-ssl, erlang-mnesia),
-# openssl, a C compiler (for aws-lc-rs), nftables (transparent mode), and for the tests Elixir, iproute2 and tcpdump.
+# openssl, a C compiler (for aws-lc-rs), nftables (transparent mode), and for the tests Elixir, iproute2, tcpdump
+# and RabbitMQ.
 set -euo pipefail
 need=()
 command -v erl >/dev/null 2>&1 || need+=(erlang-base erlang-ssl erlang-mnesia)
@@ -29,6 +30,8 @@ if [ "${ERLMESH_TEST_DEPS:-0}" = 1 ]; then
   # The package depends on procps (the unit's ExecReload runs /bin/kill).
   dpkg -s procps >/dev/null 2>&1 || need+=(procps)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+  # RabbitMQ clustering through transparent mode (tests/transparent.rs).
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing from Debian's packages: ${need[*]}" >&2

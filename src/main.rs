@@ -266,6 +266,9 @@ fn load(path: &Path) -> anyhow::Result<Config> {
 
 /// The environment this host's nodes need, as sh `export` lines.
 fn env_lines(c: &Config) -> String {
+    if c.interception == erlmesh::config::Interception::Transparent {
+        return "# interception = \"transparent\": nodes need no environment from erlmesh\n".into();
+    }
     let mut zflags = String::from("-kernel inet_dist_use_interface {127,0,0,1}");
     let mut out = String::new();
     let mut export = |k: &str, v: &str| out.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));

@@ -170,11 +170,12 @@ proptest! {
     }
 
     #[test]
-    fn preface_round_trips(kind in 0u8..4, n in name()) {
+    fn preface_round_trips(kind in 0u8..5, n in name()) {
         let p = match kind {
             0 => Preface::PortPlease(n),
             1 => Preface::Names,
             2 => Preface::Hello(format!("{n}:4370")),
+            3 => Preface::Port(n),
             _ => Preface::Tunnel(n),
         };
         let bytes = p.encode();

@@ -122,7 +122,11 @@ impl Face {
                     reply_and_close(&mut stream, &codec::encode_port2_not_found()).await;
                 }
                 Request::PortPlease2 { name } => {
-                    let reply = match self.dialer.port_please(&name).await {
+                    let asked = match self.intercept {
+                        None => self.dialer.port_please(&name).await,
+                        Some(_) => self.dialer.port(&name).await,
+                    };
+                    let reply = match asked {
                         Ok(Some(info)) => match self.node_port(&name, info.port).await {
                             Ok(port) => codec::encode_port2_resp(&info, port),
                             Err(e) => {
@@ -145,7 +149,7 @@ impl Face {
                             // Transparent mode answers with the real ports.
                             let real = match &self.intercept {
                                 None => 0,
-                                Some(_) => match self.dialer.port_please(&n).await {
+                                Some(_) => match self.dialer.port(&n).await {
                                     Ok(Some(info)) => info.port,
                                     _ => continue,
                                 },

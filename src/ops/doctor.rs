@@ -56,6 +56,10 @@ pub async fn run(config: &Config, node: Option<&str>, cookie: Option<&str>) -> V
     if let Some(tls) = &tls {
         check_peers(config, tls, &mut checks).await;
     }
+    if config.interception == crate::config::Interception::Transparent {
+        check_rules(config, &mut checks).await;
+        return checks;
+    }
     check_exposure(config, &mut checks).await;
     let aliases = check_resolver(config, &mut checks);
     // A running node's view of the peer hosts.
@@ -185,6 +189,84 @@ async fn check_exposure(config: &Config, checks: &mut Vec<Check>) {
         Err(e) => checks.push(fail(
             format!("no EPMD answers on 127.0.0.1:{}: {e}", config.epmd_port),
             "start erlmesh (`erlmesh run`), or the system epmd when epmd = \"system\"",
+        )),
+    }
+}
+
+/// Transparent mode: the kernel's rules are in place and hold every peer
+/// address and every local node's port, and erlmesh takes what they
+/// redirect.
+async fn check_rules(config: &Config, checks: &mut Vec<Check>) {
+    use crate::transparent::{nft, resolve};
+    let table = match tokio::task::spawn_blocking(nft::show).await {
+        Ok(Ok(Some(t))) => {
+            checks.push(pass("the rules are in place (nft table inet erlmesh)"));
+            t
+        }
+        Ok(Ok(None)) => {
+            checks.push(fail(
+                "no rules: nft has no table inet erlmesh, so nodes' connections go out in the clear",
+                "start erlmesh (it applies them), or `erlmesh rules apply --config FILE`",
+            ));
+            return;
+        }
+        Ok(Err(e)) => {
+            checks.push(fail(
+                format!("cannot read the rules: {e}"),
+                "run doctor as root (CAP_NET_ADMIN)",
+            ));
+            return;
+        }
+        Err(e) => {
+            checks.push(fail(format!("cannot read the rules: {e}"), "run doctor again"));
+            return;
+        }
+    };
+    for p in &config.peers {
+        let addrs = resolve(&p.host).await;
+        if addrs.is_empty() {
+            checks.push(fail(
+                format!("peer {} does not resolve here: nodes cannot dial it by name", p.host),
+                "add the host to DNS or /etc/hosts, as for any Erlang cluster",
+            ));
+        }
+        let missing: Vec<String> = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .filter(|a| !table.contains(a.as_str()))
+            .collect();
+        if missing.is_empty() {
+            checks.push(pass(format!("peer {}: its addresses are redirected", p.host)));
+        } else {
+            checks.push(fail(
+                format!(
+                    "peer {}: {missing:?} not in the rules, out of step with the peer table",
+                    p.host
+                ),
+                "erlmesh updates them within 30 s; otherwise restart it",
+            ));
+        }
+    }
+    if let Ok(nodes) = (LocalEpmd::System { port: config.epmd_port }).names().await {
+        for (n, port) in nodes {
+            if table.contains(&format!(" {port}")) {
+                checks.push(pass(format!("node {n}: its port {port} is closed to the network")));
+            } else {
+                checks.push(fail(
+                    format!("node {n}: its port {port} is not guarded yet"),
+                    "erlmesh adds it within a second; is erlmesh running?",
+                ));
+            }
+        }
+    }
+    let port = config.transparent.redirect_port;
+    match tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
+        Ok(_) => checks.push(pass(format!(
+            "erlmesh takes redirected connections on 127.0.0.1:{port}"
+        ))),
+        Err(e) => checks.push(fail(
+            format!("nothing takes redirected connections on 127.0.0.1:{port} ({e}): nodes get pang"),
+            "start erlmesh",
         )),
     }
 }

@@ -326,7 +326,7 @@ impl Intercept {
     async fn find_node(&self, face: &Face, port: u16) -> Option<String> {
         let names = face.dialer.names().await.ok()?;
         for n in names.into_iter().take(MAX_NODES_PER_PEER) {
-            if let Ok(Some(info)) = face.dialer.port_please(&n).await {
+            if let Ok(Some(info)) = face.dialer.port(&n).await {
                 if info.port == port {
                     self.learn(face.peer_host(), &n, port).await;
                     return Some(n);
@@ -349,11 +349,16 @@ pub fn base(settings: &Transparent, epmd_port: u16) -> RuleSet {
 }
 
 /// The rules `erlmesh rules apply` writes for `config`: its static peers'
-/// addresses (resolved here), with the learnt ports already in the table.
+/// addresses (resolved here), the ports of the nodes registered with the
+/// local epmd, and the learnt ports already in the table.
 pub async fn static_rules(config: &Config) -> RuleSet {
     let mut r = base(&config.transparent, config.epmd_port);
     for p in &config.peers {
         r.peers.extend(resolve(&p.host).await);
+    }
+    let local = LocalEpmd::System { port: config.epmd_port };
+    if let Ok(names) = local.names().await {
+        r.local_dist = names.into_iter().map(|(_, p)| p).take(MAX_LOCAL_NODES).collect();
     }
     if let Ok(Ok(learnt)) = tokio::task::spawn_blocking(nft::learnt).await {
         r.dist.extend(

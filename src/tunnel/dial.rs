@@ -254,6 +254,13 @@ impl Dialer {
         self.answer(preface::read_port_answer(&mut s, name)).await
     }
 
+    /// Asks the peer where its node `name` is, with its real port
+    /// (transparent mode: local nodes dial that port).
+    pub async fn port(&self, name: &str) -> Result<Option<NodeInfo>, DialError> {
+        let mut s = self.open(&Preface::Port(name.to_owned()), &[]).await?;
+        self.answer(preface::read_real_port_answer(&mut s, name)).await
+    }
+
     /// Asks the peer which nodes run on its host.
     pub async fn names(&self) -> Result<Vec<String>, DialError> {
         let mut s = self.open(&Preface::Names, &[]).await?;

@@ -188,17 +188,22 @@ fn resumed_still_valid(tls: &Verified, from: SocketAddr, peer: &HostName, ctx: &
 /// Answers a question (PORT_PLEASE, NAMES, HELLO) and closes.
 async fn answer(tls: &mut Verified, question: Preface, hosts: &[HostName], ctx: &Context) {
     let peer = &hosts[0];
+    let real = matches!(question, Preface::Port(_));
     match question {
-        Preface::PortPlease(name) if !ctx.allows_local(hosts, &name) => {
+        Preface::PortPlease(name) | Preface::Port(name) if !ctx.allows_local(hosts, &name) => {
             info!(%peer, node = %name, "PORT_PLEASE for a local node this peer may not reach; answered 'not found'");
             answer_and_close(tls, &preface::encode_port_answer(None)).await;
         }
-        Preface::PortPlease(name) => {
+        Preface::PortPlease(name) | Preface::Port(name) => {
+            let encode = |n: Option<&crate::epmd::NodeInfo>| match real {
+                true => preface::encode_real_port_answer(n),
+                false => preface::encode_port_answer(n),
+            };
             let answer = match ctx.local.lookup(&name).await {
-                Ok(n) => preface::encode_port_answer(n.as_ref()),
+                Ok(n) => encode(n.as_ref()),
                 Err(e) => {
                     warn!(%peer, node = %name, error = %e, "local EPMD lookup failed");
-                    preface::encode_port_answer(None)
+                    encode(None)
                 }
             };
             debug!(%peer, node = %name, found = answer[0] == 0, "answered PORT_PLEASE");

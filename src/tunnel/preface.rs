@@ -12,9 +12,14 @@
 //!                       follow once the answer says OK
 //!   Kind 4 HELLO        Name = the dialler's TLS address ("host:port"),
 //!                       announced to the peer (the host is its certificate's)
+//!   Kind 5 PORT         Name = node name before '@': PORT_PLEASE with the
+//!                       node's real port in the answer (transparent mode,
+//!                       where local nodes dial the peer host's real ports)
 //! answers (listener -> dialler)
 //!   PORT_PLEASE  Status:1 (0 found, 1 not found)
 //!                found: NodeType:1 Protocol:1 High:2 Low:2 Elen:2 Extra:Elen
+//!   PORT         Status:1 (0 found, 1 not found)
+//!                found: Port:2, then as PORT_PLEASE
 //!   NAMES        Count:2, then Count x (Nlen:1 Name:Nlen)
 //!   TUNNEL       Status:1 (see TunnelStatus), then raw bytes both ways
 //!   HELLO        Count:2, then Count x (Hlen:1 Host:Hlen Alen:1 Address:Alen),
@@ -41,6 +46,7 @@ const KIND_PORT_PLEASE: u8 = 1;
 const KIND_NAMES: u8 = 2;
 const KIND_TUNNEL: u8 = 3;
 const KIND_HELLO: u8 = 4;
+const KIND_PORT: u8 = 5;
 const HEADER_LEN: usize = 7;
 
 /// What a connection is for.
@@ -54,6 +60,8 @@ pub enum Preface {
     Tunnel(String),
     /// I can be reached at this address; which hosts do you know?
     Hello(String),
+    /// Where is node `name`, at which port of your host? (transparent mode)
+    Port(String),
 }
 
 /// Why preface bytes could not be read.
@@ -81,6 +89,7 @@ impl Preface {
             Preface::Names => (KIND_NAMES, ""),
             Preface::Tunnel(n) => (KIND_TUNNEL, n.as_str()),
             Preface::Hello(a) => (KIND_HELLO, a.as_str()),
+            Preface::Port(n) => (KIND_PORT, n.as_str()),
         };
         let mut v = Vec::with_capacity(HEADER_LEN + name.len());
         v.extend_from_slice(MAGIC);
@@ -114,7 +123,7 @@ fn decode_header(buf: &[u8]) -> Result<(u8, usize), PrefaceError> {
     if buf[4] != VERSION {
         return Err(PrefaceError::Version(buf[4]));
     }
-    if !(KIND_PORT_PLEASE..=KIND_HELLO).contains(&buf[5]) {
+    if !(KIND_PORT_PLEASE..=KIND_PORT).contains(&buf[5]) {
         return Err(PrefaceError::Kind(buf[5]));
     }
     Ok((buf[5], buf[6] as usize))
@@ -126,6 +135,7 @@ fn build(kind: u8, name: &[u8]) -> Result<Preface, PrefaceError> {
         KIND_NAMES => return Err(PrefaceError::Answer("NAMES carries no name")),
         KIND_PORT_PLEASE => Preface::PortPlease(check_name(name)?.to_owned()),
         KIND_HELLO => Preface::Hello(check_name(name)?.to_owned()),
+        KIND_PORT => Preface::Port(check_name(name)?.to_owned()),
         _ => Preface::Tunnel(check_name(name)?.to_owned()),
     })
 }
@@ -179,16 +189,49 @@ pub fn encode_port_answer(node: Option<&NodeInfo>) -> Vec<u8> {
     v
 }
 
+/// The answer to PORT: PORT_PLEASE's, with the node's real port.
+pub fn encode_real_port_answer(node: Option<&NodeInfo>) -> Vec<u8> {
+    let Some(n) = node else { return vec![1] };
+    let mut v = vec![0];
+    v.extend_from_slice(&n.port.to_be_bytes());
+    v.extend_from_slice(&encode_port_answer(Some(n))[1..]);
+    v
+}
+
+/// Reads the answer to PORT for node `name`, its real port included.
+pub async fn read_real_port_answer<R: AsyncRead + Unpin>(r: &mut R, name: &str) -> Result<Option<NodeInfo>, ReadError> {
+    if !found(r).await? {
+        return Ok(None);
+    }
+    let mut port = [0u8; 2];
+    r.read_exact(&mut port).await?;
+    let mut info = read_found(r, name).await?;
+    info.port = u16::from_be_bytes(port);
+    Ok(Some(info))
+}
+
 /// Reads the answer to PORT_PLEASE for node `name`; the port is left 0,
 /// for the dialler to fill in with its own listener's.
 pub async fn read_port_answer<R: AsyncRead + Unpin>(r: &mut R, name: &str) -> Result<Option<NodeInfo>, ReadError> {
+    if !found(r).await? {
+        return Ok(None);
+    }
+    Ok(Some(read_found(r, name).await?))
+}
+
+/// The status byte of a PORT_PLEASE or PORT answer.
+async fn found<R: AsyncRead + Unpin>(r: &mut R) -> Result<bool, ReadError> {
     let mut status = [0u8; 1];
     r.read_exact(&mut status).await?;
     match status[0] {
-        1 => return Ok(None),
-        0 => {}
-        _ => return Err(PrefaceError::Answer("unknown PORT_PLEASE status").into()),
+        1 => Ok(false),
+        0 => Ok(true),
+        _ => Err(PrefaceError::Answer("unknown PORT_PLEASE status").into()),
     }
+}
+
+/// A found node's fields after the status (and port), port left 0.
+async fn read_found<R: AsyncRead + Unpin>(r: &mut R, name: &str) -> Result<NodeInfo, ReadError> {
     let mut fixed = [0u8; 8];
     r.read_exact(&mut fixed).await?;
     let elen = u16::from_be_bytes([fixed[6], fixed[7]]) as usize;
@@ -197,7 +240,7 @@ pub async fn read_port_answer<R: AsyncRead + Unpin>(r: &mut R, name: &str) -> Re
     }
     let mut extra = vec![0u8; elen];
     r.read_exact(&mut extra).await?;
-    Ok(Some(NodeInfo {
+    Ok(NodeInfo {
         name: name.to_owned(),
         port: 0,
         node_type: fixed[0],
@@ -205,7 +248,7 @@ pub async fn read_port_answer<R: AsyncRead + Unpin>(r: &mut R, name: &str) -> Re
         high: u16::from_be_bytes([fixed[2], fixed[3]]),
         low: u16::from_be_bytes([fixed[4], fixed[5]]),
         extra,
-    }))
+    })
 }
 
 /// Encodes the answer to NAMES (at most [`MAX_NAMES`] are sent).
@@ -342,7 +385,7 @@ mod tests {
         assert_eq!(Preface::decode(&[0x16, 0x03, 0x01]), Err(PrefaceError::BadMagic));
         assert_eq!(Preface::decode(b"EMSH\x02\x03\x01b"), Err(PrefaceError::Version(2)));
         assert_eq!(Preface::decode(b"EMSH\x01\x09\x00"), Err(PrefaceError::Kind(9)));
-        assert_eq!(Preface::decode(b"EMSH\x01\x05\x00"), Err(PrefaceError::Kind(5)));
+        assert_eq!(Preface::decode(b"EMSH\x01\x06\x00"), Err(PrefaceError::Kind(6)));
         assert!(matches!(
             Preface::decode(b"EMSH\x01\x03\x00"),
             Err(PrefaceError::Name(_))
@@ -371,6 +414,11 @@ mod tests {
             (72, 6, 5, b"x".to_vec(), 0)
         );
         assert_eq!(read_port_answer(&mut &[1u8][..], "b").await.unwrap(), None);
+        let real = encode_real_port_answer(Some(&node));
+        let got = read_real_port_answer(&mut &real[..], "b").await.unwrap().unwrap();
+        assert_eq!((got.port, got.extra), (node.port, b"x".to_vec()));
+        assert_eq!(read_real_port_answer(&mut &[1u8][..], "b").await.unwrap(), None);
+        assert!(read_real_port_answer(&mut &real[..3], "b").await.is_err());
         assert!(read_port_answer(&mut &bytes[..4], "b").await.is_err());
 
         let names = vec!["a".to_string(), "rabbit".to_string()];
