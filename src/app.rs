@@ -132,7 +132,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     mesh.start_static().await?;
     if let Some(i) = mesh.intercept() {
-        i.start(mesh.faces()).await?;
+        i.start(mesh.faces(), &local).await?;
         i.serve(redirect, r.cancel.clone(), &r.tracker);
         i.keep(mesh.clone(), local.clone(), r.cancel.clone(), &r.tracker);
     }

@@ -27,9 +27,9 @@ fn connects(ns: &str, addr: &str, port: u16) -> bool {
 
 /// A capture of every frame on the bridge, stopped (and flushed) on drop
 /// of the returned process.
-fn capture(c: &Cluster, sw: &str) -> (Proc, std::path::PathBuf) {
-    let pcap = c.path().join("bridge.pcap");
-    let err = c.path().join("tcpdump.err");
+fn capture(c: &Cluster, sw: &str, name: &str) -> (Proc, std::path::PathBuf) {
+    let pcap = c.path().join(format!("{name}.pcap"));
+    let err = c.path().join(format!("{name}.err"));
     let child = Command::new("ip")
         .args([
             "netns",
@@ -138,7 +138,7 @@ fn nodes_that_know_nothing_of_erlmesh_cluster_through_it_and_nothing_plain_cross
     }
     hosts_file(&guard, &lines);
     let c = Cluster::new();
-    let (mut tcpdump, pcap) = capture(&c, &guard.names[0]);
+    let (mut tcpdump, pcap) = capture(&c, &guard.names[0], "bridge");
 
     let mut hs: Vec<Host> = names[..3]
         .iter()
@@ -426,9 +426,20 @@ fn address_named_nodes_plaintext_cut_fail_closed_and_rules_survive_restarts() {
     for h in hs.iter_mut() {
         h.start();
     }
-    std::thread::sleep(Duration::from_secs(1)); // the local ports enter the guard
-                                                // The plaintext connection is cut at its next packet and re-forms
-                                                // through erlmesh.
+    // The rules come in step: each side's node ports are in the other's.
+    let a_port = node_ports(hs[0].netns.as_ref().unwrap())[0];
+    let b_port = node_ports(hs[1].netns.as_ref().unwrap())[0];
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            rules_show(&hs[0]).1.contains(&format!("{} . {b_port}", addrs[1]))
+                && rules_show(&hs[1]).1.contains(&format!("{} . {a_port}", addrs[0]))
+        }),
+        "the peers' node ports never entered the rules:\n{}",
+        rules_show(&hs[0]).1
+    );
+    // From then on the plaintext connection is cut at its next packet, on
+    // each side before the packet leaves, and re-forms through erlmesh.
+    let (mut tcpdump, cut_pcap) = capture(&c, &guard.names[0], "cut");
     a.eval(&format!("rpc:call('{nb}', erlang, node, [])."));
     assert_eq!(
         a.eval("receive {nodedown, _} -> cut after 20000 -> still_up end."),
@@ -451,6 +462,19 @@ fn address_named_nodes_plaintext_cut_fail_closed_and_rules_survive_restarts() {
         status.contains(&na) && status.contains(&nb),
         "no tunnel after the cut:\n{status}"
     );
+    tcpdump.signal(15);
+    tcpdump.wait_timeout(Duration::from_secs(5));
+    drop(tcpdump);
+    let plain = packets(&cut_pcap, "tcp and not port 4370");
+    assert!(
+        plain.is_empty(),
+        "plaintext crossed after the rules:\n{}",
+        plain.join("\n")
+    );
+    assert!(
+        !packets(&cut_pcap, "tcp port 4370").is_empty(),
+        "the capture saw no TLS either"
+    );
 
     // Fail closed: with erlmesh stopped on both hosts the rules stay, and
     // nodes get pang, never a plaintext connection.
@@ -468,8 +492,14 @@ fn address_named_nodes_plaintext_cut_fail_closed_and_rules_survive_restarts() {
         "[]",
         "tunnels outlived erlmesh"
     );
+    let (mut tcpdump, pcap) = capture(&c, &guard.names[0], "stopped");
     assert_eq!(
         a.eval(&format!("net_adm:ping('{nb}').")),
+        "pang",
+        "a connection without erlmesh"
+    );
+    assert_eq!(
+        b.eval(&format!("net_adm:ping('{na}').")),
         "pang",
         "a connection without erlmesh"
     );
@@ -481,6 +511,27 @@ fn address_named_nodes_plaintext_cut_fail_closed_and_rules_survive_restarts() {
         );
     }
     assert!(!connects(&outsider, &addrs[1], 4369));
+    tcpdump.signal(15);
+    tcpdump.wait_timeout(Duration::from_secs(5));
+    drop(tcpdump);
+    let between = packets(&pcap, &format!("tcp and host {} and host {}", addrs[0], addrs[1]));
+    assert!(
+        between.is_empty(),
+        "packets between the hosts with erlmesh stopped:\n{}\nhostb's nodes: {:?}\n{}",
+        between.join("\n"),
+        node_ports(hs[1].netns.as_ref().unwrap()),
+        rules_show(&hs[0]).1
+    );
+    let answered = packets(&pcap, &format!("tcp and src host {}", addrs[1]));
+    assert!(
+        answered.is_empty(),
+        "hostb answered the outsider:\n{}",
+        answered.join("\n")
+    );
+    assert!(
+        !packets(&pcap, &format!("tcp and src host {}", addrs[2])).is_empty(),
+        "the outsider's probes were not captured"
+    );
     assert_eq!(rules_show(&hs[0]).1, before, "the rules changed when erlmesh stopped");
     let doctor = hs[0]
         .command(ERLMESH)
@@ -744,6 +795,83 @@ fn rabbitmq_clusters_through_it_with_no_configuration_for_erlmesh() {
         let _ = ctl(h, "shutdown");
     }
     drop(servers);
+    drop(hs);
+    drop(guard);
+}
+
+#[test]
+fn hosts_learnt_through_seeds_enter_the_rules_when_proven_and_leave_when_forgotten() {
+    if skip_unless_root("hosts_learnt_through_seeds_enter_the_rules_when_proven_and_leave_when_forgotten") {
+        return;
+    }
+    require_erl();
+    let tag = format!("ts{}", std::process::id() % 100_000);
+    let net = 1 + ((std::process::id() + 210) % 250);
+    let names = ["hosta", "hostb", "hostc"];
+    let (guard, addrs) = lan(&tag, net, &names);
+    let lines: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("{} {h}", addrs[i]))
+        .collect();
+    hosts_file(&guard, &lines);
+    let c = Cluster::new();
+    let mut hs: Vec<Host> = names
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut host = transparent_host(&c, h, format!("{tag}-{h}"), &addrs[i]);
+            host.extra = format!("{TRANSPARENT}\nforget_after_secs = 3");
+            if i > 0 {
+                host.seeds = vec![format!("{}:4370", addrs[0])];
+            }
+            host
+        })
+        .collect();
+    for h in hs.iter_mut() {
+        h.start();
+    }
+    let in_rules = |h: &Host, addr: &str| rules_show(h).1.contains(addr);
+    assert!(
+        wait_for(Duration::from_secs(20), || in_rules(&hs[1], &addrs[2])),
+        "hostb never put hostc's address in its rules:\n{}",
+        rules_show(&hs[1]).1
+    );
+    let mut b = hs[1].node("b");
+    let mut cn = hs[2].node("c");
+    assert_eq!(b.eval("net_adm:ping(c@hostc)."), "pong", "{}", hs[1].log());
+    assert_eq!(cn.eval("rpc:call(b@hostb, erlang, node, [])."), "b@hostb");
+    // A local program connecting to the redirect port itself (not
+    // redirected) is closed and counted; the cluster goes on.
+    let probe = hs[1]
+        .command("bash")
+        .args([
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/4371; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; timeout 5 cat <&3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        probe.stdout.is_empty(),
+        "the redirect port answered a direct connection"
+    );
+    assert!(
+        hs[1].status().unwrap().contains("unknown=1"),
+        "{}",
+        hs[1].status().unwrap()
+    );
+    assert_eq!(b.eval("rpc:call(c@hostc, erlang, node, [])."), "c@hostc");
+    // hostc leaves: after forget_after_secs it leaves hostb's rules, and
+    // hostb's traffic to that address is no longer touched.
+    drop(cn);
+    hs[2].kill();
+    assert!(
+        wait_for(Duration::from_secs(40), || !in_rules(&hs[1], &addrs[2])),
+        "hostb kept a forgotten host in its rules:\n{}",
+        rules_show(&hs[1]).1
+    );
+    assert!(in_rules(&hs[1], &addrs[0]), "hostb dropped its seed");
+    drop(b);
     drop(hs);
     drop(guard);
 }

@@ -145,7 +145,14 @@ impl Face {
                 Request::Names => match self.dialer.names().await {
                     Ok(names) => {
                         let mut lines = Vec::with_capacity(names.len());
-                        for n in names.into_iter().filter(|n| self.policy.allows_remote(n)) {
+                        // Transparent mode asks each node's real port: as many
+                        // as the rules take for one peer.
+                        let most = if self.intercept.is_some() {
+                            MAX_NODES_PER_PEER
+                        } else {
+                            usize::MAX
+                        };
+                        for n in names.into_iter().filter(|n| self.policy.allows_remote(n)).take(most) {
                             // Transparent mode answers with the real ports.
                             let real = match &self.intercept {
                                 None => 0,

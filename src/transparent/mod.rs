@@ -45,6 +45,10 @@ pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// that just registered is reachable from the network for at most this
 /// long (a fixed `transparent.dist_ports` range closes that window).
 pub const LOCAL_POLL: Duration = Duration::from_millis(500);
+/// How often each peer host is asked for its nodes and their ports.
+pub const SURVEY_INTERVAL: Duration = Duration::from_secs(30);
+/// How soon a peer host that could not be asked is asked again.
+pub const SURVEY_RETRY: Duration = Duration::from_secs(2);
 /// Longest a node's EPMD answer waits for its port to enter the rules.
 pub const APPLY_WAIT: Duration = Duration::from_secs(3);
 /// Local nodes whose ports are guarded; the local epmd's NAMES reply is
@@ -138,22 +142,7 @@ impl Intercept {
             st.hosts.retain(|h, _| keep.contains(h));
             st.owner.retain(|_, h| keep.contains(h));
             for (host, face, addrs) in peers {
-                // An address stays with the host that claimed it first.
-                let mine: Vec<IpAddr> = addrs
-                    .into_iter()
-                    .filter(|a| match st.owner.get(a) {
-                        Some(h) if *h != host => {
-                            warn!(%host, address = %a, owner = %h, "address already stands for another peer host; left with it");
-                            false
-                        }
-                        _ => true,
-                    })
-                    .take(MAX_ADDRESSES_PER_HOST)
-                    .collect();
-                st.owner.retain(|a, h| *h != host || mine.contains(a));
-                for a in &mine {
-                    st.owner.insert(*a, host.clone());
-                }
+                let mine = claim(&mut st.owner, &host, addrs);
                 let e = st.hosts.entry(host).or_insert_with(|| PeerHost {
                     face: face.clone(),
                     addrs: Vec::new(),
@@ -169,24 +158,86 @@ impl Intercept {
     /// Notes that `host`'s node `name` listens on `port` (from its EPMD
     /// answer) and waits until the rules redirect that port.
     pub async fn learn(&self, host: &str, name: &str, port: u16) {
-        let changed = {
-            let mut st = self.state.lock().expect("intercept lock");
-            let Some(h) = st.hosts.get_mut(host) else {
-                return;
-            };
-            if h.ports.get(name) == Some(&port) {
-                false
-            } else if h.ports.len() >= MAX_NODES_PER_PEER && !h.ports.contains_key(name) {
-                warn!(%host, node = %name, "more than {MAX_NODES_PER_PEER} nodes learnt on this peer; not redirected");
-                false
-            } else {
-                debug!(%host, node = %name, %port, "distribution port learnt");
-                h.ports.insert(name.to_owned(), port);
-                true
-            }
-        };
-        if changed {
+        if self.note(host, name, port) {
             self.changed().await;
+        }
+    }
+
+    /// Notes a node's port; whether the rules change.
+    fn note(&self, host: &str, name: &str, port: u16) -> bool {
+        let mut st = self.state.lock().expect("intercept lock");
+        let Some(h) = st.hosts.get_mut(host) else {
+            return false;
+        };
+        if h.ports.get(name) == Some(&port) {
+            false
+        } else if h.ports.len() >= MAX_NODES_PER_PEER && !h.ports.contains_key(name) {
+            warn!(%host, node = %name, "more than {MAX_NODES_PER_PEER} nodes learnt on this peer; not redirected");
+            false
+        } else {
+            debug!(%host, node = %name, %port, "distribution port learnt");
+            h.ports.insert(name.to_owned(), port);
+            true
+        }
+    }
+
+    /// Asks one peer for its nodes and their ports, which replace what was
+    /// known of it; whether the rules change (None: the host is not in the
+    /// rules yet). The rules then hold every
+    /// peer node's port before a local node dials it, so a connection older
+    /// than the rules (where the local node is the client) is reset here
+    /// before it sends another byte.
+    async fn survey(&self, face: &Face) -> Result<Option<bool>, crate::tunnel::dial::DialError> {
+        let names = face.dialer.names().await?;
+        let mut ports = BTreeMap::new();
+        for n in names
+            .into_iter()
+            .filter(|n| face.policy.allows_remote(n))
+            .take(MAX_NODES_PER_PEER)
+        {
+            if let Ok(Some(info)) = face.dialer.port(&n).await {
+                ports.insert(n, info.port);
+            }
+        }
+        let mut st = self.state.lock().expect("intercept lock");
+        let Some(h) = st.hosts.get_mut(face.peer_host()) else {
+            return Ok(None); // not in the rules yet: asked again soon
+        };
+        let changed = h.ports != ports;
+        h.ports = ports;
+        Ok(Some(changed))
+    }
+
+    /// Surveys every peer host: each as soon as it is in the table (again
+    /// every [`SURVEY_RETRY`] until it answers), then every
+    /// [`SURVEY_INTERVAL`].
+    async fn survey_peers(self: Arc<Self>, mesh: Arc<crate::mesh::Mesh>, cancel: CancellationToken) {
+        let mut last: BTreeMap<HostName, tokio::time::Instant> = BTreeMap::new();
+        loop {
+            let faces = mesh.faces();
+            last.retain(|h, _| faces.iter().any(|(f, _)| f == h));
+            let mut changed = false;
+            for (host, face) in faces {
+                if last.get(&host).is_some_and(|t| t.elapsed() < SURVEY_INTERVAL) {
+                    continue;
+                }
+                match self.survey(&face).await {
+                    Ok(Some(c)) => {
+                        changed |= c;
+                        last.insert(host, tokio::time::Instant::now());
+                    }
+                    Ok(None) => {}
+                    Err(e) => debug!(%host, error = %e, "cannot survey the peer's nodes yet"),
+                }
+            }
+            if changed {
+                debug!("peer nodes' ports changed; rules updated");
+                self.changed().await;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(SURVEY_RETRY) => {}
+            }
         }
     }
 
@@ -213,9 +264,19 @@ impl Intercept {
         }
     }
 
-    /// First rules at start: the static peers resolved, the learnt ports
-    /// of a previous run kept; an error stops the start.
-    pub async fn start(self: &Arc<Self>, faces: Vec<(HostName, Arc<Face>)>) -> Result<(), nft::NftError> {
+    /// First rules at start: the static peers resolved, the running local
+    /// nodes' ports, the learnt ports of a previous run kept; an error
+    /// stops the start.
+    pub async fn start(
+        self: &Arc<Self>,
+        faces: Vec<(HostName, Arc<Face>)>,
+        local: &LocalEpmd,
+    ) -> Result<(), nft::NftError> {
+        // The nodes already running are guarded from the first rules on.
+        if let Ok(names) = local.names().await {
+            self.state.lock().expect("intercept lock").local_ports =
+                names.into_iter().map(|(_, p)| p).take(MAX_LOCAL_NODES).collect();
+        }
         let adopted = tokio::task::spawn_blocking(nft::learnt)
             .await
             .unwrap_or_else(|e| Err(nft::NftError::Spawn(std::io::Error::other(e))))
@@ -239,7 +300,8 @@ impl Intercept {
     }
 
     /// Keeps the rules in step until shutdown: the table's writer, the
-    /// peer table's hosts and their addresses, and the local nodes' ports.
+    /// peer table's hosts and their addresses, their nodes' ports, and the
+    /// local nodes' ports.
     pub fn keep(
         self: &Arc<Self>,
         mesh: Arc<crate::mesh::Mesh>,
@@ -248,8 +310,10 @@ impl Intercept {
         tracker: &TaskTracker,
     ) {
         tracker.spawn(self.clone().writer(cancel.clone()));
+        let mesh_for_survey = mesh.clone();
         tracker.spawn(self.clone().follow_peers(mesh, cancel.clone()));
-        tracker.spawn(self.clone().follow_local(local, cancel));
+        tracker.spawn(self.clone().follow_local(local, cancel.clone()));
+        tracker.spawn(self.clone().survey_peers(mesh_for_survey, cancel));
     }
 
     /// Writes the kernel's table whenever a change is asked for; many
@@ -337,6 +401,30 @@ impl Intercept {
     }
 }
 
+/// Gives `host` the addresses of `addrs` that no other host holds (an
+/// address stays with the host that claimed it first, so a name that
+/// starts resolving to another peer's address cannot take its traffic),
+/// at most [`MAX_ADDRESSES_PER_HOST`]; frees those it no longer resolves
+/// to. Returns the addresses it now holds.
+fn claim(owner: &mut BTreeMap<IpAddr, HostName>, host: &HostName, addrs: Vec<IpAddr>) -> Vec<IpAddr> {
+    let mine: Vec<IpAddr> = addrs
+        .into_iter()
+        .filter(|a| match owner.get(a) {
+            Some(h) if h != host => {
+                warn!(%host, address = %a, owner = %h, "address already stands for another peer host; left with it");
+                false
+            }
+            _ => true,
+        })
+        .take(MAX_ADDRESSES_PER_HOST)
+        .collect();
+    owner.retain(|a, h| h != host || mine.contains(a));
+    for a in &mine {
+        owner.insert(*a, host.clone());
+    }
+    mine
+}
+
 /// The ruleset's fixed part.
 pub fn base(settings: &Transparent, epmd_port: u16) -> RuleSet {
     RuleSet {
@@ -409,5 +497,48 @@ pub async fn resolve(host: &HostName) -> Vec<IpAddr> {
             warn!(%host, "resolving the peer host's name took over {RESOLVE_TIMEOUT:?}");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_address_stays_with_the_first_host_that_claims_it() {
+        let mut owner = BTreeMap::new();
+        let (b, c) = (HostName::parse("hostb").unwrap(), HostName::parse("hostc").unwrap());
+        assert_eq!(
+            claim(&mut owner, &b, ips(&["198.18.0.2", "2001:2::2"])),
+            ips(&["198.18.0.2", "2001:2::2"])
+        );
+        // hostc's name now resolves to hostb's address too: it gets only its own.
+        assert_eq!(
+            claim(&mut owner, &c, ips(&["198.18.0.2", "198.18.0.3"])),
+            ips(&["198.18.0.3"])
+        );
+        assert_eq!(owner[&"198.18.0.2".parse::<IpAddr>().unwrap()], b);
+        // hostb moves: the old address is freed, and then hostc may take it.
+        assert_eq!(claim(&mut owner, &b, ips(&["198.18.0.9"])), ips(&["198.18.0.9"]));
+        assert_eq!(owner.len(), 2, "{owner:?}");
+        assert!(!owner.contains_key(&"198.18.0.2".parse::<IpAddr>().unwrap()));
+        assert_eq!(
+            claim(&mut owner, &c, ips(&["198.18.0.2", "198.18.0.3"])),
+            ips(&["198.18.0.2", "198.18.0.3"])
+        );
+        assert_eq!(owner.len(), 3);
+    }
+
+    #[test]
+    fn a_host_holds_a_bounded_number_of_addresses() {
+        let mut owner = BTreeMap::new();
+        let b = HostName::parse("hostb").unwrap();
+        let many: Vec<IpAddr> = (1..=200u8).map(|i| IpAddr::from([198, 18, 1, i])).collect();
+        assert_eq!(claim(&mut owner, &b, many).len(), MAX_ADDRESSES_PER_HOST);
+        assert_eq!(owner.len(), MAX_ADDRESSES_PER_HOST);
     }
 }

@@ -15,6 +15,12 @@
 //!   are dropped, and packets of older ones are answered with a reset (so
 //!   plaintext connections made before the rules are cut and re-form
 //!   through erlmesh).
+//! - `guard_out` (filter, output, priority 0): a packet leaving for the
+//!   network from the EPMD port or a local node's port, or for a peer's
+//!   distribution port without going through erlmesh (a connection older
+//!   than the rules), resets its local socket instead of leaving: no byte
+//!   of an older plaintext connection crosses the network once the rules
+//!   are in.
 //!
 //! The text replaces the whole table in one transaction (`table` then
 //! `delete table` then the definition: nft applies the file atomically),
@@ -105,9 +111,27 @@ impl RuleSet {
         if let Some((lo, hi)) = self.dist_ports {
             guarded.push(format!("{lo}-{hi}"));
         }
-        for g in guarded {
+        for g in &guarded {
             let _ = writeln!(t, "\t\ttcp dport {g} ct state new drop");
             let _ = writeln!(t, "\t\ttcp dport {g} reject with tcp reset");
+        }
+        t.push_str("\t}\n");
+
+        // What leaves for the network from a guarded port, or for a peer's
+        // distribution port outside erlmesh (a connection older than the
+        // rules): its local socket is reset before a byte goes out.
+        t.push_str("\tchain guard_out {\n\t\ttype filter hook output priority 0; policy accept;\n");
+        t.push_str("\t\toifname \"lo\" accept\n");
+        let _ = writeln!(t, "\t\tmeta mark {:#010x} accept", self.mark);
+        for g in &guarded {
+            let _ = writeln!(t, "\t\ttcp sport {g} reject with tcp reset");
+        }
+        for ip in ["ip", "ip6"] {
+            let n = if ip == "ip" { "4" } else { "6" };
+            let _ = writeln!(t, "\t\t{ip} daddr . tcp dport @dist{n} reject with tcp reset");
+            if let Some((lo, hi)) = self.dist_ports {
+                let _ = writeln!(t, "\t\t{ip} daddr @peers{n} tcp dport {lo}-{hi} reject with tcp reset");
+            }
         }
         t.push_str("\t}\n}\n");
         t
@@ -176,6 +200,13 @@ mod tests {
         let reset = t.find("tcp dport 4369 reject with tcp reset").unwrap();
         assert!(lo < drop && drop < reset, "{t}");
         assert!(t.contains("tcp dport @local_dist ct state new drop"), "{t}");
+        let out = t.find("chain guard_out {").unwrap();
+        let out_lo = t.find("oifname \"lo\" accept").unwrap();
+        let own = t.find("meta mark 0x00004d45 accept").unwrap();
+        let sport = t.find("tcp sport @local_dist reject with tcp reset").unwrap();
+        let older = t.find("ip daddr . tcp dport @dist4 reject with tcp reset").unwrap();
+        assert!(out < out_lo && out_lo < own && own < sport && sport < older, "{t}");
+        assert!(t.contains("tcp sport 4369 reject with tcp reset"), "{t}");
         assert!(!t.contains("9100"), "{t}");
     }
 
@@ -216,6 +247,11 @@ mod tests {
         );
         assert!(t.contains("tcp dport 9100-9155 ct state new drop"), "{t}");
         assert!(t.contains("tcp dport 9100-9155 reject with tcp reset"), "{t}");
+        assert!(t.contains("tcp sport 9100-9155 reject with tcp reset"), "{t}");
+        assert!(
+            t.contains("ip6 daddr @peers6 tcp dport 9100-9155 reject with tcp reset"),
+            "{t}"
+        );
     }
 
     #[test]
