@@ -79,8 +79,24 @@ struct Running {
     tracker: TaskTracker,
 }
 
+/// The binary and arguments this process was started with, for
+/// `erlmesh upgrade` (read at start: the package may replace the file).
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub exe: PathBuf,
+    pub args: Vec<std::ffi::OsString>,
+}
+
 /// Runs the proxy until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("erlmesh"));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).take_while(|a| a != "--take-over").collect();
+    run_started(config, shutdown, Started { exe, args }).await
+}
+
+/// [`run`], with how this process was started.
+pub async fn run_started(config: Config, shutdown: impl Future<Output = ()>, started: Started) -> Result<(), AppError> {
+    let (upgrade_exe, upgrade_args) = (started.exe, started.args);
     let tls = load_tls(&config).await?;
     let metrics = Metrics::new(config.peers.iter().map(|p| p.host.as_str()));
     for p in &config.peers {
@@ -131,6 +147,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         r.tracker.clone(),
     );
     mesh.start_static().await?;
+    // What an upgrade handed over: the hosts learnt, then the tunnels.
+    let taking_over = crate::upgrade::take::taking_over();
+    for (host, address) in crate::upgrade::take::learnt() {
+        if let Ok(host) = crate::hostname::HostName::parse(&host) {
+            mesh.proven(host, address).await;
+        }
+    }
+    crate::tunnel::resume::spawn_all(&r.tls, &r.metrics, &r.tracker);
     if let Some(i) = mesh.intercept() {
         i.start(mesh.faces(), &local).await?;
         i.serve(redirect, r.cancel.clone(), &r.tracker);
@@ -148,9 +172,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Joining through seeds comes last: every listener and handler is in
     // place while the other hosts dial back to verify this one.
     r.tracker.spawn(mesh.clone().learner());
-    mesh.join().await;
+    if !taking_over {
+        // (The process an upgrade replaces had joined already.)
+        mesh.join().await;
+    }
     r.tracker.spawn(mesh.clone().gossip_forever());
     r.ready(listen_addr);
+    crate::upgrade::give::set_context(crate::upgrade::give::Context {
+        exe: upgrade_exe.clone(),
+        args: upgrade_args.clone(),
+        state_dir: r.config.state_dir.clone(),
+        mesh: mesh.clone(),
+    });
+    if taking_over {
+        crate::upgrade::take::ready();
+    }
 
     shutdown.await;
     r.drain().await;
@@ -175,14 +211,23 @@ async fn refuse_exposed_epmd(port: u16) -> Result<(), AppError> {
     }
 }
 
-/// Binds `addr` for `key` of the config, with `hint` on failure.
+/// Binds `addr` for `key` of the config, with `hint` on failure (or takes
+/// the listener an upgrade handed over).
 async fn bind(shown: &str, addr: SocketAddr, config: &Config, key: &str, hint: &str) -> Result<TcpListener, AppError> {
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+    bind_or_take(addr).await.map_err(|source| AppError::Bind {
         what: format!("{}: {key}", config.file.display()),
         addr: shown.to_owned(),
         source,
         hint: hint.to_owned(),
     })
+}
+
+/// The listener an upgrade handed over for `addr`, or a new one.
+pub async fn bind_or_take(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match crate::upgrade::take::listener(addr) {
+        Some(l) => TcpListener::from_std(l),
+        None => TcpListener::bind(addr).await,
+    }
 }
 
 impl Running {
@@ -196,6 +241,21 @@ impl Running {
         let hint = " (is a system epmd running? stop it, or set epmd = \"system\")";
         let l = bind(&addr.to_string(), addr, &self.config, "epmd_port", hint).await?;
         let registry = Registry::new();
+        // Registrations an upgrade handed over: the nodes stay registered.
+        for (info, creation, stream) in crate::upgrade::take::registrations() {
+            let name = info.name.clone();
+            match (
+                registry.register_as(info, creation),
+                tokio::net::TcpStream::from_std(stream),
+            ) {
+                (Some(reg), Ok(stream)) => {
+                    let cancel = self.cancel.child_token();
+                    self.tracker
+                        .spawn(async move { epmd::embedded::hold(stream, reg, &cancel).await });
+                }
+                _ => warn!(node = %name, "a handed-over registration could not be kept"),
+            }
+        }
         let (reg, m) = (registry.clone(), self.metrics.clone());
         let exposure = crate::ops::exposure::ExposureChecker::start(&self.tracker, self.cancel.clone());
         self.tracker.spawn(accept_loop(
@@ -274,7 +334,7 @@ impl Running {
                         }
                     },
                 };
-                t.spawn(crate::ops::control::serve_one(s, m.clone(), h.clone()));
+                t.spawn(crate::ops::control::serve_one(s, m.clone(), h.clone(), true));
             }
         });
         if let Some(addr) = self.config.metrics {
@@ -286,7 +346,7 @@ impl Running {
                 self.cancel.clone(),
                 self.tracker.clone(),
                 "metrics",
-                move |s, _, _| crate::ops::control::serve_one(s, m.clone(), h.clone()),
+                move |s, _, _| crate::ops::control::serve_one(s, m.clone(), h.clone(), false),
             ));
         }
         Ok(())

@@ -31,6 +31,21 @@ pub enum Command {
         /// Log line format. RUST_LOG sets the level (default: info).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Take over from the erlmesh at this upgrade socket (what
+        /// `erlmesh upgrade` starts; not for operators).
+        #[arg(long, hide = true)]
+        take_over: Option<PathBuf>,
+    },
+    /// Hand everything the running erlmesh for this config holds
+    /// (listeners, open tunnels with their TLS state, local nodes' EPMD
+    /// registrations, learnt hosts) to the binary now installed at its
+    /// path, with no nodedown; the old process then exits. Prints what was
+    /// handed over, or exits 1 with the reason (the old process then
+    /// serves on as before).
+    Upgrade {
+        /// The config file of the running erlmesh (for its state_dir).
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Print `export NAME='value'` lines for this host's nodes:
     /// eval "$(erlmesh env --config FILE)" before starting erl.

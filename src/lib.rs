@@ -24,4 +24,5 @@ pub mod ops;
 pub mod tls;
 pub mod transparent;
 pub mod tunnel;
+pub mod upgrade;
 pub mod wire;

@@ -36,7 +36,27 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, log_format } => run(&config, log_format),
+        Command::Run {
+            config,
+            log_format,
+            take_over,
+        } => run(&config, log_format, take_over.as_deref()),
+        Command::Upgrade { config } => {
+            let config = load(&config)?;
+            let sock = config.state_dir.join(erlmesh::ops::control::SOCKET_FILE);
+            let (ok, body) = erlmesh::ops::control::post(&sock, "/upgrade", erlmesh::upgrade::command_wait())
+                .with_context(|| {
+                    format!(
+                        "{}: cannot reach erlmesh (is `erlmesh run` running with this config?)",
+                        sock.display()
+                    )
+                })?;
+            if !ok {
+                anyhow::bail!("upgrade refused: {}", body.trim());
+            }
+            println!("{}", body.trim());
+            Ok(())
+        }
         Command::Status { config, metrics } => {
             let config = load(&config)?;
             let sock = config.state_dir.join(erlmesh::ops::control::SOCKET_FILE);
@@ -172,9 +192,12 @@ fn rules(c: erlmesh::cli::RulesCommand) -> anyhow::Result<()> {
 
 /// `erlmesh run`: logging, config, descriptor limit, the runtime, and the
 /// proxy until SIGTERM or SIGINT.
-fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<()> {
+fn run(config: &Path, log_format: LogFormat, take_over: Option<&Path>) -> anyhow::Result<()> {
     init_logging(log_format);
-    let config = load(config)?;
+    let config = load(config).inspect_err(|e| refuse(take_over, &e.to_string()))?;
+    if let Some(sock) = take_over {
+        erlmesh::upgrade::take::receive(sock).map_err(|why| anyhow::anyhow!("cannot take over: {why}"))?;
+    }
     erlmesh::app::precheck(&config);
     let nofile = erlmesh::app::raise_descriptor_limit(&config)?;
     tracing::debug!(nofile, needed = config.descriptors_needed(), "open-file limit");
@@ -194,8 +217,16 @@ fn run(config: &Path, log_format: LogFormat) -> anyhow::Result<()> {
         .await;
         signals.abort();
         r
-    })?;
+    })
+    .inspect_err(|e| refuse(take_over, &e.to_string()))?;
     Ok(())
+}
+
+/// A process taking over that cannot start tells the old one why.
+fn refuse(take_over: Option<&Path>, why: &str) {
+    if take_over.is_some() {
+        erlmesh::upgrade::take::refuse(why);
+    }
 }
 
 /// `erlmesh cert ...`: the cluster CA, host certificates, CRLs.

@@ -334,9 +334,10 @@ fn long_names_and_ipv6_nodes_cluster_through_it() {
         a.eval("rpc:call('b@hostb.example.com', ets, lookup, [cache, k])."),
         "[{k,<<\"LONG-NAME-VALUE\">>}]"
     );
+    a.eval("ets:new(cache, [named_table, public]), ets:insert(cache, {k, <<\"LONG-NAME-BACK\">>}).");
     assert_eq!(
-        b.eval("rpc:call('a@hosta.example.com', erlang, node, [])."),
-        "'a@hosta.example.com'"
+        b.eval("rpc:call('a@hosta.example.com', ets, lookup, [cache, k])."),
+        "[{k,<<\"LONG-NAME-BACK\">>}]"
     );
     // Nodes speaking IPv6 only (-proto_dist inet6_tcp): the peer's AAAA
     // address, redirected to erlmesh on ::1.
@@ -353,9 +354,10 @@ fn long_names_and_ipv6_nodes_cluster_through_it() {
         a6.eval("rpc:call('b6@hostb.example.com', ets, lookup, [cache, k])."),
         "[{k,<<\"IPV6-VALUE\">>}]"
     );
+    a6.eval("ets:new(cache, [named_table, public]), ets:insert(cache, {k, <<\"IPV6-BACK\">>}).");
     assert_eq!(
-        b6.eval("rpc:call('a6@hosta.example.com', erlang, node, [])."),
-        "'a6@hosta.example.com'"
+        b6.eval("rpc:call('a6@hosta.example.com', ets, lookup, [cache, k])."),
+        "[{k,<<\"IPV6-BACK\">>}]"
     );
     let status = hs[0].status().unwrap();
     assert!(
@@ -511,6 +513,8 @@ fn address_named_nodes_plaintext_cut_fail_closed_and_rules_survive_restarts() {
         );
     }
     assert!(!connects(&outsider, &addrs[1], 4369));
+    assert!(!connects(&outsider, &v6(net, 1), 4369));
+    a.eval("ets:new(cache, [named_table, public]), ets:insert(cache, {k, <<\"ADDRESS-BACK\">>}).");
     tcpdump.signal(15);
     tcpdump.wait_timeout(Duration::from_secs(5));
     drop(tcpdump);
@@ -572,6 +576,10 @@ fn address_named_nodes_plaintext_cut_fail_closed_and_rules_survive_restarts() {
         "pong",
         "{}",
         hs[0].log()
+    );
+    assert_eq!(
+        b.eval(&format!("rpc:call('{na}', ets, lookup, [cache, k]).")),
+        "[{k,<<\"ADDRESS-BACK\">>}]"
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(rules_show(&hs[0]).1, before, "the rules changed across a restart");

@@ -2,7 +2,7 @@
 //! request reader it shares with the peer faces.
 
 use super::codec::{self, Request};
-use super::registry::Registry;
+use super::registry::{Registration, Registry};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,17 +123,38 @@ async fn register(
     }
     info!(node = %name, port, "node registered");
     exposure.check(&name, port);
-    // The registration lasts as long as this connection.
+    hold(stream, reg, cancel).await;
+}
+
+/// Keeps a registration for as long as its connection stays open (as
+/// epmd does); an upgrade hands the connection and the registration over.
+pub async fn hold(mut stream: TcpStream, reg: Registration, cancel: &CancellationToken) {
+    let _participant = crate::upgrade::handoff().participant();
+    let mut phase = crate::upgrade::handoff().watch();
     let mut sink = [0u8; 64];
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = crate::upgrade::frozen(&mut phase) => {
+                let report = match crate::upgrade::dup(&stream) {
+                    Ok(fd) => crate::upgrade::Report::Registration {
+                        info: reg.info(),
+                        creation: reg.creation,
+                        fd,
+                    },
+                    Err(e) => crate::upgrade::Report::Refused(format!("a registration: {e}")),
+                };
+                if let crate::upgrade::Outcome::Handed = crate::upgrade::handoff().report(report).await {
+                    std::future::pending::<()>().await;
+                }
+            }
             r = stream.read(&mut sink) => match r {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
         }
     }
+    let name = reg.name().to_owned();
     drop(reg);
     info!(node = %name, "node unregistered");
 }

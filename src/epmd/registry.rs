@@ -41,6 +41,26 @@ pub struct Registration {
     pub creation: u32,
 }
 
+impl Registration {
+    /// The registered node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the node registered.
+    pub fn info(&self) -> NodeInfo {
+        self.registry.lookup(&self.name).unwrap_or_else(|| NodeInfo {
+            name: self.name.clone(),
+            port: 0,
+            node_type: 0,
+            protocol: 0,
+            high: 0,
+            low: 0,
+            extra: Vec::new(),
+        })
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut nodes = self.registry.nodes.lock().expect("registry lock");
@@ -67,17 +87,20 @@ impl Registry {
 
     /// Registers a node; `None` when the name is taken by a live node.
     pub fn register(self: &Arc<Self>, info: NodeInfo) -> Option<Registration> {
+        // Creation 0 means "unknown" to OTP and 1..3 are what old nodes
+        // get; keep 32-bit creations above them.
+        let creation = self.next_creation.fetch_add(1, Ordering::Relaxed).max(4);
+        self.register_as(info, creation)
+    }
+
+    /// Registers a node under the creation a previous erlmesh gave it (an
+    /// upgrade hands registrations over).
+    pub fn register_as(self: &Arc<Self>, info: NodeInfo, creation: u32) -> Option<Registration> {
         let mut nodes = self.nodes.lock().expect("registry lock");
         if nodes.contains_key(&info.name) {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        // Creation 0 means "unknown" to OTP and 1..3 are what old nodes
-        // get; keep 32-bit creations above them.
-        let mut creation = self.next_creation.fetch_add(1, Ordering::Relaxed);
-        if creation < 4 {
-            creation = 4;
-        }
         let name = info.name.clone();
         nodes.insert(name.clone(), Registered { info, id });
         Some(Registration {

@@ -81,7 +81,7 @@ impl Face {
     /// Binds the EPMD port on the alias. Binding happens here, before the
     /// process reports ready; serving starts with [`Face::serve`].
     pub async fn bind(&self) -> std::io::Result<TcpListener> {
-        TcpListener::bind(SocketAddr::from((self.alias, self.epmd_port))).await
+        crate::app::bind_or_take(SocketAddr::from((self.alias, self.epmd_port))).await
     }
 
     /// Serves EPMD questions on the alias until shutdown.
@@ -213,6 +213,33 @@ impl Face {
             nodes.insert(name.to_owned(), port);
         }
         debug!(peer = %self.dialer.host, node = %name, %port, "listening for the remote node");
+        self.serve_node(name, listener);
+        Ok(port)
+    }
+
+    /// Serves a listener for remote node `name` an upgrade handed over.
+    pub fn adopt(self: &Arc<Self>, name: &str, listener: std::net::TcpListener) {
+        let Ok(listener) = TcpListener::from_std(listener) else {
+            return;
+        };
+        let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+            return;
+        };
+        {
+            let mut nodes = self.nodes.lock().expect("face lock");
+            if nodes.len() >= MAX_NODES_PER_PEER || nodes.contains_key(name) {
+                return;
+            }
+            nodes.insert(name.to_owned(), port);
+        }
+        debug!(peer = %self.dialer.host, node = %name, %port, "listening for the remote node (handed over)");
+        self.serve_node(name, listener);
+    }
+
+    fn serve_node(self: &Arc<Self>, name: &str, listener: TcpListener) {
+        if let Ok(addr) = listener.local_addr() {
+            crate::upgrade::face_node_listener(addr, &self.dialer.host, name);
+        }
         let face = self.clone();
         let node = name.to_owned();
         self.tracker.spawn(async move {
@@ -231,7 +258,6 @@ impl Face {
             )
             .await
         });
-        Ok(port)
     }
 }
 

@@ -232,6 +232,17 @@ impl Mesh {
         v
     }
 
+    /// The hosts learnt through gossip, (host, address): what an upgrade
+    /// hands the next process.
+    pub fn learnt(&self) -> Vec<(String, String)> {
+        self.snapshot
+            .borrow()
+            .iter()
+            .filter(|(_, v)| !v.fixed)
+            .map(|(h, v)| (h.to_string(), v.address.clone()))
+            .collect()
+    }
+
     /// Transparent mode's interception, if configured.
     pub fn intercept(&self) -> Option<&Arc<crate::transparent::Intercept>> {
         self.intercept.as_ref()

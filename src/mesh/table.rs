@@ -89,7 +89,7 @@ impl Mesh {
     /// Tells the table that a handshake with `address` proved `host`, and
     /// waits until the table has taken it (or refused it): what that host
     /// then announces is judged against a table that includes it.
-    pub(super) async fn proven(&self, host: HostName, address: String) {
+    pub(crate) async fn proven(&self, host: HostName, address: String) {
         self.work_started();
         let (done, taken) = oneshot::channel();
         if self.table_tx.send(Msg::Proven { host, address, done }).await.is_err() {
@@ -373,6 +373,10 @@ impl Mesh {
             }
         };
         self.tracker.spawn(face.clone().serve(listener));
+        // Listeners for the peer's nodes an upgrade handed over.
+        for (node, l) in crate::upgrade::take::face_nodes(host) {
+            face.adopt(&node, l);
+        }
         Ok((face_cancel, face))
     }
 

@@ -15,8 +15,14 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// A client must send its request within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Answers one HTTP request on `s`.
-pub async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, metrics: Arc<Metrics>, host: String) {
+/// Answers one HTTP request on `s`; `upgrades`: the control socket, where
+/// `POST /upgrade` starts an upgrade (not the loopback metrics port).
+pub async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    metrics: Arc<Metrics>,
+    host: String,
+    upgrades: bool,
+) {
     let mut buf = Vec::with_capacity(512);
     let read = async {
         let mut chunk = [0u8; 1024];
@@ -40,6 +46,10 @@ pub async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, metrics: Arc
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.encode()),
         ("GET", "/status") => ("200 OK", "text/plain; charset=utf-8", metrics.status(&host)),
         ("GET", _) => ("404 Not Found", "text/plain", "try /metrics or /status\n".to_owned()),
+        ("POST", "/upgrade") if upgrades => match crate::upgrade::give::upgrade().await {
+            Ok(done) => ("200 OK", "text/plain", format!("{done}\n")),
+            Err(why) => ("500 Upgrade Refused", "text/plain", format!("{why}\n")),
+        },
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned()),
     };
     let head = format!(
@@ -49,6 +59,19 @@ pub async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, metrics: Arc
     let _ = s.write_all(head.as_bytes()).await;
     let _ = s.write_all(body.as_bytes()).await;
     let _ = s.shutdown().await;
+}
+
+/// Posts to `path` on a running erlmesh's control socket, waiting up to
+/// `wait` for the answer; returns whether it succeeded (2xx) and the body.
+pub fn post(socket: &std::path::Path, path: &str, wait: Duration) -> std::io::Result<(bool, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(wait))?;
+    s.write_all(format!("POST {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let ok = out.starts_with("HTTP/1.0 2");
+    Ok((ok, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or(out)))
 }
 
 /// Asks a running erlmesh for `path` over its control socket; returns the body.

@@ -522,8 +522,19 @@ impl Tls {
         conn: &rustls::CommonState,
         server_name: Option<ServerName<'static>>,
     ) -> LiveGuard {
-        let cancel = CancellationToken::new();
         let chain = conn.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+        self.register_chain(peer, chain, server_name)
+    }
+
+    /// Registers an open tunnel whose peer presented `chain` (a tunnel an
+    /// upgrade handed over).
+    pub fn register_chain(
+        self: &Arc<Self>,
+        peer: &str,
+        chain: Vec<CertificateDer<'static>>,
+        server_name: Option<ServerName<'static>>,
+    ) -> LiveGuard {
+        let cancel = CancellationToken::new();
         let mut live = self.live.lock().expect("live tunnels lock");
         live.next += 1;
         let id = live.next;

@@ -14,8 +14,8 @@ use tracing::{debug, warn, Instrument};
 
 /// Binds the redirect port on 127.0.0.1 and, when the host has IPv6, ::1.
 pub async fn bind(port: u16) -> std::io::Result<Vec<TcpListener>> {
-    let mut v = vec![TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?];
-    match TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port))).await {
+    let mut v = vec![crate::app::bind_or_take(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?];
+    match crate::app::bind_or_take(SocketAddr::from((Ipv6Addr::LOCALHOST, port))).await {
         Ok(l) => v.push(l),
         // No IPv6 on this host: nothing can be redirected to ::1 either.
         Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {

@@ -31,9 +31,16 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // Stops accepting while the process hands over (`erlmesh upgrade`).
+    let _participant = crate::upgrade::handoff().participant();
+    let mut phase = crate::upgrade::handoff().watch();
     loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = crate::upgrade::frozen(&mut phase) => {
+                crate::upgrade::pause_listener(&listener).await;
+                continue;
+            }
             p = slots.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
@@ -41,6 +48,10 @@ pub async fn accept_loop<F, Fut>(
         };
         let (stream, addr) = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = crate::upgrade::frozen(&mut phase) => {
+                crate::upgrade::pause_listener(&listener).await;
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -232,9 +243,15 @@ pub async fn accept_admitted<F, Fut>(
 {
     let mut last_log: Option<tokio::time::Instant> = None;
     let mut unlogged = 0u64;
+    let _participant = crate::upgrade::handoff().participant();
+    let mut phase = crate::upgrade::handoff().watch();
     loop {
         let (stream, addr) = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = crate::upgrade::frozen(&mut phase) => {
+                crate::upgrade::pause_listener(&listener).await;
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {

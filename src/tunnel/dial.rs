@@ -62,6 +62,8 @@ pub struct Tunnel {
     /// The TLS 1.3 suite negotiated (as rustls names it).
     pub suite: &'static str,
     pub live: LiveGuard,
+    /// The peer's certificate chain (DER), for an upgrade to hand over.
+    pub chain: Vec<Vec<u8>>,
 }
 
 /// Dials one peer host.
@@ -274,6 +276,12 @@ impl Dialer {
         let resumed = matches!(s.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
         let suite = suite_name(s.get_ref().1.negotiated_cipher_suite());
         let live = self.tls.register(&self.host, s.get_ref().1, Some(self.name.clone()));
+        let chain: Vec<Vec<u8>> = s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.to_vec()).collect())
+            .unwrap_or_default();
         let records_per_key = self.tls.current().records_per_key;
         let io = |source| DialError::Io {
             address: self.address.clone(),
@@ -320,6 +328,7 @@ impl Dialer {
                 resumed,
                 suite,
                 live,
+                chain,
             },
         ))
     }

@@ -267,6 +267,12 @@ async fn tunnel_in(
         send_name.node.clone()
     };
     let live = ctx.tls.register(&claimed, tls.get_ref().1, None);
+    let chain: Vec<Vec<u8>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|d| d.to_vec()).collect())
+        .unwrap_or_default();
     let suite = crate::tunnel::dial::suite_name(tls.get_ref().1.negotiated_cipher_suite());
     let guard = ctx
         .metrics
@@ -296,7 +302,15 @@ async fn tunnel_in(
                 ),
                 node_dials: false,
             });
-            let carried = record::splice(
+            let meta = crate::upgrade::TunnelMeta {
+                dir: "in".into(),
+                peer: claimed.to_string(),
+                local_node: local_node.clone(),
+                remote_node: remote_name.clone(),
+                chain,
+                server_name: None,
+            };
+            let carried = record::splice_from(
                 local,
                 tcp,
                 tx,
@@ -307,6 +321,8 @@ async fn tunnel_in(
                 },
                 firewall,
                 live.cancelled(),
+                Some(meta),
+                (false, false),
             );
             carried.await
         }

@@ -10,3 +10,4 @@ pub mod inbound;
 pub mod outbound;
 pub mod preface;
 pub mod record;
+pub mod resume;

@@ -102,7 +102,15 @@ impl Face {
                 ),
                 node_dials: true,
             });
-            let carried = record::splice(
+            let meta = crate::upgrade::TunnelMeta {
+                dir: "out".into(),
+                peer: self.dialer.host.clone(),
+                local_node: local_name.clone(),
+                remote_node: remote_node.clone(),
+                chain: std::mem::take(&mut remote.chain),
+                server_name: Some(self.dialer.host.clone()),
+            };
+            let carried = record::splice_from(
                 local,
                 remote.tcp,
                 remote.tx,
@@ -113,6 +121,8 @@ impl Face {
                 },
                 firewall,
                 remote.live.cancelled(),
+                Some(meta),
+                (false, false),
             );
             let result = carried.await;
             record::log_end(&result);

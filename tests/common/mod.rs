@@ -89,6 +89,20 @@ impl Drop for Proc {
     }
 }
 
+/// A process the test did not start itself (an erlmesh that took over
+/// from one it did), killed on drop.
+pub struct PidGuard(pub u32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(self.0.to_string())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// A directory of certificates and configs for one test's cluster.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
@@ -180,6 +194,8 @@ impl Cluster {
             run_args: Vec::new(),
             skip_env: Vec::new(),
             bare: false,
+            exe: None,
+            successors: Vec::new(),
             proc: None,
             starts: 0,
         }
@@ -260,6 +276,11 @@ pub struct Host {
     pub run_args: Vec<String>,
     /// Variables of `erlmesh env` that nodes started here do not get.
     pub skip_env: Vec<String>,
+    /// The erlmesh binary this host runs (default: the one cargo built).
+    pub exe: Option<PathBuf>,
+    /// Processes that took over from this host's erlmesh (`erlmesh
+    /// upgrade`), killed with the host.
+    pub successors: Vec<PidGuard>,
     /// Nodes started here get no erlmesh environment and no ERL_*
     /// variable at all (`env -i`): transparent mode.
     pub bare: bool,
@@ -336,8 +357,9 @@ impl Host {
             .append(true)
             .open(&log)
             .unwrap();
+        let exe = self.exe.clone().unwrap_or_else(|| PathBuf::from(ERLMESH));
         let child = self
-            .command(ERLMESH)
+            .command(exe.to_str().unwrap())
             .args(["run", "--config", self.config_path().to_str().unwrap()])
             .args(&self.run_args)
             .env("RUST_LOG", "erlmesh=debug")

@@ -2,6 +2,7 @@
 //! opened in place, their plaintexts written with one vectored call.
 
 use super::reader::{Opened, Reader, BATCH};
+use super::splice::{Dir, Pause};
 use crate::firewall::filter::{Inbound, Seg};
 use std::io;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -22,8 +23,9 @@ pub(super) async fn open_to_node(
     rx: &mut Reader,
     counted: &impl Fn(u64, u64),
     mut filter: Option<&mut Inbound>,
-) -> io::Result<u64> {
-    let mut total = 0u64;
+    mut pause: Option<&mut Pause>,
+    total: &mut u64,
+) -> io::Result<Dir> {
     let mut segs = Vec::with_capacity(MAX_RANGES);
     let mut closed = false;
     loop {
@@ -47,7 +49,7 @@ pub(super) async fn open_to_node(
         }
         if !segs.is_empty() {
             let n = write_segs(lw, &rx.buf, &segs).await?;
-            total += n;
+            *total += n;
             counted(0, n);
             segs.clear();
             continue;
@@ -58,9 +60,18 @@ pub(super) async fn open_to_node(
         }
         if closed {
             lw.shutdown().await?;
-            return Ok(total);
+            return Ok(Dir::Done);
         }
-        if rx.fill(rr).await? == 0 {
+        // Every whole record went to the node: where an upgrade stops it.
+        let n = match pause.as_deref_mut() {
+            None => rx.fill(rr).await?,
+            Some(p) => tokio::select! {
+                biased;
+                _ = crate::upgrade::frozen(p) => return Ok(Dir::Paused),
+                r = rx.fill(rr) => r?,
+            },
+        };
+        if n == 0 {
             return Err(super::reader::truncated());
         }
     }

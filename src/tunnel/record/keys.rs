@@ -173,6 +173,39 @@ impl Keys {
         )
     }
 
+    /// This direction's state for the next process (`erlmesh upgrade`).
+    pub(super) fn export(&self) -> super::state::KeyState {
+        let suite = if *self.aead == aead::AES_128_GCM {
+            1
+        } else if *self.aead == aead::AES_256_GCM {
+            2
+        } else {
+            3
+        };
+        super::state::KeyState {
+            suite,
+            secret: self.secret.to_vec(),
+            seq: self.seq,
+            records_per_key: self.records_per_key,
+        }
+    }
+
+    /// Keys that go on where `s` left off.
+    pub(super) fn import(s: &super::state::KeyState) -> io::Result<Keys> {
+        let (aead, hash) = match s.suite {
+            1 => (&aead::AES_128_GCM, hkdf::HKDF_SHA256),
+            2 => (&aead::AES_256_GCM, hkdf::HKDF_SHA384),
+            3 => (&aead::CHACHA20_POLY1305, hkdf::HKDF_SHA256),
+            _ => return Err(invalid("unknown suite in handed-over state")),
+        };
+        if s.secret.len() != hash.len() || s.seq >= HARD_RECORDS_PER_KEY {
+            return Err(invalid("malformed handed-over traffic secret"));
+        }
+        let mut k = Keys::derive(aead, hash, Zeroizing::new(s.secret.clone()), s.records_per_key)?;
+        k.seq = s.seq;
+        Ok(k)
+    }
+
     /// Moves to the next traffic secret (RFC 8446 §7.2); the old secret
     /// and key are wiped as they are dropped.
     pub(super) fn update(&mut self) -> io::Result<()> {

@@ -49,6 +49,7 @@ mod out;
 mod reader;
 mod sender;
 mod splice;
+pub mod state;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 #[cfg(test)]
@@ -58,7 +59,7 @@ pub use corked::Corked;
 pub use keys::{Keys, SecretCapture, Side, DEFAULT_RECORDS_PER_KEY};
 pub use reader::{Reader, MAX_IDLE_RECORDS};
 pub use sender::{send, Sender};
-pub use splice::{splice, Firewalled};
+pub use splice::{splice, splice_from, Firewalled};
 #[cfg(any(test, feature = "testing"))]
 pub use testing::{fuzz_open, fuzz_seal, send_record};
 

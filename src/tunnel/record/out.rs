@@ -3,6 +3,7 @@
 
 use super::reader::BATCH;
 use super::sender::Sender;
+use super::splice::{Dir, Pause};
 use super::{APPLICATION_DATA, HEADER, MAX_PLAINTEXT, TAG};
 use crate::firewall::filter::{Firewall, Outbound};
 use std::io;
@@ -22,17 +23,26 @@ pub(super) async fn seal_from_node(
     tx: &mut Sender,
     counted: &impl Fn(u64, u64),
     mut filter: Option<(&Firewall, &mut Outbound)>,
-) -> io::Result<u64> {
+    mut pause: Option<&mut Pause>,
+    total: &mut u64,
+) -> io::Result<Dir> {
     // Record slots, back to back: a read fills them in order, so every
     // sealed record but the last is full and they lie contiguous. One slot
     // at first, BATCH once a read fills it.
     let mut recs = vec![0u8; FULL_RECORD];
     // Answers, and the rare read split to let them in, are sealed here.
     let mut spare = Vec::new();
-    let mut total = 0u64;
     loop {
         let n = match filter.as_mut() {
-            None => read_slots(lr, &mut recs).await?,
+            // Between records, waiting on the node: where an upgrade stops it.
+            None => match pause.as_deref_mut() {
+                None => read_slots(lr, &mut recs).await?,
+                Some(p) => tokio::select! {
+                    biased;
+                    _ = crate::upgrade::frozen(p) => return Ok(Dir::Paused),
+                    r = read_slots(lr, &mut recs) => r?,
+                },
+            },
             Some((fw, reader)) => tokio::select! {
                 r = read_slots(lr, &mut recs) => r?,
                 _ = fw.wake.notified() => {
@@ -45,7 +55,7 @@ pub(super) async fn seal_from_node(
         };
         if n == 0 {
             tx.close(rw).await?;
-            return Ok(total);
+            return Ok(Dir::Done);
         }
         if let Some((fw, reader)) = filter.as_mut() {
             if fw.has_answers() {
@@ -60,7 +70,7 @@ pub(super) async fn seal_from_node(
                         send_answers(rw, tx, fw, &mut spare).await?;
                     }
                 }
-                total += n as u64;
+                *total += n as u64;
                 counted(n as u64, 0);
                 continue;
             }
@@ -85,7 +95,7 @@ pub(super) async fn seal_from_node(
             }
         }
         tx.put(rw, &recs[..end]).await?;
-        total += n as u64;
+        *total += n as u64;
         counted(n as u64, 0);
     }
 }

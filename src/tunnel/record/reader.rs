@@ -29,6 +29,8 @@ pub const MAX_IDLE_RECORDS: u32 = 32;
 /// Largest post-handshake message reassembled across records (a
 /// NewSessionTicket's ticket may be up to 64 KiB), as rustls bounds it.
 const MAX_HANDSHAKE_MESSAGE: usize = 0xffff;
+/// A split handshake message held at most (its header and body).
+pub(super) const MAX_HANDSHAKE: usize = MAX_HANDSHAKE_MESSAGE + 4;
 
 /// The peer's close_notify, where a record was awaited.
 pub(super) fn closed() -> io::Error {
@@ -62,19 +64,22 @@ pub struct Reader {
     pub(super) buf: Vec<u8>,
     pub(super) start: usize,
     pub(super) end: usize,
-    keys: Keys,
+    pub(super) keys: Keys,
     /// The peer asked for a KeyUpdate: the sender answers before its next
     /// application data (shared with this tunnel's [`super::Sender`]).
     pub(super) asked: Arc<AtomicBool>,
     /// The peer's role: only a server sends NewSessionTicket.
-    peer: Side,
+    pub(super) peer: Side,
     /// A handshake message split across records, until it is whole.
     pub(super) handshake: Vec<u8>,
     /// Records in a row without application data.
-    idle: u32,
+    pub(super) idle: u32,
 }
 
 impl Reader {
+    /// The most bytes the buffer holds.
+    pub(super) const CAPACITY: usize = RX_MAX;
+
     /// A reader that starts with no buffered bytes, for a peer in role `peer`.
     pub fn new(keys: Keys, peer: Side) -> Reader {
         Reader {

@@ -23,9 +23,9 @@ pub struct Sender {
     asked: Arc<AtomicBool>,
     /// A write of records began and did not finish (an error, or the write
     /// was abandoned): nothing may follow it on the wire.
-    torn: bool,
+    pub(super) torn: bool,
     /// close_notify or an error alert went out: nothing follows it.
-    ended: bool,
+    pub(super) ended: bool,
 }
 
 impl Sender {

@@ -6,6 +6,7 @@ use super::back::open_to_node;
 use super::out::seal_from_node;
 use super::reader::Reader;
 use super::sender::Sender;
+use super::state;
 use super::Carried;
 use crate::firewall::filter::{Firewall, Inbound, Outbound};
 use std::future::Future;
@@ -18,6 +19,16 @@ pub struct Firewalled {
     /// The local node dialled the peer's (an outbound tunnel).
     pub node_dials: bool,
 }
+
+/// A direction's end: done (its close went through), or stopped between
+/// records because the process is handing over (`erlmesh upgrade`).
+pub(super) enum Dir {
+    Done,
+    Paused,
+}
+
+/// What a direction watches to stop for a hand-over.
+pub(super) type Pause = tokio::sync::watch::Receiver<crate::upgrade::Phase>;
 
 /// Moves bytes both ways until both directions end: `local` is the node's
 /// socket, `remote` the peer's TCP stream under TLS. Returns the bytes
@@ -33,56 +44,128 @@ pub struct Firewalled {
 pub async fn splice(
     local: tokio::net::TcpStream,
     remote: tokio::net::TcpStream,
+    tx: Sender,
+    rx: Reader,
+    counted: impl Fn(u64, u64),
+    firewall: Option<Firewalled>,
+    revoked: impl Future<Output = ()>,
+) -> io::Result<Carried> {
+    splice_from(local, remote, tx, rx, counted, firewall, revoked, None, (false, false)).await
+}
+
+/// [`splice`] for a tunnel an upgrade may hand over: `meta` says who it is,
+/// `done` which directions (out, back) already ended (a tunnel taken over
+/// from the previous process). Without a dist policy it stops between
+/// records when the process freezes, reports its state, and then goes on
+/// (the upgrade failed) or stops for good (the new process carries it).
+#[allow(clippy::too_many_arguments)] // the tunnel and who it is
+pub async fn splice_from(
+    local: tokio::net::TcpStream,
+    remote: tokio::net::TcpStream,
     mut tx: Sender,
     mut rx: Reader,
     counted: impl Fn(u64, u64),
     firewall: Option<Firewalled>,
     revoked: impl Future<Output = ()>,
+    meta: Option<crate::upgrade::TunnelMeta>,
+    done: (bool, bool),
 ) -> io::Result<Carried> {
     let (mut lr, mut lw) = local.into_split();
     let (mut rr, mut rw) = remote.into_split();
     tx.follow(&rx);
-    let result = {
-        // Without a dist policy the bytes are not looked at; with one, the
-        // same loops with the firewall between the records and the node.
-        let out = async {
-            match &firewall {
-                None => seal_from_node(&mut lr, &mut rw, &mut tx, &counted, None).await,
-                Some(f) => {
-                    let mut reader = Outbound::new(f.firewall.clone(), f.node_dials);
-                    let filter = Some((&*f.firewall, &mut reader));
-                    seal_from_node(&mut lr, &mut rw, &mut tx, &counted, filter).await
+    let handoff = crate::upgrade::handoff();
+    let pausable = meta.is_some() && firewall.is_none();
+    let _participant = pausable.then(|| handoff.participant());
+    let _firewalled = firewall.as_ref().map(|_| handoff.firewalled());
+    let (mut pause_out, mut pause_back) = (handoff.watch(), handoff.watch());
+    let mut carried = Carried::default();
+    let (mut o, mut b) = done;
+    tokio::pin!(revoked);
+    let result = loop {
+        let step = {
+            // Without a dist policy the bytes are not looked at; with one, the
+            // same loops with the firewall between the records and the node.
+            let (po, pb) = match pausable {
+                true => (Some(&mut pause_out), Some(&mut pause_back)),
+                false => (None, None),
+            };
+            let out = async {
+                match &firewall {
+                    None => seal_from_node(&mut lr, &mut rw, &mut tx, &counted, None, po, &mut carried.out).await,
+                    Some(f) => {
+                        let mut reader = Outbound::new(f.firewall.clone(), f.node_dials);
+                        let filter = Some((&*f.firewall, &mut reader));
+                        seal_from_node(&mut lr, &mut rw, &mut tx, &counted, filter, None, &mut carried.out).await
+                    }
+                }
+            };
+            let back = async {
+                match &firewall {
+                    None => open_to_node(&mut rr, &mut lw, &mut rx, &counted, None, pb, &mut carried.back).await,
+                    Some(f) => {
+                        let mut filter = Inbound::new(f.firewall.clone(), !f.node_dials);
+                        open_to_node(
+                            &mut rr,
+                            &mut lw,
+                            &mut rx,
+                            &counted,
+                            Some(&mut filter),
+                            None,
+                            &mut carried.back,
+                        )
+                        .await
+                    }
+                }
+            };
+            tokio::pin!(out, back);
+            let (mut out_paused, mut back_paused) = (false, false);
+            loop {
+                if (o || out_paused) && (b || back_paused) {
+                    break if out_paused || back_paused {
+                        Ok(Dir::Paused)
+                    } else {
+                        Ok(Dir::Done)
+                    };
+                }
+                tokio::select! {
+                    r = &mut out, if !o && !out_paused => match r {
+                        Ok(Dir::Done) => o = true,
+                        Ok(Dir::Paused) => out_paused = true,
+                        Err(e) => break Err(e),
+                    },
+                    r = &mut back, if !b && !back_paused => match r {
+                        Ok(Dir::Done) => b = true,
+                        Ok(Dir::Paused) => back_paused = true,
+                        Err(e) => break Err(e),
+                    },
+                    _ = &mut revoked => break Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "the peer's certificate is no longer accepted (revoked or expired); tunnel closed",
+                    )),
                 }
             }
         };
-        let back = async {
-            match &firewall {
-                None => open_to_node(&mut rr, &mut lw, &mut rx, &counted, None).await,
-                Some(f) => {
-                    let mut filter = Inbound::new(f.firewall.clone(), !f.node_dials);
-                    open_to_node(&mut rr, &mut lw, &mut rx, &counted, Some(&mut filter)).await
+        match step {
+            Ok(Dir::Done) => break Ok(carried),
+            Err(e) => break Err(e),
+            Ok(Dir::Paused) => {
+                let meta = meta.clone().expect("only a tunnel with its meta pauses");
+                let report = match (state::export(&tx, &rx), dup2(&lr, &rr)) {
+                    (Ok(record), Ok((local, remote))) => crate::upgrade::Report::Tunnel {
+                        meta,
+                        record: Box::new(record),
+                        out_done: o,
+                        back_done: b,
+                        local,
+                        remote,
+                    },
+                    (Err(e), _) | (_, Err(e)) => crate::upgrade::Report::Refused(format!("a tunnel: {e}")),
+                };
+                match handoff.report(report).await {
+                    crate::upgrade::Outcome::Resume => continue,
+                    // The next process carries it from here; this one exits.
+                    crate::upgrade::Outcome::Handed => std::future::pending::<()>().await,
                 }
-            }
-        };
-        tokio::pin!(out, back, revoked);
-        let (mut o, mut b) = (None, None);
-        loop {
-            if let (Some(out), Some(back)) = (o, b) {
-                break Ok(Carried { out, back });
-            }
-            tokio::select! {
-                r = &mut out, if o.is_none() => match r {
-                    Ok(v) => o = Some(v),
-                    Err(e) => break Err(e),
-                },
-                r = &mut back, if b.is_none() => match r {
-                    Ok(v) => b = Some(v),
-                    Err(e) => break Err(e),
-                },
-                _ = &mut revoked => break Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    "the peer's certificate is no longer accepted (revoked or expired); tunnel closed",
-                )),
             }
         }
     };
@@ -94,6 +177,16 @@ pub async fn splice(
         }
     }
     result
+}
+
+/// Copies of the node's and the peer's socket descriptors.
+fn dup2(
+    lr: &tokio::net::tcp::OwnedReadHalf,
+    rr: &tokio::net::tcp::OwnedReadHalf,
+) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let local: &tokio::net::TcpStream = lr.as_ref();
+    let remote: &tokio::net::TcpStream = rr.as_ref();
+    Ok((crate::upgrade::dup(local)?, crate::upgrade::dup(remote)?))
 }
 
 /// Makes the node's connection end with a reset when it is dropped.

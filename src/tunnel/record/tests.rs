@@ -641,3 +641,70 @@ async fn corked_reads_stop_at_record_boundaries() {
     );
     assert!(!c.at_record_boundary(), "a record was left half read");
 }
+
+/// The state an upgrade hands over: a reader stopped inside a record, with
+/// a KeyUpdate behind it and a split handshake message and a request for a
+/// KeyUpdate pending, goes on in a new reader and sender exactly where the
+/// old ones stopped (same keys, same sequence numbers, same bytes).
+#[tokio::test]
+async fn record_state_carries_a_tunnel_on_mid_record() {
+    let mut rx = reader(Side::Client);
+    let mut tx = sender_for(&rx, 3); // a KeyUpdate every 3 records
+    let mut peer = sender_for(&reader(Side::Server), 2);
+    let mut wire = Vec::new();
+    for i in 0..5u8 {
+        send(&mut wire, &mut peer, &[i; 100]).await.unwrap();
+    }
+    // Half of a KeyUpdate request in one record, the rest later.
+    send_record(&mut wire, &mut peer, &KEY_UPDATE_REQUESTED[..2], HANDSHAKE, 0)
+        .await
+        .unwrap();
+    let cut = wire.len();
+    send_record(&mut wire, &mut peer, &KEY_UPDATE_REQUESTED[2..], HANDSHAKE, 0)
+        .await
+        .unwrap();
+    peer.keys.update().unwrap(); // the peer's next records are under its next key
+    send(&mut wire, &mut peer, b"after").await.unwrap();
+    // The old reader opens the first records, then stops 7 bytes into the
+    // next one.
+    let first = open_all(&mut rx, &wire[..cut + 7]).unwrap();
+    assert_eq!(first.len(), 5);
+    assert!(!rx.handshake.is_empty(), "the split KeyUpdate is pending");
+    let mut sealed_before = Vec::new();
+    send(&mut sealed_before, &mut tx, b"x").await.unwrap();
+    send(&mut sealed_before, &mut tx, b"y").await.unwrap();
+
+    let state = super::state::export(&tx, &rx).unwrap();
+    assert_eq!(state.buffered, wire[cut..cut + 7]);
+    let json = serde_json::to_vec(&state).unwrap();
+    let back: super::state::RecordState = serde_json::from_slice(&json).unwrap();
+    let (mut tx2, mut rx2) = super::state::import(&back).unwrap();
+
+    // The rest of the wire, after what the old reader held.
+    let mut rest = back.buffered.clone();
+    rest.extend_from_slice(&wire[cut + 7..]);
+    let opened = open_all(&mut rx2, &rest).unwrap();
+    assert_eq!(opened, vec![b"after".to_vec()]);
+    assert!(
+        rx2.asked.load(std::sync::atomic::Ordering::Relaxed),
+        "the peer's request survived"
+    );
+    // The new sender goes on with the old one's key and sequence: the peer
+    // opens what both sealed, in order, with the KeyUpdates between.
+    let mut sealed_after = Vec::new();
+    send(&mut sealed_after, &mut tx2, b"z").await.unwrap();
+    let mut peer_rx = reader(Side::Server);
+    let mut all = sealed_before.clone();
+    all.extend_from_slice(&sealed_after);
+    assert_eq!(
+        open_all(&mut peer_rx, &all).unwrap(),
+        vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()]
+    );
+    // A torn sender has nothing to hand over.
+    tx2.torn = true;
+    assert!(super::state::export(&tx2, &rx2).is_err());
+    // A state of another suite or a bad secret is refused.
+    let mut bad: super::state::RecordState = serde_json::from_slice(&json).unwrap();
+    bad.tx.secret.truncate(5);
+    assert!(super::state::import(&bad).is_err());
+}

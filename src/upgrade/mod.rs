@@ -1,0 +1,272 @@
+//! `erlmesh upgrade`: the running erlmesh starts the binary now installed
+//! at its path and hands it everything live, so that no node sees a
+//! nodedown.
+//!
+//! The old process (`give.rs`) binds a socket in state_dir that only its
+//! own user can open, starts the new binary with `--take-over` and that
+//! socket's path, and checks that the process that connects is the one it
+//! started. It then freezes: every accept loop stops accepting, every open
+//! tunnel stops between two records (each direction at the point where it
+//! holds no bytes: waiting to read), every local node's EPMD registration
+//! waits; each of these *participants* reports what it is (a listener, a
+//! tunnel with its record state, a registration) with a copy of its
+//! descriptors. The state (versioned, bounded, [`State`]) and the
+//! descriptors go to the new process, which starts with them
+//! (`take.rs`): it serves the same listeners, carries the same tunnels on
+//! from the same record, keeps the same registrations, and then says it
+//! is ready. The old process tells systemd the new main PID and exits 0;
+//! until then it has changed nothing, so if the new process exits, refuses
+//! the state or is not ready in time, it thaws and serves on as before.
+//!
+//! Not handed over: connections still being set up (their setup fails
+//! and the node retries), tunnels under a dist policy (an upgrade is
+//! refused while one is open: the firewall's state is not handed over
+//! yet), counters (they restart from zero).
+
+pub mod fds;
+pub mod give;
+pub mod take;
+
+use crate::epmd::codec::NodeInfo;
+use crate::tunnel::record::state::RecordState;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// The state format this build writes and reads.
+pub const STATE_VERSION: u32 = 1;
+/// The largest state accepted (JSON; a tunnel's is a few KiB).
+pub const MAX_STATE_BYTES: usize = 256 << 20;
+/// The most descriptors handed over at once.
+pub const MAX_FDS: usize = 65_536;
+/// How long every participant has to stop between records.
+pub const FREEZE_WAIT: Duration = Duration::from_secs(3);
+/// How long the new process has to connect to the old one.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long the new process has to report ready once it has the state.
+pub const READY_WAIT: Duration = Duration::from_secs(30);
+/// How long `erlmesh upgrade` waits for the running erlmesh's answer.
+pub fn command_wait() -> Duration {
+    CONNECT_WAIT + FREEZE_WAIT + READY_WAIT + Duration::from_secs(5)
+}
+
+/// The socket the old process hands over on, in state_dir.
+pub const SOCKET_FILE: &str = "upgrade.sock";
+
+/// Where the process stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Participants stop and report.
+    Frozen,
+    /// The new process took everything: participants stay stopped until
+    /// this process exits.
+    Handed,
+}
+
+/// Who a tunnel is, as its task knew it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TunnelMeta {
+    /// "out": a local node dialled; "in": a peer's node dialled.
+    pub dir: String,
+    pub peer: String,
+    pub local_node: String,
+    pub remote_node: String,
+    /// The peer's certificate chain (DER), checked again on every reload.
+    pub chain: Vec<Vec<u8>>,
+    /// The name the peer's certificate was checked against (outbound).
+    pub server_name: Option<String>,
+}
+
+/// One tunnel in the state; its two descriptors are `local` and `remote`.
+#[derive(Serialize, Deserialize)]
+pub struct TunnelState {
+    pub meta: TunnelMeta,
+    pub record: RecordState,
+    pub out_done: bool,
+    pub back_done: bool,
+    pub local: usize,
+    pub remote: usize,
+}
+
+/// A listener in the state, by the address it is bound to; for a face's
+/// per-node listener, the peer host and node it stands for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerState {
+    pub addr: SocketAddr,
+    pub node: Option<(String, String)>,
+    pub fd: usize,
+}
+
+/// A local node's registration with the embedded EPMD.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistrationState {
+    pub name: String,
+    pub port: u16,
+    pub node_type: u8,
+    pub protocol: u8,
+    pub high: u16,
+    pub low: u16,
+    pub extra: Vec<u8>,
+    pub creation: u32,
+    pub fd: usize,
+}
+
+/// Everything handed over, but the descriptors (which follow it).
+#[derive(Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub fds: usize,
+    pub listeners: Vec<ListenerState>,
+    pub tunnels: Vec<TunnelState>,
+    pub registrations: Vec<RegistrationState>,
+    /// Hosts learnt through gossip: (host, address).
+    pub learnt: Vec<(String, String)>,
+}
+
+/// What one participant reports when frozen.
+pub enum Report {
+    Listener {
+        addr: SocketAddr,
+        node: Option<(String, String)>,
+        fd: OwnedFd,
+    },
+    Tunnel {
+        meta: TunnelMeta,
+        record: Box<RecordState>,
+        out_done: bool,
+        back_done: bool,
+        local: OwnedFd,
+        remote: OwnedFd,
+    },
+    Registration {
+        info: NodeInfo,
+        creation: u32,
+        fd: OwnedFd,
+    },
+    /// It cannot be handed over (the reason).
+    Refused(String),
+}
+
+/// The process-wide hand-over state.
+pub struct Handoff {
+    phase: watch::Sender<Phase>,
+    participants: AtomicUsize,
+    /// Tunnels under a dist policy (not handed over: an upgrade waits).
+    firewalled: AtomicUsize,
+    reports: Mutex<Vec<Report>>,
+    reported: Notify,
+}
+
+static HANDOFF: LazyLock<Handoff> = LazyLock::new(|| Handoff {
+    phase: watch::channel(Phase::Running).0,
+    participants: AtomicUsize::new(0),
+    firewalled: AtomicUsize::new(0),
+    reports: Mutex::new(Vec::new()),
+    reported: Notify::new(),
+});
+
+/// The process's hand-over state.
+pub fn handoff() -> &'static Handoff {
+    &HANDOFF
+}
+
+/// Counts a participant for as long as it lives.
+pub struct Participant(());
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        HANDOFF.participants.fetch_sub(1, Ordering::SeqCst);
+        HANDOFF.reported.notify_waiters();
+    }
+}
+
+/// Counts a tunnel under a dist policy for as long as it lives.
+pub struct Firewalled(());
+
+impl Drop for Firewalled {
+    fn drop(&mut self) {
+        HANDOFF.firewalled.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What a participant does after it reported.
+pub enum Outcome {
+    /// The upgrade failed: go on as before.
+    Resume,
+    /// The new process has it all: stop for good (this process exits).
+    Handed,
+}
+
+impl Handoff {
+    /// Registers a participant: something that must stop and report when
+    /// the process freezes.
+    pub fn participant(&self) -> Participant {
+        self.participants.fetch_add(1, Ordering::SeqCst);
+        Participant(())
+    }
+
+    /// Registers a tunnel under a dist policy.
+    pub fn firewalled(&self) -> Firewalled {
+        self.firewalled.fetch_add(1, Ordering::SeqCst);
+        Firewalled(())
+    }
+
+    /// Changes of phase, for participants to watch.
+    pub fn watch(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// Reports a frozen participant and waits for the outcome.
+    pub async fn report(&self, r: Report) -> Outcome {
+        let mut phase = self.phase.subscribe();
+        self.reports.lock().expect("handoff lock").push(r);
+        self.reported.notify_waiters();
+        match phase.wait_for(|p| *p != Phase::Frozen).await.map(|p| *p) {
+            Ok(Phase::Handed) => Outcome::Handed,
+            _ => Outcome::Resume,
+        }
+    }
+}
+
+/// Resolves once the process freezes (at once when it is frozen).
+pub async fn frozen(phase: &mut watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p != Phase::Running).await;
+}
+
+/// A copy of a socket's descriptor, for the new process.
+pub fn dup(fd: &impl std::os::fd::AsFd) -> std::io::Result<OwnedFd> {
+    fd.as_fd().try_clone_to_owned()
+}
+
+/// Face listeners standing for a peer's node: address → (host, node).
+static FACE_NODES: LazyLock<Mutex<std::collections::HashMap<SocketAddr, (String, String)>>> =
+    LazyLock::new(Default::default);
+
+/// Notes that the listener at `addr` stands for `node` of peer `host`.
+pub fn face_node_listener(addr: SocketAddr, host: &str, node: &str) {
+    FACE_NODES
+        .lock()
+        .expect("face nodes lock")
+        .insert(addr, (host.to_owned(), node.to_owned()));
+}
+
+/// A frozen accept loop: reports its listener and waits; returns to go on
+/// accepting, or never (the new process has the listener).
+pub async fn pause_listener(listener: &tokio::net::TcpListener) {
+    let report = match (listener.local_addr(), dup(listener)) {
+        (Ok(addr), Ok(fd)) => Report::Listener {
+            addr,
+            node: FACE_NODES.lock().expect("face nodes lock").get(&addr).cloned(),
+            fd,
+        },
+        (Err(e), _) | (_, Err(e)) => Report::Refused(format!("a listener's descriptor: {e}")),
+    };
+    if let Outcome::Handed = handoff().report(report).await {
+        std::future::pending::<()>().await;
+    }
+}
