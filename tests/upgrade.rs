@@ -6,6 +6,7 @@
 //! serves on as before and the command says why.
 
 mod common;
+use common::traffic::*;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -51,85 +52,6 @@ fn upgrade(h: &Host) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-/// The new process's pid and the pause, from `erlmesh upgrade`'s output
-/// ("... to process PID; tunnels paused N ms").
-fn parse_upgrade(out: &str) -> (u32, u64) {
-    let pid = out
-        .split("to process ")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no new pid in {out:?}"));
-    let pause = out
-        .split("tunnels paused ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pause in {out:?}"));
-    (pid, pause)
-}
-
-/// The tunnel lines of `erlmesh status` (local node, remote node, direction).
-fn tunnels(h: &Host) -> Vec<String> {
-    let s = h.status().unwrap_or_default();
-    let mut v: Vec<String> = s
-        .split("tunnels (local node, remote node, direction, open):")
-        .nth(1)
-        .unwrap_or("")
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter(|l| !l.is_empty())
-        .collect();
-    v.sort();
-    v
-}
-
-/// Starts, on node `n`, a process that records every nodedown it sees.
-fn watch_nodedowns(n: &mut Node) {
-    n.eval("register(watch, spawn(fun() -> net_kernel:monitor_nodes(true), W = fun L(D) -> receive {nodedown, X} -> L([X | D]); {downs, F} -> F ! {downs, D}, L(D); _ -> L(D) end end, W([]) end)).");
-}
-
-/// The nodedowns node `n` saw of `of` (probe nodes come and go).
-fn nodedowns(n: &mut Node, of: &str) -> String {
-    n.eval(&format!(
-        "watch ! {{downs, self()}}, receive {{downs, D}} -> [X || X <- D, X =:= '{of}'] end."
-    ))
-}
-
-/// A checked stream from `a` to `b`: numbered 1 KiB messages, each one's
-/// payload derived from its number; b's sink counts what arrives out of
-/// order or corrupted. And an rpc meter on `a`: the longest round trip.
-fn start_traffic(a: &mut Node, b: &mut Node, b_name: &str) {
-    b.eval("register(sink, spawn(fun() -> S = fun L(E, Bad) -> receive {seq, N, P} -> Ok = N =:= E andalso P =:= binary:copy(<<N:32>>, 256), L(N + 1, case Ok of true -> Bad; false -> Bad + 1 end); {report, F} -> F ! {sink, E, Bad}, L(E, Bad) end end, S(0, 0) end)).");
-    a.eval(&format!("register(src, spawn(fun() -> S = fun L(N) -> receive {{stop, F}} -> F ! {{sent, N}} after 0 -> {{sink, '{b_name}'}} ! {{seq, N, binary:copy(<<N:32>>, 256)}}, case N rem 20 of 0 -> timer:sleep(2); _ -> ok end, L(N + 1) end end, S(0) end))."));
-    a.eval(&format!("register(meter, spawn(fun() -> M = fun L(Max, Bad) -> receive {{max, F}} -> F ! {{max, Max, Bad}}, L(Max, Bad) after 5 -> T = erlang:monotonic_time(millisecond), R = rpc:call('{b_name}', erlang, node, [], 5000), D = erlang:monotonic_time(millisecond) - T, L(max(Max, D), case R of '{b_name}' -> Bad; _ -> Bad + 1 end) end end, M(0, 0) end))."));
-}
-
-/// Stops the stream and checks it: (sent, received in order, corrupted or
-/// out of order, longest rpc round trip in ms, failed rpcs).
-fn stop_traffic(a: &mut Node, b_name: &str) -> (u64, u64, u64, u64, u64) {
-    let sent: u64 = a
-        .eval("src ! {stop, self()}, receive {sent, N} -> N end.")
-        .parse()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let sink = a.eval(&format!(
-        "{{sink, '{b_name}'}} ! {{report, self()}}, receive {{sink, E, Bad}} -> {{E, Bad}} after 10000 -> timeout end."
-    ));
-    let (got, bad) = sink
-        .trim_matches(|c| c == '{' || c == '}')
-        .split_once(',')
-        .map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap()))
-        .unwrap_or_else(|| panic!("sink: {sink}"));
-    let meter = a.eval("meter ! {max, self()}, receive {max, M, B} -> {M, B} end.");
-    let (max, failed) = meter
-        .trim_matches(|c| c == '{' || c == '}')
-        .split_once(',')
-        .map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap()))
-        .unwrap();
-    (sent, got, bad, max, failed)
 }
 
 #[test]
@@ -253,4 +175,99 @@ fn an_installed_binary_that_cannot_take_over_leaves_the_old_process_serving() {
         ha.proc.as_mut().unwrap().child.try_wait().unwrap().is_none(),
         "the old process exited"
     );
+}
+
+#[test]
+fn three_hosts_each_upgraded_in_turn_under_traffic() {
+    let c = Cluster::new();
+    let names = ["hosta", "hostb", "hostc"];
+    let mut hs: Vec<Host> = names.iter().map(|n| host_with_own_binary(&c, n)).collect();
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                let other = (hs[j].name.clone(), format!("{}:{}", hs[j].listen_ip, hs[j].listen_port));
+                hs[i].peers.push(other);
+            }
+        }
+    }
+    for h in hs.iter_mut() {
+        h.start();
+    }
+    let mut a = hs[0].node("a");
+    let mut b = hs[1].node("b");
+    let mut cn = hs[2].node("c");
+    assert_eq!(cn.eval("net_adm:ping(a@hosta)."), "pong");
+    assert_eq!(cn.eval("net_adm:ping(b@hostb)."), "pong");
+    assert_eq!(
+        a.eval_until("lists:sort(nodes()).", "[b@hostb,c@hostc]", Duration::from_secs(15)),
+        "[b@hostb,c@hostc]"
+    );
+    for n in [&mut a, &mut b, &mut cn] {
+        watch_nodedowns(n);
+    }
+    start_traffic(&mut a, &mut b, "b@hostb");
+    start_traffic(&mut cn, &mut a, "a@hosta");
+    std::thread::sleep(Duration::from_millis(300));
+    let before: Vec<Vec<String>> = hs.iter().map(tunnels).collect();
+    for round in 0..2 {
+        for i in 0..3 {
+            let exe = hs[i].exe.clone().unwrap();
+            install_binary(Path::new(ERLMESH), &exe);
+            let (ok, out) = upgrade(&hs[i]);
+            assert!(ok, "round {round}, {}: {out}\n{}", hs[i].name, hs[i].log());
+            let (pid, pause) = parse_upgrade(&out);
+            hs[i].successors.push(PidGuard(pid));
+            assert!(pause < 1000, "{out}");
+            assert!(
+                wait_for(Duration::from_secs(10), || hs[i]
+                    .status()
+                    .is_some_and(|s| s.contains("state: ready"))),
+                "{}",
+                hs[i].log()
+            );
+            let now: Vec<Vec<String>> = hs.iter().map(tunnels).collect();
+            assert_eq!(now, before, "tunnels changed across the upgrade of {}", hs[i].name);
+            eprintln!("round {round}, {}: tunnels paused {pause} ms", hs[i].name);
+        }
+    }
+    // A host joining after the upgrades reaches everyone through them.
+    let mut p = hs[1].node("late");
+    assert_eq!(p.eval("net_adm:ping(c@hostc)."), "pong");
+    drop(p);
+    for (from, to) in [(&mut a, "b@hostb"), (&mut cn, "a@hosta")] {
+        let (sent, got, bad, max_rtt, failed) = stop_traffic(from, to);
+        assert_eq!((got, bad, failed), (sent, 0, 0), "stream to {to}");
+        assert!(max_rtt < 1000, "an rpc to {to} took {max_rtt} ms");
+    }
+    for (n, others) in [
+        (&mut a, ["b@hostb", "c@hostc"]),
+        (&mut b, ["a@hosta", "c@hostc"]),
+        (&mut cn, ["a@hosta", "b@hostb"]),
+    ] {
+        for o in others {
+            assert_eq!(nodedowns(n, o), "[]", "a nodedown of {o}");
+        }
+    }
+}
+
+#[test]
+fn an_upgrade_waits_while_a_tunnel_under_a_dist_policy_is_open() {
+    let c = Cluster::new();
+    let mut ha = host_with_own_binary(&c, "hosta");
+    let mut hb = c.host("hostb");
+    ha.peer(&hb);
+    hb.peer(&ha);
+    ha.dist_policies = vec![("hostb".into(), "strict".into())];
+    ha.extra = "[dist_policies.strict]\nspawn = true\n".into();
+    ha.start();
+    hb.start();
+    let mut a = ha.node("a");
+    let mut b = hb.node("b");
+    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+    watch_nodedowns(&mut a);
+    let (ok, out) = upgrade(&ha);
+    assert!(!ok, "{out}");
+    assert!(out.contains("under a dist policy"), "{out}");
+    assert_eq!(b.eval("rpc:call(a@hosta, erlang, node, [])."), "a@hosta");
+    assert_eq!(nodedowns(&mut a, "b@hostb"), "[]");
 }

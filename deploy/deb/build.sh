@@ -5,11 +5,12 @@
 # in /etc/erlmesh, the README; a postinst that creates the erlmesh system
 # user, a postrm that removes it on purge.
 # usage: deploy/deb/build.sh [OUT_DIR=target/deb]
-#        ERLMESH_BIN=path packages that binary instead of building the release one.
+#        ERLMESH_BIN=path packages that binary instead of building the release one;
+#        ERLMESH_VERSION=V gives the package that version (tests build a newer one).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-target/deb}
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+version=${ERLMESH_VERSION:-$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)}
 arch=$(dpkg --print-architecture)
 if [ -z "${ERLMESH_BIN:-}" ]; then cargo build --release --locked -q; fi
 bin=${ERLMESH_BIN:-target/release/erlmesh}
@@ -52,6 +53,19 @@ if [ "$1" = configure ]; then
   chown root:erlmesh /etc/erlmesh
   chmod 0750 /etc/erlmesh
   if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+  # An upgrade while erlmesh runs: hand its listeners and open tunnels to
+  # the new binary (no nodedown); a restart only if that is refused.
+  if [ -n "$2" ] && [ -f /etc/erlmesh/erlmesh.toml ] \
+     && /usr/bin/erlmesh status --config /etc/erlmesh/erlmesh.toml >/dev/null 2>&1; then
+    if /usr/bin/erlmesh upgrade --config /etc/erlmesh/erlmesh.toml; then
+      :
+    elif [ -d /run/systemd/system ]; then
+      echo "erlmesh: the live upgrade was refused (above); restarting erlmesh.service" >&2
+      systemctl restart erlmesh.service || true
+    else
+      echo "erlmesh: the live upgrade was refused (above); the running erlmesh is the old version" >&2
+    fi
+  fi
 fi
 POSTINST
 cat >"$root/DEBIAN/postrm" <<'POSTRM'

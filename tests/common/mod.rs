@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod traffic;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -195,6 +196,7 @@ impl Cluster {
             skip_env: Vec::new(),
             bare: false,
             exe: None,
+            config_file: None,
             successors: Vec::new(),
             proc: None,
             starts: 0,
@@ -278,6 +280,9 @@ pub struct Host {
     pub skip_env: Vec<String>,
     /// The erlmesh binary this host runs (default: the one cargo built).
     pub exe: Option<PathBuf>,
+    /// Where its config is written (default: DIR/NAME.toml); with one set,
+    /// every path in it is absolute.
+    pub config_file: Option<PathBuf>,
     /// Processes that took over from this host's erlmesh (`erlmesh
     /// upgrade`), killed with the host.
     pub successors: Vec<PidGuard>,
@@ -296,7 +301,9 @@ impl Host {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.toml", self.name))
+        self.config_file
+            .clone()
+            .unwrap_or_else(|| self.dir.join(format!("{}.toml", self.name)))
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -325,10 +332,10 @@ impl Host {
             host: self.name.clone(),
             listen: format!("{}:{}", self.listen_ip, self.listen_port),
             epmd_port: self.epmd_port,
-            state_dir: format!("state-{}", self.name),
-            ca: self.ca.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
+            state_dir: self.dir.join(format!("state-{}", self.name)).display().to_string(),
+            ca: self.dir.join(&self.ca).display().to_string(),
+            cert: self.dir.join(&self.cert).display().to_string(),
+            key: self.dir.join(&self.key).display().to_string(),
             seeds: self.seeds.clone(),
             peers,
             extra: self.extra.clone(),
