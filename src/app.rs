@@ -154,7 +154,7 @@ pub async fn run_started(config: Config, shutdown: impl Future<Output = ()>, sta
             mesh.proven(host, address).await;
         }
     }
-    crate::tunnel::resume::spawn_all(&r.tls, &r.metrics, &r.tracker);
+    crate::tunnel::resume::spawn_all(&r.tls, &r.metrics, &mesh, &r.tracker);
     if let Some(i) = mesh.intercept() {
         i.start(mesh.faces(), &local).await?;
         i.serve(redirect, r.cancel.clone(), &r.tracker);

@@ -251,23 +251,76 @@ fn three_hosts_each_upgraded_in_turn_under_traffic() {
 }
 
 #[test]
-fn an_upgrade_waits_while_a_tunnel_under_a_dist_policy_is_open() {
+fn a_tunnel_under_a_dist_policy_keeps_its_judged_state_across_upgrades() {
     let c = Cluster::new();
     let mut ha = host_with_own_binary(&c, "hosta");
-    let mut hb = c.host("hostb");
+    let mut hb = host_with_own_binary(&c, "hostb");
     ha.peer(&hb);
     hb.peer(&ha);
+    // hostb's nodes may spawn (rpc) and reach `sink` only.
     ha.dist_policies = vec![("hostb".into(), "strict".into())];
-    ha.extra = "[dist_policies.strict]\nspawn = true\n".into();
+    ha.extra = "[dist_policies.strict]\nspawn = true\nregistered = [\"sink\"]\n".into();
     ha.start();
     hb.start();
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
     watch_nodedowns(&mut a);
-    let (ok, out) = upgrade(&ha);
-    assert!(!ok, "{out}");
-    assert!(out.contains("under a dist policy"), "{out}");
-    assert_eq!(b.eval("rpc:call(a@hosta, erlang, node, [])."), "a@hosta");
+    watch_nodedowns(&mut b);
+    a.eval("register(secret, spawn(fun() -> S = fun L(K) -> receive {count, F} -> F ! {count, K}, L(K); _ -> L(K + 1) end end, S(0) end)).");
+    // 1 MiB messages from b to a: sent in fragments, judged as they go,
+    // so that upgrades fall while messages are in progress.
+    start_traffic_sized(&mut b, &mut a, "a@hosta", 262_144);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = (tunnels(&ha), tunnels(&hb));
+    let mut in_fragments = 0;
+    for i in 0..6 {
+        let h = if i % 3 == 2 { &mut hb } else { &mut ha };
+        let exe = h.exe.clone().unwrap();
+        install_binary(Path::new(ERLMESH), &exe);
+        let (ok, out) = upgrade(h);
+        assert!(ok, "upgrade {i} of {}: {out}\n{}", h.name, h.log());
+        let (pid, pause) = parse_upgrade(&out);
+        h.successors.push(PidGuard(pid));
+        assert!(pause < 1000, "{out}");
+        assert!(
+            wait_for(Duration::from_secs(10), || h
+                .status()
+                .is_some_and(|s| s.contains("state: ready"))),
+            "{}",
+            h.log()
+        );
+        assert_eq!(
+            (tunnels(&ha), tunnels(&hb)),
+            before,
+            "tunnels changed across upgrade {i}"
+        );
+        eprintln!("firewalled upgrade {i}: tunnels paused {pause} ms; {out}");
+        in_fragments += out
+            .split(" message(s) in fragments")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+    }
+    assert!(in_fragments > 0, "no upgrade fell while a message was in fragments");
+    let (sent, got, bad, _, failed) = stop_traffic(&mut b, "a@hosta");
+    assert_eq!(
+        (got, bad, failed),
+        (sent, 0, 0),
+        "the judged stream across the upgrades"
+    );
+    assert!(sent > 20, "only {sent} large messages");
+    // The policy still holds after the upgrades: a name it does not list
+    // is not reached, and the refusal is counted.
+    b.eval("{secret, 'a@hosta'} ! leaked, ok.");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.eval("secret ! {count, self()}, receive {count, K} -> K end."), "0");
+    let status = ha.status().unwrap();
+    assert!(
+        status.contains("dist_refused=") && !status.contains("dist_refused=0"),
+        "{status}"
+    );
     assert_eq!(nodedowns(&mut a, "b@hostb"), "[]");
+    assert_eq!(nodedowns(&mut b, "a@hosta"), "[]");
 }

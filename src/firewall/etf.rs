@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub type Atom = Arc<str>;
 
 /// A process identifier.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Pid {
     pub node: Atom,
     pub id: u32,
@@ -23,7 +23,7 @@ pub struct Pid {
 }
 
 /// A reference (also a process alias).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Ref {
     pub node: Atom,
     pub creation: u32,
@@ -488,6 +488,7 @@ impl<'a> Decoder<'a> {
 
 /// The atom cache of one direction of one connection: 8 segments of 256
 /// entries, set by distribution headers, read by later ones.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct AtomCache {
     slots: Vec<Option<Atom>>,
 }
@@ -503,7 +504,7 @@ impl Default for AtomCache {
 /// A distribution header's atom references: the atoms, how many bytes the
 /// header took, and whether it set cache entries (a frame that does must
 /// reach the node, or the node's cache and this one part ways).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Refs {
     pub atoms: Vec<Atom>,
     pub len: usize,

@@ -347,6 +347,75 @@ pub const MAX_PAIRS_PER_HOST: usize = 64;
 
 type Pairs = lru::LruCache<(String, String), Arc<Mutex<Memory>>>;
 
+/// A [`Memory`] for the next process (`erlmesh upgrade`), each cache
+/// from least to most recently used.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct MemoryState {
+    pids: Vec<PidKey>,
+    refs: Vec<RefKey>,
+    forged_pids: Vec<PidKey>,
+    forged_refs: Vec<RefKey>,
+    machinery: Vec<(PidKey, String)>,
+    io_servers: Vec<PidKey>,
+    repliers: Vec<PidKey>,
+    peer_pid: Option<Pid>,
+}
+
+/// A cache's keys, least recently used first.
+fn oldest_first<K: Clone + std::hash::Hash + Eq, V>(c: &lru::LruCache<K, V>) -> Vec<K> {
+    let mut v: Vec<K> = c.iter().map(|(k, _)| k.clone()).collect();
+    v.reverse();
+    v
+}
+
+impl Memory {
+    /// What this pair remembers, for the next process.
+    pub fn export(&self) -> MemoryState {
+        let mut machinery: Vec<(PidKey, String)> = self.machinery.iter().map(|(k, n)| (*k, (*n).to_owned())).collect();
+        machinery.reverse();
+        MemoryState {
+            pids: oldest_first(&self.pids),
+            refs: oldest_first(&self.refs),
+            forged_pids: oldest_first(&self.forged_pids),
+            forged_refs: oldest_first(&self.forged_refs),
+            machinery,
+            io_servers: oldest_first(&self.io_servers),
+            repliers: oldest_first(&self.repliers),
+            peer_pid: self.peer_pid.clone(),
+        }
+    }
+
+    /// Takes what a previous process remembered (within the same bounds).
+    pub fn import(&mut self, s: MemoryState) {
+        for k in s.pids {
+            bounded_put(&mut self.pids, k, (), MAX_GIVEN_PIDS);
+        }
+        for k in s.refs {
+            bounded_put(&mut self.refs, k, (), MAX_GIVEN_REFS);
+        }
+        for k in s.forged_pids {
+            bounded_put(&mut self.forged_pids, k, (), MAX_FORGED);
+        }
+        for k in s.forged_refs {
+            bounded_put(&mut self.forged_refs, k, (), MAX_FORGED);
+        }
+        for (k, n) in s.machinery {
+            if let Some(name) = machinery_name(&n) {
+                bounded_put(&mut self.machinery, k, name, MAX_MACHINERY_PIDS);
+            }
+        }
+        for k in s.io_servers {
+            bounded_put(&mut self.io_servers, k, (), MAX_MACHINERY_PIDS);
+        }
+        for k in s.repliers {
+            bounded_put(&mut self.repliers, k, (), MAX_GIVEN_PIDS);
+        }
+        if s.peer_pid.is_some() {
+            self.peer_pid = s.peer_pid;
+        }
+    }
+}
+
 /// What the running erlmesh remembers for each node pair, by peer host:
 /// one peer host's node names never evict another's pairs. Peer hosts are
 /// as many as the peer table holds (`MAX_PEERS`); a host not in use for

@@ -33,6 +33,7 @@ enum Tok {
 }
 
 /// A walk through a sequence of terms.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct Walker {
     stack: Vec<u64>,
     max_stack: usize,

@@ -301,6 +301,7 @@ async fn tunnel_in(
                     ctx.metrics.clone(),
                 ),
                 node_dials: false,
+                directions: None,
             });
             let meta = crate::upgrade::TunnelMeta {
                 dir: "in".into(),

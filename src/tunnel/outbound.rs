@@ -101,6 +101,7 @@ impl Face {
                     self.dialer.metrics().clone(),
                 ),
                 node_dials: true,
+                directions: None,
             });
             let meta = crate::upgrade::TunnelMeta {
                 dir: "out".into(),

@@ -2,6 +2,8 @@
 //! record where the previous process stopped, under the same checks
 //! (revocation of the peer's certificate included) and counted again.
 
+use crate::firewall::filter::{Firewall, Inbound, Outbound};
+use crate::mesh::Mesh;
 use crate::ops::metrics::Metrics;
 use crate::tls::Tls;
 use crate::tunnel::record;
@@ -12,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 /// Starts every tunnel the previous process handed over.
-pub fn spawn_all(tls: &Arc<Tls>, metrics: &Arc<Metrics>, tracker: &TaskTracker) {
+pub fn spawn_all(tls: &Arc<Tls>, metrics: &Arc<Metrics>, mesh: &Arc<Mesh>, tracker: &TaskTracker) {
     let tunnels = crate::upgrade::take::tunnels();
     if !tunnels.is_empty() {
         info!(
@@ -21,8 +23,8 @@ pub fn spawn_all(tls: &Arc<Tls>, metrics: &Arc<Metrics>, tracker: &TaskTracker) 
         );
     }
     for (state, local, remote) in tunnels {
-        let (tls, metrics) = (tls.clone(), metrics.clone());
-        tracker.spawn(resume(state, local, remote, tls, metrics));
+        let (tls, metrics, mesh) = (tls.clone(), metrics.clone(), mesh.clone());
+        tracker.spawn(resume(state, local, remote, tls, metrics, mesh));
     }
 }
 
@@ -32,11 +34,19 @@ async fn resume(
     remote: std::net::TcpStream,
     tls: Arc<Tls>,
     metrics: Arc<Metrics>,
+    mesh: Arc<Mesh>,
 ) {
     let m = state.meta.clone();
     let span =
         tracing::info_span!("tunnel", dir = %m.dir, peer = %m.peer, local = %m.local_node, remote = %m.remote_node);
     async move {
+        let firewall = match firewall(&state, &m, &metrics, &mesh) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "a handed-over tunnel's firewall state could not be taken; closed");
+                return;
+            }
+        };
         let parts = record::state::import(&state.record).and_then(|(tx, rx)| {
             Ok((
                 tokio::net::TcpStream::from_std(local)?,
@@ -67,7 +77,7 @@ async fn resume(
                 out_c.inc_by(o);
                 back_c.inc_by(b);
             },
-            None,
+            firewall,
             live.cancelled(),
             Some(m.clone()),
             (state.out_done, state.back_done),
@@ -77,4 +87,40 @@ async fn resume(
     }
     .instrument(span)
     .await
+}
+
+/// The firewall of a handed-over tunnel: its judged state under the
+/// peer's dist policy as this process's config has it.
+fn firewall(
+    state: &TunnelState,
+    m: &crate::upgrade::TunnelMeta,
+    metrics: &Arc<Metrics>,
+    mesh: &Arc<Mesh>,
+) -> std::io::Result<Option<record::Firewalled>> {
+    let policy = crate::hostname::HostName::parse(&m.peer)
+        .ok()
+        .and_then(|h| mesh.policy_for(&h).dist);
+    match (&state.firewall, policy) {
+        (None, None) => Ok(None),
+        (Some(_), None) => {
+            warn!("the peer's dist policy is gone from the config: this tunnel is carried unjudged from now on");
+            Ok(None)
+        }
+        (None, Some(_)) => {
+            warn!("the config now holds the peer to a dist policy: this tunnel, open before, is carried unjudged until it reconnects");
+            Ok(None)
+        }
+        (Some(fs), Some(policy)) => {
+            let pair = mesh.memories().pair(&m.peer, &m.local_node, &m.remote_node);
+            let fw = Firewall::new(policy, &m.peer, pair, metrics.clone());
+            fw.import(fs.answers.clone(), fs.memory.clone());
+            let out = Outbound::import(fw.clone(), fs.outbound.clone())?;
+            let inb = Inbound::import(fw.clone(), fs.inbound.clone())?;
+            Ok(Some(record::Firewalled {
+                firewall: fw,
+                node_dials: m.dir == "out",
+                directions: Some((out, inb)),
+            }))
+        }
+    }
 }

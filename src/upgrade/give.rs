@@ -50,13 +50,6 @@ pub async fn upgrade() -> Result<String, String> {
 
 async fn run(ctx: &Context) -> Result<String, String> {
     let h = handoff();
-    let firewalled = h.firewalled.load(Ordering::SeqCst);
-    if firewalled > 0 {
-        return Err(format!(
-            "{firewalled} tunnel(s) under a dist policy are open, and the firewall's state is not handed over: \
-             upgrade refused (nothing changed); restart erlmesh instead, or upgrade when they are closed"
-        ));
-    }
     let sock = ctx.state_dir.join(SOCKET_FILE);
     let listener = bind_private(&sock).await?;
     info!(exe = %ctx.exe.display(), "upgrade: starting the installed binary");
@@ -142,10 +135,13 @@ async fn hand_to(
     }
     let frozen_at = Instant::now();
     let (state, descriptors) = freeze(ctx).await?;
+    let judged: Vec<&super::FirewallState> = state.tunnels.iter().filter_map(|t| t.firewall.as_ref()).collect();
     let summary = format!(
-        "handed {} listener(s), {} tunnel(s) and {} registration(s) to process {pid}",
+        "handed {} listener(s), {} tunnel(s) ({} under a dist policy, {} message(s) in fragments) and {} registration(s) to process {pid}",
         state.listeners.len(),
         state.tunnels.len(),
+        judged.len(),
+        judged.iter().map(|f| f.in_fragments).sum::<usize>(),
         state.registrations.len()
     );
     let send = tokio::task::spawn_blocking(move || send_and_wait(stream, &state, descriptors));
@@ -240,6 +236,7 @@ async fn freeze(ctx: &Context) -> Result<(State, Vec<OwnedFd>), String> {
             Report::Tunnel {
                 meta,
                 record,
+                firewall,
                 out_done,
                 back_done,
                 local,
@@ -249,6 +246,7 @@ async fn freeze(ctx: &Context) -> Result<(State, Vec<OwnedFd>), String> {
                 state.tunnels.push(TunnelState {
                     meta,
                     record: *record,
+                    firewall: firewall.map(|f| *f),
                     out_done,
                     back_done,
                     local,

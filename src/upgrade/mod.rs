@@ -19,9 +19,7 @@
 //! the state or is not ready in time, it thaws and serves on as before.
 //!
 //! Not handed over: connections still being set up (their setup fails
-//! and the node retries), tunnels under a dist policy (an upgrade is
-//! refused while one is open: the firewall's state is not handed over
-//! yet), counters (they restart from zero).
+//! and the node retries), counters (they restart from zero).
 
 pub mod fds;
 pub mod give;
@@ -82,11 +80,27 @@ pub struct TunnelMeta {
     pub server_name: Option<String>,
 }
 
+/// A tunnel's distribution firewall, judged so far: both directions
+/// (framing, atom caches, fragmented messages in progress, frames held),
+/// the answers waiting for the peer, and what the node pair remembers
+/// (pids and references given, forged, the machinery's).
+#[derive(Serialize, Deserialize)]
+pub struct FirewallState {
+    /// Fragmented messages in progress (both directions), for the summary.
+    pub in_fragments: usize,
+    pub outbound: serde_json::Value,
+    pub inbound: serde_json::Value,
+    pub answers: Vec<Vec<u8>>,
+    pub memory: crate::firewall::memory::MemoryState,
+}
+
 /// One tunnel in the state; its two descriptors are `local` and `remote`.
 #[derive(Serialize, Deserialize)]
 pub struct TunnelState {
     pub meta: TunnelMeta,
     pub record: RecordState,
+    /// Under a dist policy: the firewall's state.
+    pub firewall: Option<FirewallState>,
     pub out_done: bool,
     pub back_done: bool,
     pub local: usize,
@@ -138,6 +152,7 @@ pub enum Report {
     Tunnel {
         meta: TunnelMeta,
         record: Box<RecordState>,
+        firewall: Option<Box<FirewallState>>,
         out_done: bool,
         back_done: bool,
         local: OwnedFd,
@@ -156,8 +171,6 @@ pub enum Report {
 pub struct Handoff {
     phase: watch::Sender<Phase>,
     participants: AtomicUsize,
-    /// Tunnels under a dist policy (not handed over: an upgrade waits).
-    firewalled: AtomicUsize,
     reports: Mutex<Vec<Report>>,
     reported: Notify,
 }
@@ -165,7 +178,6 @@ pub struct Handoff {
 static HANDOFF: LazyLock<Handoff> = LazyLock::new(|| Handoff {
     phase: watch::channel(Phase::Running).0,
     participants: AtomicUsize::new(0),
-    firewalled: AtomicUsize::new(0),
     reports: Mutex::new(Vec::new()),
     reported: Notify::new(),
 });
@@ -185,15 +197,6 @@ impl Drop for Participant {
     }
 }
 
-/// Counts a tunnel under a dist policy for as long as it lives.
-pub struct Firewalled(());
-
-impl Drop for Firewalled {
-    fn drop(&mut self) {
-        HANDOFF.firewalled.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// What a participant does after it reported.
 pub enum Outcome {
     /// The upgrade failed: go on as before.
@@ -208,12 +211,6 @@ impl Handoff {
     pub fn participant(&self) -> Participant {
         self.participants.fetch_add(1, Ordering::SeqCst);
         Participant(())
-    }
-
-    /// Registers a tunnel under a dist policy.
-    pub fn firewalled(&self) -> Firewalled {
-        self.firewalled.fetch_add(1, Ordering::SeqCst);
-        Firewalled(())
     }
 
     /// Changes of phase, for participants to watch.

@@ -52,8 +52,14 @@ pub fn nodedowns(n: &mut Node, of: &str) -> String {
 /// payload derived from its number; b's sink counts what arrives out of
 /// order or corrupted. And an rpc meter on `a`: the longest round trip.
 pub fn start_traffic(a: &mut Node, b: &mut Node, b_name: &str) {
-    b.eval("register(sink, spawn(fun() -> S = fun L(E, Bad) -> receive {seq, N, P} -> Ok = N =:= E andalso P =:= binary:copy(<<N:32>>, 256), L(N + 1, case Ok of true -> Bad; false -> Bad + 1 end); {report, F} -> F ! {sink, E, Bad}, L(E, Bad) end end, S(0, 0) end)).");
-    a.eval(&format!("register(src, spawn(fun() -> S = fun L(N) -> receive {{stop, F}} -> F ! {{sent, N}} after 0 -> {{sink, '{b_name}'}} ! {{seq, N, binary:copy(<<N:32>>, 256)}}, case N rem 20 of 0 -> timer:sleep(2); _ -> ok end, L(N + 1) end end, S(0) end))."));
+    start_traffic_sized(a, b, b_name, 256)
+}
+
+/// [`start_traffic`] with messages of `copies` x 4 bytes (256: 1 KiB;
+/// 65536: 256 KiB, which the distribution sends in fragments).
+pub fn start_traffic_sized(a: &mut Node, b: &mut Node, b_name: &str, copies: u32) {
+    b.eval(&format!("register(sink, spawn(fun() -> S = fun L(E, Bad) -> receive {{seq, N, P}} -> Ok = N =:= E andalso P =:= binary:copy(<<N:32>>, {copies}), L(N + 1, case Ok of true -> Bad; false -> Bad + 1 end); {{report, F}} -> F ! {{sink, E, Bad}}, L(E, Bad) end end, S(0, 0) end))."));
+    a.eval(&format!("register(src, spawn(fun() -> S = fun L(N) -> receive {{stop, F}} -> F ! {{sent, N}} after 0 -> {{sink, '{b_name}'}} ! {{seq, N, binary:copy(<<N:32>>, {copies})}}, case N rem 20 of 0 -> timer:sleep(2); _ -> ok end, L(N + 1) end end, S(0) end))."));
     a.eval(&format!("register(meter, spawn(fun() -> M = fun L(Max, Bad) -> receive {{max, F}} -> F ! {{max, Max, Bad}}, L(Max, Bad) after 5 -> T = erlang:monotonic_time(millisecond), R = rpc:call('{b_name}', erlang, node, [], 5000), D = erlang:monotonic_time(millisecond) - T, L(max(Max, D), case R of '{b_name}' -> Bad; _ -> Bad + 1 end) end end, M(0, 0) end))."));
 }
 

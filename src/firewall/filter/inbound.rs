@@ -4,6 +4,7 @@
 use super::*;
 
 /// Where the reader is in the frame stream.
+#[derive(serde::Serialize, serde::Deserialize)]
 enum At {
     /// Reading a length prefix (2 or 4 bytes by phase).
     Len {
@@ -34,6 +35,7 @@ enum At {
 
 /// A message that passed on its top alone, walked as it goes by for what
 /// it names ([`Judgement::walk`]).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Walking {
     atoms: Vec<etf::Atom>,
     walker: Walker,
@@ -44,6 +46,7 @@ struct Walking {
 const MAX_WALK_DEPTH: usize = 1024;
 
 /// What walks the bytes of a frame that passes.
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Walk {
     None,
     /// A whole message in this frame.
@@ -54,6 +57,7 @@ enum Walk {
 }
 
 /// A fragmented message from the peer.
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Seq {
     /// Judged: pass or drop its remaining fragments.
     Decided(bool),
@@ -71,6 +75,7 @@ enum Seq {
 }
 
 /// What waits behind a held fragmented message, in arrival order.
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Held {
     /// A frame of message `seq`: its bytes up to its data (length prefix,
     /// fragment header, atom cache header), its data being `data` of the
@@ -113,7 +118,61 @@ pub struct Inbound {
     hold: VecDeque<Held>,
 }
 
+/// What [`Inbound::export`] writes, borrowed.
+#[derive(serde::Serialize)]
+struct InboundView<'a> {
+    phase: &'a Phase,
+    at: &'a At,
+    cache: &'a AtomCache,
+    seqs: &'a HashMap<u64, Seq>,
+    hold: &'a VecDeque<Held>,
+}
+
+/// What [`Inbound::import`] reads.
+#[derive(serde::Deserialize)]
+struct InboundOwned {
+    phase: Phase,
+    at: At,
+    cache: AtomCache,
+    seqs: HashMap<u64, Seq>,
+    hold: VecDeque<Held>,
+}
+
 impl Inbound {
+    /// Fragmented messages in progress.
+    pub fn in_fragments(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// This direction's state for the next process (`erlmesh upgrade`):
+    /// framing, atom cache, messages in progress and frames held.
+    pub fn export(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(InboundView {
+            phase: &self.phase,
+            at: &self.at,
+            cache: &self.cache,
+            seqs: &self.seqs,
+            hold: &self.hold,
+        })
+    }
+
+    /// The direction a previous process exported, under `fw` (what it
+    /// holds is counted in `fw`'s budget again).
+    pub fn import(fw: Arc<Firewall>, v: serde_json::Value) -> io::Result<Inbound> {
+        let o: InboundOwned = serde_json::from_value(v).map_err(io::Error::other)?;
+        let mut inbound = Inbound {
+            share: Share { fw, held: 0 },
+            phase: o.phase,
+            at: o.at,
+            cache: o.cache,
+            seqs: o.seqs,
+            hold: o.hold,
+        };
+        let held = inbound.counted();
+        inbound.share.take(held)?;
+        Ok(inbound)
+    }
+
     /// `peer_dials`: the peer's node is the dialler (its handshake ends
     /// with its challenge reply), else the acceptor (challenge ack).
     pub fn new(fw: Arc<Firewall>, peer_dials: bool) -> Inbound {

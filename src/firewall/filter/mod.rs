@@ -175,6 +175,22 @@ impl Firewall {
         self.mem.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What this firewall holds beyond its two directions, for the next
+    /// process (`erlmesh upgrade`): answers waiting, the pair's memory.
+    pub fn export(&self) -> (Vec<Vec<u8>>, super::memory::MemoryState) {
+        (self.shared().answers.clone(), self.mem().export())
+    }
+
+    /// Takes what a previous process's firewall held.
+    pub fn import(&self, answers: Vec<Vec<u8>>, memory: super::memory::MemoryState) {
+        self.mem().import(memory);
+        let mut sh = self.shared();
+        sh.answers = answers.into_iter().take(MAX_ANSWERS).collect();
+        if !sh.answers.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
     /// Answers to send to the peer's node, taken.
     pub fn take_answers(&self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.shared().answers)
@@ -255,6 +271,7 @@ fn too_large() -> io::Error {
     )
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Phase {
     /// 2-byte frames until the frame tagged `ends_on`.
     Handshake {

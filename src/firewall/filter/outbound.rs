@@ -17,6 +17,7 @@ pub struct Outbound {
     seqs: HashMap<u64, (Refs, Walker)>,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 enum OutAt {
     Len {
         got: [u8; 4],
@@ -42,7 +43,62 @@ enum OutAt {
     },
 }
 
+/// What [`Outbound::export`] writes, borrowed.
+#[derive(serde::Serialize)]
+struct OutboundView<'a> {
+    phase: &'a Phase,
+    at: &'a OutAt,
+    cache: &'a AtomCache,
+    current: &'a Option<(Refs, Walker)>,
+    seqs: &'a HashMap<u64, (Refs, Walker)>,
+}
+
+/// What [`Outbound::import`] reads.
+#[derive(serde::Deserialize)]
+struct OutboundOwned {
+    phase: Phase,
+    at: OutAt,
+    cache: AtomCache,
+    current: Option<(Refs, Walker)>,
+    seqs: HashMap<u64, (Refs, Walker)>,
+}
+
 impl Outbound {
+    /// Fragmented messages in progress.
+    pub fn in_fragments(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// This direction's state for the next process (`erlmesh upgrade`).
+    pub fn export(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(OutboundView {
+            phase: &self.phase,
+            at: &self.at,
+            cache: &self.cache,
+            current: &self.current,
+            seqs: &self.seqs,
+        })
+    }
+
+    /// The direction a previous process exported, under `fw`.
+    pub fn import(fw: Arc<Firewall>, v: serde_json::Value) -> io::Result<Outbound> {
+        let o: OutboundOwned = serde_json::from_value(v).map_err(io::Error::other)?;
+        let held = match &o.at {
+            OutAt::Head { held, .. } => held.len(),
+            _ => 0,
+        };
+        let mut out = Outbound {
+            share: Share { fw, held: 0 },
+            phase: o.phase,
+            at: o.at,
+            cache: o.cache,
+            current: o.current,
+            seqs: o.seqs,
+        };
+        out.share.take(held)?;
+        Ok(out)
+    }
+
     /// `node_dials`: the local node is the dialler.
     pub fn new(fw: Arc<Firewall>, node_dials: bool) -> Outbound {
         Outbound {

@@ -44,6 +44,14 @@ pub(super) async fn seal_from_node(
                 },
             },
             Some((fw, reader)) => tokio::select! {
+                biased;
+                // Answers still waiting go over with the firewall's state.
+                _ = async {
+                    match pause.as_deref_mut() {
+                        Some(p) => crate::upgrade::frozen(p).await,
+                        None => std::future::pending().await,
+                    }
+                } => return Ok(Dir::Paused),
                 r = read_slots(lr, &mut recs) => r?,
                 _ = fw.wake.notified() => {
                     if reader.at_boundary() {

@@ -18,6 +18,9 @@ pub struct Firewalled {
     pub firewall: Arc<Firewall>,
     /// The local node dialled the peer's (an outbound tunnel).
     pub node_dials: bool,
+    /// Both directions' state, when taken over from a previous process
+    /// (`erlmesh upgrade`); fresh ones otherwise.
+    pub directions: Option<(Outbound, Inbound)>,
 }
 
 /// A direction's end: done (its close went through), or stopped between
@@ -65,7 +68,7 @@ pub async fn splice_from(
     mut tx: Sender,
     mut rx: Reader,
     counted: impl Fn(u64, u64),
-    firewall: Option<Firewalled>,
+    mut firewall: Option<Firewalled>,
     revoked: impl Future<Output = ()>,
     meta: Option<crate::upgrade::TunnelMeta>,
     done: (bool, bool),
@@ -74,9 +77,18 @@ pub async fn splice_from(
     let (mut rr, mut rw) = remote.into_split();
     tx.follow(&rx);
     let handoff = crate::upgrade::handoff();
-    let pausable = meta.is_some() && firewall.is_none();
+    let pausable = meta.is_some();
     let _participant = pausable.then(|| handoff.participant());
-    let _firewalled = firewall.as_ref().map(|_| handoff.firewalled());
+    // Under a dist policy both directions are read, their state kept
+    // across pauses (and handed over with the tunnel).
+    let mut filters: Option<(Outbound, Inbound)> = firewall.as_mut().map(|f| {
+        f.directions.take().unwrap_or_else(|| {
+            (
+                Outbound::new(f.firewall.clone(), f.node_dials),
+                Inbound::new(f.firewall.clone(), !f.node_dials),
+            )
+        })
+    });
     let (mut pause_out, mut pause_back) = (handoff.watch(), handoff.watch());
     let mut carried = Carried::default();
     let (mut o, mut b) = done;
@@ -89,34 +101,12 @@ pub async fn splice_from(
                 true => (Some(&mut pause_out), Some(&mut pause_back)),
                 false => (None, None),
             };
-            let out = async {
-                match &firewall {
-                    None => seal_from_node(&mut lr, &mut rw, &mut tx, &counted, None, po, &mut carried.out).await,
-                    Some(f) => {
-                        let mut reader = Outbound::new(f.firewall.clone(), f.node_dials);
-                        let filter = Some((&*f.firewall, &mut reader));
-                        seal_from_node(&mut lr, &mut rw, &mut tx, &counted, filter, None, &mut carried.out).await
-                    }
-                }
+            let (fo, fi) = match (&firewall, filters.as_mut()) {
+                (Some(f), Some((o, i))) => (Some((&*f.firewall, o)), Some(i)),
+                _ => (None, None),
             };
-            let back = async {
-                match &firewall {
-                    None => open_to_node(&mut rr, &mut lw, &mut rx, &counted, None, pb, &mut carried.back).await,
-                    Some(f) => {
-                        let mut filter = Inbound::new(f.firewall.clone(), !f.node_dials);
-                        open_to_node(
-                            &mut rr,
-                            &mut lw,
-                            &mut rx,
-                            &counted,
-                            Some(&mut filter),
-                            None,
-                            &mut carried.back,
-                        )
-                        .await
-                    }
-                }
-            };
+            let out = seal_from_node(&mut lr, &mut rw, &mut tx, &counted, fo, po, &mut carried.out);
+            let back = open_to_node(&mut rr, &mut lw, &mut rx, &counted, fi, pb, &mut carried.back);
             tokio::pin!(out, back);
             let (mut out_paused, mut back_paused) = (false, false);
             loop {
@@ -150,16 +140,23 @@ pub async fn splice_from(
             Err(e) => break Err(e),
             Ok(Dir::Paused) => {
                 let meta = meta.clone().expect("only a tunnel with its meta pauses");
-                let report = match (state::export(&tx, &rx), dup2(&lr, &rr)) {
-                    (Ok(record), Ok((local, remote))) => crate::upgrade::Report::Tunnel {
+                let fw = match (&firewall, &filters) {
+                    (Some(f), Some((o, i))) => export_firewall(&f.firewall, o, i).map(Some),
+                    _ => Ok(None),
+                };
+                let report = match (state::export(&tx, &rx), dup2(&lr, &rr), fw) {
+                    (Ok(record), Ok((local, remote)), Ok(firewall)) => crate::upgrade::Report::Tunnel {
                         meta,
                         record: Box::new(record),
+                        firewall: firewall.map(Box::new),
                         out_done: o,
                         back_done: b,
                         local,
                         remote,
                     },
-                    (Err(e), _) | (_, Err(e)) => crate::upgrade::Report::Refused(format!("a tunnel: {e}")),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                        crate::upgrade::Report::Refused(format!("a tunnel: {e}"))
+                    }
                 };
                 match handoff.report(report).await {
                     crate::upgrade::Outcome::Resume => continue,
@@ -177,6 +174,19 @@ pub async fn splice_from(
         }
     }
     result
+}
+
+/// A firewalled tunnel's judged state: both directions, the answers
+/// waiting, what the node pair remembers.
+fn export_firewall(fw: &Firewall, out: &Outbound, inb: &Inbound) -> io::Result<crate::upgrade::FirewallState> {
+    let (answers, memory) = fw.export();
+    Ok(crate::upgrade::FirewallState {
+        in_fragments: out.in_fragments() + inb.in_fragments(),
+        outbound: out.export().map_err(io::Error::other)?,
+        inbound: inb.export().map_err(io::Error::other)?,
+        answers,
+        memory,
+    })
 }
 
 /// Copies of the node's and the peer's socket descriptors.
