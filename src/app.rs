@@ -147,8 +147,10 @@ pub async fn run_started(config: Config, shutdown: impl Future<Output = ()>, sta
         r.tracker.clone(),
     );
     mesh.start_static().await?;
-    // What an upgrade handed over: the hosts learnt, then the tunnels.
+    // What an upgrade handed over: counters, the hosts learnt, then the
+    // tunnels.
     let taking_over = crate::upgrade::take::taking_over();
+    r.metrics.add_counters(&crate::upgrade::take::counters());
     for (host, address) in crate::upgrade::take::learnt() {
         if let Ok(host) = crate::hostname::HostName::parse(&host) {
             mesh.proven(host, address).await;
@@ -183,6 +185,7 @@ pub async fn run_started(config: Config, shutdown: impl Future<Output = ()>, sta
         args: upgrade_args.clone(),
         state_dir: r.config.state_dir.clone(),
         mesh: mesh.clone(),
+        metrics: r.metrics.clone(),
     });
     if taking_over {
         crate::upgrade::take::ready();

@@ -74,6 +74,8 @@ fn ten_upgrades_under_traffic_with_no_nodedown() {
     start_traffic(&mut a, &mut b, "b@hostb");
     std::thread::sleep(Duration::from_millis(300));
     let before = (tunnels(&ha), tunnels(&hb));
+    let carried_before = bytes_out(&ha, "hostb");
+    assert!(carried_before > 0);
     let mut pauses = Vec::new();
     for i in 0..10 {
         let h = if i % 2 == 0 { &mut ha } else { &mut hb };
@@ -109,6 +111,11 @@ fn ten_upgrades_under_traffic_with_no_nodedown() {
             t.elapsed().as_millis()
         );
     }
+    // The counters went over with everything else.
+    assert!(
+        bytes_out(&ha, "hostb") > carried_before,
+        "hosta's byte counter restarted"
+    );
     let (sent, got, bad, max_rtt, failed) = stop_traffic(&mut a, "b@hostb");
     assert_eq!(nodedowns(&mut a, "b@hostb"), "[]", "a saw a nodedown");
     assert_eq!(nodedowns(&mut b, "a@hosta"), "[]", "b saw a nodedown");

@@ -102,6 +102,28 @@ pub struct Metrics {
     pairs: Mutex<BTreeMap<(String, String, &'static str), u64>>,
 }
 
+/// One counter line of the text encoding: `name{k="v",...} value`.
+fn parse_counter(line: &str) -> Option<(String, BTreeMap<String, String>, u64)> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let (head, value) = line.rsplit_once(' ')?;
+    let value: u64 = value.parse().ok()?;
+    let (name, labels) = match head.split_once('{') {
+        Some((n, rest)) => (n, rest.strip_suffix('}')?),
+        None => (head, ""),
+    };
+    if !name.ends_with("_total") {
+        return None;
+    }
+    let mut l = BTreeMap::new();
+    for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once("=\"")?;
+        l.insert(k.to_owned(), v.trim_end_matches('"').to_owned());
+    }
+    Some((name.to_owned(), l, value))
+}
+
 /// Announced hosts whose failed check `erlmesh status` shows, at most.
 pub const MAX_UNVERIFIED: usize = 64;
 /// How long a failed check of an announced host stays in the status.
@@ -255,6 +277,70 @@ impl Metrics {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
+    }
+
+    /// Every counter with its labels and value, from the text encoding:
+    /// what an upgrade hands the next process.
+    pub fn counters(&self) -> Vec<(String, BTreeMap<String, String>, u64)> {
+        self.encode().lines().filter_map(parse_counter).collect()
+    }
+
+    /// Adds counters a previous process counted (unknown ones are skipped).
+    pub fn add_counters(&self, counters: &[(String, BTreeMap<String, String>, u64)]) {
+        for (name, l, v) in counters {
+            let get = |k: &str| l.get(k).cloned().unwrap_or_default();
+            match name.as_str() {
+                "erlmesh_bytes_total" => {
+                    let direction = if get("direction") == "Out" {
+                        Direction::Out
+                    } else {
+                        Direction::In
+                    };
+                    self.bytes
+                        .get_or_create(&BytesLabels {
+                            peer: get("peer"),
+                            direction,
+                        })
+                        .inc_by(*v);
+                }
+                "erlmesh_tls_handshake_failures_total" => {
+                    self.handshake_failures
+                        .get_or_create(&ReasonLabels { reason: get("reason") })
+                        .inc_by(*v);
+                }
+                "erlmesh_connections_refused_total" => {
+                    self.refused
+                        .get_or_create(&ReasonLabels { reason: get("reason") })
+                        .inc_by(*v);
+                }
+                "erlmesh_identity_refusals_total" => {
+                    self.identity_refusals
+                        .get_or_create(&PeerLabels { peer: get("peer") })
+                        .inc_by(*v);
+                }
+                "erlmesh_epmd_requests_total" => {
+                    self.epmd_requests
+                        .get_or_create(&RequestLabels {
+                            request: get("request"),
+                        })
+                        .inc_by(*v);
+                }
+                "erlmesh_redirected_connections_total" => {
+                    self.redirected
+                        .get_or_create(&KindLabels { kind: get("kind") })
+                        .inc_by(*v);
+                }
+                "erlmesh_dist_refused_total" => {
+                    self.dist_refused
+                        .get_or_create(&DistRefusedLabels {
+                            peer: get("peer"),
+                            op: get("op"),
+                        })
+                        .inc_by(*v);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Counts one EPMD request.
@@ -525,5 +611,32 @@ pub fn tls_reason(e: &std::io::Error) -> &'static str {
         Some(_) => "other",
         None if e.kind() == std::io::ErrorKind::UnexpectedEof => "disconnected",
         None => "io",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_carry_over_to_a_new_process() {
+        let m = Metrics::new(["hostb"]);
+        m.bytes
+            .get_or_create(&BytesLabels {
+                peer: "hostb".into(),
+                direction: Direction::Out,
+            })
+            .inc_by(1234);
+        m.epmd_request("PORT_PLEASE2");
+        m.refused("per_source_limit");
+        m.redirect("dist");
+        let counters = m.counters();
+        assert!(counters.len() >= 4, "{counters:?}");
+        let next = Metrics::new(["hostb"]);
+        next.add_counters(&counters);
+        assert_eq!(next.counters(), counters);
+        assert!(next
+            .encode()
+            .contains("erlmesh_bytes_total{peer=\"hostb\",direction=\"Out\"} 1234"));
     }
 }

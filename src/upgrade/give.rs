@@ -21,6 +21,7 @@ pub struct Context {
     pub args: Vec<OsString>,
     pub state_dir: PathBuf,
     pub mesh: Arc<crate::mesh::Mesh>,
+    pub metrics: Arc<crate::ops::metrics::Metrics>,
 }
 
 static CONTEXT: OnceLock<Context> = OnceLock::new();
@@ -206,6 +207,7 @@ async fn freeze(ctx: &Context) -> Result<(State, Vec<OwnedFd>), String> {
         tunnels: Vec::new(),
         registrations: Vec::new(),
         learnt: ctx.mesh.learnt(),
+        counters: ctx.metrics.counters(),
     };
     let mut descriptors = Vec::new();
     let mut take = |fd: OwnedFd| {

@@ -19,7 +19,7 @@
 //! the state or is not ready in time, it thaws and serves on as before.
 //!
 //! Not handed over: connections still being set up (their setup fails
-//! and the node retries), counters (they restart from zero).
+//! and the node retries).
 
 pub mod fds;
 pub mod give;
@@ -140,6 +140,9 @@ pub struct State {
     pub registrations: Vec<RegistrationState>,
     /// Hosts learnt through gossip: (host, address).
     pub learnt: Vec<(String, String)>,
+    /// Every counter: (name, labels, value).
+    #[serde(default)]
+    pub counters: Vec<(String, std::collections::BTreeMap<String, String>, u64)>,
 }
 
 /// What one participant reports when frozen.

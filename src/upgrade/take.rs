@@ -18,6 +18,7 @@ struct Taken {
     registrations: Vec<(crate::epmd::codec::NodeInfo, u32, std::net::TcpStream)>,
     tunnels: Vec<(super::TunnelState, std::net::TcpStream, std::net::TcpStream)>,
     learnt: Vec<(String, String)>,
+    counters: Vec<(String, std::collections::BTreeMap<String, String>, u64)>,
 }
 
 static TAKEN: Mutex<Option<Taken>> = Mutex::new(None);
@@ -96,6 +97,7 @@ fn read_state(sock: &mut UnixStream) -> Result<Taken, String> {
         registrations: Vec::new(),
         tunnels: Vec::new(),
         learnt: state.learnt.clone(),
+        counters: state.counters.clone(),
     };
     for l in &state.listeners {
         let listener = std::net::TcpListener::from(fd(l.fd)?);
@@ -186,6 +188,16 @@ pub fn learnt() -> Vec<(String, String)> {
         .expect("taken lock")
         .as_mut()
         .map(|t| std::mem::take(&mut t.learnt))
+        .unwrap_or_default()
+}
+
+/// The counters the old process had counted.
+pub fn counters() -> Vec<(String, std::collections::BTreeMap<String, String>, u64)> {
+    TAKEN
+        .lock()
+        .expect("taken lock")
+        .as_mut()
+        .map(|t| std::mem::take(&mut t.counters))
         .unwrap_or_default()
 }
 

@@ -87,3 +87,13 @@ pub fn stop_traffic(a: &mut Node, b_name: &str) -> (u64, u64, u64, u64, u64) {
         .unwrap();
     (sent, got, bad, max, failed)
 }
+
+/// The bytes `h` has carried to `peer` (its metrics' counter).
+pub fn bytes_out(h: &Host, peer: &str) -> u64 {
+    let sock = h.dir.join(format!("state-{}", h.name)).join("erlmesh.sock");
+    let m = erlmesh::ops::control::request(&sock, "/metrics").unwrap_or_default();
+    m.lines()
+        .find(|l| l.starts_with(&format!("erlmesh_bytes_total{{peer=\"{peer}\",direction=\"Out\"}}")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
