@@ -23,9 +23,12 @@ pub(super) async fn open_to_node(
     rx: &mut Reader,
     counted: &impl Fn(u64, u64),
     mut filter: Option<&mut Inbound>,
-    mut pause: Option<&mut Pause>,
+    pause: Option<&mut Pause>,
     total: &mut u64,
 ) -> io::Result<Dir> {
+    // One wait for a freeze for the direction's life: polled each read,
+    // registered once.
+    let mut freeze = pause.map(|p| Box::pin(crate::upgrade::frozen(p)));
     let mut segs = Vec::with_capacity(MAX_RANGES);
     let mut closed = false;
     loop {
@@ -63,11 +66,11 @@ pub(super) async fn open_to_node(
             return Ok(Dir::Done);
         }
         // Every whole record went to the node: where an upgrade stops it.
-        let n = match pause.as_deref_mut() {
+        let n = match freeze.as_mut() {
             None => rx.fill(rr).await?,
-            Some(p) => tokio::select! {
+            Some(f) => tokio::select! {
                 biased;
-                _ = crate::upgrade::frozen(p) => return Ok(Dir::Paused),
+                _ = f.as_mut() => return Ok(Dir::Paused),
                 r = rx.fill(rr) => r?,
             },
         };

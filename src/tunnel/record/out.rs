@@ -23,9 +23,12 @@ pub(super) async fn seal_from_node(
     tx: &mut Sender,
     counted: &impl Fn(u64, u64),
     mut filter: Option<(&Firewall, &mut Outbound)>,
-    mut pause: Option<&mut Pause>,
+    pause: Option<&mut Pause>,
     total: &mut u64,
 ) -> io::Result<Dir> {
+    // One wait for a freeze for the direction's life: polled each read,
+    // registered once.
+    let mut freeze = pause.map(|p| Box::pin(crate::upgrade::frozen(p)));
     // Record slots, back to back: a read fills them in order, so every
     // sealed record but the last is full and they lie contiguous. One slot
     // at first, BATCH once a read fills it.
@@ -35,11 +38,11 @@ pub(super) async fn seal_from_node(
     loop {
         let n = match filter.as_mut() {
             // Between records, waiting on the node: where an upgrade stops it.
-            None => match pause.as_deref_mut() {
+            None => match freeze.as_mut() {
                 None => read_slots(lr, &mut recs).await?,
-                Some(p) => tokio::select! {
+                Some(f) => tokio::select! {
                     biased;
-                    _ = crate::upgrade::frozen(p) => return Ok(Dir::Paused),
+                    _ = f.as_mut() => return Ok(Dir::Paused),
                     r = read_slots(lr, &mut recs) => r?,
                 },
             },
@@ -47,8 +50,8 @@ pub(super) async fn seal_from_node(
                 biased;
                 // Answers still waiting go over with the firewall's state.
                 _ = async {
-                    match pause.as_deref_mut() {
-                        Some(p) => crate::upgrade::frozen(p).await,
+                    match freeze.as_mut() {
+                        Some(f) => f.as_mut().await,
                         None => std::future::pending().await,
                     }
                 } => return Ok(Dir::Paused),
