@@ -188,6 +188,7 @@ proptest! {
         let _ = Preface::decode(&bytes);
         let _ = block_on(preface::read_preface(&mut &bytes[..]));
         let _ = block_on(preface::read_port_answer(&mut &bytes[..], "x"));
+        let _ = block_on(preface::read_real_port_answer(&mut &bytes[..], "x"));
         let _ = block_on(preface::read_names_answer(&mut &bytes[..]));
         let _ = block_on(preface::read_hosts_answer(&mut &bytes[..]));
         let valid = Preface::Tunnel("node".into()).encode();

@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
     rt.block_on(async {
         let _ = preface::read_preface(&mut &data[..]).await;
         let _ = preface::read_port_answer(&mut &data[..], "n").await;
+        let _ = preface::read_real_port_answer(&mut &data[..], "n").await;
         let _ = preface::read_names_answer(&mut &data[..]).await;
         let _ = preface::read_hosts_answer(&mut &data[..]).await;
     });

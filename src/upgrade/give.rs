@@ -5,7 +5,7 @@ use super::{fds, handoff, Phase, Report, State, STATE_VERSION};
 use super::{ListenerState, RegistrationState, TunnelState};
 use super::{CONNECT_WAIT, FREEZE_WAIT, READY_WAIT, SOCKET_FILE};
 use std::ffi::OsString;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,5 +296,3 @@ fn send_and_wait(
         Err(e) => Err(io(e)),
     }
 }
-
-use std::io::Read as _;
