@@ -883,3 +883,61 @@ fn hosts_learnt_through_seeds_enter_the_rules_when_proven_and_leave_when_forgott
     drop(hs);
     drop(guard);
 }
+
+#[test]
+fn a_fixed_distribution_port_range_is_guarded_and_redirected_whole() {
+    if skip_unless_root("a_fixed_distribution_port_range_is_guarded_and_redirected_whole") {
+        return;
+    }
+    require_erl();
+    let tag = format!("tg{}", std::process::id() % 100_000);
+    let net = 1 + ((std::process::id() + 240) % 250);
+    let names = ["hosta", "hostb", "outsider"];
+    let (guard, addrs) = lan(&tag, net, &names);
+    hosts_file(&guard, &[format!("{} hosta", addrs[0]), format!("{} hostb", addrs[1])]);
+    let c = Cluster::new();
+    let mut hs: Vec<Host> = names[..2]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut host = transparent_host(&c, h, format!("{tag}-{h}"), &addrs[i]);
+            host.extra = format!("{TRANSPARENT}\n[transparent]\ndist_ports = \"9100-9110\"");
+            host
+        })
+        .collect();
+    mesh_all(&mut hs);
+    for h in hs.iter_mut() {
+        h.start();
+    }
+    // Before any node runs, the whole range is guarded and redirected.
+    let (ok, rules) = rules_show(&hs[1]);
+    assert!(ok && rules.contains("tcp dport 9100-9110 ct state new drop"), "{rules}");
+    assert!(
+        rules.contains("ip daddr @peers4 tcp dport 9100-9110 redirect to :4371"),
+        "{rules}"
+    );
+    let range = [
+        "-kernel",
+        "inet_dist_listen_min",
+        "9100",
+        "inet_dist_listen_max",
+        "9110",
+    ];
+    let mut a = hs[0].node_with("a", &range);
+    let mut b = hs[1].node_with("b", &range);
+    let ports = node_ports(hs[1].netns.as_ref().unwrap());
+    assert!(ports.iter().all(|p| (9100..=9110).contains(p)), "{ports:?}");
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong", "{}", hs[0].log());
+    b.eval("ets:new(cache, [named_table, public]), ets:insert(cache, {k, in_range}).");
+    assert_eq!(a.eval("rpc:call(b@hostb, ets, lookup, [cache, k])."), "[{k,in_range}]");
+    let outsider = format!("{tag}-outsider");
+    for p in 9100..=9110 {
+        assert!(
+            !connects(&outsider, &addrs[1], p),
+            "port {p} of hostb reachable from outside"
+        );
+    }
+    drop((a, b));
+    drop(hs);
+    drop(guard);
+}
