@@ -203,8 +203,14 @@ impl Intercept {
         let Some(h) = st.hosts.get_mut(face.peer_host()) else {
             return Ok(None); // not in the rules yet: asked again soon
         };
-        let changed = h.ports != ports;
+        let mut changed = h.ports != ports;
         h.ports = ports;
+        // What the peer says now replaces what a previous run had learnt
+        // of its addresses (a node gone since then leaves the rules).
+        let addrs = h.addrs.clone();
+        let before = st.adopted.len();
+        st.adopted.retain(|(a, _)| !addrs.contains(a));
+        changed |= st.adopted.len() != before;
         Ok(Some(changed))
     }
 
