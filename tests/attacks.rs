@@ -772,3 +772,40 @@ fn a_sustained_flood_of_idle_connections_cannot_keep_new_tunnels_out() {
     );
     drop(flood);
 }
+
+/// Transparent mode's PORT question (a node's real port) is held to the
+/// same policy as PORT_PLEASE: a member whose `local_nodes` exclude a node
+/// learns nothing of it, not even its port, while the cluster works on.
+#[test]
+fn the_port_question_reveals_only_nodes_the_asking_host_may_reach() {
+    let c = Cluster::new();
+    let mut ha = c.host("hosta");
+    let mut hb = c.host("hostb");
+    ha.peer(&hb);
+    hb.peer(&ha);
+    ha.policies.push(("hostb".into(), vec!["*".into()], vec!["a".into()]));
+    ha.start();
+    hb.start();
+    let mut a = ha.node("a");
+    let _hidden = ha.node("hidden");
+    let mut b = hb.node("b");
+    let rt = runtime();
+    // A raw client holding hostb's real certificate asks hosta directly.
+    let d = dialer(attacker(&files(&c, "hostb"), "hostb"), &ha);
+    let allowed = rt.block_on(d.port("a")).unwrap().expect("a is allowed to hostb");
+    let real: u16 = a
+        .eval("{ok, Ns} = net_adm:names(), proplists:get_value(\"a\", Ns).")
+        .parse()
+        .unwrap();
+    assert_eq!(allowed.port, real, "PORT did not give a's real port");
+    assert_eq!(
+        rt.block_on(d.port("hidden")).unwrap(),
+        None,
+        "a node outside local_nodes was revealed"
+    );
+    assert_eq!(rt.block_on(d.port("nosuch")).unwrap(), None);
+    // The older question still hides the port.
+    assert_eq!(rt.block_on(d.port_please("a")).unwrap().map(|i| i.port), Some(0));
+    // The cluster kept working.
+    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+}

@@ -7,7 +7,7 @@
 mod common;
 use common::netns::*;
 use common::*;
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 /// Writes each namespace's /etc/hosts (what `ip netns exec` shows it):
@@ -116,29 +116,9 @@ fn three_hosts_in_namespaces_expose_only_tls_and_leak_nothing() {
     let sw = guard.names[0].clone();
 
     let c = Cluster::new();
-    let pcap = c.path().join("bridge.pcap");
-    let tcpdump = Command::new("ip")
-        .args(["netns", "exec", &sw, "tcpdump"])
-        // Immediate mode: without it libpcap hands packets over a buffer
-        // block at a time, and the packets of the last block are lost at
-        // SIGTERM (seen: 529 received by the filter, 38 written).
-        .args(["-i", "any", "--immediate-mode", "-U", "-s", "0", "-w"])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(c.path().join("tcpdump.err")).unwrap())
-        .spawn()
-        .expect("tcpdump");
-    let mut tcpdump = Proc {
-        child: tcpdump,
-        what: "tcpdump".into(),
-    };
     // Nothing starts before the capture does.
-    let started = || std::fs::read_to_string(c.path().join("tcpdump.err")).unwrap_or_default();
-    assert!(
-        wait_for(Duration::from_secs(20), || started().contains("listening on")),
-        "tcpdump: {}",
-        started()
-    );
+    let (mut tcpdump, pcap) = capture(&c, &sw, "bridge");
+    let started = || std::fs::read_to_string(c.path().join("bridge.err")).unwrap_or_default();
 
     let mut hs: Vec<Host> = hosts
         .iter()
@@ -152,14 +132,7 @@ fn three_hosts_in_namespaces_expose_only_tls_and_leak_nothing() {
             host
         })
         .collect();
-    for i in 0..3 {
-        for j in 0..3 {
-            if i != j {
-                let other = (hs[j].name.clone(), format!("{}:{}", hs[j].listen_ip, hs[j].listen_port));
-                hs[i].peers.push(other);
-            }
-        }
-    }
+    mesh(&mut hs);
     for h in hs.iter_mut() {
         h.start();
     }
@@ -229,34 +202,16 @@ fn three_hosts_in_namespaces_expose_only_tls_and_leak_nothing() {
         assert!(!hay.contains(secret), "{secret:?} crossed the network in the clear");
     }
     // A positive control: the capture does hold the TLS conversation.
-    let out = Command::new("tcpdump")
-        .args(["-nr"])
-        .arg(&pcap)
-        .arg("tcp port 4370")
-        .output()
-        .unwrap();
-    let tls_packets = String::from_utf8_lossy(&out.stdout).lines().count();
+    let tls_packets = packets(&pcap, "tcp port 4370").len();
     assert!(
         tls_packets > 100,
         "only {tls_packets} TLS packets captured; tcpdump: {}",
         started()
     );
     // The EPMD port is never reached over the network.
-    let out = Command::new("tcpdump")
-        .args(["-nr"])
-        .arg(&pcap)
-        .arg("tcp port 4369")
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 0);
-    let out = Command::new("tcpdump")
-        .args(["-nr"])
-        .arg(&pcap)
-        .arg("tcp and not port 4370")
-        .output()
-        .unwrap();
+    assert_eq!(packets(&pcap, "tcp port 4369").len(), 0);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        packets(&pcap, "tcp and not port 4370").join("\n"),
         "",
         "only TLS-port traffic expected"
     );

@@ -25,57 +25,6 @@ fn connects(ns: &str, addr: &str, port: u16) -> bool {
         .unwrap_or(false)
 }
 
-/// A capture of every frame on the bridge, stopped (and flushed) on drop
-/// of the returned process.
-fn capture(c: &Cluster, sw: &str, name: &str) -> (Proc, std::path::PathBuf) {
-    let pcap = c.path().join(format!("{name}.pcap"));
-    let err = c.path().join(format!("{name}.err"));
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            sw,
-            "tcpdump",
-            "-i",
-            "any",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-            "-w",
-        ])
-        .arg(&pcap)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("tcpdump");
-    let p = Proc {
-        child,
-        what: "tcpdump".into(),
-    };
-    let started = || std::fs::read_to_string(&err).unwrap_or_default();
-    assert!(
-        wait_for(Duration::from_secs(20), || started().contains("listening on")),
-        "tcpdump: {}",
-        started()
-    );
-    (p, pcap)
-}
-
-/// The packets of a capture that match a tcpdump filter, one per line.
-fn packets(pcap: &std::path::Path, filter: &str) -> Vec<String> {
-    let out = Command::new("tcpdump")
-        .arg("-nr")
-        .arg(pcap)
-        .arg(filter)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The distribution ports of the nodes on host namespace `ns`, as its
 /// epmd lists them (`epmd -names`, with no environment: a tool that just
 /// works).
@@ -101,14 +50,21 @@ fn transparent_host(c: &Cluster, name: &str, ns: String, addr: &str) -> Host {
     h
 }
 
-fn mesh_all(hs: &mut [Host]) {
-    for i in 0..hs.len() {
-        for j in 0..hs.len() {
-            if i != j {
-                let other = (hs[j].name.clone(), format!("{}:{}", hs[j].listen_ip, hs[j].listen_port));
-                hs[i].peers.push(other);
-            }
-        }
+/// Transparent hosts for `names`, in namespaces `{tag}-{name}` at `addrs`,
+/// each a peer of the others (not started yet).
+fn transparent_hosts(c: &Cluster, tag: &str, names: &[&str], addrs: &[String]) -> Vec<Host> {
+    let mut hs: Vec<Host> = names
+        .iter()
+        .enumerate()
+        .map(|(i, h)| transparent_host(c, h, format!("{tag}-{h}"), &addrs[i]))
+        .collect();
+    mesh(&mut hs);
+    hs
+}
+
+fn start_all(hs: &mut [Host]) {
+    for h in hs.iter_mut() {
+        h.start();
     }
 }
 
@@ -140,15 +96,8 @@ fn nodes_that_know_nothing_of_erlmesh_cluster_through_it_and_nothing_plain_cross
     let c = Cluster::new();
     let (mut tcpdump, pcap) = capture(&c, &guard.names[0], "bridge");
 
-    let mut hs: Vec<Host> = names[..3]
-        .iter()
-        .enumerate()
-        .map(|(i, h)| transparent_host(&c, h, format!("{tag}-{h}"), &addrs[i]))
-        .collect();
-    mesh_all(&mut hs);
-    for h in hs.iter_mut() {
-        h.start();
-    }
+    let mut hs = transparent_hosts(&c, &tag, &names[..3], &addrs);
+    start_all(&mut hs);
     let mut a = hs[0].node("a");
     let mut b = hs[1].node("b");
     let mut cn = hs[2].node("c");
@@ -316,7 +265,7 @@ fn long_names_and_ipv6_nodes_cluster_through_it() {
         .enumerate()
         .map(|(i, h)| transparent_host(&c, h, format!("{tag}-{}", short[i]), &addrs[i]))
         .collect();
-    mesh_all(&mut hs);
+    mesh(&mut hs);
     for h in hs.iter_mut() {
         h.start();
     }
@@ -411,7 +360,7 @@ fn address_named_nodes_plaintext_cut_fail_closed_and_rules_survive_restarts() {
         .enumerate()
         .map(|(i, h)| transparent_host(&c, &addrs[i], format!("{tag}-{h}"), &addrs[i]))
         .collect();
-    mesh_all(&mut hs);
+    mesh(&mut hs);
     for h in &hs {
         h.write_config();
     }
@@ -617,15 +566,8 @@ fn erl_call_remsh_and_short_lived_nodes_work_without_any_environment() {
     let (guard, addrs) = lan(&tag, net, &names);
     hosts_file(&guard, &[format!("{} hosta", addrs[0]), format!("{} hostb", addrs[1])]);
     let c = Cluster::new();
-    let mut hs: Vec<Host> = names
-        .iter()
-        .enumerate()
-        .map(|(i, h)| transparent_host(&c, h, format!("{tag}-{h}"), &addrs[i]))
-        .collect();
-    mesh_all(&mut hs);
-    for h in hs.iter_mut() {
-        h.start();
-    }
+    let mut hs = transparent_hosts(&c, &tag, &names, &addrs);
+    start_all(&mut hs);
     let mut b = hs[1].node("b");
     b.eval("ets:new(cache, [named_table, public]), ets:insert(cache, {k, tool_value}).");
     let ns = format!("{tag}-hosta");
@@ -724,15 +666,8 @@ fn rabbitmq_clusters_through_it_with_no_configuration_for_erlmesh() {
     let (guard, addrs) = lan(&tag, net, &names);
     hosts_file(&guard, &[format!("{} hosta", addrs[0]), format!("{} hostb", addrs[1])]);
     let c = Cluster::new();
-    let mut hs: Vec<Host> = names
-        .iter()
-        .enumerate()
-        .map(|(i, h)| transparent_host(&c, h, format!("{tag}-{h}"), &addrs[i]))
-        .collect();
-    mesh_all(&mut hs);
-    for h in hs.iter_mut() {
-        h.start();
-    }
+    let mut hs = transparent_hosts(&c, &tag, &names, &addrs);
+    start_all(&mut hs);
     // Each host's RabbitMQ, started by its own scripts (as root here, so
     // that it may write the test's directory), in the background.
     let mut servers = Vec::new();
@@ -896,19 +831,11 @@ fn a_fixed_distribution_port_range_is_guarded_and_redirected_whole() {
     let (guard, addrs) = lan(&tag, net, &names);
     hosts_file(&guard, &[format!("{} hosta", addrs[0]), format!("{} hostb", addrs[1])]);
     let c = Cluster::new();
-    let mut hs: Vec<Host> = names[..2]
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let mut host = transparent_host(&c, h, format!("{tag}-{h}"), &addrs[i]);
-            host.extra = format!("{TRANSPARENT}\n[transparent]\ndist_ports = \"9100-9110\"");
-            host
-        })
-        .collect();
-    mesh_all(&mut hs);
+    let mut hs = transparent_hosts(&c, &tag, &names[..2], &addrs);
     for h in hs.iter_mut() {
-        h.start();
+        h.extra = format!("{TRANSPARENT}\n[transparent]\ndist_ports = \"9100-9110\"");
     }
+    start_all(&mut hs);
     // Before any node runs, the whole range is guarded and redirected.
     let (ok, rules) = rules_show(&hs[1]);
     assert!(ok && rules.contains("tcp dport 9100-9110 ct state new drop"), "{rules}");

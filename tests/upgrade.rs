@@ -38,6 +38,28 @@ fn host_with_own_binary(c: &Cluster, name: &str) -> Host {
     h
 }
 
+/// Installs the built binary again at `h`'s path and upgrades `h` to it:
+/// asserts the upgrade succeeded and the new process serves; returns what
+/// `erlmesh upgrade` printed and the pause it measured.
+fn upgrade_in_place(h: &mut Host, what: &str) -> (String, u64) {
+    let exe = h.exe.clone().unwrap();
+    install_binary(Path::new(ERLMESH), &exe);
+    let (ok, out) = upgrade(h);
+    assert!(ok, "{what} of {} failed: {out}\n{}", h.name, h.log());
+    let (pid, pause) = parse_upgrade(&out);
+    h.successors.push(PidGuard(pid));
+    // The old process exits; the new one answers on the control socket.
+    assert!(
+        wait_for(Duration::from_secs(10), || h
+            .status()
+            .is_some_and(|s| s.contains("state: ready"))
+            && std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok()),
+        "no new erlmesh after {what}:\n{}",
+        h.log()
+    );
+    (out, pause)
+}
+
 /// Runs `erlmesh upgrade` for `h`: (exit status ok, stdout + stderr).
 fn upgrade(h: &Host) -> (bool, String) {
     let out = std::process::Command::new(ERLMESH)
@@ -79,24 +101,10 @@ fn ten_upgrades_under_traffic_with_no_nodedown() {
     let mut pauses = Vec::new();
     for i in 0..10 {
         let h = if i % 2 == 0 { &mut ha } else { &mut hb };
-        let exe = h.exe.clone().unwrap();
-        install_binary(Path::new(ERLMESH), &exe);
         let t = Instant::now();
-        let (ok, out) = upgrade(h);
-        assert!(ok, "upgrade {i} of {} failed: {out}\n{}", h.name, h.log());
-        let (pid, pause) = parse_upgrade(&out);
-        h.successors.push(PidGuard(pid));
+        let (out, pause) = upgrade_in_place(h, &format!("upgrade {i}"));
         pauses.push(pause);
         assert!(out.contains("1 tunnel(s)") || out.contains("2 tunnel(s)"), "{out}");
-        // The old process exits; the new one answers on the control socket.
-        assert!(
-            wait_for(Duration::from_secs(10), || h
-                .status()
-                .is_some_and(|s| s.contains("state: ready"))
-                && std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok()),
-            "no new erlmesh after upgrade {i}:\n{}",
-            h.log()
-        );
         assert_eq!(
             (tunnels(&ha), tunnels(&hb)),
             before,
@@ -189,14 +197,7 @@ fn three_hosts_each_upgraded_in_turn_under_traffic() {
     let c = Cluster::new();
     let names = ["hosta", "hostb", "hostc"];
     let mut hs: Vec<Host> = names.iter().map(|n| host_with_own_binary(&c, n)).collect();
-    for i in 0..3 {
-        for j in 0..3 {
-            if i != j {
-                let other = (hs[j].name.clone(), format!("{}:{}", hs[j].listen_ip, hs[j].listen_port));
-                hs[i].peers.push(other);
-            }
-        }
-    }
+    mesh(&mut hs);
     for h in hs.iter_mut() {
         h.start();
     }
@@ -218,20 +219,8 @@ fn three_hosts_each_upgraded_in_turn_under_traffic() {
     let before: Vec<Vec<String>> = hs.iter().map(tunnels).collect();
     for round in 0..2 {
         for i in 0..3 {
-            let exe = hs[i].exe.clone().unwrap();
-            install_binary(Path::new(ERLMESH), &exe);
-            let (ok, out) = upgrade(&hs[i]);
-            assert!(ok, "round {round}, {}: {out}\n{}", hs[i].name, hs[i].log());
-            let (pid, pause) = parse_upgrade(&out);
-            hs[i].successors.push(PidGuard(pid));
+            let (out, pause) = upgrade_in_place(&mut hs[i], &format!("round {round}"));
             assert!(pause < 1000, "{out}");
-            assert!(
-                wait_for(Duration::from_secs(10), || hs[i]
-                    .status()
-                    .is_some_and(|s| s.contains("state: ready"))),
-                "{}",
-                hs[i].log()
-            );
             let now: Vec<Vec<String>> = hs.iter().map(tunnels).collect();
             assert_eq!(now, before, "tunnels changed across the upgrade of {}", hs[i].name);
             eprintln!("round {round}, {}: tunnels paused {pause} ms", hs[i].name);
@@ -283,20 +272,8 @@ fn a_tunnel_under_a_dist_policy_keeps_its_judged_state_across_upgrades() {
     let mut in_fragments = 0;
     for i in 0..6 {
         let h = if i % 3 == 2 { &mut hb } else { &mut ha };
-        let exe = h.exe.clone().unwrap();
-        install_binary(Path::new(ERLMESH), &exe);
-        let (ok, out) = upgrade(h);
-        assert!(ok, "upgrade {i} of {}: {out}\n{}", h.name, h.log());
-        let (pid, pause) = parse_upgrade(&out);
-        h.successors.push(PidGuard(pid));
+        let (out, pause) = upgrade_in_place(h, &format!("upgrade {i}"));
         assert!(pause < 1000, "{out}");
-        assert!(
-            wait_for(Duration::from_secs(10), || h
-                .status()
-                .is_some_and(|s| s.contains("state: ready"))),
-            "{}",
-            h.log()
-        );
         assert_eq!(
             (tunnels(&ha), tunnels(&hb)),
             before,

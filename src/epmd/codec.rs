@@ -45,7 +45,7 @@ pub enum CodecError {
 }
 
 /// What epmd knows about one registered node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     /// The part of the node name before `@`.
     pub name: String,

@@ -223,17 +223,7 @@ async fn freeze(ctx: &Context) -> Result<(State, Vec<OwnedFd>), String> {
             }
             Report::Registration { info, creation, fd } => {
                 let fd = take(fd);
-                state.registrations.push(RegistrationState {
-                    name: info.name,
-                    port: info.port,
-                    node_type: info.node_type,
-                    protocol: info.protocol,
-                    high: info.high,
-                    low: info.low,
-                    extra: info.extra,
-                    creation,
-                    fd,
-                });
+                state.registrations.push(RegistrationState { info, creation, fd });
             }
             Report::Tunnel {
                 meta,

@@ -119,13 +119,7 @@ pub struct ListenerState {
 /// A local node's registration with the embedded EPMD.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegistrationState {
-    pub name: String,
-    pub port: u16,
-    pub node_type: u8,
-    pub protocol: u8,
-    pub high: u16,
-    pub low: u16,
-    pub extra: Vec<u8>,
+    pub info: NodeInfo,
     pub creation: u32,
     pub fd: usize,
 }

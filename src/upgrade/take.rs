@@ -113,17 +113,8 @@ fn read_state(sock: &mut UnixStream) -> Result<Taken, String> {
         }
     }
     for r in &state.registrations {
-        let info = crate::epmd::codec::NodeInfo {
-            name: r.name.clone(),
-            port: r.port,
-            node_type: r.node_type,
-            protocol: r.protocol,
-            high: r.high,
-            low: r.low,
-            extra: r.extra.clone(),
-        };
         t.registrations
-            .push((info, r.creation, std::net::TcpStream::from(fd(r.fd)?)));
+            .push((r.info.clone(), r.creation, std::net::TcpStream::from(fd(r.fd)?)));
     }
     for tun in state.tunnels {
         let local = std::net::TcpStream::from(fd(tun.local)?);

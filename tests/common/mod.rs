@@ -204,6 +204,18 @@ impl Cluster {
     }
 }
 
+/// Makes every host in `hs` a peer of every other.
+pub fn mesh(hs: &mut [Host]) {
+    for i in 0..hs.len() {
+        for j in 0..hs.len() {
+            if i != j {
+                let other = (hs[j].name.clone(), format!("{}:{}", hs[j].listen_ip, hs[j].listen_port));
+                hs[i].peers.push(other);
+            }
+        }
+    }
+}
+
 impl Cluster {
     /// Hosts `a` and `b`, each listing the other as a peer, with `extra_a`
     /// and `extra_b` as extra top-level config lines; both started.

@@ -3,7 +3,9 @@
 //! a guard that ends every process left in them (epmd daemons the nodes
 //! start, included) and deletes them.
 
-use std::process::Command;
+use super::{wait_for, Cluster, Proc};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip(8) from iproute2");
@@ -105,4 +107,55 @@ pub fn hosts_file(guard: &Netns, lines: &[String]) {
         std::fs::create_dir_all(format!("/etc/netns/{ns}")).unwrap();
         std::fs::write(format!("/etc/netns/{ns}/hosts"), &text).unwrap();
     }
+}
+
+/// A capture of every frame on the bridge, stopped (and flushed) on drop
+/// of the returned process.
+pub fn capture(c: &Cluster, sw: &str, name: &str) -> (Proc, std::path::PathBuf) {
+    let pcap = c.path().join(format!("{name}.pcap"));
+    let err = c.path().join(format!("{name}.err"));
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            sw,
+            "tcpdump",
+            "-i",
+            "any",
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(&pcap)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("tcpdump");
+    let p = Proc {
+        child,
+        what: "tcpdump".into(),
+    };
+    let started = || std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(20), || started().contains("listening on")),
+        "tcpdump: {}",
+        started()
+    );
+    (p, pcap)
+}
+
+/// The packets of a capture that match a tcpdump filter, one per line.
+pub fn packets(pcap: &std::path::Path, filter: &str) -> Vec<String> {
+    let out = Command::new("tcpdump")
+        .arg("-nr")
+        .arg(pcap)
+        .arg(filter)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
