@@ -18,9 +18,9 @@ for r in $(seq "$rounds"); do
       | sed "s/^RESULT /RESULT label=$label /" | tee -a "$out" >&2
   done
 done
-python3 - "$out" "$bulk" <<'PY'
+python3 - "$out" "$bulk" "$rtts" "$small" <<'PY'
 import sys, statistics as st
-path, bulk = sys.argv[1], float(sys.argv[2])
+path, bulk, rtts, small = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 rows, order = {}, []
 for line in open(path):
     if not line.startswith('RESULT'): continue
@@ -30,15 +30,19 @@ for line in open(path):
     r = {k: float(v) for k, v in kv.items()}
     # From ready to the end: start-up carries nothing.
     r['cpu_s_per_GB'] = (r['proxy_cpu_s'] - r.get('proxy_start_cpu_s', 0)) / (bulk * 1048576 / 1e9)
+    # Each phase's own CPU: per GB of bulk, per small message, per round trip.
+    r['bulk_cpu_s_per_GB'] = r['bulk_cpu_s'] / (bulk * 1048576 / 1e9)
+    r['small_cpu_us_per_msg'] = r['small_cpu_s'] / small * 1e6
+    r['rtt_cpu_us_per_rt'] = r['rtt_cpu_s'] / (rtts + 200) * 1e6
     rows.setdefault(label, []).append(r)
-keys = ['bulk_MBps', 'rtt_p50_us', 'small_msgs_per_s', 'cpu_s_per_GB']
-print('%-12s' % 'variant' + ''.join('%30s' % k for k in keys))
+keys = ['bulk_MBps', 'rtt_p50_us', 'small_msgs_per_s', 'cpu_s_per_GB', 'bulk_cpu_s_per_GB', 'small_cpu_us_per_msg', 'rtt_cpu_us_per_rt']
+print('%-12s' % 'variant' + ''.join('%28s' % k for k in keys))
 for l in order:
     cells = []
     for k in keys:
         v = [r[k] for r in rows[l]]
-        cells.append('%9.1f (%7.1f-%7.1f)' % (st.median(v), min(v), max(v)))
-    print('%-12s' % l + ''.join('%30s' % c for c in cells))
+        cells.append('%8.2f (%7.2f-%7.2f)' % (st.median(v), min(v), max(v)))
+    print('%-12s' % l + ''.join('%28s' % c for c in cells))
 for l in order:
     if l == 'plain': continue
     # Ratios to plain round by round, then their median and range.

@@ -18,9 +18,9 @@ trap 'rm -f "$out"' EXIT
 for r in $(seq "$rounds"); do
   for m in $modes; do "$here/run.sh" "$m" "$@" | tee -a "$out" >&2; done
 done
-python3 - "$out" ${1:-256} $modes <<'PY'
+python3 - "$out" ${1:-256} $modes ${3:-200000} $((${2:-5000} + 200)) <<'PY'
 import sys, statistics as st
-path, bulk_mib, modes = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+path, bulk_mib, modes = sys.argv[1], float(sys.argv[2]), sys.argv[3:-2]
 rows = {}
 for line in open(path):
     kv = dict(f.split('=', 1) for f in line.split()[1:])
@@ -54,6 +54,21 @@ if 'plain' in med:
                   for a, p in zip(rows[m], rows['plain'])]
             bs = [a['bulk_MBps'] / p['bulk_MBps'] for a, p in zip(rows[m], rows['plain'])]
             print('PER-ROUND %s/plain: bulk %s; CPU per GB carried %s' % (m, ' '.join('%.2f' % b for b in bs), ' '.join('%.2f' % r for r in rs)))
+# Each phase's own CPU (both proxies, per thread from schedstat): the bulk
+# phase per GB, the small-message phase per message, the round trips per
+# round trip; the whole-run figure above mixes them over the bulk bytes.
+small_n, rtt_n = float(sys.argv[3 + len(modes)]), float(sys.argv[4 + len(modes)])
+phase = {}
+for m in ('plain', 'erlmesh', 'erlmesh-policy', 'stunnel'):
+    if m in rows and 'bulk_cpu_s' in rows[m][0]:
+        phase[m] = (st.median(r['bulk_cpu_s'] for r in rows[m]) / gb,
+                    st.median(r['small_cpu_s'] for r in rows[m]) / small_n * 1e6,
+                    st.median(r['rtt_cpu_s'] for r in rows[m]) / rtt_n * 1e6)
+        print('PHASE CPU %s: bulk %.2f s per GB; small messages %.2f us per message; round trips %.1f us per round trip' % ((m,) + phase[m]))
+for m in ('erlmesh', 'erlmesh-policy'):
+    if m in phase and 'plain' in phase:
+        print('PHASE CPU RATIO %s/plain: bulk %.2f; small messages %.2f; round trips %.2f' %
+              ((m,) + tuple(a / p for a, p in zip(phase[m], phase['plain']))))
 if 'erlmesh' in rows:
     print('MEMORY erlmesh: idle RSS %.0f KiB (one process); peak RSS during the run %.0f KiB (both)' %
           (st.median(r['idle_rss_kb'] for r in rows['erlmesh']), med['erlmesh']['proxy_rss_kb']))

@@ -20,7 +20,8 @@
 #   proxy_cpu_s (both proxies, the whole run) proxy_start_cpu_s (theirs
 #   before the first node started) proxy_rss_kb (peak, both) and, for erlmesh,
 #   idle_rss_kb (one erlmesh before any node) and tunnel_rss_kb (one erlmesh
-#   holding one tunnel, after the run).
+#   holding one tunnel, after the run); rtt_cpu_s bulk_cpu_s small_cpu_s:
+#   both proxies' CPU during each phase (per thread, from schedstat).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 mode=$1; big=${2:-256}; rtts=${3:-5000}; small=${4:-200000}
@@ -52,7 +53,7 @@ wait_names() { # epmd_port name: until the node is registered
 }
 run_a() {
   local out line cpu=0 hwm=0 tck
-  out=$(timeout 600 "$@" -eval "distbench:run(b@hostb, $opts), halt()." 2>&1) || true
+  out=$(BENCH_PROXY_PIDS="${proxies[*]}" timeout 600 "$@" -eval "distbench:run(b@hostb, $opts), halt()." 2>&1) || true
   line=$(grep '^RESULT' <<<"$out" || true)
   if [ -z "$line" ]; then echo "$out" | tail -20 >&2; cat "$w/b.log" >&2; echo "run failed" >&2; exit 1; fi
   for p in "${proxies[@]}"; do

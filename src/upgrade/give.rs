@@ -66,7 +66,7 @@ async fn run(ctx: &Context) -> Result<String, String> {
     let _ = std::fs::remove_file(&sock);
     match outcome {
         Ok(done) => {
-            h.phase.send_replace(Phase::Handed);
+            h.set_phase(Phase::Handed);
             // systemd follows the new process (NotifyAccess=main: the main
             // process may name its successor).
             if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::MainPid(pid)]) {
@@ -83,7 +83,7 @@ async fn run(ctx: &Context) -> Result<String, String> {
             let _ = child.start_kill();
             let _ = child.wait().await;
             h.reports.lock().expect("handoff lock").clear();
-            h.phase.send_replace(Phase::Running);
+            h.set_phase(Phase::Running);
             warn!(reason = %why, "upgrade failed; this process serves on as before");
             Err(why)
         }
@@ -178,7 +178,7 @@ fn show(status: std::io::Result<std::process::ExitStatus>) -> String {
 async fn freeze(ctx: &Context) -> Result<(State, Vec<OwnedFd>), String> {
     let h = handoff();
     h.reports.lock().expect("handoff lock").clear();
-    h.phase.send_replace(Phase::Frozen);
+    h.set_phase(Phase::Frozen);
     let deadline = tokio::time::Instant::now() + FREEZE_WAIT;
     loop {
         let notified = h.reported.notified();

@@ -28,9 +28,10 @@ pub mod take;
 use crate::epmd::codec::NodeInfo;
 use crate::tunnel::record::state::RecordState;
 use serde::{Deserialize, Serialize};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -210,6 +211,12 @@ impl Handoff {
         Participant(())
     }
 
+    /// Moves the process to phase `p`, [`NOT_RUNNING`] first.
+    pub(crate) fn set_phase(&self, p: Phase) {
+        NOT_RUNNING.store(p != Phase::Running, Ordering::SeqCst);
+        self.phase.send_replace(p);
+    }
+
     /// Changes of phase, for participants to watch.
     pub fn watch(&self) -> watch::Receiver<Phase> {
         self.phase.subscribe()
@@ -230,6 +237,42 @@ impl Handoff {
 /// Resolves once the process freezes (at once when it is frozen).
 pub async fn frozen(phase: &mut watch::Receiver<Phase>) {
     let _ = phase.wait_for(|p| *p != Phase::Running).await;
+}
+
+/// Set before the phase leaves Running (and cleared before it returns to
+/// it): the check that spares a tunnel direction polling the phase's watch
+/// at every read.
+static NOT_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// A wait for the process to freeze that a tunnel direction polls before
+/// each read: once its first poll has registered the task with the phase's
+/// watch, a poll from the same task only reads [`NOT_RUNNING`] until the
+/// phase changes (the watch then wakes the task, and the inner wait is
+/// polled again).
+pub struct Freeze<F> {
+    inner: std::pin::Pin<Box<F>>,
+    /// The task the inner wait last registered.
+    armed: Option<std::task::Waker>,
+}
+
+/// [`frozen`], cheap to poll often.
+pub fn freeze(phase: &mut watch::Receiver<Phase>) -> Freeze<impl Future<Output = ()> + '_> {
+    Freeze {
+        inner: Box::pin(frozen(phase)),
+        armed: None,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Freeze<F> {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let same_task = self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if same_task && !NOT_RUNNING.load(Ordering::SeqCst) {
+            return std::task::Poll::Pending;
+        }
+        self.armed = Some(cx.waker().clone());
+        self.inner.as_mut().poll(cx)
+    }
 }
 
 /// A copy of a socket's descriptor, for the new process.

@@ -26,9 +26,9 @@ pub(super) async fn open_to_node(
     pause: Option<&mut Pause>,
     total: &mut u64,
 ) -> io::Result<Dir> {
-    // One wait for a freeze for the direction's life: polled each read,
-    // registered once.
-    let mut freeze = pause.map(|p| Box::pin(crate::upgrade::frozen(p)));
+    // One wait for a freeze for the direction's life: registered once,
+    // then a flag read before each read.
+    let mut freeze = pause.map(crate::upgrade::freeze);
     let mut segs = Vec::with_capacity(MAX_RANGES);
     let mut closed = false;
     loop {
@@ -70,7 +70,7 @@ pub(super) async fn open_to_node(
             None => rx.fill(rr).await?,
             Some(f) => tokio::select! {
                 biased;
-                _ = f.as_mut() => return Ok(Dir::Paused),
+                _ = &mut *f => return Ok(Dir::Paused),
                 r = rx.fill(rr) => r?,
             },
         };

@@ -250,6 +250,22 @@ impl Keys {
         Ok(HEADER + clen)
     }
 
+    /// Seals `plain` (one record's application data, at most
+    /// [`super::MAX_PLAINTEXT`] bytes) in place where it lies, the content
+    /// type and tag going to `trailer`; returns the record's header. The
+    /// record on the wire is `header`, `plain`, `trailer`: a batch of them
+    /// is written with one vectored call, so a node's bytes read in one
+    /// piece are sealed without being moved apart.
+    pub(super) fn seal_scatter(&mut self, plain: &mut [u8], trailer: &mut [u8; 1 + TAG]) -> io::Result<[u8; HEADER]> {
+        let clen = plain.len() + 1 + TAG;
+        let hdr = [APPLICATION_DATA, 3, 3, (clen >> 8) as u8, clen as u8];
+        let nonce = self.nonce()?;
+        self.key
+            .seal_in_place_scatter(nonce, Aad::from(hdr), plain, &[APPLICATION_DATA], trailer)
+            .map_err(|_| invalid("seal failed"))?;
+        Ok(hdr)
+    }
+
     /// [`Keys::seal_padded`] without padding.
     pub(super) fn seal(&mut self, rec: &mut [u8], n: usize, ctype: u8) -> io::Result<usize> {
         self.seal_padded(rec, n, ctype, 0)

@@ -1,16 +1,17 @@
-//! The node's bytes to the peer: read straight into record slots, sealed in
-//! place, written with one call.
+//! The node's bytes to the peer: read in one piece, sealed where they lie
+//! (one record per [`MAX_PLAINTEXT`] bytes, each record's header and
+//! trailer beside it), written with one vectored call.
 
 use super::reader::BATCH;
 use super::sender::Sender;
 use super::splice::{Dir, Pause};
-use super::{APPLICATION_DATA, HEADER, MAX_PLAINTEXT, TAG};
+use super::{HEADER, MAX_PLAINTEXT, TAG};
 use crate::firewall::filter::{Firewall, Outbound};
 use std::io;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 
-/// A full outbound record: header, plaintext, content type, tag.
-const FULL_RECORD: usize = HEADER + MAX_PLAINTEXT + 1 + TAG;
+/// The most of a node's bytes read with one call: a batch of full records.
+const READ_MAX: usize = BATCH * MAX_PLAINTEXT;
 
 /// The node's bytes to the peer, a KeyUpdate first when the key is due or
 /// the peer asked; close_notify at the node's end. Under a dist policy the
@@ -26,24 +27,22 @@ pub(super) async fn seal_from_node(
     pause: Option<&mut Pause>,
     total: &mut u64,
 ) -> io::Result<Dir> {
-    // One wait for a freeze for the direction's life: polled each read,
-    // registered once.
-    let mut freeze = pause.map(|p| Box::pin(crate::upgrade::frozen(p)));
-    // Record slots, back to back: a read fills them in order, so every
-    // sealed record but the last is full and they lie contiguous. One slot
-    // at first, BATCH once a read fills it.
-    let mut recs = vec![0u8; FULL_RECORD];
-    // Answers, and the rare read split to let them in, are sealed here.
-    let mut spare = Vec::new();
+    // One wait for a freeze for the direction's life: registered once,
+    // then a flag read before each read.
+    let mut freeze = pause.map(crate::upgrade::freeze);
+    // The node's bytes: one record's worth at first, a batch once a read
+    // fills it (bulk traffic), so that tunnels carrying small messages
+    // keep small buffers.
+    let mut plain = vec![0u8; MAX_PLAINTEXT];
     loop {
         let n = match filter.as_mut() {
             // Between records, waiting on the node: where an upgrade stops it.
             None => match freeze.as_mut() {
-                None => read_slots(lr, &mut recs).await?,
+                None => read_batch(lr, &mut plain).await?,
                 Some(f) => tokio::select! {
                     biased;
-                    _ = f.as_mut() => return Ok(Dir::Paused),
-                    r = read_slots(lr, &mut recs) => r?,
+                    _ = &mut *f => return Ok(Dir::Paused),
+                    r = read_batch(lr, &mut plain) => r?,
                 },
             },
             Some((fw, reader)) => tokio::select! {
@@ -51,14 +50,14 @@ pub(super) async fn seal_from_node(
                 // Answers still waiting go over with the firewall's state.
                 _ = async {
                     match freeze.as_mut() {
-                        Some(f) => f.as_mut().await,
+                        Some(f) => f.await,
                         None => std::future::pending().await,
                     }
                 } => return Ok(Dir::Paused),
-                r = read_slots(lr, &mut recs) => r?,
+                r = read_batch(lr, &mut plain) => r?,
                 _ = fw.wake.notified() => {
                     if reader.at_boundary() {
-                        send_answers(rw, tx, fw, &mut spare).await?;
+                        send_answers(rw, tx, fw).await?;
                     }
                     continue;
                 }
@@ -68,116 +67,72 @@ pub(super) async fn seal_from_node(
             tx.close(rw).await?;
             return Ok(Dir::Done);
         }
-        if let Some((fw, reader)) = filter.as_mut() {
-            if fw.has_answers() {
-                // Answers wait for a frame boundary: split the read there.
-                let plain = plaintext_of(&recs, n);
+        match filter.as_mut() {
+            // Answers wait for a frame boundary: split the read there.
+            Some((fw, reader)) if fw.has_answers() => {
                 let mut off = 0;
                 while off < n {
-                    let used = reader.feed(&plain[off..], true);
-                    seal_all(rw, tx, &plain[off..off + used], &mut spare).await?;
+                    let used = reader.feed(&plain[off..n], true);
+                    seal_all(rw, tx, &mut plain[off..off + used]).await?;
                     off += used;
                     if reader.at_boundary() {
-                        send_answers(rw, tx, fw, &mut spare).await?;
+                        send_answers(rw, tx, fw).await?;
                     }
                 }
-                *total += n as u64;
-                counted(n as u64, 0);
-                continue;
             }
-            let mut left = n;
-            for slot in recs.chunks(FULL_RECORD) {
-                let k = left.min(MAX_PLAINTEXT);
-                reader.feed(&slot[HEADER..HEADER + k], false);
-                left -= k;
-                if left == 0 {
-                    break;
-                }
+            Some((_, reader)) => {
+                reader.feed(&plain[..n], false);
+                seal_all(rw, tx, &mut plain[..n]).await?;
             }
+            None => seal_all(rw, tx, &mut plain[..n]).await?,
         }
-        tx.before_data(rw, n.div_ceil(MAX_PLAINTEXT)).await?;
-        let (mut left, mut end) = (n, 0);
-        for slot in recs.chunks_mut(FULL_RECORD) {
-            let k = left.min(MAX_PLAINTEXT);
-            end += tx.keys.seal(slot, k, APPLICATION_DATA)?;
-            left -= k;
-            if left == 0 {
-                break;
-            }
-        }
-        tx.put(rw, &recs[..end]).await?;
         *total += n as u64;
         counted(n as u64, 0);
     }
 }
 
-/// The plaintext of the first `n` bytes read into record slots.
-fn plaintext_of(recs: &[u8], n: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(n);
-    for slot in recs.chunks(FULL_RECORD) {
-        let k = (n - v.len()).min(MAX_PLAINTEXT);
-        v.extend_from_slice(&slot[HEADER..HEADER + k]);
-        if v.len() == n {
-            break;
-        }
+/// Reads a node's bytes into `buf`; a read that fills it grows it to
+/// [`READ_MAX`]. tokio's read marks the socket drained after a short read:
+/// no extra system call for a small message.
+async fn read_batch(r: &mut tokio::net::tcp::OwnedReadHalf, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let n = r.read(buf).await?;
+    if n == buf.len() && buf.len() < READ_MAX {
+        buf.resize(READ_MAX, 0);
     }
-    v
+    Ok(n)
 }
 
-/// Seals `data` into as many records as it takes, written with one call,
-/// after the KeyUpdate that is due or asked for.
-async fn seal_all(
-    rw: &mut tokio::net::tcp::OwnedWriteHalf,
-    tx: &mut Sender,
-    data: &[u8],
-    recs: &mut Vec<u8>,
-) -> io::Result<()> {
+/// Seals `data` in place into as many records as it takes, after the
+/// KeyUpdate that is due or asked for, and writes them, a batch of records
+/// per vectored call: each record is its header, its sealed plaintext
+/// where it lies, and its trailer (content type and tag).
+pub(super) async fn seal_all<W: AsyncWrite + Unpin>(rw: &mut W, tx: &mut Sender, data: &mut [u8]) -> io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
     tx.before_data(rw, data.len().div_ceil(MAX_PLAINTEXT)).await?;
-    recs.clear();
-    for chunk in data.chunks(MAX_PLAINTEXT) {
-        let start = recs.len();
-        recs.resize(start + HEADER + chunk.len() + 1 + TAG, 0);
-        recs[start + HEADER..start + HEADER + chunk.len()].copy_from_slice(chunk);
-        let len = tx.keys.seal(&mut recs[start..], chunk.len(), APPLICATION_DATA)?;
-        recs.truncate(start + len);
-    }
-    tx.put(rw, recs).await
-}
-
-/// Sends the firewall's answers to the peer's node (between two frames).
-async fn send_answers(
-    rw: &mut tokio::net::tcp::OwnedWriteHalf,
-    tx: &mut Sender,
-    fw: &Firewall,
-    recs: &mut Vec<u8>,
-) -> io::Result<()> {
-    for a in fw.take_answers() {
-        seal_all(rw, tx, &a, recs).await?;
+    for group in data.chunks_mut(READ_MAX) {
+        let mut heads = [[0u8; HEADER]; BATCH];
+        let mut tails = [[0u8; 1 + TAG]; BATCH];
+        let records = group.len().div_ceil(MAX_PLAINTEXT);
+        for ((chunk, head), tail) in group.chunks_mut(MAX_PLAINTEXT).zip(&mut heads).zip(&mut tails) {
+            *head = tx.keys.seal_scatter(chunk, tail)?;
+        }
+        let mut pieces = [io::IoSlice::new(&[]); 3 * BATCH];
+        for (i, chunk) in group.chunks(MAX_PLAINTEXT).enumerate() {
+            pieces[3 * i] = io::IoSlice::new(&heads[i]);
+            pieces[3 * i + 1] = io::IoSlice::new(chunk);
+            pieces[3 * i + 2] = io::IoSlice::new(&tails[i]);
+        }
+        tx.put_vectored(rw, &mut pieces[..3 * records]).await?;
     }
     Ok(())
 }
 
-/// Reads a node's bytes straight into the plaintext parts of the record
-/// slots in `recs`; returns how many were read. The first slot is read with
-/// tokio's own read, which marks the socket drained after a short read (no
-/// extra system call for a small message); only a full first slot is
-/// followed by one `readv` into the others.
-async fn read_slots(r: &mut tokio::net::tcp::OwnedReadHalf, recs: &mut Vec<u8>) -> io::Result<usize> {
-    let n = r.read(&mut recs[HEADER..HEADER + MAX_PLAINTEXT]).await?;
-    if n < MAX_PLAINTEXT {
-        return Ok(n);
+/// Sends the firewall's answers to the peer's node (between two frames).
+async fn send_answers(rw: &mut tokio::net::tcp::OwnedWriteHalf, tx: &mut Sender, fw: &Firewall) -> io::Result<()> {
+    for mut a in fw.take_answers() {
+        seal_all(rw, tx, &mut a).await?;
     }
-    recs.resize(BATCH * FULL_RECORD, 0);
-    let mut slots = recs[FULL_RECORD..].chunks_mut(FULL_RECORD);
-    let mut bufs: [io::IoSliceMut; BATCH - 1] = std::array::from_fn(|_| {
-        io::IoSliceMut::new(&mut slots.next().expect("BATCH slots")[HEADER..HEADER + MAX_PLAINTEXT])
-    });
-    match r.try_read_vectored(&mut bufs) {
-        Ok(more) => Ok(n + more),
-        // The rest (an error or the end) shows on the next read.
-        Err(_) => Ok(n),
-    }
+    Ok(())
 }

@@ -60,6 +60,28 @@ impl Sender {
         Ok(())
     }
 
+    /// Writes sealed records given in pieces (headers, sealed plaintexts
+    /// where they lie, trailers) with vectored calls; as [`Sender::put`].
+    pub(super) async fn put_vectored<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        mut pieces: &mut [io::IoSlice<'_>],
+    ) -> io::Result<()> {
+        if self.torn || self.ended {
+            return Err(invalid("a record after the tunnel's end or after a partial record"));
+        }
+        self.torn = true;
+        while !pieces.is_empty() {
+            let n = w.write_vectored(pieces).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            io::IoSlice::advance_slices(&mut pieces, n);
+        }
+        self.torn = false;
+        Ok(())
+    }
+
     /// Before `records` records of application data: the KeyUpdate the
     /// peer asked for, or the one this key's budget calls for.
     pub(super) async fn before_data<W: AsyncWrite + Unpin>(&mut self, w: &mut W, records: usize) -> io::Result<()> {

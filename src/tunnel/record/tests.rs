@@ -589,6 +589,27 @@ fn interop(suite: crate::tls::Suite) {
     let _ = std::io::Read::read_to_end(&mut client.reader(), &mut got);
     assert_eq!(got, b"aaabbbcccdddeee", "{suite:?}");
 
+    // A node's bytes as the splice seals them: read in one piece, sealed
+    // where they lie into full records and a short last one (header and
+    // trailer beside each), written vectored after the KeyUpdate due
+    // before them. rustls reads every byte.
+    let node_bytes: Vec<u8> = (0..3 * MAX_PLAINTEXT + 1000).map(|i| (i * 7 % 251) as u8).collect();
+    let wire = rt.block_on(async {
+        let mut wire = Vec::new();
+        super::out::seal_all(&mut wire, &mut tx, &mut node_bytes.clone())
+            .await
+            .unwrap();
+        wire
+    });
+    let mut got = Vec::new();
+    let mut r = &wire[..];
+    while !r.is_empty() {
+        client.read_tls(&mut r).unwrap();
+        client.process_new_packets().unwrap();
+        let _ = std::io::Read::read_to_end(&mut client.reader(), &mut got);
+    }
+    assert_eq!(got, node_bytes, "{suite:?}");
+
     // The other way: records rustls seals, before and after a key update
     // it asks this side to answer, are opened here; the answer is sent
     // before this side's next data, and rustls reads it.
