@@ -3,9 +3,11 @@
 //! rustls does the handshake and the preface; once a tunnel is open, its
 //! traffic keys are taken over (`dangerous_extract_secrets`) and records
 //! are sealed and opened here, in place, in buffers this module owns:
-//! outbound, a node's bytes are read straight into a record and sealed
-//! there; inbound, several records are read at once, opened in place and
-//! their plaintext written to the node from where it lies. That saves the
+//! outbound, a node's bytes are read in one piece and each record's worth
+//! sealed where it lies, its header and trailer beside it, the batch
+//! written with one `writev`; inbound, several records are read at once,
+//! opened in place and their plaintext written to the node from where it
+//! lies. That saves the
 //! copies and re-allocations of rustls' buffered path (see the README's
 //! performance section). The wire format is plain TLS 1.3 (RFC 8446 §5).
 //! Until the hand-over ([`hand_over`], the one way both ends take a
