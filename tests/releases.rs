@@ -221,8 +221,13 @@ fn a_rebar3_release_on_two_hosts_clusters_and_answers_rpc_eval_and_remote_consol
     for h in [&ha, &hb] {
         assert!(
             wait_for(Duration::from_secs(30), || {
+                // relx's script rewrites vm.args in RELX_OUT_FILE_PATH at
+                // every command: the pings write theirs elsewhere, so that
+                // the starting release never reads one half written.
                 let mut p = relx(&bin, h);
-                p.arg("ping");
+                let out = h.dir.join(format!("relx-{}-ping", h.name));
+                std::fs::create_dir_all(&out).unwrap();
+                p.env("RELX_OUT_FILE_PATH", out).arg("ping");
                 output(p).1.contains("pong")
             }),
             "release on {} did not come up: {}",

@@ -23,7 +23,7 @@ use tokio::time::timeout;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 /// Connecting to a local node's distribution port on loopback.
 pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -119,9 +119,7 @@ pub async fn handle(
     match preface {
         Preface::Tunnel(name) => {
             let span = tracing::info_span!("tunnel", dir = "in", %peer, to = %name, from = tracing::field::Empty);
-            tunnel_in(tls, capture, hosts, name, deadline, ctx)
-                .instrument(span)
-                .await
+            crate::tunnel::span::in_span(span, |q| tunnel_in(tls, capture, hosts, name, deadline, ctx, q)).await
         }
         question => answer(&mut tls, question, &hosts, &ctx).await,
     }
@@ -244,6 +242,7 @@ async fn tunnel_in(
     name: String,
     deadline: tokio::time::Instant,
     ctx: Context,
+    q: crate::tunnel::span::Quiet,
 ) {
     let Some((send_name, raw, claimed)) = read_claim(&mut tls, &hosts, &name, deadline, &ctx).await else {
         return;
@@ -311,6 +310,7 @@ async fn tunnel_in(
                 chain,
                 server_name: None,
             };
+            let quiet = firewall.is_none();
             let carried = record::splice_from(
                 local,
                 tcp,
@@ -325,11 +325,11 @@ async fn tunnel_in(
                 Some(meta),
                 (false, false),
             );
-            carried.await
+            q.carry(quiet, carried).await
         }
         Err(e) => Err(e),
     };
-    record::log_end(&result);
+    q.in_span(|| record::log_end(&result));
 }
 
 /// Reads the dialling node's send_name and checks who it claims to be:

@@ -11,3 +11,4 @@ pub mod outbound;
 pub mod preface;
 pub mod record;
 pub mod resume;
+pub mod span;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 /// How long a local node may take to send its first handshake message.
 pub const SEND_NAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,7 +29,7 @@ impl Face {
     pub async fn carry(self: Arc<Self>, mut local: TcpStream, node: String) {
         let remote_node = format!("{node}@{}", self.dialer.host);
         let span = tracing::info_span!("tunnel", dir = "out", peer = %self.dialer.host, to = %remote_node, from = tracing::field::Empty);
-        async move {
+        crate::tunnel::span::in_span(span, |q| async move {
             let (send_name, raw) = match timeout(SEND_NAME_TIMEOUT, dist_handshake::read_send_name(&mut local)).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
@@ -111,6 +111,7 @@ impl Face {
                 chain: std::mem::take(&mut remote.chain),
                 server_name: Some(self.dialer.host.clone()),
             };
+            let quiet = firewall.is_none();
             let carried = record::splice_from(
                 local,
                 remote.tcp,
@@ -125,10 +126,9 @@ impl Face {
                 Some(meta),
                 (false, false),
             );
-            let result = carried.await;
-            record::log_end(&result);
-        }
-        .instrument(span)
+            let result = q.carry(quiet, carried).await;
+            q.in_span(|| record::log_end(&result));
+        })
         .await
     }
 

@@ -11,7 +11,7 @@ use crate::upgrade::TunnelState;
 use rustls::pki_types::CertificateDer;
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
 /// Starts every tunnel the previous process handed over.
 pub fn spawn_all(tls: &Arc<Tls>, metrics: &Arc<Metrics>, mesh: &Arc<Mesh>, tracker: &TaskTracker) {
@@ -39,7 +39,7 @@ async fn resume(
     let m = state.meta.clone();
     let span =
         tracing::info_span!("tunnel", dir = %m.dir, peer = %m.peer, local = %m.local_node, remote = %m.remote_node);
-    async move {
+    crate::tunnel::span::in_span(span, |q| async move {
         let firewall = match firewall(&state, &m, &metrics, &mesh) {
             Ok(f) => f,
             Err(e) => {
@@ -68,7 +68,8 @@ async fn resume(
         let dir: &'static str = if m.dir == "out" { "out" } else { "in" };
         let guard = metrics.tunnel(&m.peer, &m.local_node, &m.remote_node, dir);
         let (out_c, back_c) = guard.byte_counters();
-        let result = record::splice_from(
+        let quiet = firewall.is_none();
+        let carried = record::splice_from(
             local,
             remote,
             tx,
@@ -81,11 +82,10 @@ async fn resume(
             live.cancelled(),
             Some(m.clone()),
             (state.out_done, state.back_done),
-        )
-        .await;
-        record::log_end(&result);
-    }
-    .instrument(span)
+        );
+        let result = q.carry(quiet, carried).await;
+        q.in_span(|| record::log_end(&result));
+    })
     .await
 }
 
