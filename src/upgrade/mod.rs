@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -211,9 +211,10 @@ impl Handoff {
         Participant(())
     }
 
-    /// Moves the process to phase `p`, [`NOT_RUNNING`] first.
+    /// Moves the process to phase `p`, counting the change in
+    /// [`PHASE_CHANGES`] first.
     pub(crate) fn set_phase(&self, p: Phase) {
-        NOT_RUNNING.store(p != Phase::Running, Ordering::SeqCst);
+        PHASE_CHANGES.fetch_add(1, Ordering::SeqCst);
         self.phase.send_replace(p);
     }
 
@@ -239,20 +240,20 @@ pub async fn frozen(phase: &mut watch::Receiver<Phase>) {
     let _ = phase.wait_for(|p| *p != Phase::Running).await;
 }
 
-/// Set before the phase leaves Running (and cleared before it returns to
-/// it): the check that spares a tunnel direction polling the phase's watch
-/// at every read.
-static NOT_RUNNING: AtomicBool = AtomicBool::new(false);
+/// Changes of phase so far, counted before each is sent: the check that
+/// spares a tunnel direction polling the phase's watch at every read.
+static PHASE_CHANGES: AtomicU64 = AtomicU64::new(0);
 
 /// A wait for the process to freeze that a tunnel direction polls before
-/// each read: once its first poll has registered the task with the phase's
-/// watch, a poll from the same task only reads [`NOT_RUNNING`] until the
-/// phase changes (the watch then wakes the task, and the inner wait is
-/// polled again).
+/// each read: once a poll of the inner wait has registered the task with
+/// the phase's watch, a poll from the same task with no phase change since
+/// only reads [`PHASE_CHANGES`] (a change wakes the task through the
+/// watch, and the inner wait is polled again, whatever the phase became).
 pub struct Freeze<F> {
     inner: std::pin::Pin<Box<F>>,
-    /// The task the inner wait last registered.
-    armed: Option<std::task::Waker>,
+    /// The task the inner wait last registered, and the changes counted
+    /// before that poll.
+    armed: Option<(std::task::Waker, u64)>,
 }
 
 /// [`frozen`], cheap to poll often.
@@ -266,11 +267,13 @@ pub fn freeze(phase: &mut watch::Receiver<Phase>) -> Freeze<impl Future<Output =
 impl<F: Future<Output = ()>> Future for Freeze<F> {
     type Output = ();
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let same_task = self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-        if same_task && !NOT_RUNNING.load(Ordering::SeqCst) {
-            return std::task::Poll::Pending;
+        let changes = PHASE_CHANGES.load(Ordering::SeqCst);
+        if let Some((w, seen)) = &self.armed {
+            if *seen == changes && w.will_wake(cx.waker()) {
+                return std::task::Poll::Pending;
+            }
         }
-        self.armed = Some(cx.waker().clone());
+        self.armed = Some((cx.waker().clone(), changes));
         self.inner.as_mut().poll(cx)
     }
 }
@@ -305,5 +308,57 @@ pub async fn pause_listener(listener: &tokio::net::TcpListener) {
     };
     if let Outcome::Handed = handoff().report(report).await {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A phase change as [`Handoff::set_phase`] makes it, on a channel of
+    /// the test's own (the count is the process's: other waits only poll
+    /// their inner wait once more).
+    fn change(tx: &watch::Sender<Phase>, p: Phase) {
+        PHASE_CHANGES.fetch_add(1, Ordering::SeqCst);
+        tx.send_replace(p);
+    }
+
+    #[tokio::test]
+    async fn a_freeze_wakes_an_idle_direction_even_after_one_undone_before_it_looked() {
+        let (tx, rx) = watch::channel(Phase::Running);
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        // A direction waiting only on the freeze (nothing else wakes it),
+        // telling of each time it is polled and whether it stopped.
+        let direction = tokio::spawn(async move {
+            let mut rx = rx;
+            let mut f = freeze(&mut rx);
+            std::future::poll_fn(|cx| {
+                let r = std::pin::Pin::new(&mut f).poll(cx);
+                seen_tx.send(r.is_ready()).unwrap();
+                r
+            })
+            .await
+        });
+        // Registered, idle.
+        assert_eq!(seen.recv().await, Some(false));
+        // A freeze undone before the direction was polled (an upgrade that
+        // failed at once): one wake-up, and it is still running.
+        change(&tx, Phase::Frozen);
+        change(&tx, Phase::Running);
+        assert_eq!(seen.recv().await, Some(false));
+        // Not polled again while nothing changes.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(seen.try_recv().is_err());
+        // The next freeze reaches it.
+        change(&tx, Phase::Frozen);
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), seen.recv()).await;
+        assert_eq!(
+            stopped.ok().flatten(),
+            Some(true),
+            "the second freeze did not wake the direction"
+        );
+        direction.await.unwrap();
     }
 }
