@@ -102,8 +102,11 @@ pub struct Metrics {
     pairs: Mutex<BTreeMap<(String, String, &'static str), u64>>,
 }
 
+/// A counter as an upgrade hands it over: name, labels, value.
+pub type CounterValue = (String, BTreeMap<String, String>, u64);
+
 /// One counter line of the text encoding: `name{k="v",...} value`.
-fn parse_counter(line: &str) -> Option<(String, BTreeMap<String, String>, u64)> {
+fn parse_counter(line: &str) -> Option<CounterValue> {
     if line.starts_with('#') {
         return None;
     }
@@ -281,12 +284,12 @@ impl Metrics {
 
     /// Every counter with its labels and value, from the text encoding:
     /// what an upgrade hands the next process.
-    pub fn counters(&self) -> Vec<(String, BTreeMap<String, String>, u64)> {
+    pub fn counters(&self) -> Vec<CounterValue> {
         self.encode().lines().filter_map(parse_counter).collect()
     }
 
     /// Adds counters a previous process counted (unknown ones are skipped).
-    pub fn add_counters(&self, counters: &[(String, BTreeMap<String, String>, u64)]) {
+    pub fn add_counters(&self, counters: &[CounterValue]) {
         for (name, l, v) in counters {
             let get = |k: &str| l.get(k).cloned().unwrap_or_default();
             match name.as_str() {

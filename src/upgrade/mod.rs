@@ -137,7 +137,7 @@ pub struct State {
     pub learnt: Vec<(String, String)>,
     /// Every counter: (name, labels, value).
     #[serde(default)]
-    pub counters: Vec<(String, std::collections::BTreeMap<String, String>, u64)>,
+    pub counters: Vec<crate::ops::metrics::CounterValue>,
 }
 
 /// What one participant reports when frozen.

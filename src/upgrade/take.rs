@@ -18,7 +18,7 @@ struct Taken {
     registrations: Vec<(crate::epmd::codec::NodeInfo, u32, std::net::TcpStream)>,
     tunnels: Vec<(super::TunnelState, std::net::TcpStream, std::net::TcpStream)>,
     learnt: Vec<(String, String)>,
-    counters: Vec<(String, std::collections::BTreeMap<String, String>, u64)>,
+    counters: Vec<crate::ops::metrics::CounterValue>,
 }
 
 static TAKEN: Mutex<Option<Taken>> = Mutex::new(None);
@@ -183,7 +183,7 @@ pub fn learnt() -> Vec<(String, String)> {
 }
 
 /// The counters the old process had counted.
-pub fn counters() -> Vec<(String, std::collections::BTreeMap<String, String>, u64)> {
+pub fn counters() -> Vec<crate::ops::metrics::CounterValue> {
     TAKEN
         .lock()
         .expect("taken lock")

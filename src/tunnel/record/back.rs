@@ -27,7 +27,7 @@ pub(super) async fn open_to_node(
     total: &mut u64,
 ) -> io::Result<Dir> {
     // One wait for a freeze for the direction's life: registered once,
-    // then a flag read before each read.
+    // then a count of phase changes read before each read.
     let mut freeze = pause.map(crate::upgrade::freeze);
     let mut segs = Vec::with_capacity(MAX_RANGES);
     let mut closed = false;
@@ -93,20 +93,14 @@ async fn write_segs<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], segs: &[Seg]) 
                 Seg::Len(l) => l,
             });
         }
-        let mut bufs = &mut slices[..group.len()];
+        let bufs = &mut slices[..group.len()];
         let n = bufs.iter().map(|b| b.len() as u64).sum::<u64>();
         total += n;
         // Nothing to write is not a write of zero bytes (a closed socket).
         if n == 0 {
             continue;
         }
-        while !bufs.is_empty() {
-            let n = w.write_vectored(bufs).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            io::IoSlice::advance_slices(&mut bufs, n);
-        }
+        super::write_all_vectored(w, bufs).await?;
     }
     Ok(total)
 }

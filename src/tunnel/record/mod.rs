@@ -66,6 +66,19 @@ pub use splice::{splice, splice_from, Firewalled};
 pub use testing::{fuzz_open, fuzz_seal, send_record};
 
 use std::io;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Writes every byte of `pieces` with vectored calls.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, mut pieces: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    while !pieces.is_empty() {
+        let n = w.write_vectored(pieces).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut pieces, n);
+    }
+    Ok(())
+}
 
 /// Largest plaintext in one record (RFC 8446 §5.1).
 pub const MAX_PLAINTEXT: usize = 16 * 1024;

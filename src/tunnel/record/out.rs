@@ -28,7 +28,7 @@ pub(super) async fn seal_from_node(
     total: &mut u64,
 ) -> io::Result<Dir> {
     // One wait for a freeze for the direction's life: registered once,
-    // then a flag read before each read.
+    // then a count of phase changes read before each read.
     let mut freeze = pause.map(crate::upgrade::freeze);
     // The node's bytes: one record's worth at first, a batch once a read
     // fills it (bulk traffic), so that tunnels carrying small messages

@@ -49,35 +49,23 @@ impl Sender {
         }
     }
 
-    /// Writes sealed records; the one way records reach the wire.
+    /// Writes sealed records.
     pub(super) async fn put<W: AsyncWrite + Unpin>(&mut self, w: &mut W, records: &[u8]) -> io::Result<()> {
-        if self.torn || self.ended {
-            return Err(invalid("a record after the tunnel's end or after a partial record"));
-        }
-        self.torn = true;
-        w.write_all(records).await?;
-        self.torn = false;
-        Ok(())
+        self.put_vectored(w, &mut [io::IoSlice::new(records)]).await
     }
 
     /// Writes sealed records given in pieces (headers, sealed plaintexts
-    /// where they lie, trailers) with vectored calls; as [`Sender::put`].
+    /// where they lie, trailers); the one way records reach the wire.
     pub(super) async fn put_vectored<W: AsyncWrite + Unpin>(
         &mut self,
         w: &mut W,
-        mut pieces: &mut [io::IoSlice<'_>],
+        pieces: &mut [io::IoSlice<'_>],
     ) -> io::Result<()> {
         if self.torn || self.ended {
             return Err(invalid("a record after the tunnel's end or after a partial record"));
         }
         self.torn = true;
-        while !pieces.is_empty() {
-            let n = w.write_vectored(pieces).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            io::IoSlice::advance_slices(&mut pieces, n);
-        }
+        super::write_all_vectored(w, pieces).await?;
         self.torn = false;
         Ok(())
     }
