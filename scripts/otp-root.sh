@@ -14,9 +14,10 @@ mkdir -p "$cache"
 exec 9>"$cache/$suite.lock"
 flock 9
 if [ -x "$dir/usr/bin/erl" ]; then echo "$dir"; exit 0; fi
-# The mirror apt already uses.
-mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -1)
-[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+# The mirror apt already uses: deb822 .sources files, or sources.list (a
+# machine without .sources must not end the script here: pipefail).
+mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -1 || true)
+[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
 [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
 rm -rf "$dir.tmp"
 debootstrap --variant=minbase --include=erlang-base,erlang-mnesia "$suite" "$dir.tmp" "$mirror" >"$cache/$suite.log" 2>&1 || {
