@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${ERLMESH_CHECK_VENV:-/tmp/erlmesh-deploy-check}
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# (a venv left without pip by an earlier failed attempt is made again)
+[ -x "$venv/bin/pip" ] || python3 -m venv --clear "$venv"
 "$venv/bin/pip" install -q dockerfile yamllint pyyaml
 rendered=$(mktemp --suffix=.toml)
 rendered_transparent=$(mktemp --suffix=.toml)

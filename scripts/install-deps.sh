@@ -30,6 +30,8 @@ if [ "${ERLMESH_TEST_DEPS:-0}" = 1 ]; then
   # The package depends on procps (the unit's ExecReload runs /bin/kill).
   dpkg -s procps >/dev/null 2>&1 || need+=(procps)
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+  # deploy/check.sh lints the deploy files from a Python venv.
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
   # RabbitMQ clustering through transparent mode (tests/transparent.rs).
   [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 fi
