@@ -308,3 +308,85 @@ fn a_tunnel_under_a_dist_policy_keeps_its_judged_state_across_upgrades() {
     assert_eq!(nodedowns(&mut a, "b@hostb"), "[]");
     assert_eq!(nodedowns(&mut b, "a@hosta"), "[]");
 }
+
+/// A config that newly holds a peer to a dist policy, applied by an
+/// upgrade: the peer's tunnels open before it cannot be judged from the
+/// middle of their streams, so they are closed (access_denied to the peer,
+/// each node's connection reset) and the nodes reconnect under the policy
+/// rather than keep what it forbids. Invariant: after an upgrade, no byte
+/// from a peer under a dist policy reaches a node unjudged.
+#[test]
+fn a_policy_added_by_an_upgrade_closes_the_tunnels_it_cannot_judge() {
+    let c = Cluster::new();
+    let mut ha = host_with_own_binary(&c, "hosta");
+    let mut hb = host_with_own_binary(&c, "hostb");
+    ha.peer(&hb);
+    hb.peer(&ha);
+    ha.start();
+    hb.start();
+    let mut a = ha.node("a");
+    let mut b = hb.node("b");
+    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+    a.eval("register(sink, spawn(fun() -> S = fun L(K) -> receive {count, F} -> F ! {count, K}, L(K); _ -> L(K + 1) end end, S(0) end)).");
+    watch_nodedowns(&mut a);
+    watch_nodedowns(&mut b);
+    // No policy yet: b runs code on a.
+    let before = c.path().join("ran_before");
+    let rpc = |b: &mut Node, p: &Path| {
+        b.eval(&format!(
+            "rpc:call('a@hosta', file, write_file, [\"{}\", <<>>], 10000).",
+            p.display()
+        ))
+    };
+    assert_eq!(rpc(&mut b, &before), "ok");
+    assert!(before.exists());
+    // hosta's new config: hostb's nodes may reach `sink` only.
+    ha.dist_policies = vec![("hostb".into(), "strict".into())];
+    ha.extra = "[dist_policies.strict]\nspawn = false\nregistered = [\"sink\"]\n".into();
+    ha.write_config();
+    upgrade_in_place(&mut ha, "the upgrade adding a dist policy");
+    // The tunnel open before is closed on both sides, with the reason.
+    assert!(
+        wait_for(Duration::from_secs(10), || nodedowns(&mut a, "b@hostb") != "[]"),
+        "a never saw b go down:\n{}",
+        ha.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || nodedowns(&mut b, "a@hosta") != "[]"),
+        "b never saw a go down:\n{}",
+        hb.log()
+    );
+    assert!(
+        ha.log().contains("cannot be judged from the middle of its stream"),
+        "{}",
+        ha.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || hb
+            .log()
+            .contains("TLS alert 49 from the peer")),
+        "{}",
+        hb.log()
+    );
+    // The nodes reconnect, judged: what the policy lists gets through,
+    // what it does not is refused.
+    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+    b.eval("{sink, 'a@hosta'} ! hello, ok.");
+    assert_eq!(
+        a.eval_until(
+            "sink ! {count, self()}, receive {count, K} -> K end.",
+            "1",
+            Duration::from_secs(5)
+        ),
+        "1"
+    );
+    let after = c.path().join("ran_after");
+    assert_eq!(rpc(&mut b, &after), "{badrpc,notsup}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!after.exists(), "b ran code on a after the policy was added");
+    let status = ha.status().unwrap();
+    assert!(
+        status.contains("dist_refused=") && !status.contains("dist_refused=0"),
+        "{status}"
+    );
+}

@@ -40,8 +40,8 @@ async fn resume(
     let span =
         tracing::info_span!("tunnel", dir = %m.dir, peer = %m.peer, local = %m.local_node, remote = %m.remote_node);
     crate::tunnel::span::in_span(span, |q| async move {
-        let firewall = match firewall(&state, &m, &metrics, &mesh) {
-            Ok(f) => f,
+        let judging = match judging(&state, &m, &metrics, &mesh) {
+            Ok(j) => j,
             Err(e) => {
                 warn!(error = %e, "a handed-over tunnel's firewall state could not be taken; closed");
                 return;
@@ -59,6 +59,21 @@ async fn resume(
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "a handed-over tunnel could not be carried on; closed");
+                return;
+            }
+        };
+        let firewall = match judging {
+            Judging::Unjudged => None,
+            Judging::Judged(f) => Some(*f),
+            Judging::Refused => {
+                let e = record::access_denied(
+                    "the config now holds the peer to a dist policy this tunnel was opened without",
+                );
+                warn!(
+                    error = %e,
+                    "a handed-over tunnel cannot be judged from the middle of its stream: closed (the node's connection reset), so that its nodes reconnect under the policy"
+                );
+                record::refuse(local, remote, tx, &e).await;
                 return;
             }
         };
@@ -89,38 +104,48 @@ async fn resume(
     .await
 }
 
+/// How a handed-over tunnel goes on under this process's config.
+enum Judging {
+    /// No dist policy for the peer (or no longer: a policy removed).
+    Unjudged,
+    /// Judged as before, by the peer's dist policy as this config has it.
+    Judged(Box<record::Firewalled>),
+    /// The config now holds the peer to a dist policy this tunnel was
+    /// opened without: the firewall cannot start judging in the middle of
+    /// a stream (the nodes' handshake and atom caches are behind it), and
+    /// a tightened policy is not left unapplied: the tunnel is closed.
+    Refused,
+}
+
 /// The firewall of a handed-over tunnel: its judged state under the
 /// peer's dist policy as this process's config has it.
-fn firewall(
+fn judging(
     state: &TunnelState,
     m: &crate::upgrade::TunnelMeta,
     metrics: &Arc<Metrics>,
     mesh: &Arc<Mesh>,
-) -> std::io::Result<Option<record::Firewalled>> {
+) -> std::io::Result<Judging> {
     let policy = crate::hostname::HostName::parse(&m.peer)
         .ok()
         .and_then(|h| mesh.policy_for(&h).dist);
     match (&state.firewall, policy) {
-        (None, None) => Ok(None),
+        (None, None) => Ok(Judging::Unjudged),
         (Some(_), None) => {
             warn!("the peer's dist policy is gone from the config: this tunnel is carried unjudged from now on");
-            Ok(None)
+            Ok(Judging::Unjudged)
         }
-        (None, Some(_)) => {
-            warn!("the config now holds the peer to a dist policy: this tunnel, open before, is carried unjudged until it reconnects");
-            Ok(None)
-        }
+        (None, Some(_)) => Ok(Judging::Refused),
         (Some(fs), Some(policy)) => {
             let pair = mesh.memories().pair(&m.peer, &m.local_node, &m.remote_node);
             let fw = Firewall::new(policy, &m.peer, pair, metrics.clone());
             fw.import(fs.answers.clone(), fs.memory.clone());
             let out = Outbound::import(fw.clone(), fs.outbound.clone())?;
             let inb = Inbound::import(fw.clone(), fs.inbound.clone())?;
-            Ok(Some(record::Firewalled {
+            Ok(Judging::Judged(Box::new(record::Firewalled {
                 firewall: fw,
                 node_dials: m.dir == "out",
                 directions: Some((out, inb)),
-            }))
+            })))
         }
     }
 }

@@ -61,7 +61,7 @@ pub use corked::Corked;
 pub use keys::{Keys, SecretCapture, Side, DEFAULT_RECORDS_PER_KEY};
 pub use reader::{Reader, MAX_IDLE_RECORDS};
 pub use sender::{send, Sender};
-pub use splice::{splice, splice_from, Firewalled};
+pub use splice::{refuse, splice, splice_from, Firewalled};
 #[cfg(any(test, feature = "testing"))]
 pub use testing::{fuzz_open, fuzz_seal, send_record};
 
@@ -99,6 +99,7 @@ const UNEXPECTED_MESSAGE: u8 = 10;
 const BAD_RECORD_MAC: u8 = 20;
 const RECORD_OVERFLOW: u8 = 22;
 const CERTIFICATE_REVOKED: u8 = 44;
+const ACCESS_DENIED: u8 = 49;
 const ILLEGAL_PARAMETER: u8 = 47;
 const DECODE_ERROR: u8 = 50;
 const INTERNAL_ERROR: u8 = 80;
@@ -134,6 +135,13 @@ impl std::error::Error for PeerAlert {}
 
 fn fatal(alert: u8, why: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, Fatal { alert, why })
+}
+
+/// The error that ends a tunnel this end may no longer carry: `access_denied`
+/// to the peer (RFC 8446 §6.2: access control was applied and this end does
+/// not proceed), for `why`.
+pub fn access_denied(why: &'static str) -> io::Error {
+    fatal(ACCESS_DENIED, why)
 }
 
 fn invalid(why: &'static str) -> io::Error {

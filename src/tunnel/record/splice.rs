@@ -176,6 +176,13 @@ pub async fn splice_from(
     result
 }
 
+/// Ends a tunnel without carrying a byte more: the alert `e` calls for to
+/// the peer, and the node's connection reset (an abnormal end, §6.1).
+pub async fn refuse(local: tokio::net::TcpStream, mut remote: tokio::net::TcpStream, mut tx: Sender, e: &io::Error) {
+    tx.abort(&mut remote, e).await;
+    reset(&local);
+}
+
 /// A firewalled tunnel's judged state: both directions, the answers
 /// waiting, what the node pair remembers.
 fn export_firewall(fw: &Firewall, out: &Outbound, inb: &Inbound) -> io::Result<crate::upgrade::FirewallState> {
