@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # erlmesh's benchmark: real nodes through direct inet_tcp_dist, a plain
-# forwarder pair (the floor for any proxy per host), erlmesh, OTP's
+# forwarder pair (the floor for any proxy per host) and its twin on tokio
+# (plain-async: what an async runtime costs per wake-up), erlmesh, OTP's
 # inet_tls_dist and stunnel (when installed), and erlmesh with a restrictive
 # dist policy on both hosts (erlmesh-policy), alternating setups over
 # ROUNDS rounds; prints each figure's median and its ratio to direct, with
@@ -11,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 rounds=${1:-3}; shift || true
 "$here/../scripts/install-deps.sh"
 (cd "$here/.." && cargo build --release --locked -q --bins --examples)
-modes="direct plain erlmesh erlmesh-policy tlsdist"
+modes="direct plain plain-async erlmesh erlmesh-policy tlsdist"
 command -v stunnel >/dev/null && modes="$modes stunnel"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -34,20 +35,21 @@ for m in med:
     if m == 'direct': continue
     r = {k: med[m][k] / med['direct'][k] for k in keys[:5]}
     print('RATIO %s/direct ' % m + ' '.join('%s=%.2f' % (k, v) for k, v in r.items()))
-if 'plain' in med and 'erlmesh' in med:
-    r = {k: med['erlmesh'][k] / med['plain'][k] for k in keys[:5]}
-    print('RATIO erlmesh/plain ' + ' '.join('%s=%.2f' % (k, v) for k, v in r.items()))
+for floor in ('plain', 'plain-async'):
+    if floor in med and 'erlmesh' in med:
+        r = {k: med['erlmesh'][k] / med[floor][k] for k in keys[:5]}
+        print('RATIO erlmesh/%s ' % floor + ' '.join('%s=%.2f' % (k, v) for k, v in r.items()))
 if 'erlmesh-policy' in med and 'erlmesh' in med:
     r = {k: med['erlmesh-policy'][k] / med['erlmesh'][k] for k in keys[:5]}
     print('RATIO erlmesh-policy/erlmesh ' + ' '.join('%s=%.2f' % (k, v) for k, v in r.items()))
 # Bytes carried per run: bulk MiB plus small messages and round trips (small).
 gb = bulk_mib * 1024 * 1024 / 1e9
-for m in ('plain', 'erlmesh', 'erlmesh-policy', 'stunnel'):
+for m in ('plain', 'plain-async', 'erlmesh', 'erlmesh-policy', 'stunnel'):
     if m in med:
         carried = st.median(r['proxy_cpu_s'] - r.get('proxy_start_cpu_s', 0) for r in rows[m])
         print('CPU %s: %.2f s per GB carried (both proxies from ready to the end / bulk bytes; %.2f s with start-up)' % (m, carried / gb, med[m]['proxy_cpu_s'] / gb))
 if 'plain' in med:
-    for m in ('erlmesh', 'erlmesh-policy'):
+    for m in ('plain-async', 'erlmesh', 'erlmesh-policy'):
         if m in med:
             # Round by round against plain's run of the same round.
             rs = [(a['proxy_cpu_s'] - a.get('proxy_start_cpu_s', 0)) / (p['proxy_cpu_s'] - p.get('proxy_start_cpu_s', 0))
@@ -59,16 +61,16 @@ if 'plain' in med:
 # round trip; the whole-run figure above mixes them over the bulk bytes.
 small_n, rtt_n = float(sys.argv[3 + len(modes)]), float(sys.argv[4 + len(modes)])
 phase = {}
-for m in ('plain', 'erlmesh', 'erlmesh-policy', 'stunnel'):
+for m in ('plain', 'plain-async', 'erlmesh', 'erlmesh-policy', 'stunnel'):
     if m in rows and 'bulk_cpu_s' in rows[m][0]:
         phase[m] = (st.median(r['bulk_cpu_s'] for r in rows[m]) / gb,
                     st.median(r['small_cpu_s'] for r in rows[m]) / small_n * 1e6,
                     st.median(r['rtt_cpu_s'] for r in rows[m]) / rtt_n * 1e6)
         print('PHASE CPU %s: bulk %.2f s per GB; small messages %.2f us per message; round trips %.1f us per round trip' % ((m,) + phase[m]))
-for m in ('erlmesh', 'erlmesh-policy'):
-    if m in phase and 'plain' in phase:
-        print('PHASE CPU RATIO %s/plain: bulk %.2f; small messages %.2f; round trips %.2f' %
-              ((m,) + tuple(a / p for a, p in zip(phase[m], phase['plain']))))
+for m, floor in (('plain-async', 'plain'), ('erlmesh', 'plain'), ('erlmesh-policy', 'plain'), ('erlmesh', 'plain-async')):
+    if m in phase and floor in phase:
+        print('PHASE CPU RATIO %s/%s: bulk %.2f; small messages %.2f; round trips %.2f' %
+              ((m, floor) + tuple(a / p for a, p in zip(phase[m], phase[floor]))))
 if 'erlmesh' in rows:
     print('MEMORY erlmesh: idle RSS %.0f KiB (one process); peak RSS during the run %.0f KiB (both)' %
           (st.median(r['idle_rss_kb'] for r in rows['erlmesh']), med['erlmesh']['proxy_rss_kb']))

@@ -45,6 +45,13 @@ proxy_ticks() {
   echo "$t"
 }
 ticks_ready=0
+# BENCH_WRAP: a command the proxies are started under (bench/instructions.sh
+# runs them under callgrind); BENCH_ON_READY / BENCH_ON_DONE: commands run
+# once the proxies are ready and once node a is done, with the proxies'
+# pids as arguments.
+wrap=${BENCH_WRAP:-}
+on_ready() { [ -z "${BENCH_ON_READY:-}" ] || $BENCH_ON_READY "${proxies[@]}"; }
+on_done() { [ -z "${BENCH_ON_DONE:-}" ] || $BENCH_ON_DONE "${proxies[@]}"; }
 start_b() { "$@" -eval 'distbench:serve()' >"$w/b.log" 2>&1 & pids+=($!); }
 wait_names() { # epmd_port name: until the node is registered
   for _ in $(seq 100); do
@@ -55,6 +62,7 @@ run_a() {
   local out line cpu=0 hwm=0 tck
   out=$(BENCH_PROXY_PIDS="${proxies[*]}" timeout 600 "$@" -eval "distbench:run(b@hostb, $opts), halt()." 2>&1) || true
   line=$(grep '^RESULT' <<<"$out" || true)
+  on_done
   if [ -z "$line" ]; then echo "$out" | tail -20 >&2; cat "$w/b.log" >&2; echo "run failed" >&2; exit 1; fi
   for p in "${proxies[@]}"; do
     read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat")
@@ -76,7 +84,7 @@ proxy_pair_ports() {
 }
 proxy_pair_run() { # once the proxies are started
   sleep 0.5
-  ticks_ready=$(proxy_ticks)
+  ticks_ready=$(proxy_ticks); on_ready
   start_b env ERL_EPMD_PORT=$eb erl "${erl_common[@]}" -sname b@hostb -kernel inet_dist_listen_min "$db" -kernel inet_dist_listen_max "$db"
   wait_names "$eb" b
   run_a env ERL_EPMD_PORT=$ea ERL_INETRC=$w/inetrc_a erl "${erl_common[@]}" -sname a@hosta
@@ -135,26 +143,29 @@ erlmesh|erlmesh-policy)
     sed -i "/^key = /a cipher_suites = [$list]" "$w/hosta.toml" "$w/hostb.toml"
   fi
   for h in hosta hostb; do
-    "$em" run --config "$w/$h.toml" 2>"$w/$h.mesh.log" & pids+=($!); proxies+=($!)
+    $wrap "$em" run --config "$w/$h.toml" 2>"$w/$h.mesh.log" & pids+=($!); proxies+=($!)
   done
   for h in hosta hostb; do wait_ready "$w/$h.toml" "$w/$h.mesh.log"; done
   idle=$(rss "${proxies[0]}")
-  ticks_ready=$(proxy_ticks)
+  ticks_ready=$(proxy_ticks); on_ready
   ( eval "$("$em" env --config "$w/hostb.toml")"; exec erl "${erl_common[@]}" -sname b@hostb -eval 'distbench:serve()' ) >"$w/b.log" 2>&1 &
   pids+=($!)
   wait_names "$eb" b
   ( eval "$("$em" env --config "$w/hosta.toml")"; run_a erl "${erl_common[@]}" -sname a@hosta ) >"$w/a.result" || { tail -n 20 "$w"/*.mesh.log >&2; exit 1; }
   sed "s/\$/ idle_rss_kb=$idle/" "$w/a.result"
   ;;
-plain)
+plain|plain-async)
   # The floor for any design with a proxy per host: the stunnel layout with
-  # a plain TCP forwarder per host (examples/plainfwd.rs: no encryption).
+  # a plain TCP forwarder per host (examples/plainfwd.rs: no encryption);
+  # plain-async: the same on tokio's current-thread runtime
+  # (examples/asyncfwd.rs), the floor for an async proxy.
   fwd=$here/../target/release/examples/plainfwd
+  [ "$mode" = plain-async ] && fwd=$here/../target/release/examples/asyncfwd
   [ -x "$fwd" ] || { echo "no plainfwd at $fwd (cargo build --release --examples)" >&2; exit 1; }
   proxy_pair_ports
-  "$fwd" "127.0.1.2:$ea=127.0.0.1:$s1" "127.0.1.2:$db=127.0.0.1:$s2" & pids+=($!); proxies+=($!)
-  "$fwd" "127.0.0.1:$s1=127.0.0.1:$eb" "127.0.0.1:$s2=127.0.0.1:$db" & pids+=($!); proxies+=($!)
+  $wrap "$fwd" "127.0.1.2:$ea=127.0.0.1:$s1" "127.0.1.2:$db=127.0.0.1:$s2" & pids+=($!); proxies+=($!)
+  $wrap "$fwd" "127.0.0.1:$s1=127.0.0.1:$eb" "127.0.0.1:$s2=127.0.0.1:$db" & pids+=($!); proxies+=($!)
   proxy_pair_run
   ;;
-*) echo "unknown mode $mode (direct|erlmesh|erlmesh-policy|tlsdist|stunnel|plain)" >&2; exit 2 ;;
+*) echo "unknown mode $mode (direct|erlmesh|erlmesh-policy|tlsdist|stunnel|plain|plain-async)" >&2; exit 2 ;;
 esac
