@@ -81,7 +81,10 @@ fn a_checked_stream_survives_repeated_kills() {
     let mut b = hb.node_with("b", &pa);
     assert_eq!(b.eval("stream:start_receiver()."), "ok");
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
-    assert_eq!(a.eval("stream:start_sender(b@hostb, 16000, 2000)."), "ok");
+    // At most 2 minutes; stopped 3 s after the last restart (however long
+    // the restarts took), so that the stream's tail goes through a whole
+    // path and must arrive.
+    assert_eq!(a.eval("stream:start_sender(b@hostb, 120000, 2000)."), "ok");
     // Kill and restart each side's erlmesh in turn while the stream runs,
     // leaving time for the nodes to re-register (OTP retries every 2 s).
     for round in 0..4 {
@@ -91,6 +94,8 @@ fn a_checked_stream_survives_repeated_kills() {
         std::thread::sleep(Duration::from_millis(300));
         h.start();
     }
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(a.eval("stream:stop_sender()."), "ok");
     let sent = a.eval("stream:sender_report().");
     let report = b.eval("stream:report().");
     println!("stream through 4 kills: sender {sent}; receiver {report}");

@@ -3,7 +3,7 @@
 %% nodedown. Anything else (corrupted, duplicated, reordered, or a gap with
 %% no nodedown to explain it) is counted as bad.
 -module(stream).
--export([start_receiver/0, report/0, start_sender/3, sender_report/0]).
+-export([start_receiver/0, report/0, start_sender/3, stop_sender/0, sender_report/0]).
 
 start_receiver() ->
     Pid = spawn(fun() ->
@@ -57,7 +57,7 @@ start_sender(Node, Ms, Size) ->
     ok.
 
 tx(Node, End, Size, Seq, Synced) ->
-    case erlang:monotonic_time(millisecond) > End of
+    case erlang:monotonic_time(millisecond) > End orelse stop_asked(Seq) of
         true ->
             %% a last sync once the path is back, so the tail is counted
             final_sync(Node, 50),
@@ -71,6 +71,17 @@ tx(Node, End, Size, Seq, Synced) ->
             end,
             tx(Node, End, Size, Seq + 1, S2)
     end.
+
+%% Told to stop (looked at between two syncs).
+stop_asked(Seq) when Seq rem 50 =:= 1 ->
+    receive stop -> true after 0 -> false end;
+stop_asked(_) ->
+    false.
+
+%% Ends the sending early (at the next sync point); the tail is synced.
+stop_sender() ->
+    stream_tx ! stop,
+    ok.
 
 sync(Node, T) ->
     Ref = make_ref(),

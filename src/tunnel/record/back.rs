@@ -85,22 +85,34 @@ pub(super) async fn open_to_node(
 async fn write_segs<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], segs: &[Seg]) -> io::Result<u64> {
     let mut total = 0u64;
     for group in segs.chunks(MAX_SLICES) {
-        let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
-        for (slice, s) in slices.iter_mut().zip(group) {
-            *slice = io::IoSlice::new(match s {
-                Seg::Buf(r) => &buf[r.clone()],
-                Seg::Own(v) => v,
-                Seg::Len(l) => l,
-            });
-        }
-        let bufs = &mut slices[..group.len()];
-        let n = bufs.iter().map(|b| b.len() as u64).sum::<u64>();
-        total += n;
-        // Nothing to write is not a write of zero bytes (a closed socket).
-        if n == 0 {
-            continue;
-        }
-        super::write_all_vectored(w, bufs).await?;
+        // A message or two (most wake-ups) fill a few slices: those are
+        // all there is to set up.
+        total += match group.len() {
+            ..=FEW_SLICES => write_group::<FEW_SLICES, W>(w, buf, group).await?,
+            _ => write_group::<MAX_SLICES, W>(w, buf, group).await?,
+        };
     }
     Ok(total)
+}
+
+/// Pieces of a small write to a node.
+const FEW_SLICES: usize = 4;
+
+/// [`write_segs`] for at most `N` segments.
+async fn write_group<const N: usize, W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8], group: &[Seg]) -> io::Result<u64> {
+    let mut slices = [io::IoSlice::new(&[]); N];
+    for (slice, s) in slices.iter_mut().zip(group) {
+        *slice = io::IoSlice::new(match s {
+            Seg::Buf(r) => &buf[r.clone()],
+            Seg::Own(v) => v,
+            Seg::Len(l) => l,
+        });
+    }
+    let bufs = &mut slices[..group.len()];
+    let n = bufs.iter().map(|b| b.len() as u64).sum::<u64>();
+    // Nothing to write is not a write of zero bytes (a closed socket).
+    if n > 0 {
+        super::write_all_vectored(w, bufs).await?;
+    }
+    Ok(n)
 }

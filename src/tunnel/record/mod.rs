@@ -47,6 +47,7 @@
 mod back;
 mod corked;
 mod keys;
+mod on_wake;
 mod out;
 mod reader;
 mod sender;

@@ -3,6 +3,7 @@
 //! cleanly, one fails, or the peer's certificate is no longer accepted.
 
 use super::back::open_to_node;
+use super::on_wake::OnWake;
 use super::out::seal_from_node;
 use super::reader::Reader;
 use super::sender::Sender;
@@ -93,6 +94,8 @@ pub async fn splice_from(
     let mut carried = Carried::default();
     let (mut o, mut b) = done;
     tokio::pin!(revoked);
+    // Polled only when the certificate's end wakes it, not at each message.
+    let mut revoked = OnWake::new(revoked);
     let result = loop {
         let step = {
             // Without a dist policy the bytes are not looked at; with one, the
@@ -108,6 +111,9 @@ pub async fn splice_from(
             let out = seal_from_node(&mut lr, &mut rw, &mut tx, &counted, fo, po, &mut carried.out);
             let back = open_to_node(&mut rr, &mut lw, &mut rx, &counted, fi, pb, &mut carried.back);
             tokio::pin!(out, back);
+            // Each direction polled when its own socket (or freeze) woke
+            // the task, not at every message the other carries.
+            let (mut out, mut back) = (OnWake::new(out), OnWake::new(back));
             let (mut out_paused, mut back_paused) = (false, false);
             loop {
                 if (o || out_paused) && (b || back_paused) {
@@ -117,7 +123,10 @@ pub async fn splice_from(
                         Ok(Dir::Done)
                     };
                 }
+                // Biased: a branch completes only when its direction (or
+                // the tunnel) ends, so there is no fairness to draw for.
                 tokio::select! {
+                    biased;
                     r = &mut out, if !o && !out_paused => match r {
                         Ok(Dir::Done) => o = true,
                         Ok(Dir::Paused) => out_paused = true,
