@@ -6,6 +6,7 @@
 //! (time, best of several).
 //!
 //! usage: cryptobench records PROVIDER SUITE MIB
+//!        cryptobench small PROVIDER SUITE COUNT (100-byte records)
 //!        cryptobench handshakes PROVIDER SUITE N
 //!        cryptobench native
 //! PROVIDER: ring | aws-lc-rs; SUITE: TLS13_AES_128_GCM_SHA256 |
@@ -15,6 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const RECORD: usize = 16 * 1024;
+/// A small message's record (a round trip's request or answer).
+const SMALL: usize = 100;
 const TAG: usize = 16;
 const PROVIDERS: [&str; 2] = ["ring", "aws-lc-rs"];
 const SUITES: [&str; 3] = [
@@ -23,30 +26,32 @@ const SUITES: [&str; 3] = [
     "TLS13_CHACHA20_POLY1305_SHA256",
 ];
 
-/// Seals `mib` MiB as 16 KiB records under one key and opens them under the
-/// other end's, in place, with the provider's AEAD as the record layer
-/// calls it. Returns a checksum so that nothing is optimised away.
+/// Seals `count` records of `size` bytes under one key and opens them
+/// under the other end's, in place, with the provider's AEAD as the record
+/// layer calls it. Returns a checksum so that nothing is optimised away.
 macro_rules! records_with {
-    ($aead:path, $alg:expr, $mib:expr) => {{
+    ($aead:path, $alg:expr, $size:expr, $count:expr) => {{
         use $aead as aead;
         let key = [7u8; 32];
         let alg = $alg;
         let seal = aead::LessSafeKey::new(aead::UnboundKey::new(alg, &key[..alg.key_len()]).unwrap());
         let open = aead::LessSafeKey::new(aead::UnboundKey::new(alg, &key[..alg.key_len()]).unwrap());
-        let mut rec = vec![0x5au8; RECORD + 1 + TAG];
+        let size: usize = $size;
+        let mut rec = vec![0x5au8; size + 1 + TAG];
         let mut sum = 0u64;
-        for seq in 0..($mib as u64 * 1024 * 1024 / RECORD as u64) {
+        for seq in 0..($count as u64) {
             let mut n = [0u8; 12];
             n[4..].copy_from_slice(&seq.to_be_bytes());
-            let hdr = [23, 3, 3, 0x40, 0x11];
+            let len = (size + 1 + TAG) as u16;
+            let hdr = [23, 3, 3, (len >> 8) as u8, len as u8];
             let tag = seal
                 .seal_in_place_separate_tag(
                     aead::Nonce::assume_unique_for_key(n),
                     aead::Aad::from(hdr),
-                    &mut rec[..RECORD + 1],
+                    &mut rec[..size + 1],
                 )
                 .unwrap();
-            rec[RECORD + 1..].copy_from_slice(tag.as_ref());
+            rec[size + 1..].copy_from_slice(tag.as_ref());
             let plain = open
                 .open_in_place(aead::Nonce::assume_unique_for_key(n), aead::Aad::from(hdr), &mut rec)
                 .unwrap();
@@ -57,20 +62,24 @@ macro_rules! records_with {
 }
 
 fn records(provider: &str, suite: &str, mib: usize) -> u64 {
+    sealed_and_opened(provider, suite, RECORD, mib * 1024 * 1024 / RECORD)
+}
+
+fn sealed_and_opened(provider: &str, suite: &str, size: usize, count: usize) -> u64 {
     match (provider, suite) {
-        ("ring", "TLS13_AES_128_GCM_SHA256") => records_with!(ring::aead, &ring::aead::AES_128_GCM, mib),
-        ("ring", "TLS13_AES_256_GCM_SHA384") => records_with!(ring::aead, &ring::aead::AES_256_GCM, mib),
+        ("ring", "TLS13_AES_128_GCM_SHA256") => records_with!(ring::aead, &ring::aead::AES_128_GCM, size, count),
+        ("ring", "TLS13_AES_256_GCM_SHA384") => records_with!(ring::aead, &ring::aead::AES_256_GCM, size, count),
         ("ring", "TLS13_CHACHA20_POLY1305_SHA256") => {
-            records_with!(ring::aead, &ring::aead::CHACHA20_POLY1305, mib)
+            records_with!(ring::aead, &ring::aead::CHACHA20_POLY1305, size, count)
         }
         ("aws-lc-rs", "TLS13_AES_128_GCM_SHA256") => {
-            records_with!(aws_lc_rs::aead, &aws_lc_rs::aead::AES_128_GCM, mib)
+            records_with!(aws_lc_rs::aead, &aws_lc_rs::aead::AES_128_GCM, size, count)
         }
         ("aws-lc-rs", "TLS13_AES_256_GCM_SHA384") => {
-            records_with!(aws_lc_rs::aead, &aws_lc_rs::aead::AES_256_GCM, mib)
+            records_with!(aws_lc_rs::aead, &aws_lc_rs::aead::AES_256_GCM, size, count)
         }
         ("aws-lc-rs", "TLS13_CHACHA20_POLY1305_SHA256") => {
-            records_with!(aws_lc_rs::aead, &aws_lc_rs::aead::CHACHA20_POLY1305, mib)
+            records_with!(aws_lc_rs::aead, &aws_lc_rs::aead::CHACHA20_POLY1305, size, count)
         }
         _ => usage(),
     }
@@ -204,6 +213,9 @@ fn main() {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["records", p, s, n] => {
             std::hint::black_box(records(p, s, n.parse().unwrap_or_else(|_| usage())));
+        }
+        ["small", p, s, n] => {
+            std::hint::black_box(sealed_and_opened(p, s, SMALL, n.parse().unwrap_or_else(|_| usage())));
         }
         ["handshakes", p, s, n] => handshakes(p, s, n.parse().unwrap_or_else(|_| usage())),
         ["native"] => native(),
