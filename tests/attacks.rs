@@ -484,9 +484,7 @@ fn an_injected_change_cipher_spec_ends_the_tunnel_with_an_alert() {
     // Whatever records were on their way, the tunnel was closed: the read
     // above ended, and the log says why.
     assert!(
-        wait_for(Duration::from_secs(5), || ha
-            .log()
-            .contains("change_cipher_spec record after the handshake")),
+        ha.log_shows("change_cipher_spec record after the handshake", Duration::from_secs(5)),
         "{}",
         ha.log()
     );
@@ -586,9 +584,7 @@ fn revocation_story_a_revoked_host_is_cut_off_within_seconds() {
         "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
     )
     .unwrap();
-    assert!(wait_for(Duration::from_secs(10), || ha
-        .log()
-        .contains("certificate reload refused")));
+    assert!(ha.log_shows("certificate reload refused", Duration::from_secs(10)));
     assert_eq!(cn.eval("net_adm:ping(a@hosta)."), "pang");
 }
 

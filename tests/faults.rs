@@ -195,9 +195,7 @@ fn sighup_reloads_certificates_and_refuses_a_bad_one() {
     std::fs::write(certs.join("hosta.pem"), "not a certificate\n").unwrap();
     ha.proc.as_ref().unwrap().signal(1);
     assert!(
-        wait_for(Duration::from_secs(5), || ha
-            .log()
-            .contains("certificate reload refused")),
+        ha.log_shows("certificate reload refused", Duration::from_secs(5)),
         "{}",
         ha.log()
     );

@@ -416,9 +416,7 @@ fn an_exposed_epmd_port_stops_the_start_and_an_exposed_node_is_warned_about() {
     ha.skip_env = vec!["ERL_ZFLAGS".into()];
     let _n = ha.node_with("n", &["-start_epmd", "false"]);
     assert!(
-        wait_for(Duration::from_secs(5), || ha
-            .log()
-            .contains("distribution port is open to the network")),
+        ha.log_shows("distribution port is open to the network", Duration::from_secs(5)),
         "{}",
         ha.log()
     );

@@ -38,6 +38,22 @@ fn host_with_own_binary(c: &Cluster, name: &str) -> Host {
     h
 }
 
+/// hosta and hostb, each running its own copy of erlmesh and listing the
+/// other as a peer; not started.
+fn peered_pair(c: &Cluster) -> (Host, Host) {
+    let mut ha = host_with_own_binary(c, "hosta");
+    let mut hb = host_with_own_binary(c, "hostb");
+    ha.peer(&hb);
+    hb.peer(&ha);
+    (ha, hb)
+}
+
+/// Registers `name` on `n`: a process counting the messages it gets
+/// (`{count, From}` asks for the count).
+fn start_counter(n: &mut Node, name: &str) {
+    n.eval(&format!("register({name}, spawn(fun() -> S = fun L(K) -> receive {{count, F}} -> F ! {{count, K}}, L(K); _ -> L(K + 1) end end, S(0) end))."));
+}
+
 /// Installs the built binary again at `h`'s path and upgrades `h` to it:
 /// asserts the upgrade succeeded and the new process serves; returns what
 /// `erlmesh upgrade` printed and the pause it measured.
@@ -79,10 +95,7 @@ fn upgrade(h: &Host) -> (bool, String) {
 #[test]
 fn ten_upgrades_under_traffic_with_no_nodedown() {
     let c = Cluster::new();
-    let mut ha = host_with_own_binary(&c, "hosta");
-    let mut hb = host_with_own_binary(&c, "hostb");
-    ha.peer(&hb);
-    hb.peer(&ha);
+    let (mut ha, mut hb) = peered_pair(&c);
     // KeyUpdates every 16 records: many fall during the hand-overs.
     ha.tls_extra = "records_per_key = 16".into();
     hb.tls_extra = "records_per_key = 16".into();
@@ -249,10 +262,7 @@ fn three_hosts_each_upgraded_in_turn_under_traffic() {
 #[test]
 fn a_tunnel_under_a_dist_policy_keeps_its_judged_state_across_upgrades() {
     let c = Cluster::new();
-    let mut ha = host_with_own_binary(&c, "hosta");
-    let mut hb = host_with_own_binary(&c, "hostb");
-    ha.peer(&hb);
-    hb.peer(&ha);
+    let (mut ha, mut hb) = peered_pair(&c);
     // hostb's nodes may spawn (rpc) and reach `sink` only.
     ha.dist_policies = vec![("hostb".into(), "strict".into())];
     ha.extra = "[dist_policies.strict]\nspawn = true\nregistered = [\"sink\"]\n".into();
@@ -263,7 +273,7 @@ fn a_tunnel_under_a_dist_policy_keeps_its_judged_state_across_upgrades() {
     assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
     watch_nodedowns(&mut a);
     watch_nodedowns(&mut b);
-    a.eval("register(secret, spawn(fun() -> S = fun L(K) -> receive {count, F} -> F ! {count, K}, L(K); _ -> L(K + 1) end end, S(0) end)).");
+    start_counter(&mut a, "secret");
     // 1 MiB messages from b to a: sent in fragments, judged as they go,
     // so that upgrades fall while messages are in progress.
     start_traffic_sized(&mut b, &mut a, "a@hosta", 262_144);
@@ -318,16 +328,13 @@ fn a_tunnel_under_a_dist_policy_keeps_its_judged_state_across_upgrades() {
 #[test]
 fn a_policy_added_by_an_upgrade_closes_the_tunnels_it_cannot_judge() {
     let c = Cluster::new();
-    let mut ha = host_with_own_binary(&c, "hosta");
-    let mut hb = host_with_own_binary(&c, "hostb");
-    ha.peer(&hb);
-    hb.peer(&ha);
+    let (mut ha, mut hb) = peered_pair(&c);
     ha.start();
     hb.start();
     let mut a = ha.node("a");
     let mut b = hb.node("b");
     assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
-    a.eval("register(sink, spawn(fun() -> S = fun L(K) -> receive {count, F} -> F ! {count, K}, L(K); _ -> L(K + 1) end end, S(0) end)).");
+    start_counter(&mut a, "sink");
     watch_nodedowns(&mut a);
     watch_nodedowns(&mut b);
     // No policy yet: b runs code on a.
@@ -362,9 +369,7 @@ fn a_policy_added_by_an_upgrade_closes_the_tunnels_it_cannot_judge() {
         ha.log()
     );
     assert!(
-        wait_for(Duration::from_secs(5), || hb
-            .log()
-            .contains("TLS alert 49 from the peer")),
+        hb.log_shows("TLS alert 49 from the peer", Duration::from_secs(5)),
         "{}",
         hb.log()
     );

@@ -7,6 +7,7 @@ pub mod accept;
 pub mod dial;
 pub mod dist_handshake;
 pub mod inbound;
+pub mod on_wake;
 pub mod outbound;
 pub mod preface;
 pub mod record;

@@ -26,12 +26,13 @@ pub mod give;
 pub mod take;
 
 use crate::epmd::codec::NodeInfo;
+use crate::tunnel::on_wake::OnWake;
 use crate::tunnel::record::state::RecordState;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -211,10 +212,8 @@ impl Handoff {
         Participant(())
     }
 
-    /// Moves the process to phase `p`, counting the change in
-    /// [`PHASE_CHANGES`] first.
+    /// Moves the process to phase `p`.
     pub(crate) fn set_phase(&self, p: Phase) {
-        PHASE_CHANGES.fetch_add(1, Ordering::SeqCst);
         self.phase.send_replace(p);
     }
 
@@ -240,42 +239,11 @@ pub async fn frozen(phase: &mut watch::Receiver<Phase>) {
     let _ = phase.wait_for(|p| *p != Phase::Running).await;
 }
 
-/// Changes of phase so far, counted before each is sent: the check that
-/// spares a tunnel direction polling the phase's watch at every read.
-static PHASE_CHANGES: AtomicU64 = AtomicU64::new(0);
-
 /// A wait for the process to freeze that a tunnel direction polls before
-/// each read: once a poll of the inner wait has registered the task with
-/// the phase's watch, a poll from the same task with no phase change since
-/// only reads [`PHASE_CHANGES`] (a change wakes the task through the
-/// watch, and the inner wait is polled again, whatever the phase became).
-pub struct Freeze<F> {
-    inner: std::pin::Pin<Box<F>>,
-    /// The task the inner wait last registered, and the changes counted
-    /// before that poll.
-    armed: Option<(std::task::Waker, u64)>,
-}
-
-/// [`frozen`], cheap to poll often.
-pub fn freeze(phase: &mut watch::Receiver<Phase>) -> Freeze<impl Future<Output = ()> + '_> {
-    Freeze {
-        inner: Box::pin(frozen(phase)),
-        armed: None,
-    }
-}
-
-impl<F: Future<Output = ()>> Future for Freeze<F> {
-    type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let changes = PHASE_CHANGES.load(Ordering::SeqCst);
-        if let Some((w, seen)) = &self.armed {
-            if *seen == changes && w.will_wake(cx.waker()) {
-                return std::task::Poll::Pending;
-            }
-        }
-        self.armed = Some((cx.waker().clone(), changes));
-        self.inner.as_mut().poll(cx)
-    }
+/// each read: the phase's watch is looked at only when it woke the task
+/// (a change of phase), not at every read.
+pub fn freeze(phase: &mut watch::Receiver<Phase>) -> OnWake<std::pin::Pin<Box<impl Future<Output = ()> + '_>>> {
+    OnWake::new(Box::pin(frozen(phase)))
 }
 
 /// A copy of a socket's descriptor, for the new process.
@@ -316,10 +284,8 @@ mod tests {
     use super::*;
 
     /// A phase change as [`Handoff::set_phase`] makes it, on a channel of
-    /// the test's own (the count is the process's: other waits only poll
-    /// their inner wait once more).
+    /// the test's own.
     fn change(tx: &watch::Sender<Phase>, p: Phase) {
-        PHASE_CHANGES.fetch_add(1, Ordering::SeqCst);
         tx.send_replace(p);
     }
 

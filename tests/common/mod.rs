@@ -435,6 +435,11 @@ impl Host {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Whether this host's log shows `text` within `within`.
+    pub fn log_shows(&self, text: &str, within: Duration) -> bool {
+        wait_for(within, || self.log().contains(text))
+    }
+
     /// The environment `erlmesh env` gives this host's nodes.
     pub fn env(&self) -> Vec<(String, String)> {
         let out = run_ok(&["env", "--config", self.config_path().to_str().unwrap()]);

@@ -26,8 +26,8 @@ pub(super) async fn open_to_node(
     pause: Option<&mut Pause>,
     total: &mut u64,
 ) -> io::Result<Dir> {
-    // One wait for a freeze for the direction's life: registered once,
-    // then a count of phase changes read before each read.
+    // One wait for a freeze for the direction's life, looked at only when
+    // a change of phase woke the task.
     let mut freeze = pause.map(crate::upgrade::freeze);
     let mut segs = Vec::with_capacity(MAX_RANGES);
     let mut closed = false;

@@ -47,7 +47,6 @@
 mod back;
 mod corked;
 mod keys;
-mod on_wake;
 mod out;
 mod reader;
 mod sender;

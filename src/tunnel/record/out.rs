@@ -27,8 +27,8 @@ pub(super) async fn seal_from_node(
     pause: Option<&mut Pause>,
     total: &mut u64,
 ) -> io::Result<Dir> {
-    // One wait for a freeze for the direction's life: registered once,
-    // then a count of phase changes read before each read.
+    // One wait for a freeze for the direction's life, looked at only when
+    // a change of phase woke the task.
     let mut freeze = pause.map(crate::upgrade::freeze);
     // The node's bytes: one record's worth at first, a batch once a read
     // fills it (bulk traffic), so that tunnels carrying small messages

@@ -3,13 +3,13 @@
 //! cleanly, one fails, or the peer's certificate is no longer accepted.
 
 use super::back::open_to_node;
-use super::on_wake::OnWake;
 use super::out::seal_from_node;
 use super::reader::Reader;
 use super::sender::Sender;
 use super::state;
 use super::Carried;
 use crate::firewall::filter::{Firewall, Inbound, Outbound};
+use crate::tunnel::on_wake::OnWake;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;

@@ -1,9 +1,10 @@
 //! A future polled only once something woke it: an open tunnel's task is
 //! woken at every message either direction carries, and a `select!` polls
 //! every branch at every wake-up, so a branch that is almost never ready
-//! (the end of the peer's certificate) would be polled at each message.
-//! [`OnWake`] gives its future a waker of its own and polls it only after
-//! that waker fired (as `FuturesUnordered` does for its futures).
+//! (the other direction, the end of the peer's certificate, a freeze for
+//! an upgrade) would be polled at each message. [`OnWake`] gives its
+//! future a waker of its own and polls it only after that waker fired (as
+//! `FuturesUnordered` does for its futures).
 
 use std::future::Future;
 use std::pin::Pin;
