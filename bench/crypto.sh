@@ -2,8 +2,11 @@
 # The cryptography's cost per provider and TLS 1.3 suite
 # (examples/cryptobench.rs): instructions per GB sealed and opened (16 KiB
 # records, in place, as the record layer does), per 100-byte record sealed
-# and opened (a small message's fixed cost) and per mutual-TLS handshake, counted by callgrind (repeatable on a noisy machine; valgrind
-# shows the code an AVX2 CPU without AVX-512 runs), then times natively.
+# and opened (a small message's fixed cost) and per mutual-TLS handshake,
+# counted by callgrind (repeatable on a noisy machine; valgrind shows the
+# code an AVX2 CPU without AVX-512 runs); then the same timed natively,
+# and a small record's time after a pause (cold caches, as between a
+# round trip's messages).
 # usage: bench/crypto.sh [MiB=32] [handshakes=20]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,3 +32,4 @@ for p in ring aws-lc-rs; do
 done
 echo "natively (best of 5; sealed and opened MB/s, one handshake):"
 "$bin" native
+"$bin" cold
