@@ -458,54 +458,17 @@ async fn revocation_ends_with_certificate_revoked_and_a_reset() {
     assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
 }
 
-/// Takes `room` bytes, then fails every write.
-struct Breaks {
-    got: Vec<u8>,
-    room: usize,
-}
-
-impl tokio::io::AsyncWrite for Breaks {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        let n = buf.len().min(self.room);
-        if n == 0 {
-            return std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        self.room -= n;
-        self.got.extend_from_slice(&buf[..n]);
-        std::task::Poll::Ready(Ok(n))
-    }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
 #[tokio::test]
 async fn no_alert_follows_a_partial_record() {
     let mut tx = sender();
-    let mut w = Breaks {
-        got: Vec::new(),
-        room: 10,
-    };
+    let mut w = Trickle::breaking_after(10);
     assert!(send(&mut w, &mut tx, b"more than ten bytes").await.is_err());
     w.room = 1000;
     tx.abort(&mut w, &fatal(DECODE_ERROR, "test")).await;
     assert_eq!(w.got.len(), 10, "an alert was written after a partial record");
     // A whole record, then the alert.
     let mut tx = sender();
-    let mut w = Breaks {
-        got: Vec::new(),
-        room: 1000,
-    };
+    let mut w = Trickle::breaking_after(1000);
     send(&mut w, &mut tx, b"whole").await.unwrap();
     let sent = w.got.len();
     tx.abort(&mut w, &fatal(DECODE_ERROR, "test")).await;
@@ -730,13 +693,30 @@ async fn record_state_carries_a_tunnel_on_mid_record() {
     assert!(super::state::import(&bad).is_err());
 }
 
-/// Takes at most `step` bytes per write and is not ready every other
-/// time; counts vectored calls.
+/// A socket for the tests: takes at most `step` bytes per write, and
+/// `room` bytes in all (then every write fails: a broken pipe); when
+/// `alternate`, is not ready every other time. Counts vectored calls.
 struct Trickle {
     got: Vec<u8>,
+    room: usize,
     step: usize,
+    alternate: bool,
     ready: bool,
     vectored: usize,
+}
+
+impl Trickle {
+    /// Takes `room` bytes, then fails every write.
+    fn breaking_after(room: usize) -> Trickle {
+        Trickle {
+            got: Vec::new(),
+            room,
+            step: usize::MAX,
+            alternate: false,
+            ready: false,
+            vectored: 0,
+        }
+    }
 }
 
 impl tokio::io::AsyncWrite for Trickle {
@@ -745,12 +725,18 @@ impl tokio::io::AsyncWrite for Trickle {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        self.ready = !self.ready;
-        if !self.ready {
-            cx.waker().wake_by_ref();
-            return std::task::Poll::Pending;
+        if self.alternate {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
         }
-        let n = buf.len().min(self.step);
+        let n = buf.len().min(self.step).min(self.room);
+        if n == 0 {
+            return std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        self.room -= n;
         self.got.extend_from_slice(&buf[..n]);
         std::task::Poll::Ready(Ok(n))
     }
@@ -802,10 +788,9 @@ async fn pieces_arrive_whole_through_partial_and_pending_writes() {
         let want: Vec<u8> = pieces.concat();
         let step = 1 + next(3000);
         let mut w = Trickle {
-            got: Vec::new(),
             step,
-            ready: false,
-            vectored: 0,
+            alternate: true,
+            ..Trickle::breaking_after(usize::MAX)
         };
         let mut slices: Vec<io::IoSlice<'_>> = pieces.iter().map(|p| io::IoSlice::new(p)).collect();
         super::write_all_vectored(&mut w, &mut slices).await.unwrap();
