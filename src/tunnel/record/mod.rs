@@ -68,24 +68,8 @@ pub use testing::{fuzz_open, fuzz_seal, send_record};
 use std::io;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-/// Pieces that add up to at most this many bytes (a small message's
-/// record: header, plaintext, trailer) are gathered and written with one
-/// plain `send`: the kernel then has no iovec to import and one piece to
-/// copy, where a `writev` of three small pieces costs measurably more per
-/// round trip (README, Performance). The gathering buffer lives on the
-/// stack only while a write is tried, never across a wait.
-const GATHER_MAX: usize = 2048;
-
-/// Writes every byte of `pieces`: one piece, or a few small ones gathered,
-/// with plain writes; larger batches with vectored calls.
+/// Writes every byte of `pieces` with vectored calls.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, mut pieces: &mut [io::IoSlice<'_>]) -> io::Result<()> {
-    let total: usize = pieces.iter().map(|p| p.len()).sum();
-    if pieces.len() == 1 {
-        return w.write_all(&pieces[0]).await;
-    }
-    if total <= GATHER_MAX {
-        return write_all_gathered(w, pieces, total).await;
-    }
     while !pieces.is_empty() {
         let n = w.write_vectored(pieces).await?;
         if n == 0 {
@@ -94,35 +78,6 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, mut pieces: &mut [
         io::IoSlice::advance_slices(&mut pieces, n);
     }
     Ok(())
-}
-
-/// Writes `pieces` (`total` bytes, at most [`GATHER_MAX`]) gathered into
-/// one buffer at each attempt; a partial write goes on where it stopped.
-async fn write_all_gathered<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    pieces: &[io::IoSlice<'_>],
-    total: usize,
-) -> io::Result<()> {
-    use std::task::Poll;
-    let mut done = 0;
-    std::future::poll_fn(|cx| {
-        let mut buf = [0u8; GATHER_MAX];
-        let mut at = 0;
-        for p in pieces {
-            buf[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        while done < total {
-            match std::pin::Pin::new(&mut *w).poll_write(cx, &buf[done..total]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => done += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
-    })
-    .await
 }
 
 /// Largest plaintext in one record (RFC 8446 §5.1).

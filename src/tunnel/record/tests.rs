@@ -695,14 +695,13 @@ async fn record_state_carries_a_tunnel_on_mid_record() {
 
 /// A socket for the tests: takes at most `step` bytes per write, and
 /// `room` bytes in all (then every write fails: a broken pipe); when
-/// `alternate`, is not ready every other time. Counts vectored calls.
+/// `alternate`, is not ready every other time.
 struct Trickle {
     got: Vec<u8>,
     room: usize,
     step: usize,
     alternate: bool,
     ready: bool,
-    vectored: usize,
 }
 
 impl Trickle {
@@ -714,7 +713,6 @@ impl Trickle {
             step: usize::MAX,
             alternate: false,
             ready: false,
-            vectored: 0,
         }
     }
 }
@@ -740,18 +738,6 @@ impl tokio::io::AsyncWrite for Trickle {
         self.got.extend_from_slice(&buf[..n]);
         std::task::Poll::Ready(Ok(n))
     }
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> std::task::Poll<io::Result<usize>> {
-        self.vectored += 1;
-        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
-        self.poll_write(cx, first)
-    }
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
     fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
@@ -763,10 +749,8 @@ impl tokio::io::AsyncWrite for Trickle {
     }
 }
 
-/// Whatever the pieces (one, a few small ones gathered into one write, or
-/// a batch written vectored) and however the socket takes them (a few
-/// bytes at a time, not ready in between), every byte arrives once and in
-/// order; a few small pieces never take a vectored call. Seeded: a
+/// However the socket takes a batch of pieces (a few bytes at a time, not
+/// ready in between), every byte arrives once and in order. Seeded: a
 /// failure names the case to replay.
 #[tokio::test]
 async fn pieces_arrive_whole_through_partial_and_pending_writes() {
@@ -799,8 +783,5 @@ async fn pieces_arrive_whole_through_partial_and_pending_writes() {
             "case {case}: pieces {:?}, step {step}",
             pieces.iter().map(Vec::len).collect::<Vec<_>>()
         );
-        if want.len() <= super::GATHER_MAX {
-            assert_eq!(w.vectored, 0, "case {case}: {} bytes took a vectored call", want.len());
-        }
     }
 }
