@@ -18,7 +18,7 @@ rounds=${1:-8} bulk=${2:-256} rtts=${3:-5000} small=${4:-200000}
 w=$(mktemp -d); trap 'rm -rf "$w"' EXIT
 mkdir "$w/tree"
 tar -C "$root" --exclude=./target --exclude=./fuzz --exclude=./.git -cf - . | tar -C "$w/tree" -xf -
-patch -s -d "$w/tree" -p1 <"$here/null-aead.patch" || {
+(cd "$w/tree" && git apply "$here/null-aead.patch") || {
   echo "bench/null-aead.patch no longer applies to src/tunnel/record/keys.rs: update it" >&2
   exit 1
 }
