@@ -176,10 +176,10 @@ pub async fn splice_from(
         }
     };
     if let Err(e) = &result {
-        tx.abort(&mut rw, e).await;
-        // Whole again, the node's socket is closed without a FIN first.
-        if let Ok(local) = lr.reunite(lw) {
-            reset(&local);
+        // Whole again (the halves are each socket's own), both sockets end
+        // as a refused tunnel does: the alert, then the node's reset.
+        if let (Ok(local), Ok(remote)) = (lr.reunite(lw), rr.reunite(rw)) {
+            refuse(local, remote, tx, e).await;
         }
     }
     result
