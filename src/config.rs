@@ -159,6 +159,7 @@ struct RawDistPolicy {
     spawn: Option<bool>,
     registered: Option<Vec<String>>,
     exit_signals: Option<bool>,
+    max_atoms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -701,12 +702,26 @@ fn parse_dist_policies(
             }
             registered.push(Pattern::new(&r));
         }
+        let max_atoms = match p.max_atoms {
+            None => crate::firewall::atoms::DEFAULT_MAX_ATOMS,
+            Some(n) if (1..=crate::firewall::atoms::MAX_ATOMS_ALL_HOSTS as u64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(invalid(
+                    &key("max_atoms"),
+                    format!(
+                        "{n} is out of range: 1 to {} (all restricted hosts together bring at most that many)",
+                        crate::firewall::atoms::MAX_ATOMS_ALL_HOSTS
+                    ),
+                ))
+            }
+        };
         let policy = DistPolicy {
             name: name.clone(),
             mode,
             spawn: p.spawn.unwrap_or(false),
             registered,
             exit_signals: p.exit_signals.unwrap_or(false),
+            max_atoms,
         };
         out.insert(name, std::sync::Arc::new(policy));
     }
@@ -929,6 +944,20 @@ address = "hostc.example.com:4370"
         assert!(e.contains("dist_policies.edge.registered[0]"), "{e}");
         let e = err(&text.replace("exit_signals = true", "exit_signal = true"));
         assert!(e.contains("exit_signal"), "{e}");
+        assert_eq!(strict.max_atoms, crate::firewall::atoms::DEFAULT_MAX_ATOMS);
+        let c = Config::parse(
+            Path::new("/x.toml"),
+            &text.replace("exit_signals = true", "exit_signals = true\nmax_atoms = 5000"),
+        )
+        .unwrap();
+        assert_eq!(c.peers[0].policy.dist.as_ref().unwrap().max_atoms, 5000);
+        for bad in ["0", "300000"] {
+            let e = err(&text.replace(
+                "exit_signals = true",
+                &format!("exit_signals = true\nmax_atoms = {bad}"),
+            ));
+            assert!(e.contains("dist_policies.edge.max_atoms"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 mod common;
 use common::*;
+use erlmesh::tunnel::preface::TunnelStatus;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -43,6 +44,12 @@ struct Story {
 }
 
 fn cluster(mode: &str, b_suite: Option<&str>, c_suite: Option<&str>) -> Story {
+    cluster_under(&POLICY.replace("MODE", mode), b_suite, c_suite)
+}
+
+/// hosta, hostb and hostc, hostb holding hostc to `policy` (the `edge`
+/// table).
+fn cluster_under(policy: &str, b_suite: Option<&str>, c_suite: Option<&str>) -> Story {
     let c = Cluster::new();
     let mut ha = c.host("hosta");
     let mut hb = c.host("hostb");
@@ -52,7 +59,7 @@ fn cluster(mode: &str, b_suite: Option<&str>, c_suite: Option<&str>) -> Story {
     ha.peers = vec![b.clone(), cc.clone()];
     hb.peers = vec![a.clone(), cc];
     hc.peers = vec![a, b];
-    hb.extra = POLICY.replace("MODE", mode);
+    hb.extra = policy.to_owned();
     hb.dist_policies.push(("hostc".into(), "edge".into()));
     for (h, suite) in [(&mut hb, b_suite), (&mut hc, c_suite)] {
         if let Some(s) = suite {
@@ -570,12 +577,9 @@ const GENERATED_PER_BATCH: u64 = 600;
 /// runs on b (no marker file, b never halts), no kernel process restarts,
 /// hosta's calls never fail, and c keeps what its policy grants. Seeded
 /// (`ERLMESH_SEED`), printed, replayable.
-fn generative_story(b_suite: Option<&str>, c_suite: Option<&str>) {
-    let s = cluster("enforce", b_suite, c_suite);
-    let dir = s.c.path().to_owned();
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
+/// hosta's node puts a key in b's cache, then reads it every 20 ms until
+/// [`legit_calls`] stops it.
+fn start_legit_calls(a: &mut Node) {
     assert_eq!(
         a.eval(&format!("gen_server:call({{cache, {NODE_B}}}, {{put, ka, from_a}}).")),
         "ok"
@@ -584,13 +588,38 @@ fn generative_story(b_suite: Option<&str>, c_suite: Option<&str>) {
         a.eval(&format!("begin C = counters:new(2, []), persistent_term:put(legit, C), register(legit, spawn(fun() -> (fun L() -> receive stop -> ok after 20 -> case catch gen_server:call({{cache, {NODE_B}}}, {{get, ka}}, 5000) of from_a -> counters:add(C, 1, 1); _ -> counters:add(C, 2, 1) end, L() end end)() end)), ok end.")),
         "ok"
     );
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/erl/fw_gen.erl");
-    std::fs::copy(&src, dir.join("fw_gen.erl")).unwrap();
+}
+
+/// Stops hosta's calls: how many were answered, how many failed.
+fn legit_calls(a: &mut Node) -> (u64, u64) {
+    let legit =
+        a.eval("begin legit ! stop, C = persistent_term:get(legit), {counters:get(C, 1), counters:get(C, 2)} end.");
+    legit
+        .trim_matches(|c| c == '{' || c == '}')
+        .split_once(',')
+        .map(|(x, y)| (x.parse::<u64>().unwrap_or(0), y.parse::<u64>().unwrap_or(1)))
+        .unwrap_or((0, 1))
+}
+
+/// Compiles and loads `tests/erl/NAME.erl` on `node`.
+fn load_erl(node: &mut Node, dir: &Path, name: &str) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/erl/{name}.erl"));
+    std::fs::copy(&src, dir.join(format!("{name}.erl"))).unwrap();
     let load = format!(
-        "begin {{ok, M, Bin}} = compile:file(\"{}\", [binary]), {{module, M}} = code:load_binary(M, \"fw_gen.erl\", Bin), ok end.",
-        dir.join("fw_gen.erl").display()
+        "begin {{ok, M, Bin}} = compile:file(\"{}\", [binary]), {{module, M}} = code:load_binary(M, \"{name}.erl\", Bin), ok end.",
+        dir.join(format!("{name}.erl")).display()
     );
-    assert_eq!(c.eval(&load), "ok");
+    assert_eq!(node.eval(&load), "ok");
+}
+
+fn generative_story(b_suite: Option<&str>, c_suite: Option<&str>) {
+    let s = cluster("enforce", b_suite, c_suite);
+    let dir = s.c.path().to_owned();
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    start_legit_calls(&mut a);
+    load_erl(&mut c, &dir, "fw_gen");
     let kernel_before = b.eval(KERNEL);
     let seed: u64 = std::env::var("ERLMESH_SEED")
         .ok()
@@ -618,16 +647,10 @@ fn generative_story(b_suite: Option<&str>, c_suite: Option<&str>) {
     std::thread::sleep(Duration::from_secs(1));
     assert!(!m.exists(), "seed {seed}: code ran on b");
     assert_eq!(b.eval(KERNEL), kernel_before, "seed {seed}: a kernel process restarted");
-    let legit =
-        a.eval("begin legit ! stop, C = persistent_term:get(legit), {counters:get(C, 1), counters:get(C, 2)} end.");
-    let (ok, failed) = legit
-        .trim_matches(|c| c == '{' || c == '}')
-        .split_once(',')
-        .map(|(x, y)| (x.parse::<u64>().unwrap_or(0), y.parse::<u64>().unwrap_or(1)))
-        .unwrap_or((0, 1));
+    let (ok, failed) = legit_calls(&mut a);
     assert!(
         ok > 0 && failed == 0,
-        "seed {seed}: hosta's calls to b meanwhile: {legit}"
+        "seed {seed}: hosta's calls to b meanwhile: {ok} answered, {failed} failed"
     );
     // c still gets what its policy grants.
     assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong", "seed {seed}");
@@ -661,4 +684,110 @@ fn generated_attacks_with_otp_29_nodes() {
         return;
     }
     generative_story(Some("sid"), Some("sid"));
+}
+
+/// The atoms hostb lets hostc's nodes bring its nodes in this test.
+const TEST_MAX_ATOMS: i64 = 4000;
+
+/// The invariant of `max_atoms` (src/firewall/atoms.rs): a restricted
+/// host's nodes make b's node create at most that many atoms, so that they
+/// cannot fill its atom table (a full table halts the node). c@hostc sends
+/// ten times as many fresh atoms in seeded random shapes (allowed messages
+/// to the cache: lists, tuples, map keys, node names of pids and
+/// references, modules of funs, casts; refused sends and monitors, whose
+/// atom cache headers reach the node all the same), while hosta calls b's
+/// cache every 20 ms. b's atom table grows by at most the bound (hosta,
+/// with no policy, shows first that the same sends do grow it), no kernel
+/// process restarts, hosta's calls all succeed, and c keeps what its policy
+/// grants with atoms b has.
+#[test]
+fn a_restricted_peer_cannot_fill_the_atom_table() {
+    require_erl();
+    let policy = format!("{}max_atoms = {TEST_MAX_ATOMS}\n", POLICY.replace("MODE", "enforce"));
+    let s = cluster_under(&policy, None, None);
+    let dir = s.c.path().to_owned();
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    let seed: u64 = std::env::var("ERLMESH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(1..1 << 40));
+    println!("atom flood seed {seed} (replay with ERLMESH_SEED={seed})");
+    let count = |b: &mut Node| b.eval("erlang:system_info(atom_count).").parse::<i64>().unwrap();
+    // Without a policy, the sends do create atoms on b (most of them: a
+    // node does not decode what goes to a name nobody holds beyond its
+    // header).
+    load_erl(&mut a, &dir, "fw_atoms");
+    let before = count(&mut b);
+    let r = a.eval(&format!("fw_atoms:run({}, 2000, 300, {NODE_B}).", seed + 1));
+    assert!(r.starts_with("{sent,"), "{r}");
+    assert_eq!(a.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    let grown = count(&mut b) - before;
+    assert!(grown >= 1500, "hosta's fresh atoms reached b: {grown}");
+
+    start_legit_calls(&mut a);
+    let kernel_before = b.eval(KERNEL);
+    load_erl(&mut c, &dir, "fw_atoms");
+    let before = count(&mut b);
+    let r = c.eval(&format!(
+        "fw_atoms:run({seed}, {}, 600, {NODE_B}).",
+        10 * TEST_MAX_ATOMS
+    ));
+    assert!(r.starts_with("{sent,"), "seed {seed}: {r}");
+    std::thread::sleep(Duration::from_secs(1));
+    let grown = count(&mut b) - before;
+    println!("{r}: b's atom table grew by {grown} (max_atoms {TEST_MAX_ATOMS})");
+    assert!(
+        grown <= TEST_MAX_ATOMS + 200,
+        "seed {seed}: b's atom table grew by {grown}, above max_atoms {TEST_MAX_ATOMS}\n{}",
+        s.hb.log()
+    );
+    assert_eq!(b.eval(KERNEL), kernel_before, "seed {seed}: a kernel process restarted");
+    let (ok, failed) = legit_calls(&mut a);
+    assert!(
+        ok > 0 && failed == 0,
+        "seed {seed}: hosta's calls to b meanwhile: {ok} answered, {failed} failed"
+    );
+    // c keeps what its policy grants, with atoms it brought before (an
+    // atom counts when the host first sends it: one it never sent, even
+    // one b has, would now end its tunnel).
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong", "seed {seed}");
+    assert_eq!(
+        c.eval(&format!("gen_server:call({{cache, {NODE_B}}}, {{put, atoms, 42}}).")),
+        "ok",
+        "seed {seed}"
+    );
+    assert_eq!(b.eval("gen_server:call(cache, {get, atoms})."), "42");
+    // A node name is an atom too: a raw client holding hostc's certificate
+    // dials b with names hostc never used; b refuses them unseen.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let files = erlmesh::config::TlsFiles::new(
+        dir.join("certs/ca.pem"),
+        dir.join("certs/hostc.pem"),
+        dir.join("certs/hostc.key"),
+    );
+    let tls = erlmesh::tls::Tls::new(erlmesh::tls::TlsConfigs::load(&files, "hostc").unwrap());
+    let d = erlmesh::tunnel::dial::Dialer::new(
+        "hostb",
+        &format!("127.0.0.1:{}", s.hb.listen_port),
+        tls,
+        erlmesh::ops::metrics::Metrics::new([]),
+    )
+    .unwrap();
+    let before = count(&mut b);
+    for i in 0..20 {
+        let r = rt.block_on(d.tunnel("b", &send_name(&format!("n{seed}x{i}@hostc"))));
+        if let Ok((status, _)) = r {
+            assert_ne!(status, TunnelStatus::Ok, "seed {seed}: a new node name was let through");
+        }
+    }
+    assert!(count(&mut b) - before < 20, "seed {seed}: node names became atoms on b");
+    assert!(s.hb.log().contains("max_atoms"), "{}", s.hb.log());
+    let sock = s.c.path().join("state-hostb").join("erlmesh.sock");
+    let metrics = erlmesh::ops::control::request(&sock, "/metrics").unwrap();
+    assert!(metrics.contains("op=\"new_atom\""), "{metrics}");
 }

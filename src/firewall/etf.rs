@@ -509,6 +509,10 @@ pub struct Refs {
     pub atoms: Vec<Atom>,
     pub len: usize,
     pub sets_cache: bool,
+    /// Which of `atoms` the header wrote out (new cache entries): the node
+    /// creates each it has not got.
+    #[serde(default)]
+    pub new: Vec<usize>,
 }
 
 impl AtomCache {
@@ -523,6 +527,7 @@ impl AtomCache {
                 atoms: Vec::new(),
                 len: 1,
                 sets_cache: false,
+                new: Vec::new(),
             });
         }
         let flags_len = n / 2 + 1;
@@ -540,6 +545,7 @@ impl AtomCache {
         d.pos = 1 + flags_len;
         let mut atoms = Vec::with_capacity(n);
         let mut sets_cache = false;
+        let mut new = Vec::new();
         for i in 0..n {
             let f = nibble(i);
             let slot = ((f & 7) as usize) * 256 + d.u8()? as usize;
@@ -548,6 +554,7 @@ impl AtomCache {
                 let a = d.text(len)?;
                 self.slots[slot] = Some(a.clone());
                 sets_cache = true;
+                new.push(atoms.len());
                 atoms.push(a);
             } else {
                 atoms.push(
@@ -561,6 +568,7 @@ impl AtomCache {
             atoms,
             len: d.pos,
             sets_cache,
+            new,
         })
     }
 }

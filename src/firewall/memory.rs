@@ -2,6 +2,7 @@
 //! processes speak a kernel protocol to it: the capability model's state,
 //! one per node pair, owned by the running erlmesh ([`Memories`]).
 
+use super::atoms::{AllAtoms, HostAtoms};
 use super::etf::{Pid, Ref, Term};
 use super::machinery::{machinery_name, valid_tag, GLOBAL, PG, REX};
 use super::walk::Found;
@@ -52,6 +53,8 @@ pub struct Memory {
     repliers: lru::LruCache<PidKey, ()>,
     /// A pid of the peer's node, the last one seen as a sender.
     pub peer_pid: Option<Pid>,
+    /// The atoms the peer host brought to local nodes (all its pairs).
+    pub atoms: Arc<HostAtoms>,
 }
 
 impl Memory {
@@ -66,6 +69,11 @@ impl Memory {
     }
 
     pub fn new(local_node: &str) -> Memory {
+        Memory::counting(local_node, HostAtoms::alone())
+    }
+
+    /// A pair's memory whose atoms count in its host's `atoms`.
+    pub fn counting(local_node: &str, atoms: Arc<HostAtoms>) -> Memory {
         Memory {
             local: local_node.to_owned(),
             pids: lru::LruCache::unbounded(),
@@ -76,6 +84,7 @@ impl Memory {
             repliers: lru::LruCache::unbounded(),
             io_servers: lru::LruCache::unbounded(),
             peer_pid: None,
+            atoms,
         }
     }
 
@@ -421,13 +430,17 @@ impl Memory {
 /// as many as the peer table holds (`MAX_PEERS`); a host not in use for
 /// longest goes first.
 pub struct Memories {
-    hosts: Mutex<lru::LruCache<String, Pairs>>,
+    hosts: Mutex<lru::LruCache<String, (Pairs, Arc<HostAtoms>)>>,
+    /// What all hosts' atom counts share (a host dropped from `hosts` and
+    /// back starts a count of its own again, within the same total).
+    atoms: Arc<AllAtoms>,
 }
 
 impl Default for Memories {
     fn default() -> Self {
         Memories {
             hosts: Mutex::new(lru::LruCache::unbounded()),
+            atoms: Arc::new(AllAtoms::default()),
         }
     }
 }
@@ -436,24 +449,41 @@ impl Memories {
     /// What `local` gave `remote` (a node of peer host `host`) so far,
     /// kept across their connections.
     pub fn pair(&self, host: &str, local: &str, remote: &str) -> Arc<Mutex<Memory>> {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        if !hosts.contains(host) {
-            bounded_put(&mut hosts, host.to_owned(), Pairs::unbounded(), crate::mesh::MAX_PEERS);
-        }
-        let pairs = hosts.get_mut(host).expect("just put");
+        let mut hosts = self.host(host);
+        let (pairs, atoms) = hosts.get_mut(host).expect("just put");
         let key = (local.to_owned(), remote.to_owned());
         if let Some(m) = pairs.get(&key) {
             return m.clone();
         }
-        let m = Arc::new(Mutex::new(Memory::new(local)));
+        let m = Arc::new(Mutex::new(Memory::counting(local, atoms.clone())));
         bounded_put(pairs, key, m.clone(), MAX_PAIRS_PER_HOST);
         m
+    }
+
+    /// The atoms peer host `host` brought to local nodes so far.
+    pub fn atoms(&self, host: &str) -> Arc<HostAtoms> {
+        self.host(host).get(host).expect("just put").1.clone()
+    }
+
+    /// The hosts, `host` among them.
+    fn host(&self, host: &str) -> std::sync::MutexGuard<'_, lru::LruCache<String, (Pairs, Arc<HostAtoms>)>> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if !hosts.contains(host) {
+            let atoms = Arc::new(HostAtoms::new(self.atoms.clone()));
+            bounded_put(
+                &mut hosts,
+                host.to_owned(),
+                (Pairs::unbounded(), atoms),
+                crate::mesh::MAX_PEERS,
+            );
+        }
+        hosts
     }
 
     /// Node pairs remembered for `host`.
     pub fn pairs(&self, host: &str) -> usize {
         let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        hosts.peek(host).map_or(0, |p| p.len())
+        hosts.peek(host).map_or(0, |(p, _)| p.len())
     }
 }
 

@@ -18,9 +18,11 @@
 //!   forged, machinery pids), owned by the running erlmesh.
 //! - [`machinery`]: the exact shapes of the kernel protocols a restricted
 //!   peer keeps, and the I/O a group leader may take.
-//! - [`walk`]: the pids and references in the local node's frames.
+//! - [`walk`]: the pids, references and atoms in frames, as they go by.
+//! - [`atoms`]: the atoms each peer host brings to local nodes, bounded.
 //! - [`filter`]: both directions' framing, fragments, held bytes, answers.
 
+pub mod atoms;
 pub mod etf;
 pub mod filter;
 pub mod machinery;
@@ -62,6 +64,9 @@ pub struct DistPolicy {
     pub registered: Vec<Pattern>,
     /// exit/2 signals to local processes, and links made by the peer.
     pub exit_signals: bool,
+    /// Distinct atoms the peer host's nodes may bring to this host's
+    /// nodes ([`atoms`]).
+    pub max_atoms: usize,
 }
 
 impl DistPolicy {

@@ -16,6 +16,7 @@
 //! | exit/2 | EXIT2(_TT), PAYLOAD_EXIT2(_TT) | dropped unless `exit_signals` |
 //! | a link from the peer's process (its exit, or the connection dropped, kills the local one) | LINK | refused unless `exit_signals` |
 //! | group_leader/2 on a local process | GROUP_LEADER | refused unless `spawn` |
+//! | new atoms (a node never frees one; a full atom table halts it) | any frame: header cache entries, atoms written out | counted per peer host; past `max_atoms` the tunnel ends |
 //! | anything else | an unknown operation | dropped (fail closed) |
 
 use super::etf::{self, Atom, DecodeError, Decoder, Pid, Ref, Term};
@@ -40,6 +41,7 @@ pub const OPS: &[&str] = &[
     "spawn",
     "spawn_reply",
     "alias_send",
+    "new_atom",
     "unknown",
 ];
 

@@ -1,5 +1,5 @@
-//! The pids and references in the local node's messages, found as the
-//! bytes go by: a message may be megabytes long and split across frames
+//! The pids and references in messages (and, when asked, the atoms written
+//! out in them), found as the bytes go by: a message may be megabytes long and split across frames
 //! (fragments) and reads, so it is walked token by token, holding only a
 //! stack of counts and the few bytes of a token cut by a read. Binaries
 //! are skipped, not read.
@@ -21,11 +21,17 @@ pub enum Found {
     Ref(Ref),
     /// A port, by its node.
     Port(Atom),
+    /// An atom written out (not an atom cache reference): the node creates
+    /// it if it has not got it. Only from walks that report atoms.
+    Atom(Atom),
 }
 
 enum Tok {
     Leaf,
-    Found(Found),
+    /// An atom written out.
+    Atom(Atom),
+    /// A pid, reference or port, and its node's name when written out.
+    Found(Found, Option<Atom>),
     /// A compound term with this many terms inside.
     Compound(u64),
     /// Opaque bytes that follow (a binary's contents).
@@ -42,6 +48,15 @@ pub struct Walker {
     versioned: bool,
     expect_version: bool,
     failed: bool,
+    /// Report atoms written out ([`Found::Atom`]).
+    #[serde(default)]
+    atoms: bool,
+    /// Pids, references and ports are reported from this byte on.
+    #[serde(default)]
+    from: u64,
+    /// Bytes walked so far.
+    #[serde(default)]
+    pos: u64,
 }
 
 impl Walker {
@@ -61,7 +76,18 @@ impl Walker {
             versioned,
             expect_version: versioned,
             failed: false,
+            atoms: false,
+            from: 0,
+            pos: 0,
         }
+    }
+
+    /// Reports every atom written out, and pids, references and ports only
+    /// from byte `from` of what it walks on.
+    pub fn atoms_and_from(mut self, from: u64) -> Walker {
+        self.atoms = true;
+        self.from = from;
+        self
     }
 
     /// Every term walked, or the walk gave up.
@@ -80,6 +106,7 @@ impl Walker {
             if self.skip > 0 {
                 let k = (self.skip.min(data.len() as u64)) as usize;
                 self.skip -= k as u64;
+                self.pos += k as u64;
                 data = &data[k..];
                 if self.skip == 0 {
                     self.term_done();
@@ -92,14 +119,17 @@ impl Walker {
                     return;
                 }
                 self.expect_version = false;
+                self.pos += 1;
                 data = &data[1..];
                 continue;
             }
+            let start = self.pos - self.pending.len() as u64;
             let (used, tok) = if self.pending.is_empty() {
                 match token(data, refs) {
                     Ok(Some(v)) => v,
                     Ok(None) => {
                         self.pending.extend_from_slice(data);
+                        self.pos += data.len() as u64;
                         return;
                     }
                     Err(()) => {
@@ -116,18 +146,33 @@ impl Walker {
                         self.pending.clear();
                         (n - old, tok)
                     }
-                    Ok(None) if take == data.len() => return,
+                    Ok(None) if take == data.len() => {
+                        self.pos += take as u64;
+                        return;
+                    }
                     _ => {
                         self.failed = true;
                         return;
                     }
                 }
             };
+            self.pos += used as u64;
             data = &data[used..];
             match tok {
                 Tok::Leaf | Tok::Compound(0) | Tok::Skip(0) => self.term_done(),
-                Tok::Found(f) => {
-                    found(f);
+                Tok::Atom(a) => {
+                    if self.atoms {
+                        found(Found::Atom(a));
+                    }
+                    self.term_done();
+                }
+                Tok::Found(f, node) => {
+                    if let (true, Some(n)) = (self.atoms, node) {
+                        found(Found::Atom(n));
+                    }
+                    if start >= self.from {
+                        found(f);
+                    }
                     self.term_done();
                 }
                 Tok::Compound(n) if self.stack.len() < self.max_stack => self.stack.push(n),
@@ -160,14 +205,15 @@ fn be(b: &[u8]) -> u64 {
     b.iter().fold(0, |v, x| (v << 8) | *x as u64)
 }
 
-/// An atom at the start of `b`: its text and length; None when cut short.
-fn atom(b: &[u8], refs: &[Atom]) -> Result<Option<(Atom, usize)>, ()> {
+/// An atom at the start of `b`: its text, its length and whether it is
+/// written out (not a cache reference); None when cut short.
+fn atom(b: &[u8], refs: &[Atom]) -> Result<Option<(Atom, usize, bool)>, ()> {
     let (start, n) = match b.first() {
         None => return Ok(None),
         Some(82) => {
             return match b.get(1) {
                 None => Ok(None),
-                Some(i) => refs.get(*i as usize).map(|a| Some((a.clone(), 2))).ok_or(()),
+                Some(i) => refs.get(*i as usize).map(|a| Some((a.clone(), 2, false))).ok_or(()),
             }
         }
         Some(100 | 118) if b.len() >= 3 => (3, be(&b[1..3]) as usize),
@@ -178,7 +224,7 @@ fn atom(b: &[u8], refs: &[Atom]) -> Result<Option<(Atom, usize)>, ()> {
     match b.get(start..start + n) {
         None => Ok(None),
         Some(t) => std::str::from_utf8(t)
-            .map(|s| Some((Arc::from(s), start + n)))
+            .map(|s| Some((Arc::from(s), start + n, true)))
             .map_err(|_| ()),
     }
 }
@@ -200,7 +246,8 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
         70 => fixed(9),
         99 => fixed(32),
         106 => fixed(1),
-        82 | 100 | 115 | 118 | 119 => Ok(atom(b, refs)?.map(|(_, n)| (n, Tok::Leaf))),
+        82 => Ok(atom(b, refs)?.map(|(_, n, _)| (n, Tok::Leaf))),
+        100 | 115 | 118 | 119 => Ok(atom(b, refs)?.map(|(a, n, _)| (n, Tok::Atom(a)))),
         104 => {
             need!(2);
             Ok(Some((2, Tok::Compound(b[1] as u64))))
@@ -256,7 +303,7 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
             Ok(Some((5, Tok::Compound(4 + be(&b[1..5])))))
         }
         88 | 103 => {
-            let Some((node, n)) = atom(&b[1..], refs)? else {
+            let Some((node, n, out)) = atom(&b[1..], refs)? else {
                 return Ok(None);
             };
             let len = 1 + n + if b[0] == 88 { 12 } else { 9 };
@@ -269,15 +316,17 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
                 serial: be(&f[4..8]) as u32,
                 creation: creation as u32,
             };
-            Ok(Some((len, Tok::Found(Found::Pid(pid)))))
+            let written = out.then(|| pid.node.clone());
+            Ok(Some((len, Tok::Found(Found::Pid(pid), written))))
         }
         89 | 102 | 120 => {
-            let Some((node, n)) = atom(&b[1..], refs)? else {
+            let Some((node, n, out)) = atom(&b[1..], refs)? else {
                 return Ok(None);
             };
             let len = 1 + n + [8, 5, 12][[89, 102, 120].iter().position(|t| *t == b[0]).unwrap_or(0)];
             need!(len);
-            Ok(Some((len, Tok::Found(Found::Port(node)))))
+            let written = out.then(|| node.clone());
+            Ok(Some((len, Tok::Found(Found::Port(node), written))))
         }
         90 | 114 => {
             need!(3);
@@ -285,7 +334,7 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
             if words == 0 || words > 5 {
                 return Err(());
             }
-            let Some((node, n)) = atom(&b[3..], refs)? else {
+            let Some((node, n, out)) = atom(&b[3..], refs)? else {
                 return Ok(None);
             };
             let cr = if b[0] == 90 { 4 } else { 1 };
@@ -297,10 +346,11 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
                 creation: be(&f[..cr]) as u32,
                 ids: (0..words).map(|i| be(&f[cr + 4 * i..cr + 4 * i + 4]) as u32).collect(),
             };
-            Ok(Some((len, Tok::Found(Found::Ref(r)))))
+            let written = out.then(|| r.node.clone());
+            Ok(Some((len, Tok::Found(Found::Ref(r), written))))
         }
         101 => {
-            let Some((node, n)) = atom(&b[1..], refs)? else {
+            let Some((node, n, out)) = atom(&b[1..], refs)? else {
                 return Ok(None);
             };
             let len = 1 + n + 5;
@@ -311,7 +361,8 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
                 creation: f[4] as u32,
                 ids: vec![be(&f[..4]) as u32],
             };
-            Ok(Some((len, Tok::Found(Found::Ref(r)))))
+            let written = out.then(|| r.node.clone());
+            Ok(Some((len, Tok::Found(Found::Ref(r), written))))
         }
         _ => Err(()),
     }

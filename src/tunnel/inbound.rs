@@ -375,6 +375,26 @@ async fn read_claim(
         answer_and_close(tls, &[TunnelStatus::NotAllowed as u8]).await;
         return None;
     }
+    // The node makes an atom of the dialler's name (or of the one it assigns
+    // a dynamic dialler): under a dist policy, names count among the atoms
+    // the host brings (firewall::atoms).
+    if let Some(dist) = &policy.dist {
+        let atoms = ctx.mesh.memories().atoms(&claimed);
+        let room = match send_name.dynamic {
+            true => atoms.has_room(dist.max_atoms),
+            false => atoms.admit(&send_name.node, dist.max_atoms),
+        };
+        if !room && dist.mode == crate::firewall::Mode::Enforce {
+            warn!(
+                claimed = %send_name.node,
+                max_atoms = dist.max_atoms,
+                "refused: this host's nodes brought as many new atoms as its dist policy allows (max_atoms); a new node name would be one more"
+            );
+            ctx.metrics.identity_refused(&claimed);
+            answer_and_close(tls, &[TunnelStatus::NotAllowed as u8]).await;
+            return None;
+        }
+    }
     Some((send_name, raw, claimed))
 }
 
@@ -390,7 +410,11 @@ fn dynamic_name(answer: &[u8], claimed: &HostName, ctx: &Context) -> Option<Stri
         .split_once('@')
         .and_then(|(_, h)| HostName::parse(h).ok())
         .is_some_and(|h| h == *claimed);
-    if host_ok && ctx.mesh.policy_for(claimed).allows_remote(short(&name)) {
+    let policy = ctx.mesh.policy_for(claimed);
+    if host_ok && policy.allows_remote(short(&name)) {
+        if let Some(dist) = &policy.dist {
+            ctx.mesh.memories().atoms(claimed).admit(&name, dist.max_atoms);
+        }
         tracing::Span::current().record("from", name.as_str());
         Some(name)
     } else {

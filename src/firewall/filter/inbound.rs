@@ -415,7 +415,7 @@ impl Inbound {
         match b {
             [] | [etf::VERSION] => Ok(Decision::Need),
             [etf::PASS_THROUGH, body @ ..] => match self.judge(&[], body, true) {
-                Ok(j) => self.verdict(j, None, &[], body, true),
+                Ok(j) => self.verdict(j, None, &[], body, true, complete),
                 Err(e) => need(e),
             },
             [etf::VERSION, etf::DIST_HEADER, rest @ ..] => {
@@ -423,6 +423,7 @@ impl Inbound {
                     Ok(r) => r,
                     Err(e) => return hdr(e),
                 };
+                self.header_atoms(&refs)?;
                 match self.judge(&refs.atoms, &rest[refs.len..], false) {
                     Ok(j) => self.verdict(
                         j,
@@ -430,6 +431,7 @@ impl Inbound {
                         &refs.atoms,
                         &rest[refs.len..],
                         false,
+                        complete,
                     ),
                     Err(e) => need(e),
                 }
@@ -452,11 +454,13 @@ impl Inbound {
                     Ok(r) => r,
                     Err(e) => return hdr(e),
                 };
+                self.header_atoms(&refs)?;
                 let header = &rest[..refs.len];
                 let data = &rest[refs.len..];
                 match self.judge(&refs.atoms, data, false) {
                     Ok(j) => {
-                        let d = self.verdict(j, refs.sets_cache.then_some(header), &refs.atoms, data, false)?;
+                        let whole = complete && frag == 1;
+                        let d = self.verdict(j, refs.sets_cache.then_some(header), &refs.atoms, data, false, whole)?;
                         if frag == 1 {
                             return Ok(d);
                         }
@@ -571,7 +575,7 @@ impl Inbound {
                 self.share.give(body.len());
                 return Err(malformed(w));
             }
-            Ok(j) => self.verdict(j, None, &refs.atoms, &body, false)?,
+            Ok(j) => self.verdict(j, None, &refs.atoms, &body, false, last)?,
         };
         let pass = matches!(decision, Decision::Pass(_));
         if !last {
@@ -629,10 +633,9 @@ impl Inbound {
         Ok(())
     }
 
-    /// Walks bytes of a message that passed on its top: a local pid or
-    /// reference the peer was not given, a local port, or a message the
-    /// walk cannot follow ends the tunnel before the message is whole at
-    /// the node (audit mode: reported).
+    /// Walks bytes of a message that passes (see [`walk_chunk`]); what it
+    /// must not carry ends the tunnel before the message is whole at the
+    /// node (audit mode: reported, and the message goes on unwalked).
     fn walk(&mut self, walk: &mut Walk, chunk: &[u8]) -> io::Result<()> {
         let w: &mut Walking = match walk {
             Walk::None => return Ok(()),
@@ -642,41 +645,36 @@ impl Inbound {
                 _ => return Ok(()),
             },
         };
-        let mut why = None;
-        {
-            let mut mem = self.share.fw.mem();
-            w.walker.feed(chunk, &w.atoms, &mut |f| {
-                if why.is_none() {
-                    why = mem.names_forged_found(&f);
-                }
-            });
-        }
-        if w.walker.failed() {
-            why = why.or(Some("a message nested too deeply to walk, or not a term"));
-        }
-        let Some(why) = why else {
+        let Some(why) = walk_chunk(&self.share.fw, &mut w.walker, chunk, &w.atoms) else {
             return Ok(());
         };
-        let fw = &self.share.fw;
-        let j = Judgement {
-            op: "send",
-            target: rules::Target::Pid,
-            refused: Some(why),
-            answer: None,
-            walk: None,
-        };
-        if !fw.apply(&mut fw.shared(), j) {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("dist policy: {why}, found past the message's first bytes; the tunnel is ended before the message is whole at the node"),
-            ));
-        }
-        // Audit: reported once; the message goes on unwalked.
+        refuse_walked(&self.share.fw, why)?;
         match walk {
             Walk::Seq(s, _) => {
                 self.seqs.insert(*s, Seq::Decided(true));
             }
             w => *w = Walk::None,
+        }
+        Ok(())
+    }
+
+    /// Counts the atoms a distribution header writes out (new cache
+    /// entries): the node creates them even when the message is refused.
+    fn header_atoms(&self, refs: &Refs) -> io::Result<()> {
+        if refs.new.is_empty() {
+            return Ok(());
+        }
+        let fw = self.fw();
+        let over = {
+            let mem = fw.mem();
+            refs.new.iter().any(|&i| {
+                refs.atoms
+                    .get(i)
+                    .is_some_and(|a| !mem.atoms.admit(a, fw.policy.max_atoms))
+            })
+        };
+        if over {
+            refuse_walked(fw, TOO_MANY_ATOMS)?;
         }
         Ok(())
     }
@@ -698,8 +696,11 @@ impl Inbound {
     }
 
     /// Pass, or drop (with a stand-in carrying `header` when it set atom
-    /// cache entries the node must see). Passing on its top alone, the
-    /// message (the last bytes of `body`, with `atoms`) starts its walk.
+    /// cache entries the node must see). A message that passes is walked
+    /// from its first byte (`body`, with the header's `atoms`) for the atoms
+    /// written out in it, and, when it passed on its top alone, for what it
+    /// names past that top; unless it is `whole` here, the walk goes on
+    /// through its next bytes.
     fn verdict(
         &mut self,
         j: Judgement,
@@ -707,33 +708,89 @@ impl Inbound {
         atoms: &[etf::Atom],
         body: &[u8],
         versioned: bool,
+        whole: bool,
     ) -> io::Result<Decision> {
-        let walk = j.walk;
+        let top = j.walk;
         let passes = {
             let fw = self.fw();
             let mut sh = fw.shared();
             fw.apply(&mut sh, j)
         };
         if passes {
-            let Some(n) = walk else {
+            let from = top.map_or(u64::MAX, |n| body.len().saturating_sub(n) as u64);
+            let mut walker = Walker::bounded(u64::MAX, versioned, MAX_WALK_DEPTH).atoms_and_from(from);
+            if let Some(why) = walk_chunk(&self.share.fw, &mut walker, body, atoms) {
+                refuse_walked(&self.share.fw, why)?;
                 return Ok(Decision::Pass(Walk::None));
-            };
-            let w = Box::new(Walking {
+            }
+            if whole {
+                return Ok(Decision::Pass(Walk::None));
+            }
+            return Ok(Decision::Pass(Walk::Frame(Box::new(Walking {
                 atoms: atoms.to_vec(),
-                walker: Walker::bounded(1, versioned, MAX_WALK_DEPTH),
-            });
-            let mut walk = Walk::Frame(w);
-            self.walk(&mut walk, &body[body.len().saturating_sub(n)..])?;
-            return Ok(match walk {
-                Walk::Frame(w) if w.walker.done() && !w.walker.failed() => Decision::Pass(Walk::None),
-                walk => Decision::Pass(walk),
-            });
+                walker,
+            }))));
         }
         match header {
             None => Ok(Decision::Drop(None)),
             Some(h) => Ok(Decision::Drop(Some(standin_for(h, &self.fw().mem())?))),
         }
     }
+}
+
+/// Why a message from the peer may not pass: it brings the node more new
+/// atoms than the policy allows its host.
+const TOO_MANY_ATOMS: &str =
+    "more new atoms than the policy's max_atoms allows this host (a node whose atom table fills halts)";
+
+/// Walks `chunk` of a message that passes: why it must not reach the node,
+/// if it must not. Every atom written out in it counts for the peer host
+/// ([`HostAtoms`](crate::firewall::atoms::HostAtoms)); a local pid or
+/// reference the peer was not given, or a local port, named past its
+/// walker's start, is refused (and the pid or reference remembered as
+/// forged); a message the walk cannot follow is refused.
+fn walk_chunk(fw: &Firewall, walker: &mut Walker, chunk: &[u8], refs: &[etf::Atom]) -> Option<&'static str> {
+    let mut why = None;
+    {
+        let mut mem = fw.mem();
+        let max = fw.policy.max_atoms;
+        walker.feed(chunk, refs, &mut |f| {
+            if why.is_none() {
+                why = match &f {
+                    Found::Atom(a) => (!mem.atoms.admit(a, max)).then_some(TOO_MANY_ATOMS),
+                    f => mem.names_forged_found(f),
+                };
+            }
+        });
+    }
+    if walker.failed() {
+        why = why.or(Some("a message nested too deeply to walk, or not a term"));
+    }
+    why
+}
+
+/// A message that passes carries `why`: the tunnel ends before the node
+/// has it whole (audit mode: reported once).
+fn refuse_walked(fw: &Firewall, why: &'static str) -> io::Result<()> {
+    let (op, target) = if why == TOO_MANY_ATOMS {
+        ("new_atom", rules::Target::None)
+    } else {
+        ("send", rules::Target::Pid)
+    };
+    let j = Judgement {
+        op,
+        target,
+        refused: Some(why),
+        answer: None,
+        walk: None,
+    };
+    if fw.apply(&mut fw.shared(), j) {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("dist policy: {why}; the tunnel is ended before the message is whole at the node"),
+    ))
 }
 
 fn standin_for(header: &[u8], mem: &Memory) -> io::Result<Vec<u8>> {
@@ -780,6 +837,7 @@ pub fn fuzz_inbound(bytes: &[u8], step: usize) -> bool {
         spawn: false,
         registered: vec![crate::mesh::policy::Pattern::new("cache")],
         exit_signals: false,
+        max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
     });
     let fw = Firewall::new(policy, "fuzz", Memory::shared("b@fuzz"), Metrics::new([]));
     let mut inb = Inbound::new(fw.clone(), true);

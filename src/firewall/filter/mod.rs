@@ -286,6 +286,8 @@ fn frag_ids(b: &[u8]) -> (u64, u64) {
     (seq, frag)
 }
 
+#[cfg(test)]
+mod atom_tests;
 mod inbound;
 mod outbound;
 #[cfg(test)]

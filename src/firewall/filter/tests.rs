@@ -9,6 +9,7 @@ fn policy() -> Arc<DistPolicy> {
         spawn: false,
         registered: vec![Pattern::new("cache")],
         exit_signals: false,
+        max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
     })
 }
 
@@ -21,7 +22,7 @@ fn inbound(local: &str) -> (Arc<Firewall>, Inbound, Vec<u8>) {
     (fw, inb, vec![0, 5, b'r', 1, 2, 3, 4])
 }
 
-fn peer_pid() -> Term {
+pub(super) fn peer_pid() -> Term {
     Term::Pid(Pid {
         node: Arc::from("c@hostc"),
         id: 77,
@@ -31,7 +32,7 @@ fn peer_pid() -> Term {
 }
 
 /// A D frame: `header` (atom cache part), then `terms` already encoded.
-fn d_frame(header: &[u8], terms: &[u8]) -> Vec<u8> {
+pub(super) fn d_frame(header: &[u8], terms: &[u8]) -> Vec<u8> {
     let mut body = vec![etf::VERSION, etf::DIST_HEADER];
     body.extend_from_slice(header);
     body.extend_from_slice(terms);
@@ -40,13 +41,13 @@ fn d_frame(header: &[u8], terms: &[u8]) -> Vec<u8> {
     f
 }
 
-fn enc(t: &Term) -> Vec<u8> {
+pub(super) fn enc(t: &Term) -> Vec<u8> {
     let mut v = Vec::new();
     encode(t, &mut v);
     v
 }
 
-fn atom(a: &str) -> Term {
+pub(super) fn atom(a: &str) -> Term {
     Term::Atom(Arc::from(a))
 }
 
@@ -67,7 +68,7 @@ fn run(inb: &mut Inbound, input: &[u8], step: usize) -> io::Result<Vec<u8>> {
 }
 
 /// [`run`], keeping what the node got before an error.
-fn run_until_error(inb: &mut Inbound, input: &[u8], step: usize) -> (Vec<u8>, io::Result<()>) {
+pub(super) fn run_until_error(inb: &mut Inbound, input: &[u8], step: usize) -> (Vec<u8>, io::Result<()>) {
     let mut out = Vec::new();
     let mut at = 0;
     while at < input.len() {
@@ -284,6 +285,7 @@ mod timing {
             spawn: false,
             registered: vec![],
             exit_signals: false,
+            max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
         });
         let pid = |node: &str, id| {
             Term::Pid(Pid {

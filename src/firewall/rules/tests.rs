@@ -8,6 +8,7 @@ fn policy() -> DistPolicy {
         spawn: false,
         registered: vec![Pattern::new("cache")],
         exit_signals: false,
+        max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
     }
 }
 

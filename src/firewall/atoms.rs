@@ -1,0 +1,152 @@
+//! The atoms a peer host's nodes make local nodes create.
+//!
+//! An Erlang node never frees an atom, and when its atom table is full
+//! (1 048 576 atoms by default) the whole VM halts ("no more index entries
+//! in atom_tab"). A node creates an atom for every new atom text a
+//! distribution frame carries: a distribution header's new atom cache
+//! entries (even when the message itself is refused, since the stand-in
+//! keeps the header) and every atom written out in the terms of a message
+//! that passes (node names in pids, references and ports included).
+//!
+//! The invariant: a restricted peer host brings at most its policy's
+//! `max_atoms` distinct atom texts to this host's nodes, and all restricted
+//! hosts together at most [`MAX_ATOMS_ALL_HOSTS`], so that what they can
+//! add to any node's atom table stays far below its size. Each text is
+//! counted once per peer host, by a keyed 64-bit hash (the key is secret,
+//! so a peer cannot choose texts that collide with counted ones). A frame
+//! that would bring one more ends its tunnel before the node sees it.
+//! The count lasts as long as the running erlmesh (a node's atoms last as
+//! long as the node; a restart of erlmesh starts the count again).
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// `max_atoms` when a policy does not set it.
+pub const DEFAULT_MAX_ATOMS: usize = 65_536;
+/// All restricted peer hosts together: a quarter of OTP's default atom
+/// table, so that peers can never fill a node's table, whatever else the
+/// node holds.
+pub const MAX_ATOMS_ALL_HOSTS: usize = 262_144;
+
+/// What every peer host's count shares: the hash key and the total.
+pub struct AllAtoms {
+    key: std::collections::hash_map::RandomState,
+    total: AtomicUsize,
+    max_total: usize,
+}
+
+impl Default for AllAtoms {
+    fn default() -> Self {
+        AllAtoms::with_total(MAX_ATOMS_ALL_HOSTS)
+    }
+}
+
+impl AllAtoms {
+    /// A shared count whose hosts together bring at most `max_total`.
+    pub fn with_total(max_total: usize) -> AllAtoms {
+        AllAtoms {
+            key: std::collections::hash_map::RandomState::new(),
+            total: AtomicUsize::new(0),
+            max_total,
+        }
+    }
+
+    /// Atoms counted over all hosts (never decreases).
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn hash(&self, text: &str) -> u64 {
+        let mut h = self.key.build_hasher();
+        h.write(text.as_bytes());
+        h.finish()
+    }
+}
+
+/// The atoms one peer host brought to local nodes.
+pub struct HostAtoms {
+    all: Arc<AllAtoms>,
+    seen: Mutex<HashSet<u64>>,
+}
+
+impl HostAtoms {
+    pub fn new(all: Arc<AllAtoms>) -> HostAtoms {
+        HostAtoms {
+            all,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A count of its own (tests, fuzzing).
+    pub fn alone() -> Arc<HostAtoms> {
+        Arc::new(HostAtoms::new(Arc::new(AllAtoms::default())))
+    }
+
+    /// Distinct atoms this host brought.
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// True when this host brought no atom yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this host may still bring a new atom.
+    pub fn has_room(&self, max: usize) -> bool {
+        self.len() < max && self.all.total() < self.all.max_total
+    }
+
+    /// Counts `text`, brought by this host: false when it is new and this
+    /// host already brought `max` atoms, or all hosts together their total.
+    pub fn admit(&self, text: &str, max: usize) -> bool {
+        let h = self.all.hash(text);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&h) {
+            return true;
+        }
+        if seen.len() >= max {
+            return false;
+        }
+        let room = self
+            .all
+            .total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t < self.all.max_total).then_some(t + 1)
+            })
+            .is_ok();
+        if room {
+            seen.insert(h);
+        }
+        room
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_text_counts_once_and_the_bounds_hold() {
+        let a = HostAtoms::alone();
+        for i in 0..10 {
+            assert!(a.admit(&format!("atom{i}"), 10));
+        }
+        assert!(a.admit("atom3", 10), "a counted atom is always admitted");
+        assert!(!a.admit("atom10", 10), "the eleventh is not");
+        assert_eq!(a.len(), 10);
+    }
+
+    #[test]
+    fn hosts_together_stay_within_the_total() {
+        let all = Arc::new(AllAtoms::with_total(15));
+        let (c, d) = (HostAtoms::new(all.clone()), HostAtoms::new(all.clone()));
+        assert!((0..10).all(|i| c.admit(&format!("c{i}"), 10)));
+        assert!((0..5).all(|i| d.admit(&format!("d{i}"), 10)));
+        assert!(!d.admit("d5", 10), "the total is reached");
+        assert!(d.admit("d0", 10));
+        assert_eq!(all.total(), 15);
+    }
+}
