@@ -11,7 +11,10 @@
 //! The invariant: a restricted peer host brings at most its policy's
 //! `max_atoms` distinct atom texts to this host's nodes, and all restricted
 //! hosts together at most [`MAX_ATOMS_ALL_HOSTS`], so that what they can
-//! add to any node's atom table stays far below its size. Each text is
+//! add to any node's atom table stays far below its size. An atom a local
+//! node itself sent that host's node is not counted (the node has it):
+//! each node pair remembers those it saw in the local node's atom cache
+//! headers (`Memory::learn_atom`, bounded). Each text is
 //! counted once per peer host, by a keyed 64-bit hash (the key is secret,
 //! so a peer cannot choose texts that collide with counted ones). A frame
 //! that would bring one more ends its tunnel before the node sees it.
@@ -99,10 +102,20 @@ impl HostAtoms {
         self.len() < max && self.all.total() < self.all.max_total
     }
 
+    /// `text`'s keyed hash, as counts and [`Memory`](super::memory::Memory)
+    /// keep it.
+    pub fn hash(&self, text: &str) -> u64 {
+        self.all.hash(text)
+    }
+
     /// Counts `text`, brought by this host: false when it is new and this
     /// host already brought `max` atoms, or all hosts together their total.
     pub fn admit(&self, text: &str, max: usize) -> bool {
-        let h = self.all.hash(text);
+        self.admit_hashed(self.all.hash(text), max)
+    }
+
+    /// [`HostAtoms::admit`] by hash.
+    pub fn admit_hashed(&self, h: u64, max: usize) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(&h) {
             return true;

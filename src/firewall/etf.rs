@@ -574,7 +574,8 @@ impl AtomCache {
 }
 
 /// Encodes `t` (atoms inline, no cache) after `out`. Only what erlmesh
-/// sends is supported: integers, atoms, pids, references, tuples, nil.
+/// sends (and its tests) is supported: integers, atoms, pids, references,
+/// tuples, lists, nil.
 pub fn encode(t: &Term, out: &mut Vec<u8>) {
     match t {
         Term::Int(i) if (0..256).contains(i) => out.extend([97, *i as u8]),
@@ -602,6 +603,12 @@ pub fn encode(t: &Term, out: &mut Vec<u8>) {
         Term::Tuple(v) => {
             out.extend([104, v.len() as u8]);
             v.iter().for_each(|t| encode(t, out));
+        }
+        Term::List(v, tail) if !v.is_empty() => {
+            out.push(108);
+            out.extend((v.len() as u32).to_be_bytes());
+            v.iter().for_each(|t| encode(t, out));
+            encode(tail, out);
         }
         _ => out.push(106),
     }

@@ -134,14 +134,14 @@ fn remote_pids(mem: &Memory, t: &Term) -> bool {
 /// 29's own nodes send (`net_kernel.erl`, `global.erl`, `rpc.erl`,
 /// `pg.erl`): every element whose type the receiver relies on is checked,
 /// since a kernel process that crashes can take the node down.
-pub(super) fn machinery(mem: &Memory, name: &str, m: &Term) -> Result<(), &'static str> {
+pub(super) fn machinery(mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'static str> {
     let t = m.tuple().unwrap_or(&[]);
     match name {
         // rpc's nodes observer asks every new node's rex which features it
         // has, and gets the answer at its own pid.
         REX => match t {
             [from, Term::Atom(a)] if &**a == "features_request" && mem.remote_pid(from) => Ok(()),
-            [Term::Atom(a), n, l] if &**a == "features_reply" && is_atom(n) && is_list(l) => Ok(()),
+            [Term::Atom(a), Term::Atom(n), l] if &**a == "features_reply" && mem.is_remote(n) && is_list(l) => Ok(()),
             _ => Err("rex (rpc) is asked only which features it has"),
         },
         // ping.
@@ -155,8 +155,8 @@ pub(super) fn machinery(mem: &Memory, name: &str, m: &Term) -> Result<(), &'stat
         GLOBAL => {
             let ok = match t {
                 [Term::Atom(g), req] if &**g == "$gen_cast" => global_cast(mem, req),
-                [Term::Atom(g), from, req] if &**g == "$gen_call" => valid_from(mem, from) && global_call(req),
-                _ => global_info(m),
+                [Term::Atom(g), from, req] if &**g == "$gen_call" => valid_from(mem, from) && global_call(mem, req),
+                _ => global_info(mem, m),
             };
             if !ok {
                 return Err("a request global's own protocol does not make, or not in its shape");
@@ -193,7 +193,7 @@ pub(super) fn machinery(mem: &Memory, name: &str, m: &Term) -> Result<(), &'stat
                 _ => false,
             };
             if ok && no_fun(m) {
-                Ok(())
+                mem.pg.apply(m)
             } else {
                 Err("a request pg's own protocol does not make, or not in its shape")
             }
@@ -201,26 +201,30 @@ pub(super) fn machinery(mem: &Memory, name: &str, m: &Term) -> Result<(), &'stat
     }
 }
 
-/// global's casts between name servers (protocol versions 7 and 8).
+/// global's casts between name servers (protocol versions 7 and 8), in
+/// the shapes `global.erl` (OTP 25 to 29) sends them: the node they name
+/// is the sender's, and every element global's code relies on has its
+/// type, inside lists too (a `global_name_server` that crashes takes the
+/// node down: `kernel_sup` allows no restart).
 fn global_cast(mem: &Memory, req: &Term) -> bool {
     let t = req.tuple().unwrap_or(&[]);
     let tag = req.tag().unwrap_or("");
+    let sender = |n: &Term| matches!(n, Term::Atom(a) if mem.is_remote(a));
     match (tag, t.len()) {
         ("init_connect", 4) => {
-            let vsn_ok = match &t[1] {
-                Term::Tuple(v) => v.len() >= 2 && is_int(&v[0]),
-                v => is_int(v),
-            };
+            // {Vsn, Tag}: the locker takes only versions above 4.
+            let vsn_ok = matches!(t[1].tuple(), Some([Term::Int(v), _, ..]) if *v > 4);
             let msg_ok =
                 matches!(t[3].tuple(), Some([Term::Atom(l), _, _, p]) if &**l == "locker" && mem.remote_pid(p));
-            vsn_ok && is_atom(&t[2]) && msg_ok
+            vsn_ok && sender(&t[2]) && msg_ok
         }
         ("lock_set", 4 | 5) => mem.remote_pid(&t[1]),
-        ("exchange", 5) => is_atom(&t[1]) && name_entries(&t[2]) && is_list(&t[3]),
-        ("exchange_ops", 5) => is_atom(&t[1]) && is_list(&t[3]) && is_list(&t[4]),
-        ("resolved", 7) => is_atom(&t[1]) && is_list(&t[2]) && is_list(&t[3]) && is_list(&t[5]),
-        ("new_nodes", 6) => is_atom(&t[1]) && is_list(&t[2]) && is_list(&t[3]) && is_list(&t[4]) && is_list(&t[5]),
-        ("in_sync", 3) => is_atom(&t[1]) && is_bool(&t[2]),
+        ("exchange", 5) => sender(&t[1]) && name_entries(&t[2]) && is_list(&t[3]),
+        // The resolver's answer to its own name server: never a peer's.
+        ("exchange_ops", 5) => false,
+        ("resolved", 7) => sender(&t[1]) && ops(&t[2]) && known(&t[3]) && names_ext(&t[5]),
+        ("new_nodes", 6) => sender(&t[1]) && ops(&t[2]) && names_ext(&t[3]) && known(&t[4]) && extra_info(&t[5]),
+        ("in_sync", 3) => sender(&t[1]) && is_bool(&t[2]),
         ("async_del_name", 3) | ("async_del_lock", 3) => mem.remote_pid(&t[2]),
         _ => false,
     }
@@ -231,26 +235,68 @@ fn name_entries(t: &Term) -> bool {
     is_list(t) && list(t).iter().all(|e| matches!(e.tuple(), Some([_, Term::Pid(_), _])))
 }
 
-/// global's calls between name servers, made under its locks.
-fn global_call(req: &Term) -> bool {
+/// Name operations (`do_ops/5`): `{insert, {Name, Pid, Method}}` and
+/// `{delete, Name}`.
+fn ops(t: &Term) -> bool {
+    is_list(t)
+        && list(t).iter().all(|op| match op.tuple() {
+            Some([Term::Atom(a), e]) if &**a == "insert" => matches!(e.tuple(), Some([_, Term::Pid(_), _])),
+            Some([Term::Atom(a), _]) => &**a == "delete",
+            _ => false,
+        })
+}
+
+/// Names registered by a node for another (`global_names_ext`):
+/// `{Name, Pid, RegNode}`.
+fn names_ext(t: &Term) -> bool {
+    is_list(t)
+        && list(t)
+            .iter()
+            .all(|e| matches!(e.tuple(), Some([_, Term::Pid(_), Term::Atom(_)])))
+}
+
+/// Known nodes (`add_to_known/2`, `make_node_vsn_list/2`): `Node` or
+/// `{Node, Vsn}`.
+fn known(t: &Term) -> bool {
+    is_list(t)
+        && list(t).iter().all(|n| match n {
+            Term::Atom(_) => true,
+            Term::Tuple(v) => matches!(&v[..], [Term::Atom(_), Term::Int(_)]),
+            _ => false,
+        })
+}
+
+/// `[{vsn, Vsn}, {lock, {global, LockId}}]`: `lock_still_set/3` matches
+/// the lock as `{global, _}` while a global lock is held.
+fn extra_info(t: &Term) -> bool {
+    is_list(t)
+        && list(t).iter().all(|e| matches!(e.tuple(), Some([Term::Atom(_), _])))
+        && list(t).iter().any(|e| {
+            matches!(e.tuple(), Some([Term::Atom(k), l]) if &**k == "lock"
+                && matches!(l.tuple(), Some([Term::Atom(g), _]) if &**g == "global"))
+        })
+}
+
+/// global's calls between name servers, made under its locks: a name is
+/// registered only for a process of the peer's node (a name for another
+/// node's process would let a clash's resolution act on it).
+fn global_call(mem: &Memory, req: &Term) -> bool {
     let t = req.tuple().unwrap_or(&[]);
     let lock_id = |l: &Term| matches!(l.tuple(), Some([_, _]));
     match (req.tag().unwrap_or(""), t.len()) {
         ("set_lock" | "del_lock", 2) => lock_id(&t[1]),
-        ("register", 4) => matches!(t[2], Term::Pid(_)) && matches!(t[3], Term::Fun(_) | Term::Atom(_)),
-        ("register_ext", 5) => {
-            matches!(t[2], Term::Pid(_)) && matches!(t[3], Term::Fun(_) | Term::Atom(_)) && is_atom(&t[4])
-        }
+        ("register", 4) => mem.remote_pid(&t[2]) && matches!(t[3], Term::Fun(_) | Term::Atom(_)),
+        ("register_ext", 5) => mem.remote_pid(&t[2]) && matches!(t[3], Term::Fun(_) | Term::Atom(_)) && is_atom(&t[4]),
         ("unregister", 2) => true,
         _ => false,
     }
 }
 
 /// global's plain messages between name servers (protocol 7 and 8).
-fn global_info(m: &Term) -> bool {
+fn global_info(mem: &Memory, m: &Term) -> bool {
     let t = m.tuple().unwrap_or(&[]);
     match (m.tag().unwrap_or(""), t.len()) {
-        ("init_connect_ack", 4) | ("cancel_connect", 3) => is_atom(&t[1]),
+        ("init_connect_ack", 4) | ("cancel_connect", 3) => matches!(&t[1], Term::Atom(a) if mem.is_remote(a)),
         ("lost_connection", 5) => is_atom(&t[1]) && is_int(&t[2]) && is_int(&t[3]) && is_atom(&t[4]),
         ("remove_connection", 2) => is_atom(&t[1]),
         _ => false,

@@ -39,6 +39,9 @@ const MAX_MACHINERY_PIDS: usize = 1024;
 pub struct Memory {
     /// The local node's full name: only its pids and references count.
     local: String,
+    /// The peer's node (its full name; empty when not known, as in tests):
+    /// the kernel protocols' sender fields must name it.
+    remote: String,
     pids: lru::LruCache<PidKey, ()>,
     refs: lru::LruCache<RefKey, ()>,
     forged_pids: lru::LruCache<PidKey, ()>,
@@ -55,7 +58,15 @@ pub struct Memory {
     pub peer_pid: Option<Pid>,
     /// The atoms the peer host brought to local nodes (all its pairs).
     pub atoms: Arc<HostAtoms>,
+    /// What the local `pg` scope has of the peer's scopes, this connection.
+    pub(super) pg: super::pg::PgMirror,
+    /// Atoms (keyed hashes) the local node sent the peer's node: it has
+    /// them, so the peer's use of them creates nothing.
+    sent_atoms: std::collections::HashSet<u64>,
 }
+
+/// Atoms remembered per node pair as sent by the local node.
+const MAX_SENT_ATOMS: usize = 16_384;
 
 impl Memory {
     /// A memory of its own (tests, fuzzing): not kept across connections.
@@ -76,6 +87,7 @@ impl Memory {
     pub fn counting(local_node: &str, atoms: Arc<HostAtoms>) -> Memory {
         Memory {
             local: local_node.to_owned(),
+            remote: String::new(),
             pids: lru::LruCache::unbounded(),
             refs: lru::LruCache::unbounded(),
             forged_pids: lru::LruCache::unbounded(),
@@ -85,6 +97,8 @@ impl Memory {
             io_servers: lru::LruCache::unbounded(),
             peer_pid: None,
             atoms,
+            pg: Default::default(),
+            sent_atoms: Default::default(),
         }
     }
 
@@ -103,9 +117,44 @@ impl Memory {
         (*r.node == *self.local).then(|| (r.creation, r.ids.clone()))
     }
 
-    /// A pid of a node other than the local one (the peer's processes).
+    /// A pid of the peer's node (of a node other than the local one, when
+    /// the peer's is not known): a kernel protocol's sender.
     pub(super) fn remote_pid(&self, t: &Term) -> bool {
-        matches!(t, Term::Pid(p) if *p.node != *self.local)
+        matches!(t, Term::Pid(p) if self.is_remote(&p.node))
+    }
+
+    /// `node` is the peer's node.
+    pub(super) fn is_remote(&self, node: &str) -> bool {
+        match self.remote.is_empty() {
+            true => node != self.local,
+            false => node == self.remote,
+        }
+    }
+
+    /// The local node sent the peer's node atom `text` (so it has it).
+    pub fn learn_atom(&mut self, text: &str) {
+        if self.sent_atoms.len() < MAX_SENT_ATOMS {
+            self.sent_atoms.insert(self.atoms.hash(text));
+        }
+    }
+
+    /// Whether the peer's node may make the local node create atom `text`:
+    /// one the local node sent it is not new; any other counts for the
+    /// peer host, within `max` ([`HostAtoms::admit`]).
+    pub fn admit_atom(&self, text: &str, max: usize) -> bool {
+        let h = self.atoms.hash(text);
+        self.sent_atoms.contains(&h) || self.atoms.admit_hashed(h, max)
+    }
+
+    /// A new connection of this pair: what lasted only as long as the
+    /// last one is gone.
+    pub fn new_connection(&mut self) {
+        self.pg = Default::default();
+    }
+
+    /// The peer's node is `remote`.
+    pub fn set_remote(&mut self, remote: &str) {
+        self.remote = remote.to_owned();
     }
 
     /// The local node sent `p` to the peer's node in a message.
@@ -368,6 +417,8 @@ pub struct MemoryState {
     io_servers: Vec<PidKey>,
     repliers: Vec<PidKey>,
     peer_pid: Option<Pid>,
+    #[serde(default)]
+    pg: super::pg::PgMirror,
 }
 
 /// A cache's keys, least recently used first.
@@ -391,6 +442,7 @@ impl Memory {
             io_servers: oldest_first(&self.io_servers),
             repliers: oldest_first(&self.repliers),
             peer_pid: self.peer_pid.clone(),
+            pg: self.pg.clone(),
         }
     }
 
@@ -422,6 +474,7 @@ impl Memory {
         if s.peer_pid.is_some() {
             self.peer_pid = s.peer_pid;
         }
+        self.pg = s.pg.bounded();
     }
 }
 
@@ -455,7 +508,9 @@ impl Memories {
         if let Some(m) = pairs.get(&key) {
             return m.clone();
         }
-        let m = Arc::new(Mutex::new(Memory::counting(local, atoms.clone())));
+        let mut m = Memory::counting(local, atoms.clone());
+        m.set_remote(remote);
+        let m = Arc::new(Mutex::new(m));
         bounded_put(pairs, key, m.clone(), MAX_PAIRS_PER_HOST);
         m
     }

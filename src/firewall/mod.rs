@@ -20,6 +20,7 @@
 //!   peer keeps, and the I/O a group leader may take.
 //! - [`walk`]: the pids, references and atoms in frames, as they go by.
 //! - [`atoms`]: the atoms each peer host brings to local nodes, bounded.
+//! - [`pg`]: the groups the local `pg` scope has of the peer's scopes.
 //! - [`filter`]: both directions' framing, fragments, held bytes, answers.
 
 pub mod atoms;
@@ -27,6 +28,7 @@ pub mod etf;
 pub mod filter;
 pub mod machinery;
 pub mod memory;
+pub mod pg;
 pub mod rules;
 pub mod walk;
 

@@ -334,7 +334,9 @@ fn to_pid(
         if mem.is_reply(&m) {
             return Ok(reply(mem, op, target, &m));
         }
-        mem.names_forged(&m);
+        if let Some(why) = mem.names_forged(&m) {
+            return Ok(Judgement::refuse(op, target, why));
+        }
         return Ok(match machinery(mem, name, &m) {
             Ok(()) => Judgement::allow(op, target),
             Err(why) => Judgement::refuse(op, target, why),
@@ -418,7 +420,9 @@ fn to_name(
         let Some(m) = whole(d, versioned)? else {
             return Ok(Judgement::refuse(op, target, TOO_LARGE_FOR_MACHINERY));
         };
-        mem.names_forged(&m);
+        if let Some(why) = mem.names_forged(&m) {
+            return Ok(Judgement::refuse(op, target, why));
+        }
         return Ok(match machinery(mem, m_name, &m) {
             Ok(()) => Judgement::allow(op, target),
             Err(why) => Judgement::refuse(op, target, why),

@@ -7,12 +7,14 @@
 %% Anything that runs on b writes the marker file, or halts b.
 %% Seeded: the same seed sends the same sequence of shapes.
 -module(fw_gen).
--export([run/6]).
+-export([run/7]).
 
-run(Seed, N, B, Given, Forged, Marker) ->
+%% Third: pids of a third node's kernel processes (hosta's), which b must
+%% never be made to answer or act on.
+run(Seed, N, B, Given, Forged, Third, Marker) ->
     _ = rand:seed(exsss, Seed),
     Ctx = #{b => B, given => Given, forged => Forged, marker => Marker,
-            learnt => [], funs => funs(Marker)},
+            learnt => [], funs => funs(Marker), third => Third},
     loop(N, Ctx, #{}).
 
 loop(0, Ctx, Kinds) ->
@@ -41,6 +43,9 @@ funs(Marker) ->
      end || S <- Src] ++ [fun erlang:halt/0, fun erlang:halt/1, fun init:stop/0].
 
 pick(L) -> lists:nth(rand:uniform(length(L)), L).
+
+%% A list of one to three of what G makes.
+lst(G) -> [G() || _ <- lists:seq(1, rand:uniform(3))].
 
 targets(#{b := B} = C) ->
     [{N, B} || N <- [net_kernel, global_name_server, rex, pg, cache, init,
@@ -112,6 +117,10 @@ shaped(#{b := B, marker := M} = C) ->
     T = fun() -> term(C, 1) end,
     F = fun() -> pick(maps:get(funs, C)) end,
     P = fun() -> pick([self(), pick(pids(C)), T()]) end,
+    Third = fun() -> pick(maps:get(third, C)) end,
+    Op = fun() -> pick([{insert, {n, P(), F()}}, {insert, T()}, {delete, T()}, T()]) end,
+    Ext = fun() -> pick([{n, P(), node()}, T()]) end,
+    Known = fun() -> pick([node(), {node(), 8}, T(), {T(), T()}]) end,
     Shapes =
         [{net_kernel, {'$gen_call', from(C), {is_auth, pick([node(), T()])}}},
          {net_kernel, {'$gen_call', from(C), {spawn, file, write_file, [M, <<>>], group_leader()}}},
@@ -138,6 +147,16 @@ shaped(#{b := B, marker := M} = C) ->
          {global_name_server, {lost_connection, node(), T(), T(), T()}},
          {global_name_server, {init_connect_ack, node(), T(), T()}},
          {global_name_server, stop},
+         %% Inside the lists of global's sync, and whom they name.
+         {global_name_server, {'$gen_cast', {new_nodes, pick([node(), B, T()]), lst(Op), lst(Ext), lst(Known),
+                                             pick([[], lst(T), [{vsn, 8}, {lock, pick([{global, [self()]}, T()])}]])}}},
+         {global_name_server, {'$gen_cast', {resolved, pick([node(), T()]), lst(Op), lst(Known), unused, lst(Ext), T()}}},
+         {global_name_server, {'$gen_cast', {exchange, pick([node(), T()]), [{n, pick([P(), Third()]), F()}], [], T()}}},
+         {global_name_server, {'$gen_cast', {init_connect, {rand:uniform(10) - 1, T()}, pick([node(), B, T()]), {locker, T(), [], P()}}}},
+         {global_name_server, {'$gen_call', from(C), {register, n, pick([P(), Third()]), pick([fun global:random_exit_name/3, fun global:notify_all_name/3])}}},
+         {pg, {leave, self(), pick([self(), [self()]]), lst(T)}},
+         {rex, {Third(), features_request}},
+         {net_kernel, {'$gen_call', {Third(), make_ref()}, {is_auth, node()}}},
          {pg, {discover, P()}},
          {pg, {'$gen_cast', {sync, P(), [{grp, [P()]}, T()]}}},
          {pg, {join, P(), grp, pick([P(), [P()], T()])}},

@@ -667,14 +667,14 @@ impl Inbound {
         let fw = self.fw();
         let over = {
             let mem = fw.mem();
-            refs.new.iter().any(|&i| {
-                refs.atoms
-                    .get(i)
-                    .is_some_and(|a| !mem.atoms.admit(a, fw.policy.max_atoms))
-            })
+            refs.new
+                .iter()
+                .filter_map(|&i| refs.atoms.get(i))
+                .find(|a| !mem.admit_atom(a, fw.policy.max_atoms))
+                .cloned()
         };
-        if over {
-            refuse_walked(fw, TOO_MANY_ATOMS)?;
+        if let Some(a) = over {
+            refuse_walked(fw, Refusal::atom(&a))?;
         }
         Ok(())
     }
@@ -749,7 +749,7 @@ const TOO_MANY_ATOMS: &str =
 /// reference the peer was not given, or a local port, named past its
 /// walker's start, is refused (and the pid or reference remembered as
 /// forged); a message the walk cannot follow is refused.
-fn walk_chunk(fw: &Firewall, walker: &mut Walker, chunk: &[u8], refs: &[etf::Atom]) -> Option<&'static str> {
+fn walk_chunk(fw: &Firewall, walker: &mut Walker, chunk: &[u8], refs: &[etf::Atom]) -> Option<Refusal> {
     let mut why = None;
     {
         let mut mem = fw.mem();
@@ -757,22 +757,46 @@ fn walk_chunk(fw: &Firewall, walker: &mut Walker, chunk: &[u8], refs: &[etf::Ato
         walker.feed(chunk, refs, &mut |f| {
             if why.is_none() {
                 why = match &f {
-                    Found::Atom(a) => (!mem.atoms.admit(a, max)).then_some(TOO_MANY_ATOMS),
-                    f => mem.names_forged_found(f),
+                    Found::Atom(a) => (!mem.admit_atom(a, max)).then(|| Refusal::atom(a)),
+                    f => mem.names_forged_found(f).map(Refusal::from),
                 };
             }
         });
     }
     if walker.failed() {
-        why = why.or(Some("a message nested too deeply to walk, or not a term"));
+        why = why.or(Some(Refusal::from(
+            "a message nested too deeply to walk, or not a term",
+        )));
     }
     why
 }
 
-/// A message that passes carries `why`: the tunnel ends before the node
-/// has it whole (audit mode: reported once).
-fn refuse_walked(fw: &Firewall, why: &'static str) -> io::Result<()> {
-    let (op, target) = if why == TOO_MANY_ATOMS {
+/// Why a passing message may not reach the node, and the atom it would
+/// have brought (named in the log, never in a metric's labels).
+struct Refusal {
+    why: &'static str,
+    atom: Option<String>,
+}
+
+impl From<&'static str> for Refusal {
+    fn from(why: &'static str) -> Refusal {
+        Refusal { why, atom: None }
+    }
+}
+
+impl Refusal {
+    fn atom(a: &str) -> Refusal {
+        Refusal {
+            why: TOO_MANY_ATOMS,
+            atom: Some(a.chars().take(64).collect()),
+        }
+    }
+}
+
+/// A message that passes carries what it may not: the tunnel ends before
+/// the node has it whole (audit mode: reported once).
+fn refuse_walked(fw: &Firewall, r: Refusal) -> io::Result<()> {
+    let (op, target) = if r.why == TOO_MANY_ATOMS {
         ("new_atom", rules::Target::None)
     } else {
         ("send", rules::Target::Pid)
@@ -780,16 +804,20 @@ fn refuse_walked(fw: &Firewall, why: &'static str) -> io::Result<()> {
     let j = Judgement {
         op,
         target,
-        refused: Some(why),
+        refused: Some(r.why),
         answer: None,
         walk: None,
     };
     if fw.apply(&mut fw.shared(), j) {
         return Ok(());
     }
+    let atom = r.atom.map(|a| format!(" (the atom {a:?})")).unwrap_or_default();
     Err(io::Error::new(
         io::ErrorKind::PermissionDenied,
-        format!("dist policy: {why}; the tunnel is ended before the message is whole at the node"),
+        format!(
+            "dist policy: {}{atom}; the tunnel is ended before the message is whole at the node",
+            r.why
+        ),
     ))
 }
 

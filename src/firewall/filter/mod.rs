@@ -148,6 +148,8 @@ impl Firewall {
     /// ([`Memories::pair`](super::memory::Memories::pair)).
     pub fn new(policy: Arc<DistPolicy>, peer: &str, mem: Arc<Mutex<Memory>>, metrics: Arc<Metrics>) -> Arc<Firewall> {
         metrics.dist_policy_in_use(peer, &policy);
+        // A new connection: the local pg scope knows none of the peer's.
+        mem.lock().unwrap_or_else(|e| e.into_inner()).new_connection();
         Arc::new(Firewall {
             policy,
             peer: peer.to_owned(),

@@ -304,6 +304,12 @@ impl Outbound {
             }
             _ => return gave_up,
         };
+        // The local node has every atom its header writes out.
+        for &i in &refs.new {
+            if let Some(a) = refs.atoms.get(i) {
+                mem.learn_atom(a);
+            }
+        }
         let versioned = b[0] == etf::PASS_THROUGH;
         let mut d = Decoder::new(&b[start..], &refs.atoms);
         let ctl = (if versioned { d.version() } else { Ok(()) }).and_then(|_| d.term());

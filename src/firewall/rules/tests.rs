@@ -193,6 +193,196 @@ fn machinery_messages_in_the_wrong_shape_are_dropped() {
     );
 }
 
+/// A proper list.
+fn list(v: Vec<Term>) -> Term {
+    Term::List(v, Box::new(Term::Nil))
+}
+
+/// The kernel protocols name the sending node, and what they carry has the
+/// types their code relies on, inside lists too: each shape below crashed
+/// (or halted) a real OTP 25 node or a third node when passed, and its
+/// well-formed twin passes.
+#[test]
+fn global_rex_and_net_kernel_take_only_the_sender_nodes_exact_shapes() {
+    let mut m = Memory::new("b@h");
+    m.set_remote("c@h");
+    let mut judge_reg =
+        |name: &str, msg: Term| judged(&mut m, vec![Term::Int(6), pid("c@h", 1), atom(""), atom(name)], msg);
+    let cast = |req: Vec<Term>| Term::Tuple(vec![atom("$gen_cast"), Term::Tuple(req)]);
+    let lock = list(vec![
+        Term::Tuple(vec![atom("vsn"), Term::Int(8)]),
+        Term::Tuple(vec![
+            atom("lock"),
+            Term::Tuple(vec![atom("global"), list(vec![pid("c@h", 2)])]),
+        ]),
+    ]);
+    let insert = |p: Term| Term::Tuple(vec![atom("insert"), Term::Tuple(vec![atom("n"), p, atom("m")])]);
+    let new_nodes = |node: &str, ops: Term, nodes: Term, extra: Term| {
+        cast(vec![atom("new_nodes"), atom(node), ops, Term::Nil, nodes, extra])
+    };
+    let good_ops = list(vec![
+        insert(pid("c@h", 5)),
+        Term::Tuple(vec![atom("delete"), atom("old")]),
+    ]);
+    let good_nodes = list(vec![atom("a@h"), Term::Tuple(vec![atom("d@h"), Term::Int(8)])]);
+    assert_eq!(
+        judge_reg(
+            "global_name_server",
+            new_nodes("c@h", good_ops.clone(), good_nodes.clone(), lock.clone())
+        ),
+        None
+    );
+    for (what, bad) in [
+        (
+            "another node's name",
+            new_nodes("x@h", good_ops.clone(), good_nodes.clone(), lock.clone()),
+        ),
+        (
+            "an insert without a pid",
+            new_nodes(
+                "c@h",
+                list(vec![Term::Tuple(vec![
+                    atom("insert"),
+                    Term::Tuple(vec![atom("n"), Term::Int(1), atom("m")]),
+                ])]),
+                good_nodes.clone(),
+                lock.clone(),
+            ),
+        ),
+        (
+            "an op of no kind",
+            new_nodes("c@h", list(vec![atom("x")]), good_nodes.clone(), lock.clone()),
+        ),
+        (
+            "a node that is a triple",
+            new_nodes(
+                "c@h",
+                good_ops.clone(),
+                list(vec![Term::Tuple(vec![atom("x"), atom("y"), atom("z")])]),
+                lock.clone(),
+            ),
+        ),
+        (
+            "a node that is a number",
+            new_nodes("c@h", good_ops.clone(), list(vec![Term::Int(1000)]), lock.clone()),
+        ),
+        (
+            "no lock in its extra info",
+            new_nodes("c@h", good_ops.clone(), good_nodes.clone(), Term::Nil),
+        ),
+        (
+            "a lock not global's",
+            new_nodes(
+                "c@h",
+                good_ops.clone(),
+                good_nodes.clone(),
+                list(vec![Term::Tuple(vec![atom("lock"), atom("undefined")])]),
+            ),
+        ),
+    ] {
+        assert!(judge_reg("global_name_server", bad).is_some(), "new_nodes with {what}");
+    }
+    let resolved = |ops: Term| {
+        cast(vec![
+            atom("resolved"),
+            atom("c@h"),
+            ops,
+            good_nodes.clone(),
+            atom("unused"),
+            Term::Nil,
+            Term::Int(7),
+        ])
+    };
+    assert_eq!(judge_reg("global_name_server", resolved(good_ops.clone())), None);
+    assert!(judge_reg("global_name_server", resolved(list(vec![insert(Term::Int(3))]))).is_some());
+    let exchange_ops = cast(vec![
+        atom("exchange_ops"),
+        atom("c@h"),
+        Term::Int(7),
+        good_ops.clone(),
+        Term::Nil,
+    ]);
+    assert!(
+        judge_reg("global_name_server", exchange_ops).is_some(),
+        "the resolver's own message"
+    );
+    let init_connect = |vsn: i64, node: &str| {
+        let locker = Term::Tuple(vec![atom("locker"), atom("no_longer_a_pid"), Term::Nil, pid("c@h", 3)]);
+        cast(vec![
+            atom("init_connect"),
+            Term::Tuple(vec![Term::Int(vsn), Term::Int(1)]),
+            atom(node),
+            locker,
+        ])
+    };
+    assert_eq!(judge_reg("global_name_server", init_connect(8, "c@h")), None);
+    assert!(
+        judge_reg("global_name_server", init_connect(3, "c@h")).is_some(),
+        "version 3 kills the locker"
+    );
+    assert!(judge_reg("global_name_server", init_connect(8, "x@h")).is_some());
+    // A name registered for a process not of the peer's node, or named in
+    // an exchange: a clash's resolution would act on it.
+    let register = |p: Term| {
+        Term::Tuple(vec![
+            atom("$gen_call"),
+            Term::Tuple(vec![
+                pid("c@h", 1),
+                Term::Ref(Ref {
+                    node: Arc::from("c@h"),
+                    creation: 3,
+                    ids: vec![1, 2, 3],
+                }),
+            ]),
+            Term::Tuple(vec![atom("register"), atom("victim"), p, atom("m")]),
+        ])
+    };
+    assert_eq!(judge_reg("global_name_server", register(pid("c@h", 9))), None);
+    assert!(
+        judge_reg("global_name_server", register(pid("a@h", 9))).is_some(),
+        "a third node's"
+    );
+    assert!(
+        judge_reg("global_name_server", register(local(44))).is_some(),
+        "a local one"
+    );
+    let exchange = |p: Term| {
+        cast(vec![
+            atom("exchange"),
+            atom("c@h"),
+            list(vec![Term::Tuple(vec![atom("victim"), p, atom("m")])]),
+            Term::Nil,
+            Term::Int(7),
+        ])
+    };
+    assert_eq!(judge_reg("global_name_server", exchange(pid("c@h", 9))), None);
+    assert!(
+        judge_reg("global_name_server", exchange(local(45))).is_some(),
+        "a local pid in an exchange"
+    );
+    // Answers go to the sender's node only: rex's and net_kernel's would
+    // otherwise reach a third node's process (its pg crashes on them).
+    let probe = |p: Term| Term::Tuple(vec![p, atom("features_request")]);
+    assert_eq!(judge_reg("rex", probe(pid("c@h", 1))), None);
+    assert!(judge_reg("rex", probe(pid("a@h", 7))).is_some());
+    let ping = |p: Term| {
+        Term::Tuple(vec![
+            atom("$gen_call"),
+            Term::Tuple(vec![
+                p,
+                Term::Ref(Ref {
+                    node: Arc::from("c@h"),
+                    creation: 3,
+                    ids: vec![1, 2, 3],
+                }),
+            ]),
+            Term::Tuple(vec![atom("is_auth"), atom("c@h")]),
+        ])
+    };
+    assert_eq!(judge_reg("net_kernel", ping(pid("c@h", 1))), None);
+    assert!(judge_reg("net_kernel", ping(pid("a@h", 7))).is_some());
+}
+
 mod io_servers {
     use super::*;
 

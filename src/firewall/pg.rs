@@ -1,0 +1,272 @@
+//! What the local `pg` scope knows of the peer's node, kept beside it.
+//!
+//! OTP 25 and 27's `pg` crashes on a `leave` naming a group it has no
+//! members of from that peer scope (`leave_remote/3`: `maps:get(Group,
+//! Acc)`), and five crashes an hour halt the node (`kernel_safe_sup`).
+//! So erlmesh follows, per tunnel (a scope forgets a peer scope when the
+//! connection drops), the groups and members each of the peer's scopes has
+//! in the local one, as `pg.erl` does: `discover` and `sync` make a peer
+//! scope known (`sync` replaces its groups), `join` adds members, `leave`
+//! removes them and a group with none left. A `leave` passes only when
+//! every group it names is one the local scope has for that peer scope.
+//! Groups are compared by their decoded terms; a group whose term the
+//! decoder keeps only in part (a float, a bignum, a binary) is never known,
+//! so a `leave` of one is refused (its members then stay until the peer's
+//! scope goes down).
+
+use super::etf::{Pid, Term};
+use std::collections::HashMap;
+
+/// Peer scopes followed per tunnel (a scope restarts with a new pid).
+const MAX_SCOPES: usize = 16;
+/// Groups followed over all of a tunnel's peer scopes.
+const MAX_GROUPS: usize = 4096;
+/// Members followed over all groups.
+const MAX_MEMBERS: usize = 65_536;
+
+type PidKey = (u32, u32, u32);
+
+fn key(p: &Pid) -> PidKey {
+    (p.id, p.serial, p.creation)
+}
+
+/// A group's term as a key, when it is kept whole.
+fn group_key(t: &Term) -> Option<String> {
+    let mut whole = true;
+    t.visit(&mut |t| whole &= !matches!(t, Term::Float | Term::Big | Term::Binary(_) | Term::Fun(_)));
+    whole.then(|| format!("{t:?}"))
+}
+
+fn pids(t: &Term) -> Vec<PidKey> {
+    match t {
+        Term::Pid(p) => vec![key(p)],
+        Term::List(v, _) => v
+            .iter()
+            .filter_map(|p| if let Term::Pid(p) = p { Some(key(p)) } else { None })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn list(t: &Term) -> &[Term] {
+    match t {
+        Term::List(v, _) => v,
+        _ => &[],
+    }
+}
+
+/// The local scope's view of the peer's scopes, for one tunnel (handed to
+/// the next process with the tunnel by `erlmesh upgrade`).
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PgMirror {
+    /// Each peer scope (by pid) and its groups' members (at most
+    /// [`MAX_SCOPES`]: a list, and a JSON object's keys are strings).
+    scopes: Vec<(PidKey, HashMap<String, Vec<PidKey>>)>,
+    groups: usize,
+    members: usize,
+}
+
+impl PgMirror {
+    /// What a previous process handed over, within the bounds (or nothing).
+    pub fn bounded(mut self) -> PgMirror {
+        self.recount();
+        if self.scopes.len() > MAX_SCOPES || self.groups > MAX_GROUPS || self.members > MAX_MEMBERS {
+            return PgMirror::default();
+        }
+        self
+    }
+
+    fn recount(&mut self) {
+        self.groups = self.scopes.iter().map(|(_, g)| g.len()).sum();
+        self.members = self.scopes.iter().flat_map(|(_, g)| g.values()).map(|m| m.len()).sum();
+    }
+
+    fn scope(&mut self, peer: &Pid) -> Option<&mut HashMap<String, Vec<PidKey>>> {
+        self.scopes.iter_mut().find(|(k, _)| *k == key(peer)).map(|(_, g)| g)
+    }
+
+    /// Whether a pg message from the peer may pass, and if so, what it
+    /// changes: `Err` names the reason it may not.
+    pub fn apply(&mut self, m: &Term) -> Result<(), &'static str> {
+        let t = m.tuple().unwrap_or(&[]);
+        match t {
+            [Term::Atom(a), Term::Pid(peer)] if &**a == "discover" => {
+                if self.scope(peer).is_none() {
+                    if self.scopes.len() >= MAX_SCOPES {
+                        return Err("more pg scopes of the peer than erlmesh follows");
+                    }
+                    self.scopes.push((key(peer), HashMap::new()));
+                }
+                Ok(())
+            }
+            [Term::Atom(g), req] if &**g == "$gen_cast" => {
+                let Some([_, Term::Pid(peer), groups]) = req.tuple() else {
+                    return Err("not a pg sync");
+                };
+                if self.scope(peer).is_none() && self.scopes.len() >= MAX_SCOPES {
+                    return Err("more pg scopes of the peer than erlmesh follows");
+                }
+                // maps:from_list(Groups): the last of a group wins.
+                let mut now: HashMap<String, Vec<PidKey>> = HashMap::new();
+                for e in list(groups) {
+                    if let Some([g, ps]) = e.tuple() {
+                        if let Some(k) = group_key(g) {
+                            now.insert(k, pids(ps));
+                        }
+                    }
+                }
+                let old = match self.scope(peer) {
+                    Some(g) => Some(std::mem::replace(g, now)),
+                    None => {
+                        self.scopes.push((key(peer), now));
+                        None
+                    }
+                };
+                self.recount();
+                if self.groups > MAX_GROUPS || self.members > MAX_MEMBERS {
+                    match old {
+                        Some(o) => *self.scope(peer).expect("replaced above") = o,
+                        None => {
+                            self.scopes.pop();
+                        }
+                    }
+                    self.recount();
+                    return Err("more pg groups or members from the peer than erlmesh follows");
+                }
+                Ok(())
+            }
+            [Term::Atom(a), Term::Pid(peer), group, ps] if &**a == "join" => {
+                let (members_now, groups_now) = (self.members, self.groups);
+                let Some(scope) = self.scope(peer) else {
+                    return Ok(()); // pg ignores a scope it does not know
+                };
+                let Some(k) = group_key(group) else {
+                    return Ok(()); // never known: its leave is refused
+                };
+                let add = pids(ps);
+                let new_group = !scope.contains_key(&k);
+                if members_now + add.len() > MAX_MEMBERS || (new_group && groups_now >= MAX_GROUPS) {
+                    return Err("more pg groups or members from the peer than erlmesh follows");
+                }
+                let n = add.len();
+                let members = scope.entry(k).or_default();
+                let mut joined = add;
+                joined.append(members);
+                *members = joined;
+                self.members += n;
+                self.groups += usize::from(new_group);
+                Ok(())
+            }
+            [Term::Atom(a), Term::Pid(peer), ps, groups] if &**a == "leave" => {
+                let Some(scope) = self.scope(peer) else {
+                    return Ok(()); // pg ignores a scope it does not know
+                };
+                let keys: Option<Vec<String>> = list(groups).iter().map(group_key).collect();
+                let Some(keys) = keys.filter(|ks| ks.iter().all(|k| scope.contains_key(k))) else {
+                    return Err("a pg leave of a group the peer's scope has no members in (pg crashes on it)");
+                };
+                let gone = pids(ps);
+                for k in keys {
+                    // Remaining = Members -- Pids; none left: the group goes.
+                    let Some(members) = scope.get_mut(&k) else {
+                        continue; // named twice, gone already: as pg, which crashes
+                    };
+                    for p in &gone {
+                        if let Some(i) = members.iter().position(|m| m == p) {
+                            members.remove(i);
+                        }
+                    }
+                    if members.is_empty() {
+                        scope.remove(&k);
+                    }
+                }
+                self.recount();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn pid(id: u32) -> Term {
+        Term::Pid(Pid {
+            node: Arc::from("c@h"),
+            id,
+            serial: 0,
+            creation: 1,
+        })
+    }
+    fn atom(a: &str) -> Term {
+        Term::Atom(Arc::from(a))
+    }
+    fn list(v: Vec<Term>) -> Term {
+        Term::List(v, Box::new(Term::Nil))
+    }
+    fn msg(v: Vec<Term>) -> Term {
+        Term::Tuple(v)
+    }
+
+    #[test]
+    fn a_leave_passes_only_for_groups_the_scope_has() {
+        let mut m = PgMirror::default();
+        let leave = |g: Vec<Term>| msg(vec![atom("leave"), pid(1), list(vec![pid(7)]), list(g)]);
+        // An unknown scope: pg ignores it, so may erlmesh.
+        assert!(m.apply(&leave(vec![atom("g")])).is_ok());
+        m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
+        assert!(m.apply(&leave(vec![atom("g")])).is_err(), "never joined");
+        m.apply(&msg(vec![atom("join"), pid(1), atom("g"), pid(7)])).unwrap();
+        m.apply(&msg(vec![atom("join"), pid(1), atom("g"), list(vec![pid(8)])]))
+            .unwrap();
+        assert!(m.apply(&leave(vec![atom("g")])).is_ok(), "7 leaves, 8 stays");
+        assert!(
+            m.apply(&leave(vec![atom("g")])).is_ok(),
+            "7 was not a member: nothing changes"
+        );
+        let leave8 = msg(vec![atom("leave"), pid(1), pid(8), list(vec![atom("g")])]);
+        assert!(m.apply(&leave8).is_ok());
+        assert!(m.apply(&leave8).is_err(), "the group went with its last member");
+        // sync replaces the scope's groups.
+        let sync = |gs: Vec<Term>| msg(vec![atom("$gen_cast"), msg(vec![atom("sync"), pid(1), list(gs)])]);
+        m.apply(&sync(vec![msg(vec![atom("h"), list(vec![pid(9)])])])).unwrap();
+        assert!(m.apply(&leave(vec![atom("h")])).is_ok());
+        m.apply(&sync(vec![])).unwrap();
+        assert!(m.apply(&leave(vec![atom("h")])).is_err());
+        // A group kept only in part is never known.
+        m.apply(&msg(vec![atom("join"), pid(1), Term::Binary(3), pid(7)]))
+            .unwrap();
+        assert!(m.apply(&leave(vec![Term::Binary(3)])).is_err());
+    }
+
+    #[test]
+    fn what_it_follows_is_bounded() {
+        let mut m = PgMirror::default();
+        m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
+        let mut refused = false;
+        for i in 0..(MAX_GROUPS + 10) {
+            let j = msg(vec![atom("join"), pid(1), Term::Int(i as i64), pid(7)]);
+            refused |= m.apply(&j).is_err();
+        }
+        assert!(refused && m.groups <= MAX_GROUPS);
+        for i in 2..(MAX_SCOPES as u32 + 10) {
+            let _ = m.apply(&msg(vec![atom("discover"), pid(i)]));
+        }
+        assert!(m.scopes.len() <= MAX_SCOPES);
+    }
+
+    #[test]
+    fn it_survives_the_hand_over() {
+        let mut m = PgMirror::default();
+        m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
+        m.apply(&msg(vec![atom("join"), pid(1), atom("g"), pid(7)])).unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        let mut back: PgMirror = serde_json::from_str::<PgMirror>(&json).unwrap().bounded();
+        let leave = msg(vec![atom("leave"), pid(1), pid(7), list(vec![atom("g")])]);
+        assert!(back.apply(&leave).is_ok());
+        assert!(back.apply(&leave).is_err());
+    }
+}
