@@ -26,6 +26,29 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// A set of keyed hashes, not hashed again.
+pub type Hashes = HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>;
+
+/// The hasher of [`Hashes`]: its keys are keyed hashes already.
+#[derive(Default)]
+pub struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// `max_atoms` when a policy does not set it.
 pub const DEFAULT_MAX_ATOMS: usize = 65_536;
 /// All restricted peer hosts together: a quarter of OTP's default atom
@@ -71,14 +94,14 @@ impl AllAtoms {
 /// The atoms one peer host brought to local nodes.
 pub struct HostAtoms {
     all: Arc<AllAtoms>,
-    seen: Mutex<HashSet<u64>>,
+    seen: Mutex<Hashes>,
 }
 
 impl HostAtoms {
     pub fn new(all: Arc<AllAtoms>) -> HostAtoms {
         HostAtoms {
             all,
-            seen: Mutex::new(HashSet::new()),
+            seen: Mutex::new(Hashes::default()),
         }
     }
 

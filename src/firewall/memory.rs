@@ -62,7 +62,7 @@ pub struct Memory {
     pub(super) pg: super::pg::PgMirror,
     /// Atoms (keyed hashes) the local node sent the peer's node: it has
     /// them, so the peer's use of them creates nothing.
-    sent_atoms: std::collections::HashSet<u64>,
+    sent_atoms: super::atoms::Hashes,
 }
 
 /// Atoms remembered per node pair as sent by the local node.

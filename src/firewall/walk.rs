@@ -124,8 +124,12 @@ impl Walker {
                 continue;
             }
             let start = self.pos - self.pending.len() as u64;
+            let want = Want {
+                atoms: self.atoms,
+                finds: start >= self.from,
+            };
             let (used, tok) = if self.pending.is_empty() {
-                match token(data, refs) {
+                match token(data, refs, want) {
                     Ok(Some(v)) => v,
                     Ok(None) => {
                         self.pending.extend_from_slice(data);
@@ -141,7 +145,7 @@ impl Walker {
                 let old = self.pending.len();
                 let take = data.len().min(MAX_TOKEN.saturating_sub(old));
                 self.pending.extend_from_slice(&data[..take]);
-                match token(&self.pending, refs) {
+                match token(&self.pending, refs, want) {
                     Ok(Some((n, tok))) => {
                         self.pending.clear();
                         (n - old, tok)
@@ -229,9 +233,61 @@ fn atom(b: &[u8], refs: &[Atom]) -> Result<Option<(Atom, usize, bool)>, ()> {
     }
 }
 
-/// One token at the start of `b`: its length and what it is; None when cut
-/// short; Err when not a term of the distribution.
-fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
+/// An atom at the start of `b`, not built: its length and whether it is
+/// written out; None when cut short.
+fn atom_len(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, bool)>, ()> {
+    let (start, n) = match b.first() {
+        None => return Ok(None),
+        Some(82) => {
+            return match b.get(1) {
+                None => Ok(None),
+                Some(i) if (*i as usize) < refs.len() => Ok(Some((2, false))),
+                Some(_) => Err(()),
+            }
+        }
+        Some(100 | 118) if b.len() >= 3 => (3, be(&b[1..3]) as usize),
+        Some(115 | 119) if b.len() >= 2 => (2, b[1] as usize),
+        Some(100 | 118 | 115 | 119) => return Ok(None),
+        Some(_) => return Err(()),
+    };
+    match b.get(start..start + n) {
+        None => Ok(None),
+        Some(t) => std::str::from_utf8(t).map(|_| Some((start + n, true))).map_err(|_| ()),
+    }
+}
+
+/// A pid, reference or port not wanted for itself: its node atom at
+/// `at`, `fixed` bytes after it; reported only as the atom it writes out,
+/// when atoms are wanted.
+fn skim(b: &[u8], at: usize, fixed: usize, refs: &[Atom], atoms: bool) -> Result<Option<(usize, Tok)>, ()> {
+    let Some((n, out)) = atom_len(&b[at..], refs)? else {
+        return Ok(None);
+    };
+    let len = at + n + fixed;
+    if b.len() < len {
+        return Ok(None);
+    }
+    if atoms && out {
+        if let Some((a, _, _)) = atom(&b[at..], refs)? {
+            return Ok(Some((len, Tok::Atom(a))));
+        }
+    }
+    Ok(Some((len, Tok::Leaf)))
+}
+
+/// What a token is wanted for: the atoms written out in it, its pids,
+/// references and ports.
+#[derive(Clone, Copy)]
+struct Want {
+    atoms: bool,
+    finds: bool,
+}
+
+/// One token at the start of `b`: its length and what it is (only what is
+/// `want`ed is built); None when cut short; Err when not a term of the
+/// distribution.
+fn token(b: &[u8], refs: &[Atom], want: Want) -> Result<Option<(usize, Tok)>, ()> {
+    let atoms = want.atoms;
     macro_rules! need {
         ($n:expr) => {
             if b.len() < $n {
@@ -247,7 +303,19 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
         99 => fixed(32),
         106 => fixed(1),
         82 => Ok(atom(b, refs)?.map(|(_, n, _)| (n, Tok::Leaf))),
-        100 | 115 | 118 | 119 => Ok(atom(b, refs)?.map(|(a, n, _)| (n, Tok::Atom(a)))),
+        100 | 115 | 118 | 119 if atoms => Ok(atom(b, refs)?.map(|(a, n, _)| (n, Tok::Atom(a)))),
+        100 | 115 | 118 | 119 => {
+            let (start, n) = if matches!(b[0], 100 | 118) {
+                need!(3);
+                (3, be(&b[1..3]) as usize)
+            } else {
+                need!(2);
+                (2, b[1] as usize)
+            };
+            need!(start + n);
+            std::str::from_utf8(&b[start..start + n]).map_err(|_| ())?;
+            Ok(Some((start + n, Tok::Leaf)))
+        }
         104 => {
             need!(2);
             Ok(Some((2, Tok::Compound(b[1] as u64))))
@@ -302,6 +370,23 @@ fn token(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, Tok)>, ()> {
             need!(5);
             Ok(Some((5, Tok::Compound(4 + be(&b[1..5])))))
         }
+        88 | 103 if !want.finds => skim(b, 1, if b[0] == 88 { 12 } else { 9 }, refs, atoms),
+        89 | 102 | 120 if !want.finds => skim(
+            b,
+            1,
+            [8, 5, 12][[89, 102, 120].iter().position(|t| *t == b[0]).unwrap_or(0)],
+            refs,
+            atoms,
+        ),
+        90 | 114 if !want.finds => {
+            need!(3);
+            let words = be(&b[1..3]) as usize;
+            if words == 0 || words > 5 {
+                return Err(());
+            }
+            skim(b, 3, if b[0] == 90 { 4 } else { 1 } + 4 * words, refs, atoms)
+        }
+        101 if !want.finds => skim(b, 1, 5, refs, atoms),
         88 | 103 => {
             let Some((node, n, out)) = atom(&b[1..], refs)? else {
                 return Ok(None);
