@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         w.feed(chunk, &[], &mut |f| match f {
             Found::Pid(p) => walked.push(format!("{p:?}")),
             Found::Ref(r) => walked.push(format!("{r:?}")),
-            Found::Port(_) | Found::Atom(_) => {}
+            Found::Port(_) | Found::Atom(_) | Found::Export(_) => {}
         });
     }
     if w.done() && !w.failed() {

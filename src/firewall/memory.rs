@@ -74,11 +74,6 @@ impl Memory {
         Arc::new(Mutex::new(Memory::new(local_node)))
     }
 
-    /// The local node's full name.
-    pub(super) fn local(&self) -> &str {
-        &self.local
-    }
-
     pub fn new(local_node: &str) -> Memory {
         Memory::counting(local_node, HostAtoms::alone())
     }
@@ -123,12 +118,21 @@ impl Memory {
         matches!(t, Term::Pid(p) if self.is_remote(&p.node))
     }
 
-    /// `node` is the peer's node.
+    /// `node` is the peer's node (its host part compared in the one
+    /// canonical form: a tunnel this host dialled knows the peer's name
+    /// with its host as configured, the node's own may differ in case).
     pub(super) fn is_remote(&self, node: &str) -> bool {
-        match self.remote.is_empty() {
-            true => node != self.local,
-            false => node == self.remote,
+        if self.remote.is_empty() {
+            return node != self.local;
         }
+        if node == self.remote {
+            return true;
+        }
+        let host = |n: &str| -> Option<(String, crate::hostname::HostName)> {
+            let (name, host) = n.split_once('@')?;
+            Some((name.to_owned(), crate::hostname::HostName::parse(host).ok()?))
+        };
+        matches!((host(node), host(&self.remote)), (Some(a), Some(b)) if a == b)
     }
 
     /// The local node sent the peer's node atom `text` (so it has it).

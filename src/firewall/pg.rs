@@ -30,11 +30,48 @@ fn key(p: &Pid) -> PidKey {
     (p.id, p.serial, p.creation)
 }
 
-/// A group's term as a key, when it is kept whole.
+/// A group's term as a key, when it is kept whole: one key per Erlang
+/// term, whatever its encoding (a string is a list of integers, `""` is
+/// `[]`, a map's pairs in order of their keys).
 fn group_key(t: &Term) -> Option<String> {
     let mut whole = true;
     t.visit(&mut |t| whole &= !matches!(t, Term::Float | Term::Big | Term::Binary(_) | Term::Fun(_)));
-    whole.then(|| format!("{t:?}"))
+    whole.then(|| format!("{:?}", canonical(t)))
+}
+
+fn canonical(t: &Term) -> Term {
+    match t {
+        Term::Bytes(b) if b.is_empty() => Term::Nil,
+        Term::Bytes(b) => Term::List(
+            b.iter().map(|x| Term::Int(i64::from(*x))).collect(),
+            Box::new(Term::Nil),
+        ),
+        Term::List(v, tail) if v.is_empty() => canonical(tail),
+        Term::List(v, tail) => {
+            // [a | "bc"] is [a, b, c]: a tail that is a list joins the elements.
+            let mut items: Vec<Term> = v.iter().map(canonical).collect();
+            match canonical(tail) {
+                Term::List(more, end) => {
+                    items.extend(more);
+                    Term::List(items, end)
+                }
+                end => Term::List(items, Box::new(end)),
+            }
+        }
+        Term::Tuple(v) => Term::Tuple(v.iter().map(canonical).collect()),
+        Term::Map(kv) => {
+            let mut kv: Vec<(Term, Term)> = kv.iter().map(|(k, v)| (canonical(k), canonical(v))).collect();
+            kv.sort_by_key(|(k, _)| format!("{k:?}"));
+            Term::Map(kv)
+        }
+        t => t.clone(),
+    }
+}
+
+/// `members` holds each of `gone`, as many times as it is named there.
+fn holds(members: &[PidKey], gone: &[PidKey]) -> bool {
+    gone.iter()
+        .all(|p| gone.iter().filter(|q| *q == p).count() <= members.iter().filter(|m| *m == p).count())
 }
 
 fn pids(t: &Term) -> Vec<PidKey> {
@@ -91,12 +128,16 @@ impl PgMirror {
         let t = m.tuple().unwrap_or(&[]);
         match t {
             [Term::Atom(a), Term::Pid(peer)] if &**a == "discover" => {
-                if self.scope(peer).is_none() {
-                    if self.scopes.len() >= MAX_SCOPES {
-                        return Err("more pg scopes of the peer than erlmesh follows");
-                    }
-                    self.scopes.push((key(peer), HashMap::new()));
+                // A scope known already: pg ignores it while it has the
+                // scope, and would take it afresh, groupless, once it
+                // dropped it (the scope died), which erlmesh cannot see.
+                if self.scope(peer).is_some() {
+                    return Err("a pg discover of a scope the local one has had on this connection");
                 }
+                if self.scopes.len() >= MAX_SCOPES {
+                    return Err("more pg scopes of the peer than erlmesh follows");
+                }
+                self.scopes.push((key(peer), HashMap::new()));
                 Ok(())
             }
             [Term::Atom(g), req] if &**g == "$gen_cast" => {
@@ -161,11 +202,25 @@ impl PgMirror {
                 let Some(scope) = self.scope(peer) else {
                     return Ok(()); // pg ignores a scope it does not know
                 };
-                let keys: Option<Vec<String>> = list(groups).iter().map(group_key).collect();
-                let Some(keys) = keys.filter(|ks| ks.iter().all(|k| scope.contains_key(k))) else {
-                    return Err("a pg leave of a group the peer's scope has no members in (pg crashes on it)");
-                };
                 let gone = pids(ps);
+                let keys: Option<Vec<String>> = list(groups).iter().map(group_key).collect();
+                // Every group once (pg removes a group with its last member,
+                // then crashes on its second mention), each one this scope
+                // has, and only members this scope holds in it: the local
+                // table is shared by all scopes, and a member of another's
+                // removed here would leave that scope's group behind in
+                // pg's view and not in the table (its next sync crashes).
+                let Some(keys) = keys.filter(|ks| {
+                    let distinct: std::collections::HashSet<&String> = ks.iter().collect();
+                    distinct.len() == ks.len()
+                        && ks
+                            .iter()
+                            .all(|k| scope.get(k).is_some_and(|members| holds(members, &gone)))
+                }) else {
+                    return Err(
+                        "a pg leave of a group, or a member, the peer's scope does not have (pg crashes on it)",
+                    );
+                };
                 for k in keys {
                     // Remaining = Members -- Pids; none left: the group goes.
                     let Some(members) = scope.get_mut(&k) else {
@@ -223,19 +278,68 @@ mod tests {
         m.apply(&msg(vec![atom("join"), pid(1), atom("g"), list(vec![pid(8)])]))
             .unwrap();
         assert!(m.apply(&leave(vec![atom("g")])).is_ok(), "7 leaves, 8 stays");
-        assert!(
-            m.apply(&leave(vec![atom("g")])).is_ok(),
-            "7 was not a member: nothing changes"
-        );
+        assert!(m.apply(&leave(vec![atom("g")])).is_err(), "7 is no member any more");
         let leave8 = msg(vec![atom("leave"), pid(1), pid(8), list(vec![atom("g")])]);
         assert!(m.apply(&leave8).is_ok());
         assert!(m.apply(&leave8).is_err(), "the group went with its last member");
         // sync replaces the scope's groups.
         let sync = |gs: Vec<Term>| msg(vec![atom("$gen_cast"), msg(vec![atom("sync"), pid(1), list(gs)])]);
+        let leave9 = msg(vec![atom("leave"), pid(1), pid(9), list(vec![atom("h")])]);
         m.apply(&sync(vec![msg(vec![atom("h"), list(vec![pid(9)])])])).unwrap();
-        assert!(m.apply(&leave(vec![atom("h")])).is_ok());
+        assert!(m.apply(&leave9).is_ok());
+        m.apply(&sync(vec![msg(vec![atom("h"), list(vec![pid(9)])])])).unwrap();
         m.apply(&sync(vec![])).unwrap();
-        assert!(m.apply(&leave(vec![atom("h")])).is_err());
+        assert!(m.apply(&leave9).is_err());
+        // The review's four ways to a group pg does not have (OTP 25, 27):
+        // a group named twice; one group under two encodings; members of
+        // another scope of the peer's removed from the shared table; a
+        // scope pg dropped, discovered afresh.
+        let join = |s: u32, g: Term, p: u32| msg(vec![atom("join"), pid(s), g, pid(p)]);
+        let mut m = PgMirror::default();
+        m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
+        m.apply(&join(1, atom("g"), 7)).unwrap();
+        let twice = msg(vec![atom("leave"), pid(1), pid(7), list(vec![atom("g"), atom("g")])]);
+        assert!(m.apply(&twice).is_err(), "a group named twice");
+        let chars = |s: &str| Term::List(s.bytes().map(|b| Term::Int(b.into())).collect(), Box::new(Term::Nil));
+        m.apply(&join(1, Term::Bytes(b"ab".to_vec()), 7)).unwrap();
+        m.apply(&join(1, chars("ab"), 8)).unwrap();
+        let both = msg(vec![
+            atom("leave"),
+            pid(1),
+            list(vec![pid(7), pid(8)]),
+            list(vec![chars("ab")]),
+        ]);
+        assert!(m.apply(&both).is_ok(), "\"ab\" is one group, with both members");
+        let again = msg(vec![
+            atom("leave"),
+            pid(1),
+            pid(7),
+            list(vec![Term::Bytes(b"ab".to_vec())]),
+        ]);
+        assert!(m.apply(&again).is_err(), "and gone with them");
+        m.apply(&msg(vec![atom("discover"), pid(2)])).unwrap();
+        m.apply(&join(2, atom("h"), 9)).unwrap();
+        m.apply(&join(1, atom("h"), 10)).unwrap();
+        let others = msg(vec![
+            atom("leave"),
+            pid(1),
+            list(vec![pid(10), pid(9)]),
+            list(vec![atom("h")]),
+        ]);
+        assert!(m.apply(&others).is_err(), "scope 1 removing scope 2's member");
+        let dup = msg(vec![
+            atom("leave"),
+            pid(1),
+            list(vec![pid(10), pid(10)]),
+            list(vec![atom("h")]),
+        ]);
+        assert!(m.apply(&dup).is_err(), "one member named twice");
+        assert!(
+            m.apply(&msg(vec![atom("discover"), pid(1)])).is_err(),
+            "a scope discovered again"
+        );
+        let mut m = PgMirror::default();
+        m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
         // A group kept only in part is never known.
         m.apply(&msg(vec![atom("join"), pid(1), Term::Binary(3), pid(7)]))
             .unwrap();

@@ -153,8 +153,10 @@ pub fn judge(
         29 | 30 | 35 | 36 | 37 => t.get(2),
         _ => None,
     };
+    // Only a pid of the peer's own node: the stand-in for a refused frame
+    // names it, and a made-up node's name would be an atom never counted.
     if let Some(Term::Pid(p)) = sender {
-        if *p.node != *mem.local() {
+        if mem.is_remote(&p.node) {
             mem.peer_pid = Some(p.clone());
         }
     }

@@ -24,6 +24,10 @@ pub enum Found {
     /// An atom written out (not an atom cache reference): the node creates
     /// it if it has not got it. Only from walks that report atoms.
     Atom(Atom),
+    /// An export `fun M:F/A` (module, function, arity, each followed by a
+    /// NUL): the node makes an export entry of it if it has not got one.
+    /// Only from walks that report atoms.
+    Export(Atom),
 }
 
 enum Tok {
@@ -57,6 +61,36 @@ pub struct Walker {
     /// Bytes walked so far.
     #[serde(default)]
     pos: u64,
+    /// Tokens left of an export being read (module, function, arity).
+    #[serde(default)]
+    export_left: u8,
+    /// What was read of it.
+    #[serde(default)]
+    export_key: String,
+}
+
+/// A token that matters to an export's count.
+enum ExportPart {
+    /// EXPORT_EXT itself.
+    Start,
+    /// An atom's text or an integer's digits.
+    Text(String),
+}
+
+/// What the token at the start of `b` (whole) is to an export's count.
+fn export_part(b: &[u8], refs: &[Atom]) -> Option<ExportPart> {
+    match b.first()? {
+        113 => Some(ExportPart::Start),
+        82 | 100 | 115 | 118 | 119 => atom(b, refs)
+            .ok()
+            .flatten()
+            .map(|(a, _, _)| ExportPart::Text(a.to_string())),
+        97 => Some(ExportPart::Text(b.get(1)?.to_string())),
+        98 => Some(ExportPart::Text(
+            i32::from_be_bytes(b.get(1..5)?.try_into().ok()?).to_string(),
+        )),
+        _ => None,
+    }
 }
 
 impl Walker {
@@ -79,6 +113,8 @@ impl Walker {
             atoms: false,
             from: 0,
             pos: 0,
+            export_left: 0,
+            export_key: String::new(),
         }
     }
 
@@ -128,9 +164,16 @@ impl Walker {
                 atoms: self.atoms,
                 finds: start >= self.from,
             };
+            // An export's module, function and arity, for its count.
+            let mut part = None;
             let (used, tok) = if self.pending.is_empty() {
                 match token(data, refs, want) {
-                    Ok(Some(v)) => v,
+                    Ok(Some(v)) => {
+                        if self.atoms {
+                            part = export_part(&data[..v.0], refs);
+                        }
+                        v
+                    }
                     Ok(None) => {
                         self.pending.extend_from_slice(data);
                         self.pos += data.len() as u64;
@@ -147,6 +190,9 @@ impl Walker {
                 self.pending.extend_from_slice(&data[..take]);
                 match token(&self.pending, refs, want) {
                     Ok(Some((n, tok))) => {
+                        if self.atoms {
+                            part = export_part(&self.pending[..n], refs);
+                        }
                         self.pending.clear();
                         (n - old, tok)
                     }
@@ -162,6 +208,9 @@ impl Walker {
             };
             self.pos += used as u64;
             data = &data[used..];
+            if self.atoms {
+                self.export(part, &mut *found);
+            }
             match tok {
                 Tok::Leaf | Tok::Compound(0) | Tok::Skip(0) => self.term_done(),
                 Tok::Atom(a) => {
@@ -183,6 +232,31 @@ impl Walker {
                 Tok::Compound(_) => self.failed = true,
                 Tok::Skip(n) => self.skip = n,
             }
+        }
+    }
+
+    /// Follows an EXPORT_EXT (`fun M:F/A`): a node makes an export entry
+    /// of each it decodes and never frees one (its table is full at
+    /// 524 288 and halts the node), so a distinct one counts as an atom
+    /// does ([`Found::Export`]). `part` is the token just walked, as
+    /// [`export_part`] reads it.
+    fn export(&mut self, part: Option<ExportPart>, found: &mut impl FnMut(Found)) {
+        match (self.export_left, part) {
+            (0, Some(ExportPart::Start)) => {
+                self.export_left = 3;
+                self.export_key.clear();
+            }
+            (0, _) => {}
+            (n, Some(ExportPart::Text(t))) => {
+                self.export_key.push_str(&t);
+                self.export_key.push('\u{0}');
+                self.export_left = n - 1;
+                if n == 1 {
+                    found(Found::Export(Arc::from(std::mem::take(&mut self.export_key).as_str())));
+                }
+            }
+            // Not an export the node takes (it refuses the message).
+            _ => self.export_left = 0,
         }
     }
 

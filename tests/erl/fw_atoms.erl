@@ -5,7 +5,7 @@
 %% (sends to unlisted names, monitors of them: their atom cache headers
 %% still reach b's node).
 -module(fw_atoms).
--export([run/4]).
+-export([run/4, exports/3]).
 
 %% Sends at least N fresh atoms to node B, up to Per in one message.
 run(Seed, N, Per, B) ->
@@ -39,3 +39,13 @@ pid_of(A) ->
 ref_of(A) ->
     N = atom_to_binary(A),
     binary_to_term(<<131, 90, 3:16, 119, (byte_size(N)), N/binary, 1:32, 1:32, 2:32, 3:32>>).
+
+%% Exports: each `fun M:F/A` b decodes is an export entry it never frees
+%% (a full export table, 524 288, halts it). Msgs messages to the cache of
+%% 256 exports each, all of one module, a new function per message: few
+%% atoms, many exports.
+exports(Seed, Msgs, B) ->
+    M = list_to_atom("fm" ++ integer_to_list(Seed)),
+    [{cache, B} ! {put, exports, [erlang:make_fun(M, list_to_atom("f" ++ integer_to_list(I)), A) || A <- lists:seq(0, 255)]}
+     || I <- lists:seq(1, Msgs)],
+    {sent, Msgs * 256}.

@@ -274,3 +274,84 @@ fn a_restricted_peer_never_makes_the_node_create_more_than_max_atoms() {
         assert_eq!(out, input, "seed {seed}: known atoms pass");
     }
 }
+
+/// Exports count as atoms do: a node makes an export entry of every
+/// `fun M:F/A` it decodes and never frees one (its table full halts it),
+/// so 40 exports of one module and function, arities 0 to 39, pass the
+/// bound of 30 though they bring three atoms.
+#[test]
+fn exports_count_as_atoms_do() {
+    let atoms = HostAtoms::alone();
+    let mem = Arc::new(Mutex::new(Memory::counting("b@exports", atoms.clone())));
+    assert!(atoms.admit("c@hostc", MAX));
+    let mut inb = Inbound::new(firewall(&mem), true);
+    let mut input = vec![0, 5, b'r', 1, 2, 3, 4];
+    let mut data = enc(&Term::Tuple(vec![Term::Int(6), peer_pid(), atom(""), atom("cache")]));
+    data.extend([108, 0, 0, 0, 40]);
+    for a in 0..40u8 {
+        data.push(113);
+        data.extend(enc(&atom("m")));
+        data.extend(enc(&atom("f")));
+        data.extend([97, a]);
+    }
+    data.push(106);
+    input.extend(d_frame(&[0], &data));
+    let (out, r) = run_until_error(&mut inb, &input, 9);
+    let e = r.expect_err("past the bound");
+    assert!(e.to_string().contains("m:f:"), "{e}");
+    assert!(out.len() < input.len(), "the message never reaches the node whole");
+    // Fewer pass.
+    let mut inb = Inbound::new(firewall(&mem), true);
+    let mut input = vec![0, 5, b'r', 1, 2, 3, 4];
+    let mut data = enc(&Term::Tuple(vec![Term::Int(6), peer_pid(), atom(""), atom("cache")]));
+    data.extend([104, 2, 113]);
+    data.extend(enc(&atom("m")));
+    data.extend(enc(&atom("f")));
+    data.extend([97, 0]);
+    data.extend(enc(&atom("m")));
+    input.extend(d_frame(&[0], &data));
+    let (out, r) = run_until_error(&mut inb, &input, 9);
+    r.unwrap();
+    assert_eq!(out, input, "an export already counted passes");
+}
+
+/// A refused frame's stand-in names the peer's node only: a sender of a
+/// made-up node (never counted, its frame refused unwalked) must not
+/// become the stand-in's pid, or each such frame brings the node an atom.
+#[test]
+fn a_stand_in_never_names_a_made_up_node() {
+    let atoms = HostAtoms::alone();
+    let mut m = Memory::counting("b@standin", atoms.clone());
+    m.set_remote("c@hostc");
+    let mem = Arc::new(Mutex::new(m));
+    let mut inb = Inbound::new(firewall(&mem), true);
+    let hs = vec![0, 5, b'r', 1, 2, 3, 4];
+    let mut input = hs.clone();
+    // A frame of the peer's own (its pid learnt), then refused LINKs from
+    // made-up nodes, each re-setting a cache entry.
+    let mut ok = enc(&Term::Tuple(vec![Term::Int(6), peer_pid(), atom(""), atom("cache")]));
+    ok.extend(enc(&atom("x")));
+    input.extend(d_frame(&[0], &ok));
+    for i in 0..5 {
+        let fake = Term::Pid(Pid {
+            node: Arc::from(format!("fresh{i}@evil").as_str()),
+            id: 7,
+            serial: 0,
+            creation: 1,
+        });
+        let local = Term::Pid(Pid {
+            node: Arc::from("b@standin"),
+            id: 40,
+            serial: 0,
+            creation: 1,
+        });
+        let link = enc(&Term::Tuple(vec![Term::Int(1), fake, local]));
+        input.extend(d_frame(&header(&[(0, Some("foo".into()))]), &link));
+    }
+    let (out, r) = run_until_error(&mut inb, &input, 11);
+    r.unwrap();
+    let mut seen = HashSet::new();
+    atoms_at_node(&out, hs.len(), &mut seen);
+    assert!(!seen.iter().any(|a| a.contains("evil")), "{seen:?}");
+    assert!(seen.contains("c@hostc"), "the stand-ins name the peer's node: {seen:?}");
+}

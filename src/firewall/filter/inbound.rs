@@ -741,7 +741,7 @@ impl Inbound {
 /// Why a message from the peer may not pass: it brings the node more new
 /// atoms than the policy allows its host.
 const TOO_MANY_ATOMS: &str =
-    "more new atoms than the policy's max_atoms allows this host (a node whose atom table fills halts)";
+    "more new atoms and exports than the policy's max_atoms allows this host (a node whose atom or export table fills halts)";
 
 /// Walks `chunk` of a message that passes: why it must not reach the node,
 /// if it must not. Every atom written out in it counts for the peer host
@@ -758,6 +758,11 @@ fn walk_chunk(fw: &Firewall, walker: &mut Walker, chunk: &[u8], refs: &[etf::Ato
             if why.is_none() {
                 why = match &f {
                     Found::Atom(a) => (!mem.admit_atom(a, max)).then(|| Refusal::atom(a)),
+                    // An export entry counts as an atom does.
+                    Found::Export(k) => {
+                        let key = format!("\u{0}export\u{0}{k}");
+                        (!mem.admit_atom(&key, max)).then(|| Refusal::atom(&k.replace('\u{0}', ":")))
+                    }
                     f => mem.names_forged_found(f).map(Refusal::from),
                 };
             }

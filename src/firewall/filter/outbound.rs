@@ -408,6 +408,6 @@ fn give(mem: &mut Memory, f: Found) {
         Found::Pid(p) => mem.give_pid(&p),
         Found::Ref(r) => mem.give_ref(&r),
         // A port gives nothing: no peer may name one of this node's.
-        Found::Port(_) | Found::Atom(_) => {}
+        Found::Port(_) | Found::Atom(_) | Found::Export(_) => {}
     }
 }
