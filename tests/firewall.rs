@@ -273,6 +273,11 @@ const ROUTES: &[(&str, &str)] = &[
         "pg_leave_of_a_dropped_scope",
         "begin S = spawn(fun() -> receive stop -> ok end end), {pg, {B}} ! {discover, S}, {pg, {B}} ! {join, S, g4, self()}, S ! stop, timer:sleep(200), [begin {pg, {B}} ! {discover, S}, {pg, {B}} ! {leave, S, self(), [g4]} end || _ <- lists:seq(1, 6)], ok end.",
     ),
+    // Partition reports naming a third node: b would drop hosta.
+    (
+        "partition_reports_about_a_third_node",
+        "begin {global_name_server, {B}} ! {remove_connection, 'a@hosta'}, {global_name_server, {B}} ! {lost_connection, node(), 1, 1, 'a@hosta'}, timer:sleep(500), lists:member({B}, rpc:call('a@hosta', erlang, nodes, [])) end.",
+    ),
     (
         "answers_to_a_third_node",
         "begin A = rpc:call('a@hosta', erlang, spawn, [timer, sleep, [infinity]]), [{rex, {B}} ! {A, features_request} || _ <- lists:seq(1, 6)], [{net_kernel, {B}} ! {'$gen_call', {A, make_ref()}, {is_auth, node()}} || _ <- lists:seq(1, 6)], timer:sleep(500), rpc:call('a@hosta', erlang, process_info, [A, message_queue_len]) end.",
@@ -462,6 +467,11 @@ fn restricted_story(b_suite: Option<&str>, c_suite: Option<&str>) {
     assert_eq!(get("gl_expand_fun"), "silent", "{report}");
     assert_eq!(get("gl_get_line"), "silent", "{report}");
     assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted\n{report}");
+    assert_eq!(
+        get("partition_reports_about_a_third_node"),
+        "true",
+        "b dropped hosta on c's word\n{report}"
+    );
     assert_eq!(
         get("answers_to_a_third_node"),
         "{message_queue_len,0}",

@@ -269,12 +269,14 @@ fn known(t: &Term) -> bool {
 /// `[{vsn, Vsn}, {lock, {global, LockId}}]`: `lock_still_set/3` matches
 /// the lock as `{global, _}` while a global lock is held.
 fn extra_info(t: &Term) -> bool {
+    // `lists:keyfind(lock, 1, ExtraInfo)`: the first lock is the one read.
+    let lock = list(t).iter().find_map(|e| match e.tuple() {
+        Some([Term::Atom(k), l]) if &**k == "lock" => Some(l),
+        _ => None,
+    });
     is_list(t)
         && list(t).iter().all(|e| matches!(e.tuple(), Some([Term::Atom(_), _])))
-        && list(t).iter().any(|e| {
-            matches!(e.tuple(), Some([Term::Atom(k), l]) if &**k == "lock"
-                && matches!(l.tuple(), Some([Term::Atom(g), _]) if &**g == "global"))
-        })
+        && lock.is_some_and(|l| matches!(l.tuple(), Some([Term::Atom(g), _]) if &**g == "global"))
 }
 
 /// global's calls between name servers, made under its locks: a name is
@@ -297,8 +299,16 @@ fn global_info(mem: &Memory, m: &Term) -> bool {
     let t = m.tuple().unwrap_or(&[]);
     match (m.tag().unwrap_or(""), t.len()) {
         ("init_connect_ack", 4) | ("cancel_connect", 3) => matches!(&t[1], Term::Atom(a) if mem.is_remote(a)),
-        ("lost_connection", 5) => is_atom(&t[1]) && is_int(&t[2]) && is_int(&t[3]) && is_atom(&t[4]),
-        ("remove_connection", 2) => is_atom(&t[1]),
+        // Partition reports would have this host drop its connection to
+        // the node they name, and relay them: from a restricted peer, only
+        // about itself (that it lost this node, which drops the peer).
+        ("lost_connection", 5) => {
+            matches!(&t[1], Term::Atom(a) if mem.is_remote(a))
+                && is_int(&t[2])
+                && is_int(&t[3])
+                && matches!(&t[4], Term::Atom(b) if **b == *mem.local_name())
+        }
+        ("remove_connection", 2) => matches!(&t[1], Term::Atom(a) if mem.is_remote(a)),
         _ => false,
     }
 }

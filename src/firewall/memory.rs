@@ -150,6 +150,11 @@ impl Memory {
         self.sent_atoms.contains(&h) || self.atoms.admit_hashed(h, max)
     }
 
+    /// The local node's full name.
+    pub(super) fn local_name(&self) -> &str {
+        &self.local
+    }
+
     /// A new connection of this pair: what lasted only as long as the
     /// last one is gone.
     pub fn new_connection(&mut self) {
@@ -239,7 +244,7 @@ impl Memory {
         let t = m.tuple().unwrap_or(&[]);
         if let Some(name) = to_name.and_then(machinery_name) {
             let own = match (name, m.tag(), t) {
-                (PG, Some("discover"), [Term::Pid(p), ..]) => sender == Some(p),
+                (PG, Some("discover"), [_, Term::Pid(p), ..]) => sender == Some(p),
                 (GLOBAL, Some("$gen_cast"), _) => true,
                 (REX, _, [Term::Pid(p), Term::Atom(a)]) => &**a == "features_request" && sender == Some(p),
                 _ => false,
@@ -250,23 +255,30 @@ impl Memory {
             // Pids the machinery hands out in its own messages (global's
             // locker, pg's scope) are judged by its protocol, not given;
             // a call's caller (a ping's, say) is only a caller.
-            let caller = match t {
-                [Term::Atom(g), from, _] if &**g == "$gen_call" => match from.tuple() {
-                    Some([Term::Pid(p), _]) => Some(p.clone()),
-                    _ => None,
-                },
-                _ => None,
-            };
+            // Only global's locker, where global's protocol hands it out
+            // (init_connect's locker, lock_set's): any other local pid in
+            // these messages (a name's holder in an exchange, say) stays
+            // an ordinary pid, reachable only if given.
             let mut handed = Vec::new();
-            m.visit(&mut |t| {
-                if let Term::Pid(p) = t {
-                    if Some(p) != caller.as_ref() && self.local_key(p).is_some_and(|k| !self.pids.contains(&k)) {
-                        handed.push(p.clone());
+            if let (GLOBAL, [Term::Atom(g), req]) = (name, t) {
+                if &**g == "$gen_cast" {
+                    match req.tuple() {
+                        Some([Term::Atom(a), _, _, init]) if &**a == "init_connect" => {
+                            if let Some([Term::Atom(l), _, _, Term::Pid(p)]) = init.tuple() {
+                                if &**l == "locker" {
+                                    handed.push(p.clone());
+                                }
+                            }
+                        }
+                        Some([Term::Atom(a), Term::Pid(p), ..]) if &**a == "lock_set" => handed.push(p.clone()),
+                        _ => {}
                     }
                 }
-            });
+            }
             for p in handed {
-                self.learn_machinery(&p, name);
+                if self.local_key(&p).is_some_and(|k| !self.pids.contains(&k)) {
+                    self.learn_machinery(&p, name);
+                }
             }
             if let [Term::Atom(g), from, _] = t {
                 if &**g == "$gen_call" {

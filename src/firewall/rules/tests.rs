@@ -360,6 +360,33 @@ fn global_rex_and_net_kernel_take_only_the_sender_nodes_exact_shapes() {
         judge_reg("global_name_server", exchange(local(45))).is_some(),
         "a local pid in an exchange"
     );
+    // The third review: the lock global reads is the first in extra info;
+    // partition reports about other nodes than the peer would have this
+    // host drop them.
+    let two_locks = list(vec![
+        Term::Tuple(vec![atom("lock"), atom("foo")]),
+        Term::Tuple(vec![atom("lock"), Term::Tuple(vec![atom("global"), atom("x")])]),
+    ]);
+    assert!(judge_reg(
+        "global_name_server",
+        new_nodes("c@h", good_ops.clone(), good_nodes.clone(), two_locks)
+    )
+    .is_some());
+    let remove = |n: &str| Term::Tuple(vec![atom("remove_connection"), atom(n)]);
+    assert_eq!(judge_reg("global_name_server", remove("c@h")), None);
+    assert!(judge_reg("global_name_server", remove("a@h")).is_some());
+    let lost = |a: &str, b: &str| {
+        Term::Tuple(vec![
+            atom("lost_connection"),
+            atom(a),
+            Term::Int(1),
+            Term::Int(1),
+            atom(b),
+        ])
+    };
+    assert_eq!(judge_reg("global_name_server", lost("c@h", "b@h")), None);
+    assert!(judge_reg("global_name_server", lost("c@h", "a@h")).is_some());
+    assert!(judge_reg("global_name_server", lost("a@h", "b@h")).is_some());
     // Answers go to the sender's node only: rex's and net_kernel's would
     // otherwise reach a third node's process (its pg crashes on them).
     let probe = |p: Term| Term::Tuple(vec![p, atom("features_request")]);
@@ -486,4 +513,62 @@ fn a_process_that_pinged_is_not_machinery() {
         send(&mut m, local(5), Term::Tuple(vec![atom("bench"), pid("c@h", 9)])),
         None
     );
+}
+
+/// A local pid in the local node's own global messages (a name's holder
+/// in its exchange) is not thereby global's machinery: only the locker
+/// global hands out is; the holder stays reachable only if given.
+#[test]
+fn only_globals_locker_is_learnt_from_its_messages() {
+    let mut m = Memory::new("b@h");
+    m.set_remote("c@h");
+    let gns = Pid {
+        node: Arc::from("b@h"),
+        id: 30,
+        serial: 0,
+        creation: 3,
+    };
+    let exchange = Term::Tuple(vec![
+        atom("$gen_cast"),
+        Term::Tuple(vec![
+            atom("exchange"),
+            atom("b@h"),
+            list(vec![Term::Tuple(vec![atom("x"), local(55), atom("m")])]),
+            Term::Nil,
+            Term::Int(7),
+        ]),
+    ]);
+    m.give_message(Some(&gns), Some("global_name_server"), &exchange);
+    let call = Term::Tuple(vec![
+        atom("$gen_call"),
+        Term::Tuple(vec![
+            pid("c@h", 1),
+            Term::Ref(Ref {
+                node: Arc::from("c@h"),
+                creation: 3,
+                ids: vec![1, 2, 3],
+            }),
+        ]),
+        Term::Tuple(vec![atom("unregister"), atom("x")]),
+    ]);
+    assert!(
+        send(&mut m, local(55), call).is_some(),
+        "a name's holder is no machinery"
+    );
+    let init = Term::Tuple(vec![
+        atom("$gen_cast"),
+        Term::Tuple(vec![
+            atom("init_connect"),
+            Term::Tuple(vec![Term::Int(8), Term::Int(1)]),
+            atom("b@h"),
+            Term::Tuple(vec![atom("locker"), atom("no_longer_a_pid"), Term::Nil, local(56)]),
+        ]),
+    ]);
+    m.give_message(Some(&gns), Some("global_name_server"), &init);
+    // The locker is judged as global's (by its protocol), the holder as
+    // an ordinary pid not given.
+    let locker = send(&mut m, local(56), atom("junk"));
+    assert!(locker.is_some_and(|w| w.contains("global")), "{locker:?}");
+    let holder = send(&mut m, local(55), atom("junk"));
+    assert!(holder.is_some_and(|w| w.contains("not given")), "{holder:?}");
 }
