@@ -647,6 +647,16 @@ const GENERATED_PER_BATCH: u64 = 600;
 /// runs on b (no marker file, b never halts), no kernel process restarts,
 /// hosta's calls never fail, and c keeps what its policy grants. Seeded
 /// (`ERLMESH_SEED`), printed, replayable.
+/// A seed for `what`: `ERLMESH_SEED` replays one, printed.
+fn seed(what: &str) -> u64 {
+    let seed = std::env::var("ERLMESH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(1..1 << 40));
+    println!("{what} seed {seed} (replay with ERLMESH_SEED={seed})");
+    seed
+}
+
 /// hosta's node puts a key in b's cache, then reads it every 20 ms until
 /// [`legit_calls`] stops it.
 fn start_legit_calls(a: &mut Node) {
@@ -695,11 +705,7 @@ fn generative_story(b_suite: Option<&str>, c_suite: Option<&str>) {
     // hosta's kernel servers, and a sink that must get nothing.
     assert_eq!(a.eval("register(sink, spawn(timer, sleep, [infinity]))."), "true");
     let a_kernel_before = a.eval(KERNEL);
-    let seed: u64 = std::env::var("ERLMESH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(1..1 << 40));
-    println!("generative attack seed {seed} (replay with ERLMESH_SEED={seed})");
+    let seed = seed("generative attack");
     let third = "[rpc:call('a@hosta', erlang, whereis, [N]) || N <- [sink, global_name_server, net_kernel, rex]]";
     let given = "(fun() -> {P, V, GL, E} = persistent_term:get(pids), [P, V, GL, E] end)()";
     let m = marker(&dir, "generated");
@@ -800,11 +806,7 @@ fn a_restricted_peer_cannot_fill_the_atom_table() {
     // that its calls measure b's availability under the flood.
     let mut a =
         s.ha.node_with("a", &["-kernel", "prevent_overlapping_partitions", "false"]);
-    let seed: u64 = std::env::var("ERLMESH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(1..1 << 40));
-    println!("atom flood seed {seed} (replay with ERLMESH_SEED={seed})");
+    let seed = seed("atom flood");
     let count = |b: &mut Node| b.eval("erlang:system_info(atom_count).").parse::<i64>().unwrap();
     // Without a policy, the sends do create atoms on b (most of them: a
     // node does not decode what goes to a name nobody holds beyond its

@@ -68,10 +68,35 @@ fn canonical(t: &Term) -> Term {
     }
 }
 
-/// `members` holds each of `gone`, as many times as it is named there.
-fn holds(members: &[PidKey], gone: &[PidKey]) -> bool {
-    gone.iter()
-        .all(|p| gone.iter().filter(|q| *q == p).count() <= members.iter().filter(|m| *m == p).count())
+/// How many times each pid is named.
+fn tally(pids: &[PidKey]) -> HashMap<PidKey, usize> {
+    let mut n = HashMap::new();
+    for p in pids {
+        *n.entry(*p).or_insert(0) += 1;
+    }
+    n
+}
+
+/// `members` holds each of `gone`, as many times as it is named there
+/// (linear in both: a peer's lists can be long).
+fn holds(members: &[PidKey], gone: &HashMap<PidKey, usize>) -> bool {
+    let mut have: HashMap<PidKey, usize> = HashMap::new();
+    for m in members.iter().filter(|m| gone.contains_key(m)) {
+        *have.entry(*m).or_insert(0) += 1;
+    }
+    gone.iter().all(|(p, n)| have.get(p).copied().unwrap_or(0) >= *n)
+}
+
+/// `Members -- Gone`: the first occurrences of each named pid go.
+fn remove_each(members: &mut Vec<PidKey>, gone: &HashMap<PidKey, usize>) {
+    let mut left = gone.clone();
+    members.retain(|m| match left.get_mut(m) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            false
+        }
+        _ => true,
+    });
 }
 
 fn pids(t: &Term) -> Vec<PidKey> {
@@ -202,7 +227,7 @@ impl PgMirror {
                 let Some(scope) = self.scope(peer) else {
                     return Ok(()); // pg ignores a scope it does not know
                 };
-                let gone = pids(ps);
+                let gone = tally(&pids(ps));
                 let keys: Option<Vec<String>> = list(groups).iter().map(group_key).collect();
                 // Every group once (pg removes a group with its last member,
                 // then crashes on its second mention), each one this scope
@@ -221,21 +246,25 @@ impl PgMirror {
                         "a pg leave of a group, or a member, the peer's scope does not have (pg crashes on it)",
                     );
                 };
-                for k in keys {
+                let named: usize = gone.values().sum();
+                let mut emptied = 0;
+                for k in &keys {
                     // Remaining = Members -- Pids; none left: the group goes.
-                    let Some(members) = scope.get_mut(&k) else {
-                        continue; // named twice, gone already: as pg, which crashes
-                    };
-                    for p in &gone {
-                        if let Some(i) = members.iter().position(|m| m == p) {
-                            members.remove(i);
-                        }
-                    }
+                    let members = scope.get_mut(k).expect("checked above");
+                    remove_each(members, &gone);
                     if members.is_empty() {
-                        scope.remove(&k);
+                        scope.remove(k);
+                        emptied += 1;
                     }
                 }
-                self.recount();
+                self.groups -= emptied;
+                self.members -= named * keys.len();
+                #[cfg(debug_assertions)]
+                {
+                    let counted = (self.groups, self.members);
+                    self.recount();
+                    debug_assert_eq!(counted, (self.groups, self.members), "pg counts part ways");
+                }
                 Ok(())
             }
             _ => Ok(()),

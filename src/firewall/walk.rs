@@ -169,7 +169,7 @@ impl Walker {
             let (used, tok) = if self.pending.is_empty() {
                 match token(data, refs, want) {
                     Ok(Some(v)) => {
-                        if self.atoms {
+                        if self.atoms && (self.export_left > 0 || data[0] == 113) {
                             part = export_part(&data[..v.0], refs);
                         }
                         v
@@ -190,7 +190,7 @@ impl Walker {
                 self.pending.extend_from_slice(&data[..take]);
                 match token(&self.pending, refs, want) {
                     Ok(Some((n, tok))) => {
-                        if self.atoms {
+                        if self.atoms && (self.export_left > 0 || self.pending[0] == 113) {
                             part = export_part(&self.pending[..n], refs);
                         }
                         self.pending.clear();
@@ -283,15 +283,21 @@ fn be(b: &[u8]) -> u64 {
     b.iter().fold(0, |v, x| (v << 8) | *x as u64)
 }
 
-/// An atom at the start of `b`: its text, its length and whether it is
-/// written out (not a cache reference); None when cut short.
-fn atom(b: &[u8], refs: &[Atom]) -> Result<Option<(Atom, usize, bool)>, ()> {
+/// An atom at the start of `b`, unbuilt: an atom cache entry, or text
+/// written out.
+enum AtomAt<'a> {
+    Cached(&'a Atom),
+    Written(&'a str),
+}
+
+/// An atom at the start of `b` and its length; None when cut short.
+fn atom_at<'a>(b: &'a [u8], refs: &'a [Atom]) -> Result<Option<(AtomAt<'a>, usize)>, ()> {
     let (start, n) = match b.first() {
         None => return Ok(None),
         Some(82) => {
             return match b.get(1) {
                 None => Ok(None),
-                Some(i) => refs.get(*i as usize).map(|a| Some((a.clone(), 2, false))).ok_or(()),
+                Some(i) => refs.get(*i as usize).map(|a| Some((AtomAt::Cached(a), 2))).ok_or(()),
             }
         }
         Some(100 | 118) if b.len() >= 3 => (3, be(&b[1..3]) as usize),
@@ -302,32 +308,24 @@ fn atom(b: &[u8], refs: &[Atom]) -> Result<Option<(Atom, usize, bool)>, ()> {
     match b.get(start..start + n) {
         None => Ok(None),
         Some(t) => std::str::from_utf8(t)
-            .map(|s| Some((Arc::from(s), start + n, true)))
+            .map(|s| Some((AtomAt::Written(s), start + n)))
             .map_err(|_| ()),
     }
+}
+
+/// An atom at the start of `b`: its text, its length and whether it is
+/// written out (not a cache reference); None when cut short.
+fn atom(b: &[u8], refs: &[Atom]) -> Result<Option<(Atom, usize, bool)>, ()> {
+    Ok(atom_at(b, refs)?.map(|(a, n)| match a {
+        AtomAt::Cached(a) => (a.clone(), n, false),
+        AtomAt::Written(t) => (Arc::from(t), n, true),
+    }))
 }
 
 /// An atom at the start of `b`, not built: its length and whether it is
 /// written out; None when cut short.
 fn atom_len(b: &[u8], refs: &[Atom]) -> Result<Option<(usize, bool)>, ()> {
-    let (start, n) = match b.first() {
-        None => return Ok(None),
-        Some(82) => {
-            return match b.get(1) {
-                None => Ok(None),
-                Some(i) if (*i as usize) < refs.len() => Ok(Some((2, false))),
-                Some(_) => Err(()),
-            }
-        }
-        Some(100 | 118) if b.len() >= 3 => (3, be(&b[1..3]) as usize),
-        Some(115 | 119) if b.len() >= 2 => (2, b[1] as usize),
-        Some(100 | 118 | 115 | 119) => return Ok(None),
-        Some(_) => return Err(()),
-    };
-    match b.get(start..start + n) {
-        None => Ok(None),
-        Some(t) => std::str::from_utf8(t).map(|_| Some((start + n, true))).map_err(|_| ()),
-    }
+    Ok(atom_at(b, refs)?.map(|(a, n)| (n, matches!(a, AtomAt::Written(_)))))
 }
 
 /// A pid, reference or port not wanted for itself: its node atom at
@@ -378,18 +376,7 @@ fn token(b: &[u8], refs: &[Atom], want: Want) -> Result<Option<(usize, Tok)>, ()
         106 => fixed(1),
         82 => Ok(atom(b, refs)?.map(|(_, n, _)| (n, Tok::Leaf))),
         100 | 115 | 118 | 119 if atoms => Ok(atom(b, refs)?.map(|(a, n, _)| (n, Tok::Atom(a)))),
-        100 | 115 | 118 | 119 => {
-            let (start, n) = if matches!(b[0], 100 | 118) {
-                need!(3);
-                (3, be(&b[1..3]) as usize)
-            } else {
-                need!(2);
-                (2, b[1] as usize)
-            };
-            need!(start + n);
-            std::str::from_utf8(&b[start..start + n]).map_err(|_| ())?;
-            Ok(Some((start + n, Tok::Leaf)))
-        }
+        100 | 115 | 118 | 119 => Ok(atom_len(b, refs)?.map(|(n, _)| (n, Tok::Leaf))),
         104 => {
             need!(2);
             Ok(Some((2, Tok::Compound(b[1] as u64))))

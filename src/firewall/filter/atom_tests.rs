@@ -2,7 +2,7 @@
 //! gets from a restricted peer never makes it create more than the
 //! policy's `max_atoms` atoms, whatever the frames and cuts.
 
-use super::tests::{atom, d_frame, enc, peer_pid, run_until_error};
+use super::tests::{atom, d_frame, enc, peer_pid, run_until_error, seed};
 use super::*;
 use crate::firewall::atoms::HostAtoms;
 use crate::firewall::etf::Pid;
@@ -157,11 +157,7 @@ enum Item {
 /// tunnel ends, and a message of atoms the node already has still passes.
 #[test]
 fn a_restricted_peer_never_makes_the_node_create_more_than_max_atoms() {
-    let seed = std::env::var("ERLMESH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed} (replay with ERLMESH_SEED={seed})");
+    let seed = seed();
     let mut rng = fastrand::Rng::with_seed(seed);
     let atoms = HostAtoms::alone();
     let mem = Arc::new(Mutex::new(Memory::counting("b@atoms", atoms.clone())));

@@ -61,6 +61,16 @@ fn reg_send_cached(header: &[u8], msg: &Term) -> Vec<u8> {
     d_frame(header, &t)
 }
 
+/// A seed for a generative test: `ERLMESH_SEED` replays one, printed.
+pub(super) fn seed() -> u64 {
+    let seed = std::env::var("ERLMESH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {seed} (replay with ERLMESH_SEED={seed})");
+    seed
+}
+
 /// Feeds `input` in pieces of `step` bytes; returns what the node gets.
 fn run(inb: &mut Inbound, input: &[u8], step: usize) -> io::Result<Vec<u8>> {
     let (out, r) = run_until_error(inb, input, step);
@@ -464,11 +474,7 @@ fn is_auth(n: u32) -> Term {
 /// node must get exactly the input, in order.
 #[test]
 fn held_bytes_are_one_budget_whatever_the_interleaving_and_cuts() {
-    let seed = std::env::var("ERLMESH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed} (replay with ERLMESH_SEED={seed})");
+    let seed = seed();
     let mut rng = fastrand::Rng::with_seed(seed);
     for round in 0..200 {
         let (fw, mut inb, hs) = inbound(&format!("b{round}@budget"));
@@ -619,11 +625,7 @@ fn local_pid(node: &str, id: u32) -> Term {
 /// fragments, cut anywhere.
 #[test]
 fn a_forged_pid_deep_in_a_large_message_never_reaches_the_node() {
-    let seed = std::env::var("ERLMESH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed} (replay with ERLMESH_SEED={seed})");
+    let seed = seed();
     let mut rng = fastrand::Rng::with_seed(seed);
     let ones = 3 * rules::MAX_JUDGED_TERMS;
     for round in 0..24 {

@@ -193,6 +193,17 @@ fn machinery_messages_in_the_wrong_shape_are_dropped() {
     );
 }
 
+/// A gen_server call from `caller` (a process of the peer's, c@h) asking
+/// `req`.
+fn gen_call(caller: Term, req: Term) -> Term {
+    let tag = Term::Ref(Ref {
+        node: Arc::from("c@h"),
+        creation: 3,
+        ids: vec![1, 2, 3],
+    });
+    Term::Tuple(vec![atom("$gen_call"), Term::Tuple(vec![caller, tag]), req])
+}
+
 /// A proper list.
 fn list(v: Vec<Term>) -> Term {
     Term::List(v, Box::new(Term::Nil))
@@ -324,18 +335,10 @@ fn global_rex_and_net_kernel_take_only_the_sender_nodes_exact_shapes() {
     // A name registered for a process not of the peer's node, or named in
     // an exchange: a clash's resolution would act on it.
     let register = |p: Term| {
-        Term::Tuple(vec![
-            atom("$gen_call"),
-            Term::Tuple(vec![
-                pid("c@h", 1),
-                Term::Ref(Ref {
-                    node: Arc::from("c@h"),
-                    creation: 3,
-                    ids: vec![1, 2, 3],
-                }),
-            ]),
+        gen_call(
+            pid("c@h", 1),
             Term::Tuple(vec![atom("register"), atom("victim"), p, atom("m")]),
-        ])
+        )
     };
     assert_eq!(judge_reg("global_name_server", register(pid("c@h", 9))), None);
     assert!(
@@ -392,20 +395,7 @@ fn global_rex_and_net_kernel_take_only_the_sender_nodes_exact_shapes() {
     let probe = |p: Term| Term::Tuple(vec![p, atom("features_request")]);
     assert_eq!(judge_reg("rex", probe(pid("c@h", 1))), None);
     assert!(judge_reg("rex", probe(pid("a@h", 7))).is_some());
-    let ping = |p: Term| {
-        Term::Tuple(vec![
-            atom("$gen_call"),
-            Term::Tuple(vec![
-                p,
-                Term::Ref(Ref {
-                    node: Arc::from("c@h"),
-                    creation: 3,
-                    ids: vec![1, 2, 3],
-                }),
-            ]),
-            Term::Tuple(vec![atom("is_auth"), atom("c@h")]),
-        ])
-    };
+    let ping = |p: Term| gen_call(p, Term::Tuple(vec![atom("is_auth"), atom("c@h")]));
     assert_eq!(judge_reg("net_kernel", ping(pid("c@h", 1))), None);
     assert!(judge_reg("net_kernel", ping(pid("a@h", 7))).is_some());
 }
@@ -539,18 +529,7 @@ fn only_globals_locker_is_learnt_from_its_messages() {
         ]),
     ]);
     m.give_message(Some(&gns), Some("global_name_server"), &exchange);
-    let call = Term::Tuple(vec![
-        atom("$gen_call"),
-        Term::Tuple(vec![
-            pid("c@h", 1),
-            Term::Ref(Ref {
-                node: Arc::from("c@h"),
-                creation: 3,
-                ids: vec![1, 2, 3],
-            }),
-        ]),
-        Term::Tuple(vec![atom("unregister"), atom("x")]),
-    ]);
+    let call = gen_call(pid("c@h", 1), Term::Tuple(vec![atom("unregister"), atom("x")]));
     assert!(
         send(&mut m, local(55), call).is_some(),
         "a name's holder is no machinery"
