@@ -3,7 +3,7 @@
 
 use super::{fds, handoff, Phase, Report, State, STATE_VERSION};
 use super::{ListenerState, RegistrationState, TunnelState};
-use super::{CONNECT_WAIT, FREEZE_WAIT, READY_WAIT, SOCKET_FILE};
+use super::{CONNECT_WAIT, FREEZE_WAIT, READY_WAIT, REFUSAL_WAIT, SOCKET_FILE};
 use std::ffi::OsString;
 use std::io::{BufRead, Read, Write};
 use std::os::fd::OwnedFd;
@@ -266,23 +266,96 @@ fn send_and_wait(
         fds::send(&stream, &descriptors)
     })();
     zeroize::Zeroize::zeroize(&mut json);
-    sent.map_err(io)?;
     drop(descriptors);
-    stream.set_read_timeout(Some(READY_WAIT)).map_err(io)?;
+    // A new process that refuses the state says why and closes before it
+    // takes the descriptors: a send that fails (broken pipe) may still
+    // have that word waiting, and it names the cause better.
+    // (After a failed send the word is there at once, or never.)
+    let wait = if sent.is_err() { REFUSAL_WAIT } else { READY_WAIT };
+    stream.set_read_timeout(Some(wait)).map_err(io)?;
     let mut line = String::new();
     let mut r = std::io::BufReader::new(&stream).take(4096);
-    match r.read_line(&mut line) {
+    let word = r.read_line(&mut line);
+    if let Err(e) = sent {
+        return match word {
+            Ok(n) if n > 0 && line.trim() != "ready" => Err(refusal(&line)),
+            _ => Err(io(e)),
+        };
+    }
+    match word {
         Ok(0) => Err("the new process closed the upgrade socket without a word".into()),
         Ok(_) if line.trim() == "ready" => Ok(()),
-        Ok(_) => Err(format!(
-            "the new process {}",
-            line.trim()
-                .strip_prefix("refused: ")
-                .map_or(line.trim().to_owned(), |w| format!("refused: {w}"))
-        )),
+        Ok(_) => Err(refusal(&line)),
         Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
             Err(format!("the new process did not report ready within {READY_WAIT:?}"))
         }
         Err(e) => Err(io(e)),
+    }
+}
+
+/// The old process's account of a new process's word other than `ready`.
+fn refusal(line: &str) -> String {
+    format!(
+        "the new process {}",
+        line.trim()
+            .strip_prefix("refused: ")
+            .map_or(line.trim().to_owned(), |w| format!("refused: {w}"))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty_state() -> State {
+        State {
+            version: STATE_VERSION,
+            fds: 0,
+            listeners: Vec::new(),
+            tunnels: Vec::new(),
+            registrations: Vec::new(),
+            learnt: Vec::new(),
+            counters: Vec::new(),
+        }
+    }
+
+    /// A new process that refuses and closes before the old one has sent
+    /// everything: the old one's send fails (broken pipe), and it reports
+    /// the new process's reason, not the pipe.
+    #[test]
+    fn a_refusal_written_before_the_send_failed_is_the_reason_given() {
+        let (old, mut new) = std::os::unix::net::UnixStream::pair().unwrap();
+        writeln!(new, "refused: state format version 1 (this build reads version 99)").unwrap();
+        drop(new);
+        let err = send_and_wait(old, &empty_state(), Vec::new()).unwrap_err();
+        assert_eq!(
+            err,
+            "the new process refused: state format version 1 (this build reads version 99)"
+        );
+    }
+
+    /// A new process that reads the state, then refuses (the usual order).
+    #[test]
+    fn a_refusal_after_the_state_is_the_reason_given() {
+        let (old, mut new) = std::os::unix::net::UnixStream::pair().unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut len = [0u8; 8];
+            new.read_exact(&mut len).unwrap();
+            let mut json = vec![0u8; u64::from_be_bytes(len) as usize];
+            new.read_exact(&mut json).unwrap();
+            writeln!(new, "refused: malformed state").unwrap();
+        });
+        let err = send_and_wait(old, &empty_state(), Vec::new()).unwrap_err();
+        peer.join().unwrap();
+        assert_eq!(err, "the new process refused: malformed state");
+    }
+
+    /// A peer gone without a word: the send's own error is the reason.
+    #[test]
+    fn a_peer_gone_without_a_word_reports_the_send_error() {
+        let (old, new) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(new);
+        let err = send_and_wait(old, &empty_state(), Vec::new()).unwrap_err();
+        assert!(err.starts_with("handing over: "), "{err}");
     }
 }

@@ -49,6 +49,9 @@ pub const FREEZE_WAIT: Duration = Duration::from_secs(3);
 pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long the new process has to report ready once it has the state.
 pub const READY_WAIT: Duration = Duration::from_secs(30);
+/// How long the old process looks for a refusal's reason after sending the
+/// state failed (a new process that refused has written it already).
+pub const REFUSAL_WAIT: Duration = Duration::from_secs(1);
 /// How long `erlmesh upgrade` waits for the running erlmesh's answer.
 pub fn command_wait() -> Duration {
     CONNECT_WAIT + FREEZE_WAIT + READY_WAIT + Duration::from_secs(5)
