@@ -146,6 +146,12 @@ pub async fn run_started(config: Config, shutdown: impl Future<Output = ()>, sta
         r.cancel.clone(),
         r.tracker.clone(),
     );
+    // The atom counts of restricted peers go on from the old process's,
+    // before any tunnel is judged.
+    let atoms = crate::upgrade::take::atoms();
+    if !atoms.key.is_empty() && !mesh.memories().resume_atoms(&atoms) {
+        warn!("the handed-over atom counts could not be taken: restricted peers' counts start again");
+    }
     mesh.start_static().await?;
     // What an upgrade handed over: counters, the hosts learnt, then the
     // tunnels.

@@ -395,3 +395,64 @@ fn a_policy_added_by_an_upgrade_closes_the_tunnels_it_cannot_judge() {
         "{status}"
     );
 }
+
+/// A restricted peer's atom count goes on across upgrades (the protected
+/// node keeps the atoms; a count starting again would let each upgrade
+/// add `max_atoms` more). Invariant: over any number of upgrades, the
+/// distinct atom texts a restricted host brings to this host's nodes stay
+/// within its `max_atoms`.
+#[test]
+fn a_restricted_peers_atom_count_goes_on_across_upgrades() {
+    const MAX_ATOMS: usize = 300;
+    let c = Cluster::new();
+    let (mut ha, mut hb) = peered_pair(&c);
+    ha.dist_policies = vec![("hostb".into(), "strict".into())];
+    ha.extra = format!("[dist_policies.strict]\nregistered = [\"sink\"]\nmax_atoms = {MAX_ATOMS}\n");
+    ha.start();
+    hb.start();
+    let mut a = ha.node("a");
+    let mut b = hb.node("b");
+    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+    start_counter(&mut a, "sink");
+    let count = |a: &mut Node| {
+        a.eval("sink ! {count, self()}, receive {count, K} -> K end.")
+            .parse::<usize>()
+            .unwrap()
+    };
+    // b sends the sink messages of fresh atoms, one each, in order; each
+    // goes only once b's connection to a is up (a refused frame ends it).
+    let send = |b: &mut Node, from: usize, to: usize| {
+        b.eval(&format!(
+            "lists:foreach(fun(I) -> net_adm:ping(a@hosta), \
+             {{sink, a@hosta}} ! list_to_atom(\"fresh_\" ++ integer_to_list(I)) end, lists:seq({from}, {to})), ok."
+        ))
+    };
+    // Two thirds of the bound before the upgrade: all pass.
+    assert_eq!(send(&mut b, 1, 200), "ok");
+    assert!(wait_for(Duration::from_secs(10), || count(&mut a) == 200));
+    let (out, _) = upgrade_in_place(&mut ha, "the upgrade");
+    assert!(out.contains(" atom(s) counted"), "{out}");
+    // The same atoms again pass (the node has them, and they are counted
+    // once), as many new ones as the bound leaves, and no more.
+    assert_eq!(send(&mut b, 1, 200), "ok");
+    assert_eq!(send(&mut b, 201, 400), "ok");
+    std::thread::sleep(Duration::from_millis(500));
+    let got = count(&mut a);
+    let new_after = got - 400;
+    println!("after the upgrade: {got} messages reached the sink, {new_after} of 200 fresh atoms");
+    assert!(
+        got >= 400 + 50,
+        "the atoms counted before the upgrade, or the room left, were lost: {got}"
+    );
+    assert!(
+        got < 400 + (MAX_ATOMS - 200),
+        "{got} messages: b brought more than max_atoms {MAX_ATOMS} over the upgrade\n{}",
+        ha.log()
+    );
+    assert!(ha.log().contains("max_atoms"), "no refusal logged\n{}", ha.log());
+    // hostb keeps what its policy grants, with atoms it brought before.
+    assert!(wait_for(Duration::from_secs(10), || {
+        b.eval("net_adm:ping(a@hosta), {sink, a@hosta} ! fresh_1, ok.");
+        count(&mut a) > got
+    }));
+}

@@ -18,11 +18,14 @@
 //! counted once per peer host, by a keyed 64-bit hash (the key is secret,
 //! so a peer cannot choose texts that collide with counted ones). A frame
 //! that would bring one more ends its tunnel before the node sees it.
-//! The count lasts as long as the running erlmesh (a node's atoms last as
-//! long as the node; a restart of erlmesh starts the count again).
+//! The count lasts as long as the running erlmesh and is handed over with
+//! the hash key to the next process by `erlmesh upgrade` ([`AtomsState`]);
+//! a restart of erlmesh starts it again (a node's atoms last as long as the
+//! node).
 
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -58,9 +61,26 @@ pub const MAX_ATOMS_ALL_HOSTS: usize = 262_144;
 
 /// What every peer host's count shares: the hash key and the total.
 pub struct AllAtoms {
-    key: std::collections::hash_map::RandomState,
+    /// SipHash-1-3's key, secret (drawn at start, or handed over).
+    key: zeroize::Zeroizing<[u8; 16]>,
     total: AtomicUsize,
     max_total: usize,
+}
+
+/// The counts, as an upgrade hands them to the next process: the key the
+/// hashes were made with, every host's hashes, and the total (which never
+/// decreases, even for hosts no longer remembered).
+#[derive(Serialize, Deserialize, Default)]
+pub struct AtomsState {
+    pub key: Vec<u8>,
+    pub total: usize,
+    pub hosts: Vec<(String, Vec<u64>)>,
+}
+
+impl Drop for AtomsState {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
 }
 
 impl Default for AllAtoms {
@@ -72,11 +92,29 @@ impl Default for AllAtoms {
 impl AllAtoms {
     /// A shared count whose hosts together bring at most `max_total`.
     pub fn with_total(max_total: usize) -> AllAtoms {
+        let mut key = zeroize::Zeroizing::new([0u8; 16]);
+        // The system's random source does not fail on Linux once booted;
+        // were it to, the key would still differ per process.
+        if aws_lc_rs::rand::fill(&mut key[..]).is_err() {
+            let k = fastrand::u128(..).to_le_bytes();
+            key.copy_from_slice(&k);
+        }
         AllAtoms {
-            key: std::collections::hash_map::RandomState::new(),
+            key,
             total: AtomicUsize::new(0),
             max_total,
         }
+    }
+
+    /// A count that goes on from `state` (its key and total); its hosts'
+    /// hashes are [`AtomsState::hosts`], for the caller to place.
+    pub fn resumed(state: &AtomsState, max_total: usize) -> Option<AllAtoms> {
+        let key: [u8; 16] = state.key.as_slice().try_into().ok()?;
+        Some(AllAtoms {
+            key: zeroize::Zeroizing::new(key),
+            total: AtomicUsize::new(state.total.min(max_total)),
+            max_total,
+        })
     }
 
     /// Atoms counted over all hosts (never decreases).
@@ -85,9 +123,18 @@ impl AllAtoms {
     }
 
     fn hash(&self, text: &str) -> u64 {
-        let mut h = self.key.build_hasher();
+        let mut h = siphasher::sip::SipHasher13::new_with_key(&self.key);
         h.write(text.as_bytes());
         h.finish()
+    }
+
+    /// The key and total, for [`AtomsState`].
+    pub fn export(&self) -> AtomsState {
+        AtomsState {
+            key: self.key.to_vec(),
+            total: self.total(),
+            hosts: Vec::new(),
+        }
     }
 }
 
@@ -118,6 +165,22 @@ impl HostAtoms {
     /// True when this host brought no atom yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The hashes counted so far, for [`AtomsState`].
+    pub fn hashes(&self) -> Vec<u64> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Takes hashes a previous process counted for this host (already in
+    /// the total it handed over).
+    pub fn resume(&self, hashes: impl IntoIterator<Item = u64>) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).extend(hashes);
     }
 
     /// Whether this host may still bring a new atom.

@@ -2,7 +2,7 @@
 //! processes speak a kernel protocol to it: the capability model's state,
 //! one per node pair, owned by the running erlmesh ([`Memories`]).
 
-use super::atoms::{AllAtoms, HostAtoms};
+use super::atoms::{AllAtoms, AtomsState, HostAtoms, MAX_ATOMS_ALL_HOSTS};
 use super::etf::{Pid, Ref, Term};
 use super::machinery::{machinery_name, valid_tag, GLOBAL, PG, REX};
 use super::walk::Found;
@@ -499,17 +499,23 @@ impl Memory {
 /// as many as the peer table holds (`MAX_PEERS`); a host not in use for
 /// longest goes first.
 pub struct Memories {
-    hosts: Mutex<lru::LruCache<String, (Pairs, Arc<HostAtoms>)>>,
-    /// What all hosts' atom counts share (a host dropped from `hosts` and
-    /// back starts a count of its own again, within the same total).
+    hosts: Mutex<Hosts>,
+}
+
+struct Hosts {
+    by_name: lru::LruCache<String, (Pairs, Arc<HostAtoms>)>,
+    /// What all hosts' atom counts share (a host dropped from `by_name`
+    /// and back starts a count of its own again, within the same total).
     atoms: Arc<AllAtoms>,
 }
 
 impl Default for Memories {
     fn default() -> Self {
         Memories {
-            hosts: Mutex::new(lru::LruCache::unbounded()),
-            atoms: Arc::new(AllAtoms::default()),
+            hosts: Mutex::new(Hosts {
+                by_name: lru::LruCache::unbounded(),
+                atoms: Arc::new(AllAtoms::default()),
+            }),
         }
     }
 }
@@ -519,7 +525,7 @@ impl Memories {
     /// kept across their connections.
     pub fn pair(&self, host: &str, local: &str, remote: &str) -> Arc<Mutex<Memory>> {
         let mut hosts = self.host(host);
-        let (pairs, atoms) = hosts.get_mut(host).expect("just put");
+        let (pairs, atoms) = hosts.by_name.get_mut(host).expect("just put");
         let key = (local.to_owned(), remote.to_owned());
         if let Some(m) = pairs.get(&key) {
             return m.clone();
@@ -533,16 +539,58 @@ impl Memories {
 
     /// The atoms peer host `host` brought to local nodes so far.
     pub fn atoms(&self, host: &str) -> Arc<HostAtoms> {
-        self.host(host).get(host).expect("just put").1.clone()
+        self.host(host).by_name.get(host).expect("just put").1.clone()
+    }
+
+    /// Every host's atom count, for the next process (`erlmesh upgrade`).
+    pub fn export_atoms(&self) -> AtomsState {
+        let hosts = self.lock();
+        let mut state = hosts.atoms.export();
+        state.hosts = hosts
+            .by_name
+            .iter()
+            .map(|(host, (_, atoms))| (host.clone(), atoms.hashes()))
+            .filter(|(_, hashes)| !hashes.is_empty())
+            .collect();
+        state
+    }
+
+    /// Goes on with the counts a previous process handed over, before any
+    /// tunnel is judged here: its key, total and hosts' hashes (at most
+    /// [`MAX_ATOMS_ALL_HOSTS`] in all, as it could count). False, and the
+    /// counts left as they are, when the state is not one (a key of the
+    /// wrong length) or tunnels were judged already.
+    pub fn resume_atoms(&self, state: &AtomsState) -> bool {
+        let mut hosts = self.lock();
+        let Some(all) = AllAtoms::resumed(state, MAX_ATOMS_ALL_HOSTS) else {
+            return false;
+        };
+        if !hosts.by_name.is_empty() {
+            return false;
+        }
+        hosts.atoms = Arc::new(all);
+        let mut left = MAX_ATOMS_ALL_HOSTS;
+        for (host, hashes) in state.hosts.iter().take(crate::mesh::MAX_PEERS) {
+            let atoms = Arc::new(HostAtoms::new(hosts.atoms.clone()));
+            let n = hashes.len().min(left);
+            atoms.resume(hashes[..n].iter().copied());
+            left -= n;
+            hosts.by_name.put(host.clone(), (Pairs::unbounded(), atoms));
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hosts> {
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The hosts, `host` among them.
-    fn host(&self, host: &str) -> std::sync::MutexGuard<'_, lru::LruCache<String, (Pairs, Arc<HostAtoms>)>> {
-        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        if !hosts.contains(host) {
-            let atoms = Arc::new(HostAtoms::new(self.atoms.clone()));
+    fn host(&self, host: &str) -> std::sync::MutexGuard<'_, Hosts> {
+        let mut hosts = self.lock();
+        if !hosts.by_name.contains(host) {
+            let atoms = Arc::new(HostAtoms::new(hosts.atoms.clone()));
             bounded_put(
-                &mut hosts,
+                &mut hosts.by_name,
                 host.to_owned(),
                 (Pairs::unbounded(), atoms),
                 crate::mesh::MAX_PEERS,
@@ -553,14 +601,60 @@ impl Memories {
 
     /// Node pairs remembered for `host`.
     pub fn pairs(&self, host: &str) -> usize {
-        let hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        hosts.peek(host).map_or(0, |(p, _)| p.len())
+        self.lock().by_name.peek(host).map_or(0, |(p, _)| p.len())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The invariant across `erlmesh upgrade`: what a restricted host
+    /// brought before counts after (same texts free, new ones within what
+    /// is left of its bound and of the total), whatever the next process's
+    /// own random key would have been.
+    #[test]
+    fn atom_counts_go_on_in_the_next_process() {
+        let old = Memories::default();
+        let (b, c) = (old.atoms("hostb"), old.atoms("hostc"));
+        assert!((0..100).all(|i| b.admit(&format!("b{i}"), 120)));
+        assert!((0..7).all(|i| c.admit(&format!("c{i}"), 120)));
+        let json = serde_json::to_vec(&old.export_atoms()).unwrap();
+        let state: AtomsState = serde_json::from_slice(&json).unwrap();
+        assert_eq!(state.total, 107);
+
+        let new = Memories::default();
+        assert!(new.resume_atoms(&state));
+        let b = new.atoms("hostb");
+        assert_eq!(b.len(), 100);
+        assert!((0..100).all(|i| b.admit(&format!("b{i}"), 120)), "known texts pass");
+        assert_eq!(b.len(), 100, "and are not counted again");
+        assert!((100..120).all(|i| b.admit(&format!("b{i}"), 120)));
+        assert!(!b.admit("b120", 120), "the bound holds across the upgrade");
+        assert_eq!(new.atoms("hostc").len(), 7);
+        assert_eq!(new.atoms("hostd").len(), 0);
+        // A second hand-over of counts onto judged tunnels is refused, and
+        // a malformed key too.
+        assert!(!new.resume_atoms(&state));
+        let mut bad = AtomsState::default();
+        bad.key = vec![1, 2, 3];
+        assert!(!Memories::default().resume_atoms(&bad));
+    }
+
+    #[test]
+    fn the_total_over_hosts_goes_on_too() {
+        let old = Memories::default();
+        let b = old.atoms("hostb");
+        assert!((0..50).all(|i| b.admit(&format!("b{i}"), 100)));
+        let mut state = old.export_atoms();
+        // Hosts the old process forgot still count in its total.
+        state.total = MAX_ATOMS_ALL_HOSTS - 10;
+        let new = Memories::default();
+        assert!(new.resume_atoms(&state));
+        let d = new.atoms("hostd");
+        assert!((0..10).all(|i| d.admit(&format!("d{i}"), 100)));
+        assert!(!d.admit("d10", 100), "the total is reached");
+    }
 
     #[test]
     fn one_hosts_node_names_evict_only_its_own_pairs() {

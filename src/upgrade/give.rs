@@ -138,12 +138,14 @@ async fn hand_to(
     let (state, descriptors) = freeze(ctx).await?;
     let judged: Vec<&super::FirewallState> = state.tunnels.iter().filter_map(|t| t.firewall.as_ref()).collect();
     let summary = format!(
-        "handed {} listener(s), {} tunnel(s) ({} under a dist policy, {} message(s) in fragments) and {} registration(s) to process {pid}",
+        "handed {} listener(s), {} tunnel(s) ({} under a dist policy, {} message(s) in fragments), {} registration(s) \
+         and {} atom(s) counted for restricted peers to process {pid}",
         state.listeners.len(),
         state.tunnels.len(),
         judged.len(),
         judged.iter().map(|f| f.in_fragments).sum::<usize>(),
-        state.registrations.len()
+        state.registrations.len(),
+        state.atoms.total,
     );
     let send = tokio::task::spawn_blocking(move || send_and_wait(stream, &state, descriptors));
     tokio::pin!(send);
@@ -208,6 +210,7 @@ async fn freeze(ctx: &Context) -> Result<(State, Vec<OwnedFd>), String> {
         registrations: Vec::new(),
         learnt: ctx.mesh.learnt(),
         counters: ctx.metrics.counters(),
+        atoms: ctx.mesh.memories().export_atoms(),
     };
     let mut descriptors = Vec::new();
     let mut take = |fd: OwnedFd| {
@@ -316,6 +319,7 @@ mod tests {
             registrations: Vec::new(),
             learnt: Vec::new(),
             counters: Vec::new(),
+            atoms: Default::default(),
         }
     }
 

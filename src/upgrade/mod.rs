@@ -142,6 +142,10 @@ pub struct State {
     /// Every counter: (name, labels, value).
     #[serde(default)]
     pub counters: Vec<crate::ops::metrics::CounterValue>,
+    /// The atoms restricted peer hosts brought to local nodes (the count
+    /// goes on: a node keeps its atoms across erlmesh's upgrades).
+    #[serde(default)]
+    pub atoms: crate::firewall::atoms::AtomsState,
 }
 
 /// What one participant reports when frozen.

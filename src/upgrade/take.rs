@@ -19,6 +19,7 @@ struct Taken {
     tunnels: Vec<(super::TunnelState, std::net::TcpStream, std::net::TcpStream)>,
     learnt: Vec<(String, String)>,
     counters: Vec<crate::ops::metrics::CounterValue>,
+    atoms: crate::firewall::atoms::AtomsState,
 }
 
 static TAKEN: Mutex<Option<Taken>> = Mutex::new(None);
@@ -75,7 +76,7 @@ fn read_state(sock: &mut UnixStream) -> Result<Taken, String> {
     }
     let parsed = serde_json::from_slice::<State>(&json);
     zeroize::Zeroize::zeroize(&mut json);
-    let state = parsed.map_err(|e| format!("malformed state: {e}"))?;
+    let mut state = parsed.map_err(|e| format!("malformed state: {e}"))?;
     if state.fds > MAX_FDS {
         return Err(format!(
             "{} descriptors is over the {MAX_FDS} this build takes",
@@ -98,6 +99,7 @@ fn read_state(sock: &mut UnixStream) -> Result<Taken, String> {
         tunnels: Vec::new(),
         learnt: state.learnt.clone(),
         counters: state.counters.clone(),
+        atoms: std::mem::take(&mut state.atoms),
     };
     for l in &state.listeners {
         let listener = std::net::TcpListener::from(fd(l.fd)?);
@@ -189,6 +191,16 @@ pub fn counters() -> Vec<crate::ops::metrics::CounterValue> {
         .expect("taken lock")
         .as_mut()
         .map(|t| std::mem::take(&mut t.counters))
+        .unwrap_or_default()
+}
+
+/// The atom counts the old process handed over (empty when none).
+pub fn atoms() -> crate::firewall::atoms::AtomsState {
+    TAKEN
+        .lock()
+        .expect("taken lock")
+        .as_mut()
+        .map(|t| std::mem::take(&mut t.atoms))
         .unwrap_or_default()
 }
 
