@@ -777,6 +777,110 @@ fn generated_attacks_with_otp_29_nodes() {
     generative_story(Some("sid"), Some("sid"));
 }
 
+/// pg between two OTP 29 nodes through a restricted policy: OTP 29's pg
+/// (version 1) announces its version and speaks version 1's shapes
+/// (`{discover, Pid, 1}`, `local_data`, `update`) to a scope that
+/// announced it, which hostb admits once b's own scope did (OTP 25's pg
+/// crashes on them, 27's on the last two). Groups, joins, leaves and a
+/// member's end reach b from c and c from b; then c's own scope (one b
+/// knows) sends what version 1's `++` and `--` crash on, and removals of
+/// b's members and of members it does not hold: b's pg stays up and its
+/// view keeps b's member.
+#[test]
+fn pg_between_two_otp_29_nodes_through_a_policy() {
+    require_erl();
+    if !is_root() {
+        println!("SKIPPED: chroot and bind mounts need root");
+        return;
+    }
+    let s = cluster("enforce", Some("sid"), Some("sid"));
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    for n in [&mut b, &mut c] {
+        assert_eq!(n.eval("erlang:system_info(otp_release)."), "\"29\"");
+    }
+    let kernel_before = b.eval(KERNEL);
+    let members = |g: &str| format!("lists:sort([node(P) || P <- pg:get_members({g})]).");
+    assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+    assert_eq!(
+        c.eval("begin register(m1, spawn(fun() -> receive stop -> ok end end)), pg:join(g29, whereis(m1)) end."),
+        "ok"
+    );
+    assert_eq!(
+        b.eval_until(&members("g29"), "[c@hostc]", Duration::from_secs(10)),
+        "[c@hostc]",
+        "c's member did not reach b\n{}",
+        s.hb.log()
+    );
+    assert_eq!(b.eval("pg:join(g29, whereis(victim))."), "ok");
+    assert_eq!(
+        c.eval_until(&members("g29"), "[b@hostb,c@hostc]", Duration::from_secs(10)),
+        "[b@hostb,c@hostc]"
+    );
+    // Version 1's update: a second member, a leave, a member's end.
+    assert_eq!(
+        c.eval("begin register(m2, spawn(fun() -> receive stop -> ok end end)), pg:join(g29, whereis(m2)) end."),
+        "ok"
+    );
+    assert_eq!(
+        b.eval_until(&members("g29"), "[b@hostb,c@hostc,c@hostc]", Duration::from_secs(10)),
+        "[b@hostb,c@hostc,c@hostc]"
+    );
+    assert_eq!(c.eval("pg:leave(g29, whereis(m1))."), "ok");
+    c.eval("m2 ! stop.");
+    assert_eq!(
+        b.eval_until(&members("g29"), "[b@hostb]", Duration::from_secs(10)),
+        "[b@hostb]"
+    );
+    assert_eq!(c.eval("pg:join(g29, whereis(m1))."), "ok");
+    assert_eq!(
+        b.eval_until(&members("g29"), "[b@hostb,c@hostc]", Duration::from_secs(10)),
+        "[b@hostb,c@hostc]"
+    );
+    // c's scope, known to b's, sends what pg never does.
+    let attacks = [
+        // ++ and -- on what is not a list (pg crashes).
+        "{pg, {B}} ! {update, whereis(pg), [{g29, not_a_list, []}]}",
+        "{pg, {B}} ! {update, whereis(pg), [{g29, [], [whereis(m1) | tail]}]}",
+        "gen_server:cast({pg, {B}}, {local_data, whereis(pg), 1, #{g29 => whereis(m1)}})",
+        "{pg, {B}} ! {update, whereis(pg), not_a_list}",
+        // b's own member, and a member c's scope does not hold there.
+        "{pg, {B}} ! {update, whereis(pg), [{g29, [], [V]}]}",
+        "{pg, {B}} ! {update, whereis(pg), [{g29, [], [whereis(m1), whereis(m1)]}]}",
+        // What pg only sends itself.
+        "{pg, {B}} ! {{'DOWN', pg}, make_ref(), process, V, kill}",
+        "gen_server:cast({pg, {B}}, {update, whereis(pg), [{g29, [], [V]}]})",
+    ];
+    for a in attacks {
+        let expr = format!(
+            "begin {{_, V, _, _}} = persistent_term:get(pids), {}, ok end.",
+            a.replace("{B}", NODE_B)
+        );
+        assert_eq!(c.eval(&expr), "ok", "{a}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        b.eval(KERNEL),
+        kernel_before,
+        "b's pg (or another kernel process) restarted\n{}",
+        s.hb.log()
+    );
+    assert_eq!(
+        b.eval(&members("g29")),
+        "[b@hostb,c@hostc]",
+        "b's view of the group changed\n{}",
+        s.hb.log()
+    );
+    assert!(s.hb.log().contains("a pg update removing a member"), "{}", s.hb.log());
+    // pg goes on both ways.
+    assert_eq!(c.eval("pg:leave(g29, whereis(m1))."), "ok");
+    assert_eq!(
+        b.eval_until(&members("g29"), "[b@hostb]", Duration::from_secs(10)),
+        "[b@hostb]"
+    );
+    assert_eq!(c.eval(&members("g29")), "[b@hostb]");
+}
+
 /// The atoms hostb lets hostc's nodes bring its nodes in this test.
 const TEST_MAX_ATOMS: i64 = 4000;
 

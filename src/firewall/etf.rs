@@ -575,7 +575,7 @@ impl AtomCache {
 
 /// Encodes `t` (atoms inline, no cache) after `out`. Only what erlmesh
 /// sends (and its tests) is supported: integers, atoms, pids, references,
-/// tuples, lists, nil.
+/// tuples, lists, maps, nil.
 pub fn encode(t: &Term, out: &mut Vec<u8>) {
     match t {
         Term::Int(i) if (0..256).contains(i) => out.extend([97, *i as u8]),
@@ -603,6 +603,14 @@ pub fn encode(t: &Term, out: &mut Vec<u8>) {
         Term::Tuple(v) => {
             out.extend([104, v.len() as u8]);
             v.iter().for_each(|t| encode(t, out));
+        }
+        Term::Map(kv) => {
+            out.push(116);
+            out.extend((kv.len() as u32).to_be_bytes());
+            kv.iter().for_each(|(k, v)| {
+                encode(k, out);
+                encode(v, out);
+            });
         }
         Term::List(v, tail) if !v.is_empty() => {
             out.push(108);

@@ -174,8 +174,13 @@ pub(super) fn machinery(mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'
             Ok(())
         }
         _ => {
+            // Version 1's shapes (OTP 29) only to a local scope that
+            // announced version 1 (`pg.rs`): OTP 25 and 27 crash on them.
+            let v1 = mem.pg.local_speaks_v1();
+            let pid_list = |ps: &Term| is_list(ps) && list(ps).iter().all(|p| mem.remote_pid(p));
             let ok = match t {
                 [Term::Atom(a), peer] if &**a == "discover" => mem.remote_pid(peer),
+                [Term::Atom(a), peer, Term::Int(v)] if &**a == "discover" => v1 && *v >= 0 && mem.remote_pid(peer),
                 [Term::Atom(g), req] if &**g == "$gen_cast" => match req.tuple() {
                     Some([Term::Atom(a), peer, groups]) if &**a == "sync" => {
                         mem.remote_pid(peer)
@@ -184,11 +189,21 @@ pub(super) fn machinery(mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'
                                 .iter()
                                 .all(|g| matches!(g.tuple(), Some([_, ps]) if is_list(ps) && remote_pids(mem, ps)))
                     }
+                    Some([Term::Atom(a), peer, Term::Int(v), Term::Map(groups)]) if &**a == "local_data" => {
+                        v1 && *v >= 0 && mem.remote_pid(peer) && groups.iter().all(|(_, ps)| pid_list(ps))
+                    }
                     _ => false,
                 },
                 [Term::Atom(a), peer, _group, pids] if &**a == "join" => mem.remote_pid(peer) && remote_pids(mem, pids),
                 [Term::Atom(a), peer, pids, groups] if &**a == "leave" => {
                     mem.remote_pid(peer) && remote_pids(mem, pids) && is_list(groups)
+                }
+                [Term::Atom(a), peer, entries] if &**a == "update" => {
+                    v1 && mem.remote_pid(peer)
+                        && is_list(entries)
+                        && list(entries)
+                            .iter()
+                            .all(|e| matches!(e.tuple(), Some([_, add, remove]) if pid_list(add) && pid_list(remove)))
                 }
                 _ => false,
             };

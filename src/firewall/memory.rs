@@ -244,7 +244,14 @@ impl Memory {
         let t = m.tuple().unwrap_or(&[]);
         if let Some(name) = to_name.and_then(machinery_name) {
             let own = match (name, m.tag(), t) {
-                (PG, Some("discover"), [_, Term::Pid(p), ..]) => sender == Some(p),
+                (PG, Some("discover"), [_, Term::Pid(p)]) if sender == Some(p) => {
+                    self.pg.local_announced(0);
+                    true
+                }
+                (PG, Some("discover"), [_, Term::Pid(p), Term::Int(v)]) if sender == Some(p) => {
+                    self.pg.local_announced(*v);
+                    true
+                }
                 (GLOBAL, Some("$gen_cast"), _) => true,
                 (REX, _, [Term::Pid(p), Term::Atom(a)]) => &**a == "features_request" && sender == Some(p),
                 _ => false,

@@ -13,6 +13,19 @@
 //! decoder keeps only in part (a float, a bignum, a binary) is never known,
 //! so a `leave` of one is refused (its members then stay until the peer's
 //! scope goes down).
+//!
+//! OTP 29's `pg` (protocol version 1, on `data_publisher`) announces its
+//! version in its `discover` (`{discover, Pid, 1}`) and speaks to a scope
+//! that announced 1 in new shapes: `{local_data, Pid, 1, #{Group =>
+//! Pids}}` (cast; replaces the sender's groups) and `{update, Pid,
+//! [{Group, Add, Remove}]}`. OTP 25's `pg` crashes on all three, OTP 27's
+//! on the last two, so they pass only once the local scope announced
+//! version 1 on this connection (in its own `discover` to the peer, which
+//! erlmesh sees go out). Version 1 does not crash on a member or group it
+//! lacks, but `Add ++ All -- Remove` runs on the table all scopes share:
+//! a `Remove` passes only with members the peer's scope holds in that
+//! group (after that entry's `Add`), as a `leave` does, and every list is
+//! a proper list of the peer node's pids (`++` and `--` fail on others).
 
 use super::etf::{Pid, Term};
 use std::collections::HashMap;
@@ -126,6 +139,10 @@ pub struct PgMirror {
     scopes: Vec<(PidKey, HashMap<String, Vec<PidKey>>)>,
     groups: usize,
     members: usize,
+    /// The protocol version the local scope announced to the peer on this
+    /// connection (`None`: not seen yet; OTP 25 and 27 announce none: 0).
+    #[serde(default)]
+    local_version: Option<i64>,
 }
 
 impl PgMirror {
@@ -143,6 +160,18 @@ impl PgMirror {
         self.members = self.scopes.iter().flat_map(|(_, g)| g.values()).map(|m| m.len()).sum();
     }
 
+    /// The local scope announced its protocol version in a `discover` it
+    /// sent the peer (0 when it named none).
+    pub fn local_announced(&mut self, version: i64) {
+        self.local_version = Some(version);
+    }
+
+    /// Whether the local scope speaks version 1 (OTP 29) on this
+    /// connection: only then do version 1's shapes pass.
+    pub fn local_speaks_v1(&self) -> bool {
+        self.local_version.is_some_and(|v| v >= 1)
+    }
+
     fn scope(&mut self, peer: &Pid) -> Option<&mut HashMap<String, Vec<PidKey>>> {
         self.scopes.iter_mut().find(|(k, _)| *k == key(peer)).map(|(_, g)| g)
     }
@@ -152,7 +181,7 @@ impl PgMirror {
     pub fn apply(&mut self, m: &Term) -> Result<(), &'static str> {
         let t = m.tuple().unwrap_or(&[]);
         match t {
-            [Term::Atom(a), Term::Pid(peer)] if &**a == "discover" => {
+            [Term::Atom(a), Term::Pid(peer)] | [Term::Atom(a), Term::Pid(peer), _] if &**a == "discover" => {
                 // A scope known already: pg ignores it while it has the
                 // scope, and would take it afresh, groupless, once it
                 // dropped it (the scope died), which erlmesh cannot see.
@@ -166,20 +195,32 @@ impl PgMirror {
                 Ok(())
             }
             [Term::Atom(g), req] if &**g == "$gen_cast" => {
-                let Some([_, Term::Pid(peer), groups]) = req.tuple() else {
-                    return Err("not a pg sync");
+                // maps:from_list(Groups): the last of a group wins; a
+                // local_data's map has each group once.
+                let mut now: HashMap<String, Vec<PidKey>> = HashMap::new();
+                let peer = match req.tuple() {
+                    Some([_, Term::Pid(peer), groups]) => {
+                        for e in list(groups) {
+                            if let Some([g, ps]) = e.tuple() {
+                                if let Some(k) = group_key(g) {
+                                    now.insert(k, pids(ps));
+                                }
+                            }
+                        }
+                        peer
+                    }
+                    Some([_, Term::Pid(peer), _, Term::Map(groups)]) => {
+                        for (g, ps) in groups {
+                            if let Some(k) = group_key(g) {
+                                now.insert(k, pids(ps));
+                            }
+                        }
+                        peer
+                    }
+                    _ => return Err("not a pg sync"),
                 };
                 if self.scope(peer).is_none() && self.scopes.len() >= MAX_SCOPES {
                     return Err("more pg scopes of the peer than erlmesh follows");
-                }
-                // maps:from_list(Groups): the last of a group wins.
-                let mut now: HashMap<String, Vec<PidKey>> = HashMap::new();
-                for e in list(groups) {
-                    if let Some([g, ps]) = e.tuple() {
-                        if let Some(k) = group_key(g) {
-                            now.insert(k, pids(ps));
-                        }
-                    }
                 }
                 let old = match self.scope(peer) {
                     Some(g) => Some(std::mem::replace(g, now)),
@@ -267,8 +308,74 @@ impl PgMirror {
                 }
                 Ok(())
             }
+            [Term::Atom(a), Term::Pid(peer), entries] if &**a == "update" => self.update(peer, list(entries)),
             _ => Ok(()),
         }
+    }
+
+    /// Version 1's `update`: each `{Group, Add, Remove}` in turn, as
+    /// `update_local_data/2` and the table take it (`Add ++ Members --
+    /// Remove`; none left: the group goes). Refused whole, and nothing
+    /// changed, when a `Remove` names a member the scope does not hold in
+    /// that group once `Add` is in.
+    fn update(&mut self, peer: &Pid, entries: &[Term]) -> Result<(), &'static str> {
+        let Some(scope) = self.scope(peer) else {
+            return Ok(()); // pg ignores a scope it does not know
+        };
+        let mut changed: HashMap<String, Vec<PidKey>> = HashMap::new();
+        for e in entries {
+            let Some([group, add, remove]) = e.tuple() else {
+                return Err("not a pg update");
+            };
+            let (add, gone) = (pids(add), tally(&pids(remove)));
+            let Some(k) = group_key(group) else {
+                // A group never known: only members it adds itself may go.
+                if holds(&add, &gone) {
+                    continue;
+                }
+                return Err("a pg update removing a member the peer's scope does not hold there");
+            };
+            let members = match changed.get(&k) {
+                Some(m) => m.clone(),
+                None => scope.get(&k).cloned().unwrap_or_default(),
+            };
+            let mut now = add;
+            now.extend(members);
+            if !holds(&now, &gone) {
+                return Err("a pg update removing a member the peer's scope does not hold there");
+            }
+            remove_each(&mut now, &gone);
+            changed.insert(k, now);
+        }
+        let (groups_now, members_now) = (self.groups, self.members);
+        let scope = self.scope(peer).expect("looked up above");
+        let (mut groups, mut members) = (groups_now, members_now);
+        for (k, now) in &changed {
+            if let Some(old) = scope.get(k) {
+                members -= old.len();
+                groups -= 1;
+            }
+            members += now.len();
+            groups += usize::from(!now.is_empty());
+        }
+        if groups > MAX_GROUPS || members > MAX_MEMBERS {
+            return Err("more pg groups or members from the peer than erlmesh follows");
+        }
+        for (k, now) in changed {
+            if now.is_empty() {
+                scope.remove(&k);
+            } else {
+                scope.insert(k, now);
+            }
+        }
+        (self.groups, self.members) = (groups, members);
+        #[cfg(debug_assertions)]
+        {
+            let counted = (self.groups, self.members);
+            self.recount();
+            debug_assert_eq!(counted, (self.groups, self.members), "pg counts part ways");
+        }
+        Ok(())
     }
 }
 

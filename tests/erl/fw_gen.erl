@@ -118,6 +118,7 @@ shaped(#{b := B, marker := M} = C) ->
     F = fun() -> pick(maps:get(funs, C)) end,
     P = fun() -> pick([self(), pick(pids(C)), T()]) end,
     Third = fun() -> pick(maps:get(third, C)) end,
+    Scope = fun() -> pick([self(), whereis(pg), P()]) end,
     Op = fun() -> pick([{insert, {n, P(), F()}}, {insert, T()}, {delete, T()}, T()]) end,
     Ext = fun() -> pick([{n, P(), node()}, T()]) end,
     Known = fun() -> pick([node(), {node(), 8}, T(), {T(), T()}]) end,
@@ -158,6 +159,13 @@ shaped(#{b := B, marker := M} = C) ->
          {rex, {Third(), features_request}},
          {net_kernel, {'$gen_call', {Third(), make_ref()}, {is_auth, node()}}},
          {pg, {discover, P()}},
+         %% OTP 29's pg (version 1): to OTP 25 or 27, or with lists that
+         %% ++ and -- fail on, or naming b's or a third node's members.
+         {pg, {discover, Scope(), pick([1, 0, 2, T()])}},
+         {pg, {'$gen_cast', {local_data, Scope(), pick([1, T()]),
+                             pick([#{grp => [P()]}, #{grp => P()}, #{T() => [P(), Third()]}, T()])}}},
+         {pg, {update, Scope(), pick([[{grp, pick([[P()], [], T(), [Third()]]), pick([[P()], [], T(), [Third()]])}],
+                                      lst(T)])}},
          {pg, {'$gen_cast', {sync, P(), [{grp, [P()]}, T()]}}},
          {pg, {join, P(), grp, pick([P(), [P()], T()])}},
          {pg, {leave, P(), pick([P(), [P()]]), pick([[grp], T()])}},

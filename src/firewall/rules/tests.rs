@@ -123,6 +123,115 @@ fn machinery_by_pid_follows_its_protocol() {
     assert!(send(&mut m, local(40), atom("junk")).is_some());
 }
 
+/// OTP 29's pg (version 1) shapes pass only to a local scope that
+/// announced version 1 on this connection (OTP 25's pg crashes on all of
+/// them, 27's on `local_data` and `update`), and then only with proper
+/// lists of the peer's own pids, removing only what the peer's scope holds.
+#[test]
+fn pg_version_1_shapes_pass_only_to_a_scope_that_announced_it() {
+    let scope = |id| Pid {
+        node: Arc::from("b@h"),
+        id,
+        serial: 0,
+        creation: 3,
+    };
+    let list = |v: Vec<Term>| Term::List(v, Box::new(Term::Nil));
+    let discover = Term::Tuple(vec![atom("discover"), pid("c@h", 2), Term::Int(1)]);
+    let local_data = |v: Term| {
+        Term::Tuple(vec![
+            atom("$gen_cast"),
+            Term::Tuple(vec![
+                atom("local_data"),
+                pid("c@h", 2),
+                Term::Int(1),
+                Term::Map(vec![(atom("g"), v)]),
+            ]),
+        ])
+    };
+    let update = |add: Term, remove: Term| {
+        Term::Tuple(vec![
+            atom("update"),
+            pid("c@h", 2),
+            list(vec![Term::Tuple(vec![atom("g"), add, remove])]),
+        ])
+    };
+    // A local scope of OTP 25 or 27 (it announced no version).
+    let mut m = Memory::new("b@h");
+    m.give_message(
+        Some(&scope(40)),
+        Some("pg"),
+        &Term::Tuple(vec![atom("discover"), local(40)]),
+    );
+    assert!(send(&mut m, local(40), discover.clone()).is_some());
+    assert!(send(&mut m, local(40), local_data(list(vec![pid("c@h", 3)]))).is_some());
+    assert!(send(&mut m, local(40), update(list(vec![pid("c@h", 3)]), Term::Nil)).is_some());
+    // Version 0's shapes pass as before.
+    let v0 = Term::Tuple(vec![atom("discover"), pid("c@h", 2)]);
+    assert_eq!(send(&mut m, local(40), v0), None);
+
+    // A local scope of OTP 29.
+    let mut m = Memory::new("b@h");
+    m.give_message(
+        Some(&scope(41)),
+        Some("pg"),
+        &Term::Tuple(vec![atom("discover"), local(41), Term::Int(1)]),
+    );
+    assert_eq!(send(&mut m, local(41), discover.clone()), None);
+    assert_eq!(
+        send(&mut m, local(41), local_data(list(vec![pid("c@h", 3), pid("c@h", 3)]))),
+        None
+    );
+    // An update: Add ++ Members -- Remove.
+    assert_eq!(
+        send(
+            &mut m,
+            local(41),
+            update(list(vec![pid("c@h", 4)]), list(vec![pid("c@h", 3)]))
+        ),
+        None
+    );
+    assert_eq!(
+        send(&mut m, local(41), update(Term::Nil, list(vec![pid("c@h", 4)]))),
+        None
+    );
+    // c@h 3 is in once; twice is once too many (the table is shared).
+    assert!(send(
+        &mut m,
+        local(41),
+        update(Term::Nil, list(vec![pid("c@h", 3), pid("c@h", 3)]))
+    )
+    .is_some());
+    // Members of b (or of a third node) never go by c's word.
+    assert!(send(&mut m, local(41), update(Term::Nil, list(vec![local(9)]))).is_some());
+    assert!(send(&mut m, local(41), update(Term::Nil, list(vec![pid("a@h", 9)]))).is_some());
+    // What ++ and -- fail on (pg would crash): not lists, improper lists.
+    assert!(send(&mut m, local(41), update(pid("c@h", 5), Term::Nil)).is_some());
+    assert!(send(&mut m, local(41), update(Term::Nil, atom("x"))).is_some());
+    let improper = Term::List(vec![pid("c@h", 5)], Box::new(pid("c@h", 6)));
+    assert!(send(&mut m, local(41), update(improper.clone(), Term::Nil)).is_some());
+    assert!(send(&mut m, local(41), local_data(pid("c@h", 3))).is_some());
+    assert!(send(&mut m, local(41), local_data(improper)).is_some());
+    // Shapes pg accepts only from itself.
+    let cast_discover = Term::Tuple(vec![atom("$gen_cast"), discover]);
+    assert!(send(&mut m, local(41), cast_discover).is_some());
+    let down = Term::Tuple(vec![
+        Term::Tuple(vec![atom("DOWN"), atom("pg")]),
+        local_ref(1),
+        atom("process"),
+        pid("c@h", 3),
+        atom("normal"),
+    ]);
+    assert!(send(&mut m, local(41), down).is_some());
+    // The still-held member goes.
+    assert_eq!(
+        send(&mut m, local(41), update(Term::Nil, list(vec![pid("c@h", 3)]))),
+        None
+    );
+    // A new connection: the local scope announces again.
+    m.new_connection();
+    assert!(send(&mut m, local(41), update(Term::Nil, Term::Nil)).is_some());
+}
+
 #[test]
 fn altact_sig_send_is_judged_as_what_it_stands_for() {
     let mut m = Memory::new("b@h");
