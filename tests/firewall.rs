@@ -273,6 +273,21 @@ const ROUTES: &[(&str, &str)] = &[
         "pg_leave_of_a_dropped_scope",
         "begin S = spawn(fun() -> receive stop -> ok end end), {pg, {B}} ! {discover, S}, {pg, {B}} ! {join, S, g4, self()}, S ! stop, timer:sleep(200), [begin {pg, {B}} ! {discover, S}, {pg, {B}} ! {leave, S, self(), [g4]} end || _ <- lists:seq(1, 6)], ok end.",
     ),
+    // A fourth review: a "reply" of c's own references to pg's scope pid
+    // (which b's pg hands c's process in its answer); a group without
+    // members (OTP 25 and 27's pg crashes on its next sync).
+    (
+        "pg_scope_fake_reply",
+        "begin Me = self(), S = spawn(fun() -> receive {discover, P} -> Me ! {bpg, P}; {discover, P, _} -> Me ! {bpg, P} after 3000 -> Me ! {bpg, none} end end), {pg, {B}} ! {discover, S}, receive {bpg, P} when is_pid(P) -> [begin P ! {make_ref(), junk}, P ! {[alias | make_ref()], junk}, P ! {{make_ref(), x}, junk} end || _ <- lists:seq(1, 6)], ok; {bpg, none} -> no_answer end end.",
+    ),
+    (
+        "pg_group_without_members_sync",
+        "begin Sp = fun() -> spawn(fun() -> receive stop -> ok end end) end, [S1, S2, Y, Z] = [Sp() || _ <- [1, 2, 3, 4]], gen_server:cast({pg, {B}}, {sync, S1, [{g5, []}]}), gen_server:cast({pg, {B}}, {sync, S2, [{g5, [Y]}]}), timer:sleep(100), {pg, {B}} ! {leave, S2, Y, [g5]}, timer:sleep(100), [gen_server:cast({pg, {B}}, {sync, S1, [{g5, [Z]}]}) || _ <- lists:seq(1, 6)], ok end.",
+    ),
+    (
+        "pg_group_without_members_join",
+        "begin Sp = fun() -> spawn(fun() -> receive stop -> ok end end) end, [S1, S2, Y, Z] = [Sp() || _ <- [1, 2, 3, 4]], {pg, {B}} ! {discover, S1}, {pg, {B}} ! {join, S1, g6, []}, gen_server:cast({pg, {B}}, {sync, S2, [{g6, [Y]}]}), timer:sleep(100), {pg, {B}} ! {leave, S2, Y, [g6]}, timer:sleep(100), [gen_server:cast({pg, {B}}, {sync, S1, [{g6, [Z]}]}) || _ <- lists:seq(1, 6)], ok end.",
+    ),
     // Partition reports naming a third node: b would drop hosta.
     (
         "partition_reports_about_a_third_node",
@@ -467,6 +482,7 @@ fn restricted_story(b_suite: Option<&str>, c_suite: Option<&str>) {
     assert_eq!(get("gl_expand_fun"), "silent", "{report}");
     assert_eq!(get("gl_get_line"), "silent", "{report}");
     assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted\n{report}");
+    assert_eq!(get("pg_scope_fake_reply"), "ok", "b's pg did not answer\n{report}");
     assert_eq!(
         get("partition_reports_about_a_third_node"),
         "true",
@@ -879,6 +895,41 @@ fn pg_between_two_otp_29_nodes_through_a_policy() {
         "[b@hostb]"
     );
     assert_eq!(c.eval(&members("g29")), "[b@hostb]");
+}
+
+/// A hidden node of the restricted host: b's pg gets no nodeup for it, so
+/// never sends it a discover by name, and answers its scope's discover by
+/// pid. Those answers make pg's scope pg's in erlmesh's eyes (they used to
+/// give it as an ordinary pid, to which anything passed: pg crashes on a
+/// message it does not know, and five crashes halt the node).
+#[test]
+fn a_hidden_peer_node_reaches_pg_only_by_its_protocol() {
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let mut b = start_b(&s);
+    let kernel_before = b.eval(KERNEL);
+    let mut d = s.hc.node_with("d", &["-hidden"]);
+    assert_eq!(d.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    assert_eq!(d.eval("nodes(hidden)."), format!("[{}]", NODE_B.trim_matches('\'')));
+    let r = d.eval(&format!(
+        "begin {{pg, {NODE_B}}} ! {{discover, self()}}, receive {{'$gen_cast', {{sync, P, _}}}} -> [P ! junk || _ <- lists:seq(1, 6)], [P ! {{make_ref(), junk}} || _ <- lists:seq(1, 6)], got_scope after 5000 -> no_answer end end."
+    ));
+    assert_eq!(r, "got_scope");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.eval(KERNEL), kernel_before, "b's pg restarted\n{}", s.hb.log());
+    // d's own groups still reach b by pg's protocol.
+    assert_eq!(
+        d.eval(&format!(
+            "begin {{pg, {NODE_B}}} ! {{join, self(), hidden_grp, self()}}, ok end."
+        )),
+        "ok"
+    );
+    assert_eq!(
+        b.eval_until("length(pg:get_members(hidden_grp)).", "1", Duration::from_secs(5)),
+        "1",
+        "{}",
+        s.hb.log()
+    );
 }
 
 /// The atoms hostb lets hostc's nodes bring its nodes in this test.

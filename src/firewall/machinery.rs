@@ -177,7 +177,16 @@ pub(super) fn machinery(mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'
             // Version 1's shapes (OTP 29) only to a local scope that
             // announced version 1 (`pg.rs`): OTP 25 and 27 crash on them.
             let v1 = mem.pg.local_speaks_v1();
-            let pid_list = |ps: &Term| is_list(ps) && list(ps).iter().all(|p| mem.remote_pid(p));
+            // Members: a proper, non-empty list of the peer node's pids (pg
+            // never sends a group without members; OTP 25 and 27's pg keeps
+            // one from a join or sync, and a later sync of it crashes once
+            // the group's table row is gone).
+            let pid_list =
+                |ps: &Term| is_list(ps) && !list(ps).is_empty() && list(ps).iter().all(|p| mem.remote_pid(p));
+            let members = |ps: &Term| mem.remote_pid(ps) || pid_list(ps);
+            // An update's Add or Remove may be empty (version 1 keeps no
+            // group without members).
+            let pid_or_none = |ps: &Term| *ps == Term::Nil || pid_list(ps);
             let ok = match t {
                 [Term::Atom(a), peer] if &**a == "discover" => mem.remote_pid(peer),
                 [Term::Atom(a), peer, Term::Int(v)] if &**a == "discover" => v1 && *v >= 0 && mem.remote_pid(peer),
@@ -187,23 +196,23 @@ pub(super) fn machinery(mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'
                             && is_list(groups)
                             && list(groups)
                                 .iter()
-                                .all(|g| matches!(g.tuple(), Some([_, ps]) if is_list(ps) && remote_pids(mem, ps)))
+                                .all(|g| matches!(g.tuple(), Some([_, ps]) if pid_list(ps)))
                     }
                     Some([Term::Atom(a), peer, Term::Int(v), Term::Map(groups)]) if &**a == "local_data" => {
                         v1 && *v >= 0 && mem.remote_pid(peer) && groups.iter().all(|(_, ps)| pid_list(ps))
                     }
                     _ => false,
                 },
-                [Term::Atom(a), peer, _group, pids] if &**a == "join" => mem.remote_pid(peer) && remote_pids(mem, pids),
+                [Term::Atom(a), peer, _group, pids] if &**a == "join" => mem.remote_pid(peer) && members(pids),
                 [Term::Atom(a), peer, pids, groups] if &**a == "leave" => {
                     mem.remote_pid(peer) && remote_pids(mem, pids) && is_list(groups)
                 }
                 [Term::Atom(a), peer, entries] if &**a == "update" => {
                     v1 && mem.remote_pid(peer)
                         && is_list(entries)
-                        && list(entries)
-                            .iter()
-                            .all(|e| matches!(e.tuple(), Some([_, add, remove]) if pid_list(add) && pid_list(remove)))
+                        && list(entries).iter().all(
+                            |e| matches!(e.tuple(), Some([_, add, remove]) if pid_or_none(add) && pid_or_none(remove)),
+                        )
                 }
                 _ => false,
             };

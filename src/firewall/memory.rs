@@ -297,6 +297,32 @@ impl Memory {
             self.give_refs(m);
             return;
         }
+        // pg's own messages to a peer scope by pid (its answers to a
+        // discover, a hidden node's scope's too): the sender is the local
+        // scope, learnt as pg's, never given.
+        if let (None, Some(s)) = (to_name, sender) {
+            let own = match (m.tag(), t) {
+                (Some("discover"), [_, Term::Pid(p)]) if p == s => {
+                    self.pg.local_announced(0);
+                    true
+                }
+                (Some("discover"), [_, Term::Pid(p), Term::Int(v)]) if p == s => {
+                    self.pg.local_announced(*v);
+                    true
+                }
+                (Some("$gen_cast"), [_, req]) => match req.tuple() {
+                    Some([Term::Atom(a), Term::Pid(p), _]) => &**a == "sync" && p == s,
+                    Some([Term::Atom(a), Term::Pid(p), _, _]) => &**a == "local_data" && p == s,
+                    _ => false,
+                },
+                _ => false,
+            };
+            if own && self.local_key(s).is_some() {
+                self.learn_machinery(s, PG);
+                self.give_refs(m);
+                return;
+            }
+        }
         match t {
             // An I/O server answering the peer's request.
             [Term::Atom(a), _, _] if &**a == "io_reply" => {
@@ -329,12 +355,14 @@ impl Memory {
         matches!(m.tuple(), Some([tag, _]) if self.reply_tag(tag))
     }
 
-    /// A call's tag of OTP's forms whose local references were given.
+    /// A call's tag of OTP's forms, every reference in it one the local
+    /// node made and sent the peer (a local caller's tags are; a reference
+    /// of the peer's own would make anything of two elements a "reply").
     pub(super) fn reply_tag(&self, tag: &Term) -> bool {
         let mut ok = valid_tag(tag);
         tag.visit(&mut |t| {
             if let Term::Ref(r) = t {
-                ok &= self.local_ref(r).is_none() || self.given_ref(r);
+                ok &= self.given_ref(r);
             }
         });
         ok
@@ -375,7 +403,7 @@ impl Memory {
     /// time.
     pub fn names_forged_found(&mut self, f: &Found) -> Option<&'static str> {
         match f {
-            Found::Pid(p) if !self.given_pid(p) && self.local_key(p).is_some() && self.machinery_of(p).is_none() => {
+            Found::Pid(p) if self.unknown_local(p) => {
                 self.forge_pid(p);
                 Some("a message naming a local pid this peer's node was not given")
             }
@@ -388,14 +416,20 @@ impl Memory {
         }
     }
 
+    /// A local pid the peer has no business naming: not given, not the
+    /// machinery's, not an I/O server it was handed (a spawn request's
+    /// group leader; erpc's result names it).
+    fn unknown_local(&self, p: &Pid) -> bool {
+        self.local_key(p)
+            .is_some_and(|k| !self.pids.contains(&k) && !self.machinery.contains(&k) && !self.io_servers.contains(&k))
+    }
+
     /// Why a message from the peer names what it may not: a local pid or
     /// reference it was not given (remembered as forged), or a local port.
     pub(super) fn names_forged(&mut self, t: &Term) -> Option<&'static str> {
         let (mut pids, mut refs, mut port) = (Vec::new(), Vec::new(), false);
         t.visit(&mut |t| match t {
-            Term::Pid(p) if !self.given_pid(p) && self.local_key(p).is_some() && self.machinery_of(p).is_none() => {
-                pids.push(p.clone())
-            }
+            Term::Pid(p) if self.unknown_local(p) => pids.push(p.clone()),
             Term::Ref(r) if !self.given_ref(r) && self.local_ref(r).is_some() => refs.push(r.clone()),
             Term::Port(n) if **n == *self.local => port = true,
             _ => {}

@@ -180,7 +180,13 @@ pub fn judge(
         // Link exits: EXIT {3, ...}, EXIT_TT {13, ...}, PAYLOAD_EXIT {24, ...},
         // PAYLOAD_EXIT_TT {25, ...}. Under a restricted policy the only links
         // are those local processes made; the node ignores exits of others.
-        3 | 13 | 24 | 25 => Judgement::allow("link_exit", Target::Pid),
+        // A local pid or reference the peer was not given, named in a
+        // reason, is remembered as forged (echoed back by a local process
+        // it would otherwise become given); the signal passes (a monitor's
+        // DOWN carries erpc's result): in the control message (3, 13), or
+        // in the payload (24, 25; one too large to decode is walked).
+        3 | 13 => signal_reason(mem, "link_exit", Target::Pid, el(3)?),
+        24 | 25 => payload_reason(mem, &d, versioned, "link_exit", Target::Pid)?,
         // UNLINK {4, ...}, UNLINK_ID {35, ...}, UNLINK_ID_ACK {36, ...}
         4 | 35 | 36 => Judgement::allow("unlink", Target::Pid),
         // NODE_LINK {5}: never sent, a no-op on receipt.
@@ -237,7 +243,8 @@ pub fn judge(
         }
         // DEMONITOR_P {20, ...}, MONITOR_P_EXIT {21, ...}, PAYLOAD_MONITOR_P_EXIT {28, ...}
         20 => Judgement::allow("demonitor", Target::None),
-        21 | 28 => Judgement::allow("monitor_exit", Target::None),
+        21 => signal_reason(mem, "monitor_exit", Target::None, el(4)?),
+        28 => payload_reason(mem, &d, versioned, "monitor_exit", Target::None)?,
         // SPAWN_REQUEST {29, ReqId, From, GroupLeader, {M, F, A}, Opts}, _TT {30, ...}
         29 | 30 => {
             let mfa = el(4)?.tuple().unwrap_or(&[]);
@@ -267,7 +274,19 @@ pub fn judge(
             }
         }
         // SPAWN_REPLY {31, ...}, _TT {32, ...}: answers to the local node's requests.
-        31 | 32 => Judgement::allow("spawn_reply", Target::None),
+        // The result: an error (an atom) or a process of the peer's node.
+        31 | 32 => match el(4)? {
+            Term::Atom(_) => Judgement::allow("spawn_reply", Target::None),
+            q if mem.remote_pid(q) => Judgement::allow("spawn_reply", Target::None),
+            r => {
+                let _ = mem.names_forged(r);
+                Judgement::refuse(
+                    "spawn_reply",
+                    Target::None,
+                    "a spawn reply whose result is not a process of the peer's node",
+                )
+            }
+        },
         // ALIAS_SEND {33, From, Alias}, _TT {34, ...}
         33 | 34 => match el(2)? {
             Term::Ref(r) => to_alias(p, mem, &mut d, versioned, r)?,
@@ -333,7 +352,9 @@ fn to_pid(
         let Some(m) = whole(d, versioned)? else {
             return Ok(Judgement::refuse(op, target, TOO_LARGE_FOR_MACHINERY));
         };
-        if mem.is_reply(&m) {
+        // A reply only to a machinery process that called the peer (pg's
+        // scope never does: a "reply" would reach its handle_info).
+        if mem.replier(to) && mem.is_reply(&m) {
             return Ok(reply(mem, op, target, &m));
         }
         if let Some(why) = mem.names_forged(&m) {
@@ -396,6 +417,31 @@ fn to_pid(
         ));
     }
     content(p, mem, d, versioned, op, Target::Pid)
+}
+
+/// An exit or monitor signal: what its reason names that the peer was not
+/// given is remembered as forged; the signal passes.
+fn signal_reason(mem: &mut Memory, op: &'static str, target: Target, reason: &Term) -> Judgement {
+    let _ = mem.names_forged(reason);
+    Judgement::allow(op, target)
+}
+
+/// [`signal_reason`] of a reason sent as the payload; one too large to
+/// decode is walked.
+fn payload_reason(
+    mem: &mut Memory,
+    d: &Decoder,
+    versioned: bool,
+    op: &'static str,
+    target: Target,
+) -> Result<Judgement, Unjudged> {
+    Ok(match whole(d, versioned)? {
+        Some(reason) => signal_reason(mem, op, target, &reason),
+        None => Judgement {
+            walk: Some(d.rest().len()),
+            ..Judgement::allow(op, target)
+        },
+    })
 }
 
 /// The reply to a local call, refused only if it names what the peer

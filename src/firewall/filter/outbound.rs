@@ -335,8 +335,14 @@ impl Outbound {
             (Some(37), Some(f), Some(Term::Atom(a))) if f & 8 != 0 => Some(&**a),
             _ => None,
         };
+        // pg's answers by pid (discover, a sync or local_data cast) are its
+        // scope's: learnt as pg's, not given.
         let shaped = to_name.is_some_and(|n| machinery_name(n).is_some())
-            || matches!(rules::peek(&d, versioned), Ok((3, Some(tag))) if matches!(&*tag, "$gen_call" | "io_reply"));
+            || match rules::peek(&d, versioned) {
+                Ok((3, Some(tag))) => matches!(&*tag, "$gen_call" | "io_reply" | "discover"),
+                Ok((2, Some(tag))) => matches!(&*tag, "discover" | "$gen_cast"),
+                _ => false,
+            };
         if shaped && complete && seq.is_none() && frag <= 1 {
             let sender = match (op, t.get(1), t.get(2)) {
                 (Some(37), _, Some(Term::Pid(p))) | (Some(_), Some(Term::Pid(p)), _) => Some(p),

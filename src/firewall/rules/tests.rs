@@ -660,3 +660,218 @@ fn only_globals_locker_is_learnt_from_its_messages() {
     let holder = send(&mut m, local(55), atom("junk"));
     assert!(holder.is_some_and(|w| w.contains("not given")), "{holder:?}");
 }
+
+/// Judges a control message without a payload.
+fn judged_ctl(mem: &mut Memory, ctl: Vec<Term>) -> Option<&'static str> {
+    let mut body = Vec::new();
+    etf::encode(&Term::Tuple(ctl), &mut body);
+    judge(&policy(), mem, &[], &body, false).unwrap().refused
+}
+
+fn local_pid(id: u32) -> Pid {
+    Pid {
+        node: Arc::from("b@h"),
+        id,
+        serial: 0,
+        creation: 3,
+    }
+}
+
+/// Fourth review, finding 1: a "reply" is a call's tag of the local
+/// node's own references, and goes only to a process that called; pg's
+/// scope never calls, so `{PeerRef, X}` (which crashes its handle_info)
+/// is refused however the tag is dressed.
+#[test]
+fn a_reply_needs_the_local_nodes_tag_and_a_caller() {
+    let mut m = Memory::new("b@h");
+    m.give_message(
+        Some(&local_pid(40)),
+        Some("pg"),
+        &Term::Tuple(vec![atom("discover"), local(40)]),
+    );
+    let peer_ref = Term::Ref(Ref {
+        node: Arc::from("c@h"),
+        creation: 1,
+        ids: vec![7, 0, 0],
+    });
+    let alias = |r: Term| Term::List(vec![atom("alias")], Box::new(r));
+    for tag in [
+        peer_ref.clone(),
+        alias(peer_ref.clone()),
+        Term::Tuple(vec![peer_ref.clone(), atom("x")]),
+        local_ref(9),
+    ] {
+        let fake = Term::Tuple(vec![tag.clone(), atom("junk")]);
+        assert!(send(&mut m, local(40), fake.clone()).is_some(), "{tag:?} to pg's scope");
+    }
+    // A local caller gets only its own call's tag back.
+    m.give_message(
+        Some(&local_pid(6)),
+        Some("cache"),
+        &Term::Tuple(vec![
+            atom("$gen_call"),
+            Term::Tuple(vec![local(6), alias(local_ref(1))]),
+            atom("get"),
+        ]),
+    );
+    let reply = |tag: Term| Term::Tuple(vec![tag, atom("ok")]);
+    assert!(send(&mut m, local(6), reply(peer_ref.clone())).is_some());
+    assert!(send(&mut m, local(6), reply(alias(peer_ref))).is_some());
+    assert_eq!(send(&mut m, local(6), reply(alias(local_ref(1)))), None);
+}
+
+/// Fourth review, finding 2: pg's answers by pid (to a hidden node's
+/// scope, which gets no nodeup discover by name) make its scope pg's,
+/// never a given pid that takes anything.
+#[test]
+fn pgs_answers_by_pid_make_its_scope_pgs() {
+    let mut m = Memory::new("b@h");
+    m.give_message(
+        Some(&local_pid(41)),
+        None,
+        &Term::Tuple(vec![
+            atom("$gen_cast"),
+            Term::Tuple(vec![atom("sync"), local(41), Term::Nil]),
+        ]),
+    );
+    m.give_message(
+        Some(&local_pid(41)),
+        None,
+        &Term::Tuple(vec![atom("discover"), local(41), Term::Int(1)]),
+    );
+    assert!(send(&mut m, local(41), atom("junk")).is_some());
+    let join = Term::Tuple(vec![atom("join"), pid("c@h", 2), atom("g"), pid("c@h", 3)]);
+    assert_eq!(
+        send(&mut m, local(41), Term::Tuple(vec![atom("discover"), pid("c@h", 2)])),
+        None
+    );
+    assert_eq!(send(&mut m, local(41), join), None);
+    // It announced version 1.
+    assert_eq!(
+        send(
+            &mut m,
+            local(41),
+            Term::Tuple(vec![
+                atom("update"),
+                pid("c@h", 2),
+                list(vec![Term::Tuple(vec![atom("g"), Term::Nil, list(vec![pid("c@h", 3)])])])
+            ])
+        ),
+        None
+    );
+    // A message of the same shape from another sender gives as before.
+    m.give_message(
+        Some(&local_pid(42)),
+        None,
+        &Term::Tuple(vec![atom("discover"), local(43)]),
+    );
+    assert_eq!(send(&mut m, local(43), atom("hello")), None);
+}
+
+/// Fourth review, finding 3: OTP 25 and 27's pg keeps a group without
+/// members from a join or sync of `[]`, and crashes on a later sync of it
+/// once the group's table row is gone: pg itself never sends one.
+#[test]
+fn pg_groups_without_members_are_refused() {
+    let mut m = Memory::new("b@h");
+    m.give_message(
+        Some(&local_pid(40)),
+        Some("pg"),
+        &Term::Tuple(vec![atom("discover"), local(40)]),
+    );
+    let sync = |groups| {
+        Term::Tuple(vec![
+            atom("$gen_cast"),
+            Term::Tuple(vec![atom("sync"), pid("c@h", 2), list(groups)]),
+        ])
+    };
+    assert!(send(&mut m, local(40), sync(vec![Term::Tuple(vec![atom("g"), Term::Nil])])).is_some());
+    assert_eq!(
+        send(
+            &mut m,
+            local(40),
+            sync(vec![Term::Tuple(vec![atom("g"), list(vec![pid("c@h", 3)])])])
+        ),
+        None
+    );
+    let join = |ps| Term::Tuple(vec![atom("join"), pid("c@h", 2), atom("g2"), ps]);
+    assert!(send(&mut m, local(40), join(Term::Nil)).is_some());
+    assert_eq!(send(&mut m, local(40), join(pid("c@h", 4))), None);
+    assert_eq!(send(&mut m, local(40), join(list(vec![pid("c@h", 5)]))), None);
+}
+
+/// Fourth review, finding 4: an exit or monitor signal's reason naming a
+/// local pid the peer was not given passes (a DOWN carries erpc's
+/// result), but the pid stays forged: a local process echoing the reason
+/// back would otherwise give it. A spawn reply's result naming one is
+/// refused (the spawner would take a local process for the peer's).
+#[test]
+fn signals_naming_forged_pids_leave_them_forged() {
+    let reason = |id| Term::Tuple(vec![atom("x"), local(id)]);
+    let stop = || Term::Tuple(vec![atom("stop"), atom("stop")]);
+    let mut m = Memory::new("b@h");
+    // MONITOR_P_EXIT {21, From, To, Ref, Reason}
+    assert_eq!(
+        judged_ctl(
+            &mut m,
+            vec![Term::Int(21), pid("c@h", 1), local(6), local_ref(1), reason(0)]
+        ),
+        None
+    );
+    // EXIT {3, From, To, Reason}
+    assert_eq!(
+        judged_ctl(&mut m, vec![Term::Int(3), pid("c@h", 1), local(6), reason(1)]),
+        None
+    );
+    // PAYLOAD_EXIT {24, From, To} + Reason; PAYLOAD_MONITOR_P_EXIT {28, From, To, Ref} + Reason
+    assert_eq!(
+        judged(&mut m, vec![Term::Int(24), pid("c@h", 1), local(6)], reason(2)),
+        None
+    );
+    assert_eq!(
+        judged(
+            &mut m,
+            vec![Term::Int(28), pid("c@h", 1), local(6), local_ref(1)],
+            reason(3)
+        ),
+        None
+    );
+    // SPAWN_REPLY {31, ReqId, To, Flags, Result}
+    assert!(judged_ctl(
+        &mut m,
+        vec![Term::Int(31), local_ref(2), local(6), Term::Int(0), local(4)]
+    )
+    .is_some());
+    // Echoed back by a local process, each stays unreachable.
+    for id in 0..5 {
+        m.give_message(None, None, &reason(id));
+        assert!(send(&mut m, local(id), stop()).is_some(), "<b.{id}.0>");
+    }
+    // A group leader handed over with a spawn request is no forgery.
+    m.give_io_server(&local_pid(7));
+    assert_eq!(
+        judged(
+            &mut m,
+            vec![Term::Int(28), pid("c@h", 1), local(6), local_ref(1)],
+            reason(7)
+        ),
+        None
+    );
+    let to_cache = vec![Term::Int(6), pid("c@h", 1), atom(""), atom("cache")];
+    assert_eq!(judged(&mut m, to_cache, reason(7)), None);
+    // Spawn replies of the peer's processes, or errors, pass.
+    assert_eq!(
+        judged_ctl(
+            &mut m,
+            vec![Term::Int(31), local_ref(2), local(6), Term::Int(0), pid("c@h", 9)]
+        ),
+        None
+    );
+    assert_eq!(
+        judged_ctl(
+            &mut m,
+            vec![Term::Int(31), local_ref(2), local(6), Term::Int(0), atom("badarg")]
+        ),
+        None
+    );
+}
