@@ -659,6 +659,15 @@ fn element(d: &Decoder, versioned: bool, i: usize) -> Result<Option<Term>, Unjud
     }
 }
 
+/// [`peek`] at element `i` of the message's top tuple (a cast's request),
+/// the elements before it decoded, the rest not.
+pub fn peek_element(d: &Decoder, versioned: bool, i: usize) -> Result<(usize, Option<Atom>), Unjudged> {
+    match at_element(d, versioned, i)? {
+        Some(e) => peek(&e, false),
+        None => Ok((0, None)),
+    }
+}
+
 /// A tuple's arity and header length, if `rest` starts with a tuple.
 fn tuple_header(rest: &[u8]) -> Result<Option<(usize, usize)>, Unjudged> {
     Ok(match rest.first().ok_or(Unjudged::Need)? {

@@ -340,7 +340,13 @@ impl Outbound {
         let shaped = to_name.is_some_and(|n| machinery_name(n).is_some())
             || match rules::peek(&d, versioned) {
                 Ok((3, Some(tag))) => matches!(&*tag, "$gen_call" | "io_reply" | "discover"),
-                Ok((2, Some(tag))) => matches!(&*tag, "discover" | "$gen_cast"),
+                Ok((2, Some(tag))) if &*tag == "discover" => true,
+                // Only pg's casts (any other cast is walked, not decoded).
+                Ok((2, Some(tag))) if &*tag == "$gen_cast" => match rules::peek_element(&d, versioned, 1) {
+                    Ok((3, Some(t))) => &*t == "sync",
+                    Ok((4, Some(t))) => &*t == "local_data",
+                    _ => false,
+                },
                 _ => false,
             };
         if shaped && complete && seq.is_none() && frag <= 1 {
