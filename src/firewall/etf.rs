@@ -252,10 +252,11 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
-    fn text(&mut self, n: usize) -> Result<Atom> {
+    fn text(&mut self, n: usize, latin1: bool) -> Result<Atom> {
         let b = self.take(n)?;
-        let s = std::str::from_utf8(b).map_err(|_| DecodeError::Malformed("atom is not UTF-8"))?;
-        Ok(Arc::from(s))
+        atom_text(b, latin1)
+            .map(|t| Arc::from(&*t))
+            .ok_or(DecodeError::Malformed("atom is not UTF-8"))
     }
 
     fn term_at(&mut self, depth: usize) -> Result<Term> {
@@ -294,11 +295,11 @@ impl<'a> Decoder<'a> {
             }
             100 | 118 => {
                 let n = self.u16()? as usize;
-                Term::Atom(self.text(n)?)
+                Term::Atom(self.text(n, tag == 100)?)
             }
             115 | 119 => {
                 let n = self.u8()? as usize;
-                Term::Atom(self.text(n)?)
+                Term::Atom(self.text(n, tag == 115)?)
             }
             88 | 103 => {
                 let node = self.atom()?;
@@ -551,7 +552,7 @@ impl AtomCache {
             let slot = ((f & 7) as usize) * 256 + d.u8()? as usize;
             if f & 8 != 0 {
                 let len = if long { d.u16()? as usize } else { d.u8()? as usize };
-                let a = d.text(len)?;
+                let a = d.text(len, false)?;
                 self.slots[slot] = Some(a.clone());
                 sets_cache = true;
                 new.push(atoms.len());
@@ -571,6 +572,17 @@ impl AtomCache {
             new,
         })
     }
+}
+
+/// An atom's text as the node reads it: ATOM_EXT and SMALL_ATOM_EXT
+/// (`latin1`) are one character per byte, so bytes that are UTF-8 there
+/// name another atom than the same bytes as UTF-8 (`'Ã©'`, not `'é'`);
+/// None when UTF-8 text is not UTF-8.
+pub fn atom_text(b: &[u8], latin1: bool) -> Option<std::borrow::Cow<'_, str>> {
+    if latin1 && !b.is_ascii() {
+        return Some(std::borrow::Cow::Owned(b.iter().map(|&c| char::from(c)).collect()));
+    }
+    std::str::from_utf8(b).ok().map(std::borrow::Cow::Borrowed)
 }
 
 /// Encodes `t` (atoms inline, no cache) after `out`. Only what erlmesh
@@ -648,6 +660,26 @@ pub fn frame(control: &Term, message: Option<&Term>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    /// ATOM_EXT and SMALL_ATOM_EXT are latin1: the same bytes as UTF-8
+    /// name another atom (fifth review: two atoms, one key).
+    #[test]
+    fn latin1_atoms_are_one_character_per_byte() {
+        let bytes = [0xc3, 0xa9];
+        let mut seen = Vec::new();
+        for (tag, len) in [(100u8, vec![0, 2]), (115, vec![2]), (118, vec![0, 2]), (119, vec![2])] {
+            let mut b = vec![131, tag];
+            b.extend(&len);
+            b.extend(bytes);
+            let mut d = Decoder::new(&b, &[]);
+            d.version().unwrap();
+            seen.push(d.term().unwrap());
+        }
+        let latin1 = Term::Atom(Arc::from("\u{c3}\u{a9}"));
+        let utf8 = Term::Atom(Arc::from("\u{e9}"));
+        assert_eq!(seen, vec![latin1.clone(), latin1, utf8.clone(), utf8]);
+    }
+
     use super::*;
 
     #[test]

@@ -48,7 +48,12 @@ fn key(p: &Pid) -> PidKey {
 /// `[]`, a map's pairs in order of their keys).
 fn group_key(t: &Term) -> Option<String> {
     let mut whole = true;
-    t.visit(&mut |t| whole &= !matches!(t, Term::Float | Term::Big | Term::Binary(_) | Term::Fun(_)));
+    t.visit(&mut |t| {
+        whole &= !matches!(
+            t,
+            Term::Float | Term::Big | Term::Binary(_) | Term::Fun(_) | Term::Port(_)
+        )
+    });
     whole.then(|| format!("{:?}", canonical(t)))
 }
 
@@ -330,15 +335,20 @@ impl PgMirror {
             let (add, gone) = (pids(add), tally(&pids(remove)));
             let Some(k) = group_key(group) else {
                 // A group never known: only members it adds itself may go.
-                if holds(&add, &gone) {
+                if !add.is_empty() && holds(&add, &gone) {
                     continue;
                 }
-                return Err("a pg update removing a member the peer's scope does not hold there");
+                return Err("a pg update removing a member the peer's scope does not hold there, or adding none");
             };
             let members = match changed.get(&k) {
                 Some(m) => m.clone(),
                 None => scope.get(&k).cloned().unwrap_or_default(),
             };
+            // Nothing added to a group the scope does not hold: pg would
+            // keep the group, empty, in its table for good.
+            if add.is_empty() && (members.is_empty() || gone.is_empty()) {
+                return Err("a pg update adding no member to a group the peer's scope does not hold");
+            }
             let mut now = add;
             now.extend(members);
             if !holds(&now, &gone) {
@@ -508,5 +518,44 @@ mod tests {
         let leave = msg(vec![atom("leave"), pid(1), pid(7), list(vec![atom("g")])]);
         assert!(back.apply(&leave).is_ok());
         assert!(back.apply(&leave).is_err());
+    }
+
+    /// Fifth review: terms the decoder keeps only in part are never
+    /// keys (two ports of one node decoded alike were one group, so a
+    /// leave of the second passed after a join of the first).
+    #[test]
+    fn groups_the_decoder_keeps_in_part_are_not_followed() {
+        let mut m = PgMirror::default();
+        m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
+        let port = Term::Port(Arc::from("c@h"));
+        let tagged = Term::Tuple(vec![atom("t"), port.clone()]);
+        for g in [port, tagged] {
+            m.apply(&msg(vec![atom("join"), pid(1), g.clone(), pid(7)])).unwrap();
+            let leave = msg(vec![atom("leave"), pid(1), pid(7), list(vec![g])]);
+            assert!(m.apply(&leave).is_err());
+        }
+    }
+
+    /// Fifth review: version 1's update of a group the scope does not hold
+    /// that adds nobody leaves the group in OTP 29's table for good.
+    #[test]
+    fn an_update_adding_nobody_to_a_group_not_held_is_refused() {
+        let mut m = PgMirror::default();
+        m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
+        let update = |g: Term, add: Vec<Term>, remove: Vec<Term>| {
+            msg(vec![
+                atom("update"),
+                pid(1),
+                list(vec![Term::Tuple(vec![g, list(add), list(remove)])]),
+            ])
+        };
+        assert!(m.apply(&update(atom("g"), vec![], vec![])).is_err());
+        assert!(m.apply(&update(atom("g"), vec![], vec![pid(7)])).is_err());
+        assert!(m.apply(&update(Term::Float, vec![], vec![])).is_err());
+        m.apply(&update(atom("g"), vec![pid(7)], vec![])).unwrap();
+        assert!(m.apply(&update(atom("g"), vec![], vec![])).is_err());
+        m.apply(&update(atom("g"), vec![], vec![pid(7)])).unwrap();
+        assert_eq!((m.groups, m.members), (0, 0));
+        m.apply(&update(Term::Float, vec![pid(8)], vec![pid(8)])).unwrap();
     }
 }

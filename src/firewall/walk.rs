@@ -287,7 +287,7 @@ fn be(b: &[u8]) -> u64 {
 /// written out.
 enum AtomAt<'a> {
     Cached(&'a Atom),
-    Written(&'a str),
+    Written(std::borrow::Cow<'a, str>),
 }
 
 /// An atom at the start of `b` and its length; None when cut short.
@@ -305,11 +305,12 @@ fn atom_at<'a>(b: &'a [u8], refs: &'a [Atom]) -> Result<Option<(AtomAt<'a>, usiz
         Some(100 | 118 | 115 | 119) => return Ok(None),
         Some(_) => return Err(()),
     };
+    let latin1 = matches!(b[0], 100 | 115);
     match b.get(start..start + n) {
         None => Ok(None),
-        Some(t) => std::str::from_utf8(t)
+        Some(t) => super::etf::atom_text(t, latin1)
             .map(|s| Some((AtomAt::Written(s), start + n)))
-            .map_err(|_| ()),
+            .ok_or(()),
     }
 }
 
@@ -318,7 +319,7 @@ fn atom_at<'a>(b: &'a [u8], refs: &'a [Atom]) -> Result<Option<(AtomAt<'a>, usiz
 fn atom(b: &[u8], refs: &[Atom]) -> Result<Option<(Atom, usize, bool)>, ()> {
     Ok(atom_at(b, refs)?.map(|(a, n)| match a {
         AtomAt::Cached(a) => (a.clone(), n, false),
-        AtomAt::Written(t) => (Arc::from(t), n, true),
+        AtomAt::Written(t) => (Arc::from(&*t), n, true),
     }))
 }
 
