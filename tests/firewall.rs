@@ -288,6 +288,11 @@ const ROUTES: &[(&str, &str)] = &[
         "pg_group_without_members_join",
         "begin Sp = fun() -> spawn(fun() -> receive stop -> ok end end) end, [S1, S2, Y, Z] = [Sp() || _ <- [1, 2, 3, 4]], {pg, {B}} ! {discover, S1}, {pg, {B}} ! {join, S1, g6, []}, gen_server:cast({pg, {B}}, {sync, S2, [{g6, [Y]}]}), timer:sleep(100), {pg, {B}} ! {leave, S2, Y, [g6]}, timer:sleep(100), [gen_server:cast({pg, {B}}, {sync, S1, [{g6, [Z]}]}) || _ <- lists:seq(1, 6)], ok end.",
     ),
+    // A fifth review: the mirror took two ports of one node for one group.
+    (
+        "pg_port_groups",
+        "begin [P1, P2 | _] = erlang:ports(), P = spawn(fun() -> receive stop -> ok end end), {pg, {B}} ! {discover, P}, timer:sleep(200), {pg, {B}} ! {join, P, P1, [P]}, timer:sleep(200), [{pg, {B}} ! {leave, P, [P], [P2]} || _ <- lists:seq(1, 6)], ok end.",
+    ),
     // Partition reports naming a third node: b would drop hosta.
     (
         "partition_reports_about_a_third_node",
@@ -927,6 +932,70 @@ fn a_hidden_peer_node_reaches_pg_only_by_its_protocol() {
     assert_eq!(
         b.eval_until("length(pg:get_members(hidden_grp)).", "1", Duration::from_secs(5)),
         "1",
+        "{}",
+        s.hb.log()
+    );
+}
+
+/// Fifth review: b's custom pg scope (not listed, as Phoenix.PubSub's
+/// would be) announces itself to c by name and answers c's discover by
+/// pid; its answers must not make it pg's, or a join to it counts for
+/// pg's scope and a leave pg crashes on passes (OTP 25, 27).
+#[test]
+fn a_custom_pg_scope_never_speaks_for_pgs() {
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let kernel_before = b.eval(KERNEL);
+    c.eval("ets:new(caught, [named_table, public, bag]).");
+    c.eval("register(myscope, spawn(fun F() -> receive M -> ets:insert(caught, {erlang:unique_integer(), M}), F() end end)).");
+    assert!(b.eval("pg:start(myscope).").starts_with("{ok,"));
+    assert_eq!(
+        c.eval_until("length(ets:tab2list(caught)) > 0.", "true", Duration::from_secs(5)),
+        "true"
+    );
+    for i in 0..6 {
+        let r = c.eval(&format!(
+            "begin [BS | _] = [S || {{_, {{discover, S}}}} <- ets:tab2list(caught)], P = spawn(fun() -> receive stop -> ok end end), {{pg, {NODE_B}}} ! {{discover, P}}, BS ! {{discover, P}}, timer:sleep(200), BS ! {{join, P, g{i}, [P]}}, timer:sleep(200), {{pg, {NODE_B}}} ! {{leave, P, [P], [g{i}]}}, ok end."
+        ));
+        assert_eq!(r, "ok");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.eval(KERNEL), kernel_before, "b's pg restarted\n{}", s.hb.log());
+    // c's own pg still works with b's.
+    assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+    assert_eq!(c.eval("pg:join(cg, self())."), "ok");
+    assert_eq!(
+        b.eval_until("length(pg:get_members(cg)).", "1", Duration::from_secs(10)),
+        "1"
+    );
+}
+
+/// Fifth review: b's global locker calls c's global (`set_lock`) when they
+/// sync, and crashes on a reply its protocol never gives; global stops
+/// with it and, under `kernel_sup`, the node halts. c replaces its global
+/// with one that answers `banana`: erlmesh drops the reply, and b stays up.
+#[test]
+fn a_junk_reply_to_globals_locker_is_dropped() {
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let mut b = start_b(&s);
+    let mut c = s.hc.node("c");
+    let kernel_before = b.eval(KERNEL);
+    let proxy = "begin G = whereis(global_name_server), true = unregister(global_name_server), P = spawn(fun F() -> receive {'$gen_call', {From, Tag}, {set_lock, _}} when node(From) =/= node() -> ets:insert(junk, {From}), gen_server:reply({From, Tag}, banana), F(); M -> G ! M, F() end end), register(global_name_server, P) end.";
+    c.eval("ets:new(junk, [named_table, public]).");
+    assert_eq!(c.eval(proxy), "true");
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    assert_eq!(
+        c.eval_until("ets:info(junk, size) > 0.", "true", Duration::from_secs(10)),
+        "true",
+        "b's locker never called c's global"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(b.eval(KERNEL), kernel_before, "b's global stopped\n{}", s.hb.log());
+    assert!(
+        s.hb.log().contains("a reply to a call to the peer's kernel machinery"),
         "{}",
         s.hb.log()
     );

@@ -4,7 +4,7 @@
 
 use super::atoms::{AllAtoms, AtomsState, HostAtoms, MAX_ATOMS_ALL_HOSTS};
 use super::etf::{Pid, Ref, Term};
-use super::machinery::{machinery_name, valid_tag, GLOBAL, PG, REX};
+use super::machinery::{machinery_name, valid_tag, GLOBAL, NET_KERNEL, PG, REX};
 use super::walk::Found;
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +26,42 @@ const MAX_FORGED: usize = 16_384;
 /// Local processes that speak a kernel protocol to the peer (learnt from
 /// what they send its machinery): a handful per node.
 const MAX_MACHINERY_PIDS: usize = 1024;
+/// Calls in flight from local processes to the peer's machinery, by their
+/// tags' references.
+const MAX_MACHINERY_CALLS: usize = 4096;
+
+/// What the reply to a local call to the peer's machinery must be: the
+/// caller is often a kernel process (global's locker and registrar), which
+/// crashes on anything else, and global with it (`kernel_sup` allows no
+/// restart: the node halts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Expect {
+    /// `true` or `false` (global's `set_lock`).
+    Bool,
+    /// An atom (global's other calls: `yes`, `ok`, `true`; net_kernel's
+    /// `is_auth`: `yes`, `no`).
+    Atom,
+}
+
+impl Expect {
+    /// What a local call `req` to the peer's machinery `name` gets back,
+    /// when a kernel process may be its caller.
+    fn of(name: &str, req: &Term) -> Option<Expect> {
+        match (name, req.tag()) {
+            (GLOBAL, Some("set_lock")) => Some(Expect::Bool),
+            (GLOBAL | NET_KERNEL, _) => Some(Expect::Atom),
+            _ => None,
+        }
+    }
+
+    fn fits(self, reply: &Term) -> bool {
+        match (self, reply) {
+            (Expect::Bool, Term::Atom(a)) => matches!(&**a, "true" | "false"),
+            (Expect::Atom, Term::Atom(_)) => true,
+            _ => false,
+        }
+    }
+}
 
 /// What one node pair's tunnels remember across messages: what the local
 /// node gave the peer's node, what the peer forged, and which local
@@ -54,6 +90,9 @@ pub struct Memory {
     /// Local processes that called the peer (the `From` of a gen_server
     /// call): they may be sent only the call's reply.
     repliers: lru::LruCache<PidKey, ()>,
+    /// Calls to the peer's machinery in flight, by their tags' local
+    /// references: what their replies must be.
+    calls: lru::LruCache<RefKey, Expect>,
     /// A pid of the peer's node, the last one seen as a sender.
     pub peer_pid: Option<Pid>,
     /// The atoms the peer host brought to local nodes (all its pairs).
@@ -89,6 +128,7 @@ impl Memory {
             forged_refs: lru::LruCache::unbounded(),
             machinery: lru::LruCache::unbounded(),
             repliers: lru::LruCache::unbounded(),
+            calls: lru::LruCache::unbounded(),
             io_servers: lru::LruCache::unbounded(),
             peer_pid: None,
             atoms,
@@ -245,11 +285,11 @@ impl Memory {
         if let Some(name) = to_name.and_then(machinery_name) {
             let own = match (name, m.tag(), t) {
                 (PG, Some("discover"), [_, Term::Pid(p)]) if sender == Some(p) => {
-                    self.pg.local_announced(0);
+                    self.pg.local_announced(p, 0);
                     true
                 }
                 (PG, Some("discover"), [_, Term::Pid(p), Term::Int(v)]) if sender == Some(p) => {
-                    self.pg.local_announced(*v);
+                    self.pg.local_announced(p, *v);
                     true
                 }
                 (GLOBAL, Some("$gen_cast"), _) => true,
@@ -287,29 +327,29 @@ impl Memory {
                     self.learn_machinery(&p, name);
                 }
             }
-            if let [Term::Atom(g), from, _] = t {
+            if let [Term::Atom(g), from, req] = t {
                 if &**g == "$gen_call" {
-                    if let Some([Term::Pid(p), _]) = from.tuple() {
+                    if let Some([Term::Pid(p), tag]) = from.tuple() {
                         self.give_replier(p);
+                        if let Some(e) = Expect::of(name, req) {
+                            self.expect_reply(tag, e);
+                        }
                     }
                 }
             }
             self.give_refs(m);
             return;
         }
-        // pg's own messages to a peer scope by pid (its answers to a
-        // discover, a hidden node's scope's too): the sender is the local
-        // scope, learnt as pg's, never given.
+        // A pg scope's own messages to a peer scope by pid (its answers to
+        // a discover): they give the members they list, never the scope.
+        // A scope is pg's only from its announcement by name (at nodeup):
+        // one learnt from answers by pid could be another scope (any
+        // scope answers a discover), whose joins would then count for
+        // pg's; a hidden node's scope, which gets no announcement, has no
+        // pg traffic of its own to b.
         if let (None, Some(s)) = (to_name, sender) {
             let own = match (m.tag(), t) {
-                (Some("discover"), [_, Term::Pid(p)]) if p == s => {
-                    self.pg.local_announced(0);
-                    true
-                }
-                (Some("discover"), [_, Term::Pid(p), Term::Int(v)]) if p == s => {
-                    self.pg.local_announced(*v);
-                    true
-                }
+                (Some("discover"), [_, Term::Pid(p)] | [_, Term::Pid(p), _]) => p == s,
                 (Some("$gen_cast"), [_, req]) => match req.tuple() {
                     Some([Term::Atom(a), Term::Pid(p), _]) => &**a == "sync" && p == s,
                     Some([Term::Atom(a), Term::Pid(p), _, _]) => &**a == "local_data" && p == s,
@@ -317,9 +357,12 @@ impl Memory {
                 },
                 _ => false,
             };
-            if own && self.local_key(s).is_some() {
-                self.learn_machinery(s, PG);
-                self.give_refs(m);
+            if own {
+                m.visit(&mut |t| match t {
+                    Term::Pid(p) if p != s => self.give_pid(p),
+                    Term::Ref(r) => self.give_ref(r),
+                    _ => {}
+                });
                 return;
             }
         }
@@ -342,6 +385,48 @@ impl Memory {
                 self.give_all(req);
             }
             _ => self.give_all(m),
+        }
+    }
+
+    /// A local call with tag `tag` went to the peer's machinery: its reply
+    /// must be what `e` says.
+    fn expect_reply(&mut self, tag: &Term, e: Expect) {
+        let mut keys = Vec::new();
+        tag.visit(&mut |t| {
+            if let Term::Ref(r) = t {
+                keys.extend(self.local_ref(r));
+            }
+        });
+        for k in keys {
+            bounded_put(&mut self.calls, k, e, MAX_MACHINERY_CALLS);
+        }
+    }
+
+    /// What the reply to a call whose tag names `r` must be, if the call
+    /// went to the peer's machinery.
+    pub(super) fn expected(&self, r: &Ref) -> Option<Expect> {
+        self.local_ref(r).and_then(|k| self.calls.peek(&k).copied())
+    }
+
+    /// What the reply to a call with tag `tag` must be (any of its
+    /// references will do: OTP's tags hold an alias and a monitor).
+    pub(super) fn expected_for(&self, tag: &Term) -> Option<Expect> {
+        let mut e = None;
+        tag.visit(&mut |t| {
+            if let Term::Ref(r) = t {
+                e = e.or(self.expected(r));
+            }
+        });
+        e
+    }
+
+    /// Whether `m`, a message to a local process or alias, keeps what a
+    /// call to the peer's machinery expects: a message whose first element
+    /// names such a call (its tag) is its reply, of the expected kind.
+    pub(super) fn reply_fits(&self, m: &Term) -> bool {
+        match m.tuple() {
+            Some([tag, reply]) => self.expected_for(tag).map_or(true, |e| e.fits(reply)),
+            _ => true,
         }
     }
 
@@ -476,6 +561,10 @@ pub struct MemoryState {
     peer_pid: Option<Pid>,
     #[serde(default)]
     pg: super::pg::PgMirror,
+    #[serde(default)]
+    calls: Vec<(RefKey, Expect)>,
+    #[serde(default)]
+    sent_atoms: Vec<u64>,
 }
 
 /// A cache's keys, least recently used first.
@@ -500,6 +589,12 @@ impl Memory {
             repliers: oldest_first(&self.repliers),
             peer_pid: self.peer_pid.clone(),
             pg: self.pg.clone(),
+            calls: {
+                let mut v: Vec<(RefKey, Expect)> = self.calls.iter().map(|(k, e)| (k.clone(), *e)).collect();
+                v.reverse();
+                v
+            },
+            sent_atoms: self.sent_atoms.iter().copied().collect(),
         }
     }
 
@@ -532,6 +627,13 @@ impl Memory {
             self.peer_pid = s.peer_pid;
         }
         self.pg = s.pg.bounded();
+        for (k, e) in s.calls {
+            bounded_put(&mut self.calls, k, e, MAX_MACHINERY_CALLS);
+        }
+        // Hashed with the atoms' key, which the upgrade hands over too.
+        for h in s.sent_atoms.into_iter().take(MAX_SENT_ATOMS) {
+            self.sent_atoms.insert(h);
+        }
     }
 }
 

@@ -148,6 +148,9 @@ pub struct PgMirror {
     /// connection (`None`: not seen yet; OTP 25 and 27 announce none: 0).
     #[serde(default)]
     local_version: Option<i64>,
+    /// The local scope that announced it.
+    #[serde(default)]
+    local_scope: Option<PidKey>,
 }
 
 impl PgMirror {
@@ -165,10 +168,15 @@ impl PgMirror {
         self.members = self.scopes.iter().flat_map(|(_, g)| g.values()).map(|m| m.len()).sum();
     }
 
-    /// The local scope announced its protocol version in a `discover` it
-    /// sent the peer (0 when it named none).
-    pub fn local_announced(&mut self, version: i64) {
-        self.local_version = Some(version);
+    /// Local process `scope` announced itself by name to the peer's `pg`,
+    /// with its protocol version (0 when it named none). The first to do so
+    /// on the connection is the scope (pg's, at nodeup); another process
+    /// announcing later does not change the version.
+    pub fn local_announced(&mut self, scope: &Pid, version: i64) {
+        if self.local_scope.map_or(true, |k| k == key(scope)) {
+            self.local_scope = Some(key(scope));
+            self.local_version = Some(version);
+        }
     }
 
     /// Whether the local scope speaks version 1 (OTP 29) on this

@@ -387,7 +387,7 @@ fn to_pid(
             // A large reply: its tag checked, the rest walked.
             let tag = element(d, versioned, 0)?;
             let shape = peek(d, versioned)?.0 == 2;
-            if shape && tag.is_some_and(|t| mem.reply_tag(&t)) {
+            if shape && tag.is_some_and(|t| mem.reply_tag(&t) && mem.expected_for(&t).is_none()) {
                 return Ok(Judgement {
                     walk: Some(d.rest().len()),
                     ..Judgement::allow(op, Target::Pid)
@@ -447,11 +447,18 @@ fn payload_reason(
 /// The reply to a local call, refused only if it names what the peer
 /// was not given.
 fn reply(mem: &mut Memory, op: &'static str, target: Target, m: &Term) -> Judgement {
+    if !mem.reply_fits(m) {
+        return Judgement::refuse(op, target, NOT_THE_EXPECTED_REPLY);
+    }
     match mem.names_forged(m) {
         Some(why) => Judgement::refuse(op, target, why),
         None => Judgement::allow(op, target),
     }
 }
+
+/// Why a reply to a call to the peer's machinery is refused.
+const NOT_THE_EXPECTED_REPLY: &str =
+    "a reply to a call to the peer's kernel machinery that its protocol never gives (its caller, global's locker say, crashes on it)";
 
 /// A send to a registered name: a listed one by its content, the
 /// machinery by its protocol, the rest refused.
@@ -494,6 +501,13 @@ fn to_alias(
     versioned: bool,
     r: &Ref,
 ) -> Result<Judgement, Unjudged> {
+    if mem.expected(r).is_some() {
+        // The alias of a call to the peer's machinery: only its reply.
+        return Ok(match whole(d, versioned)? {
+            Some(m) if mem.is_reply(&m) => reply(mem, "alias_send", Target::Alias, &m),
+            _ => Judgement::refuse("alias_send", Target::Alias, NOT_THE_EXPECTED_REPLY),
+        });
+    }
     if mem.given_ref(r) {
         return content(p, mem, d, versioned, "alias_send", Target::Alias);
     }
@@ -578,6 +592,9 @@ fn content(
             },
         });
     };
+    if why.is_none() && !mem.reply_fits(&m) {
+        why = Some(NOT_THE_EXPECTED_REPLY);
+    }
     if why.is_none() {
         why = mem.names_forged(&m).or_else(|| {
             let t = m.tuple().unwrap_or(&[]);

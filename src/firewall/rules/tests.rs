@@ -168,6 +168,14 @@ fn pg_version_1_shapes_pass_only_to_a_scope_that_announced_it() {
     // Version 0's shapes pass as before.
     let v0 = Term::Tuple(vec![atom("discover"), pid("c@h", 2)]);
     assert_eq!(send(&mut m, local(40), v0), None);
+    // Another local process announcing version 1 later changes nothing
+    // (the first to announce on the connection is the scope).
+    m.give_message(
+        Some(&scope(99)),
+        Some("pg"),
+        &Term::Tuple(vec![atom("discover"), local(99), Term::Int(1)]),
+    );
+    assert!(send(&mut m, local(40), update(list(vec![pid("c@h", 3)]), Term::Nil)).is_some());
 
     // A local scope of OTP 29.
     let mut m = Memory::new("b@h");
@@ -720,18 +728,22 @@ fn a_reply_needs_the_local_nodes_tag_and_a_caller() {
     assert_eq!(send(&mut m, local(6), reply(alias(local_ref(1)))), None);
 }
 
-/// Fourth review, finding 2: pg's answers by pid (to a hidden node's
-/// scope, which gets no nodeup discover by name) make its scope pg's,
-/// never a given pid that takes anything.
+/// Fourth review, finding 2, and fifth, finding 2: a scope's answers by
+/// pid (to a hidden node's scope, which gets no announcement by name) give
+/// the members they list, never the scope (anything passed to it, and pg
+/// crashes on what it does not know); nor do they make it pg's (any scope
+/// answers a discover: a custom scope's joins counted for pg's, and a
+/// leave pg crashes on passed).
 #[test]
-fn pgs_answers_by_pid_make_its_scope_pgs() {
+fn a_scopes_answers_by_pid_give_its_members_not_itself() {
     let mut m = Memory::new("b@h");
+    let groups = list(vec![Term::Tuple(vec![atom("g"), list(vec![local(50)])])]);
     m.give_message(
         Some(&local_pid(41)),
         None,
         &Term::Tuple(vec![
             atom("$gen_cast"),
-            Term::Tuple(vec![atom("sync"), local(41), Term::Nil]),
+            Term::Tuple(vec![atom("sync"), local(41), groups]),
         ]),
     );
     m.give_message(
@@ -740,25 +752,7 @@ fn pgs_answers_by_pid_make_its_scope_pgs() {
         &Term::Tuple(vec![atom("discover"), local(41), Term::Int(1)]),
     );
     assert!(send(&mut m, local(41), atom("junk")).is_some());
-    let join = Term::Tuple(vec![atom("join"), pid("c@h", 2), atom("g"), pid("c@h", 3)]);
-    assert_eq!(
-        send(&mut m, local(41), Term::Tuple(vec![atom("discover"), pid("c@h", 2)])),
-        None
-    );
-    assert_eq!(send(&mut m, local(41), join), None);
-    // It announced version 1.
-    assert_eq!(
-        send(
-            &mut m,
-            local(41),
-            Term::Tuple(vec![
-                atom("update"),
-                pid("c@h", 2),
-                list(vec![Term::Tuple(vec![atom("g"), Term::Nil, list(vec![pid("c@h", 3)])])])
-            ])
-        ),
-        None
-    );
+    assert_eq!(send(&mut m, local(50), atom("hello")), None, "a member is given");
     // A message of the same shape from another sender gives as before.
     m.give_message(
         Some(&local_pid(42)),
@@ -766,6 +760,44 @@ fn pgs_answers_by_pid_make_its_scope_pgs() {
         &Term::Tuple(vec![atom("discover"), local(43)]),
     );
     assert_eq!(send(&mut m, local(43), atom("hello")), None);
+
+    // pg (40) and a custom scope (45) announce themselves by name.
+    let mut m = Memory::new("b@h");
+    m.give_message(
+        Some(&local_pid(40)),
+        Some("pg"),
+        &Term::Tuple(vec![atom("discover"), local(40)]),
+    );
+    m.give_message(
+        Some(&local_pid(45)),
+        Some("myscope"),
+        &Term::Tuple(vec![atom("discover"), local(45)]),
+    );
+    let p = pid("c@h", 2);
+    let to_pg = |m: &mut Memory, msg: Term| judged(m, vec![Term::Int(6), pid("c@h", 1), atom(""), atom("pg")], msg);
+    assert_eq!(to_pg(&mut m, Term::Tuple(vec![atom("discover"), p.clone()])), None);
+    assert_eq!(
+        send(&mut m, local(45), Term::Tuple(vec![atom("discover"), p.clone()])),
+        None
+    );
+    // The custom scope answers by pid: still not pg's.
+    m.give_message(
+        Some(&local_pid(45)),
+        None,
+        &Term::Tuple(vec![
+            atom("$gen_cast"),
+            Term::Tuple(vec![atom("sync"), local(45), Term::Nil]),
+        ]),
+    );
+    let join = Term::Tuple(vec![atom("join"), p.clone(), atom("g"), list(vec![p.clone()])]);
+    assert_eq!(send(&mut m, local(45), join), None, "content for a given pid");
+    let leave = Term::Tuple(vec![
+        atom("leave"),
+        p.clone(),
+        list(vec![p.clone()]),
+        list(vec![atom("g")]),
+    ]);
+    assert!(to_pg(&mut m, leave).is_some(), "pg's mirror has no group g");
 }
 
 /// Fourth review, finding 3: OTP 25 and 27's pg keeps a group without
@@ -874,4 +906,66 @@ fn signals_naming_forged_pids_leave_them_forged() {
         ),
         None
     );
+}
+
+/// Fifth review, finding 1: global's locker and registrar call the peer's
+/// global (`set_lock`, `register`, ...) and crash on a reply their
+/// protocol never gives (global stops with them, and the node halts): a
+/// reply to a call to the peer's machinery, by pid (OTP 25's `{Ref,
+/// Node}` tags) or by alias (OTP 27's `[[alias|A]|Mon]`), must be of its
+/// kind.
+#[test]
+fn replies_to_calls_to_the_peers_machinery_are_of_their_kind() {
+    let mut m = Memory::new("b@h");
+    let call = |m: &mut Memory, caller: u32, tag: Term, req: Term| {
+        m.give_message(
+            Some(&local_pid(caller)),
+            Some("global_name_server"),
+            &Term::Tuple(vec![atom("$gen_call"), Term::Tuple(vec![local(caller), tag]), req]),
+        )
+    };
+    let set_lock = || {
+        Term::Tuple(vec![
+            atom("set_lock"),
+            Term::Tuple(vec![atom("global"), list(vec![local(60)])]),
+        ])
+    };
+    let reply = |tag: &Term, r: Term| Term::Tuple(vec![tag.clone(), r]);
+    // OTP 25: to the locker's pid.
+    let t25 = Term::Tuple(vec![local_ref(1), atom("b@h")]);
+    call(&mut m, 60, t25.clone(), set_lock());
+    assert!(send(&mut m, local(60), reply(&t25, atom("banana"))).is_some());
+    assert!(send(&mut m, local(60), reply(&t25, Term::Int(1))).is_some());
+    assert_eq!(send(&mut m, local(60), reply(&t25, atom("true"))), None);
+    // OTP 27 and later: to the alias.
+    let alias = Term::List(vec![atom("alias")], Box::new(local_ref(2)));
+    let t27 = Term::List(vec![alias], Box::new(local_ref(3)));
+    call(&mut m, 61, t27.clone(), set_lock());
+    let to_alias = |m: &mut Memory, msg: Term| judged(m, vec![Term::Int(33), pid("c@h", 1), local_ref(2)], msg);
+    assert!(to_alias(&mut m, reply(&t27, atom("banana"))).is_some());
+    assert!(to_alias(&mut m, atom("junk")).is_some());
+    assert_eq!(to_alias(&mut m, reply(&t27, atom("false"))), None);
+    // The registrar's calls: an atom.
+    let t = Term::Tuple(vec![local_ref(4), atom("b@h")]);
+    call(
+        &mut m,
+        62,
+        t.clone(),
+        Term::Tuple(vec![atom("register"), atom("n"), local(62), atom("m")]),
+    );
+    assert!(send(&mut m, local(62), reply(&t, Term::Tuple(vec![atom("x")]))).is_some());
+    assert_eq!(send(&mut m, local(62), reply(&t, atom("yes"))), None);
+    // A call to the peer's rex (an application's rpc): its reply is the
+    // caller's business.
+    let t = Term::Tuple(vec![local_ref(5), atom("b@h")]);
+    m.give_message(
+        Some(&local_pid(63)),
+        Some("rex"),
+        &Term::Tuple(vec![
+            atom("$gen_call"),
+            Term::Tuple(vec![local(63), t.clone()]),
+            Term::Tuple(vec![atom("call"), atom("m"), atom("f"), Term::Nil, local(63)]),
+        ]),
+    );
+    assert_eq!(send(&mut m, local(63), reply(&t, Term::Tuple(vec![atom("any")]))), None);
 }
