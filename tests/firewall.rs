@@ -987,18 +987,77 @@ fn a_junk_reply_to_globals_locker_is_dropped() {
     c.eval("ets:new(junk, [named_table, public]).");
     assert_eq!(c.eval(proxy), "true");
     assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    // b's locker calls c's global when it wins the sync's lock race (not
+    // every time); a lock taken on both nodes from b makes the same call
+    // (global:set_lock/3 runs set_lock_on_nodes in the caller).
+    b.eval("spawn(fun() -> global:set_lock({x, self()}, ['b@hostb', 'c@hostc'], 0) end).");
     assert_eq!(
         c.eval_until("ets:info(junk, size) > 0.", "true", Duration::from_secs(10)),
         "true",
-        "b's locker never called c's global"
+        "b never called c's global"
     );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(b.eval(KERNEL), kernel_before, "b's global stopped\n{}", s.hb.log());
     assert!(
-        s.hb.log().contains("a reply to a call to the peer's kernel machinery"),
+        wait_for(Duration::from_secs(5), || s
+            .hb
+            .log()
+            .contains("a reply to a call to the peer's kernel machinery")),
         "{}",
         s.hb.log()
     );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(b.eval(KERNEL), kernel_before, "b's global stopped\n{}", s.hb.log());
+}
+
+/// Sixth review: b's global_group acts on the peer's answers to its own
+/// requests. A name search (`global_group:send({node, c}, ...)`): b sends
+/// the caller's message to the answer, and crashed on an atom. An erpc
+/// request at nodeup when global groups name the peer (`get_own_nodes`):
+/// b sorts the result, and crashed on an improper list. Either crash
+/// stopped global_group under kernel_sup: b halted.
+#[test]
+fn global_groups_answers_from_a_restricted_peer_are_checked() {
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let mut b = s.hb.node("b");
+    let mut c = s.hc.node("c");
+    let kernel_before = b.eval(KERNEL);
+    let fake = "begin true = unregister(global_group), P = spawn(fun F() -> receive {'$gen_cast', {find_name, User, _}} -> User ! {find_name_res, no_such_registered_name}, F(); _ -> F() end end), register(global_group, P) end.";
+    assert_eq!(c.eval(fake), "true");
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    // The answer is dropped: the search waits (the caller's own timeout).
+    b.eval("spawn(fun() -> global_group:send({node, 'c@hostc'}, foo, hello) end).");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        b.eval(KERNEL),
+        kernel_before,
+        "b's global_group stopped\n{}",
+        s.hb.log()
+    );
+    assert!(b.eval("is_pid(whereis(global_group)).") == "true");
+    assert!(s.hb.log().contains("a name search's answer"), "{}", s.hb.log());
+
+    let s = cluster("enforce", None, None);
+    let groups = "[{g,['b@hostb','c@hostc']}]";
+    let mut b = s.hb.node_with("b", &["-kernel", "global_groups", groups]);
+    let mut c = s.hc.node("c");
+    let gg = b.eval("whereis(global_group).");
+    assert_eq!(
+        c.eval(
+            "persistent_term:put(global_group, {gconf, invalid, node(), g, normal, ['b@hostb'|junk], all, [], conf})."
+        ),
+        "ok"
+    );
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+    assert!(
+        wait_for(Duration::from_secs(10), || s
+            .hb
+            .log()
+            .contains("an erpc result global_group")),
+        "the improper list was not refused\n{}",
+        s.hb.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.eval("whereis(global_group)."), gg, "b's global_group stopped");
 }
 
 /// The atoms hostb lets hostc's nodes bring its nodes in this test.

@@ -53,6 +53,8 @@ pub(super) fn valid_tag(tag: &Term) -> bool {
     };
     match tag {
         Term::Ref(_) => true,
+        // OTP 25's multi_call: {Ref, Node}, one Ref for all the nodes
+        // called; the peer answers only for itself (see `Memory::reply_tag`).
         Term::Tuple(v) => matches!(&v[..], [Term::Ref(_), Term::Atom(_)]),
         Term::List(v, tail) => alias(tag) || (matches!(&v[..], [a] if alias(a)) && matches!(**tail, Term::Ref(_))),
         _ => false,

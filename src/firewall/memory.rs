@@ -41,6 +41,10 @@ pub enum Expect {
     /// An atom (global's other calls: `yes`, `ok`, `true`; net_kernel's
     /// `is_auth`: `yes`, `no`).
     Atom,
+    /// The result of an erpc request global_group made (by its spawn
+    /// request's id, not a call's tag): a list, if one, proper
+    /// (`lists:sort/1` of an improper one crashes it, and the node halts).
+    GlobalGroupResult,
 }
 
 impl Expect {
@@ -60,6 +64,24 @@ impl Expect {
             (Expect::Atom, Term::Atom(_)) => true,
             _ => false,
         }
+    }
+
+    /// Whether the reason a monitor's DOWN carries keeps what is expected
+    /// of the request it answers (erpc's `{Ref, return, Result}`).
+    pub(super) fn fits_down(self, reason: &Term) -> bool {
+        match (self, reason.tuple()) {
+            (Expect::GlobalGroupResult, Some([_, Term::Atom(a), r])) if &**a == "return" => {
+                !matches!(r, Term::List(..) | Term::Bytes(_)) || is_proper_list(r)
+            }
+            _ => true,
+        }
+    }
+}
+
+fn is_proper_list(t: &Term) -> bool {
+    match t {
+        Term::List(_, tail) => **tail == Term::Nil,
+        _ => true,
     }
 }
 
@@ -398,7 +420,23 @@ impl Memory {
             }
         });
         for k in keys {
-            bounded_put(&mut self.calls, k, e, MAX_MACHINERY_CALLS);
+            self.calls.put(k, e);
+            // A call whose kind is forgotten is no call any more: its
+            // tag's reference is taken back, so that no reply passes
+            // unchecked (the locker waits for its reply for ever).
+            if self.calls.len() > MAX_MACHINERY_CALLS {
+                if let Some((old, _)) = self.calls.pop_lru() {
+                    self.refs.pop(&old);
+                }
+            }
+        }
+    }
+
+    /// The local node asked the peer to spawn `erpc:execute_call` for
+    /// global_group (request id `req`): its DOWN's reason is checked.
+    pub fn expect_global_group_result(&mut self, req: &Ref) {
+        if let Some(k) = self.local_ref(req) {
+            bounded_put(&mut self.calls, k, Expect::GlobalGroupResult, MAX_MACHINERY_CALLS);
         }
     }
 
@@ -447,6 +485,13 @@ impl Memory {
     /// node made and sent the peer (a local caller's tags are; a reference
     /// of the peer's own would make anything of two elements a "reply").
     pub(super) fn reply_tag(&self, tag: &Term) -> bool {
+        // OTP 25's multi_call tags each node's call {Ref, Node} with one
+        // Ref: the peer may answer only for its own node.
+        if let Some([_, Term::Atom(node)]) = tag.tuple() {
+            if !self.is_remote(node) {
+                return false;
+            }
+        }
         let mut ok = valid_tag(tag);
         tag.visit(&mut |t| {
             if let Term::Ref(r) = t {

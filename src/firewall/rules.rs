@@ -243,8 +243,31 @@ pub fn judge(
         }
         // DEMONITOR_P {20, ...}, MONITOR_P_EXIT {21, ...}, PAYLOAD_MONITOR_P_EXIT {28, ...}
         20 => Judgement::allow("demonitor", Target::None),
-        21 => signal_reason(mem, "monitor_exit", Target::None, el(4)?),
-        28 => payload_reason(mem, &d, versioned, "monitor_exit", Target::None)?,
+        21 | 28 => {
+            let expect = match el(3)? {
+                Term::Ref(r) => mem.expected(r),
+                _ => None,
+            };
+            let reason = if op == 21 {
+                Some(el(4)?.clone())
+            } else {
+                whole(&d, versioned)?
+            };
+            match (expect, reason) {
+                (Some(e), Some(reason)) if !e.fits_down(&reason) => Judgement::refuse(
+                    "monitor_exit",
+                    Target::None,
+                    "an erpc result global_group's request never gets (an improper list: it crashes, and the node halts)",
+                ),
+                (Some(_), None) => Judgement::refuse(
+                    "monitor_exit",
+                    Target::None,
+                    "an erpc result to global_group too large to check",
+                ),
+                _ if op == 21 => signal_reason(mem, "monitor_exit", Target::None, el(4)?),
+                _ => payload_reason(mem, &d, versioned, "monitor_exit", Target::None)?,
+            }
+        }
         // SPAWN_REQUEST {29, ReqId, From, GroupLeader, {M, F, A}, Opts}, _TT {30, ...}
         29 | 30 => {
             let mfa = el(4)?.tuple().unwrap_or(&[]);
@@ -558,6 +581,14 @@ fn content(
                 None => message(d, versioned).is_ok_and(|m| plain(&m)),
             };
             (!ok).then_some("an I/O request other than plain output")
+        }
+        // global_group's name search (`global_group:send/whereis_name`
+        // for a node): b's global_group sends the caller's message to the
+        // answer, and crashes on an atom (under kernel_sup: the node halts).
+        (2, Some("find_name_res")) => {
+            let ok = matches!(m.as_ref().and_then(Term::tuple), Some([_, Term::Pid(_)]))
+                || matches!(m.as_ref().and_then(Term::tuple), Some([_, Term::Atom(a)]) if &**a == "undefined");
+            (!ok).then_some("a name search's answer that is neither undefined nor a pid (global_group crashes on it)")
         }
         (2 | 3, Some("$gen_call" | "$gen_cast")) if supervisor_request(d, versioned, &m)? => {
             Some("a supervisor's child management (start, restart, terminate, delete)")

@@ -326,6 +326,21 @@ impl Outbound {
         if let (Some(29 | 30), Some(Term::Pid(gl))) = (op, t.get(3)) {
             mem.give_io_server(gl);
         }
+        // An erpc request global_group makes (erpc:execute_call(Ref,
+        // global_group, F, A) spawned on the peer): its result is checked.
+        if let (Some(29 | 30), Some(Term::Ref(req)), Some(mfa)) = (op, t.get(1), t.get(4)) {
+            let erpc = matches!(mfa.tuple(), Some([Term::Atom(m), Term::Atom(f), Term::Int(4)])
+                if &**m == "erpc" && &**f == "execute_call");
+            if erpc {
+                let mut a = etf::Decoder::limited(d.rest(), d.refs(), 1024);
+                let args = (if versioned { a.version() } else { Ok(()) }).and_then(|_| a.term());
+                if let Ok(Term::List(args, _)) = args {
+                    if matches!(args.get(1), Some(Term::Atom(m)) if &**m == "global_group") {
+                        mem.expect_global_group_result(req);
+                    }
+                }
+            }
+        }
         let used = start + d.pos;
         // A whole message whose shape decides what it gives (a call, a
         // message to the peer's machinery) is decoded; any other gives

@@ -917,6 +917,7 @@ fn signals_naming_forged_pids_leave_them_forged() {
 #[test]
 fn replies_to_calls_to_the_peers_machinery_are_of_their_kind() {
     let mut m = Memory::new("b@h");
+    m.set_remote("c@h");
     let call = |m: &mut Memory, caller: u32, tag: Term, req: Term| {
         m.give_message(
             Some(&local_pid(caller)),
@@ -932,11 +933,20 @@ fn replies_to_calls_to_the_peers_machinery_are_of_their_kind() {
     };
     let reply = |tag: &Term, r: Term| Term::Tuple(vec![tag.clone(), r]);
     // OTP 25: to the locker's pid.
-    let t25 = Term::Tuple(vec![local_ref(1), atom("b@h")]);
+    let t25 = Term::Tuple(vec![local_ref(1), atom("c@h")]);
     call(&mut m, 60, t25.clone(), set_lock());
     assert!(send(&mut m, local(60), reply(&t25, atom("banana"))).is_some());
     assert!(send(&mut m, local(60), reply(&t25, Term::Int(1))).is_some());
     assert_eq!(send(&mut m, local(60), reply(&t25, atom("true"))), None);
+    // The same Ref tags the call to every node (OTP 25's multi_call): the
+    // peer answers only for itself.
+    for node in ["b@h", "a@h"] {
+        let other = Term::Tuple(vec![local_ref(1), atom(node)]);
+        assert!(
+            send(&mut m, local(60), reply(&other, atom("true"))).is_some(),
+            "for {node}"
+        );
+    }
     // OTP 27 and later: to the alias.
     let alias = Term::List(vec![atom("alias")], Box::new(local_ref(2)));
     let t27 = Term::List(vec![alias], Box::new(local_ref(3)));
@@ -946,7 +956,7 @@ fn replies_to_calls_to_the_peers_machinery_are_of_their_kind() {
     assert!(to_alias(&mut m, atom("junk")).is_some());
     assert_eq!(to_alias(&mut m, reply(&t27, atom("false"))), None);
     // The registrar's calls: an atom.
-    let t = Term::Tuple(vec![local_ref(4), atom("b@h")]);
+    let t = Term::Tuple(vec![local_ref(4), atom("c@h")]);
     call(
         &mut m,
         62,
@@ -957,7 +967,7 @@ fn replies_to_calls_to_the_peers_machinery_are_of_their_kind() {
     assert_eq!(send(&mut m, local(62), reply(&t, atom("yes"))), None);
     // A call to the peer's rex (an application's rpc): its reply is the
     // caller's business.
-    let t = Term::Tuple(vec![local_ref(5), atom("b@h")]);
+    let t = Term::Tuple(vec![local_ref(5), atom("c@h")]);
     m.give_message(
         Some(&local_pid(63)),
         Some("rex"),
@@ -968,4 +978,78 @@ fn replies_to_calls_to_the_peers_machinery_are_of_their_kind() {
         ]),
     );
     assert_eq!(send(&mut m, local(63), reply(&t, Term::Tuple(vec![atom("any")]))), None);
+}
+
+/// Sixth review, finding 3: a call whose expected kind is forgotten (more
+/// than the calls followed in flight) is no call any more: its reply,
+/// junk or not, is refused rather than let through unchecked.
+#[test]
+fn a_forgotten_calls_reply_is_refused() {
+    let mut m = Memory::new("b@h");
+    let call = |m: &mut Memory, caller: u32, n: u32| {
+        let tag = Term::Tuple(vec![local_ref(n), atom("c@h")]);
+        m.give_message(
+            Some(&local_pid(caller)),
+            Some("net_kernel"),
+            &Term::Tuple(vec![
+                atom("$gen_call"),
+                Term::Tuple(vec![local(caller), tag.clone()]),
+                Term::Tuple(vec![atom("is_auth"), atom("b@h")]),
+            ]),
+        );
+        tag
+    };
+    let first = call(&mut m, 60, 1);
+    for n in 2..5000 {
+        call(&mut m, 61, n);
+    }
+    let reply = |tag: &Term, r: Term| Term::Tuple(vec![tag.clone(), r]);
+    assert!(send(&mut m, local(60), reply(&first, Term::Int(1))).is_some());
+    assert!(send(&mut m, local(60), reply(&first, atom("yes"))).is_some());
+    let last = Term::Tuple(vec![local_ref(4999), atom("c@h")]);
+    assert!(send(&mut m, local(61), reply(&last, Term::Int(1))).is_some());
+    assert_eq!(send(&mut m, local(61), reply(&last, atom("yes"))), None);
+}
+
+/// Sixth review, finding 1: b's global_group sends the caller's message to
+/// whatever the peer answers a name search with (`{find_name_res, R}` to
+/// b's search process), and crashes on an atom: only undefined or a pid.
+#[test]
+fn a_name_searchs_answer_is_undefined_or_a_pid() {
+    let mut m = Memory::new("b@h");
+    m.give_message(None, None, &Term::Tuple(vec![atom("find_name"), local(70), atom("n")]));
+    let answer = |r: Term| Term::Tuple(vec![atom("find_name_res"), r]);
+    assert!(send(&mut m, local(70), answer(atom("no_such_registered_name"))).is_some());
+    assert!(send(&mut m, local(70), answer(Term::Tuple(vec![atom("n"), atom("d@h")]))).is_some());
+    assert_eq!(send(&mut m, local(70), answer(atom("undefined"))), None);
+    assert_eq!(send(&mut m, local(70), answer(pid("c@h", 9))), None);
+}
+
+/// Sixth review, finding 2: global_group sorts the result of its erpc
+/// requests (`get_own_nodes`): an improper list in the DOWN that carries
+/// it is refused; other results pass.
+#[test]
+fn global_groups_erpc_results_are_proper_lists() {
+    let mut m = Memory::new("b@h");
+    let req = match local_ref(8) {
+        Term::Ref(r) => r,
+        _ => unreachable!(),
+    };
+    m.expect_global_group_result(&req);
+    let down = |reason: Term| vec![Term::Int(21), pid("c@h", 1), local(6), local_ref(8), reason];
+    let result = |r: Term| Term::Tuple(vec![local_ref(9), atom("return"), r]);
+    let improper = Term::List(vec![atom("b@h")], Box::new(atom("junk")));
+    assert!(judged_ctl(&mut m, down(result(improper.clone()))).is_some());
+    assert!(judged(
+        &mut m,
+        vec![Term::Int(28), pid("c@h", 1), local(6), local_ref(8)],
+        result(improper)
+    )
+    .is_some());
+    assert_eq!(
+        judged_ctl(&mut m, down(result(list(vec![atom("b@h"), atom("c@h")])))),
+        None
+    );
+    assert_eq!(judged_ctl(&mut m, down(result(atom("agreed")))), None);
+    assert_eq!(judged_ctl(&mut m, down(atom("noconnection"))), None);
 }
