@@ -41,10 +41,25 @@ pub enum Expect {
     /// An atom (global's other calls: `yes`, `ok`, `true`; net_kernel's
     /// `is_auth`: `yes`, `no`).
     Atom,
-    /// The result of an erpc request global_group made (by its spawn
-    /// request's id, not a call's tag): a list, if one, proper
-    /// (`lists:sort/1` of an improper one crashes it, and the node halts).
-    GlobalGroupResult,
+}
+
+/// global_group's erpc requests followed per node pair (about one per
+/// nodeup or config change), apart from calls, which must not push them
+/// out; and those pushed out by newer ones, whose answers are refused.
+const MAX_GLOBAL_GROUP_REQUESTS: usize = 64;
+const MAX_FORGOTTEN_REQUESTS: usize = 4096;
+
+/// Whether the reason of a DOWN answering an erpc request global_group
+/// made (`{Ref, return, Result}`) keeps what it sorts: a list, if one,
+/// proper (`lists:sort/1` of an improper one crashes it, and the node
+/// halts).
+pub(super) fn global_group_result_fits(reason: &Term) -> bool {
+    match reason.tuple() {
+        Some([_, Term::Atom(a), r]) if &**a == "return" => {
+            !matches!(r, Term::List(..) | Term::Bytes(_)) || is_proper_list(r)
+        }
+        _ => true,
+    }
 }
 
 impl Expect {
@@ -63,17 +78,6 @@ impl Expect {
             (Expect::Bool, Term::Atom(a)) => matches!(&**a, "true" | "false"),
             (Expect::Atom, Term::Atom(_)) => true,
             _ => false,
-        }
-    }
-
-    /// Whether the reason a monitor's DOWN carries keeps what is expected
-    /// of the request it answers (erpc's `{Ref, return, Result}`).
-    pub(super) fn fits_down(self, reason: &Term) -> bool {
-        match (self, reason.tuple()) {
-            (Expect::GlobalGroupResult, Some([_, Term::Atom(a), r])) if &**a == "return" => {
-                !matches!(r, Term::List(..) | Term::Bytes(_)) || is_proper_list(r)
-            }
-            _ => true,
         }
     }
 }
@@ -115,6 +119,10 @@ pub struct Memory {
     /// Calls to the peer's machinery in flight, by their tags' local
     /// references: what their replies must be.
     calls: lru::LruCache<RefKey, Expect>,
+    /// global_group's erpc requests to the peer in flight (their DOWN
+    /// carries the result), and those pushed out by newer ones.
+    gg_requests: lru::LruCache<RefKey, ()>,
+    gg_forgotten: lru::LruCache<RefKey, ()>,
     /// A pid of the peer's node, the last one seen as a sender.
     pub peer_pid: Option<Pid>,
     /// The atoms the peer host brought to local nodes (all its pairs).
@@ -151,6 +159,8 @@ impl Memory {
             machinery: lru::LruCache::unbounded(),
             repliers: lru::LruCache::unbounded(),
             calls: lru::LruCache::unbounded(),
+            gg_requests: lru::LruCache::unbounded(),
+            gg_forgotten: lru::LruCache::unbounded(),
             io_servers: lru::LruCache::unbounded(),
             peer_pid: None,
             atoms,
@@ -433,10 +443,31 @@ impl Memory {
     }
 
     /// The local node asked the peer to spawn `erpc:execute_call` for
-    /// global_group (request id `req`): its DOWN's reason is checked.
+    /// global_group (request id `req`): its DOWN's reason is checked. One
+    /// pushed out by newer requests is remembered as forgotten: its answer
+    /// is refused (global_group waits), never let through unchecked.
     pub fn expect_global_group_result(&mut self, req: &Ref) {
         if let Some(k) = self.local_ref(req) {
-            bounded_put(&mut self.calls, k, Expect::GlobalGroupResult, MAX_MACHINERY_CALLS);
+            self.gg_requests.put(k, ());
+            if self.gg_requests.len() > MAX_GLOBAL_GROUP_REQUESTS {
+                if let Some((old, _)) = self.gg_requests.pop_lru() {
+                    bounded_put(&mut self.gg_forgotten, old, (), MAX_FORGOTTEN_REQUESTS);
+                }
+            }
+        }
+    }
+
+    /// For a DOWN of monitor `r`: Some(true) when it answers an erpc
+    /// request of global_group's that is followed, Some(false) when one
+    /// that was forgotten, None otherwise.
+    pub(super) fn global_group_request(&self, r: &Ref) -> Option<bool> {
+        let k = self.local_ref(r)?;
+        if self.gg_requests.contains(&k) {
+            Some(true)
+        } else if self.gg_forgotten.contains(&k) {
+            Some(false)
+        } else {
+            None
         }
     }
 
@@ -613,6 +644,10 @@ pub struct MemoryState {
     calls: Vec<(RefKey, Expect)>,
     #[serde(default)]
     sent_atoms: Vec<u64>,
+    #[serde(default)]
+    gg_requests: Vec<RefKey>,
+    #[serde(default)]
+    gg_forgotten: Vec<RefKey>,
 }
 
 /// A cache's keys, least recently used first.
@@ -643,6 +678,8 @@ impl Memory {
                 v
             },
             sent_atoms: self.sent_atoms.iter().copied().collect(),
+            gg_requests: oldest_first(&self.gg_requests),
+            gg_forgotten: oldest_first(&self.gg_forgotten),
         }
     }
 
@@ -681,6 +718,12 @@ impl Memory {
         // Hashed with the atoms' key, which the upgrade hands over too.
         for h in s.sent_atoms.into_iter().take(MAX_SENT_ATOMS) {
             self.sent_atoms.insert(h);
+        }
+        for k in s.gg_requests {
+            bounded_put(&mut self.gg_requests, k, (), MAX_GLOBAL_GROUP_REQUESTS);
+        }
+        for k in s.gg_forgotten {
+            bounded_put(&mut self.gg_forgotten, k, (), MAX_FORGOTTEN_REQUESTS);
         }
     }
 }

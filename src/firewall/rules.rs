@@ -21,7 +21,7 @@
 
 use super::etf::{self, Atom, DecodeError, Decoder, Pid, Ref, Term};
 use super::machinery::{driver_input, io_request_ok, machinery, machinery_name, valid_from, GLOBAL, NET_KERNEL, PG};
-use super::memory::Memory;
+use super::memory::{global_group_result_fits, Memory};
 use super::DistPolicy;
 use std::sync::Arc;
 
@@ -244,22 +244,27 @@ pub fn judge(
         // DEMONITOR_P {20, ...}, MONITOR_P_EXIT {21, ...}, PAYLOAD_MONITOR_P_EXIT {28, ...}
         20 => Judgement::allow("demonitor", Target::None),
         21 | 28 => {
-            let expect = match el(3)? {
-                Term::Ref(r) => mem.expected(r),
+            let request = match el(3)? {
+                Term::Ref(r) => mem.global_group_request(r),
                 _ => None,
             };
-            let reason = if op == 21 {
-                Some(el(4)?.clone())
-            } else {
-                whole(&d, versioned)?
+            let reason = match request {
+                Some(_) if op == 21 => Some(el(4)?.clone()),
+                Some(_) => whole(&d, versioned)?,
+                None => None,
             };
-            match (expect, reason) {
-                (Some(e), Some(reason)) if !e.fits_down(&reason) => Judgement::refuse(
+            match (request, reason) {
+                (Some(false), _) => Judgement::refuse(
+                    "monitor_exit",
+                    Target::None,
+                    "an erpc result to global_group whose request erlmesh no longer follows",
+                ),
+                (Some(true), Some(reason)) if !global_group_result_fits(&reason) => Judgement::refuse(
                     "monitor_exit",
                     Target::None,
                     "an erpc result global_group's request never gets (an improper list: it crashes, and the node halts)",
                 ),
-                (Some(_), None) => Judgement::refuse(
+                (Some(true), None) => Judgement::refuse(
                     "monitor_exit",
                     Target::None,
                     "an erpc result to global_group too large to check",

@@ -1052,4 +1052,31 @@ fn global_groups_erpc_results_are_proper_lists() {
     );
     assert_eq!(judged_ctl(&mut m, down(result(atom("agreed")))), None);
     assert_eq!(judged_ctl(&mut m, down(atom("noconnection"))), None);
+    // Seventh review: calls to the peer's machinery never push a request
+    // out; newer requests do, and a request pushed out is refused its
+    // answer rather than let through unchecked.
+    for n in 100..5200 {
+        let tag = Term::Tuple(vec![local_ref(n), atom("c@h")]);
+        m.give_message(
+            Some(&local_pid(60)),
+            Some("global_name_server"),
+            &Term::Tuple(vec![
+                atom("$gen_call"),
+                Term::Tuple(vec![local(60), tag]),
+                Term::Tuple(vec![atom("set_lock"), atom("x")]),
+            ]),
+        );
+    }
+    let improper = Term::List(vec![atom("b@h")], Box::new(atom("junk")));
+    assert!(judged_ctl(&mut m, down(result(improper))).is_some());
+    for n in 10_000..10_100 {
+        if let Term::Ref(r) = local_ref(n) {
+            m.expect_global_group_result(&r);
+        }
+    }
+    let answer = judged_ctl(&mut m, down(result(list(vec![atom("b@h")]))));
+    assert!(
+        answer.is_some_and(|why| why.contains("no longer follows")),
+        "{answer:?}"
+    );
 }
