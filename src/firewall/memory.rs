@@ -314,6 +314,17 @@ impl Memory {
     /// protocol's server; anything else gives every pid and reference.
     pub fn give_message(&mut self, sender: Option<&Pid>, to_name: Option<&str>, m: &Term) {
         let t = m.tuple().unwrap_or(&[]);
+        // global_group's messages to the peer's global_group (conf_check,
+        // find_name, ...) carry b's global_group or its helpers as their
+        // `From`: given, the peer could send b's global_group a forged
+        // nodedown, which crashes it (under kernel_sup: the node halts), or
+        // a disconnect_node or config answer naming a third node. Nothing
+        // in them is given (global groups do not sync across a restricted
+        // policy).
+        if to_name == Some("global_group") {
+            self.give_refs(m);
+            return;
+        }
         if let Some(name) = to_name.and_then(machinery_name) {
             let own = match (name, m.tag(), t) {
                 (PG, Some("discover"), [_, Term::Pid(p)]) if sender == Some(p) => {

@@ -1080,3 +1080,39 @@ fn global_groups_erpc_results_are_proper_lists() {
         "{answer:?}"
     );
 }
+
+/// Seventh review's lead: b's global_group names itself as the `From` of
+/// its conf_check to the peer's global_group; given, the peer could send
+/// it a forged nodedown (it crashes: the node halts) or a disconnect_node
+/// or config answer naming a third node. It is not given.
+#[test]
+fn global_groups_own_pid_is_not_given_by_its_requests() {
+    let mut m = Memory::new("b@h");
+    let conf_check = Term::Tuple(vec![
+        atom("$gen_cast"),
+        Term::Tuple(vec![
+            atom("conf_check"),
+            Term::Int(3),
+            atom("b@h"),
+            Term::Tuple(vec![local(30), local_ref(1)]),
+            atom("sync"),
+            atom("g"),
+            atom("normal"),
+            list(vec![atom("b@h"), atom("c@h")]),
+        ]),
+    ]);
+    m.give_message(Some(&local_pid(30)), Some("global_group"), &conf_check);
+    assert!(send(
+        &mut m,
+        local(30),
+        Term::Tuple(vec![atom("disconnect_node"), atom("a@h")])
+    )
+    .is_some());
+    let answer = Term::Tuple(vec![
+        atom("config_error"),
+        Term::Int(3),
+        Term::Tuple(vec![local(30), local_ref(1)]),
+        atom("a@h"),
+    ]);
+    assert!(send(&mut m, local(30), answer).is_some());
+}
