@@ -26,6 +26,17 @@ fn write(dir: &Path, route: &str) -> String {
     format!("file:write_file(\"{}\", <<>>)", marker(dir, route).display())
 }
 
+/// Erlang here, and root for the OTP 27/29 chroots (false, after saying
+/// so, when not root).
+fn require_otp_chroots() -> bool {
+    require_erl();
+    if !is_root() {
+        println!("SKIPPED: chroot and bind mounts need root");
+        return false;
+    }
+    true
+}
+
 fn otp_root(suite: &str) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/otp-root.sh");
     let out = Command::new("bash").arg(script).arg(suite).output().unwrap();
@@ -549,9 +560,7 @@ fn a_restricted_peer_gets_only_what_its_policy_grants() {
 
 #[test]
 fn the_same_with_otp_29_and_27_nodes() {
-    require_erl();
-    if !is_root() {
-        println!("SKIPPED: chroot and bind mounts need root");
+    if !require_otp_chroots() {
         return;
     }
     restricted_story(Some("sid"), Some("trixie"));
@@ -790,9 +799,7 @@ fn generated_attacks_from_a_real_node_run_nothing_and_crash_nothing() {
 
 #[test]
 fn generated_attacks_with_otp_29_nodes() {
-    require_erl();
-    if !is_root() {
-        println!("SKIPPED: chroot and bind mounts need root");
+    if !require_otp_chroots() {
         return;
     }
     generative_story(Some("sid"), Some("sid"));
@@ -809,9 +816,7 @@ fn generated_attacks_with_otp_29_nodes() {
 /// view keeps b's member.
 #[test]
 fn pg_between_two_otp_29_nodes_through_a_policy() {
-    require_erl();
-    if !is_root() {
-        println!("SKIPPED: chroot and bind mounts need root");
+    if !require_otp_chroots() {
         return;
     }
     let s = cluster("enforce", Some("sid"), Some("sid"));

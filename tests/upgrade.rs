@@ -48,6 +48,23 @@ fn peered_pair(c: &Cluster) -> (Host, Host) {
     (ha, hb)
 }
 
+/// hosta and hostb started, hosta holding hostb to `policy` (a
+/// `[dist_policies.strict]` table's body) when given, with node a@hosta
+/// and node b@hostb connected.
+fn started_pair(c: &Cluster, policy: Option<&str>) -> (Host, Host, Node, Node) {
+    let (mut ha, mut hb) = peered_pair(c);
+    if let Some(p) = policy {
+        ha.dist_policies = vec![("hostb".into(), "strict".into())];
+        ha.extra = format!("[dist_policies.strict]\n{p}");
+    }
+    ha.start();
+    hb.start();
+    let a = ha.node("a");
+    let mut b = hb.node("b");
+    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+    (ha, hb, a, b)
+}
+
 /// Registers `name` on `n`: a process counting the messages it gets
 /// (`{count, From}` asks for the count).
 fn start_counter(n: &mut Node, name: &str) {
@@ -262,15 +279,8 @@ fn three_hosts_each_upgraded_in_turn_under_traffic() {
 #[test]
 fn a_tunnel_under_a_dist_policy_keeps_its_judged_state_across_upgrades() {
     let c = Cluster::new();
-    let (mut ha, mut hb) = peered_pair(&c);
     // hostb's nodes may spawn (rpc) and reach `sink` only.
-    ha.dist_policies = vec![("hostb".into(), "strict".into())];
-    ha.extra = "[dist_policies.strict]\nspawn = true\nregistered = [\"sink\"]\n".into();
-    ha.start();
-    hb.start();
-    let mut a = ha.node("a");
-    let mut b = hb.node("b");
-    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+    let (mut ha, mut hb, mut a, mut b) = started_pair(&c, Some("spawn = true\nregistered = [\"sink\"]\n"));
     watch_nodedowns(&mut a);
     watch_nodedowns(&mut b);
     start_counter(&mut a, "secret");
@@ -328,12 +338,7 @@ fn a_tunnel_under_a_dist_policy_keeps_its_judged_state_across_upgrades() {
 #[test]
 fn a_policy_added_by_an_upgrade_closes_the_tunnels_it_cannot_judge() {
     let c = Cluster::new();
-    let (mut ha, mut hb) = peered_pair(&c);
-    ha.start();
-    hb.start();
-    let mut a = ha.node("a");
-    let mut b = hb.node("b");
-    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+    let (mut ha, hb, mut a, mut b) = started_pair(&c, None);
     start_counter(&mut a, "sink");
     watch_nodedowns(&mut a);
     watch_nodedowns(&mut b);
@@ -405,14 +410,8 @@ fn a_policy_added_by_an_upgrade_closes_the_tunnels_it_cannot_judge() {
 fn a_restricted_peers_atom_count_goes_on_across_upgrades() {
     const MAX_ATOMS: usize = 300;
     let c = Cluster::new();
-    let (mut ha, mut hb) = peered_pair(&c);
-    ha.dist_policies = vec![("hostb".into(), "strict".into())];
-    ha.extra = format!("[dist_policies.strict]\nregistered = [\"sink\"]\nmax_atoms = {MAX_ATOMS}\n");
-    ha.start();
-    hb.start();
-    let mut a = ha.node("a");
-    let mut b = hb.node("b");
-    assert_eq!(b.eval("net_adm:ping(a@hosta)."), "pong");
+    let policy = format!("registered = [\"sink\"]\nmax_atoms = {MAX_ATOMS}\n");
+    let (mut ha, _hb, mut a, mut b) = started_pair(&c, Some(&policy));
     start_counter(&mut a, "sink");
     let count = |a: &mut Node| {
         a.eval("sink ! {count, self()}, receive {count, K} -> K end.")

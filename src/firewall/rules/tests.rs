@@ -129,12 +129,6 @@ fn machinery_by_pid_follows_its_protocol() {
 /// lists of the peer's own pids, removing only what the peer's scope holds.
 #[test]
 fn pg_version_1_shapes_pass_only_to_a_scope_that_announced_it() {
-    let scope = |id| Pid {
-        node: Arc::from("b@h"),
-        id,
-        serial: 0,
-        creation: 3,
-    };
     let list = |v: Vec<Term>| Term::List(v, Box::new(Term::Nil));
     let discover = Term::Tuple(vec![atom("discover"), pid("c@h", 2), Term::Int(1)]);
     let local_data = |v: Term| {
@@ -158,7 +152,7 @@ fn pg_version_1_shapes_pass_only_to_a_scope_that_announced_it() {
     // A local scope of OTP 25 or 27 (it announced no version).
     let mut m = Memory::new("b@h");
     m.give_message(
-        Some(&scope(40)),
+        Some(&local_pid(40)),
         Some("pg"),
         &Term::Tuple(vec![atom("discover"), local(40)]),
     );
@@ -171,7 +165,7 @@ fn pg_version_1_shapes_pass_only_to_a_scope_that_announced_it() {
     // Another local process announcing version 1 later changes nothing
     // (the first to announce on the connection is the scope).
     m.give_message(
-        Some(&scope(99)),
+        Some(&local_pid(99)),
         Some("pg"),
         &Term::Tuple(vec![atom("discover"), local(99), Term::Int(1)]),
     );
@@ -180,7 +174,7 @@ fn pg_version_1_shapes_pass_only_to_a_scope_that_announced_it() {
     // A local scope of OTP 29.
     let mut m = Memory::new("b@h");
     m.give_message(
-        Some(&scope(41)),
+        Some(&local_pid(41)),
         Some("pg"),
         &Term::Tuple(vec![atom("discover"), local(41), Term::Int(1)]),
     );
@@ -669,6 +663,18 @@ fn only_globals_locker_is_learnt_from_its_messages() {
     assert!(holder.is_some_and(|w| w.contains("not given")), "{holder:?}");
 }
 
+/// A pair's memory whose local pg scope (`<b.ID>`) announced itself by
+/// name to the peer's `pg`, as at nodeup (version 0: OTP 25, 27).
+fn with_pg_scope(id: u32) -> Memory {
+    let mut m = Memory::new("b@h");
+    m.give_message(
+        Some(&local_pid(id)),
+        Some("pg"),
+        &Term::Tuple(vec![atom("discover"), local(id)]),
+    );
+    m
+}
+
 /// Judges a control message without a payload.
 fn judged_ctl(mem: &mut Memory, ctl: Vec<Term>) -> Option<&'static str> {
     let mut body = Vec::new();
@@ -691,12 +697,7 @@ fn local_pid(id: u32) -> Pid {
 /// is refused however the tag is dressed.
 #[test]
 fn a_reply_needs_the_local_nodes_tag_and_a_caller() {
-    let mut m = Memory::new("b@h");
-    m.give_message(
-        Some(&local_pid(40)),
-        Some("pg"),
-        &Term::Tuple(vec![atom("discover"), local(40)]),
-    );
+    let mut m = with_pg_scope(40);
     let peer_ref = Term::Ref(Ref {
         node: Arc::from("c@h"),
         creation: 1,
@@ -762,12 +763,7 @@ fn a_scopes_answers_by_pid_give_its_members_not_itself() {
     assert_eq!(send(&mut m, local(43), atom("hello")), None);
 
     // pg (40) and a custom scope (45) announce themselves by name.
-    let mut m = Memory::new("b@h");
-    m.give_message(
-        Some(&local_pid(40)),
-        Some("pg"),
-        &Term::Tuple(vec![atom("discover"), local(40)]),
-    );
+    let mut m = with_pg_scope(40);
     m.give_message(
         Some(&local_pid(45)),
         Some("myscope"),
@@ -805,12 +801,7 @@ fn a_scopes_answers_by_pid_give_its_members_not_itself() {
 /// once the group's table row is gone: pg itself never sends one.
 #[test]
 fn pg_groups_without_members_are_refused() {
-    let mut m = Memory::new("b@h");
-    m.give_message(
-        Some(&local_pid(40)),
-        Some("pg"),
-        &Term::Tuple(vec![atom("discover"), local(40)]),
-    );
+    let mut m = with_pg_scope(40);
     let sync = |groups| {
         Term::Tuple(vec![
             atom("$gen_cast"),
