@@ -160,6 +160,7 @@ struct RawDistPolicy {
     registered: Option<Vec<String>>,
     exit_signals: Option<bool>,
     max_atoms: Option<u64>,
+    max_monitors: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -715,6 +716,16 @@ fn parse_dist_policies(
                 ))
             }
         };
+        let max_monitors = match p.max_monitors {
+            None => crate::firewall::memory::DEFAULT_MAX_MONITORS,
+            Some(n) if (1..=crate::firewall::memory::MAX_MONITORS as u64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(invalid(
+                    &key("max_monitors"),
+                    format!("{n} is out of range: 1 to {}", crate::firewall::memory::MAX_MONITORS),
+                ))
+            }
+        };
         let policy = DistPolicy {
             name: name.clone(),
             mode,
@@ -722,6 +733,7 @@ fn parse_dist_policies(
             registered,
             exit_signals: p.exit_signals.unwrap_or(false),
             max_atoms,
+            max_monitors,
         };
         out.insert(name, std::sync::Arc::new(policy));
     }
@@ -957,6 +969,20 @@ address = "hostc.example.com:4370"
                 &format!("exit_signals = true\nmax_atoms = {bad}"),
             ));
             assert!(e.contains("dist_policies.edge.max_atoms"), "{bad}: {e}");
+        }
+        assert_eq!(strict.max_monitors, crate::firewall::memory::DEFAULT_MAX_MONITORS);
+        let c = Config::parse(
+            Path::new("/x.toml"),
+            &text.replace("exit_signals = true", "exit_signals = true\nmax_monitors = 500"),
+        )
+        .unwrap();
+        assert_eq!(c.peers[0].policy.dist.as_ref().unwrap().max_monitors, 500);
+        for bad in ["0", "2000000"] {
+            let e = err(&text.replace(
+                "exit_signals = true",
+                &format!("exit_signals = true\nmax_monitors = {bad}"),
+            ));
+            assert!(e.contains("dist_policies.edge.max_monitors"), "{bad}: {e}");
         }
     }
 

@@ -1201,3 +1201,99 @@ fn a_restricted_peer_cannot_fill_the_atom_table() {
     let metrics = erlmesh::ops::control::request(&sock, "/metrics").unwrap();
     assert!(metrics.contains("op=\"new_atom\""), "{metrics}");
 }
+
+/// The monitors hostb lets hostc's processes hold on b's in this test.
+const TEST_MAX_MONITORS: i64 = 300;
+
+/// The invariant of `max_monitors` (src/firewall/memory.rs): the monitors
+/// a restricted host's processes hold on b's processes at once (each about
+/// 200 bytes of b's memory for as long as it lasts; a peer could make
+/// millions) never exceed the bound, whatever mix of names and pids; those
+/// past it get `noproc` at once, as for a process that is gone; monitors
+/// that end (the holder's end, a DOWN) make room again. hosta, with no
+/// policy, calls b's cache throughout and never fails, and no kernel
+/// process restarts. (Without the bound, c's 3000 monitors all reach b.)
+#[test]
+fn a_restricted_peer_holds_at_most_max_monitors_on_b() {
+    require_erl();
+    let policy = format!(
+        "{}max_monitors = {TEST_MAX_MONITORS}\n",
+        POLICY.replace("MODE", "enforce")
+    );
+    let s = cluster_under(&policy, None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    start_legit_calls(&mut a);
+    let kernel_before = b.eval(KERNEL);
+    // Monitors of c's processes (hosta's calls monitor the cache too).
+    let held = |b: &mut Node, name: &str| {
+        b.eval(&format!(
+            "begin {{monitored_by, L}} = process_info(whereis({name}), monitored_by), length([M || M <- L, node(M) =:= 'c@hostc']) end."
+        ))
+        .parse::<i64>()
+        .unwrap()
+    };
+    let before = held(&mut b, "cache");
+    // A holder on c monitors `target` 3000 times (an expression of I, the
+    // holder's P (b's cache's pid) and V (b's victim's)); c waits for it.
+    let hold = |c: &mut Node, target: &str| {
+        let h = c.eval(&format!(
+            "begin Self = self(), {{P, V, _, _}} = persistent_term:get(pids), \
+             H = spawn(fun() -> [erlang:monitor(process, {target}) || I <- lists:seq(1, 3000)], \
+             Self ! {{held, ok}}, receive stop -> ok end end), \
+             receive {{held, ok}} -> ok after 30000 -> exit(timeout) end, \
+             timer:sleep(1000), H end."
+        ));
+        assert!(h.starts_with('<'), "{h}");
+        h
+    };
+    let put = format!("catch gen_server:call({{cache, {NODE_B}}}, {{put, kc, 1}}).");
+    // The cache, by name and by pid alternately.
+    let h1 = hold(&mut c, &format!("case I rem 2 of 0 -> {{cache, {NODE_B}}}; 1 -> P end"));
+    let grown = held(&mut b, "cache") - before;
+    println!("c's monitors on b's cache: {grown} (max_monitors {TEST_MAX_MONITORS})");
+    assert!(
+        (TEST_MAX_MONITORS - 20..=TEST_MAX_MONITORS).contains(&grown),
+        "c holds {grown} monitors on b's cache\n{}",
+        s.hb.log()
+    );
+    assert!(s.hb.log().contains("max_monitors"), "{}", s.hb.log());
+    // At the bound, c's own calls (a call monitors) get noproc at once;
+    // hosta's do not.
+    let r = c.eval(&put);
+    assert!(r.contains("noproc"), "{r}");
+    // The holder's end takes its monitors back (c's node sends b their
+    // demonitors): room again, and c's calls work.
+    assert_eq!(c.eval(&format!("exit(list_to_pid(\"{h1}\"), kill).")), "true");
+    assert!(
+        wait_for(Duration::from_secs(10), || c.eval(&put) == "ok"),
+        "c's calls do not come back: {}, {} monitors on b's cache\n{}",
+        c.eval(&put),
+        held(&mut b, "cache") - before,
+        s.hb.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || held(&mut b, "cache") == before),
+        "{} of c's monitors left on b's cache",
+        held(&mut b, "cache") - before
+    );
+    // The monitored process's end (b's DOWNs to c) makes room as well.
+    hold(&mut c, "V");
+    let on_victim = held(&mut b, "victim");
+    assert!(on_victim <= TEST_MAX_MONITORS, "{on_victim} monitors on b's victim");
+    let r = c.eval(&put);
+    assert!(r.contains("noproc"), "{r}");
+    b.eval("victim ! stop.");
+    assert!(
+        wait_for(Duration::from_secs(10), || c.eval(&put) == "ok"),
+        "b's DOWNs did not make room\n{}",
+        s.hb.log()
+    );
+    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
+    let (ok, failed) = legit_calls(&mut a);
+    assert!(
+        ok > 0 && failed == 0,
+        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
+    );
+}

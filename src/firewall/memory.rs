@@ -132,10 +132,51 @@ pub struct Memory {
     /// Atoms (keyed hashes) the local node sent the peer's node: it has
     /// them, so the peer's use of them creates nothing.
     sent_atoms: super::atoms::Hashes,
+    /// The monitors the peer's processes hold on local processes, this
+    /// connection (by their references), counted in its host's.
+    monitors: std::collections::HashSet<RemoteRefKey>,
+    pub(super) host_monitors: Arc<HostMonitors>,
+    /// This pair's connections so far: a connection's end releases its
+    /// monitors only if no newer one started meanwhile.
+    connection: u64,
 }
 
 /// Atoms remembered per node pair as sent by the local node.
 const MAX_SENT_ATOMS: usize = 16_384;
+
+/// `max_monitors` when a policy does not set it, and the most it may be.
+pub const DEFAULT_MAX_MONITORS: usize = 65_536;
+pub const MAX_MONITORS: usize = 1 << 20;
+
+/// A reference of the peer's node (a monitor's): node, creation, words.
+type RemoteRefKey = (String, u32, Vec<u32>);
+
+/// Monitors one peer host's processes hold on local processes now, all its
+/// node pairs together: each is memory on the local node (about 200
+/// bytes) for as long as it lasts, so a restricted host holds at most its
+/// policy's `max_monitors`.
+#[derive(Debug, Default)]
+pub struct HostMonitors(std::sync::atomic::AtomicUsize);
+
+impl HostMonitors {
+    /// One more, if fewer than `max` are held.
+    fn take(&self, max: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = self.0.fetch_update(Relaxed, Relaxed, |h| Some(h.saturating_sub(n)));
+    }
+
+    /// Monitors held now.
+    pub fn held(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 impl Memory {
     /// A memory of its own (tests, fuzzing): not kept across connections.
@@ -166,6 +207,9 @@ impl Memory {
             atoms,
             pg: Default::default(),
             sent_atoms: Default::default(),
+            monitors: Default::default(),
+            host_monitors: Default::default(),
+            connection: 0,
         }
     }
 
@@ -228,9 +272,53 @@ impl Memory {
     }
 
     /// A new connection of this pair: what lasted only as long as the
-    /// last one is gone.
-    pub fn new_connection(&mut self) {
+    /// last one is gone. Returns the connection's number, for
+    /// [`Memory::end_connection`].
+    pub fn new_connection(&mut self) -> u64 {
         self.pg = Default::default();
+        self.release_monitors();
+        self.connection += 1;
+        self.connection
+    }
+
+    /// Connection `n` of this pair ended: its monitors are gone with it
+    /// (unless a newer connection is already under way).
+    pub fn end_connection(&mut self, n: u64) {
+        if n == self.connection {
+            self.release_monitors();
+        }
+    }
+
+    fn release_monitors(&mut self) {
+        self.host_monitors.give(self.monitors.len());
+        self.monitors.clear();
+    }
+
+    /// The peer's process monitors a local one with reference `r`: whether
+    /// its host may hold one more (`max` in all).
+    pub(super) fn monitor(&mut self, r: &Ref, max: usize) -> bool {
+        let k = (r.node.to_string(), r.creation, r.ids.clone());
+        if self.monitors.contains(&k) {
+            return true;
+        }
+        if !self.host_monitors.take(max) {
+            return false;
+        }
+        self.monitors.insert(k);
+        true
+    }
+
+    /// The monitor with the peer's reference `r` ended (the peer took it
+    /// back, or the local node reported the process gone).
+    pub fn monitor_ended(&mut self, r: &Ref) {
+        if self.monitors.remove(&(r.node.to_string(), r.creation, r.ids.clone())) {
+            self.host_monitors.give(1);
+        }
+    }
+
+    /// Monitors the peer's processes hold, this connection.
+    pub fn monitors(&self) -> usize {
+        self.monitors.len()
     }
 
     /// The peer's node is `remote`.
@@ -623,6 +711,12 @@ impl Memory {
     }
 }
 
+impl Drop for Memory {
+    fn drop(&mut self) {
+        self.release_monitors();
+    }
+}
+
 fn bounded_put<K: std::hash::Hash + Eq, V>(c: &mut lru::LruCache<K, V>, k: K, v: V, max: usize) {
     c.put(k, v);
     if c.len() > max {
@@ -659,6 +753,8 @@ pub struct MemoryState {
     gg_requests: Vec<RefKey>,
     #[serde(default)]
     gg_forgotten: Vec<RefKey>,
+    #[serde(default)]
+    monitors: Vec<RemoteRefKey>,
 }
 
 /// A cache's keys, least recently used first.
@@ -691,6 +787,7 @@ impl Memory {
             sent_atoms: self.sent_atoms.iter().copied().collect(),
             gg_requests: oldest_first(&self.gg_requests),
             gg_forgotten: oldest_first(&self.gg_forgotten),
+            monitors: self.monitors.iter().cloned().collect(),
         }
     }
 
@@ -736,6 +833,13 @@ impl Memory {
         for k in s.gg_forgotten {
             bounded_put(&mut self.gg_forgotten, k, (), MAX_FORGOTTEN_REQUESTS);
         }
+        // The monitors of the connection handed over (the bound the policy
+        // in force sets applies to those made after).
+        for k in s.monitors {
+            if self.host_monitors.take(MAX_MONITORS) && !self.monitors.insert(k) {
+                self.host_monitors.give(1);
+            }
+        }
     }
 }
 
@@ -748,7 +852,7 @@ pub struct Memories {
 }
 
 struct Hosts {
-    by_name: lru::LruCache<String, (Pairs, Arc<HostAtoms>)>,
+    by_name: lru::LruCache<String, (Pairs, Arc<HostAtoms>, Arc<HostMonitors>)>,
     /// What all hosts' atom counts share (a host dropped from `by_name`
     /// and back starts a count of its own again, within the same total).
     atoms: Arc<AllAtoms>,
@@ -770,12 +874,13 @@ impl Memories {
     /// kept across their connections.
     pub fn pair(&self, host: &str, local: &str, remote: &str) -> Arc<Mutex<Memory>> {
         let mut hosts = self.host(host);
-        let (pairs, atoms) = hosts.by_name.get_mut(host).expect("just put");
+        let (pairs, atoms, monitors) = hosts.by_name.get_mut(host).expect("just put");
         let key = (local.to_owned(), remote.to_owned());
         if let Some(m) = pairs.get(&key) {
             return m.clone();
         }
         let mut m = Memory::counting(local, atoms.clone());
+        m.host_monitors = monitors.clone();
         m.set_remote(remote);
         let m = Arc::new(Mutex::new(m));
         bounded_put(pairs, key, m.clone(), MAX_PAIRS_PER_HOST);
@@ -794,7 +899,7 @@ impl Memories {
         state.hosts = hosts
             .by_name
             .iter()
-            .map(|(host, (_, atoms))| (host.clone(), atoms.hashes()))
+            .map(|(host, (_, atoms, _))| (host.clone(), atoms.hashes()))
             .filter(|(_, hashes)| !hashes.is_empty())
             .collect();
         state
@@ -820,7 +925,9 @@ impl Memories {
             let n = hashes.len().min(left);
             atoms.resume(hashes[..n].iter().copied());
             left -= n;
-            hosts.by_name.put(host.clone(), (Pairs::unbounded(), atoms));
+            hosts
+                .by_name
+                .put(host.clone(), (Pairs::unbounded(), atoms, Default::default()));
         }
         true
     }
@@ -837,7 +944,7 @@ impl Memories {
             bounded_put(
                 &mut hosts.by_name,
                 host.to_owned(),
-                (Pairs::unbounded(), atoms),
+                (Pairs::unbounded(), atoms, Default::default()),
                 crate::mesh::MAX_PEERS,
             );
         }
@@ -846,7 +953,7 @@ impl Memories {
 
     /// Node pairs remembered for `host`.
     pub fn pairs(&self, host: &str) -> usize {
-        self.lock().by_name.peek(host).map_or(0, |(p, _)| p.len())
+        self.lock().by_name.peek(host).map_or(0, |(p, _, _)| p.len())
     }
 }
 
@@ -912,5 +1019,38 @@ mod tests {
         assert_eq!(all.pairs("hostc"), MAX_PAIRS_PER_HOST);
         assert_eq!(all.pairs("hosta"), 1);
         assert!(Arc::ptr_eq(&kept, &all.pair("hosta", "b@hostb", "a@hosta")));
+    }
+
+    /// The monitors of a tunnel handed over by `erlmesh upgrade` are still
+    /// counted in the new process (or each upgrade would let a restricted
+    /// host hold `max_monitors` more).
+    #[test]
+    fn monitors_are_handed_over_with_the_pairs_memory() {
+        let old = Memories::default();
+        let pair = old.pair("hostc", "b@h", "c@h");
+        pair.lock().unwrap().new_connection();
+        for n in 0..5 {
+            let r = Ref {
+                node: Arc::from("c@h"),
+                creation: 1,
+                ids: vec![n],
+            };
+            assert!(pair.lock().unwrap().monitor(&r, 100));
+        }
+        let state = pair.lock().unwrap().export();
+        let state: MemoryState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        let new = Memories::default();
+        let pair = new.pair("hostc", "b@h", "c@h");
+        let mut m = pair.lock().unwrap();
+        m.new_connection();
+        m.import(state);
+        assert_eq!(m.monitors(), 5);
+        assert_eq!(m.host_monitors.held(), 5);
+        let r = Ref {
+            node: Arc::from("c@h"),
+            creation: 1,
+            ids: vec![9],
+        };
+        assert!(!m.monitor(&r, 5), "the bound counts those handed over");
     }
 }

@@ -69,6 +69,10 @@ pub struct DistPolicy {
     /// Distinct atoms the peer host's nodes may bring to this host's
     /// nodes ([`atoms`]).
     pub max_atoms: usize,
+    /// Monitors the peer host's processes may hold on this host's
+    /// processes at once, all its node pairs together ([`memory`]): each
+    /// is memory on the node (about 200 bytes) for as long as it lasts.
+    pub max_monitors: usize,
 }
 
 impl DistPolicy {

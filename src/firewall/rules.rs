@@ -16,6 +16,7 @@
 //! | exit/2 | EXIT2(_TT), PAYLOAD_EXIT2(_TT) | dropped unless `exit_signals` |
 //! | a link from the peer's process (its exit, or the connection dropped, kills the local one) | LINK | refused unless `exit_signals` |
 //! | group_leader/2 on a local process | GROUP_LEADER | refused unless `spawn` |
+//! | monitors (memory on the node while they last) | MONITOR_P | at most `max_monitors` held at once per peer host; past it answered `noproc` |
 //! | new atoms (a node never frees one; a full atom table halts it) | any frame: header cache entries, atoms written out | counted per peer host; past `max_atoms` the tunnel ends |
 //! | anything else | an unknown operation | dropped (fail closed) |
 
@@ -220,6 +221,17 @@ pub fn judge(
                 }
                 _ => return Err(Unjudged::Malformed("monitor of neither a pid nor a name")),
             };
+            let r = match r {
+                Term::Ref(r) => r,
+                _ => return Err(Unjudged::Malformed("monitor without a reference")),
+            };
+            // Each monitor is memory on the node while it lasts: a
+            // restricted host's processes hold at most `max_monitors`.
+            let (ok, why) = match ok {
+                false => (false, "a process this peer's node may not reach"),
+                true if !mem.monitor(r, p.max_monitors) => (false, TOO_MANY_MONITORS),
+                true => (true, ""),
+            };
             if ok {
                 Judgement::allow("monitor", target)
             } else {
@@ -230,19 +242,24 @@ pub fn judge(
                         Term::Int(21),
                         to.clone(),
                         Term::Pid(from.clone()),
-                        r.clone(),
+                        Term::Ref(r.clone()),
                         Term::Atom(Arc::from("noproc")),
                     ]),
                     None,
                 );
                 Judgement {
                     answer: Some(answer),
-                    ..Judgement::refuse("monitor", target, "a process this peer's node may not reach")
+                    ..Judgement::refuse("monitor", target, why)
                 }
             }
         }
         // DEMONITOR_P {20, ...}, MONITOR_P_EXIT {21, ...}, PAYLOAD_MONITOR_P_EXIT {28, ...}
-        20 => Judgement::allow("demonitor", Target::None),
+        20 => {
+            if let Term::Ref(r) = el(3)? {
+                mem.monitor_ended(r);
+            }
+            Judgement::allow("demonitor", Target::None)
+        }
         21 | 28 => {
             let request = match el(3)? {
                 Term::Ref(r) => mem.global_group_request(r),
@@ -485,6 +502,9 @@ fn reply(mem: &mut Memory, op: &'static str, target: Target, m: &Term) -> Judgem
 }
 
 /// Why a reply to a call to the peer's machinery is refused.
+const TOO_MANY_MONITORS: &str =
+    "more monitors of local processes than the policy's max_monitors allows this host (each is memory on the node)";
+
 const NOT_THE_EXPECTED_REPLY: &str =
     "a reply to a call to the peer's kernel machinery that its protocol never gives (its caller, global's locker say, crashes on it)";
 

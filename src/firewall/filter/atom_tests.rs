@@ -18,6 +18,7 @@ fn firewall(mem: &Arc<Mutex<Memory>>) -> Arc<Firewall> {
         registered: vec![Pattern::new("cache")],
         exit_signals: false,
         max_atoms: MAX,
+        max_monitors: crate::firewall::memory::DEFAULT_MAX_MONITORS,
     });
     Firewall::new(policy, "hostc", mem.clone(), Metrics::new([]))
 }

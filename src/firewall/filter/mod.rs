@@ -74,6 +74,8 @@ pub struct Firewall {
     pub wake: tokio::sync::Notify,
     /// Bytes held for judging, by both directions.
     budget: Budget,
+    /// Which of the pair's connections this is ([`Memory::end_connection`]).
+    connection: u64,
 }
 
 /// The one count of bytes held for judging on a tunnel: every path that
@@ -131,6 +133,13 @@ impl Share {
     }
 }
 
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        // The connection's monitors end with it.
+        self.mem().end_connection(self.connection);
+    }
+}
+
 impl Drop for Share {
     fn drop(&mut self) {
         self.fw.budget.give(self.held);
@@ -148,9 +157,11 @@ impl Firewall {
     /// ([`Memories::pair`](super::memory::Memories::pair)).
     pub fn new(policy: Arc<DistPolicy>, peer: &str, mem: Arc<Mutex<Memory>>, metrics: Arc<Metrics>) -> Arc<Firewall> {
         metrics.dist_policy_in_use(peer, &policy);
-        // A new connection: the local pg scope knows none of the peer's.
-        mem.lock().unwrap_or_else(|e| e.into_inner()).new_connection();
+        // A new connection: the local pg scope knows none of the peer's,
+        // and its processes monitor none of the local node's.
+        let connection = mem.lock().unwrap_or_else(|e| e.into_inner()).new_connection();
         Arc::new(Firewall {
+            connection,
             policy,
             peer: peer.to_owned(),
             metrics,

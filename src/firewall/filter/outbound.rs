@@ -326,6 +326,12 @@ impl Outbound {
         if let (Some(29 | 30), Some(Term::Pid(gl))) = (op, t.get(3)) {
             mem.give_io_server(gl);
         }
+        // MONITOR_P_EXIT {21, FromProc, ToPid, Ref, Reason} and
+        // PAYLOAD_MONITOR_P_EXIT {28, ...}: a monitor of the peer's ended
+        // with the local process (or was answered noproc).
+        if let (Some(21 | 28), Some(Term::Ref(r))) = (op, t.get(3)) {
+            mem.monitor_ended(r);
+        }
         // An erpc request global_group makes (erpc:execute_call(Ref,
         // global_group, F, A) spawned on the peer): its result is checked.
         if let (Some(29 | 30), Some(Term::Ref(req)), Some(mfa)) = (op, t.get(1), t.get(4)) {

@@ -10,6 +10,7 @@ fn policy() -> Arc<DistPolicy> {
         registered: vec![Pattern::new("cache")],
         exit_signals: false,
         max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
+        max_monitors: crate::firewall::memory::DEFAULT_MAX_MONITORS,
     })
 }
 
@@ -296,6 +297,7 @@ mod timing {
             registered: vec![],
             exit_signals: false,
             max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
+            max_monitors: crate::firewall::memory::DEFAULT_MAX_MONITORS,
         });
         let pid = |node: &str, id| {
             Term::Pid(Pid {
@@ -687,4 +689,57 @@ fn messages_too_large_to_decode_still_pass_when_they_name_nothing_forged() {
         input.extend(f);
     }
     assert_eq!(run(&mut inb, &input, 999).unwrap(), input);
+}
+
+/// The local node's DOWN for a peer's monitor (MONITOR_P_EXIT, and
+/// PAYLOAD_MONITOR_P_EXIT with its reason after the control message) ends
+/// it in the host's count, at any cut; the tunnel's end ends the rest.
+#[test]
+fn the_local_nodes_downs_and_the_tunnels_end_release_the_peers_monitors() {
+    let peer_ref = |n: u32| {
+        Term::Ref(etf::Ref {
+            node: Arc::from("c@hostc"),
+            creation: 9,
+            ids: vec![n, 0, 0],
+        })
+    };
+    let local = Term::Pid(Pid {
+        node: Arc::from("b@mon"),
+        id: 5,
+        serial: 0,
+        creation: 5,
+    });
+    let mut out_stream = vec![0, 1, b'a'];
+    let down = Term::Tuple(vec![
+        Term::Int(21),
+        local.clone(),
+        peer_pid(),
+        peer_ref(1),
+        atom("normal"),
+    ]);
+    out_stream.extend(d_frame(&[0], &enc(&down)));
+    let mut t = enc(&Term::Tuple(vec![Term::Int(28), local, peer_pid(), peer_ref(2)]));
+    t.extend(enc(&atom("killed")));
+    out_stream.extend(d_frame(&[0], &t));
+    for step in [1, 3, 1000] {
+        let mem = Memory::shared("b@mon");
+        let fw = Firewall::new(policy(), "hostc", mem.clone(), Metrics::new([]));
+        let mut inb = Inbound::new(fw.clone(), true);
+        let mut input = vec![0, 1, b'r'];
+        for n in 1..=3 {
+            let monitor = Term::Tuple(vec![Term::Int(19), peer_pid(), atom("cache"), peer_ref(n)]);
+            input.extend(d_frame(&[0], &enc(&monitor)));
+        }
+        run(&mut inb, &input, 4096).unwrap();
+        assert_eq!(mem.lock().unwrap().monitors(), 3);
+        let mut o = Outbound::new(fw.clone(), false);
+        for c in out_stream.chunks(step) {
+            assert_eq!(o.feed(c, false), c.len());
+        }
+        assert_eq!(mem.lock().unwrap().monitors(), 1, "step {step}");
+        let host = mem.lock().unwrap().host_monitors.clone();
+        assert_eq!(host.held(), 1);
+        drop((inb, o, fw));
+        assert_eq!(host.held(), 0, "the tunnel's end ends its monitors");
+    }
 }

@@ -9,6 +9,7 @@ fn policy() -> DistPolicy {
         registered: vec![Pattern::new("cache")],
         exit_signals: false,
         max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
+        max_monitors: crate::firewall::memory::DEFAULT_MAX_MONITORS,
     }
 }
 
@@ -1106,4 +1107,80 @@ fn global_groups_own_pid_is_not_given_by_its_requests() {
         atom("a@h"),
     ]);
     assert!(send(&mut m, local(30), answer).is_some());
+}
+
+/// Eighth review: each monitor a peer's process holds on a local process
+/// is memory on the node (about 200 bytes) until it ends, and a restricted
+/// host's processes could make millions. Invariant: the monitors a host's
+/// nodes hold at once, over all its node pairs, never exceed its policy's
+/// `max_monitors`; those it takes back, those the local node ends, and
+/// those of an ended connection make room again.
+#[test]
+fn a_hosts_monitors_are_bounded_over_its_node_pairs() {
+    let p = DistPolicy {
+        max_monitors: 10,
+        ..policy()
+    };
+    let all = super::super::memory::Memories::default();
+    let (one, two) = (all.pair("hostc", "b@h", "c@h"), all.pair("hostc", "b@h", "d@h"));
+    let connection = one.lock().unwrap().new_connection();
+    two.lock().unwrap().new_connection();
+    let peer_ref = |n: u32| {
+        Term::Ref(Ref {
+            node: Arc::from("c@h"),
+            creation: 3,
+            ids: vec![n, 1, 2],
+        })
+    };
+    let monitor = |m: &Arc<std::sync::Mutex<Memory>>, n: u32| {
+        let mut body = Vec::new();
+        let ctl = vec![Term::Int(19), pid("c@h", 1), atom("cache"), peer_ref(n)];
+        etf::encode(&Term::Tuple(ctl), &mut body);
+        judge(&p, &mut m.lock().unwrap(), &[], &body, false).unwrap()
+    };
+    for n in 0..6 {
+        assert_eq!(monitor(&one, n).refused, None);
+    }
+    // The same reference again is the same monitor.
+    assert_eq!(monitor(&one, 0).refused, None);
+    for n in 100..104 {
+        assert_eq!(monitor(&two, n).refused, None);
+    }
+    let over = monitor(&two, 104);
+    assert!(
+        over.refused.is_some_and(|why| why.contains("max_monitors")),
+        "{:?}",
+        over.refused
+    );
+    assert!(over.answer.is_some(), "the caller gets noproc at once");
+    assert!(monitor(&one, 6).refused.is_some(), "the bound is the host's");
+    // DEMONITOR_P {20, From, ToProc, Ref} from the peer gives one back.
+    let demonitor = vec![Term::Int(20), pid("c@h", 1), atom("cache"), peer_ref(0)];
+    assert_eq!(judged_ctl(&mut one.lock().unwrap(), demonitor), None);
+    assert_eq!(monitor(&two, 104).refused, None);
+    assert!(monitor(&two, 105).refused.is_some());
+    // The local node's DOWN for one (its process ended).
+    if let Term::Ref(r) = peer_ref(1) {
+        one.lock().unwrap().monitor_ended(&r);
+    }
+    assert_eq!(monitor(&two, 105).refused, None);
+    // A connection's end ends its monitors; an older connection's end
+    // does not touch a newer one's.
+    let stale = connection;
+    let newer = one.lock().unwrap().new_connection();
+    assert_eq!(one.lock().unwrap().monitors(), 0);
+    assert_eq!(monitor(&one, 7).refused, None);
+    one.lock().unwrap().end_connection(stale);
+    assert_eq!(one.lock().unwrap().monitors(), 1);
+    one.lock().unwrap().end_connection(newer);
+    assert_eq!(one.lock().unwrap().monitors(), 0);
+    assert_eq!(two.lock().unwrap().host_monitors.held(), 6);
+    // A monitor without a reference is malformed (the node ends the
+    // connection on one too).
+    let mut body = Vec::new();
+    etf::encode(
+        &Term::Tuple(vec![Term::Int(19), pid("c@h", 1), atom("cache"), atom("x")]),
+        &mut body,
+    );
+    assert!(judge(&p, &mut Memory::new("b@h"), &[], &body, false).is_err());
 }
