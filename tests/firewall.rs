@@ -1297,3 +1297,88 @@ fn a_restricted_peer_holds_at_most_max_monitors_on_b() {
         "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
     );
 }
+
+/// What c's node writes on its own distribution connection to b as it is
+/// (`port_command` on the connection's port, OTP 25: the bytes go out as
+/// a frame of c's, past everything of OTP's own): a fragment header of
+/// sequence `seq` announcing `count` fragments of a send to the cache
+/// (`first`), or a following fragment numbered `count`.
+fn raw_fragment(c: &mut Node, seq: u64, count: u64, first: bool) -> String {
+    let frame = match first {
+        true => format!("<<131, 69, {seq}:64, {count}:64, 0, Ctl/binary, Pay/binary>>"),
+        false => format!("<<131, 70, {seq}:64, {count}:64, Pay/binary>>"),
+    };
+    c.eval(&format!(
+        "begin {{_, P}} = lists:keyfind({NODE_B}, 1, erlang:system_info(dist_ctrl)), \
+         <<131, Ctl/binary>> = term_to_binary({{6, self(), '', cache}}), \
+         <<131, Pay/binary>> = term_to_binary(raw_hello), \
+         erlang:port_command(P, {frame}) end."
+    ))
+}
+
+/// Eighth review, finding 1. A node allocates room for every fragment a
+/// fragmented message's first frame announces, unchecked: one frame of
+/// c's announcing 2^35 fragments of a send to the listed cache halted b
+/// (`Cannot allocate 1374389534872 bytes of memory`; on OTP 25, 27 and
+/// 29). The invariant (src/firewall/filter/inbound.rs, `announce`): the
+/// fragments c's messages in progress announce stay within MAX_FRAGMENTS
+/// (2^18: 10 MiB at b) and come numbered down by one, as b counts them;
+/// otherwise c's tunnel ends before b has the frame. b stays up with its
+/// kernel, hosta's calls never fail, c reconnects and is served.
+fn fragment_bombs_story(b_suite: Option<&str>) {
+    let s = cluster("enforce", b_suite, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a =
+        s.ha.node_with("a", &["-kernel", "prevent_overlapping_partitions", "false"]);
+    start_legit_calls(&mut a);
+    let kernel_before = b.eval(KERNEL);
+    let served = |c: &mut Node| {
+        wait_for(Duration::from_secs(20), || {
+            c.eval(&format!("catch gen_server:call({{cache, {NODE_B}}}, {{put, kf, 1}}).")) == "ok"
+        })
+    };
+    // One frame announcing 2^35 fragments.
+    assert_eq!(raw_fragment(&mut c, 1, 1 << 35, true), "true");
+    assert!(
+        wait_for(Duration::from_secs(10), || s.hb.log().contains("announce more than")),
+        "not refused; b's log: {}\n{}",
+        b.logs(),
+        s.hb.log()
+    );
+    assert!(served(&mut c), "c is not served after its tunnel ended\n{}", s.hb.log());
+    // A fragment skipped: b would hold the message for good while erlmesh
+    // took it for done.
+    assert_eq!(raw_fragment(&mut c, 2, 3, true), "true");
+    assert_eq!(raw_fragment(&mut c, 2, 1, false), "true");
+    assert!(
+        wait_for(Duration::from_secs(10), || s.hb.log().contains("out of order")),
+        "{}",
+        s.hb.log()
+    );
+    assert!(served(&mut c), "c is not served after its tunnel ended\n{}", s.hb.log());
+    // In order, the same frames reach the cache.
+    assert_eq!(raw_fragment(&mut c, 3, 2, true), "true");
+    assert_eq!(raw_fragment(&mut c, 3, 1, false), "true");
+    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
+    assert!(b.eval("erlang:memory(total).").parse::<u64>().unwrap() < 1 << 30);
+    let (ok, failed) = legit_calls(&mut a);
+    assert!(
+        ok > 0 && failed == 0,
+        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
+    );
+}
+
+#[test]
+fn fragment_bombs_end_the_peers_tunnel_not_the_node() {
+    require_erl();
+    fragment_bombs_story(None);
+}
+
+#[test]
+fn fragment_bombs_end_the_peers_tunnel_not_an_otp_29_node() {
+    if !require_otp_chroots() {
+        return;
+    }
+    fragment_bombs_story(Some("sid"));
+}

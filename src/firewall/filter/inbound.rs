@@ -116,6 +116,19 @@ pub struct Inbound {
     /// later frame waits behind it, so that the node sees the frames (and
     /// their atom cache updates) in the order they came.
     hold: VecDeque<Held>,
+    /// The fragment each fragmented message in progress must send next
+    /// (each one less than the last, down to 1), with what its first
+    /// announced, as the node keeps them: their sum is `announced`.
+    frags: HashMap<u64, Frags>,
+    announced: u64,
+}
+
+/// A fragmented message in progress: what its first fragment announced
+/// (the node's allocation for it) and the number the next must carry.
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Frags {
+    announced: u64,
+    next: u64,
 }
 
 /// What [`Inbound::export`] writes, borrowed.
@@ -126,6 +139,7 @@ struct InboundView<'a> {
     cache: &'a AtomCache,
     seqs: &'a HashMap<u64, Seq>,
     hold: &'a VecDeque<Held>,
+    frags: &'a HashMap<u64, Frags>,
 }
 
 /// What [`Inbound::import`] reads.
@@ -136,6 +150,8 @@ struct InboundOwned {
     cache: AtomCache,
     seqs: HashMap<u64, Seq>,
     hold: VecDeque<Held>,
+    #[serde(default)]
+    frags: HashMap<u64, Frags>,
 }
 
 impl Inbound {
@@ -153,6 +169,7 @@ impl Inbound {
             cache: &self.cache,
             seqs: &self.seqs,
             hold: &self.hold,
+            frags: &self.frags,
         })
     }
 
@@ -167,7 +184,15 @@ impl Inbound {
             cache: o.cache,
             seqs: o.seqs,
             hold: o.hold,
+            announced: 0,
+            frags: HashMap::new(),
         };
+        for (seq, f) in o.frags {
+            inbound.announce(seq, f.announced)?;
+            if let Some(mine) = inbound.frags.get_mut(&seq) {
+                mine.next = f.next.min(f.announced);
+            }
+        }
         let held = inbound.counted();
         inbound.share.take(held)?;
         Ok(inbound)
@@ -185,6 +210,8 @@ impl Inbound {
             cache: AtomCache::default(),
             seqs: HashMap::new(),
             hold: VecDeque::new(),
+            frags: HashMap::new(),
+            announced: 0,
         }
     }
 
@@ -464,7 +491,7 @@ impl Inbound {
                         if frag == 1 {
                             return Ok(d);
                         }
-                        self.new_seq(seq)?;
+                        self.new_seq(seq, frag)?;
                         Ok(match d {
                             Decision::Pass(Walk::Frame(w)) => {
                                 self.seqs.insert(seq, Seq::Walking(w));
@@ -477,7 +504,7 @@ impl Inbound {
                         })
                     }
                     Err(Unjudged::Need) if complete && frag > 1 => {
-                        self.new_seq(seq)?;
+                        self.new_seq(seq, frag)?;
                         self.share.take(data.len())?;
                         self.seqs.insert(
                             seq,
@@ -500,6 +527,7 @@ impl Inbound {
             [etf::VERSION, etf::DIST_FRAG_CONT, ..] => {
                 let (seq, frag) = frag_ids(b);
                 let last = frag == 1;
+                self.in_order(seq, frag)?;
                 match self.seqs.get_mut(&seq) {
                     None => Err(malformed("a fragment of no message in progress")),
                     Some(Seq::Decided(pass)) => {
@@ -507,6 +535,7 @@ impl Inbound {
                         if last {
                             self.seqs.remove(&seq);
                         }
+                        self.took_fragment(seq, frag);
                         Ok(if pass {
                             Decision::Pass(Walk::None)
                         } else {
@@ -516,12 +545,14 @@ impl Inbound {
                     Some(Seq::Walking(_)) => {
                         let mut walk = Walk::Seq(seq, last);
                         self.walk(&mut walk, &b[FRAG_HEADER..])?;
+                        self.took_fragment(seq, frag);
                         Ok(Decision::Pass(walk))
                     }
                     Some(Seq::Held { .. }) if !complete => Ok(Decision::Need),
                     Some(Seq::Held { .. }) => {
                         let data = &b[FRAG_HEADER..];
                         self.share.take(data.len())?;
+                        self.took_fragment(seq, frag);
                         let Some(Seq::Held { body, .. }) = self.seqs.get_mut(&seq) else {
                             unreachable!("matched above");
                         };
@@ -623,14 +654,62 @@ impl Inbound {
         Ok(())
     }
 
-    fn new_seq(&self, seq: u64) -> io::Result<()> {
+    fn new_seq(&mut self, seq: u64, frags: u64) -> io::Result<()> {
         if self.seqs.len() >= MAX_SEQUENCES && !self.seqs.contains_key(&seq) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("the peer has more than {MAX_SEQUENCES} fragmented messages in progress"),
             ));
         }
+        self.announce(seq, frags)
+    }
+
+    /// Message `seq`'s first fragment announced `frags` fragments: within
+    /// [`MAX_FRAGMENTS`] over all messages in progress, or the tunnel ends
+    /// before the node allocates for them.
+    fn announce(&mut self, seq: u64, frags: u64) -> io::Result<()> {
+        if self.frags.contains_key(&seq) {
+            return Err(malformed("a fragmented message started twice"));
+        }
+        if frags > MAX_FRAGMENTS - self.announced {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the peer's fragmented messages in progress announce more than {MAX_FRAGMENTS} fragments (this one {frags}; the node allocates for each at its first)"
+                ),
+            ));
+        }
+        self.announced += frags;
+        self.frags.insert(
+            seq,
+            Frags {
+                announced: frags,
+                next: frags - 1,
+            },
+        );
         Ok(())
+    }
+
+    /// Whether fragment `frag` is the one message `seq` must send next.
+    fn in_order(&self, seq: u64, frag: u64) -> io::Result<()> {
+        match self.frags.get(&seq) {
+            None => Err(malformed("a fragment of no message in progress")),
+            Some(f) if f.next != frag => Err(malformed(
+                "a fragment out of order (each must be numbered one less than the last)",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Fragment `frag` of message `seq` is taken (passed, dropped or held).
+    fn took_fragment(&mut self, seq: u64, frag: u64) {
+        if frag <= 1 {
+            if let Some(f) = self.frags.remove(&seq) {
+                self.announced -= f.announced;
+            }
+        } else if let Some(f) = self.frags.get_mut(&seq) {
+            f.next = frag - 1;
+        }
     }
 
     /// Walks bytes of a message that passes (see [`walk_chunk`]); what it

@@ -43,6 +43,13 @@ const MAX_ANSWERS: usize = 1024;
 const MIN_RETRY: usize = 512;
 /// Fragmented messages in progress at once, per tunnel and direction.
 const MAX_SEQUENCES: usize = 4096;
+/// Fragments the peer's fragmented messages in progress may announce, all
+/// together, per tunnel. A node allocates room for every fragment a
+/// message announces when its first arrives (40 bytes each, unchecked: one
+/// frame announcing 2^35 fragments halts it), so this bounds that to
+/// 10 MiB per tunnel; OTP's senders cut messages at 64 KiB, so it is 16 GiB
+/// of messages in flight.
+const MAX_FRAGMENTS: u64 = 1 << 18;
 /// Distinct (operation, target, verdict) lines logged per tunnel; counts
 /// go on in the metrics.
 const MAX_LOGGED: usize = 64;

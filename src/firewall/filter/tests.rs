@@ -562,14 +562,14 @@ fn fragments_that_never_complete_with_messages_behind_end_the_tunnel_at_the_budg
         assert!(fw.held() <= MAX_HELD, "held {} past the budget", fw.held());
         r
     };
-    feed(&mut inb, &frag(etf::DIST_FRAG_HEADER, u64::MAX, true, &start)).unwrap();
+    feed(&mut inb, &frag(etf::DIST_FRAG_HEADER, MAX_FRAGMENTS, true, &start)).unwrap();
     let ones: Vec<u8> = binary(1000).repeat(60);
     let mut behind = reg_send_cached(&[1, 0x08, 9, 5, b'c', b'a', b'c', b'h', b'e'], &Term::Nil);
     behind.pop();
     behind.extend(binary(60 << 10));
     let len = behind.len() as u32 - 4;
     behind[..4].copy_from_slice(&len.to_be_bytes());
-    let mut n = u64::MAX - 1;
+    let mut n = MAX_FRAGMENTS - 1;
     let err = loop {
         let r = feed(&mut inb, &frag(etf::DIST_FRAG_CONT, n, false, &ones))
             .and_then(|out| feed(&mut inb, &behind).map(|o| (out, o)));
@@ -742,4 +742,64 @@ fn the_local_nodes_downs_and_the_tunnels_end_release_the_peers_monitors() {
         drop((inb, o, fw));
         assert_eq!(host.held(), 0, "the tunnel's end ends its monitors");
     }
+}
+
+/// Eighth review, finding 1: a node allocates room for every fragment a
+/// message's first fragment announces (40 bytes each, unchecked), so one
+/// frame announcing 2^35 fragments of a send to a listed name halted b.
+/// Invariant: the fragments the peer's messages in progress announce stay
+/// within MAX_FRAGMENTS all together, and each message's fragments come
+/// numbered down by one to 1, as the node counts them (one skipped or
+/// repeated would leave the node holding a message erlmesh thinks done);
+/// otherwise the tunnel ends before the node has the frame. At any cut.
+#[test]
+fn fragment_counts_are_bounded_and_in_order() {
+    let data = reg_send_data("cache", &Term::Bytes(vec![1; 3000]));
+    let with_count = |_seq: u64, first_count: u64, frames: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        let mut f = frames.to_vec();
+        f[0][4 + 2 + 8..4 + 2 + 16].copy_from_slice(&first_count.to_be_bytes());
+        f
+    };
+    for step in [1, 7, 4096] {
+        // A message of 3 fragments passes whole.
+        let (_fw, mut inb, mut input) = inbound(&format!("s{step}@frags"));
+        let frames = fragments(1, &data, 3);
+        let expected: Vec<u8> = frames.concat();
+        input.extend(frames.concat());
+        assert_eq!(run(&mut inb, &input, step).unwrap()[7..], expected[..], "step {step}");
+        // One announcing 2^35: refused before any of it reaches the node.
+        let (_fw, mut inb, mut input) = inbound(&format!("t{step}@frags"));
+        input.extend(with_count(2, 1 << 35, &fragments(2, &data, 3)).concat());
+        let (out, r) = run_until_error(&mut inb, &input, step);
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains("announce more than"), "{e}");
+        assert!(out.len() <= 7, "step {step}: the node got part of it");
+        // Many within the per-message reach, over the bound together.
+        let (_fw, mut inb, mut input) = inbound(&format!("u{step}@frags"));
+        for seq in 0..5 {
+            input.extend(with_count(seq, MAX_FRAGMENTS / 4, &fragments(seq, &data, 3))[0].clone());
+        }
+        let e = run(&mut inb, &input, step).unwrap_err();
+        assert!(e.to_string().contains("announce more than"), "{e}");
+        // Out of order: a fragment skipped, repeated, or numbered up.
+        for order in [[3u64, 1, 0], [3, 3, 2], [3, 4, 2], [3, 2, 2]] {
+            let (_fw, mut inb, mut input) = inbound(&format!("v{step}{order:?}@frags"));
+            let mut frames = fragments(9, &data, 3);
+            for (i, f) in frames.iter_mut().enumerate() {
+                f[4 + 2 + 8..4 + 2 + 16].copy_from_slice(&order[i].to_be_bytes());
+            }
+            frames.truncate(if order[2] == 0 { 2 } else { 3 });
+            input.extend(frames.concat());
+            let e = run(&mut inb, &input, step).unwrap_err();
+            assert!(e.to_string().contains("out of order"), "{order:?}: {e}");
+        }
+    }
+    // Finished messages make room again: one left unfinished near the
+    // bound, then two of two fragments one after the other.
+    let (_fw, mut inb, mut input) = inbound("w@frags");
+    input.extend(with_count(0, MAX_FRAGMENTS - 2, &fragments(0, &data, 2))[0].clone());
+    for seq in 1..=2 {
+        input.extend(fragments(seq, &data, 2).concat());
+    }
+    run(&mut inb, &input, 4096).unwrap();
 }
