@@ -60,12 +60,30 @@ pub enum Term {
     Nil,
     /// STRING_EXT: a list of bytes.
     Bytes(Vec<u8>),
-    Binary(usize),
+    /// A binary (or bitstring) of this many bytes, and a hash of its
+    /// bytes when there are at most [`HASHED_BINARY`] of them (else 0):
+    /// two small binaries are one term only if their hashes match.
+    Binary(usize, u64),
     Map(Vec<(Term, Term)>),
     Fun(Fun),
 }
 
 impl Term {
+    /// Its size, roughly as the node holds it: atoms, binaries and strings
+    /// by their bytes, 8 for any other term.
+    pub fn weight(&self) -> usize {
+        let mut w = 0usize;
+        self.visit(&mut |t| {
+            w = w.saturating_add(match t {
+                Term::Atom(a) => a.len(),
+                Term::Binary(n, _) => *n,
+                Term::Bytes(b) => b.len(),
+                _ => 8,
+            })
+        });
+        w
+    }
+
     pub fn atom(&self) -> Option<&str> {
         match self {
             Term::Atom(a) => Some(a),
@@ -391,13 +409,11 @@ impl<'a> Decoder<'a> {
             }
             109 => {
                 let n = self.u32()? as usize;
-                self.skip(n)?;
-                Term::Binary(n)
+                Term::Binary(n, content_hash(self.take(n)?))
             }
             77 => {
                 let n = self.u32()? as usize;
-                self.skip(1 + n)?;
-                Term::Binary(n)
+                Term::Binary(n, content_hash(self.take(1 + n)?))
             }
             116 => {
                 let n = self.u32()? as usize;
@@ -485,6 +501,23 @@ impl<'a> Decoder<'a> {
         }
         Ok(Term::Big)
     }
+}
+
+/// Binaries up to this size are hashed as they are decoded (pg's groups
+/// and global's names are keyed by what they hold; larger ones are never
+/// followed).
+pub const HASHED_BINARY: usize = 1024;
+
+/// A fixed (unkeyed) hash of a small binary's bytes: the same in every
+/// erlmesh process, so that what one hands over the next one reads.
+fn content_hash(b: &[u8]) -> u64 {
+    if b.len() > HASHED_BINARY {
+        return 0;
+    }
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new();
+    h.write(b);
+    h.finish() | 1
 }
 
 /// The atom cache of one direction of one connection: 8 segments of 256
@@ -624,6 +657,11 @@ pub fn encode(t: &Term, out: &mut Vec<u8>) {
                 encode(v, out);
             });
         }
+        Term::Bytes(b) if !b.is_empty() && b.len() <= usize::from(u16::MAX) => {
+            out.push(107);
+            out.extend((b.len() as u16).to_be_bytes());
+            out.extend_from_slice(b);
+        }
         Term::List(v, tail) if !v.is_empty() => {
             out.push(108);
             out.extend((v.len() as u32).to_be_bytes());
@@ -740,7 +778,7 @@ mod tests {
         assert!(matches!(&v[0], Term::Fun(Fun { module, export: false, arity: 1, .. }) if &**module == "erl_eval"));
         assert!(matches!(&v[1], Term::Fun(Fun { module, export: true, arity: 2, .. }) if &**module == "lists"));
         assert!(matches!(&v[2], Term::Map(kv) if kv.len() == 1));
-        assert_eq!(v[3], Term::Binary(3));
+        assert!(matches!(v[3], Term::Binary(3, h) if h != 0));
         assert_eq!(v[4], Term::Bytes(b"str".to_vec()));
         assert_eq!(v[5], Term::Float);
         assert_eq!(v[6], Term::Big);

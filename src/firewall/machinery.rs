@@ -71,7 +71,7 @@ pub(super) fn valid_tag(tag: &Term) -> bool {
 pub(super) fn io_ok(req: &Term) -> bool {
     let t = req.tuple().unwrap_or(&[]);
     let enc = |e: &Term| matches!(e, Term::Atom(a) if matches!(&**a, "unicode" | "latin1"));
-    let chars = |c: &Term| matches!(c, Term::List(..) | Term::Nil | Term::Bytes(_) | Term::Binary(_)) && no_fun(c);
+    let chars = |c: &Term| matches!(c, Term::List(..) | Term::Nil | Term::Bytes(_) | Term::Binary(..)) && no_fun(c);
     match (req, req.tag(), t.len()) {
         (Term::Atom(a), _, _) => &**a == "getopts",
         (_, Some("put_chars"), 2) => chars(&t[1]),
@@ -219,7 +219,7 @@ pub(super) fn machinery(mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'
                 _ => false,
             };
             if ok && no_fun(m) {
-                mem.pg.apply(m)
+                mem.pg_apply(m)
             } else {
                 Err("a request pg's own protocol does not make, or not in its shape")
             }
@@ -256,9 +256,23 @@ fn global_cast(mem: &Memory, req: &Term) -> bool {
     }
 }
 
+/// A global name or lock's resource: small (b's global keeps each name
+/// in its tables and state, a string at 16 bytes a character: 48 times
+/// the bytes sent).
+pub const MAX_GLOBAL_NAME_WEIGHT: usize = 1024;
+
+fn small(t: &Term) -> bool {
+    t.weight() <= MAX_GLOBAL_NAME_WEIGHT
+}
+
+/// `{Name, Pid, _}` with a small name.
+fn name_entry(e: &Term) -> bool {
+    matches!(e.tuple(), Some([name, Term::Pid(_), _]) if small(name))
+}
+
 /// `[{Name, Pid, Method}]` as global's exchange sends its names.
 fn name_entries(t: &Term) -> bool {
-    is_list(t) && list(t).iter().all(|e| matches!(e.tuple(), Some([_, Term::Pid(_), _])))
+    is_list(t) && list(t).iter().all(name_entry)
 }
 
 /// Name operations (`do_ops/5`): `{insert, {Name, Pid, Method}}` and
@@ -266,8 +280,8 @@ fn name_entries(t: &Term) -> bool {
 fn ops(t: &Term) -> bool {
     is_list(t)
         && list(t).iter().all(|op| match op.tuple() {
-            Some([Term::Atom(a), e]) if &**a == "insert" => matches!(e.tuple(), Some([_, Term::Pid(_), _])),
-            Some([Term::Atom(a), _]) => &**a == "delete",
+            Some([Term::Atom(a), e]) if &**a == "insert" => name_entry(e),
+            Some([Term::Atom(a), name]) => &**a == "delete" && small(name),
             _ => false,
         })
 }
@@ -278,7 +292,7 @@ fn names_ext(t: &Term) -> bool {
     is_list(t)
         && list(t)
             .iter()
-            .all(|e| matches!(e.tuple(), Some([_, Term::Pid(_), Term::Atom(_)])))
+            .all(|e| matches!(e.tuple(), Some([name, Term::Pid(_), Term::Atom(_)]) if small(name)))
 }
 
 /// Known nodes (`add_to_known/2`, `make_node_vsn_list/2`): `Node` or
@@ -310,12 +324,14 @@ fn extra_info(t: &Term) -> bool {
 /// node's process would let a clash's resolution act on it).
 fn global_call(mem: &Memory, req: &Term) -> bool {
     let t = req.tuple().unwrap_or(&[]);
-    let lock_id = |l: &Term| matches!(l.tuple(), Some([_, _]));
+    let lock_id = |l: &Term| matches!(l.tuple(), Some([_, _])) && small(l);
     match (req.tag().unwrap_or(""), t.len()) {
         ("set_lock" | "del_lock", 2) => lock_id(&t[1]),
-        ("register", 4) => mem.remote_pid(&t[2]) && matches!(t[3], Term::Fun(_) | Term::Atom(_)),
-        ("register_ext", 5) => mem.remote_pid(&t[2]) && matches!(t[3], Term::Fun(_) | Term::Atom(_)) && is_atom(&t[4]),
-        ("unregister", 2) => true,
+        ("register", 4) => small(&t[1]) && mem.remote_pid(&t[2]) && matches!(t[3], Term::Fun(_) | Term::Atom(_)),
+        ("register_ext", 5) => {
+            small(&t[1]) && mem.remote_pid(&t[2]) && matches!(t[3], Term::Fun(_) | Term::Atom(_)) && is_atom(&t[4])
+        }
+        ("unregister", 2) => small(&t[1]),
         _ => false,
     }
 }

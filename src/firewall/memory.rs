@@ -6,6 +6,7 @@ use super::atoms::{AllAtoms, AtomsState, HostAtoms, MAX_ATOMS_ALL_HOSTS};
 use super::etf::{Pid, Ref, Term};
 use super::machinery::{machinery_name, valid_tag, GLOBAL, NET_KERNEL, PG, REX};
 use super::walk::Found;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// Pids of the local node this peer node was given (in any frame the
@@ -135,7 +136,7 @@ pub struct Memory {
     /// The monitors the peer's processes hold on local processes, this
     /// connection (by their references), counted in its host's.
     monitors: std::collections::HashSet<RemoteRefKey>,
-    pub(super) host_monitors: Arc<HostMonitors>,
+    pub(super) host: Arc<HostHeld>,
     /// This pair's connections so far: a connection's end releases its
     /// monitors only if no newer one started meanwhile.
     connection: u64,
@@ -151,30 +152,45 @@ pub const MAX_MONITORS: usize = 1 << 20;
 /// A reference of the peer's node (a monitor's): node, creation, words.
 type RemoteRefKey = (String, u32, Vec<u32>);
 
-/// Monitors one peer host's processes hold on local processes now, all its
-/// node pairs together: each is memory on the local node (about 200
-/// bytes) for as long as it lasts, so a restricted host holds at most its
-/// policy's `max_monitors`.
+/// What one peer host's processes hold on local nodes now, all its node
+/// pairs together, each of it memory on a local node for as long as it
+/// lasts: monitors of local processes (about 200 bytes each; at most its
+/// policy's `max_monitors`), and groups and members in the local `pg`
+/// scope (at most [`pg::MAX_GROUPS`](super::pg::MAX_GROUPS) and
+/// [`pg::MAX_MEMBERS`](super::pg::MAX_MEMBERS)).
 #[derive(Debug, Default)]
-pub struct HostMonitors(std::sync::atomic::AtomicUsize);
+pub struct HostHeld {
+    monitors: AtomicUsize,
+    pg_groups: AtomicUsize,
+    pg_members: AtomicUsize,
+}
 
-impl HostMonitors {
-    /// One more, if fewer than `max` are held.
-    fn take(&self, max: usize) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.0
-            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
-            .is_ok()
-    }
+/// One more in `c`, if fewer than `max` are held.
+fn take_one(c: &AtomicUsize, max: usize) -> bool {
+    c.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
+}
 
-    fn give(&self, n: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let _ = self.0.fetch_update(Relaxed, Relaxed, |h| Some(h.saturating_sub(n)));
-    }
+fn give(c: &AtomicUsize, n: usize) {
+    let _ = c.fetch_update(Relaxed, Relaxed, |h| Some(h.saturating_sub(n)));
+}
 
+impl HostHeld {
     /// Monitors held now.
-    pub fn held(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    pub fn monitors(&self) -> usize {
+        self.monitors.load(Relaxed)
+    }
+
+    /// pg groups and members held now.
+    pub fn pg(&self) -> (usize, usize) {
+        (self.pg_groups.load(Relaxed), self.pg_members.load(Relaxed))
+    }
+
+    /// A tunnel's pg mirror went from `before` to `after`.
+    fn pg_moved(&self, before: (usize, usize), after: (usize, usize)) {
+        self.pg_groups.fetch_add(after.0, Relaxed);
+        give(&self.pg_groups, before.0);
+        self.pg_members.fetch_add(after.1, Relaxed);
+        give(&self.pg_members, before.1);
     }
 }
 
@@ -208,7 +224,7 @@ impl Memory {
             pg: Default::default(),
             sent_atoms: Default::default(),
             monitors: Default::default(),
-            host_monitors: Default::default(),
+            host: Default::default(),
             connection: 0,
         }
     }
@@ -275,23 +291,40 @@ impl Memory {
     /// last one is gone. Returns the connection's number, for
     /// [`Memory::end_connection`].
     pub fn new_connection(&mut self) -> u64 {
-        self.pg = Default::default();
-        self.release_monitors();
+        self.release_connection();
         self.connection += 1;
         self.connection
     }
 
-    /// Connection `n` of this pair ended: its monitors are gone with it
-    /// (unless a newer connection is already under way).
+    /// Connection `n` of this pair ended: its monitors and pg groups are
+    /// gone with it (unless a newer connection is already under way).
     pub fn end_connection(&mut self, n: u64) {
         if n == self.connection {
-            self.release_monitors();
+            self.release_connection();
         }
     }
 
-    fn release_monitors(&mut self) {
-        self.host_monitors.give(self.monitors.len());
+    /// What the connection's peer held ends with it: its monitors, its
+    /// pg scopes' groups.
+    fn release_connection(&mut self) {
+        give(&self.host.monitors, self.monitors.len());
         self.monitors.clear();
+        let pg = std::mem::take(&mut self.pg);
+        self.host.pg_moved(pg.held(), (0, 0));
+    }
+
+    /// A pg message from the peer's scope, applied to this connection's
+    /// mirror within what the peer host may hold ([`super::pg`]).
+    pub(super) fn pg_apply(&mut self, m: &Term) -> Result<(), &'static str> {
+        let before = self.pg.held();
+        let (groups, members) = self.host.pg();
+        let room = super::pg::Room {
+            groups: super::pg::MAX_GROUPS.saturating_sub(groups),
+            members: super::pg::MAX_MEMBERS.saturating_sub(members),
+        };
+        let r = self.pg.apply_within(m, room);
+        self.host.pg_moved(before, self.pg.held());
+        r
     }
 
     /// The peer's process monitors a local one with reference `r`: whether
@@ -301,7 +334,7 @@ impl Memory {
         if self.monitors.contains(&k) {
             return true;
         }
-        if !self.host_monitors.take(max) {
+        if !take_one(&self.host.monitors, max) {
             return false;
         }
         self.monitors.insert(k);
@@ -312,7 +345,7 @@ impl Memory {
     /// back, or the local node reported the process gone).
     pub fn monitor_ended(&mut self, r: &Ref) {
         if self.monitors.remove(&(r.node.to_string(), r.creation, r.ids.clone())) {
-            self.host_monitors.give(1);
+            give(&self.host.monitors, 1);
         }
     }
 
@@ -713,7 +746,7 @@ impl Memory {
 
 impl Drop for Memory {
     fn drop(&mut self) {
-        self.release_monitors();
+        self.release_connection();
     }
 }
 
@@ -819,7 +852,9 @@ impl Memory {
         if s.peer_pid.is_some() {
             self.peer_pid = s.peer_pid;
         }
+        let before = self.pg.held();
         self.pg = s.pg.bounded();
+        self.host.pg_moved(before, self.pg.held());
         for (k, e) in s.calls {
             bounded_put(&mut self.calls, k, e, MAX_MACHINERY_CALLS);
         }
@@ -836,8 +871,8 @@ impl Memory {
         // The monitors of the connection handed over (the bound the policy
         // in force sets applies to those made after).
         for k in s.monitors {
-            if self.host_monitors.take(MAX_MONITORS) && !self.monitors.insert(k) {
-                self.host_monitors.give(1);
+            if take_one(&self.host.monitors, MAX_MONITORS) && !self.monitors.insert(k) {
+                give(&self.host.monitors, 1);
             }
         }
     }
@@ -852,7 +887,7 @@ pub struct Memories {
 }
 
 struct Hosts {
-    by_name: lru::LruCache<String, (Pairs, Arc<HostAtoms>, Arc<HostMonitors>)>,
+    by_name: lru::LruCache<String, (Pairs, Arc<HostAtoms>, Arc<HostHeld>)>,
     /// What all hosts' atom counts share (a host dropped from `by_name`
     /// and back starts a count of its own again, within the same total).
     atoms: Arc<AllAtoms>,
@@ -880,7 +915,7 @@ impl Memories {
             return m.clone();
         }
         let mut m = Memory::counting(local, atoms.clone());
-        m.host_monitors = monitors.clone();
+        m.host = monitors.clone();
         m.set_remote(remote);
         let m = Arc::new(Mutex::new(m));
         bounded_put(pairs, key, m.clone(), MAX_PAIRS_PER_HOST);
@@ -1045,12 +1080,63 @@ mod tests {
         m.new_connection();
         m.import(state);
         assert_eq!(m.monitors(), 5);
-        assert_eq!(m.host_monitors.held(), 5);
+        assert_eq!(m.host.monitors(), 5);
         let r = Ref {
             node: Arc::from("c@h"),
             creation: 1,
             ids: vec![9],
         };
         assert!(!m.monitor(&r, 5), "the bound counts those handed over");
+    }
+
+    /// Eighth review: a restricted host's pg groups grew its nodes' memory
+    /// per tunnel, and 64 node pairs multiplied the bound. Invariant: the
+    /// groups and members a host's scopes hold in the local `pg`, over all
+    /// its node pairs, stay within pg::MAX_GROUPS and pg::MAX_MEMBERS; a
+    /// connection's end gives its share back.
+    #[test]
+    fn pg_groups_are_bounded_per_host() {
+        use super::super::pg::MAX_GROUPS;
+        let all = Memories::default();
+        let pid = |node: &str, id: u32| {
+            Term::Pid(Pid {
+                node: Arc::from(node),
+                id,
+                serial: 0,
+                creation: 1,
+            })
+        };
+        let atom = |a: &str| Term::Atom(Arc::from(a));
+        let join =
+            |node: &str, g: usize| Term::Tuple(vec![atom("join"), pid(node, 1), Term::Int(g as i64), pid(node, 7)]);
+        let pairs: Vec<_> = ["c1@h", "c2@h"]
+            .iter()
+            .map(|n| {
+                let p = all.pair("hostc", "b@h", n);
+                let mut m = p.lock().unwrap();
+                m.new_connection();
+                m.pg_apply(&Term::Tuple(vec![atom("discover"), pid(n, 1)])).unwrap();
+                drop(m);
+                p
+            })
+            .collect();
+        for g in 0..MAX_GROUPS / 2 {
+            pairs[0].lock().unwrap().pg_apply(&join("c1@h", g)).unwrap();
+        }
+        let mut refused = 0;
+        for g in 0..MAX_GROUPS {
+            refused += usize::from(pairs[1].lock().unwrap().pg_apply(&join("c2@h", g)).is_err());
+        }
+        assert_eq!(refused, MAX_GROUPS / 2, "the second pair had only what the first left");
+        let host = pairs[0].lock().unwrap().host.clone();
+        assert_eq!(host.pg().0, MAX_GROUPS);
+        let n = pairs[0].lock().unwrap().connection;
+        pairs[0].lock().unwrap().end_connection(n);
+        assert_eq!(host.pg().0, MAX_GROUPS / 2, "the first pair's end gave its groups back");
+        pairs[1]
+            .lock()
+            .unwrap()
+            .pg_apply(&join("c2@h", MAX_GROUPS + 1))
+            .unwrap();
     }
 }

@@ -32,10 +32,33 @@ use std::collections::HashMap;
 
 /// Peer scopes followed per tunnel (a scope restarts with a new pid).
 const MAX_SCOPES: usize = 16;
-/// Groups followed over all of a tunnel's peer scopes.
-const MAX_GROUPS: usize = 4096;
-/// Members followed over all groups.
-const MAX_MEMBERS: usize = 65_536;
+/// Groups followed over all of a tunnel's peer scopes, and over all of a
+/// peer host's tunnels ([`Room`]): each is the local node's memory (its
+/// table and its scope's state hold the group term) for as long as the
+/// peer's scope holds it.
+pub const MAX_GROUPS: usize = 4096;
+/// Members followed over all groups, per tunnel and per peer host.
+pub const MAX_MEMBERS: usize = 65_536;
+/// A group's size, roughly as its term's bytes (atoms, binaries and
+/// strings by their bytes, 8 for any other term): a larger one is refused
+/// (a node keeps a string group at 16 bytes a character, twice).
+pub const MAX_GROUP_WEIGHT: usize = 1024;
+
+/// What a peer host's other tunnels leave: the groups and members this
+/// tunnel's mirror may hold beyond those it holds.
+#[derive(Clone, Copy, Debug)]
+pub struct Room {
+    pub groups: usize,
+    pub members: usize,
+}
+
+impl Room {
+    /// A tunnel alone (tests).
+    pub const ALONE: Room = Room {
+        groups: MAX_GROUPS,
+        members: MAX_MEMBERS,
+    };
+}
 
 type PidKey = (u32, u32, u32);
 
@@ -43,18 +66,33 @@ fn key(p: &Pid) -> PidKey {
     (p.id, p.serial, p.creation)
 }
 
-/// A group's term as a key, when it is kept whole: one key per Erlang
-/// term, whatever its encoding (a string is a list of integers, `""` is
-/// `[]`, a map's pairs in order of their keys).
-fn group_key(t: &Term) -> Option<String> {
+/// A group's term as a key: one key per Erlang term, whatever its
+/// encoding (a string is a list of integers, `""` is `[]`, a map's pairs
+/// in order of their keys, a binary by its bytes), as a 128-bit hash of
+/// its canonical form (fixed: a handed-over mirror keeps its keys). A
+/// group too large, or holding what erlmesh does not keep whole (a float,
+/// a bignum, a fun, a port), cannot be followed and is refused.
+fn group_key(t: &Term) -> Result<String, &'static str> {
+    if t.weight() > MAX_GROUP_WEIGHT {
+        return Err("a pg group larger than erlmesh follows (1 KiB)");
+    }
     let mut whole = true;
     t.visit(&mut |t| {
         whole &= !matches!(
             t,
-            Term::Float | Term::Big | Term::Binary(_) | Term::Fun(_) | Term::Port(_)
+            Term::Float | Term::Big | Term::Binary(_, 0) | Term::Fun(_) | Term::Port(_)
         )
     });
-    whole.then(|| format!("{:?}", canonical(t)))
+    if !whole {
+        return Err("a pg group erlmesh cannot follow (a float, a bignum, a fun or a port in it)");
+    }
+    use std::hash::Hasher;
+    let mut h = siphasher::sip128::SipHasher13::new();
+    h.write(format!("{:?}", canonical(t)).as_bytes());
+    Ok(format!(
+        "{:032x}",
+        siphasher::sip128::Hasher128::finish128(&h).as_u128()
+    ))
 }
 
 fn canonical(t: &Term) -> Term {
@@ -163,6 +201,11 @@ impl PgMirror {
         self
     }
 
+    /// Groups and members this mirror holds.
+    pub fn held(&self) -> (usize, usize) {
+        (self.groups, self.members)
+    }
+
     fn recount(&mut self) {
         self.groups = self.scopes.iter().map(|(_, g)| g.len()).sum();
         self.members = self.scopes.iter().flat_map(|(_, g)| g.values()).map(|m| m.len()).sum();
@@ -189,9 +232,19 @@ impl PgMirror {
         self.scopes.iter_mut().find(|(k, _)| *k == key(peer)).map(|(_, g)| g)
     }
 
+    /// [`PgMirror::apply_within`] for a tunnel alone.
+    #[cfg(test)]
+    fn apply(&mut self, m: &Term) -> Result<(), &'static str> {
+        self.apply_within(m, Room::ALONE)
+    }
+
     /// Whether a pg message from the peer may pass, and if so, what it
-    /// changes: `Err` names the reason it may not.
-    pub fn apply(&mut self, m: &Term) -> Result<(), &'static str> {
+    /// changes: `Err` names the reason it may not. The groups and members
+    /// it adds must fit in `room` (what the peer host's other tunnels
+    /// leave) as well as in this tunnel's bounds.
+    pub fn apply_within(&mut self, m: &Term, room: Room) -> Result<(), &'static str> {
+        let max_groups = (self.groups + room.groups).min(MAX_GROUPS);
+        let max_members = (self.members + room.members).min(MAX_MEMBERS);
         let t = m.tuple().unwrap_or(&[]);
         match t {
             [Term::Atom(a), Term::Pid(peer)] | [Term::Atom(a), Term::Pid(peer), _] if &**a == "discover" => {
@@ -215,18 +268,14 @@ impl PgMirror {
                     Some([_, Term::Pid(peer), groups]) => {
                         for e in list(groups) {
                             if let Some([g, ps]) = e.tuple() {
-                                if let Some(k) = group_key(g) {
-                                    now.insert(k, pids(ps));
-                                }
+                                now.insert(group_key(g)?, pids(ps));
                             }
                         }
                         peer
                     }
                     Some([_, Term::Pid(peer), _, Term::Map(groups)]) => {
                         for (g, ps) in groups {
-                            if let Some(k) = group_key(g) {
-                                now.insert(k, pids(ps));
-                            }
+                            now.insert(group_key(g)?, pids(ps));
                         }
                         peer
                     }
@@ -243,7 +292,7 @@ impl PgMirror {
                     }
                 };
                 self.recount();
-                if self.groups > MAX_GROUPS || self.members > MAX_MEMBERS {
+                if self.groups > max_groups || self.members > max_members {
                     match old {
                         Some(o) => *self.scope(peer).expect("replaced above") = o,
                         None => {
@@ -260,12 +309,10 @@ impl PgMirror {
                 let Some(scope) = self.scope(peer) else {
                     return Ok(()); // pg ignores a scope it does not know
                 };
-                let Some(k) = group_key(group) else {
-                    return Ok(()); // never known: its leave is refused
-                };
+                let k = group_key(group)?;
                 let add = pids(ps);
                 let new_group = !scope.contains_key(&k);
-                if members_now + add.len() > MAX_MEMBERS || (new_group && groups_now >= MAX_GROUPS) {
+                if members_now + add.len() > max_members || (new_group && groups_now >= max_groups) {
                     return Err("more pg groups or members from the peer than erlmesh follows");
                 }
                 let n = add.len();
@@ -282,7 +329,7 @@ impl PgMirror {
                     return Ok(()); // pg ignores a scope it does not know
                 };
                 let gone = tally(&pids(ps));
-                let keys: Option<Vec<String>> = list(groups).iter().map(group_key).collect();
+                let keys: Option<Vec<String>> = list(groups).iter().map(|g| group_key(g).ok()).collect();
                 // Every group once (pg removes a group with its last member,
                 // then crashes on its second mention), each one this scope
                 // has, and only members this scope holds in it: the local
@@ -321,7 +368,9 @@ impl PgMirror {
                 }
                 Ok(())
             }
-            [Term::Atom(a), Term::Pid(peer), entries] if &**a == "update" => self.update(peer, list(entries)),
+            [Term::Atom(a), Term::Pid(peer), entries] if &**a == "update" => {
+                self.update(peer, list(entries), max_groups, max_members)
+            }
             _ => Ok(()),
         }
     }
@@ -331,7 +380,13 @@ impl PgMirror {
     /// Remove`; none left: the group goes). Refused whole, and nothing
     /// changed, when a `Remove` names a member the scope does not hold in
     /// that group once `Add` is in.
-    fn update(&mut self, peer: &Pid, entries: &[Term]) -> Result<(), &'static str> {
+    fn update(
+        &mut self,
+        peer: &Pid,
+        entries: &[Term],
+        max_groups: usize,
+        max_members: usize,
+    ) -> Result<(), &'static str> {
         let Some(scope) = self.scope(peer) else {
             return Ok(()); // pg ignores a scope it does not know
         };
@@ -341,13 +396,7 @@ impl PgMirror {
                 return Err("not a pg update");
             };
             let (add, gone) = (pids(add), tally(&pids(remove)));
-            let Some(k) = group_key(group) else {
-                // A group never known: only members it adds itself may go.
-                if !add.is_empty() && holds(&add, &gone) {
-                    continue;
-                }
-                return Err("a pg update removing a member the peer's scope does not hold there, or adding none");
-            };
+            let k = group_key(group)?;
             let members = match changed.get(&k) {
                 Some(m) => m.clone(),
                 None => scope.get(&k).cloned().unwrap_or_default(),
@@ -376,7 +425,7 @@ impl PgMirror {
             members += now.len();
             groups += usize::from(!now.is_empty());
         }
-        if groups > MAX_GROUPS || members > MAX_MEMBERS {
+        if groups > max_groups || members > max_members {
             return Err("more pg groups or members from the peer than erlmesh follows");
         }
         for (k, now) in changed {
@@ -494,10 +543,12 @@ mod tests {
         );
         let mut m = PgMirror::default();
         m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
-        // A group kept only in part is never known.
-        m.apply(&msg(vec![atom("join"), pid(1), Term::Binary(3), pid(7)]))
+        // A binary group is known by its bytes: another binary of the same
+        // size is another group.
+        m.apply(&msg(vec![atom("join"), pid(1), Term::Binary(3, 5), pid(7)]))
             .unwrap();
-        assert!(m.apply(&leave(vec![Term::Binary(3)])).is_err());
+        assert!(m.apply(&leave(vec![Term::Binary(3, 6)])).is_err());
+        assert!(m.apply(&leave(vec![Term::Binary(3, 5)])).is_ok());
     }
 
     #[test]
@@ -530,18 +581,66 @@ mod tests {
 
     /// Fifth review: terms the decoder keeps only in part are never
     /// keys (two ports of one node decoded alike were one group, so a
-    /// leave of the second passed after a join of the first).
+    /// leave of the second passed after a join of the first). Eighth
+    /// review: such groups, never counted, grew the node's memory without
+    /// bound; they are refused, as are groups over 1 KiB (a node holds a
+    /// string group at 16 bytes a character, twice: 31 times the bytes
+    /// sent), which erlmesh keys by a 128-bit hash, not by their text.
     #[test]
-    fn groups_the_decoder_keeps_in_part_are_not_followed() {
+    fn groups_the_decoder_keeps_in_part_or_too_large_are_refused() {
         let mut m = PgMirror::default();
         m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
         let port = Term::Port(Arc::from("c@h"));
         let tagged = Term::Tuple(vec![atom("t"), port.clone()]);
-        for g in [port, tagged] {
-            m.apply(&msg(vec![atom("join"), pid(1), g.clone(), pid(7)])).unwrap();
-            let leave = msg(vec![atom("leave"), pid(1), pid(7), list(vec![g])]);
-            assert!(m.apply(&leave).is_err());
+        let big_binary = Term::Tuple(vec![Term::Binary(2000, 0), Term::Int(1)]);
+        let long = Term::Tuple(vec![Term::Int(1), Term::Bytes(vec![b'a'; 1100])]);
+        let many = Term::Tuple((0..200).map(Term::Int).collect());
+        for g in [port, tagged, Term::Float, Term::Big, big_binary, long, many] {
+            assert!(m.apply(&msg(vec![atom("join"), pid(1), g.clone(), pid(7)])).is_err());
+            let sync = msg(vec![
+                atom("$gen_cast"),
+                Term::Tuple(vec![
+                    atom("sync"),
+                    pid(1),
+                    list(vec![Term::Tuple(vec![g, list(vec![pid(7)])])]),
+                ]),
+            ]);
+            assert!(m.apply(&sync).is_err());
         }
+        assert_eq!((m.groups, m.members), (0, 0));
+        let fits = Term::Tuple(vec![Term::Int(1), Term::Bytes(vec![b'a'; 900])]);
+        m.apply(&msg(vec![atom("join"), pid(1), fits, pid(7)])).unwrap();
+        assert!(m.scopes[0].1.keys().all(|k| k.len() == 32), "keys are hashes");
+    }
+
+    /// A peer host's tunnels share one bound: a join fits only in the room
+    /// the others leave.
+    #[test]
+    fn the_room_other_tunnels_leave_bounds_a_tunnel() {
+        let mut m = PgMirror::default();
+        m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
+        // The host may hold 3 groups and 4 members; another tunnel holds 1
+        // and 1: what is left, as Memory::pg_apply computes it.
+        let room = |m: &PgMirror| Room {
+            groups: 3 - 1 - m.groups,
+            members: 4 - 1 - m.members,
+        };
+        let join = |g: &str, n: u32| {
+            msg(vec![
+                atom("join"),
+                pid(1),
+                atom(g),
+                list((0..n).map(|i| pid(10 + i)).collect()),
+            ])
+        };
+        m.apply_within(&join("a", 2), room(&m)).unwrap();
+        assert!(
+            m.apply_within(&join("b", 2), room(&m)).is_err(),
+            "members past the room"
+        );
+        m.apply_within(&join("b", 1), room(&m)).unwrap();
+        assert!(m.apply_within(&join("c", 0), room(&m)).is_err(), "groups past the room");
+        assert_eq!((m.groups, m.members), (2, 3));
     }
 
     /// Fifth review: version 1's update of a group the scope does not hold
@@ -564,6 +663,6 @@ mod tests {
         assert!(m.apply(&update(atom("g"), vec![], vec![])).is_err());
         m.apply(&update(atom("g"), vec![], vec![pid(7)])).unwrap();
         assert_eq!((m.groups, m.members), (0, 0));
-        m.apply(&update(Term::Float, vec![pid(8)], vec![pid(8)])).unwrap();
+        assert!(m.apply(&update(Term::Float, vec![pid(8)], vec![pid(8)])).is_err());
     }
 }

@@ -737,10 +737,10 @@ fn the_local_nodes_downs_and_the_tunnels_end_release_the_peers_monitors() {
             assert_eq!(o.feed(c, false), c.len());
         }
         assert_eq!(mem.lock().unwrap().monitors(), 1, "step {step}");
-        let host = mem.lock().unwrap().host_monitors.clone();
-        assert_eq!(host.held(), 1);
+        let host = mem.lock().unwrap().host.clone();
+        assert_eq!(host.monitors(), 1);
         drop((inb, o, fw));
-        assert_eq!(host.held(), 0, "the tunnel's end ends its monitors");
+        assert_eq!(host.monitors(), 0, "the tunnel's end ends its monitors");
     }
 }
 
