@@ -135,7 +135,11 @@ pub struct Memory {
     sent_atoms: super::atoms::Hashes,
     /// The monitors the peer's processes hold on local processes, this
     /// connection (by their references), counted in its host's.
-    monitors: std::collections::HashSet<RemoteRefKey>,
+    /// Each monitor's target (a pid or a name, as the peer named it) by
+    /// its reference: a reference may be used again, and a demonitor must
+    /// name the monitor's own target for the node to end it.
+    monitors: std::collections::HashMap<RemoteRefKey, Vec<String>>,
+    monitor_count: usize,
     pub(super) host: Arc<HostHeld>,
     /// This pair's connections so far: a connection's end releases its
     /// monitors only if no newer one started meanwhile.
@@ -224,6 +228,7 @@ impl Memory {
             pg: Default::default(),
             sent_atoms: Default::default(),
             monitors: Default::default(),
+            monitor_count: 0,
             host: Default::default(),
             connection: 0,
         }
@@ -307,8 +312,9 @@ impl Memory {
     /// What the connection's peer held ends with it: its monitors, its
     /// pg scopes' groups.
     fn release_connection(&mut self) {
-        give(&self.host.monitors, self.monitors.len());
+        give(&self.host.monitors, self.monitor_count);
         self.monitors.clear();
+        self.monitor_count = 0;
         let pg = std::mem::take(&mut self.pg);
         self.host.pg_moved(pg.held(), (0, 0));
     }
@@ -327,31 +333,58 @@ impl Memory {
         r
     }
 
-    /// The peer's process monitors a local one with reference `r`: whether
-    /// its host may hold one more (`max` in all).
-    pub(super) fn monitor(&mut self, r: &Ref, max: usize) -> bool {
-        let k = (r.node.to_string(), r.creation, r.ids.clone());
-        if self.monitors.contains(&k) {
-            return true;
-        }
+    /// The peer's process monitors local process (or name) `target` with
+    /// reference `r`: whether its host may hold one more (`max` in all).
+    /// Every monitor counts, a reference used again too (the node makes a
+    /// monitor of each).
+    pub(super) fn monitor(&mut self, r: &Ref, target: &Term, max: usize) -> bool {
         if !take_one(&self.host.monitors, max) {
             return false;
         }
-        self.monitors.insert(k);
+        let k = (r.node.to_string(), r.creation, r.ids.clone());
+        self.monitors.entry(k).or_default().push(format!("{target:?}"));
+        self.monitor_count += 1;
         true
     }
 
-    /// The monitor with the peer's reference `r` ended (the peer took it
-    /// back, or the local node reported the process gone).
-    pub fn monitor_ended(&mut self, r: &Ref) {
-        if self.monitors.remove(&(r.node.to_string(), r.creation, r.ids.clone())) {
-            give(&self.host.monitors, 1);
+    /// The monitor of `target` with the peer's reference `r` ended: the
+    /// peer took it back (`exact`: only a demonitor naming the monitor's
+    /// own target ends it at the node), or the local node reported the
+    /// process gone (naming it by pid where the monitor named it by name:
+    /// any of the reference's monitors then).
+    fn end_monitor(&mut self, r: &Ref, target: &Term, exact: bool) {
+        let k = (r.node.to_string(), r.creation, r.ids.clone());
+        let Some(targets) = self.monitors.get_mut(&k) else {
+            return;
+        };
+        let t = format!("{target:?}");
+        let at = match targets.iter().position(|x| *x == t) {
+            Some(i) => i,
+            None if exact => return,
+            None => 0,
+        };
+        targets.swap_remove(at);
+        if targets.is_empty() {
+            self.monitors.remove(&k);
         }
+        self.monitor_count -= 1;
+        give(&self.host.monitors, 1);
+    }
+
+    /// DEMONITOR_P from the peer.
+    pub(super) fn demonitor(&mut self, r: &Ref, target: &Term) {
+        self.end_monitor(r, target, true);
+    }
+
+    /// MONITOR_P_EXIT from the local node: `target`, monitored with the
+    /// peer's reference `r`, is gone.
+    pub fn monitor_ended(&mut self, r: &Ref, target: &Term) {
+        self.end_monitor(r, target, false);
     }
 
     /// Monitors the peer's processes hold, this connection.
     pub fn monitors(&self) -> usize {
-        self.monitors.len()
+        self.monitor_count
     }
 
     /// The peer's node is `remote`.
@@ -787,7 +820,7 @@ pub struct MemoryState {
     #[serde(default)]
     gg_forgotten: Vec<RefKey>,
     #[serde(default)]
-    monitors: Vec<RemoteRefKey>,
+    monitors: Vec<(RemoteRefKey, String)>,
 }
 
 /// A cache's keys, least recently used first.
@@ -820,7 +853,11 @@ impl Memory {
             sent_atoms: self.sent_atoms.iter().copied().collect(),
             gg_requests: oldest_first(&self.gg_requests),
             gg_forgotten: oldest_first(&self.gg_forgotten),
-            monitors: self.monitors.iter().cloned().collect(),
+            monitors: self
+                .monitors
+                .iter()
+                .flat_map(|(k, ts)| ts.iter().map(|t| (k.clone(), t.clone())))
+                .collect(),
         }
     }
 
@@ -870,9 +907,10 @@ impl Memory {
         }
         // The monitors of the connection handed over (the bound the policy
         // in force sets applies to those made after).
-        for k in s.monitors {
-            if take_one(&self.host.monitors, MAX_MONITORS) && !self.monitors.insert(k) {
-                give(&self.host.monitors, 1);
+        for (k, t) in s.monitors {
+            if take_one(&self.host.monitors, MAX_MONITORS) {
+                self.monitors.entry(k).or_default().push(t);
+                self.monitor_count += 1;
             }
         }
     }
@@ -1070,7 +1108,7 @@ mod tests {
                 creation: 1,
                 ids: vec![n],
             };
-            assert!(pair.lock().unwrap().monitor(&r, 100));
+            assert!(pair.lock().unwrap().monitor(&r, &Term::Atom(Arc::from("cache")), 100));
         }
         let state = pair.lock().unwrap().export();
         let state: MemoryState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
@@ -1086,7 +1124,10 @@ mod tests {
             creation: 1,
             ids: vec![9],
         };
-        assert!(!m.monitor(&r, 5), "the bound counts those handed over");
+        assert!(
+            !m.monitor(&r, &Term::Atom(Arc::from("cache")), 5),
+            "the bound counts those handed over"
+        );
     }
 
     /// Eighth review: a restricted host's pg groups grew its nodes' memory

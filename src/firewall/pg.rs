@@ -86,13 +86,21 @@ fn group_key(t: &Term) -> Result<String, &'static str> {
     if !whole {
         return Err("a pg group erlmesh cannot follow (a float, a bignum, a fun or a port in it)");
     }
+    Ok(hashed(&format!("{:?}", canonical(t))))
+}
+
+/// A key from a canonical form's text.
+fn hashed(text: &str) -> String {
     use std::hash::Hasher;
     let mut h = siphasher::sip128::SipHasher13::new();
-    h.write(format!("{:?}", canonical(t)).as_bytes());
-    Ok(format!(
-        "{:032x}",
-        siphasher::sip128::Hasher128::finish128(&h).as_u128()
-    ))
+    h.write(text.as_bytes());
+    format!("{:032x}", siphasher::sip128::Hasher128::finish128(&h).as_u128())
+}
+
+/// Whether `k` is a key as this build makes them (an older one, handing
+/// over by `erlmesh upgrade`, keyed groups by their text).
+fn is_hashed(k: &str) -> bool {
+    k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn canonical(t: &Term) -> Term {
@@ -194,6 +202,16 @@ pub struct PgMirror {
 impl PgMirror {
     /// What a previous process handed over, within the bounds (or nothing).
     pub fn bounded(mut self) -> PgMirror {
+        // Keys an older build made (the text this build hashes) are
+        // hashed: the same groups, however the hand-over came.
+        for (_, groups) in &mut self.scopes {
+            if groups.keys().any(|k| !is_hashed(k)) {
+                *groups = std::mem::take(groups)
+                    .into_iter()
+                    .map(|(k, v)| if is_hashed(&k) { (k, v) } else { (hashed(&k), v) })
+                    .collect();
+            }
+        }
         self.recount();
         if self.scopes.len() > MAX_SCOPES || self.groups > MAX_GROUPS || self.members > MAX_MEMBERS {
             return PgMirror::default();
@@ -577,6 +595,14 @@ mod tests {
         let leave = msg(vec![atom("leave"), pid(1), pid(7), list(vec![atom("g")])]);
         assert!(back.apply(&leave).is_ok());
         assert!(back.apply(&leave).is_err());
+        // From a build that keyed groups by their text.
+        let old = json.replace(
+            &hashed(&format!("{:?}", atom("g"))),
+            &format!("{:?}", atom("g")).replace('"', "\\\""),
+        );
+        assert_ne!(old, json);
+        let mut back: PgMirror = serde_json::from_str::<PgMirror>(&old).unwrap().bounded();
+        assert!(back.apply(&leave).is_ok());
     }
 
     /// Fifth review: terms the decoder keeps only in part are never

@@ -229,7 +229,7 @@ pub fn judge(
             // restricted host's processes hold at most `max_monitors`.
             let (ok, why) = match ok {
                 false => (false, "a process this peer's node may not reach"),
-                true if !mem.monitor(r, p.max_monitors) => (false, TOO_MANY_MONITORS),
+                true if !mem.monitor(r, to, p.max_monitors) => (false, TOO_MANY_MONITORS),
                 true => (true, ""),
             };
             if ok {
@@ -256,7 +256,7 @@ pub fn judge(
         // DEMONITOR_P {20, ...}, MONITOR_P_EXIT {21, ...}, PAYLOAD_MONITOR_P_EXIT {28, ...}
         20 => {
             if let Term::Ref(r) = el(3)? {
-                mem.monitor_ended(r);
+                mem.demonitor(r, el(2)?);
             }
             Judgement::allow("demonitor", Target::None)
         }

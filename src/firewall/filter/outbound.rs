@@ -329,8 +329,8 @@ impl Outbound {
         // MONITOR_P_EXIT {21, FromProc, ToPid, Ref, Reason} and
         // PAYLOAD_MONITOR_P_EXIT {28, ...}: a monitor of the peer's ended
         // with the local process (or was answered noproc).
-        if let (Some(21 | 28), Some(Term::Ref(r))) = (op, t.get(3)) {
-            mem.monitor_ended(r);
+        if let (Some(21 | 28), Some(Term::Ref(r)), Some(target)) = (op, t.get(3), t.get(1)) {
+            mem.monitor_ended(r, target);
         }
         // An erpc request global_group makes (erpc:execute_call(Ref,
         // global_group, F, A) spawned on the peer): its result is checked.

@@ -1138,11 +1138,17 @@ fn a_hosts_monitors_are_bounded_over_its_node_pairs() {
         etf::encode(&Term::Tuple(ctl), &mut body);
         judge(&p, &mut m.lock().unwrap(), &[], &body, false).unwrap()
     };
-    for n in 0..6 {
+    for n in 0..5 {
         assert_eq!(monitor(&one, n).refused, None);
     }
-    // The same reference again is the same monitor.
+    // The same reference again is another monitor at the node: counted.
     assert_eq!(monitor(&one, 0).refused, None);
+    assert_eq!(one.lock().unwrap().monitors(), 6);
+    // A demonitor naming another target ends nothing at the node: it
+    // gives nothing back.
+    let elsewhere = vec![Term::Int(20), pid("c@h", 1), atom("victim"), peer_ref(0)];
+    assert_eq!(judged_ctl(&mut one.lock().unwrap(), elsewhere), None);
+    assert_eq!(one.lock().unwrap().monitors(), 6);
     for n in 100..104 {
         assert_eq!(monitor(&two, n).refused, None);
     }
@@ -1157,11 +1163,12 @@ fn a_hosts_monitors_are_bounded_over_its_node_pairs() {
     // DEMONITOR_P {20, From, ToProc, Ref} from the peer gives one back.
     let demonitor = vec![Term::Int(20), pid("c@h", 1), atom("cache"), peer_ref(0)];
     assert_eq!(judged_ctl(&mut one.lock().unwrap(), demonitor), None);
+    assert_eq!(one.lock().unwrap().monitors(), 5);
     assert_eq!(monitor(&two, 104).refused, None);
     assert!(monitor(&two, 105).refused.is_some());
-    // The local node's DOWN for one (its process ended).
+    // The local node's DOWN for one (its process ended), naming it by pid.
     if let Term::Ref(r) = peer_ref(1) {
-        one.lock().unwrap().monitor_ended(&r);
+        one.lock().unwrap().monitor_ended(&r, &local(3));
     }
     assert_eq!(monitor(&two, 105).refused, None);
     // A connection's end ends its monitors; an older connection's end
