@@ -957,32 +957,21 @@ address = "hostc.example.com:4370"
         let e = err(&text.replace("exit_signals = true", "exit_signal = true"));
         assert!(e.contains("exit_signal"), "{e}");
         assert_eq!(strict.max_atoms, crate::firewall::atoms::DEFAULT_MAX_ATOMS);
-        let c = Config::parse(
-            Path::new("/x.toml"),
-            &text.replace("exit_signals = true", "exit_signals = true\nmax_atoms = 5000"),
-        )
-        .unwrap();
-        assert_eq!(c.peers[0].policy.dist.as_ref().unwrap().max_atoms, 5000);
-        for bad in ["0", "300000"] {
-            let e = err(&text.replace(
-                "exit_signals = true",
-                &format!("exit_signals = true\nmax_atoms = {bad}"),
-            ));
-            assert!(e.contains("dist_policies.edge.max_atoms"), "{bad}: {e}");
-        }
         assert_eq!(strict.max_monitors, crate::firewall::memory::DEFAULT_MAX_MONITORS);
-        let c = Config::parse(
-            Path::new("/x.toml"),
-            &text.replace("exit_signals = true", "exit_signals = true\nmax_monitors = 500"),
-        )
-        .unwrap();
-        assert_eq!(c.peers[0].policy.dist.as_ref().unwrap().max_monitors, 500);
-        for bad in ["0", "2000000"] {
-            let e = err(&text.replace(
-                "exit_signals = true",
-                &format!("exit_signals = true\nmax_monitors = {bad}"),
-            ));
-            assert!(e.contains("dist_policies.edge.max_monitors"), "{bad}: {e}");
+        // The bounds: a value in range is taken, one out of it named.
+        type Read = fn(&DistPolicy) -> usize;
+        let bounds: [(&str, usize, &[&str], Read); 2] = [
+            ("max_atoms", 5000, &["0", "300000"], |p| p.max_atoms),
+            ("max_monitors", 500, &["0", "2000000"], |p| p.max_monitors),
+        ];
+        for (key, good, bads, read) in bounds {
+            let with = |v: &str| text.replace("exit_signals = true", &format!("exit_signals = true\n{key} = {v}"));
+            let c = Config::parse(Path::new("/x.toml"), &with(&good.to_string())).unwrap();
+            assert_eq!(read(c.peers[0].policy.dist.as_ref().unwrap()), good);
+            for bad in bads {
+                let e = err(&with(bad));
+                assert!(e.contains(&format!("dist_policies.edge.{key}")), "{bad}: {e}");
+            }
         }
     }
 
