@@ -1455,3 +1455,113 @@ fn large_pg_groups_and_global_names_from_a_restricted_peer_are_refused() {
         "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
     );
 }
+
+/// A second connection attempt of c's node pair to b while the first
+/// carries on, as c can make at will: its name, flags as a node's, then
+/// b's node answers `alive` and c closes.
+const DUPLICATE_ATTEMPT: &str = "begin {port, Port, _} = erl_epmd:port_please(\"b\", \"hostb\"), {ok, Ip} = inet:getaddr(\"hostb\", inet), {ok, S} = gen_tcp:connect(Ip, Port, [binary, {packet, 2}, {active, false}]), N = atom_to_binary(node()), ok = gen_tcp:send(S, <<$N, 16#0000000d07df7fbd:64, 1:32, (byte_size(N)):16, N/binary>>), R = gen_tcp:recv(S, 0, 5000), gen_tcp:close(S), timer:sleep(300), R end.";
+
+/// Ninth review, finding 1: what a connection has b hold for c (its
+/// monitors, its pg scopes' groups, as erlmesh follows them) was the node
+/// pair's, and a second connection attempt started it afresh while the
+/// first carried on: c then passed a pg leave b's pg crashes on (five,
+/// and b halted: OTP 25 and 27), joins past the size and host bounds, and
+/// monitors past `max_monitors`. The invariant: each connection has its
+/// own, each counts in the host's bounds, and a join, leave or update of
+/// a scope erlmesh has not seen announce itself is refused (fail closed).
+/// Six rounds of an attempt and a crashing leave, then monitors and large
+/// joins between attempts: b's pg never restarts, the bounds hold.
+#[test]
+fn a_second_connection_attempt_does_not_reset_what_the_first_holds() {
+    require_erl();
+    let policy = format!(
+        "{}max_monitors = {TEST_MAX_MONITORS}\n",
+        POLICY.replace("MODE", "enforce")
+    );
+    let s = cluster_under(&policy, None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    start_legit_calls(&mut a);
+    let kernel_before = b.eval(KERNEL);
+    assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+    assert_eq!(c.eval("pg:join(small, self())."), "ok");
+    assert!(wait_for(Duration::from_secs(10), || b
+        .eval("length(pg:get_members(small)).")
+        == "1"));
+    for round in 0..6 {
+        let r = c.eval(DUPLICATE_ATTEMPT);
+        assert!(r.contains("alive"), "round {round}: b's node answered {r}");
+        c.eval("begin {pg, 'b@hostb'} ! {leave, whereis(pg), self(), [never_joined]}, ok end.");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        b.eval(KERNEL),
+        kernel_before,
+        "b's pg (or another kernel process) restarted"
+    );
+    // Monitors: 1000 a round, an attempt between rounds.
+    let held = |b: &mut Node| {
+        b.eval("begin {monitored_by, L} = process_info(whereis(cache), monitored_by), length([M || M <- L, node(M) =:= 'c@hostc']) end.")
+            .parse::<i64>()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        c.eval(&format!(
+            "begin spawn(fun() -> [erlang:monitor(process, {{cache, {NODE_B}}}) || _ <- lists:seq(1, 1000)], receive stop -> ok end end), timer:sleep(500), ok end."
+        ));
+        c.eval(DUPLICATE_ATTEMPT);
+    }
+    let monitors = held(&mut b);
+    assert!(
+        monitors <= TEST_MAX_MONITORS,
+        "c holds {monitors} monitors on b's cache"
+    );
+    // Large joins after an attempt.
+    let mib = |b: &mut Node| b.eval("erlang:memory(total) div 1048576.").parse::<i64>().unwrap();
+    let before = mib(&mut b);
+    c.eval("begin S = whereis(pg), Big = lists:duplicate(65000, $a), [{pg, 'b@hostb'} ! {join, S, {I, [Big || _ <- lists:seq(1, 8)]}, self()} || I <- lists:seq(1, 20)], ok end.");
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = mib(&mut b) - before;
+    assert!(grown < 64, "b's memory grew by {grown} MiB");
+    assert_eq!(b.eval("length(pg:which_groups())."), "1");
+    // c's own pg still works.
+    assert_eq!(c.eval("pg:join(other, self())."), "ok");
+    assert!(wait_for(Duration::from_secs(10), || b
+        .eval("length(pg:get_members(other)).")
+        == "1"));
+    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
+    let (ok, failed) = legit_calls(&mut a);
+    assert!(
+        ok > 0 && failed == 0,
+        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
+    );
+}
+
+/// Ninth review, finding 2: the bound on announced fragments was per
+/// tunnel, and c opened tunnels under new node names, one frame each
+/// announcing the bound (200 tunnels: b grew by 2 GiB). Invariant: over
+/// all of a host's tunnels at most 2^18 fragments are announced (10 MiB
+/// at b). c opens 60 such connections by hand (each a handshake as a node
+/// named fI@hostc, then one frame announcing 2^16): b's memory stays put.
+#[test]
+fn announced_fragments_are_bounded_over_a_hosts_tunnels() {
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mib = |b: &mut Node| b.eval("erlang:memory(total) div 1048576.").parse::<i64>().unwrap();
+    let before = mib(&mut b);
+    let opened = c.eval(
+        r#"begin Cookie = atom_to_list(erlang:get_cookie()), {port, Port, _} = erl_epmd:port_please("b", "hostb"), {ok, Ip} = inet:getaddr("hostb", inet), <<131, Pay/binary>> = term_to_binary(hello), Open = fun(I) -> Name = iolist_to_binary(["f", integer_to_list(I), "@hostc"]), {ok, S} = gen_tcp:connect(Ip, Port, [binary, {packet, 2}, {active, false}]), ok = gen_tcp:send(S, <<$N, 16#0000000d07df7fbd:64, 1:32, (byte_size(Name)):16, Name/binary>>), {ok, <<"sok">>} = gen_tcp:recv(S, 0, 5000), {ok, <<$N, _:64, Ch:32, _/binary>>} = gen_tcp:recv(S, 0, 5000), D = erlang:md5([Cookie | integer_to_list(Ch)]), ok = gen_tcp:send(S, <<$r, 42:32, D/binary>>), {ok, <<$a, _/binary>>} = gen_tcp:recv(S, 0, 5000), ok = inet:setopts(S, [{packet, 4}]), P = <<88, 119, (byte_size(Name)), Name/binary, 1:32, 0:32, 1:32>>, Ctl = <<104, 4, 97, 6, P/binary, 119, 0, 119, 5, "cache">>, ok = gen_tcp:send(S, <<131, 69, 1:64, 65536:64, 0, Ctl/binary, Pay/binary>>), S end, Ss = [catch Open(I) || I <- lists:seq(1, 60)], persistent_term:put(socks, Ss), length([S || S <- Ss, is_port(S)]) end."#,
+    );
+    println!("c opened {opened} connections");
+    assert_eq!(opened, "60", "the handshakes did not go through");
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = mib(&mut b) - before;
+    println!("b's memory grew by {grown} MiB");
+    assert!(grown < 40, "b's memory grew by {grown} MiB");
+    assert!(s.hb.log().contains("over its tunnels"), "{}", s.hb.log());
+    c.eval("begin [catch gen_tcp:close(S) || S <- persistent_term:get(socks)], ok end.");
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+}

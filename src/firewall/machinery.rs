@@ -178,7 +178,7 @@ pub(super) fn machinery(mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'
         _ => {
             // Version 1's shapes (OTP 29) only to a local scope that
             // announced version 1 (`pg.rs`): OTP 25 and 27 crash on them.
-            let v1 = mem.pg.local_speaks_v1();
+            let v1 = mem.pg_speaks_v1();
             // Members: a proper, non-empty list of the peer node's pids (pg
             // never sends a group without members; OTP 25 and 27's pg keeps
             // one from a join or sync, and a later sync of it crashes once

@@ -128,22 +128,38 @@ pub struct Memory {
     pub peer_pid: Option<Pid>,
     /// The atoms the peer host brought to local nodes (all its pairs).
     pub atoms: Arc<HostAtoms>,
-    /// What the local `pg` scope has of the peer's scopes, this connection.
-    pub(super) pg: super::pg::PgMirror,
     /// Atoms (keyed hashes) the local node sent the peer's node: it has
     /// them, so the peer's use of them creates nothing.
     sent_atoms: super::atoms::Hashes,
-    /// The monitors the peer's processes hold on local processes, this
-    /// connection (by their references), counted in its host's.
+    /// What each of the pair's connections holds at the local node for the
+    /// peer, by connection (a pair may have two at once: a second attempt
+    /// the node refuses while the first carries on must not touch the
+    /// first's), and the one being judged now ([`Memory::at_connection`]).
+    conns: std::collections::HashMap<u64, Conn>,
+    current: u64,
+    /// The pair's connections so far.
+    connections: u64,
+    pub(super) host: Arc<HostHeld>,
+}
+
+/// What one connection of a node pair has the local node hold for the
+/// peer: its scopes' groups in the local `pg`, its processes' monitors.
+#[derive(Default)]
+struct Conn {
+    pg: super::pg::PgMirror,
     /// Each monitor's target (a pid or a name, as the peer named it) by
     /// its reference: a reference may be used again, and a demonitor must
     /// name the monitor's own target for the node to end it.
     monitors: std::collections::HashMap<RemoteRefKey, Vec<String>>,
     monitor_count: usize,
-    pub(super) host: Arc<HostHeld>,
-    /// This pair's connections so far: a connection's end releases its
-    /// monitors only if no newer one started meanwhile.
-    connection: u64,
+}
+
+impl Conn {
+    /// Gives back to `host` what this connection held.
+    fn release(self, host: &HostHeld) {
+        give(&host.monitors, self.monitor_count);
+        host.pg_moved(self.pg.held(), (0, 0));
+    }
 }
 
 /// Atoms remembered per node pair as sent by the local node.
@@ -167,6 +183,9 @@ pub struct HostHeld {
     monitors: AtomicUsize,
     pg_groups: AtomicUsize,
     pg_members: AtomicUsize,
+    /// Fragments its tunnels' fragmented messages in progress announced
+    /// (the node allocates for each at a message's first fragment).
+    fragments: AtomicUsize,
 }
 
 /// One more in `c`, if fewer than `max` are held.
@@ -179,6 +198,22 @@ fn give(c: &AtomicUsize, n: usize) {
 }
 
 impl HostHeld {
+    /// `n` more announced fragments, if the host stays within `max`.
+    pub fn take_fragments(&self, n: usize, max: usize) -> bool {
+        self.fragments
+            .fetch_update(Relaxed, Relaxed, |h| h.checked_add(n).filter(|t| *t <= max))
+            .is_ok()
+    }
+
+    pub fn give_fragments(&self, n: usize) {
+        give(&self.fragments, n);
+    }
+
+    /// Fragments announced now.
+    pub fn fragments(&self) -> usize {
+        self.fragments.load(Relaxed)
+    }
+
     /// Monitors held now.
     pub fn monitors(&self) -> usize {
         self.monitors.load(Relaxed)
@@ -225,12 +260,11 @@ impl Memory {
             io_servers: lru::LruCache::unbounded(),
             peer_pid: None,
             atoms,
-            pg: Default::default(),
             sent_atoms: Default::default(),
-            monitors: Default::default(),
-            monitor_count: 0,
+            conns: Default::default(),
+            current: 0,
+            connections: 0,
             host: Default::default(),
-            connection: 0,
         }
     }
 
@@ -292,44 +326,51 @@ impl Memory {
         &self.local
     }
 
-    /// A new connection of this pair: what lasted only as long as the
-    /// last one is gone. Returns the connection's number, for
+    /// A new connection of this pair, starting with nothing held: returns
+    /// its number, for [`Memory::at_connection`] and
     /// [`Memory::end_connection`].
     pub fn new_connection(&mut self) -> u64 {
-        self.release_connection();
-        self.connection += 1;
-        self.connection
+        self.connections += 1;
+        self.conns.insert(self.connections, Conn::default());
+        self.current = self.connections;
+        self.connections
     }
 
-    /// Connection `n` of this pair ended: its monitors and pg groups are
-    /// gone with it (unless a newer connection is already under way).
+    /// Connection `n` of this pair ended: what it held (monitors, pg
+    /// groups) is gone with it, and given back to its host's count.
     pub fn end_connection(&mut self, n: u64) {
-        if n == self.connection {
-            self.release_connection();
+        if let Some(c) = self.conns.remove(&n) {
+            c.release(&self.host);
         }
     }
 
-    /// What the connection's peer held ends with it: its monitors, its
-    /// pg scopes' groups.
-    fn release_connection(&mut self) {
-        give(&self.host.monitors, self.monitor_count);
-        self.monitors.clear();
-        self.monitor_count = 0;
-        let pg = std::mem::take(&mut self.pg);
-        self.host.pg_moved(pg.held(), (0, 0));
+    /// What follows is judged for connection `n`.
+    pub fn at_connection(&mut self, n: u64) {
+        self.current = n;
+    }
+
+    /// The connection being judged, and its host's count.
+    fn conn(&mut self) -> (&mut Conn, &HostHeld) {
+        (self.conns.entry(self.current).or_default(), &self.host)
+    }
+
+    /// Whether the local scope speaks pg's version 1 on this connection.
+    pub(super) fn pg_speaks_v1(&mut self) -> bool {
+        self.conn().0.pg.local_speaks_v1()
     }
 
     /// A pg message from the peer's scope, applied to this connection's
     /// mirror within what the peer host may hold ([`super::pg`]).
     pub(super) fn pg_apply(&mut self, m: &Term) -> Result<(), &'static str> {
-        let before = self.pg.held();
-        let (groups, members) = self.host.pg();
+        let (conn, host) = self.conn();
+        let before = conn.pg.held();
+        let (groups, members) = host.pg();
         let room = super::pg::Room {
             groups: super::pg::MAX_GROUPS.saturating_sub(groups),
             members: super::pg::MAX_MEMBERS.saturating_sub(members),
         };
-        let r = self.pg.apply_within(m, room);
-        self.host.pg_moved(before, self.pg.held());
+        let r = conn.pg.apply_within(m, room);
+        host.pg_moved(before, conn.pg.held());
         r
     }
 
@@ -338,12 +379,13 @@ impl Memory {
     /// Every monitor counts, a reference used again too (the node makes a
     /// monitor of each).
     pub(super) fn monitor(&mut self, r: &Ref, target: &Term, max: usize) -> bool {
-        if !take_one(&self.host.monitors, max) {
+        let (conn, host) = self.conn();
+        if !take_one(&host.monitors, max) {
             return false;
         }
         let k = (r.node.to_string(), r.creation, r.ids.clone());
-        self.monitors.entry(k).or_default().push(format!("{target:?}"));
-        self.monitor_count += 1;
+        conn.monitors.entry(k).or_default().push(format!("{target:?}"));
+        conn.monitor_count += 1;
         true
     }
 
@@ -353,8 +395,9 @@ impl Memory {
     /// process gone (naming it by pid where the monitor named it by name:
     /// any of the reference's monitors then).
     fn end_monitor(&mut self, r: &Ref, target: &Term, exact: bool) {
+        let (conn, host) = self.conn();
         let k = (r.node.to_string(), r.creation, r.ids.clone());
-        let Some(targets) = self.monitors.get_mut(&k) else {
+        let Some(targets) = conn.monitors.get_mut(&k) else {
             return;
         };
         let t = format!("{target:?}");
@@ -365,10 +408,10 @@ impl Memory {
         };
         targets.swap_remove(at);
         if targets.is_empty() {
-            self.monitors.remove(&k);
+            conn.monitors.remove(&k);
         }
-        self.monitor_count -= 1;
-        give(&self.host.monitors, 1);
+        conn.monitor_count -= 1;
+        give(&host.monitors, 1);
     }
 
     /// DEMONITOR_P from the peer.
@@ -383,8 +426,8 @@ impl Memory {
     }
 
     /// Monitors the peer's processes hold, this connection.
-    pub fn monitors(&self) -> usize {
-        self.monitor_count
+    pub fn monitors(&mut self) -> usize {
+        self.conn().0.monitor_count
     }
 
     /// The peer's node is `remote`.
@@ -482,11 +525,11 @@ impl Memory {
         if let Some(name) = to_name.and_then(machinery_name) {
             let own = match (name, m.tag(), t) {
                 (PG, Some("discover"), [_, Term::Pid(p)]) if sender == Some(p) => {
-                    self.pg.local_announced(p, 0);
+                    self.conn().0.pg.local_announced(p, 0);
                     true
                 }
                 (PG, Some("discover"), [_, Term::Pid(p), Term::Int(v)]) if sender == Some(p) => {
-                    self.pg.local_announced(p, *v);
+                    self.conn().0.pg.local_announced(p, *v);
                     true
                 }
                 (GLOBAL, Some("$gen_cast"), _) => true,
@@ -779,7 +822,9 @@ impl Memory {
 
 impl Drop for Memory {
     fn drop(&mut self) {
-        self.release_connection();
+        for (_, c) in self.conns.drain() {
+            c.release(&self.host);
+        }
     }
 }
 
@@ -832,7 +877,17 @@ fn oldest_first<K: Clone + std::hash::Hash + Eq, V>(c: &lru::LruCache<K, V>) -> 
 
 impl Memory {
     /// What this pair remembers, for the next process.
-    pub fn export(&self) -> MemoryState {
+    pub fn export(&mut self) -> MemoryState {
+        let (pg, monitors) = {
+            let conn = self.conn().0;
+            (
+                conn.pg.clone(),
+                conn.monitors
+                    .iter()
+                    .flat_map(|(k, ts)| ts.iter().map(|t| (k.clone(), t.clone())))
+                    .collect(),
+            )
+        };
         let mut machinery: Vec<(PidKey, String)> = self.machinery.iter().map(|(k, n)| (*k, (*n).to_owned())).collect();
         machinery.reverse();
         MemoryState {
@@ -844,7 +899,7 @@ impl Memory {
             io_servers: oldest_first(&self.io_servers),
             repliers: oldest_first(&self.repliers),
             peer_pid: self.peer_pid.clone(),
-            pg: self.pg.clone(),
+            pg,
             calls: {
                 let mut v: Vec<(RefKey, Expect)> = self.calls.iter().map(|(k, e)| (k.clone(), *e)).collect();
                 v.reverse();
@@ -853,11 +908,7 @@ impl Memory {
             sent_atoms: self.sent_atoms.iter().copied().collect(),
             gg_requests: oldest_first(&self.gg_requests),
             gg_forgotten: oldest_first(&self.gg_forgotten),
-            monitors: self
-                .monitors
-                .iter()
-                .flat_map(|(k, ts)| ts.iter().map(|t| (k.clone(), t.clone())))
-                .collect(),
+            monitors,
         }
     }
 
@@ -889,9 +940,12 @@ impl Memory {
         if s.peer_pid.is_some() {
             self.peer_pid = s.peer_pid;
         }
-        let before = self.pg.held();
-        self.pg = s.pg.bounded();
-        self.host.pg_moved(before, self.pg.held());
+        {
+            let (conn, host) = self.conn();
+            let before = conn.pg.held();
+            conn.pg = s.pg.bounded();
+            host.pg_moved(before, conn.pg.held());
+        }
         for (k, e) in s.calls {
             bounded_put(&mut self.calls, k, e, MAX_MACHINERY_CALLS);
         }
@@ -907,10 +961,11 @@ impl Memory {
         }
         // The monitors of the connection handed over (the bound the policy
         // in force sets applies to those made after).
+        let (conn, host) = self.conn();
         for (k, t) in s.monitors {
-            if take_one(&self.host.monitors, MAX_MONITORS) {
-                self.monitors.entry(k).or_default().push(t);
-                self.monitor_count += 1;
+            if take_one(&host.monitors, MAX_MONITORS) {
+                conn.monitors.entry(k).or_default().push(t);
+                conn.monitor_count += 1;
             }
         }
     }
@@ -1171,7 +1226,7 @@ mod tests {
         assert_eq!(refused, MAX_GROUPS / 2, "the second pair had only what the first left");
         let host = pairs[0].lock().unwrap().host.clone();
         assert_eq!(host.pg().0, MAX_GROUPS);
-        let n = pairs[0].lock().unwrap().connection;
+        let n = pairs[0].lock().unwrap().connections;
         pairs[0].lock().unwrap().end_connection(n);
         assert_eq!(host.pg().0, MAX_GROUPS / 2, "the first pair's end gave its groups back");
         pairs[1]

@@ -66,6 +66,12 @@ fn key(p: &Pid) -> PidKey {
     (p.id, p.serial, p.creation)
 }
 
+/// A join, leave or update of a peer scope the mirror does not have on
+/// this connection (it announces itself by discover, or by its sync): pg
+/// ignores a scope it does not know, but one it knows and erlmesh does
+/// not must not pass unchecked (fail closed).
+const UNKNOWN_SCOPE: &str = "a pg message of a peer scope erlmesh has not seen announce itself on this connection";
+
 /// A group's term as a key: one key per Erlang term, whatever its
 /// encoding (a string is a list of integers, `""` is `[]`, a map's pairs
 /// in order of their keys, a binary by its bytes), as a 128-bit hash of
@@ -324,10 +330,10 @@ impl PgMirror {
             }
             [Term::Atom(a), Term::Pid(peer), group, ps] if &**a == "join" => {
                 let (members_now, groups_now) = (self.members, self.groups);
-                let Some(scope) = self.scope(peer) else {
-                    return Ok(()); // pg ignores a scope it does not know
-                };
                 let k = group_key(group)?;
+                let Some(scope) = self.scope(peer) else {
+                    return Err(UNKNOWN_SCOPE);
+                };
                 let add = pids(ps);
                 let new_group = !scope.contains_key(&k);
                 if members_now + add.len() > max_members || (new_group && groups_now >= max_groups) {
@@ -344,7 +350,7 @@ impl PgMirror {
             }
             [Term::Atom(a), Term::Pid(peer), ps, groups] if &**a == "leave" => {
                 let Some(scope) = self.scope(peer) else {
-                    return Ok(()); // pg ignores a scope it does not know
+                    return Err(UNKNOWN_SCOPE);
                 };
                 let gone = tally(&pids(ps));
                 let keys: Option<Vec<String>> = list(groups).iter().map(|g| group_key(g).ok()).collect();
@@ -406,7 +412,7 @@ impl PgMirror {
         max_members: usize,
     ) -> Result<(), &'static str> {
         let Some(scope) = self.scope(peer) else {
-            return Ok(()); // pg ignores a scope it does not know
+            return Err(UNKNOWN_SCOPE);
         };
         let mut changed: HashMap<String, Vec<PidKey>> = HashMap::new();
         for e in entries {
@@ -491,8 +497,10 @@ mod tests {
     fn a_leave_passes_only_for_groups_the_scope_has() {
         let mut m = PgMirror::default();
         let leave = |g: Vec<Term>| msg(vec![atom("leave"), pid(1), list(vec![pid(7)]), list(g)]);
-        // An unknown scope: pg ignores it, so may erlmesh.
-        assert!(m.apply(&leave(vec![atom("g")])).is_ok());
+        // An unknown scope: pg ignores it, but erlmesh refuses it (fail
+        // closed: the node's pg may know a scope erlmesh does not).
+        assert!(m.apply(&leave(vec![atom("g")])).is_err());
+        assert!(m.apply(&msg(vec![atom("join"), pid(1), atom("g"), pid(7)])).is_err());
         m.apply(&msg(vec![atom("discover"), pid(1)])).unwrap();
         assert!(m.apply(&leave(vec![atom("g")])).is_err(), "never joined");
         m.apply(&msg(vec![atom("join"), pid(1), atom("g"), pid(7)])).unwrap();

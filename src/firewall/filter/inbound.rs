@@ -154,6 +154,13 @@ struct InboundOwned {
     frags: HashMap<u64, Frags>,
 }
 
+impl Drop for Inbound {
+    /// The tunnel's messages in progress end with it, at the node too.
+    fn drop(&mut self) {
+        self.fw().host.give_fragments(self.announced as usize);
+    }
+}
+
 impl Inbound {
     /// Fragmented messages in progress.
     pub fn in_fragments(&self) -> usize {
@@ -675,7 +682,15 @@ impl Inbound {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "the peer's fragmented messages in progress announce more than {MAX_FRAGMENTS} fragments (this one {frags}; the node allocates for each at its first)"
+                    "the peer's fragmented messages in progress announce more than {MAX_FRAGMENTS} fragments on this tunnel (this one {frags}; the node allocates for each at its first)"
+                ),
+            ));
+        }
+        if !self.fw().host.take_fragments(frags as usize, MAX_HOST_FRAGMENTS) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the peer host's fragmented messages in progress announce more than {MAX_HOST_FRAGMENTS} fragments over its tunnels (this one {frags}; the node allocates for each at its first)"
                 ),
             ));
         }
@@ -706,6 +721,7 @@ impl Inbound {
         if frag <= 1 {
             if let Some(f) = self.frags.remove(&seq) {
                 self.announced -= f.announced;
+                self.fw().host.give_fragments(f.announced as usize);
             }
         } else if let Some(f) = self.frags.get_mut(&seq) {
             f.next = frag - 1;

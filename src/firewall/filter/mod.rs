@@ -47,9 +47,11 @@ const MAX_SEQUENCES: usize = 4096;
 /// together, per tunnel. A node allocates room for every fragment a
 /// message announces when its first arrives (40 bytes each, unchecked: one
 /// frame announcing 2^35 fragments halts it), so this bounds that to
-/// 10 MiB per tunnel; OTP's senders cut messages at 64 KiB, so it is 16 GiB
-/// of messages in flight.
-const MAX_FRAGMENTS: u64 = 1 << 18;
+/// 2.5 MiB per tunnel; OTP's senders cut messages at 64 KiB, so it is
+/// 4 GiB of messages in flight.
+const MAX_FRAGMENTS: u64 = 1 << 16;
+/// The same over all of a peer host's tunnels: 10 MiB at its nodes.
+const MAX_HOST_FRAGMENTS: usize = 1 << 18;
 /// Distinct (operation, target, verdict) lines logged per tunnel; counts
 /// go on in the metrics.
 const MAX_LOGGED: usize = 64;
@@ -83,6 +85,8 @@ pub struct Firewall {
     budget: Budget,
     /// Which of the pair's connections this is ([`Memory::end_connection`]).
     connection: u64,
+    /// What the peer host holds at local nodes, over all its tunnels.
+    host: Arc<super::memory::HostHeld>,
 }
 
 /// The one count of bytes held for judging on a tunnel: every path that
@@ -164,11 +168,16 @@ impl Firewall {
     /// ([`Memories::pair`](super::memory::Memories::pair)).
     pub fn new(policy: Arc<DistPolicy>, peer: &str, mem: Arc<Mutex<Memory>>, metrics: Arc<Metrics>) -> Arc<Firewall> {
         metrics.dist_policy_in_use(peer, &policy);
-        // A new connection: the local pg scope knows none of the peer's,
-        // and its processes monitor none of the local node's.
-        let connection = mem.lock().unwrap_or_else(|e| e.into_inner()).new_connection();
+        // A new connection: the local pg scope knows none of the peer's
+        // scopes on it, and its processes monitor none of the local node's
+        // (another connection of the pair keeps what it has).
+        let (connection, host) = {
+            let mut m = mem.lock().unwrap_or_else(|e| e.into_inner());
+            (m.new_connection(), m.host.clone())
+        };
         Arc::new(Firewall {
             connection,
+            host,
             policy,
             peer: peer.to_owned(),
             metrics,
@@ -191,8 +200,11 @@ impl Firewall {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The pair's memory, at this tunnel's connection.
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.mem.lock().unwrap_or_else(|e| e.into_inner())
+        let mut m = self.mem.lock().unwrap_or_else(|e| e.into_inner());
+        m.at_connection(self.connection);
+        m
     }
 
     /// What this firewall holds beyond its two directions, for the next

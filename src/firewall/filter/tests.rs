@@ -803,3 +803,37 @@ fn fragment_counts_are_bounded_and_in_order() {
     }
     run(&mut inb, &input, 4096).unwrap();
 }
+
+/// Ninth review, finding 2: the bound on announced fragments was per
+/// tunnel, and a host may open many (200 tunnels, each one frame: b grew
+/// by 2 GiB). Invariant: the fragments all of a peer host's tunnels'
+/// messages in progress announce stay within MAX_HOST_FRAGMENTS; a
+/// tunnel's end gives its share back.
+#[test]
+fn announced_fragments_are_bounded_per_host() {
+    let all = crate::firewall::memory::Memories::default();
+    let data = reg_send_data("cache", &Term::Bytes(vec![1; 300]));
+    let mut first = fragments(1, &data, 2)[0].clone();
+    first[4 + 2 + 8..4 + 2 + 16].copy_from_slice(&MAX_FRAGMENTS.to_be_bytes());
+    let open = |i: usize| {
+        let mem = all.pair("hostc", "b@frags", &format!("f{i}@hostc"));
+        let fw = Firewall::new(policy(), "hostc", mem, Metrics::new([]));
+        let mut inb = Inbound::new(fw.clone(), true);
+        let mut input = vec![0, 1, b'r'];
+        input.extend_from_slice(&first);
+        let r = run(&mut inb, &input, 4096).map(|_| ());
+        (fw, inb, r)
+    };
+    let per_host = MAX_HOST_FRAGMENTS / MAX_FRAGMENTS as usize;
+    let mut open_ones: Vec<_> = (0..per_host).map(open).collect();
+    assert!(open_ones.iter().all(|(_, _, r)| r.is_ok()));
+    let (_fw, _inb, r) = open(per_host);
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("over its tunnels"), "{e}");
+    let host = open_ones[0].0.host.clone();
+    assert_eq!(host.fragments(), MAX_HOST_FRAGMENTS);
+    open_ones.pop();
+    assert_eq!(host.fragments(), MAX_HOST_FRAGMENTS - MAX_FRAGMENTS as usize);
+    let (_fw, _inb, r) = open(per_host + 1);
+    r.unwrap();
+}

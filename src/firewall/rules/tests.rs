@@ -115,6 +115,9 @@ fn machinery_by_pid_follows_its_protocol() {
         &Term::Tuple(vec![atom("discover"), local(40)]),
     );
     let join = Term::Tuple(vec![atom("join"), pid("c@h", 2), atom("g"), pid("c@h", 3)]);
+    assert!(send(&mut m, local(40), join.clone()).is_some(), "a scope not announced");
+    let discover = Term::Tuple(vec![atom("discover"), pid("c@h", 2)]);
+    assert_eq!(send(&mut m, local(40), discover), None);
     assert_eq!(send(&mut m, local(40), join), None);
     let bad = Term::Tuple(vec![atom("join"), pid("c@h", 2), atom("g"), atom("not_a_pid")]);
     assert!(send(&mut m, local(40), bad).is_some());
@@ -1171,16 +1174,19 @@ fn a_hosts_monitors_are_bounded_over_its_node_pairs() {
         one.lock().unwrap().monitor_ended(&r, &local(3));
     }
     assert_eq!(monitor(&two, 105).refused, None);
-    // A connection's end ends its monitors; an older connection's end
-    // does not touch a newer one's.
-    let stale = connection;
-    let newer = one.lock().unwrap().new_connection();
+    // Ninth review: a second connection of the pair (one the node refuses
+    // while the first carries on) starts with nothing and takes nothing
+    // from the first: both count in the host's bound, and each one's end
+    // gives back only its own.
+    let first = connection;
+    let second = one.lock().unwrap().new_connection();
     assert_eq!(one.lock().unwrap().monitors(), 0);
-    assert_eq!(monitor(&one, 7).refused, None);
-    one.lock().unwrap().end_connection(stale);
-    assert_eq!(one.lock().unwrap().monitors(), 1);
-    one.lock().unwrap().end_connection(newer);
-    assert_eq!(one.lock().unwrap().monitors(), 0);
+    assert!(monitor(&one, 7).refused.is_some(), "the first's monitors still count");
+    one.lock().unwrap().end_connection(second);
+    one.lock().unwrap().at_connection(first);
+    assert_eq!(one.lock().unwrap().monitors(), 4);
+    assert_eq!(two.lock().unwrap().host.monitors(), 10);
+    one.lock().unwrap().end_connection(first);
     assert_eq!(two.lock().unwrap().host.monitors(), 6);
     // A monitor without a reference is malformed (the node ends the
     // connection on one too).
