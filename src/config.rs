@@ -161,6 +161,7 @@ struct RawDistPolicy {
     exit_signals: Option<bool>,
     max_atoms: Option<u64>,
     max_monitors: Option<u64>,
+    max_global_names: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -726,6 +727,16 @@ fn parse_dist_policies(
                 ))
             }
         };
+        let max_global_names = match p.max_global_names {
+            None => crate::firewall::names::MAX_GLOBAL_HELD,
+            Some(n) if (1..=crate::firewall::names::MAX_GLOBAL_HELD as u64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(invalid(
+                    &key("max_global_names"),
+                    format!("{n} is out of range: 1 to {}", crate::firewall::names::MAX_GLOBAL_HELD),
+                ))
+            }
+        };
         let policy = DistPolicy {
             name: name.clone(),
             mode,
@@ -734,6 +745,7 @@ fn parse_dist_policies(
             exit_signals: p.exit_signals.unwrap_or(false),
             max_atoms,
             max_monitors,
+            max_global_names,
         };
         out.insert(name, std::sync::Arc::new(policy));
     }
@@ -960,9 +972,10 @@ address = "hostc.example.com:4370"
         assert_eq!(strict.max_monitors, crate::firewall::memory::DEFAULT_MAX_MONITORS);
         // The bounds: a value in range is taken, one out of it named.
         type Read = fn(&DistPolicy) -> usize;
-        let bounds: [(&str, usize, &[&str], Read); 2] = [
+        let bounds: [(&str, usize, &[&str], Read); 3] = [
             ("max_atoms", 5000, &["0", "300000"], |p| p.max_atoms),
             ("max_monitors", 500, &["0", "2000000"], |p| p.max_monitors),
+            ("max_global_names", 300, &["0", "70000"], |p| p.max_global_names),
         ];
         for (key, good, bads, read) in bounds {
             let with = |v: &str| text.replace("exit_signals = true", &format!("exit_signals = true\n{key} = {v}"));

@@ -1565,3 +1565,70 @@ fn announced_fragments_are_bounded_over_a_hosts_tunnels() {
     c.eval("begin [catch gen_tcp:close(S) || S <- persistent_term:get(socks)], ok end.");
     assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
 }
+
+/// Ninth review, finding 3: b's global keeps every name a restricted peer
+/// registers for its processes, about 840 bytes at b for a 79-byte
+/// registration, with no bound on their number. The invariant
+/// (src/firewall/names.rs): the names b's global holds for a restricted
+/// host stay within its policy's `max_global_names`; what b's global drops
+/// (a holder's end, seen as the DOWN of b's monitor of it; an
+/// unregistration) makes room. 400 processes on c register a name each
+/// with global:register_name: b holds at most the bound, and the registrations
+/// past it are answered (c's registrar, under global's lock, does not
+/// wait, and hosta's registrations go on); the holder's end makes room.
+#[test]
+fn a_restricted_peer_has_b_hold_at_most_max_global_names() {
+    require_erl();
+    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
+    let s = cluster_under(&policy, None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    start_legit_calls(&mut a);
+    assert_eq!(a.eval("net_adm:ping('c@hostc')."), "pong");
+    // c's global knows b's (its registrations reach b).
+    assert_eq!(c.eval("global:sync()."), "ok");
+    let kernel_before = b.eval(KERNEL);
+    let c_names = |b: &mut Node| {
+        b.eval("length([N || N <- global:registered_names(), P <- [global:whereis_name(N)], is_pid(P), node(P) =:= 'c@hostc']).")
+            .parse::<i64>()
+            .unwrap()
+    };
+    let hold = |c: &mut Node, from: u32| {
+        c.eval(&format!(
+            "begin Self = self(), H = spawn(fun() -> Me = self(), [spawn_link(fun() -> Me ! global:register_name({{n, I}}, self()), receive stop -> ok end end) || I <- lists:seq({from}, {from} + 399)], R = [receive X -> X end || _ <- lists:seq(1, 400)], Self ! {{done, length(R)}}, receive stop -> ok end end), receive {{done, N}} -> N after 60000 -> timeout end, H end."
+        ))
+    };
+    let h = hold(&mut c, 1);
+    let held = c_names(&mut b);
+    println!("b's global holds {held} names of c's (max_global_names 300)");
+    assert!((250..=300).contains(&held), "b's global holds {held} names");
+    assert!(s.hb.log().contains("max_global_names"), "{}", s.hb.log());
+    // hosta registers meanwhile: global's lock is free.
+    assert_eq!(a.eval("global:register_name(a_name, self())."), "yes");
+    assert!(
+        wait_for(Duration::from_secs(15), || b
+            .eval("catch node(global:whereis_name(a_name)).")
+            == "a@hosta"),
+        "b: {}, a: {}",
+        b.eval("global:whereis_name(a_name)."),
+        a.eval("global:whereis_name(a_name).")
+    );
+    // The holder's end: b's global drops its names (the DOWNs of its
+    // monitors), and there is room again.
+    assert_eq!(c.eval(&format!("exit(list_to_pid(\"{h}\"), kill).")), "true");
+    assert!(wait_for(Duration::from_secs(10), || c_names(&mut b) == 0));
+    hold(&mut c, 5000);
+    let held = c_names(&mut b);
+    assert!(
+        (250..=300).contains(&held),
+        "after the first holder's end, b's global holds {held}\n{}",
+        s.hb.log()
+    );
+    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
+    let (ok, failed) = legit_calls(&mut a);
+    assert!(
+        ok > 0 && failed == 0,
+        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
+    );
+}

@@ -136,7 +136,7 @@ fn remote_pids(mem: &Memory, t: &Term) -> bool {
 /// 29's own nodes send (`net_kernel.erl`, `global.erl`, `rpc.erl`,
 /// `pg.erl`): every element whose type the receiver relies on is checked,
 /// since a kernel process that crashes can take the node down.
-pub(super) fn machinery(mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'static str> {
+pub(super) fn machinery(p: &super::DistPolicy, mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'static str> {
     let t = m.tuple().unwrap_or(&[]);
     match name {
         // rpc's nodes observer asks every new node's rex which features it
@@ -173,7 +173,7 @@ pub(super) fn machinery(mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'
             if foreign_fun {
                 return Err("a fun of a module other than global");
             }
-            Ok(())
+            mem.global_apply(m, p.max_global_names)
         }
         _ => {
             // Version 1's shapes (OTP 29) only to a local scope that

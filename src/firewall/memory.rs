@@ -152,11 +152,14 @@ struct Conn {
     /// name the monitor's own target for the node to end it.
     monitors: std::collections::HashMap<RemoteRefKey, Vec<String>>,
     monitor_count: usize,
+    /// The global names the local global holds for the peer.
+    global: super::names::GlobalHeld,
 }
 
 impl Conn {
     /// Gives back to `host` what this connection held.
     fn release(self, host: &HostHeld) {
+        give(&host.global, self.global.len());
         give(&host.monitors, self.monitor_count);
         host.pg_moved(self.pg.held(), (0, 0));
     }
@@ -186,6 +189,8 @@ pub struct HostHeld {
     /// Fragments its tunnels' fragmented messages in progress announced
     /// (the node allocates for each at a message's first fragment).
     fragments: AtomicUsize,
+    /// Global names the local node's global holds for it.
+    global: AtomicUsize,
 }
 
 /// One more in `c`, if fewer than `max` are held.
@@ -212,6 +217,11 @@ impl HostHeld {
     /// Fragments announced now.
     pub fn fragments(&self) -> usize {
         self.fragments.load(Relaxed)
+    }
+
+    /// Global names held now.
+    pub fn global(&self) -> usize {
+        self.global.load(Relaxed)
     }
 
     /// Monitors held now.
@@ -372,6 +382,41 @@ impl Memory {
         let r = conn.pg.apply_within(m, room);
         host.pg_moved(before, conn.pg.held());
         r
+    }
+
+    /// A message to the local global (its shape checked): what it adds
+    /// to the names held for the peer host must fit in `max`
+    /// (the policy's `max_global_names`).
+    pub(super) fn global_apply(&mut self, m: &Term, max: usize) -> Result<(), &'static str> {
+        use super::names::Change;
+        let change = Change::of(m);
+        let (conn, host) = self.conn();
+        let before = conn.global.len();
+        let new = conn.global.new_ones(&change);
+        let room = host
+            .global
+            .fetch_update(Relaxed, Relaxed, |h| h.checked_add(new).filter(|t| *t <= max));
+        if room.is_err() {
+            return Err(super::names::TOO_MANY);
+        }
+        conn.global.apply(change);
+        let after = conn.global.len();
+        give(&host.global, new + before);
+        host.global.fetch_add(after, Relaxed);
+        Ok(())
+    }
+
+    /// The local global monitors (`down`: `None`) the peer's process `p`
+    /// with `r`, took the monitor back (`Some(false)`), or got its DOWN
+    /// (`Some(true)`: it drops one of the process's names).
+    pub(super) fn global_monitor(&mut self, r: &Ref, p: Option<&Pid>, down: Option<bool>) {
+        let (conn, host) = self.conn();
+        match (p, down) {
+            (Some(p), None) => conn.global.monitored(r, p),
+            (_, Some(false)) => conn.global.demonitored(r),
+            (_, Some(true)) if conn.global.down(r) => give(&host.global, 1),
+            _ => {}
+        }
     }
 
     /// The peer's process monitors local process (or name) `target` with

@@ -28,6 +28,7 @@ pub mod etf;
 pub mod filter;
 pub mod machinery;
 pub mod memory;
+pub mod names;
 pub mod pg;
 pub mod rules;
 pub mod walk;
@@ -73,6 +74,9 @@ pub struct DistPolicy {
     /// processes at once, all its node pairs together ([`memory`]): each
     /// is memory on the node (about 200 bytes) for as long as it lasts.
     pub max_monitors: usize,
+    /// Global names and locks the peer host's nodes may have the local
+    /// global hold at once ([`names`]).
+    pub max_global_names: usize,
 }
 
 impl DistPolicy {

@@ -261,6 +261,13 @@ pub fn judge(
             Judgement::allow("demonitor", Target::None)
         }
         21 | 28 => {
+            // The DOWN of a monitor the local global made of the peer's
+            // process: global drops one of its names.
+            if let (Term::Pid(to), Term::Ref(r)) = (el(2)?, el(3)?) {
+                if mem.machinery_of(to) == Some(GLOBAL) {
+                    mem.global_monitor(r, None, Some(true));
+                }
+            }
             let request = match el(3)? {
                 Term::Ref(r) => mem.global_group_request(r),
                 _ => None,
@@ -405,9 +412,9 @@ fn to_pid(
         if let Some(why) = mem.names_forged(&m) {
             return Ok(Judgement::refuse(op, target, why));
         }
-        return Ok(match machinery(mem, name, &m) {
+        return Ok(match machinery(p, mem, name, &m) {
             Ok(()) => Judgement::allow(op, target),
-            Err(why) => Judgement::refuse(op, target, why),
+            Err(why) => refused_call(op, target, why, &m),
         });
     }
     if mem.io_server(to) {
@@ -502,6 +509,24 @@ fn reply(mem: &mut Memory, op: &'static str, target: Target, m: &Term) -> Judgem
 }
 
 /// Why a reply to a call to the peer's machinery is refused.
+/// A refused message to the machinery; a registration refused at the
+/// bound on global names is answered `no` (`{Tag, no}` to the caller):
+/// the peer's registrar calls under global's lock, and would hold it,
+/// waiting, for as long as the caller lives.
+fn refused_call(op: &'static str, target: Target, why: &'static str, m: &Term) -> Judgement {
+    let mut j = Judgement::refuse(op, target, why);
+    if why == super::names::TOO_MANY {
+        if let Some([Term::Atom(g), from, _]) = m.tuple() {
+            if let (true, Some([Term::Pid(caller), tag])) = (&**g == "$gen_call", from.tuple()) {
+                let send = Term::Tuple(vec![Term::Int(2), Term::Atom(Arc::from("")), Term::Pid(caller.clone())]);
+                let reply = Term::Tuple(vec![tag.clone(), Term::Atom(Arc::from("no"))]);
+                j.answer = Some(etf::frame(&send, Some(&reply)));
+            }
+        }
+    }
+    j
+}
+
 const TOO_MANY_MONITORS: &str =
     "more monitors of local processes than the policy's max_monitors allows this host (each is memory on the node)";
 
@@ -526,9 +551,9 @@ fn to_name(
         if let Some(why) = mem.names_forged(&m) {
             return Ok(Judgement::refuse(op, target, why));
         }
-        return Ok(match machinery(mem, m_name, &m) {
+        return Ok(match machinery(p, mem, m_name, &m) {
             Ok(()) => Judgement::allow(op, target),
-            Err(why) => Judgement::refuse(op, target, why),
+            Err(why) => refused_call(op, target, why, &m),
         });
     }
     if p.lists(name) {

@@ -19,6 +19,7 @@ fn firewall(mem: &Arc<Mutex<Memory>>) -> Arc<Firewall> {
         exit_signals: false,
         max_atoms: MAX,
         max_monitors: crate::firewall::memory::DEFAULT_MAX_MONITORS,
+        max_global_names: crate::firewall::names::MAX_GLOBAL_HELD,
     });
     Firewall::new(policy, "hostc", mem.clone(), Metrics::new([]))
 }

@@ -967,6 +967,7 @@ pub fn fuzz_inbound(bytes: &[u8], step: usize) -> bool {
         exit_signals: false,
         max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
         max_monitors: crate::firewall::memory::DEFAULT_MAX_MONITORS,
+        max_global_names: crate::firewall::names::MAX_GLOBAL_HELD,
     });
     let fw = Firewall::new(policy, "fuzz", Memory::shared("b@fuzz"), Metrics::new([]));
     let mut inb = Inbound::new(fw.clone(), true);

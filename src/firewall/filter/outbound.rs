@@ -332,6 +332,20 @@ impl Outbound {
         if let (Some(21 | 28), Some(Term::Ref(r)), Some(target)) = (op, t.get(3), t.get(1)) {
             mem.monitor_ended(r, target);
         }
+        // The local global's monitors of the peer's processes (one for
+        // each name or lock it holds for them): MONITOR_P {19, G, P, Ref},
+        // DEMONITOR_P {20, G, P, Ref}.
+        if let (Some(op @ (19 | 20)), Some(Term::Pid(g)), Some(to), Some(Term::Ref(r))) =
+            (op, t.get(1), t.get(2), t.get(3))
+        {
+            if mem.machinery_of(g) == Some(super::super::machinery::GLOBAL) {
+                match (op, to) {
+                    (19, Term::Pid(p)) => mem.global_monitor(r, Some(p), None),
+                    (20, _) => mem.global_monitor(r, None, Some(false)),
+                    _ => {}
+                }
+            }
+        }
         // An erpc request global_group makes (erpc:execute_call(Ref,
         // global_group, F, A) spawned on the peer): its result is checked.
         if let (Some(29 | 30), Some(Term::Ref(req)), Some(mfa)) = (op, t.get(1), t.get(4)) {

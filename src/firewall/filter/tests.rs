@@ -11,6 +11,7 @@ fn policy() -> Arc<DistPolicy> {
         exit_signals: false,
         max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
         max_monitors: crate::firewall::memory::DEFAULT_MAX_MONITORS,
+        max_global_names: crate::firewall::names::MAX_GLOBAL_HELD,
     })
 }
 
@@ -298,6 +299,7 @@ mod timing {
             exit_signals: false,
             max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
             max_monitors: crate::firewall::memory::DEFAULT_MAX_MONITORS,
+            max_global_names: crate::firewall::names::MAX_GLOBAL_HELD,
         });
         let pid = |node: &str, id| {
             Term::Pid(Pid {
@@ -836,4 +838,92 @@ fn announced_fragments_are_bounded_per_host() {
     assert_eq!(host.fragments(), MAX_HOST_FRAGMENTS - MAX_FRAGMENTS as usize);
     let (_fw, _inb, r) = open(per_host + 1);
     r.unwrap();
+}
+
+/// The names b's global holds for the peer are given back when b's global
+/// gets the DOWN of its monitor of their holder (seen going out, then
+/// coming back), at any cut.
+#[test]
+fn b_globals_downs_give_back_the_peers_names() {
+    let local = |id| {
+        Term::Pid(Pid {
+            node: Arc::from("b@gn"),
+            id,
+            serial: 0,
+            creation: 5,
+        })
+    };
+    let b_ref = Term::Ref(etf::Ref {
+        node: Arc::from("b@gn"),
+        creation: 5,
+        ids: vec![77, 1, 2],
+    });
+    let holder = peer_pid();
+    let mem = Memory::shared("b@gn");
+    let fw = Firewall::new(policy(), "hostc", mem.clone(), Metrics::new([]));
+    // b's global (pid 3) casts to c's global: learnt as global.
+    let mut out = vec![0, 1, b'a'];
+    let mut cast = enc(&Term::Tuple(vec![
+        Term::Int(6),
+        local(3),
+        atom(""),
+        atom("global_name_server"),
+    ]));
+    cast.extend(enc(&Term::Tuple(vec![
+        atom("$gen_cast"),
+        Term::Tuple(vec![atom("in_sync"), atom("b@gn"), atom("true")]),
+    ])));
+    out.extend(d_frame(&[0], &cast));
+    let mut o = Outbound::new(fw.clone(), false);
+    assert_eq!(o.feed(&out, false), out.len());
+    // c registers a name for its process; b's global monitors it.
+    let mut inb = Inbound::new(fw.clone(), true);
+    let tag = Term::Ref(etf::Ref {
+        node: Arc::from("c@hostc"),
+        creation: 9,
+        ids: vec![1, 2, 3],
+    });
+    let from = Term::Tuple(vec![peer_pid(), tag]);
+    let register = Term::Tuple(vec![
+        atom("$gen_call"),
+        from,
+        Term::Tuple(vec![atom("register"), atom("n"), holder.clone(), atom("m")]),
+    ]);
+    let mut input = vec![0, 1, b'r'];
+    input.extend(d_frame(&[0], &{
+        let mut d = enc(&Term::Tuple(vec![
+            Term::Int(6),
+            peer_pid(),
+            atom(""),
+            atom("global_name_server"),
+        ]));
+        d.extend(enc(&register));
+        d
+    }));
+    run(&mut inb, &input, 4096).unwrap();
+    let host = mem.lock().unwrap().host.clone();
+    assert_eq!(host.global(), 1);
+    let monitor = d_frame(
+        &[0],
+        &enc(&Term::Tuple(vec![
+            Term::Int(19),
+            local(3),
+            holder.clone(),
+            b_ref.clone(),
+        ])),
+    );
+    assert_eq!(o.feed(&monitor, false), monitor.len());
+    // The holder ends: c's node sends the DOWN.
+    let down = d_frame(
+        &[0],
+        &enc(&Term::Tuple(vec![
+            Term::Int(21),
+            holder,
+            local(3),
+            b_ref,
+            atom("killed"),
+        ])),
+    );
+    run(&mut inb, &down, 4096).unwrap();
+    assert_eq!(host.global(), 0, "the DOWN gave the name back");
 }

@@ -10,6 +10,7 @@ fn policy() -> DistPolicy {
         exit_signals: false,
         max_atoms: crate::firewall::atoms::DEFAULT_MAX_ATOMS,
         max_monitors: crate::firewall::memory::DEFAULT_MAX_MONITORS,
+        max_global_names: crate::firewall::names::MAX_GLOBAL_HELD,
     }
 }
 
@@ -1276,4 +1277,48 @@ fn global_names_and_locks_over_1_kib_are_refused() {
         assert_eq!(judge_reg(shape(900)), None, "shape {i} with a name of 900 bytes");
         assert!(judge_reg(shape(2000)).is_some(), "shape {i} with a name of 2000 bytes");
     }
+}
+
+/// Ninth review, finding 3: past `max_global_names`, a registration is
+/// refused and answered `no`, to the caller, with its tag (the peer's
+/// registrar calls under global's lock: unanswered, it would hold it); an
+/// unregistration makes room.
+#[test]
+fn registrations_past_max_global_names_are_refused_and_answered() {
+    let p = DistPolicy {
+        max_global_names: 1,
+        ..policy()
+    };
+    let mut m = Memory::new("b@h");
+    m.set_remote("c@h");
+    let reg = |m: &mut Memory, req: Term| {
+        let mut body = Vec::new();
+        let ctl = vec![Term::Int(6), pid("c@h", 1), atom(""), atom("global_name_server")];
+        etf::encode(&Term::Tuple(ctl), &mut body);
+        etf::encode(&gen_call(pid("c@h", 1), req), &mut body);
+        judge(&p, m, &[], &body, false).unwrap()
+    };
+    let register = |n: &str| Term::Tuple(vec![atom("register"), atom(n), pid("c@h", 9), atom("m")]);
+    assert_eq!(reg(&mut m, register("one")).refused, None);
+    assert_eq!(reg(&mut m, register("one")).refused, None, "the same name again");
+    let j = reg(&mut m, register("two"));
+    assert!(
+        j.refused.is_some_and(|w| w.contains("max_global_names")),
+        "{:?}",
+        j.refused
+    );
+    let answer = j.answer.expect("answered");
+    let mut d = etf::Decoder::new(&answer[7..], &[]);
+    let ctl = d.term().unwrap();
+    assert_eq!(ctl, Term::Tuple(vec![Term::Int(2), atom(""), pid("c@h", 1)]));
+    let reply = d.term().unwrap();
+    assert!(
+        matches!(reply.tuple(), Some([_, Term::Atom(a)]) if &**a == "no"),
+        "{reply:?}"
+    );
+    assert_eq!(
+        reg(&mut m, Term::Tuple(vec![atom("unregister"), atom("one")])).refused,
+        None
+    );
+    assert_eq!(reg(&mut m, register("two")).refused, None);
 }
