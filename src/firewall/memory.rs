@@ -911,6 +911,8 @@ pub struct MemoryState {
     gg_forgotten: Vec<RefKey>,
     #[serde(default)]
     monitors: Vec<(RemoteRefKey, String)>,
+    #[serde(default)]
+    global: super::names::GlobalState,
 }
 
 /// A cache's keys, least recently used first.
@@ -923,7 +925,7 @@ fn oldest_first<K: Clone + std::hash::Hash + Eq, V>(c: &lru::LruCache<K, V>) -> 
 impl Memory {
     /// What this pair remembers, for the next process.
     pub fn export(&mut self) -> MemoryState {
-        let (pg, monitors) = {
+        let (pg, monitors, global) = {
             let conn = self.conn().0;
             (
                 conn.pg.clone(),
@@ -931,6 +933,7 @@ impl Memory {
                     .iter()
                     .flat_map(|(k, ts)| ts.iter().map(|t| (k.clone(), t.clone())))
                     .collect(),
+                conn.global.export(),
             )
         };
         let mut machinery: Vec<(PidKey, String)> = self.machinery.iter().map(|(k, n)| (*k, (*n).to_owned())).collect();
@@ -954,6 +957,7 @@ impl Memory {
             gg_requests: oldest_first(&self.gg_requests),
             gg_forgotten: oldest_first(&self.gg_forgotten),
             monitors,
+            global,
         }
     }
 
@@ -1007,6 +1011,8 @@ impl Memory {
         // The monitors of the connection handed over (the bound the policy
         // in force sets applies to those made after).
         let (conn, host) = self.conn();
+        let taken = conn.global.import(s.global, super::names::MAX_GLOBAL_HELD);
+        host.global.fetch_add(taken, Relaxed);
         for (k, t) in s.monitors {
             if take_one(&host.monitors, MAX_MONITORS) {
                 conn.monitors.entry(k).or_default().push(t);
@@ -1210,6 +1216,25 @@ mod tests {
             };
             assert!(pair.lock().unwrap().monitor(&r, &Term::Atom(Arc::from("cache")), 100));
         }
+        {
+            let mut m = pair.lock().unwrap();
+            let register = Term::Tuple(vec![
+                Term::Atom(Arc::from("$gen_call")),
+                Term::Tuple(vec![Term::Atom(Arc::from("x")), Term::Atom(Arc::from("t"))]),
+                Term::Tuple(vec![
+                    Term::Atom(Arc::from("register")),
+                    Term::Atom(Arc::from("name")),
+                    Term::Pid(Pid {
+                        node: Arc::from("c@h"),
+                        id: 3,
+                        serial: 0,
+                        creation: 1,
+                    }),
+                    Term::Atom(Arc::from("m")),
+                ]),
+            ]);
+            m.global_apply(&register, 10).unwrap();
+        }
         let state = pair.lock().unwrap().export();
         let state: MemoryState = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
         let new = Memories::default();
@@ -1219,6 +1244,7 @@ mod tests {
         m.import(state);
         assert_eq!(m.monitors(), 5);
         assert_eq!(m.host.monitors(), 5);
+        assert_eq!(m.host.global(), 1, "the global name is handed over");
         let r = Ref {
             node: Arc::from("c@h"),
             creation: 1,

@@ -123,7 +123,45 @@ impl Change {
     }
 }
 
+/// What [`GlobalHeld`] hands over (`erlmesh upgrade`): names as hex keys
+/// with their holders, and b's global's monitors.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct GlobalState {
+    names: Vec<(String, PidKey)>,
+    monitors: Vec<(RefKey, PidKey)>,
+}
+
 impl GlobalHeld {
+    pub fn export(&self) -> GlobalState {
+        GlobalState {
+            names: self
+                .held
+                .iter()
+                .map(|(k, p)| (format!("{k:032x}"), p.clone()))
+                .collect(),
+            monitors: self.monitors.iter().map(|(r, p)| (r.clone(), p.clone())).collect(),
+        }
+    }
+
+    /// Takes what a previous process held (at most `max` names): how many
+    /// names were taken.
+    pub fn import(&mut self, s: GlobalState, max: usize) -> usize {
+        let names: Vec<(u128, PidKey)> = s
+            .names
+            .into_iter()
+            .filter_map(|(k, p)| Some((u128::from_str_radix(&k, 16).ok()?, p)))
+            .take(max)
+            .collect();
+        let (added, _) = self.apply(Change {
+            add: names,
+            remove: Vec::new(),
+        });
+        for (r, p) in s.monitors.into_iter().take(2 * MAX_GLOBAL_HELD) {
+            self.monitors.insert(r, p);
+        }
+        added
+    }
+
     /// Names held now.
     pub fn len(&self) -> usize {
         self.held.len()
