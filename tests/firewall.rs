@@ -1632,3 +1632,93 @@ fn a_restricted_peer_has_b_hold_at_most_max_global_names() {
         "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
     );
 }
+
+/// Tenth review, findings 1 and 3. A pg `sync` naming a group twice:
+/// OTP 25 and 27's pg joins both entries' members to its table and keeps
+/// only the last in its state, so the first stays in b's table for good
+/// (erlmesh counted the last: 59 MB of such syncs took b to 1.7 GiB); it
+/// is refused whole. And the groups of a peer scope that ended stayed
+/// counted until the connection ended, so c's scopes restarting filled
+/// the host's bound and c's own joins were refused: b's pg scope's DOWN
+/// of a peer scope (the monitor it made, seen going out) now gives them
+/// back. Six scopes of c's fill the bound, end, and c's pg is served.
+#[test]
+fn pg_syncs_naming_a_group_twice_and_ended_scopes() {
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let kernel_before = b.eval(KERNEL);
+    assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+    let r = c.eval(
+        "begin F = spawn(fun L() -> receive _ -> L() end end), P1 = spawn(fun L() -> receive _ -> L() end end), P2 = spawn(fun L() -> receive _ -> L() end end), gen_server:cast({pg, 'b@hostb'}, {sync, F, [{twice, [P1]}, {twice, [P2]}]}), timer:sleep(500), exit(F, kill), ok end.",
+    );
+    assert_eq!(r, "ok");
+    assert!(
+        wait_for(Duration::from_secs(5), || s
+            .hb
+            .log()
+            .contains("a pg sync naming a group twice")),
+        "{}",
+        s.hb.log()
+    );
+    assert_eq!(b.eval("pg:get_members(twice)."), "[]");
+    // Six fake scopes of c's: 4096 groups in all (the host's bound), then
+    // their end.
+    let r = c.eval(
+        "begin P = spawn(fun L() -> receive _ -> L() end end), Fs = [spawn(fun L() -> receive _ -> L() end end) || _ <- lists:seq(1, 6)], [gen_server:cast({pg, 'b@hostb'}, {sync, F, [{{K, I}, [P]} || I <- lists:seq(1, 700)]}) || {K, F} <- lists:zip(lists:seq(1, 6), Fs)], timer:sleep(1000), [exit(F, kill) || F <- Fs], ok end.",
+    );
+    assert_eq!(r, "ok");
+    assert!(wait_for(Duration::from_secs(10), || b
+        .eval("length(pg:which_groups()).")
+        == "0"));
+    assert_eq!(c.eval("pg:join(after_the_end, self())."), "ok");
+    assert!(
+        wait_for(Duration::from_secs(10), || b
+            .eval("length(pg:get_members(after_the_end)).")
+            == "1"),
+        "c's join was not served after its scopes ended\n{}",
+        s.hb.log()
+    );
+    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
+}
+
+/// Tenth review, finding 2: b on OTP 27 announces pg version 0, and an
+/// OTP 29 peer's `{discover, Pid, 1}` was refused; 27's pg takes it (25's
+/// crashes on it), so after any reconnect c never learnt b's scope and
+/// b's members. It passes as `{discover, Pid}`, which every release takes.
+/// Membership is seen on both sides at first, after a disconnect, and
+/// after c's node restarts.
+#[test]
+fn pg_between_an_otp_27_node_and_an_otp_29_peer_survives_reconnects() {
+    if !require_otp_chroots() {
+        return;
+    }
+    let s = cluster("enforce", Some("trixie"), Some("sid"));
+    let mut b = start_b(&s);
+    assert_eq!(b.eval("erlang:system_info(otp_release)."), "\"27\"");
+    assert_eq!(b.eval("begin register(member_b, spawn(fun() -> receive stop -> ok end end)), pg:join(shared, whereis(member_b)) end."), "ok");
+    for round in 0..3 {
+        let mut c = s.hc.node("c");
+        assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+        assert_eq!(c.eval("begin register(member_c, spawn(fun() -> receive stop -> ok end end)), pg:join(shared, whereis(member_c)) end."), "ok");
+        assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+        let both = |n: &mut Node| n.eval("length(pg:get_members(shared)).") == "2";
+        assert!(
+            wait_for(Duration::from_secs(10), || both(&mut c) && both(&mut b)),
+            "round {round}: first connection\n{}",
+            s.hb.log()
+        );
+        c.eval(&format!("erlang:disconnect_node({NODE_B})."));
+        assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+        assert!(
+            wait_for(Duration::from_secs(10), || both(&mut c) && both(&mut b)),
+            "round {round}: after a reconnect\n{}",
+            s.hb.log()
+        );
+        drop(c);
+        assert!(wait_for(Duration::from_secs(10), || b
+            .eval("length(pg:get_members(shared)).")
+            == "1"));
+    }
+}

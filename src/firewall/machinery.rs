@@ -136,20 +136,27 @@ fn remote_pids(mem: &Memory, t: &Term) -> bool {
 /// 29's own nodes send (`net_kernel.erl`, `global.erl`, `rpc.erl`,
 /// `pg.erl`): every element whose type the receiver relies on is checked,
 /// since a kernel process that crashes can take the node down.
-pub(super) fn machinery(p: &super::DistPolicy, mem: &mut Memory, name: &str, m: &Term) -> Result<(), &'static str> {
+/// Whether a message to the machinery may pass: `Ok(Some(m))` when the
+/// node must get `m` in its place.
+pub(super) fn machinery(
+    p: &super::DistPolicy,
+    mem: &mut Memory,
+    name: &str,
+    m: &Term,
+) -> Result<Option<Term>, &'static str> {
     let t = m.tuple().unwrap_or(&[]);
     match name {
         // rpc's nodes observer asks every new node's rex which features it
         // has, and gets the answer at its own pid.
         REX => match t {
-            [from, Term::Atom(a)] if &**a == "features_request" && mem.remote_pid(from) => Ok(()),
-            [Term::Atom(a), Term::Atom(n), l] if &**a == "features_reply" && mem.is_remote(n) && is_list(l) => Ok(()),
+            [from, Term::Atom(a)] if &**a == "features_request" && mem.remote_pid(from) => Ok(None),
+            [Term::Atom(a), Term::Atom(n), l] if &**a == "features_reply" && mem.is_remote(n) && is_list(l) => Ok(None),
             _ => Err("rex (rpc) is asked only which features it has"),
         },
         // ping.
         NET_KERNEL => match t {
             [Term::Atom(g), from, req] if &**g == "$gen_call" && valid_from(mem, from) => match req.tuple() {
-                Some([Term::Atom(a), n]) if &**a == "is_auth" && is_atom(n) => Ok(()),
+                Some([Term::Atom(a), n]) if &**a == "is_auth" && is_atom(n) => Ok(None),
                 _ => Err("net_kernel is asked only is_auth (ping)"),
             },
             _ => Err("net_kernel is asked only is_auth (ping)"),
@@ -173,7 +180,7 @@ pub(super) fn machinery(p: &super::DistPolicy, mem: &mut Memory, name: &str, m: 
             if foreign_fun {
                 return Err("a fun of a module other than global");
             }
-            mem.global_apply(m, p.max_global_names)
+            mem.global_apply(m, p.max_global_names).map(|()| None)
         }
         _ => {
             // Version 1's shapes (OTP 29) only to a local scope that
@@ -191,7 +198,7 @@ pub(super) fn machinery(p: &super::DistPolicy, mem: &mut Memory, name: &str, m: 
             let pid_or_none = |ps: &Term| *ps == Term::Nil || pid_list(ps);
             let ok = match t {
                 [Term::Atom(a), peer] if &**a == "discover" => mem.remote_pid(peer),
-                [Term::Atom(a), peer, Term::Int(v)] if &**a == "discover" => v1 && *v >= 0 && mem.remote_pid(peer),
+                [Term::Atom(a), peer, Term::Int(v)] if &**a == "discover" => *v >= 0 && mem.remote_pid(peer),
                 [Term::Atom(g), req] if &**g == "$gen_cast" => match req.tuple() {
                     Some([Term::Atom(a), peer, groups]) if &**a == "sync" => {
                         mem.remote_pid(peer)
@@ -219,7 +226,17 @@ pub(super) fn machinery(p: &super::DistPolicy, mem: &mut Memory, name: &str, m: 
                 _ => false,
             };
             if ok && no_fun(m) {
-                mem.pg_apply(m)
+                mem.pg_apply(m)?;
+                // OTP 29's discover to a scope that did not announce version
+                // 1: OTP 25's pg crashes on it, 27's takes it as the
+                // version 0 one, which both take (a release erlmesh cannot
+                // tell apart by the connection).
+                Ok(match t {
+                    [Term::Atom(a), peer, Term::Int(_)] if &**a == "discover" && !v1 => {
+                        Some(Term::Tuple(vec![Term::Atom(a.clone()), peer.clone()]))
+                    }
+                    _ => None,
+                })
             } else {
                 Err("a request pg's own protocol does not make, or not in its shape")
             }

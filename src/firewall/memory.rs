@@ -154,6 +154,9 @@ struct Conn {
     monitor_count: usize,
     /// The global names the local global holds for the peer.
     global: super::names::GlobalHeld,
+    /// The local pg scope's monitors of the peer's scopes, by reference:
+    /// a DOWN of one of them has the local scope drop that scope.
+    pg_monitors: std::collections::HashMap<RefKey, PidKey>,
 }
 
 impl Conn {
@@ -416,6 +419,43 @@ impl Memory {
             (_, Some(false)) => conn.global.demonitored(r),
             (_, Some(true)) if conn.global.down(r) => give(&host.global, 1),
             _ => {}
+        }
+    }
+
+    /// The local pg scope monitors (`Some(p)`) the peer's process `p`
+    /// with `r`, or took the monitor back (`None`).
+    pub(super) fn pg_monitor(&mut self, r: &Ref, p: Option<&Pid>) {
+        let Some(k) = self.local_ref(r) else {
+            return;
+        };
+        let conn = self.conn().0;
+        match p {
+            Some(p) if conn.pg_monitors.len() < MAX_MACHINERY_CALLS => {
+                conn.pg_monitors.insert(k, (p.id, p.serial, p.creation));
+            }
+            Some(_) => {}
+            None => {
+                conn.pg_monitors.remove(&k);
+            }
+        }
+    }
+
+    /// The DOWN of the local scope's monitor `r` of the peer's process
+    /// `peer` came: the local scope drops that scope's groups (the node
+    /// delivers a DOWN only for a monitor that exists, and pg matches it
+    /// by pid and reference), and so does the mirror.
+    pub(super) fn pg_scope_ended(&mut self, peer: &Pid, r: &Ref) {
+        let Some(k) = self.local_ref(r) else {
+            return;
+        };
+        let (conn, host) = self.conn();
+        if conn.pg_monitors.get(&k) != Some(&(peer.id, peer.serial, peer.creation)) {
+            return;
+        }
+        conn.pg_monitors.remove(&k);
+        let before = conn.pg.held();
+        if conn.pg.scope_ended(peer) {
+            host.pg_moved(before, conn.pg.held());
         }
     }
 

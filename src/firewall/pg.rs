@@ -225,6 +225,15 @@ impl PgMirror {
         self
     }
 
+    /// The peer's scope `peer` ended (its node reported it to the local
+    /// scope, which drops its groups): whether the mirror had it.
+    pub fn scope_ended(&mut self, peer: &Pid) -> bool {
+        let before = self.scopes.len();
+        self.scopes.retain(|(k, _)| *k != key(peer));
+        self.recount();
+        self.scopes.len() != before
+    }
+
     /// Groups and members this mirror holds.
     pub fn held(&self) -> (usize, usize) {
         (self.groups, self.members)
@@ -292,14 +301,22 @@ impl PgMirror {
                     Some([_, Term::Pid(peer), groups]) => {
                         for e in list(groups) {
                             if let Some([g, ps]) = e.tuple() {
-                                now.insert(group_key(g)?, pids(ps));
+                                // pg never names a group twice (its list comes
+                                // from a map); OTP 25 and 27 join both
+                                // entries' members to the table and keep
+                                // the last in their state.
+                                if now.insert(group_key(g)?, pids(ps)).is_some() {
+                                    return Err("a pg sync naming a group twice");
+                                }
                             }
                         }
                         peer
                     }
                     Some([_, Term::Pid(peer), _, Term::Map(groups)]) => {
                         for (g, ps) in groups {
-                            now.insert(group_key(g)?, pids(ps));
+                            if now.insert(group_key(g)?, pids(ps)).is_some() {
+                                return Err("a pg local_data naming a group twice");
+                            }
                         }
                         peer
                     }

@@ -84,6 +84,11 @@ pub struct Judgement {
     /// walked, with the rest of it as it passes, for local pids,
     /// references and ports this peer's node was not given.
     pub walk: Option<usize>,
+    /// Allowed, but the node gets this message in its place (with the
+    /// same control message): OTP 29's pg `{discover, Pid, 1}` as the
+    /// `{discover, Pid}` every release takes, for a local scope that did
+    /// not announce version 1.
+    pub replace: Option<Term>,
 }
 
 impl Judgement {
@@ -94,6 +99,7 @@ impl Judgement {
             refused: None,
             answer: None,
             walk: None,
+            replace: None,
         }
     }
 
@@ -104,6 +110,7 @@ impl Judgement {
             refused: Some(why),
             answer: None,
             walk: None,
+            replace: None,
         }
     }
 }
@@ -267,6 +274,11 @@ pub fn judge(
                 if mem.machinery_of(to) == Some(GLOBAL) {
                     mem.global_monitor(r, None, Some(true));
                 }
+                // A peer scope's end, to the local pg scope (which
+                // monitors each peer scope it knows).
+                if let (Term::Pid(from), Some(PG)) = (el(1)?, mem.machinery_of(to)) {
+                    mem.pg_scope_ended(from, r);
+                }
             }
             let request = match el(3)? {
                 Term::Ref(r) => mem.global_group_request(r),
@@ -413,7 +425,10 @@ fn to_pid(
             return Ok(Judgement::refuse(op, target, why));
         }
         return Ok(match machinery(p, mem, name, &m) {
-            Ok(()) => Judgement::allow(op, target),
+            Ok(replace) => Judgement {
+                replace,
+                ..Judgement::allow(op, target)
+            },
             Err(why) => refused_call(op, target, why, &m),
         });
     }
@@ -552,7 +567,10 @@ fn to_name(
             return Ok(Judgement::refuse(op, target, why));
         }
         return Ok(match machinery(p, mem, m_name, &m) {
-            Ok(()) => Judgement::allow(op, target),
+            Ok(replace) => Judgement {
+                replace,
+                ..Judgement::allow(op, target)
+            },
             Err(why) => refused_call(op, target, why, &m),
         });
     }

@@ -806,11 +806,33 @@ impl Inbound {
         whole: bool,
     ) -> io::Result<Decision> {
         let top = j.walk;
+        let replace = j.replace.clone();
         let passes = {
             let fw = self.fw();
             let mut sh = fw.shared();
             fw.apply(&mut sh, j)
         };
+        if let (true, Some(m)) = (passes, replace) {
+            // In place of the message, with the same control message (its
+            // atoms written out) after the frame's atom cache header.
+            if !whole {
+                return Ok(Decision::Drop(match header {
+                    Some(h) => Some(standin_for(h, &self.fw().mem())?),
+                    None => None,
+                }));
+            }
+            let mut d = etf::Decoder::new(body, atoms);
+            let ctl = (if versioned { d.version() } else { Ok(()) })
+                .and_then(|_| d.term())
+                .map_err(|_| malformed("a control message that no longer decodes"))?;
+            let mut v = vec![0, 0, 0, 0, etf::VERSION, etf::DIST_HEADER];
+            v.extend_from_slice(header.unwrap_or(&[0]));
+            etf::encode(&ctl, &mut v);
+            etf::encode(&m, &mut v);
+            let len = (v.len() - 4) as u32;
+            v[..4].copy_from_slice(&len.to_be_bytes());
+            return Ok(Decision::Drop(Some(v)));
+        }
         if passes {
             let from = top.map_or(u64::MAX, |n| body.len().saturating_sub(n) as u64);
             let mut walker = Walker::bounded(u64::MAX, versioned, MAX_WALK_DEPTH).atoms_and_from(from);
@@ -907,6 +929,7 @@ fn refuse_walked(fw: &Firewall, r: Refusal) -> io::Result<()> {
         refused: Some(r.why),
         answer: None,
         walk: None,
+        replace: None,
     };
     if fw.apply(&mut fw.shared(), j) {
         return Ok(());

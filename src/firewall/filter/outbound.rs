@@ -338,12 +338,13 @@ impl Outbound {
         if let (Some(op @ (19 | 20)), Some(Term::Pid(g)), Some(to), Some(Term::Ref(r))) =
             (op, t.get(1), t.get(2), t.get(3))
         {
-            if mem.machinery_of(g) == Some(super::super::machinery::GLOBAL) {
-                match (op, to) {
-                    (19, Term::Pid(p)) => mem.global_monitor(r, Some(p), None),
-                    (20, _) => mem.global_monitor(r, None, Some(false)),
-                    _ => {}
-                }
+            match (mem.machinery_of(g), op, to) {
+                (Some(super::super::machinery::GLOBAL), 19, Term::Pid(p)) => mem.global_monitor(r, Some(p), None),
+                (Some(super::super::machinery::GLOBAL), 20, _) => mem.global_monitor(r, None, Some(false)),
+                // The local pg scope's monitors of the peer's scopes.
+                (Some(super::super::machinery::PG), 19, Term::Pid(p)) => mem.pg_monitor(r, Some(p)),
+                (Some(super::super::machinery::PG), 20, _) => mem.pg_monitor(r, None),
+                _ => {}
             }
         }
         // An erpc request global_group makes (erpc:execute_call(Ref,
