@@ -409,11 +409,11 @@ impl<'a> Decoder<'a> {
             }
             109 => {
                 let n = self.u32()? as usize;
-                Term::Binary(n, content_hash(self.take(n)?))
+                Term::Binary(n, content_hash(tag, self.take(n)?))
             }
             77 => {
                 let n = self.u32()? as usize;
-                Term::Binary(n, content_hash(self.take(1 + n)?))
+                Term::Binary(n, content_hash(tag, self.take(1 + n)?))
             }
             116 => {
                 let n = self.u32()? as usize;
@@ -508,14 +508,18 @@ impl<'a> Decoder<'a> {
 /// followed).
 pub const HASHED_BINARY: usize = 1024;
 
-/// A fixed (unkeyed) hash of a small binary's bytes: the same in every
+/// A fixed (unkeyed) hash of a small binary's bytes (and its kind): the same in every
 /// erlmesh process, so that what one hands over the next one reads.
-fn content_hash(b: &[u8]) -> u64 {
-    if b.len() > HASHED_BINARY {
+fn content_hash(tag: u8, b: &[u8]) -> u64 {
+    let bytes = if tag == 77 { b.len().saturating_sub(1) } else { b.len() };
+    if bytes > HASHED_BINARY {
         return 0;
     }
     use std::hash::Hasher;
     let mut h = siphasher::sip::SipHasher13::new();
+    // A bitstring's bits byte comes with its tag: <<160>> and <<5:3>> are
+    // two terms.
+    h.write_u8(tag);
     h.write(b);
     h.finish() | 1
 }

@@ -278,8 +278,18 @@ fn global_cast(mem: &Memory, req: &Term) -> bool {
 /// the bytes sent).
 pub const MAX_GLOBAL_NAME_WEIGHT: usize = 1024;
 
+/// Small, and kept whole by the decoder: a name holding a float, a
+/// bignum, a large binary, a fun or a port is refused (erlmesh counts
+/// names by their terms, and would take two such names for one).
 fn small(t: &Term) -> bool {
-    t.weight() <= MAX_GLOBAL_NAME_WEIGHT
+    let mut whole = true;
+    t.visit(&mut |t| {
+        whole &= !matches!(
+            t,
+            Term::Float | Term::Big | Term::Binary(_, 0) | Term::Fun(_) | Term::Port(_)
+        )
+    });
+    whole && t.weight() <= MAX_GLOBAL_NAME_WEIGHT
 }
 
 /// `{Name, Pid, _}` with a small name.

@@ -396,6 +396,9 @@ impl Memory {
         let (conn, host) = self.conn();
         let before = conn.global.len();
         let new = conn.global.new_ones(&change);
+        if new > 0 && conn.global.monitors_full() {
+            return Err(super::names::TOO_MANY);
+        }
         let room = host
             .global
             .fetch_update(Relaxed, Relaxed, |h| h.checked_add(new).filter(|t| *t <= max));
@@ -411,15 +414,18 @@ impl Memory {
 
     /// The local global monitors (`down`: `None`) the peer's process `p`
     /// with `r`, took the monitor back (`Some(false)`), or got its DOWN
-    /// (`Some(true)`: it drops one of the process's names).
-    pub(super) fn global_monitor(&mut self, r: &Ref, p: Option<&Pid>, down: Option<bool>) {
+    /// from `p` (`Some(true)`).
+    pub(super) fn global_monitor(&mut self, r: &Ref, p: &Pid, down: Option<bool>) {
         let (conn, host) = self.conn();
-        match (p, down) {
-            (Some(p), None) => conn.global.monitored(r, p),
-            (_, Some(false)) => conn.global.demonitored(r),
-            (_, Some(true)) if conn.global.down(r) => give(&host.global, 1),
-            _ => {}
-        }
+        let given = match down {
+            None => {
+                conn.global.monitored(r, p);
+                0
+            }
+            Some(false) => conn.global.demonitored(r),
+            Some(true) => conn.global.down(r, p),
+        };
+        give(&host.global, given);
     }
 
     /// The local pg scope monitors (`Some(p)`) the peer's process `p`

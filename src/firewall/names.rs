@@ -54,9 +54,12 @@ pub struct GlobalHeld {
     /// Each name or lock, by key, and its holder.
     held: HashMap<u128, PidKey>,
     by_holder: HashMap<PidKey, Vec<u128>>,
-    /// b's global's monitors of the peer's processes: their DOWN means
-    /// b's global dropped one of the holder's names or locks.
+    /// b's global's monitors of the peer's processes (one for each name
+    /// and lock it holds for them), and each holder's: once a holder has
+    /// none left (their DOWNs came, or global took them back), b's global
+    /// holds none of its names.
     monitors: HashMap<RefKey, PidKey>,
+    holder_monitors: HashMap<PidKey, usize>,
 }
 
 /// What a message to b's global adds and removes.
@@ -157,7 +160,9 @@ impl GlobalHeld {
             remove: Vec::new(),
         });
         for (r, p) in s.monitors.into_iter().take(2 * MAX_GLOBAL_HELD) {
-            self.monitors.insert(r, p);
+            if self.monitors.insert(r, p.clone()).is_none() {
+                *self.holder_monitors.entry(p).or_default() += 1;
+            }
         }
         added
     }
@@ -216,28 +221,57 @@ impl GlobalHeld {
         true
     }
 
+    /// Whether b's global's monitors of the peer's processes are as many
+    /// as erlmesh follows: then no name is added (a name whose monitor
+    /// went unseen could be given back while b keeps it).
+    pub fn monitors_full(&self) -> bool {
+        self.monitors.len() >= 2 * MAX_GLOBAL_HELD
+    }
+
     /// b's global monitors the peer's process `p` with reference `r`.
     pub fn monitored(&mut self, r: &Ref, p: &Pid) {
-        if self.monitors.len() < 2 * MAX_GLOBAL_HELD {
-            self.monitors.insert((r.creation, r.ids.clone()), pid_key(p));
+        if !self.monitors_full() && self.monitors.insert((r.creation, r.ids.clone()), pid_key(p)).is_none() {
+            *self.holder_monitors.entry(pid_key(p)).or_default() += 1;
         }
     }
 
-    /// b's global took its monitor `r` back.
-    pub fn demonitored(&mut self, r: &Ref) {
-        self.monitors.remove(&(r.creation, r.ids.clone()));
+    /// b's global took its monitor `r` back (it dropped a name or a lock
+    /// of the holder): how many names were given back.
+    pub fn demonitored(&mut self, r: &Ref) -> usize {
+        match self.monitors.remove(&(r.creation, r.ids.clone())) {
+            Some(holder) => self.monitor_gone(holder),
+            None => 0,
+        }
     }
 
-    /// The DOWN of b's global's monitor `r` came: b's global drops one of
-    /// the holder's names. Whether one was given back.
-    pub fn down(&mut self, r: &Ref) -> bool {
-        let Some(holder) = self.monitors.remove(&(r.creation, r.ids.clone())) else {
-            return false;
-        };
-        let Some(k) = self.by_holder.get(&holder).and_then(|ks| ks.last().copied()) else {
-            return false;
-        };
-        self.drop_key(k)
+    /// One of `holder`'s monitors is gone: with none left, b's global holds
+    /// none of its names, and all are given back.
+    fn monitor_gone(&mut self, holder: PidKey) -> usize {
+        let left = self.holder_monitors.get_mut(&holder).map(|n| {
+            *n -= 1;
+            *n
+        });
+        if left != Some(0) {
+            return 0;
+        }
+        self.holder_monitors.remove(&holder);
+        let keys = self.by_holder.remove(&holder).unwrap_or_default();
+        keys.iter().filter(|k| self.held.remove(k).is_some()).count()
+    }
+
+    /// The DOWN of b's global's monitor `r` of `from` came (b's node
+    /// delivers it only for a monitor that exists, from the monitored
+    /// process): b's global drops what that monitor stood for, a name or a
+    /// lock, it is not known which; once the holder has no monitor left,
+    /// all its names are given back (a forged DOWN gives nothing back
+    /// while another monitor of the holder stands). How many were.
+    pub fn down(&mut self, r: &Ref, from: &Pid) -> usize {
+        let k = (r.creation, r.ids.clone());
+        if self.monitors.get(&k) != Some(&pid_key(from)) {
+            return 0;
+        }
+        self.monitors.remove(&k);
+        self.monitor_gone(pid_key(from))
     }
 }
 
@@ -288,13 +322,25 @@ mod tests {
             ids: vec![n],
         };
         // A DOWN of a monitor b's global never made gives nothing back.
-        assert!(!g.down(&r(9)));
+        assert_eq!(g.down(&r(9), &pid(5)), 0);
         g.monitored(&r(1), &pid(5));
         g.monitored(&r(2), &pid(5));
-        assert!(g.down(&r(1)));
-        assert_eq!(g.len(), 2);
-        g.demonitored(&r(2));
-        assert!(!g.down(&r(2)));
+        g.monitored(&r(3), &pid(5));
+        // From another process than the monitored one: nothing.
+        assert_eq!(g.down(&r(1), &pid(6)), 0);
+        // One DOWN (a lock's, say) while other monitors stand: nothing.
+        assert_eq!(g.down(&r(1), &pid(5)), 0);
+        assert_eq!(g.len(), 3);
+        // The holder's last monitors gone (a DOWN, global taking one
+        // back): all its names.
+        assert_eq!(g.demonitored(&r(2)), 0);
+        assert_eq!(g.down(&r(2), &pid(5)), 0, "taken back already");
+        assert_eq!(g.down(&r(3), &pid(5)), 3);
+        assert_eq!(g.len(), 0);
+        for n in ["a", "b", "c"] {
+            g.apply(Change::of(&register(n, 5)));
+        }
+        assert_eq!(g.len(), 3);
         // Which of the holder's names went is not known, only how many.
         g.apply(Change::of(&call(vec![atom("unregister"), atom("a")])));
         g.apply(Change::of(&call(vec![atom("unregister"), atom("b")])));

@@ -271,8 +271,8 @@ pub fn judge(
             // The DOWN of a monitor the local global made of the peer's
             // process: global drops one of its names.
             if let (Term::Pid(to), Term::Ref(r)) = (el(2)?, el(3)?) {
-                if mem.machinery_of(to) == Some(GLOBAL) {
-                    mem.global_monitor(r, None, Some(true));
+                if let (Some(GLOBAL), Term::Pid(from)) = (mem.machinery_of(to), el(1)?) {
+                    mem.global_monitor(r, from, Some(true));
                 }
                 // A peer scope's end, to the local pg scope (which
                 // monitors each peer scope it knows).
@@ -524,14 +524,15 @@ fn reply(mem: &mut Memory, op: &'static str, target: Target, m: &Term) -> Judgem
 }
 
 /// Why a reply to a call to the peer's machinery is refused.
-/// A refused message to the machinery; a registration refused at the
-/// bound on global names is answered `no` (`{Tag, no}` to the caller):
-/// the peer's registrar calls under global's lock, and would hold it,
-/// waiting, for as long as the caller lives.
+/// A refused message to the machinery; a refused registration (past the
+/// bound on global names, or a name erlmesh does not take) is answered
+/// `no` (`{Tag, no}` to the caller): the peer's registrar calls under
+/// global's lock, and would hold it, waiting, for as long as the caller
+/// lives.
 fn refused_call(op: &'static str, target: Target, why: &'static str, m: &Term) -> Judgement {
     let mut j = Judgement::refuse(op, target, why);
-    if why == super::names::TOO_MANY {
-        if let Some([Term::Atom(g), from, _]) = m.tuple() {
+    if let Some([Term::Atom(g), from, req]) = m.tuple() {
+        if matches!(req.tag(), Some("register" | "register_ext")) {
             if let (true, Some([Term::Pid(caller), tag])) = (&**g == "$gen_call", from.tuple()) {
                 let send = Term::Tuple(vec![Term::Int(2), Term::Atom(Arc::from("")), Term::Pid(caller.clone())]);
                 let reply = Term::Tuple(vec![tag.clone(), Term::Atom(Arc::from("no"))]);

@@ -339,8 +339,8 @@ impl Outbound {
             (op, t.get(1), t.get(2), t.get(3))
         {
             match (mem.machinery_of(g), op, to) {
-                (Some(super::super::machinery::GLOBAL), 19, Term::Pid(p)) => mem.global_monitor(r, Some(p), None),
-                (Some(super::super::machinery::GLOBAL), 20, _) => mem.global_monitor(r, None, Some(false)),
+                (Some(super::super::machinery::GLOBAL), 19, Term::Pid(p)) => mem.global_monitor(r, p, None),
+                (Some(super::super::machinery::GLOBAL), 20, Term::Pid(p)) => mem.global_monitor(r, p, Some(false)),
                 // The local pg scope's monitors of the peer's scopes.
                 (Some(super::super::machinery::PG), 19, Term::Pid(p)) => mem.pg_monitor(r, Some(p)),
                 (Some(super::super::machinery::PG), 20, _) => mem.pg_monitor(r, None),

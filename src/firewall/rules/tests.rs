@@ -1337,3 +1337,39 @@ fn registrations_past_max_global_names_are_refused_and_answered() {
     );
     assert_eq!(reg(&mut m, register("two")).refused, None);
 }
+
+/// Eleventh review: names that differ only in a float or a bignum (which
+/// the decoder does not keep) were one name to erlmesh's count: 3000 such
+/// names reached b past a bound of 20. Such names are refused, and the
+/// registration answered `no` (the registrar waits under global's lock).
+#[test]
+fn global_names_the_decoder_does_not_keep_whole_are_refused_and_answered() {
+    let mut m = Memory::new("b@h");
+    m.set_remote("c@h");
+    for name in [
+        Term::Tuple(vec![atom("f"), Term::Float]),
+        Term::Tuple(vec![atom("b"), Term::Big]),
+    ] {
+        let mut body = Vec::new();
+        let ctl = vec![Term::Int(6), pid("c@h", 1), atom(""), atom("global_name_server")];
+        etf::encode(&Term::Tuple(ctl), &mut body);
+        // Float and Big encode as nothing the decoder reads back: write
+        // them by hand (NEW_FLOAT_EXT, SMALL_BIG_EXT of 9 bytes).
+        let req = Term::Tuple(vec![atom("register"), atom("@@"), pid("c@h", 9), atom("m")]);
+        let mut msg = Vec::new();
+        etf::encode(&gen_call(pid("c@h", 1), req), &mut msg);
+        let at = msg.windows(4).position(|w| w == [119, 2, b'@', b'@']).unwrap();
+        let mut name_bytes = vec![104, 2];
+        etf::encode(&name.tuple().unwrap()[0], &mut name_bytes);
+        match &name.tuple().unwrap()[1] {
+            Term::Float => name_bytes.extend([70, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Term::Big => name_bytes.extend([110, 9, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]),
+            t => etf::encode(t, &mut name_bytes),
+        }
+        msg.splice(at..at + 4, name_bytes);
+        body.extend(msg);
+        let j = judge(&policy(), &mut m, &[], &body, false).unwrap();
+        assert!(j.refused.is_some(), "{name:?}");
+        assert!(j.answer.is_some(), "{name:?}: the registration is answered");
+    }
+}
