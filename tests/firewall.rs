@@ -1729,3 +1729,46 @@ fn pg_between_an_otp_27_node_and_an_otp_29_peer_survives_reconnects() {
             == "1"));
     }
 }
+
+/// Twelfth review: OTP 29's `{discover, Pid, 1}` to an OTP 25 or 27 scope
+/// went on with the peer's control message re-encoded, and erlmesh's
+/// encoder wrote a 257-element tuple in REG_SEND's unused field as a
+/// 1-tuple: b then read the tuple's next elements as the name (`rex`) and
+/// the message (an rpc call running os:cmd: code ran on b), and the
+/// atoms in it were never counted. The invariant: nothing of the peer's
+/// control message reaches the node in a frame erlmesh writes (the
+/// sender and target it checked, its own atoms). c writes both frames on
+/// its own connection: no file, no new atoms past a handful, b's rex and
+/// pg as they were, c's discover still reaches b's pg.
+#[test]
+fn a_rewritten_discover_carries_nothing_of_the_peers_control_message() {
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let dir = s.c.path().to_owned();
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let kernel_before = b.eval(KERNEL);
+    let atoms = |b: &mut Node| b.eval("erlang:system_info(atom_count).").parse::<i64>().unwrap();
+    let before = atoms(&mut b);
+    let code = format!(
+        "begin {{_, Port}} = lists:keyfind({NODE_B}, 1, erlang:system_info(dist_ctrl)), Me = self(), \
+         Payload = {{'$gen_call', {{Me, t1}}, {{call, os, cmd, [\"touch {}\"], user}}}}, \
+         U = list_to_tuple([zz_rev12_new_atom, rex, Payload | lists:duplicate(254, x)]), \
+         <<131, Ctl/binary>> = term_to_binary({{6, Me, U, pg}}), \
+         <<131, Msg/binary>> = term_to_binary({{discover, Me, 1}}), \
+         true = erlang:port_command(Port, <<131, 68, 0, Ctl/binary, Msg/binary>>), \
+         Many = list_to_tuple([list_to_atom(\"zz_many_\" ++ integer_to_list(I)) || I <- lists:seq(1, 20000)]), \
+         <<131, Ctl2/binary>> = term_to_binary({{6, Me, Many, pg}}), \
+         P2 = spawn(fun() -> receive stop -> ok end end), \
+         <<131, Msg2/binary>> = term_to_binary({{discover, P2, 1}}), \
+         erlang:port_command(Port, <<131, 68, 0, Ctl2/binary, Msg2/binary>>) end.",
+        marker(&dir, "rewrite").display()
+    );
+    assert_eq!(c.eval(&code), "true");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!marker(&dir, "rewrite").exists(), "code ran on b");
+    let grown = atoms(&mut b) - before;
+    assert!(grown < 100, "b has {grown} new atoms");
+    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+}

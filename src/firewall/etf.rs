@@ -628,9 +628,16 @@ pub fn atom_text(b: &[u8], latin1: bool) -> Option<std::borrow::Cow<'_, str>> {
 pub fn encode(t: &Term, out: &mut Vec<u8>) {
     match t {
         Term::Int(i) if (0..256).contains(i) => out.extend([97, *i as u8]),
-        Term::Int(i) => {
+        Term::Int(i) if i32::try_from(*i).is_ok() => {
             out.push(98);
             out.extend((*i as i32).to_be_bytes());
+        }
+        // SMALL_BIG_EXT: sign, then the magnitude's bytes, little-endian.
+        Term::Int(i) => {
+            let bytes = i.unsigned_abs().to_le_bytes();
+            let n = 8 - bytes.iter().rev().take_while(|b| **b == 0).count();
+            out.extend([110, n as u8, u8::from(*i < 0)]);
+            out.extend(&bytes[..n]);
         }
         Term::Atom(a) => encode_atom(a, out),
         Term::Pid(p) => {
@@ -649,8 +656,13 @@ pub fn encode(t: &Term, out: &mut Vec<u8>) {
                 out.extend(id.to_be_bytes());
             }
         }
-        Term::Tuple(v) => {
+        Term::Tuple(v) if v.len() < 256 => {
             out.extend([104, v.len() as u8]);
+            v.iter().for_each(|t| encode(t, out));
+        }
+        Term::Tuple(v) => {
+            out.push(105);
+            out.extend((v.len() as u32).to_be_bytes());
             v.iter().for_each(|t| encode(t, out));
         }
         Term::Map(kv) => {

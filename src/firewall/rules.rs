@@ -84,11 +84,13 @@ pub struct Judgement {
     /// walked, with the rest of it as it passes, for local pids,
     /// references and ports this peer's node was not given.
     pub walk: Option<usize>,
-    /// Allowed, but the node gets this message in its place (with the
-    /// same control message): OTP 29's pg `{discover, Pid, 1}` as the
+    /// Allowed, but the node gets this frame's terms in its place: a
+    /// control message erlmesh builds from what it checked (the peer's
+    /// sender, the local target: nothing else of the peer's control
+    /// message) and the message. OTP 29's pg `{discover, Pid, 1}` as the
     /// `{discover, Pid}` every release takes, for a local scope that did
     /// not announce version 1.
-    pub replace: Option<Term>,
+    pub replace: Option<(Term, Term)>,
 }
 
 impl Judgement {
@@ -425,10 +427,15 @@ fn to_pid(
             return Ok(Judgement::refuse(op, target, why));
         }
         return Ok(match machinery(p, mem, name, &m) {
-            Ok(replace) => Judgement {
-                replace,
+            // SEND {2, '', To}.
+            Ok(Some(m)) => Judgement {
+                replace: Some((
+                    Term::Tuple(vec![Term::Int(2), Term::Atom(Arc::from("")), Term::Pid(to.clone())]),
+                    m,
+                )),
                 ..Judgement::allow(op, target)
             },
+            Ok(None) => Judgement::allow(op, target),
             Err(why) => refused_call(op, target, why, &m),
         });
     }
@@ -568,10 +575,23 @@ fn to_name(
             return Ok(Judgement::refuse(op, target, why));
         }
         return Ok(match machinery(p, mem, m_name, &m) {
-            Ok(replace) => Judgement {
-                replace,
-                ..Judgement::allow(op, target)
+            // REG_SEND {6, PeerPid, '', Name}, the peer's own pid as sender.
+            Ok(Some(m)) => match mem.peer_pid.clone() {
+                Some(from) => Judgement {
+                    replace: Some((
+                        Term::Tuple(vec![
+                            Term::Int(6),
+                            Term::Pid(from),
+                            Term::Atom(Arc::from("")),
+                            Term::Atom(Arc::from(name)),
+                        ]),
+                        m,
+                    )),
+                    ..Judgement::allow(op, target)
+                },
+                None => Judgement::refuse(op, target, "a message to the machinery from no process of the peer's"),
             },
+            Ok(None) => Judgement::allow(op, target),
             Err(why) => refused_call(op, target, why, &m),
         });
     }

@@ -812,23 +812,31 @@ impl Inbound {
             let mut sh = fw.shared();
             fw.apply(&mut sh, j)
         };
-        if let (true, Some(m)) = (passes, replace) {
-            // In place of the message, with the same control message (its
-            // atoms written out) after the frame's atom cache header.
+        if let (true, Some((ctl, m))) = (passes, replace) {
+            // In place of the frame: the frame's atom cache header when it
+            // set entries (the node's cache must follow; the terms below use
+            // none), then the control message erlmesh built and the message,
+            // atoms written out (none the peer chose: the sender's node and
+            // the target are checked, the rest is erlmesh's).
             if !whole {
                 return Ok(Decision::Drop(match header {
                     Some(h) => Some(standin_for(h, &self.fw().mem())?),
                     None => None,
                 }));
             }
-            let mut d = etf::Decoder::new(body, atoms);
-            let ctl = (if versioned { d.version() } else { Ok(()) })
-                .and_then(|_| d.term())
-                .map_err(|_| malformed("a control message that no longer decodes"))?;
-            let mut v = vec![0, 0, 0, 0, etf::VERSION, etf::DIST_HEADER];
-            v.extend_from_slice(header.unwrap_or(&[0]));
-            etf::encode(&ctl, &mut v);
-            etf::encode(&m, &mut v);
+            let mut v = vec![0, 0, 0, 0];
+            if versioned && header.is_none() {
+                v.push(etf::PASS_THROUGH);
+                v.push(etf::VERSION);
+                etf::encode(&ctl, &mut v);
+                v.push(etf::VERSION);
+                etf::encode(&m, &mut v);
+            } else {
+                v.extend([etf::VERSION, etf::DIST_HEADER]);
+                v.extend_from_slice(header.unwrap_or(&[0]));
+                etf::encode(&ctl, &mut v);
+                etf::encode(&m, &mut v);
+            }
             let len = (v.len() - 4) as u32;
             v[..4].copy_from_slice(&len.to_be_bytes());
             return Ok(Decision::Drop(Some(v)));
