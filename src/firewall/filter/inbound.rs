@@ -824,6 +824,12 @@ impl Inbound {
                     None => None,
                 }));
             }
+            // The atoms the peer wrote out count as if the frame passed (a
+            // pid's node name in another case is another atom).
+            let mut walker = Walker::bounded(u64::MAX, versioned, MAX_WALK_DEPTH).atoms_and_from(u64::MAX);
+            if let Some(why) = walk_chunk(&self.share.fw, &mut walker, body, atoms) {
+                refuse_walked(&self.share.fw, why)?;
+            }
             let mut v = vec![0, 0, 0, 0];
             if versioned && header.is_none() {
                 v.push(etf::PASS_THROUGH);
