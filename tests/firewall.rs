@@ -1772,3 +1772,36 @@ fn a_rewritten_discover_carries_nothing_of_the_peers_control_message() {
     assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
     assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
 }
+
+/// Thirteenth review: a frame that spans several records is judged again
+/// as more of it comes, and its header was read again against a cache the
+/// first read had changed: a header referring to slot 0 (rex) and then
+/// setting slot 0 (the listed cache) was judged a send to the cache on its
+/// second try, and b's rex ran os:cmd. Invariant: every try reads the
+/// header as the node does. c writes the frames on its own connection
+/// (a 60 kB binary in the control message's unused field spreads the
+/// frame over records): no file appears, and b's kernel is as it was.
+#[test]
+fn a_frame_judged_again_reads_its_atom_cache_header_as_the_node_does() {
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let dir = s.c.path().to_owned();
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let kernel_before = b.eval(KERNEL);
+    let code = format!(
+        "begin {{_, Port}} = lists:keyfind({NODE_B}, 1, erlang:system_info(dist_ctrl)), Me = self(), \
+         <<131, Ctl1/binary>> = term_to_binary({{6, Me, '', cache}}), \
+         <<131, Msg1/binary>> = term_to_binary(hello), \
+         true = erlang:port_command(Port, <<131, 68, 1, 16#08, 0, 3, \"rex\", Ctl1/binary, Msg1/binary>>), \
+         <<131, MeB/binary>> = term_to_binary(Me), \
+         <<131, Msg/binary>> = term_to_binary({{'$gen_call', {{Me, make_ref()}}, {{call, os, cmd, [\"touch {}\"], user}}}}), \
+         erlang:port_command(Port, <<131, 68, 2, 16#80, 16#00, 0, 0, 5, \"cache\", 104, 4, 97, 6, MeB/binary, 109, 60000:32, (binary:copy(<<0>>, 60000))/binary, 82, 0, Msg/binary>>) end.",
+        marker(&dir, "header-retry").display()
+    );
+    assert_eq!(c.eval(&code), "true");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!marker(&dir, "header-retry").exists(), "code ran on b");
+    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
+    assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
+}

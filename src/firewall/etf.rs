@@ -555,18 +555,40 @@ pub struct Refs {
 
 impl AtomCache {
     /// Reads the atom-cache part of a distribution header (from
-    /// `NumberOfAtomCacheRefs` on) and applies its new entries. Applying a
-    /// header twice gives the same cache, so a caller may retry it on more
-    /// bytes.
+    /// `NumberOfAtomCacheRefs` on) and applies its new entries once it is
+    /// whole (nothing applied when it is not).
     pub fn header(&mut self, buf: &[u8]) -> Result<Refs> {
+        let (refs, updates) = self.peek_header(buf)?;
+        self.apply(updates);
+        Ok(refs)
+    }
+
+    /// Applies a header's new entries ([`AtomCache::peek_header`]).
+    pub fn apply(&mut self, updates: Vec<(usize, Atom)>) {
+        for (slot, a) in updates {
+            self.slots[slot] = Some(a);
+        }
+    }
+
+    /// Reads a header without changing the cache: its references resolve,
+    /// in order, against the cache as it was before the frame and the
+    /// header's own earlier entries, as the node reads them; the new
+    /// entries to apply once the frame is taken come back beside. (Parsed
+    /// again on more bytes, a header that applied its entries the first
+    /// time would read a slot it set where the node read the old atom: a
+    /// send to rex judged as one to the listed cache.)
+    pub fn peek_header(&self, buf: &[u8]) -> Result<(Refs, Vec<(usize, Atom)>)> {
         let n = *buf.first().ok_or(DecodeError::Truncated)? as usize;
         if n == 0 {
-            return Ok(Refs {
-                atoms: Vec::new(),
-                len: 1,
-                sets_cache: false,
-                new: Vec::new(),
-            });
+            return Ok((
+                Refs {
+                    atoms: Vec::new(),
+                    len: 1,
+                    sets_cache: false,
+                    new: Vec::new(),
+                },
+                Vec::new(),
+            ));
         }
         let flags_len = n / 2 + 1;
         let flags = buf.get(1..1 + flags_len).ok_or(DecodeError::Truncated)?;
@@ -584,30 +606,35 @@ impl AtomCache {
         let mut atoms = Vec::with_capacity(n);
         let mut sets_cache = false;
         let mut new = Vec::new();
+        let mut updates: Vec<(usize, Atom)> = Vec::new();
         for i in 0..n {
             let f = nibble(i);
             let slot = ((f & 7) as usize) * 256 + d.u8()? as usize;
             if f & 8 != 0 {
                 let len = if long { d.u16()? as usize } else { d.u8()? as usize };
                 let a = d.text(len, false)?;
-                self.slots[slot] = Some(a.clone());
+                updates.push((slot, a.clone()));
                 sets_cache = true;
                 new.push(atoms.len());
                 atoms.push(a);
             } else {
+                let earlier = updates.iter().rev().find(|(s, _)| *s == slot).map(|(_, a)| a.clone());
                 atoms.push(
-                    self.slots[slot]
-                        .clone()
+                    earlier
+                        .or_else(|| self.slots[slot].clone())
                         .ok_or(DecodeError::Malformed("atom cache reference to an empty entry"))?,
                 );
             }
         }
-        Ok(Refs {
-            atoms,
-            len: d.pos,
-            sets_cache,
-            new,
-        })
+        Ok((
+            Refs {
+                atoms,
+                len: d.pos,
+                sets_cache,
+                new,
+            },
+            updates,
+        ))
     }
 }
 

@@ -121,6 +121,10 @@ pub struct Inbound {
     /// announced, as the node keeps them: their sum is `announced`.
     frags: HashMap<u64, Frags>,
     announced: u64,
+    /// The atom cache entries the frame being judged sets: applied once
+    /// it is decided (a frame judged again on more bytes reads its header
+    /// against the cache as it was before it, as the node does).
+    pending: Vec<(usize, etf::Atom)>,
 }
 
 /// A fragmented message in progress: what its first fragment announced
@@ -193,6 +197,7 @@ impl Inbound {
             hold: o.hold,
             announced: 0,
             frags: HashMap::new(),
+            pending: Vec::new(),
         };
         for (seq, f) in o.frags {
             inbound.announce(seq, f.announced)?;
@@ -219,7 +224,16 @@ impl Inbound {
             hold: VecDeque::new(),
             frags: HashMap::new(),
             announced: 0,
+            pending: Vec::new(),
         }
+    }
+
+    /// The frame's header, read against the cache as it was before the
+    /// frame; its entries wait in `pending` until the frame is decided.
+    fn peek_header(&mut self, rest: &[u8]) -> Result<Refs, DecodeError> {
+        let (refs, updates) = self.cache.peek_header(rest)?;
+        self.pending = updates;
+        Ok(refs)
     }
 
     fn fw(&self) -> &Arc<Firewall> {
@@ -382,6 +396,8 @@ impl Inbound {
                     let left = want - k;
                     if !matches!(decision, Decision::Need) {
                         self.share.give(held.len());
+                        let updates = std::mem::take(&mut self.pending);
+                        self.cache.apply(updates);
                     }
                     match decision {
                         Decision::Need => {
@@ -453,7 +469,7 @@ impl Inbound {
                 Err(e) => need(e),
             },
             [etf::VERSION, etf::DIST_HEADER, rest @ ..] => {
-                let refs = match self.cache.header(rest) {
+                let refs = match self.peek_header(rest) {
                     Ok(r) => r,
                     Err(e) => return hdr(e),
                 };
@@ -484,7 +500,7 @@ impl Inbound {
                     return Err(malformed("a fragmented message started twice"));
                 }
                 let rest = &b[FRAG_HEADER..];
-                let refs = match self.cache.header(rest) {
+                let refs = match self.peek_header(rest) {
                     Ok(r) => r,
                     Err(e) => return hdr(e),
                 };

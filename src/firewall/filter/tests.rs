@@ -927,3 +927,50 @@ fn b_globals_downs_give_back_the_peers_names() {
     run(&mut inb, &down, 4096).unwrap();
     assert_eq!(host.global(), 0, "the DOWN gave the name back");
 }
+
+/// Thirteenth review: a frame judged again on more bytes parsed its
+/// header again against a cache its first parse had changed: a header
+/// that refers to slot 0 (rex) and then sets slot 0 (cache) was judged,
+/// on its second try, as a send to the listed cache, and the node ran
+/// rex's call. Invariant: a header's references resolve against the cache
+/// as it was before the frame (and the header's own earlier entries), on
+/// every try, at any cut, as the node reads them.
+#[test]
+fn a_frame_judged_again_reads_its_header_as_the_node_does() {
+    // Frame 1 sets slot 0 := rex (a send to the cache, written out).
+    let mut t1 = enc(&Term::Tuple(vec![Term::Int(6), peer_pid(), atom(""), atom("cache")]));
+    t1.extend(enc(&atom("hello")));
+    let frame1 = d_frame(&[1, 0x08, 0, 3, b'r', b'e', b'x'], &t1);
+    // Frame 2: refs [slot 0 as it was (rex), slot 0 := cache]; a REG_SEND
+    // to ref 0 with a 60 kB binary in its unused field, then an rpc call.
+    let mut t2 = vec![104, 4, 97, 6];
+    t2.extend(enc(&peer_pid()));
+    t2.extend([109]);
+    t2.extend(60_000u32.to_be_bytes());
+    t2.extend(std::iter::repeat(0).take(60_000));
+    t2.extend([82, 0]);
+    t2.extend(enc(&Term::Tuple(vec![
+        atom("$gen_call"),
+        Term::Tuple(vec![
+            peer_pid(),
+            Term::Ref(etf::Ref {
+                node: Arc::from("c@hostc"),
+                creation: 9,
+                ids: vec![5, 6, 7],
+            }),
+        ]),
+        Term::Tuple(vec![atom("call"), atom("os"), atom("cmd"), Term::Nil, atom("user")]),
+    ])));
+    let frame2 = d_frame(&[2, 0x80, 0x00, 0, 0, 5, b'c', b'a', b'c', b'h', b'e'], &t2);
+    for step in [1000, 7000, 70_000] {
+        let (_fw, mut inb, mut input) = inbound(&format!("h{step}@retry"));
+        input.extend_from_slice(&frame1);
+        input.extend_from_slice(&frame2);
+        let out = run(&mut inb, &input, step).unwrap();
+        assert!(
+            out.len() < 7 + frame1.len() + 1000,
+            "step {step}: the send to rex reached the node ({} bytes out)",
+            out.len()
+        );
+    }
+}
