@@ -271,11 +271,13 @@ impl Outbound {
     /// when more bytes are needed.
     fn head(&mut self, mem: &mut Memory, b: &[u8], complete: bool) -> (usize, Option<HeadDone>) {
         let gave_up = (b.len(), Some(HeadDone::Skip));
+        let mut updates = Vec::new();
         let (refs, start, seq, frag) = match b {
             [] | [etf::VERSION] => return (0, if complete { gave_up.1 } else { None }),
             [etf::PASS_THROUGH, ..] => (Refs::default(), 1, None, 1),
-            [etf::VERSION, etf::DIST_HEADER, rest @ ..] => match self.cache.header(rest) {
-                Ok(r) => {
+            [etf::VERSION, etf::DIST_HEADER, rest @ ..] => match self.cache.peek_header(rest) {
+                Ok((r, u)) => {
+                    updates = u;
                     let n = 2 + r.len;
                     (r, n, None, 1)
                 }
@@ -293,8 +295,9 @@ impl Outbound {
             }
             [etf::VERSION, etf::DIST_FRAG_HEADER, ..] => {
                 let (seq, frag) = frag_ids(b);
-                match self.cache.header(&b[FRAG_HEADER..]) {
-                    Ok(r) => {
+                match self.cache.peek_header(&b[FRAG_HEADER..]) {
+                    Ok((r, u)) => {
+                        updates = u;
                         let n = FRAG_HEADER + r.len;
                         (r, n, Some(seq), frag)
                     }
@@ -313,11 +316,18 @@ impl Outbound {
         let versioned = b[0] == etf::PASS_THROUGH;
         let mut d = Decoder::new(&b[start..], &refs.atoms);
         let ctl = (if versioned { d.version() } else { Ok(()) }).and_then(|_| d.term());
+        // The header's entries apply once the frame is read to its control
+        // message (read again on more bytes, it is read against the cache
+        // as it was before it, as on the way in).
         let ctl = match ctl {
             Ok(t) => t,
             Err(DecodeError::Truncated) if !complete => return (0, None),
-            Err(_) => return gave_up,
+            Err(_) => {
+                self.cache.apply(updates);
+                return gave_up;
+            }
         };
+        self.cache.apply(updates);
         // Control messages give nothing (their sender fields name the
         // machinery too), but for a spawn request's group leader, which the
         // spawned process writes to.
