@@ -959,6 +959,8 @@ pub struct MemoryState {
     monitors: Vec<(RemoteRefKey, String)>,
     #[serde(default)]
     global: super::names::GlobalState,
+    #[serde(default)]
+    pg_monitors: Vec<(RefKey, PidKey)>,
 }
 
 /// A cache's keys, least recently used first.
@@ -971,7 +973,7 @@ fn oldest_first<K: Clone + std::hash::Hash + Eq, V>(c: &lru::LruCache<K, V>) -> 
 impl Memory {
     /// What this pair remembers, for the next process.
     pub fn export(&mut self) -> MemoryState {
-        let (pg, monitors, global) = {
+        let (pg, monitors, global, pg_monitors) = {
             let conn = self.conn().0;
             (
                 conn.pg.clone(),
@@ -980,6 +982,7 @@ impl Memory {
                     .flat_map(|(k, ts)| ts.iter().map(|t| (k.clone(), t.clone())))
                     .collect(),
                 conn.global.export(),
+                conn.pg_monitors.iter().map(|(k, p)| (k.clone(), *p)).collect(),
             )
         };
         let mut machinery: Vec<(PidKey, String)> = self.machinery.iter().map(|(k, n)| (*k, (*n).to_owned())).collect();
@@ -1004,6 +1007,7 @@ impl Memory {
             gg_forgotten: oldest_first(&self.gg_forgotten),
             monitors,
             global,
+            pg_monitors,
         }
     }
 
@@ -1057,6 +1061,9 @@ impl Memory {
         // The monitors of the connection handed over (the bound the policy
         // in force sets applies to those made after).
         let (conn, host) = self.conn();
+        for (k, p) in s.pg_monitors.into_iter().take(MAX_MACHINERY_CALLS) {
+            conn.pg_monitors.insert(k, p);
+        }
         let taken = conn.global.import(s.global, super::names::MAX_GLOBAL_HELD);
         host.global.fetch_add(taken, Relaxed);
         for (k, t) in s.monitors {
@@ -1351,5 +1358,49 @@ mod tests {
             .unwrap()
             .pg_apply(&join("c2@h", MAX_GROUPS + 1))
             .unwrap();
+    }
+
+    /// The local pg scope's monitors of the peer's scopes are handed over
+    /// with the connection: a scope that ends after an upgrade gives its
+    /// groups back.
+    #[test]
+    fn pg_scope_monitors_are_handed_over() {
+        let atom = |a: &str| Term::Atom(Arc::from(a));
+        let scope = Pid {
+            node: Arc::from("c@h"),
+            id: 7,
+            serial: 0,
+            creation: 1,
+        };
+        let r = Ref {
+            node: Arc::from("b@h"),
+            creation: 1,
+            ids: vec![1, 2, 3],
+        };
+        let old = Memories::default();
+        let pair = old.pair("hostc", "b@h", "c@h");
+        let state = {
+            let mut m = pair.lock().unwrap();
+            m.new_connection();
+            m.pg_apply(&Term::Tuple(vec![atom("discover"), Term::Pid(scope.clone())]))
+                .unwrap();
+            m.pg_apply(&Term::Tuple(vec![
+                atom("join"),
+                Term::Pid(scope.clone()),
+                atom("g"),
+                Term::Pid(scope.clone()),
+            ]))
+            .unwrap();
+            m.pg_monitor(&r, Some(&scope));
+            m.export()
+        };
+        let new = Memories::default();
+        let pair = new.pair("hostc", "b@h", "c@h");
+        let mut m = pair.lock().unwrap();
+        m.new_connection();
+        m.import(serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap());
+        assert_eq!(m.host.pg(), (1, 1));
+        m.pg_scope_ended(&scope, &r);
+        assert_eq!(m.host.pg(), (0, 0));
     }
 }
