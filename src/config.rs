@@ -704,39 +704,34 @@ fn parse_dist_policies(
             }
             registered.push(Pattern::new(&r));
         }
-        let max_atoms = match p.max_atoms {
-            None => crate::firewall::atoms::DEFAULT_MAX_ATOMS,
-            Some(n) if (1..=crate::firewall::atoms::MAX_ATOMS_ALL_HOSTS as u64).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(invalid(
-                    &key("max_atoms"),
-                    format!(
-                        "{n} is out of range: 1 to {} (all restricted hosts together bring at most that many)",
-                        crate::firewall::atoms::MAX_ATOMS_ALL_HOSTS
-                    ),
-                ))
-            }
+        // A bound: its default when absent, within 1..=max, else an error
+        // naming the key (and `why`, after the range).
+        let bound = |v: Option<u64>, k: &str, default: usize, max: usize, why: &str| match v {
+            None => Ok(default),
+            Some(n) if (1..=max as u64).contains(&n) => Ok(n as usize),
+            Some(n) => Err(invalid(&key(k), format!("{n} is out of range: 1 to {max}{why}"))),
         };
-        let max_monitors = match p.max_monitors {
-            None => crate::firewall::memory::DEFAULT_MAX_MONITORS,
-            Some(n) if (1..=crate::firewall::memory::MAX_MONITORS as u64).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(invalid(
-                    &key("max_monitors"),
-                    format!("{n} is out of range: 1 to {}", crate::firewall::memory::MAX_MONITORS),
-                ))
-            }
-        };
-        let max_global_names = match p.max_global_names {
-            None => crate::firewall::names::MAX_GLOBAL_HELD,
-            Some(n) if (1..=crate::firewall::names::MAX_GLOBAL_HELD as u64).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(invalid(
-                    &key("max_global_names"),
-                    format!("{n} is out of range: 1 to {}", crate::firewall::names::MAX_GLOBAL_HELD),
-                ))
-            }
-        };
+        let max_atoms = bound(
+            p.max_atoms,
+            "max_atoms",
+            crate::firewall::atoms::DEFAULT_MAX_ATOMS,
+            crate::firewall::atoms::MAX_ATOMS_ALL_HOSTS,
+            " (all restricted hosts together bring at most that many)",
+        )?;
+        let max_monitors = bound(
+            p.max_monitors,
+            "max_monitors",
+            crate::firewall::memory::DEFAULT_MAX_MONITORS,
+            crate::firewall::memory::MAX_MONITORS,
+            "",
+        )?;
+        let max_global_names = bound(
+            p.max_global_names,
+            "max_global_names",
+            crate::firewall::names::MAX_GLOBAL_HELD,
+            crate::firewall::names::MAX_GLOBAL_HELD,
+            "",
+        )?;
         let policy = DistPolicy {
             name: name.clone(),
             mode,

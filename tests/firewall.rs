@@ -700,6 +700,23 @@ fn start_legit_calls(a: &mut Node) {
     );
 }
 
+/// b's kernel processes are the ones before (`kernel_before`, of
+/// [`KERNEL`]), and hosta's calls to b (since [`start_legit_calls`]) were
+/// all answered.
+fn assert_b_unharmed(b: &mut Node, kernel_before: &str, a: &mut Node) {
+    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
+    let (ok, failed) = legit_calls(a);
+    assert!(
+        ok > 0 && failed == 0,
+        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
+    );
+}
+
+/// b's memory, MiB.
+fn memory_mib(b: &mut Node) -> i64 {
+    b.eval("erlang:memory(total) div 1048576.").parse::<i64>().unwrap()
+}
+
 /// Stops hosta's calls: how many were answered, how many failed.
 fn legit_calls(a: &mut Node) -> (u64, u64) {
     let legit =
@@ -1290,12 +1307,7 @@ fn a_restricted_peer_holds_at_most_max_monitors_on_b() {
         "b's DOWNs did not make room: {grown} monitors on the cache\n{}",
         s.hb.log()
     );
-    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
-    let (ok, failed) = legit_calls(&mut a);
-    assert!(
-        ok > 0 && failed == 0,
-        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
-    );
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
 /// What c's node writes on its own distribution connection to b as it is
@@ -1360,13 +1372,8 @@ fn fragment_bombs_story(b_suite: Option<&str>) {
     // In order, the same frames reach the cache.
     assert_eq!(raw_fragment(&mut c, 3, 2, true), "true");
     assert_eq!(raw_fragment(&mut c, 3, 1, false), "true");
-    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
     assert!(b.eval("erlang:memory(total).").parse::<u64>().unwrap() < 1 << 30);
-    let (ok, failed) = legit_calls(&mut a);
-    assert!(
-        ok > 0 && failed == 0,
-        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
-    );
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
 #[test]
@@ -1411,8 +1418,7 @@ fn large_pg_groups_and_global_names_from_a_restricted_peer_are_refused() {
         "c's pg scope never reached b's\n{}",
         s.hb.log()
     );
-    let mib = |b: &mut Node| b.eval("erlang:memory(total) div 1048576.").parse::<i64>().unwrap();
-    let before = mib(&mut b);
+    let before = memory_mib(&mut b);
     // 40 joins of groups of eight strings of 65 000 characters, followed
     // or not by erlmesh before (a binary in them), then 40 registrations
     // of such names for c's own process, as c's global makes them.
@@ -1426,7 +1432,7 @@ fn large_pg_groups_and_global_names_from_a_restricted_peer_are_refused() {
     );
     println!("c sent {sent} MiB of joins and registrations");
     std::thread::sleep(Duration::from_secs(3));
-    let grown = mib(&mut b) - before;
+    let grown = memory_mib(&mut b) - before;
     println!("b's memory grew by {grown} MiB");
     assert!(grown < 64, "b's memory grew by {grown} MiB for {sent} MiB sent");
     assert!(
@@ -1448,12 +1454,7 @@ fn large_pg_groups_and_global_names_from_a_restricted_peer_are_refused() {
         b.eval("length(pg:get_members({room, <<\"lobby\">>})).") == "1"
     }));
     assert_eq!(b.eval("node(global:whereis_name(c_small))."), "c@hostc");
-    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
-    let (ok, failed) = legit_calls(&mut a);
-    assert!(
-        ok > 0 && failed == 0,
-        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
-    );
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
 /// A second connection attempt of c's node pair to b while the first
@@ -1518,11 +1519,10 @@ fn a_second_connection_attempt_does_not_reset_what_the_first_holds() {
         "c holds {monitors} monitors on b's cache"
     );
     // Large joins after an attempt.
-    let mib = |b: &mut Node| b.eval("erlang:memory(total) div 1048576.").parse::<i64>().unwrap();
-    let before = mib(&mut b);
+    let before = memory_mib(&mut b);
     c.eval("begin S = whereis(pg), Big = lists:duplicate(65000, $a), [{pg, 'b@hostb'} ! {join, S, {I, [Big || _ <- lists:seq(1, 8)]}, self()} || I <- lists:seq(1, 20)], ok end.");
     std::thread::sleep(Duration::from_secs(2));
-    let grown = mib(&mut b) - before;
+    let grown = memory_mib(&mut b) - before;
     assert!(grown < 64, "b's memory grew by {grown} MiB");
     assert_eq!(b.eval("length(pg:which_groups())."), "1");
     // c's own pg still works.
@@ -1530,12 +1530,7 @@ fn a_second_connection_attempt_does_not_reset_what_the_first_holds() {
     assert!(wait_for(Duration::from_secs(10), || b
         .eval("length(pg:get_members(other)).")
         == "1"));
-    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
-    let (ok, failed) = legit_calls(&mut a);
-    assert!(
-        ok > 0 && failed == 0,
-        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
-    );
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
 /// Ninth review, finding 2: the bound on announced fragments was per
@@ -1550,15 +1545,14 @@ fn announced_fragments_are_bounded_over_a_hosts_tunnels() {
     let s = cluster("enforce", None, None);
     let mut b = start_b(&s);
     let mut c = start_c(&s, &mut b);
-    let mib = |b: &mut Node| b.eval("erlang:memory(total) div 1048576.").parse::<i64>().unwrap();
-    let before = mib(&mut b);
+    let before = memory_mib(&mut b);
     let opened = c.eval(
         r#"begin Cookie = atom_to_list(erlang:get_cookie()), {port, Port, _} = erl_epmd:port_please("b", "hostb"), {ok, Ip} = inet:getaddr("hostb", inet), <<131, Pay/binary>> = term_to_binary(hello), Open = fun(I) -> Name = iolist_to_binary(["f", integer_to_list(I), "@hostc"]), {ok, S} = gen_tcp:connect(Ip, Port, [binary, {packet, 2}, {active, false}]), ok = gen_tcp:send(S, <<$N, 16#0000000d07df7fbd:64, 1:32, (byte_size(Name)):16, Name/binary>>), {ok, <<"sok">>} = gen_tcp:recv(S, 0, 5000), {ok, <<$N, _:64, Ch:32, _/binary>>} = gen_tcp:recv(S, 0, 5000), D = erlang:md5([Cookie | integer_to_list(Ch)]), ok = gen_tcp:send(S, <<$r, 42:32, D/binary>>), {ok, <<$a, _/binary>>} = gen_tcp:recv(S, 0, 5000), ok = inet:setopts(S, [{packet, 4}]), P = <<88, 119, (byte_size(Name)), Name/binary, 1:32, 0:32, 1:32>>, Ctl = <<104, 4, 97, 6, P/binary, 119, 0, 119, 5, "cache">>, ok = gen_tcp:send(S, <<131, 69, 1:64, 65536:64, 0, Ctl/binary, Pay/binary>>), S end, Ss = [catch Open(I) || I <- lists:seq(1, 60)], persistent_term:put(socks, Ss), length([S || S <- Ss, is_port(S)]) end."#,
     );
     println!("c opened {opened} connections");
     assert_eq!(opened, "60", "the handshakes did not go through");
     std::thread::sleep(Duration::from_secs(2));
-    let grown = mib(&mut b) - before;
+    let grown = memory_mib(&mut b) - before;
     println!("b's memory grew by {grown} MiB");
     assert!(grown < 40, "b's memory grew by {grown} MiB");
     assert!(s.hb.log().contains("over its tunnels"), "{}", s.hb.log());
@@ -1632,12 +1626,7 @@ fn a_restricted_peer_has_b_hold_at_most_max_global_names() {
     );
     assert_eq!(r, "30", "c's registrations of float names did not all return");
     assert_eq!(b.eval("length([N || {f, _} = N <- global:registered_names()])."), "0");
-    assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
-    let (ok, failed) = legit_calls(&mut a);
-    assert!(
-        ok > 0 && failed == 0,
-        "hosta's calls to b meanwhile: {ok} answered, {failed} failed"
-    );
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
 /// Tenth review, findings 1 and 3. A pg `sync` naming a group twice:
