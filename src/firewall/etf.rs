@@ -503,6 +503,18 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// A fixed (unkeyed) 128-bit hash of `parts` in turn: the same in every
+/// erlmesh process (keys of pg groups and global names, handed over).
+pub fn key128(parts: &[&[u8]]) -> u128 {
+    use siphasher::sip128::Hasher128;
+    use std::hash::Hasher;
+    let mut h = siphasher::sip128::SipHasher13::new();
+    for p in parts {
+        h.write(p);
+    }
+    h.finish128().as_u128()
+}
+
 /// Binaries up to this size are hashed as they are decoded (pg's groups
 /// and global's names are keyed by what they hold; larger ones are never
 /// followed).

@@ -40,12 +40,7 @@ fn pid_key(p: &Pid) -> PidKey {
 /// A name or lock as a key (a 128-bit hash of its term's text: names are
 /// at most 1 KiB, checked before).
 fn key(kind: &str, t: &Term) -> u128 {
-    use siphasher::sip128::Hasher128;
-    use std::hash::Hasher;
-    let mut h = siphasher::sip128::SipHasher13::new();
-    h.write(kind.as_bytes());
-    h.write(format!("{t:?}").as_bytes());
-    h.finish128().as_u128()
+    super::etf::key128(&[kind.as_bytes(), format!("{t:?}").as_bytes()])
 }
 
 /// What one connection's peer has b's global hold.

@@ -97,10 +97,7 @@ fn group_key(t: &Term) -> Result<String, &'static str> {
 
 /// A key from a canonical form's text.
 fn hashed(text: &str) -> String {
-    use std::hash::Hasher;
-    let mut h = siphasher::sip128::SipHasher13::new();
-    h.write(text.as_bytes());
-    format!("{:032x}", siphasher::sip128::Hasher128::finish128(&h).as_u128())
+    format!("{:032x}", super::etf::key128(&[text.as_bytes()]))
 }
 
 /// Whether `k` is a key as this build makes them (an older one, handing
