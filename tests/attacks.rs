@@ -141,7 +141,7 @@ fn a_resumed_session_does_not_outlive_the_certificate() {
         b.eval_until("net_adm:ping(a@hosta).", "pong", Duration::from_secs(5)),
         "pong"
     );
-    assert!(hb.log().contains("resumed=true"), "{}", hb.log());
+    assert!(hb.log_shows("resumed=true", Duration::from_secs(10)), "{}", hb.log());
 }
 
 /// A TCP listener that counts the connections it gets and closes them (a

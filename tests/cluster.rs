@@ -51,10 +51,14 @@ fn ping_rpc_ets_and_names_across_two_hosts() {
     // A second connection resumes the TLS session instead of a full handshake.
     assert_eq!(a.eval("erlang:disconnect_node(b@hostb)."), "true");
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
-    assert!(ha.log().contains("resumed=true"), "{}", ha.log());
+    assert!(ha.log_shows("resumed=true", Duration::from_secs(10)), "{}", ha.log());
     // Tunnels run on erlmesh's own record layer once open (the only path).
-    assert!(ha.log().contains("tunnel open resumed=true"), "{}", ha.log());
-    assert!(hb.log().contains("tunnel open"), "{}", hb.log());
+    assert!(
+        ha.log_shows("tunnel open resumed=true", Duration::from_secs(10)),
+        "{}",
+        ha.log()
+    );
+    assert!(hb.log_shows("tunnel open", Duration::from_secs(10)), "{}", hb.log());
     // Local names through the embedded EPMD.
     assert_eq!(a.eval("{ok, Ns} = net_adm:names(), [N || {N, _} <- Ns]."), "[\"a\"]");
 }

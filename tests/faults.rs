@@ -199,7 +199,7 @@ fn sighup_reloads_certificates_and_refuses_a_bad_one() {
         "{}",
         ha.log()
     );
-    assert!(ha.log().contains("hosta.pem"));
+    assert!(ha.log_shows("hosta.pem", Duration::from_secs(10)));
     assert_eq!(a.eval("erlang:disconnect_node(b@hostb)."), "true");
     assert_eq!(
         a.eval_until("net_adm:ping(b@hostb).", "pong", Duration::from_secs(5)),

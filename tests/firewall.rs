@@ -547,7 +547,11 @@ fn restricted_story(b_suite: Option<&str>, c_suite: Option<&str>) {
             "no refusal counted for {op}:\n{metrics}"
         );
     }
-    assert!(s.hb.log().contains("dist policy refused"), "{}", s.hb.log());
+    assert!(
+        s.hb.log_shows("dist policy refused", Duration::from_secs(10)),
+        "{}",
+        s.hb.log()
+    );
     // Nothing was refused for hosta.
     assert!(!metrics.contains("peer=\"hosta\",op="), "{metrics}");
 }
@@ -914,7 +918,11 @@ fn pg_between_two_otp_29_nodes_through_a_policy() {
         "b's view of the group changed\n{}",
         s.hb.log()
     );
-    assert!(s.hb.log().contains("a pg update removing a member"), "{}", s.hb.log());
+    assert!(
+        s.hb.log_shows("a pg update removing a member", Duration::from_secs(10)),
+        "{}",
+        s.hb.log()
+    );
     // pg goes on both ways.
     assert_eq!(c.eval("pg:leave(g29, whereis(m1))."), "ok");
     assert_eq!(
@@ -1059,7 +1067,11 @@ fn global_groups_answers_from_a_restricted_peer_are_checked() {
     // (Dropped as sent to a pid never given: global_group's requests to
     // the peer give nothing; an answer reaching a given pid is checked
     // for what it is, see the rules' unit tests.)
-    assert!(s.hb.log().contains("dist policy refused"), "{}", s.hb.log());
+    assert!(
+        s.hb.log_shows("dist policy refused", Duration::from_secs(10)),
+        "{}",
+        s.hb.log()
+    );
 
     let s = cluster("enforce", None, None);
     let groups = "[{g,['b@hostb','c@hostc']}]";
@@ -1213,7 +1225,7 @@ fn a_restricted_peer_cannot_fill_the_atom_table() {
         }
     }
     assert!(count(&mut b) - before < 20, "seed {seed}: node names became atoms on b");
-    assert!(s.hb.log().contains("max_atoms"), "{}", s.hb.log());
+    assert!(s.hb.log_shows("max_atoms", Duration::from_secs(10)), "{}", s.hb.log());
     let sock = s.c.path().join("state-hostb").join("erlmesh.sock");
     let metrics = erlmesh::ops::control::request(&sock, "/metrics").unwrap();
     assert!(metrics.contains("op=\"new_atom\""), "{metrics}");
@@ -1275,7 +1287,11 @@ fn a_restricted_peer_holds_at_most_max_monitors_on_b() {
         "c holds {grown} monitors on b's cache\n{}",
         s.hb.log()
     );
-    assert!(s.hb.log().contains("max_monitors"), "{}", s.hb.log());
+    assert!(
+        s.hb.log_shows("max_monitors", Duration::from_secs(10)),
+        "{}",
+        s.hb.log()
+    );
     // (At the bound, a monitor of c's is answered noproc, while fewer than
     // 1024 such answers wait for c; a call's monitor refused, its reply
     // still comes.)
@@ -1436,7 +1452,7 @@ fn large_pg_groups_and_global_names_from_a_restricted_peer_are_refused() {
     println!("b's memory grew by {grown} MiB");
     assert!(grown < 64, "b's memory grew by {grown} MiB for {sent} MiB sent");
     assert!(
-        s.hb.log().contains("a pg group larger than erlmesh follows"),
+        s.hb.log_shows("a pg group larger than erlmesh follows", Duration::from_secs(10)),
         "{}",
         s.hb.log()
     );
@@ -1555,7 +1571,11 @@ fn announced_fragments_are_bounded_over_a_hosts_tunnels() {
     let grown = memory_mib(&mut b) - before;
     println!("b's memory grew by {grown} MiB");
     assert!(grown < 40, "b's memory grew by {grown} MiB");
-    assert!(s.hb.log().contains("over its tunnels"), "{}", s.hb.log());
+    assert!(
+        s.hb.log_shows("over its tunnels", Duration::from_secs(10)),
+        "{}",
+        s.hb.log()
+    );
     c.eval("begin [catch gen_tcp:close(S) || S <- persistent_term:get(socks)], ok end.");
     assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
 }
@@ -1597,7 +1617,11 @@ fn a_restricted_peer_has_b_hold_at_most_max_global_names() {
     let held = c_names(&mut b);
     println!("b's global holds {held} names of c's (max_global_names 300)");
     assert!((250..=300).contains(&held), "b's global holds {held} names");
-    assert!(s.hb.log().contains("max_global_names"), "{}", s.hb.log());
+    assert!(
+        s.hb.log_shows("max_global_names", Duration::from_secs(10)),
+        "{}",
+        s.hb.log()
+    );
     // hosta registers meanwhile: global's lock is free.
     assert_eq!(a.eval("global:register_name(a_name, self())."), "yes");
     assert!(

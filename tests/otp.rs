@@ -160,7 +160,7 @@ fn dynamic_story(suite: Option<&str>) {
         a.eval(&format!("lists:member(list_to_atom({name}), nodes(connected)).")),
         "true"
     );
-    assert!(ha.log().contains("tunnel open"), "{}", ha.log());
+    assert!(ha.log_shows("tunnel open", Duration::from_secs(10)), "{}", ha.log());
 }
 
 #[test]
@@ -196,7 +196,10 @@ fn a_dynamic_name_is_held_to_the_peers_policy() {
     let mut d = Node::dynamic(&hb);
     assert_eq!(d.eval("net_kernel:connect_node(a@hosta)."), "false");
     assert!(
-        ha.log().contains("refused: the dynamic name assigned is not allowed"),
+        ha.log_shows(
+            "refused: the dynamic name assigned is not allowed",
+            Duration::from_secs(10)
+        ),
         "{}",
         ha.log()
     );

@@ -435,7 +435,7 @@ fn a_bare_fin_resets_the_node_and_close_notify_closes_it() {
         }
     }
     assert!(
-        s.hb.log().contains("without close_notify (truncation)"),
+        s.hb.log_shows("without close_notify (truncation)", Duration::from_secs(10)),
         "{}",
         s.hb.log()
     );
@@ -456,12 +456,9 @@ fn every_suite_carries_a_cluster() {
             a.eval("B = crypto:strong_rand_bytes(1000000), erlang:md5(rpc:call(b@hostb, erlang, iolist_to_binary, [B])) =:= erlang:md5(B)."),
             "true"
         );
-        assert!(
-            ha.log().contains(&format!("suite={}", suite.name())),
-            "{suite:?}: {}",
-            ha.log()
-        );
-        assert!(hb.log().contains(&format!("suite={}", suite.name())), "{}", hb.log());
+        let named = format!("suite={}", suite.name());
+        assert!(ha.log_shows(&named, Duration::from_secs(10)), "{suite:?}: {}", ha.log());
+        assert!(hb.log_shows(&named, Duration::from_secs(10)), "{}", hb.log());
     }
     let c = Cluster::new();
     let mut ha = c.host("hosta");
@@ -475,6 +472,8 @@ fn every_suite_carries_a_cluster() {
     let mut a = ha.node("a");
     let _b = hb.node("b");
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pang");
-    let logs = ha.log() + &hb.log();
-    assert!(logs.to_lowercase().contains("cipher"), "{logs}");
+    // Each side logs the failed handshake after its alert is on the wire, so
+    // the ping's answer can come before the lines: wait for them.
+    let said = || (ha.log() + &hb.log()).to_lowercase().contains("cipher");
+    assert!(wait_for(Duration::from_secs(10), said), "{}{}", ha.log(), hb.log());
 }

@@ -322,7 +322,11 @@ fn garbage_and_silence_on_the_tls_port() {
         let mut buf = [0u8; 16];
         assert!(matches!(s.read(&mut buf), Ok(0)), "a silent client was not closed");
     }
-    assert!(ha.log().contains("no TLS bytes within 2s"), "{}", ha.log());
+    assert!(
+        ha.log_shows("no TLS bytes within 2s", Duration::from_secs(10)),
+        "{}",
+        ha.log()
+    );
     assert!(!ha.log().contains("panicked"));
     // The cluster carried on.
     assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
@@ -439,7 +443,7 @@ fn a_certificate_close_to_expiry_is_warned_about() {
     ]);
     ha.start();
     assert!(
-        ha.log().contains("certificate expires soon") && ha.log().contains("days_left="),
+        ha.log_shows("certificate expires soon", Duration::from_secs(10)) && ha.log().contains("days_left="),
         "{}",
         ha.log()
     );
