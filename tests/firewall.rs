@@ -1653,6 +1653,149 @@ fn a_restricted_peer_has_b_hold_at_most_max_global_names() {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
+/// Sixteenth review. The count of global names gave back all of a
+/// holder's names when b's global's last monitor of it went, names b's
+/// global had not processed yet included: c holds global's lock on b
+/// (set_lock, as its registrar does), registers a name for a process of
+/// its own, then sends, without waiting, its unregistration and a
+/// bound's worth of registrations for the same process. The
+/// unregistration's demonitor came back after all of them were judged,
+/// the count fell to zero, and b's global then kept them all: a bound's
+/// worth more each round (each round first unregisters five names of the
+/// round before, to make room for its first; an 8 MB message to the cache
+/// before the burst has c's node write it in a few large pieces). Now what the holder's last
+/// monitor gives back is only what b's global answered a call after.
+/// Five rounds with a bound of 300: b holds at most 300 of c's names.
+#[test]
+fn names_registered_while_their_holders_last_monitor_goes_stay_counted() {
+    require_erl();
+    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
+    let s = cluster_under(&policy, None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    start_legit_calls(&mut a);
+    let kernel_before = b.eval(KERNEL);
+    let c_names = |b: &mut Node| {
+        b.eval("length([N || N <- global:registered_names(), P <- [global:whereis_name(N)], is_pid(P), node(P) =:= 'c@hostc']).")
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert_eq!(
+        c.eval(
+            "begin persistent_term:put(round, fun(K) -> G = {global_name_server, 'b@hostb'}, \
+             P = spawn(fun() -> receive stop -> ok end end), \
+             true = global:set_lock({global, self()}, ['b@hostb']), \
+             [gen_server:call(G, {unregister, {x, K - 1, I}}) || I <- lists:seq(1, 5)], \
+             _ = gen_server:call(G, {register, {n0, K}, P, random_exit_name}), \
+             Reqs = [{unregister, {n0, K}} | [{register, {x, K, I}, P, random_exit_name} || I <- lists:seq(1, 400)]], \
+             {cache, 'b@hostb'} ! {put, big, binary:copy(<<K>>, 8000000)}, \
+             Tags = [begin T = make_ref(), G ! {'$gen_call', {self(), T}, R}, T end || R <- Reqs], \
+             Got = [receive {T, A} -> A after 10000 -> timeout end || T <- Tags], \
+             true = global:del_lock({global, self()}, ['b@hostb']), \
+             {length([x || yes <- Got]), length([x || no <- Got]), length([x || timeout <- Got])} end), ok end."
+        ),
+        "ok"
+    );
+    for k in 1..=5 {
+        let got = c.eval(&format!("(persistent_term:get(round))({k})."));
+        println!(
+            "round {k}: {got} (yes, no, unanswered); b holds {} of c's names",
+            c_names(&mut b)
+        );
+        assert!(got.ends_with(",0}"), "round {k}: registrations unanswered: {got}");
+    }
+    let held = c_names(&mut b);
+    assert!(
+        held <= 300,
+        "b's global holds {held} of c's names past max_global_names 300"
+    );
+    assert!(
+        held >= 250,
+        "b's global holds {held} of c's names: the rounds did not register"
+    );
+    assert_eq!(a.eval("global:register_name(a_name, self())."), "yes");
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
+}
+
+/// Sixteenth review. Global locks were bounded in size, not in number:
+/// each a row of b's global's tables and a monitor, a process of c's
+/// could have b hold as many as it asked for. Now counted apart from the
+/// names, within `max_global_names`: one process asks for 2000 and b
+/// holds at most 300 (the rest answered `false`, as a busy lock); a
+/// set_lock b's global answers `false` (the lock is b's own) gives its
+/// count back, del_lock gives back, and c's registrations go on once its
+/// locks are given back (at the bound, they wait as for a busy lock).
+/// With b on OTP 25 and on OTP 29 (which answer calls alike).
+fn global_locks_story(b_suite: Option<&str>) {
+    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
+    let s = cluster_under(&policy, b_suite, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    start_legit_calls(&mut a);
+    let kernel_before = b.eval(KERNEL);
+    let c_locks = |b: &mut Node| {
+        b.eval("length([R || {R, _, Ps} <- ets:tab2list(global_locks), lists:any(fun({P, _}) -> node(P) =:= 'c@hostc' end, Ps)]).")
+            .parse::<i64>()
+            .unwrap()
+    };
+    // A process of b's holds 400 locks of b's own.
+    assert_eq!(
+        b.eval("begin Me = self(), register(b_locks, spawn(fun() -> [true = global:set_lock({{busy, I}, b}, [node()], 0) || I <- lists:seq(1, 400)], Me ! held, receive stop -> ok end end)), receive held -> ok after 10000 -> timeout end end."),
+        "ok"
+    );
+    let set = |c: &mut Node, what: &str, n: u32| -> String {
+        c.eval(&format!(
+            "begin Me = self(), spawn(fun() -> G = {{global_name_server, 'b@hostb'}}, R = [gen_server:call(G, {{set_lock, {{{{{what}, I}}, c}}}}) || I <- lists:seq(1, {n})], Me ! {{set, self(), length([x || true <- R]), length([x || false <- R])}}, receive stop -> [gen_server:call(G, {{del_lock, {{{{{what}, I}}, c}}}}) || I <- lists:seq(1, {n})], Me ! deleted end end), receive {{set, P, T, F}} -> persistent_term:put(setter, P), {{T, F}} after 60000 -> timeout end end."
+        ))
+    };
+    // Refused by b's global itself: answered false, nothing counted.
+    assert_eq!(set(&mut c, "busy", 400), "{0,400}");
+    assert_eq!(c_locks(&mut b), 0);
+    let got = set(&mut c, "r", 2000);
+    let held = c_locks(&mut b);
+    println!("c's set_locks: {got} (true, false); b holds {held} of c's locks");
+    assert!(
+        (250..=300).contains(&held),
+        "b's global holds {held} of c's locks (max 300): {got}"
+    );
+    assert!(
+        s.hb.log_shows("more global locks than", Duration::from_secs(10)),
+        "{}",
+        s.hb.log()
+    );
+    // del_lock gives back: another process gets as many, and c's
+    // registrations (which take global's lock on b) go on.
+    assert_eq!(
+        c.eval(
+            "begin P = persistent_term:get(setter), P ! stop, receive deleted -> ok after 30000 -> timeout end end."
+        ),
+        "ok"
+    );
+    assert!(wait_for(Duration::from_secs(10), || c_locks(&mut b) == 0));
+    let got = set(&mut c, "s", 280);
+    assert_eq!(got, "{280,0}", "after del_lock, c's locks were refused");
+    assert_eq!(c_locks(&mut b), 280);
+    assert_eq!(c.eval("global:register_name(c_name, self())."), "yes");
+    assert_eq!(c.eval("global:unregister_name(c_name)."), "ok");
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
+}
+
+#[test]
+fn a_restricted_peer_has_b_hold_at_most_max_global_names_locks() {
+    require_erl();
+    global_locks_story(None);
+}
+
+#[test]
+fn a_restricted_peer_has_an_otp_29_node_hold_at_most_max_global_names_locks() {
+    if !require_otp_chroots() {
+        return;
+    }
+    global_locks_story(Some("sid"));
+}
+
 /// Tenth review, findings 1 and 3. A pg `sync` naming a group twice:
 /// OTP 25 and 27's pg joins both entries' members to its table and keeps
 /// only the last in its state, so the first stays in b's table for good

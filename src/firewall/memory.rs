@@ -162,7 +162,7 @@ struct Conn {
 impl Conn {
     /// Gives back to `host` what this connection held.
     fn release(self, host: &HostHeld) {
-        give(&host.global, self.global.len());
+        host.global_moved(self.global.held(), (0, 0));
         give(&host.monitors, self.monitor_count);
         host.pg_moved(self.pg.held(), (0, 0));
     }
@@ -194,6 +194,8 @@ pub struct HostHeld {
     fragments: AtomicUsize,
     /// Global names the local node's global holds for it.
     global: AtomicUsize,
+    /// Global locks the local node's global holds for its processes.
+    global_locks: AtomicUsize,
 }
 
 /// One more in `c`, if fewer than `max` are held.
@@ -225,6 +227,19 @@ impl HostHeld {
     /// Global names held now.
     pub fn global(&self) -> usize {
         self.global.load(Relaxed)
+    }
+
+    /// Global locks held now.
+    pub fn global_locks(&self) -> usize {
+        self.global_locks.load(Relaxed)
+    }
+
+    /// A connection's global names and locks went from `before` to `after`.
+    fn global_moved(&self, before: (usize, usize), after: (usize, usize)) {
+        self.global.fetch_add(after.0, Relaxed);
+        give(&self.global, before.0);
+        self.global_locks.fetch_add(after.1, Relaxed);
+        give(&self.global_locks, before.1);
     }
 
     /// Monitors held now.
@@ -388,28 +403,47 @@ impl Memory {
     }
 
     /// A message to the local global (its shape checked): what it adds
-    /// to the names held for the peer host must fit in `max`
-    /// (the policy's `max_global_names`).
+    /// to the names, and apart to the locks, held for the peer host must
+    /// fit in `max` (the policy's `max_global_names`).
     pub(super) fn global_apply(&mut self, m: &Term, max: usize) -> Result<(), &'static str> {
-        use super::names::Change;
+        use super::names::{Change, TOO_MANY, TOO_MANY_LOCKS};
         let change = Change::of(m);
         let (conn, host) = self.conn();
-        let before = conn.global.len();
-        let new = conn.global.new_ones(&change);
-        if new > 0 && conn.global.monitors_full() {
-            return Err(super::names::TOO_MANY);
+        let before = conn.global.held();
+        let (names, locks) = conn.global.new_ones(&change);
+        if names + locks > 0 && conn.global.monitors_full() {
+            return Err(if names > 0 { TOO_MANY } else { TOO_MANY_LOCKS });
         }
-        let room = host
-            .global
-            .fetch_update(Relaxed, Relaxed, |h| h.checked_add(new).filter(|t| *t <= max));
-        if room.is_err() {
-            return Err(super::names::TOO_MANY);
+        let fits = |c: &AtomicUsize, n: usize| {
+            c.fetch_update(Relaxed, Relaxed, |h| h.checked_add(n).filter(|t| *t <= max))
+                .is_ok()
+        };
+        if !fits(&host.global, names) {
+            return Err(TOO_MANY);
+        }
+        if !fits(&host.global_locks, locks) {
+            give(&host.global, names);
+            return Err(TOO_MANY_LOCKS);
         }
         conn.global.apply(change);
-        let after = conn.global.len();
-        give(&host.global, new + before);
-        host.global.fetch_add(after, Relaxed);
+        host.global_moved((before.0 + names, before.1 + locks), conn.global.held());
         Ok(())
+    }
+
+    /// Whether a message the local global sends the peer may answer one
+    /// of the peer's calls to it (they are read, then: [`Self::global_answer`]).
+    pub(super) fn global_awaits_answers(&mut self) -> bool {
+        self.conn().0.global.awaits_answers()
+    }
+
+    /// The local global sent `m` to `to`, the peer's process or alias (a
+    /// SEND_SENDER or ALIAS_SEND from its pid): an answer to a call of the
+    /// peer's, maybe.
+    pub(super) fn global_answer(&mut self, to: &Term, m: &Term) {
+        let (conn, host) = self.conn();
+        let before = conn.global.held();
+        conn.global.answer(to, m);
+        host.global_moved(before, conn.global.held());
     }
 
     /// The local global monitors (`down`: `None`) the peer's process `p`
@@ -417,15 +451,13 @@ impl Memory {
     /// from `p` (`Some(true)`).
     pub(super) fn global_monitor(&mut self, r: &Ref, p: &Pid, down: Option<bool>) {
         let (conn, host) = self.conn();
-        let given = match down {
-            None => {
-                conn.global.monitored(r, p);
-                0
-            }
+        let before = conn.global.held();
+        match down {
+            None => conn.global.monitored(r, p),
             Some(false) => conn.global.demonitored(r),
             Some(true) => conn.global.down(r, p),
-        };
-        give(&host.global, given);
+        }
+        host.global_moved(before, conn.global.held());
     }
 
     /// The local pg scope monitors (`Some(p)`) the peer's process `p`
@@ -1064,8 +1096,9 @@ impl Memory {
         for (k, p) in s.pg_monitors.into_iter().take(MAX_MACHINERY_CALLS) {
             conn.pg_monitors.insert(k, p);
         }
-        let taken = conn.global.import(s.global, super::names::MAX_GLOBAL_HELD);
-        host.global.fetch_add(taken, Relaxed);
+        let before = conn.global.held();
+        conn.global.import(s.global, super::names::MAX_GLOBAL_HELD);
+        host.global_moved(before, conn.global.held());
         for (k, t) in s.monitors {
             if take_one(&host.monitors, MAX_MONITORS) {
                 conn.monitors.entry(k).or_default().push(t);

@@ -530,19 +530,24 @@ fn reply(mem: &mut Memory, op: &'static str, target: Target, m: &Term) -> Judgem
     }
 }
 
-/// Why a reply to a call to the peer's machinery is refused.
 /// A refused message to the machinery; a refused registration (past the
 /// bound on global names, or a name erlmesh does not take) is answered
 /// `no` (`{Tag, no}` to the caller): the peer's registrar calls under
 /// global's lock, and would hold it, waiting, for as long as the caller
-/// lives.
+/// lives. A refused set_lock is answered `false` (the lock is busy: the
+/// caller tries again or gives up, as global's own answer would have it).
 fn refused_call(op: &'static str, target: Target, why: &'static str, m: &Term) -> Judgement {
     let mut j = Judgement::refuse(op, target, why);
     if let Some([Term::Atom(g), from, req]) = m.tuple() {
-        if matches!(req.tag(), Some("register" | "register_ext")) {
+        let no = match req.tag() {
+            Some("register" | "register_ext") => Some("no"),
+            Some("set_lock") => Some("false"),
+            _ => None,
+        };
+        if let Some(no) = no {
             if let (true, Some([Term::Pid(caller), tag])) = (&**g == "$gen_call", from.tuple()) {
                 let send = Term::Tuple(vec![Term::Int(2), Term::Atom(Arc::from("")), Term::Pid(caller.clone())]);
-                let reply = Term::Tuple(vec![tag.clone(), Term::Atom(Arc::from("no"))]);
+                let reply = Term::Tuple(vec![tag.clone(), Term::Atom(Arc::from(no))]);
                 j.answer = Some(etf::frame(&send, Some(&reply)));
             }
         }

@@ -372,6 +372,23 @@ impl Outbound {
                 }
             }
         }
+        // SEND_SENDER {22, From, To} and ALIAS_SEND {33, From, Alias} from
+        // the local global: an answer to a call of the peer's, maybe
+        // (`names.rs`: it tells what global processed, and whether a lock
+        // was set). Answers are small: a longer or partial message is none.
+        if let (Some(22 | 33), Some(Term::Pid(g)), Some(to)) = (op, t.get(1), t.get(2)) {
+            if complete
+                && seq.is_none()
+                && frag <= 1
+                && mem.machinery_of(g) == Some(super::super::machinery::GLOBAL)
+                && mem.global_awaits_answers()
+            {
+                let mut a = etf::Decoder::limited(d.rest(), d.refs(), 1024);
+                if let Ok(m) = (if versioned { a.version() } else { Ok(()) }).and_then(|_| a.term()) {
+                    mem.global_answer(to, &m);
+                }
+            }
+        }
         let used = start + d.pos;
         // A whole message whose shape decides what it gives (a call, a
         // message to the peer's machinery) is decoded; any other gives

@@ -883,7 +883,7 @@ fn b_globals_downs_give_back_the_peers_names() {
         creation: 9,
         ids: vec![1, 2, 3],
     });
-    let from = Term::Tuple(vec![peer_pid(), tag]);
+    let from = Term::Tuple(vec![peer_pid(), tag.clone()]);
     let register = Term::Tuple(vec![
         atom("$gen_call"),
         from,
@@ -925,6 +925,29 @@ fn b_globals_downs_give_back_the_peers_names() {
         ])),
     );
     run(&mut inb, &down, 4096).unwrap();
+    // b's global has not answered the registration yet (as far as the
+    // filter saw): it may not have processed it, so the name waits.
+    assert_eq!(
+        host.global(),
+        1,
+        "given back before b's global answered the registration"
+    );
+    // {Tag, yes} to the caller (SEND_SENDER {22, From, To}): from another
+    // process of b's, nothing; from b's global, the name goes.
+    let answer = |from: Term| {
+        let mut d = enc(&Term::Tuple(vec![Term::Int(22), from, peer_pid()]));
+        d.extend(enc(&Term::Tuple(vec![tag.clone(), atom("yes")])));
+        d_frame(&[0], &d)
+    };
+    let other = answer(local(4));
+    assert_eq!(o.feed(&other, false), other.len());
+    assert_eq!(
+        host.global(),
+        1,
+        "an answer from another process than b's global counted"
+    );
+    let answer = answer(local(3));
+    assert_eq!(o.feed(&answer, false), answer.len());
     assert_eq!(host.global(), 0, "the DOWN gave the name back");
 }
 

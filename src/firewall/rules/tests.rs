@@ -1342,6 +1342,23 @@ fn registrations_past_max_global_names_are_refused_and_answered() {
         None
     );
     assert_eq!(reg(&mut m, register("two")).refused, None);
+    // Locks, apart: one, a second refused and answered false (a busy
+    // lock), a del_lock making room.
+    let lock = |r: &str| Term::Tuple(vec![atom("set_lock"), Term::Tuple(vec![atom(r), atom("req")])]);
+    assert_eq!(reg(&mut m, lock("r1")).refused, None, "a lock at the names' bound");
+    let j = reg(&mut m, lock("r2"));
+    assert!(j.refused.is_some_and(|w| w.contains("global locks")), "{:?}", j.refused);
+    let answer = j.answer.expect("answered");
+    let mut d = etf::Decoder::new(&answer[7..], &[]);
+    d.term().unwrap();
+    let reply = d.term().unwrap();
+    assert!(
+        matches!(reply.tuple(), Some([_, Term::Atom(a)]) if &**a == "false"),
+        "{reply:?}"
+    );
+    let del = Term::Tuple(vec![atom("del_lock"), Term::Tuple(vec![atom("r1"), atom("req")])]);
+    assert_eq!(reg(&mut m, del).refused, None);
+    assert_eq!(reg(&mut m, lock("r2")).refused, None);
 }
 
 /// Eleventh review: names that differ only in a float or a bignum (which
