@@ -1580,6 +1580,25 @@ fn announced_fragments_are_bounded_over_a_hosts_tunnels() {
     assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
 }
 
+/// b, c and hosta's node (its calls to b going on) under [`POLICY`],
+/// enforced, with `max_global_names = 300`.
+fn under_max_global_names(b_suite: Option<&str>) -> (Story, Node, Node, Node) {
+    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
+    let s = cluster_under(&policy, b_suite, None);
+    let mut b = start_b(&s);
+    let c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    start_legit_calls(&mut a);
+    (s, b, c, a)
+}
+
+/// The global names b knows for processes of c's.
+fn c_global_names(b: &mut Node) -> i64 {
+    b.eval("length([N || N <- global:registered_names(), P <- [global:whereis_name(N)], is_pid(P), node(P) =:= 'c@hostc']).")
+        .parse::<i64>()
+        .unwrap()
+}
+
 /// Ninth review, finding 3: b's global keeps every name a restricted peer
 /// registers for its processes, about 840 bytes at b for a 79-byte
 /// registration, with no bound on their number. The invariant
@@ -1593,28 +1612,18 @@ fn announced_fragments_are_bounded_over_a_hosts_tunnels() {
 #[test]
 fn a_restricted_peer_has_b_hold_at_most_max_global_names() {
     require_erl();
-    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
-    let s = cluster_under(&policy, None, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
-    start_legit_calls(&mut a);
+    let (s, mut b, mut c, mut a) = under_max_global_names(None);
     assert_eq!(a.eval("net_adm:ping('c@hostc')."), "pong");
     // c's global knows b's (its registrations reach b).
     assert_eq!(c.eval("global:sync()."), "ok");
     let kernel_before = b.eval(KERNEL);
-    let c_names = |b: &mut Node| {
-        b.eval("length([N || N <- global:registered_names(), P <- [global:whereis_name(N)], is_pid(P), node(P) =:= 'c@hostc']).")
-            .parse::<i64>()
-            .unwrap()
-    };
     let hold = |c: &mut Node, from: u32| {
         c.eval(&format!(
             "begin Self = self(), H = spawn(fun() -> Me = self(), [spawn_link(fun() -> Me ! global:register_name({{n, I}}, self()), receive stop -> ok end end) || I <- lists:seq({from}, {from} + 399)], R = [receive X -> X end || _ <- lists:seq(1, 400)], Self ! {{done, length(R)}}, receive stop -> ok end end), receive {{done, N}} -> N after 60000 -> timeout end, H end."
         ))
     };
     let h = hold(&mut c, 1);
-    let held = c_names(&mut b);
+    let held = c_global_names(&mut b);
     println!("b's global holds {held} names of c's (max_global_names 300)");
     assert!((250..=300).contains(&held), "b's global holds {held} names");
     assert!(
@@ -1635,9 +1644,9 @@ fn a_restricted_peer_has_b_hold_at_most_max_global_names() {
     // The holder's end: b's global drops its names (the DOWNs of its
     // monitors), and there is room again.
     assert_eq!(c.eval(&format!("exit(list_to_pid(\"{h}\"), kill).")), "true");
-    assert!(wait_for(Duration::from_secs(10), || c_names(&mut b) == 0));
+    assert!(wait_for(Duration::from_secs(10), || c_global_names(&mut b) == 0));
     hold(&mut c, 5000);
-    let held = c_names(&mut b);
+    let held = c_global_names(&mut b);
     assert!(
         (250..=300).contains(&held),
         "after the first holder's end, b's global holds {held}\n{}",
@@ -1669,18 +1678,8 @@ fn a_restricted_peer_has_b_hold_at_most_max_global_names() {
 #[test]
 fn names_registered_while_their_holders_last_monitor_goes_stay_counted() {
     require_erl();
-    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
-    let s = cluster_under(&policy, None, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
-    start_legit_calls(&mut a);
+    let (_s, mut b, mut c, mut a) = under_max_global_names(None);
     let kernel_before = b.eval(KERNEL);
-    let c_names = |b: &mut Node| {
-        b.eval("length([N || N <- global:registered_names(), P <- [global:whereis_name(N)], is_pid(P), node(P) =:= 'c@hostc']).")
-            .parse::<i64>()
-            .unwrap()
-    };
     assert_eq!(
         c.eval(
             "begin persistent_term:put(round, fun(K) -> G = {global_name_server, 'b@hostb'}, \
@@ -1701,11 +1700,11 @@ fn names_registered_while_their_holders_last_monitor_goes_stay_counted() {
         let got = c.eval(&format!("(persistent_term:get(round))({k})."));
         println!(
             "round {k}: {got} (yes, no, unanswered); b holds {} of c's names",
-            c_names(&mut b)
+            c_global_names(&mut b)
         );
         assert!(got.ends_with(",0}"), "round {k}: registrations unanswered: {got}");
     }
-    let held = c_names(&mut b);
+    let held = c_global_names(&mut b);
     assert!(
         held <= 300,
         "b's global holds {held} of c's names past max_global_names 300"
@@ -1728,12 +1727,7 @@ fn names_registered_while_their_holders_last_monitor_goes_stay_counted() {
 /// locks are given back (at the bound, they wait as for a busy lock).
 /// With b on OTP 25 and on OTP 29 (which answer calls alike).
 fn global_locks_story(b_suite: Option<&str>) {
-    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
-    let s = cluster_under(&policy, b_suite, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
-    start_legit_calls(&mut a);
+    let (s, mut b, mut c, mut a) = under_max_global_names(b_suite);
     let kernel_before = b.eval(KERNEL);
     let c_locks = |b: &mut Node| {
         b.eval("length([R || {R, _, Ps} <- ets:tab2list(global_locks), lists:any(fun({P, _}) -> node(P) =:= 'c@hostc' end, Ps)]).")
