@@ -1662,6 +1662,97 @@ fn a_restricted_peer_has_b_hold_at_most_max_global_names() {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
+/// Seventeenth review, finding 1. Binaries up to 1 KiB were keyed by a
+/// 64-bit unkeyed hash: two 8-byte binaries of the same hash were found
+/// in 100 s of one core, and were one group to the pg mirror (a leave of
+/// Y, after a join of X, passed, and b's pg crashed on it: five times
+/// halt b) and one global name to the count (2^12 names as tuples of X
+/// and Y: with max_global_names = 300, b held 996). Now a 128-bit hash:
+/// the leave is refused, and b holds at most 300 names.
+#[test]
+fn binaries_of_one_64_bit_hash_are_two_groups_and_two_names() {
+    require_erl();
+    const X: &str = "<<16#c9e63150633263cd:64/little>>";
+    const Y: &str = "<<16#edf09b8f04754471:64/little>>";
+    let (_s, mut b, mut c, mut a) = under_max_global_names(None);
+    assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+    let kernel_before = b.eval(KERNEL);
+    assert_eq!(
+        c.eval(&format!(
+            "begin P = spawn(fun L() -> receive _ -> L() end end), persistent_term:put(pp, P), pg:join({X}, P) end."
+        )),
+        "ok"
+    );
+    assert!(wait_for(Duration::from_secs(10), || b
+        .eval(&format!("length(pg:get_members({X}))."))
+        == "1"));
+    assert_eq!(
+        c.eval(&format!(
+            "begin {{pg, {NODE_B}}} ! {{leave, whereis(pg), persistent_term:get(pp), [{Y}]}}, ok end."
+        )),
+        "ok"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        b.eval(KERNEL),
+        kernel_before,
+        "b's pg crashed on a leave of a group it does not have"
+    );
+    assert_eq!(b.eval(&format!("length(pg:get_members({X})).")), "1");
+    let got = c.eval(&format!(
+        "begin G = {{global_name_server, {NODE_B}}}, H = spawn(fun() -> receive stop -> ok end end), \
+         Names = [list_to_tuple([case (I bsr J) band 1 of 0 -> {X}; 1 -> {Y} end || J <- lists:seq(0, 11)]) || I <- lists:seq(0, 999)], \
+         R = [gen_server:call(G, {{register, N, H, random_exit_name}}, 5000) || N <- Names], \
+         {{length([x || yes <- R]), length([x || no <- R])}} end."
+    ));
+    let held = c_global_names(&mut b);
+    println!("c's registrations (yes, no): {got}; b holds {held} of c's names");
+    assert!(
+        (250..=300).contains(&held),
+        "b holds {held} of c's names (max_global_names 300)"
+    );
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
+}
+
+/// Seventeenth review, finding 4. One group in two encodings (a binary,
+/// and a bitstring of 8 bits in its last byte: BIT_BINARY_EXT) had two
+/// keys, so a sync naming it twice passed; OTP 25's pg keeps the last
+/// entry in its state and the first's members in its table, and crashed
+/// on a leave of the first after the second's leave. Now one key: the
+/// sync is refused as naming a group twice, and b's pg stays up.
+#[test]
+fn a_pg_group_in_two_encodings_is_one_group() {
+    require_erl();
+    let s = cluster("enforce", None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    start_legit_calls(&mut a);
+    assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+    std::thread::sleep(Duration::from_millis(500));
+    let kernel_before = b.eval(KERNEL);
+    let r = c.eval(&format!(
+        "begin {{_, Port}} = lists:keyfind({NODE_B}, 1, erlang:system_info(dist_ctrl)), \
+         CPg = whereis(pg), P = spawn(fun L() -> receive _ -> L() end end), P2 = spawn(fun L() -> receive _ -> L() end end), \
+         Bit = fun(T) -> <<131, E/binary>> = term_to_binary(T), binary:replace(E, <<109, 4:32, \"GRPX\">>, <<77, 4:32, 8, \"grp1\">>) end, \
+         <<131, Ctl/binary>> = term_to_binary({{6, self(), '', pg}}), \
+         Sync = Bit({{'$gen_cast', {{sync, CPg, [{{<<\"grp1\">>, [P]}}, {{<<\"GRPX\">>, [P2]}}]}}}}), \
+         Leave1 = Bit({{leave, CPg, P2, [<<\"GRPX\">>]}}), \
+         Leave2 = Bit({{leave, CPg, P, [<<\"grp1\">>]}}), \
+         true = erlang:port_command(Port, <<131, 68, 0, Ctl/binary, Sync/binary>>), timer:sleep(300), \
+         true = erlang:port_command(Port, <<131, 68, 0, Ctl/binary, Leave1/binary>>), timer:sleep(300), \
+         true = erlang:port_command(Port, <<131, 68, 0, Ctl/binary, Leave2/binary>>), ok end."
+    ));
+    assert_eq!(r, "ok");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        s.hb.log_shows("a pg sync naming a group twice", Duration::from_secs(10)),
+        "{}",
+        s.hb.log()
+    );
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
+}
+
 /// Sixteenth review. The count of global names gave back all of a
 /// holder's names when b's global's last monitor of it went, names b's
 /// global had not processed yet included: c holds global's lock on b

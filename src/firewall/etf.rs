@@ -63,7 +63,7 @@ pub enum Term {
     /// A binary (or bitstring) of this many bytes, and a hash of its
     /// bytes when there are at most [`HASHED_BINARY`] of them (else 0):
     /// two small binaries are one term only if their hashes match.
-    Binary(usize, u64),
+    Binary(usize, u128),
     Map(Vec<(Term, Term)>),
     Fun(Fun),
 }
@@ -112,6 +112,40 @@ impl Term {
     }
 
     /// Calls `f` on this term and every term inside it.
+    /// The term as the node compares it: a string (STRING_EXT) as the
+    /// list of its bytes, a list's tail that is a list joined to it, a
+    /// map's pairs in one order. Two encodings of one term are one
+    /// canonical form (keys of pg groups and global names).
+    pub fn canonical(&self) -> Term {
+        let t = self;
+        match t {
+            Term::Bytes(b) if b.is_empty() => Term::Nil,
+            Term::Bytes(b) => Term::List(
+                b.iter().map(|x| Term::Int(i64::from(*x))).collect(),
+                Box::new(Term::Nil),
+            ),
+            Term::List(v, tail) if v.is_empty() => tail.canonical(),
+            Term::List(v, tail) => {
+                // [a | "bc"] is [a, b, c]: a tail that is a list joins the elements.
+                let mut items: Vec<Term> = v.iter().map(Term::canonical).collect();
+                match tail.canonical() {
+                    Term::List(more, end) => {
+                        items.extend(more);
+                        Term::List(items, end)
+                    }
+                    end => Term::List(items, Box::new(end)),
+                }
+            }
+            Term::Tuple(v) => Term::Tuple(v.iter().map(Term::canonical).collect()),
+            Term::Map(kv) => {
+                let mut kv: Vec<(Term, Term)> = kv.iter().map(|(k, v)| (k.canonical(), v.canonical())).collect();
+                kv.sort_by_key(|(k, _)| format!("{k:?}"));
+                Term::Map(kv)
+            }
+            t => t.clone(),
+        }
+    }
+
     pub fn visit(&self, f: &mut impl FnMut(&Term)) {
         f(self);
         match self {
@@ -520,20 +554,32 @@ pub fn key128(parts: &[&[u8]]) -> u128 {
 /// followed).
 pub const HASHED_BINARY: usize = 1024;
 
-/// A fixed (unkeyed) hash of a small binary's bytes (and its kind): the same in every
-/// erlmesh process, so that what one hands over the next one reads.
-fn content_hash(tag: u8, b: &[u8]) -> u64 {
-    let bytes = if tag == 77 { b.len().saturating_sub(1) } else { b.len() };
-    if bytes > HASHED_BINARY {
+/// A fixed (unkeyed) 128-bit hash of a small binary's bytes and kind: the
+/// same in every erlmesh process, so that what one hands over the next one
+/// reads. One term, one hash: a bitstring of whole bytes (BIT_BINARY_EXT
+/// with 8 bits in its last byte, or none at all) is the binary of those
+/// bytes, and the unused bits of a bitstring's last byte are not part of
+/// it. 128 bits, so that no two binaries a peer can find share one (a
+/// 64-bit hash was searched to a collision in minutes, and two groups or
+/// names of one key passed where the node crashed or counted two).
+fn content_hash(tag: u8, b: &[u8]) -> u128 {
+    let (tag, bits, data) = match (tag, b) {
+        (77, [bits, data @ ..]) if *bits == 8 || data.is_empty() => (109, 8, data),
+        (77, [bits, data @ ..]) => (77, *bits, data),
+        _ => (tag, 8, b),
+    };
+    if data.len() > HASHED_BINARY {
         return 0;
     }
-    use std::hash::Hasher;
-    let mut h = siphasher::sip::SipHasher13::new();
-    // A bitstring's bits byte comes with its tag: <<160>> and <<5:3>> are
-    // two terms.
-    h.write_u8(tag);
-    h.write(b);
-    h.finish() | 1
+    let masked;
+    let data = match data.split_last() {
+        Some((last, init)) if tag == 77 && (1..8).contains(&bits) => {
+            masked = [init, &[last & (0xFF << (8 - bits))]].concat();
+            &masked[..]
+        }
+        _ => data,
+    };
+    key128(&[&[tag, bits], data]) | 1
 }
 
 /// The atom cache of one direction of one connection: 8 segments of 256
@@ -753,6 +799,33 @@ pub fn frame(control: &Term, message: Option<&Term>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Invariant: two encodings of one term decode to one term (keys of pg
+    /// groups and global names): a bitstring of whole bytes is a binary,
+    /// a bitstring's unused bits are not part of it, a string is the list
+    /// of its bytes; two different binaries are two terms.
+    #[test]
+    fn one_term_in_two_encodings_is_one_key() {
+        let dec = |b: &[u8]| Decoder::new(b, &[]).term().unwrap().canonical();
+        let binary = dec(&[109, 0, 0, 0, 2, b'a', b'b']);
+        assert_eq!(dec(&[77, 0, 0, 0, 2, 8, b'a', b'b']), binary);
+        assert_eq!(dec(&[77, 0, 0, 0, 0, 3]), dec(&[109, 0, 0, 0, 0]));
+        // <<1:1>> with garbage in its unused bits.
+        assert_eq!(dec(&[77, 0, 0, 0, 1, 1, 0x80]), dec(&[77, 0, 0, 0, 1, 1, 0xFF]));
+        assert_ne!(dec(&[77, 0, 0, 0, 1, 1, 0x80]), dec(&[77, 0, 0, 0, 1, 2, 0x80]));
+        assert_ne!(dec(&[77, 0, 0, 0, 2, 7, b'a', b'b']), binary);
+        assert_ne!(dec(&[109, 0, 0, 0, 2, b'a', b'c']), binary);
+        // "ab" as STRING_EXT and as a list of two small integers.
+        assert_eq!(
+            dec(&[107, 0, 2, b'a', b'b']),
+            dec(&[108, 0, 0, 0, 2, 97, b'a', 97, b'b', 106])
+        );
+        // The 64-bit hash's colliding pair (the seventeenth review's).
+        let x = 0xc9e63150633263cd_u64.to_le_bytes();
+        let y = 0xedf09b8f04754471_u64.to_le_bytes();
+        let bin = |b: &[u8]| [&[109, 0, 0, 0, 8][..], b].concat();
+        assert_ne!(dec(&bin(&x)), dec(&bin(&y)));
+    }
 
     /// ATOM_EXT and SMALL_ATOM_EXT are latin1: the same bytes as UTF-8
     /// name another atom (fifth review: two atoms, one key).

@@ -59,10 +59,10 @@ fn pid_key(p: &Pid) -> PidKey {
     (p.node.to_string(), p.id, p.serial, p.creation)
 }
 
-/// A name or lock as a key (a 128-bit hash of its term's text: names are
-/// at most 1 KiB, checked before).
+/// A name or lock as a key (a 128-bit hash of its canonical term's text:
+/// names are at most 1 KiB, checked before).
 fn key(kind: &str, t: &Term) -> u128 {
-    super::etf::key128(&[kind.as_bytes(), format!("{t:?}").as_bytes()])
+    super::etf::key128(&[kind.as_bytes(), format!("{:?}", t.canonical()).as_bytes()])
 }
 
 /// A lock as b's global holds it: its id (`{ResourceId, LockRequesterId}`)

@@ -92,7 +92,7 @@ fn group_key(t: &Term) -> Result<String, &'static str> {
     if !whole {
         return Err("a pg group erlmesh cannot follow (a float, a bignum, a fun or a port in it)");
     }
-    Ok(hashed(&format!("{:?}", canonical(t))))
+    Ok(hashed(&format!("{:?}", t.canonical())))
 }
 
 /// A key from a canonical form's text.
@@ -104,35 +104,6 @@ fn hashed(text: &str) -> String {
 /// over by `erlmesh upgrade`, keyed groups by their text).
 fn is_hashed(k: &str) -> bool {
     k.len() == 32 && k.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn canonical(t: &Term) -> Term {
-    match t {
-        Term::Bytes(b) if b.is_empty() => Term::Nil,
-        Term::Bytes(b) => Term::List(
-            b.iter().map(|x| Term::Int(i64::from(*x))).collect(),
-            Box::new(Term::Nil),
-        ),
-        Term::List(v, tail) if v.is_empty() => canonical(tail),
-        Term::List(v, tail) => {
-            // [a | "bc"] is [a, b, c]: a tail that is a list joins the elements.
-            let mut items: Vec<Term> = v.iter().map(canonical).collect();
-            match canonical(tail) {
-                Term::List(more, end) => {
-                    items.extend(more);
-                    Term::List(items, end)
-                }
-                end => Term::List(items, Box::new(end)),
-            }
-        }
-        Term::Tuple(v) => Term::Tuple(v.iter().map(canonical).collect()),
-        Term::Map(kv) => {
-            let mut kv: Vec<(Term, Term)> = kv.iter().map(|(k, v)| (canonical(k), canonical(v))).collect();
-            kv.sort_by_key(|(k, _)| format!("{k:?}"));
-            Term::Map(kv)
-        }
-        t => t.clone(),
-    }
 }
 
 /// How many times each pid is named.
