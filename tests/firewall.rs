@@ -1330,16 +1330,16 @@ fn a_restricted_peer_holds_at_most_max_monitors_on_b() {
 /// (`port_command` on the connection's port, OTP 25: the bytes go out as
 /// a frame of c's, past everything of OTP's own): a fragment header of
 /// sequence `seq` announcing `count` fragments of a send to the cache
-/// (`first`), or a following fragment numbered `count`.
+/// (`first`: the control message and the first half of an 8-byte binary),
+/// or a following fragment numbered `count` (the binary's second half).
 fn raw_fragment(c: &mut Node, seq: u64, count: u64, first: bool) -> String {
     let frame = match first {
-        true => format!("<<131, 69, {seq}:64, {count}:64, 0, Ctl/binary, Pay/binary>>"),
-        false => format!("<<131, 70, {seq}:64, {count}:64, Pay/binary>>"),
+        true => format!("<<131, 69, {seq}:64, {count}:64, 0, Ctl/binary, 109, 8:32, \"abcd\">>"),
+        false => format!("<<131, 70, {seq}:64, {count}:64, \"efgh\">>"),
     };
     c.eval(&format!(
         "begin {{_, P}} = lists:keyfind({NODE_B}, 1, erlang:system_info(dist_ctrl)), \
          <<131, Ctl/binary>> = term_to_binary({{6, self(), '', cache}}), \
-         <<131, Pay/binary>> = term_to_binary(raw_hello), \
          erlang:port_command(P, {frame}) end."
     ))
 }
@@ -1563,7 +1563,7 @@ fn announced_fragments_are_bounded_over_a_hosts_tunnels() {
     let mut c = start_c(&s, &mut b);
     let before = memory_mib(&mut b);
     let opened = c.eval(
-        r#"begin Cookie = atom_to_list(erlang:get_cookie()), {port, Port, _} = erl_epmd:port_please("b", "hostb"), {ok, Ip} = inet:getaddr("hostb", inet), <<131, Pay/binary>> = term_to_binary(hello), Open = fun(I) -> Name = iolist_to_binary(["f", integer_to_list(I), "@hostc"]), {ok, S} = gen_tcp:connect(Ip, Port, [binary, {packet, 2}, {active, false}]), ok = gen_tcp:send(S, <<$N, 16#0000000d07df7fbd:64, 1:32, (byte_size(Name)):16, Name/binary>>), {ok, <<"sok">>} = gen_tcp:recv(S, 0, 5000), {ok, <<$N, _:64, Ch:32, _/binary>>} = gen_tcp:recv(S, 0, 5000), D = erlang:md5([Cookie | integer_to_list(Ch)]), ok = gen_tcp:send(S, <<$r, 42:32, D/binary>>), {ok, <<$a, _/binary>>} = gen_tcp:recv(S, 0, 5000), ok = inet:setopts(S, [{packet, 4}]), P = <<88, 119, (byte_size(Name)), Name/binary, 1:32, 0:32, 1:32>>, Ctl = <<104, 4, 97, 6, P/binary, 119, 0, 119, 5, "cache">>, ok = gen_tcp:send(S, <<131, 69, 1:64, 65536:64, 0, Ctl/binary, Pay/binary>>), S end, Ss = [catch Open(I) || I <- lists:seq(1, 60)], persistent_term:put(socks, Ss), length([S || S <- Ss, is_port(S)]) end."#,
+        r#"begin Cookie = atom_to_list(erlang:get_cookie()), {port, Port, _} = erl_epmd:port_please("b", "hostb"), {ok, Ip} = inet:getaddr("hostb", inet), Pay = <<109, 8:32, "abcd">>, Open = fun(I) -> Name = iolist_to_binary(["f", integer_to_list(I), "@hostc"]), {ok, S} = gen_tcp:connect(Ip, Port, [binary, {packet, 2}, {active, false}]), ok = gen_tcp:send(S, <<$N, 16#0000000d07df7fbd:64, 1:32, (byte_size(Name)):16, Name/binary>>), {ok, <<"sok">>} = gen_tcp:recv(S, 0, 5000), {ok, <<$N, _:64, Ch:32, _/binary>>} = gen_tcp:recv(S, 0, 5000), D = erlang:md5([Cookie | integer_to_list(Ch)]), ok = gen_tcp:send(S, <<$r, 42:32, D/binary>>), {ok, <<$a, _/binary>>} = gen_tcp:recv(S, 0, 5000), ok = inet:setopts(S, [{packet, 4}]), P = <<88, 119, (byte_size(Name)), Name/binary, 1:32, 0:32, 1:32>>, Ctl = <<104, 4, 97, 6, P/binary, 119, 0, 119, 5, "cache">>, ok = gen_tcp:send(S, <<131, 69, 1:64, 65536:64, 0, Ctl/binary, Pay/binary>>), S end, Ss = [catch Open(I) || I <- lists:seq(1, 60)], persistent_term:put(socks, Ss), length([S || S <- Ss, is_port(S)]) end."#,
     );
     println!("c opened {opened} connections");
     assert_eq!(opened, "60", "the handshakes did not go through");
@@ -1750,6 +1750,75 @@ fn a_pg_group_in_two_encodings_is_one_group() {
         "{}",
         s.hb.log()
     );
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
+}
+
+/// Seventeenth review, finding 2. A fragmented message was judged (and
+/// counted) at its first fragment, but the node has it at its last: a
+/// frame sent between the two reached b first and erlmesh second. A pg
+/// join whose terms were whole in its first fragment, a leave of its
+/// group, then the join's empty last fragment: b's pg crashed on the
+/// leave of a group it did not have yet. A monitor of the cache in
+/// fragments, its demonitor, then the last fragment, 1000 times: b held
+/// 1000 monitors of c's past max_monitors 300 (erlmesh counted each, and
+/// gave it back at the demonitor). OTP cuts a message where its bytes
+/// end: a fragmented message whose terms end before its last fragment now
+/// ends c's tunnel, before b has any of it.
+#[test]
+fn messages_whose_terms_end_before_their_last_fragment_end_the_tunnel() {
+    require_erl();
+    let policy = format!("{}max_monitors = 300\n", POLICY.replace("MODE", "enforce"));
+    let s = cluster_under(&policy, None, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    let mut a = s.ha.node("a");
+    start_legit_calls(&mut a);
+    assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+    std::thread::sleep(Duration::from_millis(500));
+    let kernel_before = b.eval(KERNEL);
+    let r = c.eval(&format!(
+        "begin {{_, Port}} = lists:keyfind({NODE_B}, 1, erlang:system_info(dist_ctrl)), \
+         CPg = whereis(pg), P = spawn(fun L() -> receive _ -> L() end end), \
+         <<131, Ctl/binary>> = term_to_binary({{6, self(), '', pg}}), \
+         <<131, J/binary>> = term_to_binary({{join, CPg, reordered, [P]}}), \
+         <<131, L/binary>> = term_to_binary({{leave, CPg, P, [reordered]}}), \
+         catch erlang:port_command(Port, <<131, 69, 77:64, 2:64, 0, Ctl/binary, J/binary>>), \
+         catch erlang:port_command(Port, <<131, 68, 0, Ctl/binary, L/binary>>), \
+         catch erlang:port_command(Port, <<131, 70, 77:64, 1:64>>), ok end."
+    ));
+    assert_eq!(r, "ok");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(b.eval(KERNEL), kernel_before, "b's pg crashed");
+    assert!(
+        s.hb.log_shows("terms end before its last fragment", Duration::from_secs(10)),
+        "{}",
+        s.hb.log()
+    );
+    assert!(wait_for(Duration::from_secs(10), || c
+        .eval(&format!("net_adm:ping({NODE_B})."))
+        == "pong"));
+    let r = c.eval(&format!(
+        "begin W = spawn(fun() -> receive stop -> ok end end), \
+         [begin R = make_ref(), S = 500000 + I, \
+           <<131, M/binary>> = term_to_binary({{19, W, cache, R}}), \
+           <<131, D/binary>> = term_to_binary({{20, W, cache, R}}), \
+           case lists:keyfind({NODE_B}, 1, erlang:system_info(dist_ctrl)) of \
+             {{_, Port}} -> catch erlang:port_command(Port, <<131, 69, S:64, 2:64, 0, M/binary>>), \
+                          catch erlang:port_command(Port, <<131, 68, 0, D/binary>>), \
+                          catch erlang:port_command(Port, <<131, 70, S:64, 1:64>>); \
+             false -> net_adm:ping({NODE_B}) end end || I <- lists:seq(1, 1000)], ok end."
+    ));
+    assert_eq!(r, "ok");
+    std::thread::sleep(Duration::from_secs(2));
+    let held = b
+        .eval("begin {monitored_by, L} = process_info(whereis(cache), monitored_by), length([P || P <- L, is_pid(P), node(P) =:= 'c@hostc']) end.")
+        .parse::<i64>()
+        .unwrap();
+    println!("b's cache is monitored by {held} processes of c's (max_monitors 300)");
+    assert!(held <= 300, "b holds {held} monitors of c's past max_monitors 300");
+    assert!(wait_for(Duration::from_secs(10), || c
+        .eval(&format!("net_adm:ping({NODE_B})."))
+        == "pong"));
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 

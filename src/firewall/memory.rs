@@ -407,7 +407,8 @@ impl Memory {
     /// fit in `max` (the policy's `max_global_names`).
     pub(super) fn global_apply(&mut self, m: &Term, max: usize) -> Result<(), &'static str> {
         use super::names::{Change, TOO_MANY, TOO_MANY_LOCKS};
-        let change = Change::of(m);
+        let mut change = Change::of(m);
+        change.sticky = !self.machinery.iter().any(|(_, n)| *n == super::machinery::GLOBAL);
         let (conn, host) = self.conn();
         let before = conn.global.held();
         let (names, locks) = conn.global.new_ones(&change);
@@ -444,6 +445,18 @@ impl Memory {
         let before = conn.global.held();
         conn.global.answer(to, m);
         host.global_moved(before, conn.global.held());
+    }
+
+    /// A DOWN from the peer's process `from` to local process `to` for
+    /// monitor `r` reached the node: a monitor the local global made of a
+    /// holder (global drops what it stood for), or the local pg scope of a
+    /// peer scope (it drops that scope's groups).
+    pub fn apply_down(&mut self, from: &Pid, to: &Pid, r: &Ref) {
+        match self.machinery_of(to) {
+            Some(super::machinery::GLOBAL) => self.global_monitor(r, from, Some(true)),
+            Some(super::machinery::PG) => self.pg_scope_ended(from, r),
+            _ => {}
+        }
     }
 
     /// The local global monitors (`down`: `None`) the peer's process `p`

@@ -87,6 +87,11 @@ struct Held {
     /// Known held by b's global at some point: a name, or a lock once a
     /// set_lock of it was answered `true` (or its answer went unseen).
     sure: bool,
+    /// Added before erlmesh knew b's global's pid: b's global's monitor
+    /// for it went unseen, so a holder's last monitor seen going says
+    /// nothing of it. Given back only by its removal or the connection's
+    /// end.
+    sticky: bool,
 }
 
 /// A call to b's global judged: its tag, its place in the order of the
@@ -131,6 +136,8 @@ pub struct Change {
     remove: Vec<u128>,
     /// A call's tag (its answer is `{Tag, Reply}`).
     call: Option<u128>,
+    /// Judged before erlmesh knew b's global's pid (see [`Held::sticky`]).
+    pub sticky: bool,
 }
 
 /// Where an answer to a call from `caller` tagged `tag` goes: the alias
@@ -268,6 +275,7 @@ impl GlobalHeld {
             add,
             remove: Vec::new(),
             call: None,
+            sticky: false,
         });
         for h in self.held.values_mut() {
             h.sure = true;
@@ -315,6 +323,7 @@ impl GlobalHeld {
         for (k, holder, kind) in c.add {
             if let Some(old) = self.held.get_mut(&k) {
                 if old.holder == holder {
+                    old.sticky |= c.sticky;
                     if kind == Kind::Lock {
                         old.pending += 1;
                         lock = Some(k);
@@ -330,6 +339,7 @@ impl GlobalHeld {
                 kind,
                 pending: u32::from(kind == Kind::Lock),
                 sure: kind == Kind::Name,
+                sticky: c.sticky,
             };
             if kind == Kind::Lock {
                 lock = Some(k);
@@ -466,14 +476,25 @@ impl GlobalHeld {
     }
 
     fn give_back(&mut self, holder: &PidKey) {
-        let (keys, _) = self.by_holder.remove(holder).unwrap_or_default();
+        let Some((keys, last)) = self.by_holder.remove(holder) else {
+            return;
+        };
+        let mut kept = Vec::new();
         for k in keys {
-            if let Some(h) = self.held.remove(&k) {
-                match h.kind {
-                    Kind::Name => self.names -= 1,
-                    Kind::Lock => self.locks -= 1,
+            match self.held.get(&k) {
+                Some(h) if h.sticky => kept.push(k),
+                Some(h) => {
+                    match h.kind {
+                        Kind::Name => self.names -= 1,
+                        Kind::Lock => self.locks -= 1,
+                    }
+                    self.held.remove(&k);
                 }
+                None => {}
             }
+        }
+        if !kept.is_empty() {
+            self.by_holder.insert(holder.clone(), (kept, last));
         }
     }
 
@@ -796,6 +817,31 @@ mod tests {
         g.apply(Change::of(&set));
         g.answer(&to1(), &Term::Tuple(vec![atom("global_name_conflict"), atom("false")]));
         assert_eq!(g.held(), (0, 2), "a tag without a reference followed");
+    }
+
+    /// Invariant: what was added before erlmesh knew b's global's pid (its
+    /// monitors went unseen) is not given back by the holder's last
+    /// monitor seen going, only by its removal (seventeenth review).
+    #[test]
+    fn names_added_before_globals_pid_was_known_stay_counted() {
+        let mut g = GlobalHeld::default();
+        let mut early = Change::of(&call_tagged(
+            1,
+            vec![atom("register"), atom("early"), Term::Pid(pid(5)), atom("m")],
+        ));
+        early.sticky = true;
+        g.apply(early);
+        g.apply(Change::of(&call_tagged(
+            2,
+            vec![atom("register"), atom("late"), Term::Pid(pid(5)), atom("m")],
+        )));
+        g.monitored(&r(1), &pid(5));
+        g.answer(&to1(), &answer(1, "yes"));
+        g.answer(&to1(), &answer(2, "yes"));
+        g.down(&r(1), &pid(5));
+        assert_eq!(g.held(), (1, 0), "the early name was given back");
+        g.apply(Change::of(&call(vec![atom("unregister"), atom("early")])));
+        assert_eq!(g.held(), (0, 0));
     }
 
     /// Invariant: a hand-over keeps every name and lock, and what the new

@@ -91,6 +91,12 @@ pub struct Judgement {
     /// `{discover, Pid}` every release takes, for a local scope that did
     /// not announce version 1.
     pub replace: Option<(Term, Term)>,
+    /// What the local node drops once it has this frame (a DOWN of a
+    /// monitor its global or pg scope made): applied to the memory only
+    /// when the frame passes whole ([`Memory::apply_down`]); a DOWN
+    /// refused, or in fragments (the node has it at its last, and frames
+    /// judged meanwhile reach it first), gives nothing back.
+    pub down: Option<(Pid, Pid, Ref)>,
 }
 
 impl Judgement {
@@ -102,6 +108,7 @@ impl Judgement {
             answer: None,
             walk: None,
             replace: None,
+            down: None,
         }
     }
 
@@ -113,6 +120,7 @@ impl Judgement {
             answer: None,
             walk: None,
             replace: None,
+            down: None,
         }
     }
 }
@@ -271,17 +279,14 @@ pub fn judge(
         }
         21 | 28 => {
             // The DOWN of a monitor the local global made of the peer's
-            // process: global drops one of its names.
-            if let (Term::Pid(to), Term::Ref(r)) = (el(2)?, el(3)?) {
-                if let (Some(GLOBAL), Term::Pid(from)) = (mem.machinery_of(to), el(1)?) {
-                    mem.global_monitor(r, from, Some(true));
-                }
-                // A peer scope's end, to the local pg scope (which
-                // monitors each peer scope it knows).
-                if let (Term::Pid(from), Some(PG)) = (el(1)?, mem.machinery_of(to)) {
-                    mem.pg_scope_ended(from, r);
-                }
-            }
+            // process (global drops one of its names), or of one the local
+            // pg scope made of a peer scope (it drops the scope's groups):
+            // given back once the frame passes whole.
+            let down = match (el(1)?, el(2)?, el(3)?) {
+                (Term::Pid(from), Term::Pid(to), Term::Ref(r)) => Some((from.clone(), to.clone(), r.clone())),
+                _ => None,
+            };
+            let judged = |j: Judgement| Judgement { down, ..j };
             let request = match el(3)? {
                 Term::Ref(r) => mem.global_group_request(r),
                 _ => None,
@@ -307,8 +312,8 @@ pub fn judge(
                     Target::None,
                     "an erpc result to global_group too large to check",
                 ),
-                _ if op == 21 => signal_reason(mem, "monitor_exit", Target::None, el(4)?),
-                _ => payload_reason(mem, &d, versioned, "monitor_exit", Target::None)?,
+                _ if op == 21 => judged(signal_reason(mem, "monitor_exit", Target::None, el(4)?)),
+                _ => judged(payload_reason(mem, &d, versioned, "monitor_exit", Target::None)?),
             }
         }
         // SPAWN_REQUEST {29, ReqId, From, GroupLeader, {M, F, A}, Opts}, _TT {30, ...}

@@ -465,7 +465,11 @@ impl Inbound {
         match b {
             [] | [etf::VERSION] => Ok(Decision::Need),
             [etf::PASS_THROUGH, body @ ..] => match self.judge(&[], body, true) {
-                Ok(j) => self.verdict(j, None, &[], body, true, complete),
+                Ok(j) => {
+                    let down = j.down.clone();
+                    let d = self.verdict(j, None, &[], body, true, complete)?;
+                    Ok(self.downed(down, d))
+                }
                 Err(e) => need(e),
             },
             [etf::VERSION, etf::DIST_HEADER, rest @ ..] => {
@@ -475,14 +479,18 @@ impl Inbound {
                 };
                 self.header_atoms(&refs)?;
                 match self.judge(&refs.atoms, &rest[refs.len..], false) {
-                    Ok(j) => self.verdict(
-                        j,
-                        refs.sets_cache.then_some(&rest[..refs.len]),
-                        &refs.atoms,
-                        &rest[refs.len..],
-                        false,
-                        complete,
-                    ),
+                    Ok(j) => {
+                        let down = j.down.clone();
+                        let d = self.verdict(
+                            j,
+                            refs.sets_cache.then_some(&rest[..refs.len]),
+                            &refs.atoms,
+                            &rest[refs.len..],
+                            false,
+                            complete,
+                        )?;
+                        Ok(self.downed(down, d))
+                    }
                     Err(e) => need(e),
                 }
             }
@@ -509,10 +517,14 @@ impl Inbound {
                 let data = &rest[refs.len..];
                 match self.judge(&refs.atoms, data, false) {
                     Ok(j) => {
+                        if frag > 1 && ends_early(&refs.atoms, data) {
+                            return Err(malformed(ENDS_EARLY));
+                        }
                         let whole = complete && frag == 1;
+                        let down = j.down.clone();
                         let d = self.verdict(j, refs.sets_cache.then_some(header), &refs.atoms, data, false, whole)?;
                         if frag == 1 {
-                            return Ok(d);
+                            return Ok(self.downed(down, d));
                         }
                         self.new_seq(seq, frag)?;
                         Ok(match d {
@@ -629,7 +641,19 @@ impl Inbound {
                 self.share.give(body.len());
                 return Err(malformed(w));
             }
-            Ok(j) => self.verdict(j, None, &refs.atoms, &body, false, last)?,
+            Ok(_) if !last && ends_early(&refs.atoms, &body) => {
+                self.share.give(body.len());
+                return Err(malformed(ENDS_EARLY));
+            }
+            Ok(j) => {
+                let down = j.down.clone();
+                let d = self.verdict(j, None, &refs.atoms, &body, false, last)?;
+                if last {
+                    self.downed(down, d)
+                } else {
+                    d
+                }
+            }
         };
         let pass = matches!(decision, Decision::Pass(_));
         if !last {
@@ -675,6 +699,15 @@ impl Inbound {
             }
         }
         Ok(())
+    }
+
+    /// A DOWN that passed whole reaches the node now: what it drops is
+    /// given back ([`Judgement::down`]).
+    fn downed(&self, down: Option<(etf::Pid, etf::Pid, etf::Ref)>, d: Decision) -> Decision {
+        if let (Some((from, to, r)), Decision::Pass(_)) = (down, &d) {
+            self.share.fw.mem().apply_down(&from, &to, &r);
+        }
+        d
     }
 
     fn new_seq(&mut self, seq: u64, frags: u64) -> io::Result<()> {
@@ -885,6 +918,31 @@ impl Inbound {
     }
 }
 
+/// Why a tunnel ends on a fragmented message whose terms all came before
+/// its last fragment.
+const ENDS_EARLY: &str = "a fragmented message whose terms end before its last fragment (the node has a message at its last fragment: judged at its first, it would change erlmesh's count before the node's, behind frames sent between)";
+
+/// Whether `body` (a fragmented message's first bytes, after its atom
+/// cache header) holds all the message's terms: its control message, and
+/// the message for the operations that carry one. OTP cuts a message into
+/// fragments where its bytes end, so its terms end with its last fragment.
+fn ends_early(atoms: &[etf::Atom], body: &[u8]) -> bool {
+    let Ok(ctl) = Decoder::new(body, atoms).term() else {
+        return false;
+    };
+    let op = ctl.tuple().and_then(|t| t.first()).and_then(Term::int);
+    // SEND, REG_SEND, their _TT and _SENDER forms, the PAYLOAD_ exits and
+    // DOWN, SPAWN_REQUEST, ALIAS_SEND, ALTACT_SIG_SEND: a control message
+    // and a message.
+    let terms = match op {
+        Some(2 | 6 | 12 | 16 | 22 | 23 | 24..=30 | 33 | 34 | 37) => 2,
+        _ => 1,
+    };
+    let mut w = Walker::new(terms, false);
+    w.feed(body, atoms, &mut |_| {});
+    w.done() && !w.failed()
+}
+
 /// Why a message from the peer may not pass: it brings the node more new
 /// atoms than the policy allows its host.
 const TOO_MANY_ATOMS: &str =
@@ -960,6 +1018,7 @@ fn refuse_walked(fw: &Firewall, r: Refusal) -> io::Result<()> {
         answer: None,
         walk: None,
         replace: None,
+        down: None,
     };
     if fw.apply(&mut fw.shared(), j) {
         return Ok(());

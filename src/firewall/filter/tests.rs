@@ -913,18 +913,16 @@ fn b_globals_downs_give_back_the_peers_names() {
         ])),
     );
     assert_eq!(o.feed(&monitor, false), monitor.len());
-    // The holder ends: c's node sends the DOWN.
-    let down = d_frame(
-        &[0],
-        &enc(&Term::Tuple(vec![
-            Term::Int(21),
-            holder,
-            local(3),
-            b_ref,
-            atom("killed"),
-        ])),
-    );
-    run(&mut inb, &down, 4096).unwrap();
+    // The holder ends: c's node sends the DOWN, here in two fragments
+    // (PAYLOAD_MONITOR_P_EXIT, a 300-byte reason). b has it at the last:
+    // nothing is given back before (seventeenth review: frames judged
+    // between reach b first).
+    let mut payload = enc(&Term::Tuple(vec![Term::Int(28), holder, local(3), b_ref]));
+    payload.extend(binary(300));
+    let cut = fragments(41, &payload, 2);
+    run(&mut inb, &cut[0], 4096).unwrap();
+    assert_eq!(host.global(), 1, "given back at the DOWN's first fragment");
+    run(&mut inb, &cut[1], 4096).unwrap();
     // b's global has not answered the registration yet (as far as the
     // filter saw): it may not have processed it, so the name waits.
     assert_eq!(
@@ -949,6 +947,46 @@ fn b_globals_downs_give_back_the_peers_names() {
     let answer = answer(local(3));
     assert_eq!(o.feed(&answer, false), answer.len());
     assert_eq!(host.global(), 0, "the DOWN gave the name back");
+}
+
+/// Seventeenth review, finding 2: a fragmented message whose terms are
+/// all in its first fragment (or in the fragments held so far) ends the
+/// tunnel, before the node has any of it; one whose terms end with its
+/// last fragment passes, at any cut.
+#[test]
+fn a_fragmented_message_whose_terms_end_early_ends_the_tunnel() {
+    let monitor = enc(&Term::Tuple(vec![
+        Term::Int(19),
+        peer_pid(),
+        atom("cache"),
+        Term::Ref(etf::Ref {
+            node: Arc::from("c@hostc"),
+            creation: 9,
+            ids: vec![1, 2, 3],
+        }),
+    ]));
+    let mut early = fragments(5, &monitor, 1);
+    // Announce two fragments, the second empty.
+    early[0][4 + 2 + 8 + 7] = 2;
+    early.extend(fragments(5, &[], 1).into_iter().map(|mut f| {
+        f[4 + 1] = etf::DIST_FRAG_CONT;
+        f.truncate(4 + 2 + 16);
+        let len = (f.len() - 4) as u32;
+        f[..4].copy_from_slice(&len.to_be_bytes());
+        f
+    }));
+    let (_fw, mut inb, mut input) = inbound("b@early");
+    input.extend(early.concat());
+    let e = run(&mut inb, &input, 4096).unwrap_err();
+    assert!(e.to_string().contains("before its last fragment"), "{e}");
+    // The same message to the cache, its bytes cut where they end: passes.
+    let msg = reg_send_data("cache", &Term::Tuple(vec![atom("put"), atom("k"), Term::Int(1)]));
+    for n in [2, 3] {
+        let (_fw, mut inb, mut input) = inbound(&format!("b@ok{n}"));
+        input.extend(fragments(7, &msg, n).concat());
+        let out = run(&mut inb, &input, 4096).unwrap();
+        assert!(out.len() > msg.len(), "{n} fragments did not pass");
+    }
 }
 
 /// Thirteenth review: a frame judged again on more bytes parsed its
