@@ -66,6 +66,11 @@ pub enum Term {
     Binary(usize, u128),
     Map(Vec<(Term, Term)>),
     Fun(Fun),
+    /// A native record (OTP 29's RECORD_EXT): its values (visited, for
+    /// the pids in them), not its module, name or fields: never a tuple
+    /// to the rules (no kernel protocol carries one), and a group or a
+    /// name holding one is refused, as one holding a float is.
+    Record(Vec<Term>),
 }
 
 impl Term {
@@ -114,7 +119,7 @@ impl Term {
     /// Calls `f` on this term and every term inside it.
     /// The term as the node compares it: a string (STRING_EXT) as the
     /// list of its bytes, a list's tail that is a list joined to it, a
-    /// map's pairs in one order. Two encodings of one term are one
+    /// map's pairs in one order, a reference without trailing zero words. Two encodings of one term are one
     /// canonical form (keys of pg groups and global names).
     pub fn canonical(&self) -> Term {
         let t = self;
@@ -137,6 +142,15 @@ impl Term {
                 }
             }
             Term::Tuple(v) => Term::Tuple(v.iter().map(Term::canonical).collect()),
+            // A reference with trailing zero words is the reference
+            // without them (OTP 25 and 29: `=:=`, one map key).
+            Term::Ref(r) => {
+                let mut r = r.clone();
+                while r.ids.len() > 1 && r.ids.last() == Some(&0) {
+                    r.ids.pop();
+                }
+                Term::Ref(r)
+            }
             Term::Map(kv) => {
                 let mut kv: Vec<(Term, Term)> = kv.iter().map(|(k, v)| (k.canonical(), v.canonical())).collect();
                 kv.sort_by_key(|(k, _)| format!("{k:?}"));
@@ -149,7 +163,7 @@ impl Term {
     pub fn visit(&self, f: &mut impl FnMut(&Term)) {
         f(self);
         match self {
-            Term::Tuple(v) => v.iter().for_each(|t| t.visit(f)),
+            Term::Tuple(v) | Term::Record(v) => v.iter().for_each(|t| t.visit(f)),
             Term::List(v, tail) => {
                 v.iter().for_each(|t| t.visit(f));
                 tail.visit(f);
@@ -424,7 +438,7 @@ impl<'a> Decoder<'a> {
                 for _ in 0..n {
                     v.push(self.term_at(depth + 1)?);
                 }
-                Term::Tuple(v)
+                Term::Record(v)
             }
             106 => Term::Nil,
             107 => {
@@ -819,6 +833,23 @@ mod tests {
         assert_eq!(
             dec(&[107, 0, 2, b'a', b'b']),
             dec(&[108, 0, 0, 0, 2, 97, b'a', 97, b'b', 106])
+        );
+        // A reference with a trailing zero word (the eighteenth review's).
+        let reference = |words: &[u32]| {
+            let mut b = vec![90, 0, words.len() as u8, 119, 3, b'c', b'@', b'h', 0, 0, 0, 1];
+            for w in words {
+                b.extend(w.to_be_bytes());
+            }
+            b
+        };
+        assert_eq!(dec(&reference(&[1, 2, 3, 0])), dec(&reference(&[1, 2, 3])));
+        assert_ne!(dec(&reference(&[1, 2, 3, 4])), dec(&reference(&[1, 2, 3])));
+        // A native record (OTP 29) is kept as nothing of its own: never
+        // one key with a tuple of its values.
+        let record = [67, 0, 0, 0, 1, 0, 119, 1, b'm', 119, 1, b'r', 119, 1, b'f', 97, 1];
+        assert_eq!(
+            Decoder::new(&record, &[]).term().unwrap(),
+            Term::Record(vec![Term::Int(1)])
         );
         // The 64-bit hash's colliding pair (the seventeenth review's).
         let x = 0xc9e63150633263cd_u64.to_le_bytes();

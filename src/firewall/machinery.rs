@@ -286,7 +286,7 @@ fn small(t: &Term) -> bool {
     t.visit(&mut |t| {
         whole &= !matches!(
             t,
-            Term::Float | Term::Big | Term::Binary(_, 0) | Term::Fun(_) | Term::Port(_)
+            Term::Float | Term::Big | Term::Binary(_, 0) | Term::Fun(_) | Term::Port(_) | Term::Record(_)
         )
     });
     whole && t.weight() <= MAX_GLOBAL_NAME_WEIGHT

@@ -86,11 +86,11 @@ fn group_key(t: &Term) -> Result<String, &'static str> {
     t.visit(&mut |t| {
         whole &= !matches!(
             t,
-            Term::Float | Term::Big | Term::Binary(_, 0) | Term::Fun(_) | Term::Port(_)
+            Term::Float | Term::Big | Term::Binary(_, 0) | Term::Fun(_) | Term::Port(_) | Term::Record(_)
         )
     });
     if !whole {
-        return Err("a pg group erlmesh cannot follow (a float, a bignum, a fun or a port in it)");
+        return Err("a pg group erlmesh cannot follow (a float, a bignum, a fun, a port or a record in it)");
     }
     Ok(hashed(&format!("{:?}", t.canonical())))
 }

@@ -576,7 +576,7 @@ mod tests {
         assert!(w.done());
         assert_eq!(got, vec![Found::Pid(pid.clone())]);
         let t = crate::firewall::etf::Decoder::new(&b, &[]).term().unwrap();
-        assert_eq!(t, Term::Tuple(vec![Term::Pid(pid)]));
+        assert_eq!(t, Term::Record(vec![Term::Pid(pid)]));
     }
 
     #[test]

@@ -39,7 +39,14 @@ enum At {
 struct Walking {
     atoms: Vec<etf::Atom>,
     walker: Walker,
+    /// A DOWN in fragments: given back once its last fragment has passed.
+    #[serde(default)]
+    down: Option<Down>,
 }
+
+/// A DOWN of a monitor the local global or pg scope made ([`Judgement::down`]):
+/// from, to, the monitor's reference.
+type Down = (etf::Pid, etf::Pid, etf::Ref);
 
 /// Open compound terms a walk of the peer's message follows: a message
 /// nested deeper ends the tunnel. Bounds a walk's memory to 8 KiB.
@@ -125,6 +132,10 @@ pub struct Inbound {
     /// it is decided (a frame judged again on more bytes reads its header
     /// against the cache as it was before it, as the node does).
     pending: Vec<(usize, etf::Atom)>,
+    /// The DOWN the frame passing now carries: given back once its last
+    /// byte has gone to the node (a frame that never ends gives nothing
+    /// back while the node waits for it).
+    frame_down: Option<Down>,
 }
 
 /// A fragmented message in progress: what its first fragment announced
@@ -144,6 +155,7 @@ struct InboundView<'a> {
     seqs: &'a HashMap<u64, Seq>,
     hold: &'a VecDeque<Held>,
     frags: &'a HashMap<u64, Frags>,
+    frame_down: &'a Option<Down>,
 }
 
 /// What [`Inbound::import`] reads.
@@ -156,6 +168,8 @@ struct InboundOwned {
     hold: VecDeque<Held>,
     #[serde(default)]
     frags: HashMap<u64, Frags>,
+    #[serde(default)]
+    frame_down: Option<Down>,
 }
 
 impl Drop for Inbound {
@@ -181,6 +195,7 @@ impl Inbound {
             seqs: &self.seqs,
             hold: &self.hold,
             frags: &self.frags,
+            frame_down: &self.frame_down,
         })
     }
 
@@ -198,6 +213,7 @@ impl Inbound {
             announced: 0,
             frags: HashMap::new(),
             pending: Vec::new(),
+            frame_down: o.frame_down,
         };
         for (seq, f) in o.frags {
             inbound.announce(seq, f.announced)?;
@@ -225,6 +241,7 @@ impl Inbound {
             frags: HashMap::new(),
             announced: 0,
             pending: Vec::new(),
+            frame_down: None,
         }
     }
 
@@ -465,6 +482,7 @@ impl Inbound {
         match b {
             [] | [etf::VERSION] => Ok(Decision::Need),
             [etf::PASS_THROUGH, body @ ..] => match self.judge(&[], body, true) {
+                Ok(_) if !complete && ends_early(&[], body, true) => Err(malformed(FRAME_ENDS_EARLY)),
                 Ok(j) => {
                     let down = j.down.clone();
                     let d = self.verdict(j, None, &[], body, true, complete)?;
@@ -479,6 +497,9 @@ impl Inbound {
                 };
                 self.header_atoms(&refs)?;
                 match self.judge(&refs.atoms, &rest[refs.len..], false) {
+                    Ok(_) if !complete && ends_early(&refs.atoms, &rest[refs.len..], false) => {
+                        Err(malformed(FRAME_ENDS_EARLY))
+                    }
                     Ok(j) => {
                         let down = j.down.clone();
                         let d = self.verdict(
@@ -517,7 +538,7 @@ impl Inbound {
                 let data = &rest[refs.len..];
                 match self.judge(&refs.atoms, data, false) {
                     Ok(j) => {
-                        if frag > 1 && ends_early(&refs.atoms, data) {
+                        if frag > 1 && ends_early(&refs.atoms, data, false) {
                             return Err(malformed(ENDS_EARLY));
                         }
                         let whole = complete && frag == 1;
@@ -528,7 +549,8 @@ impl Inbound {
                         }
                         self.new_seq(seq, frag)?;
                         Ok(match d {
-                            Decision::Pass(Walk::Frame(w)) => {
+                            Decision::Pass(Walk::Frame(mut w)) => {
+                                w.down = down;
                                 self.seqs.insert(seq, Seq::Walking(w));
                                 Decision::Pass(Walk::Seq(seq, false))
                             }
@@ -641,27 +663,30 @@ impl Inbound {
                 self.share.give(body.len());
                 return Err(malformed(w));
             }
-            Ok(_) if !last && ends_early(&refs.atoms, &body) => {
+            Ok(_) if !last && ends_early(&refs.atoms, &body, false) => {
                 self.share.give(body.len());
                 return Err(malformed(ENDS_EARLY));
             }
             Ok(j) => {
                 let down = j.down.clone();
                 let d = self.verdict(j, None, &refs.atoms, &body, false, last)?;
-                if last {
-                    self.downed(down, d)
-                } else {
-                    d
-                }
+                (d, down)
             }
         };
+        let (decision, down) = decision;
         let pass = matches!(decision, Decision::Pass(_));
         if !last {
             let decided = match decision {
-                Decision::Pass(Walk::Frame(w)) => Seq::Walking(w),
+                Decision::Pass(Walk::Frame(mut w)) => {
+                    w.down = down;
+                    Seq::Walking(w)
+                }
                 _ => Seq::Decided(pass),
             };
             self.seqs.insert(seq, decided);
+        } else if pass {
+            // Its frames go out below, all of them.
+            self.give_down(down);
         }
         // The body and the frames' heads are let go; what goes on to the
         // node (the frames, or one stand-in) is taken again.
@@ -701,13 +726,29 @@ impl Inbound {
         Ok(())
     }
 
-    /// A DOWN that passed whole reaches the node now: what it drops is
-    /// given back ([`Judgement::down`]).
-    fn downed(&self, down: Option<(etf::Pid, etf::Pid, etf::Ref)>, d: Decision) -> Decision {
-        if let (Some((from, to, r)), Decision::Pass(_)) = (down, &d) {
-            self.share.fw.mem().apply_down(&from, &to, &r);
+    /// A DOWN that passes: what it drops is given back once the node has
+    /// all of it ([`Judgement::down`]): at the end of its frame, or of its
+    /// last fragment.
+    fn downed(&mut self, down: Option<Down>, d: Decision) -> Decision {
+        let Some(down) = down else {
+            return d;
+        };
+        match &d {
+            Decision::Pass(Walk::Seq(s, _)) => {
+                if let Some(Seq::Walking(w)) = self.seqs.get_mut(s) {
+                    w.down = Some(down);
+                }
+            }
+            Decision::Pass(_) => self.frame_down = Some(down),
+            _ => {}
         }
         d
+    }
+
+    fn give_down(&self, down: Option<Down>) {
+        if let Some((from, to, r)) = down {
+            self.share.fw.mem().apply_down(&from, &to, &r);
+        }
     }
 
     fn new_seq(&mut self, seq: u64, frags: u64) -> io::Result<()> {
@@ -826,8 +867,17 @@ impl Inbound {
     /// A frame that passed is over: a walked message's last fragment ends
     /// its walk.
     fn walked(&mut self, walk: Walk) {
-        if let Walk::Seq(s, true) = walk {
-            self.seqs.remove(&s);
+        match walk {
+            Walk::Seq(s, true) => {
+                if let Some(Seq::Walking(w)) = self.seqs.remove(&s) {
+                    self.give_down(w.down);
+                }
+            }
+            Walk::Seq(..) => {}
+            Walk::None | Walk::Frame(_) => {
+                let down = self.frame_down.take();
+                self.give_down(down);
+            }
         }
     }
 
@@ -909,6 +959,7 @@ impl Inbound {
             return Ok(Decision::Pass(Walk::Frame(Box::new(Walking {
                 atoms: atoms.to_vec(),
                 walker,
+                down: None,
             }))));
         }
         match header {
@@ -922,12 +973,22 @@ impl Inbound {
 /// its last fragment.
 const ENDS_EARLY: &str = "a fragmented message whose terms end before its last fragment (the node has a message at its last fragment: judged at its first, it would change erlmesh's count before the node's, behind frames sent between)";
 
-/// Whether `body` (a fragmented message's first bytes, after its atom
-/// cache header) holds all the message's terms: its control message, and
+/// Why a tunnel ends on a frame whose terms all came before its end (a
+/// frame the node would have only at its end, which may never come, while
+/// erlmesh counted it: OTP writes a frame's terms to its end).
+const FRAME_ENDS_EARLY: &str = "a frame whose terms end before its end";
+
+/// Whether `body` (a message's first bytes, after its atom cache header;
+/// terms with their version byte when `versioned`) holds all the
+/// message's terms: its control message, and
 /// the message for the operations that carry one. OTP cuts a message into
 /// fragments where its bytes end, so its terms end with its last fragment.
-fn ends_early(atoms: &[etf::Atom], body: &[u8]) -> bool {
-    let Ok(ctl) = Decoder::new(body, atoms).term() else {
+fn ends_early(atoms: &[etf::Atom], body: &[u8], versioned: bool) -> bool {
+    let mut d = Decoder::new(body, atoms);
+    if versioned && d.version().is_err() {
+        return false;
+    }
+    let Ok(ctl) = d.term() else {
         return false;
     };
     let op = ctl.tuple().and_then(|t| t.first()).and_then(Term::int);
@@ -938,7 +999,7 @@ fn ends_early(atoms: &[etf::Atom], body: &[u8]) -> bool {
         Some(2 | 6 | 12 | 16 | 22 | 23 | 24..=30 | 33 | 34 | 37) => 2,
         _ => 1,
     };
-    let mut w = Walker::new(terms, false);
+    let mut w = Walker::new(terms, versioned);
     w.feed(body, atoms, &mut |_| {});
     w.done() && !w.failed()
 }

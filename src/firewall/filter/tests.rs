@@ -913,16 +913,24 @@ fn b_globals_downs_give_back_the_peers_names() {
         ])),
     );
     assert_eq!(o.feed(&monitor, false), monitor.len());
-    // The holder ends: c's node sends the DOWN, here in two fragments
-    // (PAYLOAD_MONITOR_P_EXIT, a 300-byte reason). b has it at the last:
+    // The holder ends: c's node sends the DOWN, here in three fragments
+    // (PAYLOAD_MONITOR_P_EXIT, a reason of 60 000 integers: too many terms
+    // to decode, judged on its top and walked). b has it at the last:
     // nothing is given back before (seventeenth review: frames judged
-    // between reach b first).
+    // between reach b first; eighteenth: then it is given back).
     let mut payload = enc(&Term::Tuple(vec![Term::Int(28), holder, local(3), b_ref]));
-    payload.extend(binary(300));
-    let cut = fragments(41, &payload, 2);
-    run(&mut inb, &cut[0], 4096).unwrap();
-    assert_eq!(host.global(), 1, "given back at the DOWN's first fragment");
-    run(&mut inb, &cut[1], 4096).unwrap();
+    payload.extend([108]);
+    payload.extend(60_000u32.to_be_bytes());
+    for i in 0..60_000u32 {
+        payload.extend([97, i as u8]);
+    }
+    payload.push(106);
+    let cut = fragments(41, &payload, 3);
+    for f in &cut[..2] {
+        run(&mut inb, f, 4096).unwrap();
+        assert_eq!(host.global(), 1, "given back before the DOWN's last fragment");
+    }
+    run(&mut inb, &cut[2], 4096).unwrap();
     // b's global has not answered the registration yet (as far as the
     // filter saw): it may not have processed it, so the name waits.
     assert_eq!(
@@ -947,6 +955,26 @@ fn b_globals_downs_give_back_the_peers_names() {
     let answer = answer(local(3));
     assert_eq!(o.feed(&answer, false), answer.len());
     assert_eq!(host.global(), 0, "the DOWN gave the name back");
+}
+
+/// Eighteenth review: a frame whose terms end before its end (declared
+/// longer, the rest never sent) ends the tunnel: judged on its first
+/// bytes, it would have given back counts while the node waited for it.
+#[test]
+fn a_frame_whose_terms_end_before_its_end_ends_the_tunnel() {
+    let r = Term::Ref(etf::Ref {
+        node: Arc::from("c@hostc"),
+        creation: 9,
+        ids: vec![1, 2, 3],
+    });
+    let demonitor = enc(&Term::Tuple(vec![Term::Int(20), peer_pid(), atom("cache"), r]));
+    let mut frame = d_frame(&[0], &demonitor);
+    let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) + 10;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    let (_fw, mut inb, mut input) = inbound("b@trailing");
+    input.extend(&frame);
+    let e = run(&mut inb, &input, 4096).unwrap_err();
+    assert!(e.to_string().contains("terms end before its end"), "{e}");
 }
 
 /// Seventeenth review, finding 2: a fragmented message whose terms are
