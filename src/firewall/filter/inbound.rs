@@ -995,9 +995,11 @@ fn ends_early(atoms: &[etf::Atom], body: &[u8], versioned: bool) -> bool {
     // SEND, REG_SEND, their _TT and _SENDER forms, the PAYLOAD_ exits and
     // DOWN, SPAWN_REQUEST, ALIAS_SEND, ALTACT_SIG_SEND: a control message
     // and a message.
+    // An unknown operation is refused (dropped), whatever follows it.
     let terms = match op {
         Some(2 | 6 | 12 | 16 | 22 | 23 | 24..=30 | 33 | 34 | 37) => 2,
-        _ => 1,
+        Some(1 | 3..=5 | 7 | 8 | 13 | 18..=21 | 31 | 32 | 35 | 36) => 1,
+        _ => return false,
     };
     let mut w = Walker::new(terms, versioned);
     w.feed(body, atoms, &mut |_| {});
