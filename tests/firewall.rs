@@ -2003,6 +2003,88 @@ fn a_down_in_fragments_gives_back_at_its_last() {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
+/// Nineteenth review, finding 1. A sync's `{delete, Name}` operations
+/// gave names back when judged, but b's global applies them only within
+/// its own sync with the peer: a `resolved` of another tag is ignored,
+/// and its names kept. c registered 280 names, cast such a `resolved`
+/// deleting them, and again: 840 names at b past a bound of 300 (OTP 25
+/// and 29). A sync's deletes now give nothing back (what b's global does
+/// delete comes back as its demonitor of the holder).
+fn resolved_story(b_suite: Option<&str>) {
+    let (_s, mut b, mut c, mut a) = under_max_global_names(b_suite);
+    assert_eq!(c.eval("global:sync()."), "ok");
+    let kernel_before = b.eval(KERNEL);
+    for round in 1..=3 {
+        let got = c.eval(&format!(
+            "begin Self = self(), spawn(fun() -> Me = self(), [spawn_link(fun() -> Me ! global:register_name({{d{round}, I}}, self()), receive stop -> ok end end) || I <- lists:seq(1, 280)], R = [receive X -> X end || _ <- lists:seq(1, 280)], Self ! {{done, length([Y || yes = Y <- R])}}, receive stop -> ok end end), receive {{done, N}} -> N after 60000 -> timeout end end."
+        ));
+        println!(
+            "round {round}: {got} registered; b holds {} of c's names",
+            c_global_names(&mut b)
+        );
+        assert_eq!(
+            c.eval(&format!(
+                "begin {{global_name_server, {NODE_B}}} ! {{'$gen_cast', {{resolved, node(), [{{delete, {{d{round}, I}}}} || I <- lists:seq(1, 280)], [], [], [], make_ref()}}}}, ok end."
+            )),
+            "ok"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let held = c_global_names(&mut b);
+    assert!(held <= 300, "b holds {held} names of c's past max_global_names 300");
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
+}
+
+#[test]
+fn a_sync_deleting_names_b_keeps_gives_nothing_back() {
+    require_erl();
+    resolved_story(None);
+}
+
+#[test]
+fn a_sync_deleting_names_an_otp_29_node_keeps_gives_nothing_back() {
+    if !require_otp_chroots() {
+        return;
+    }
+    resolved_story(Some("sid"));
+}
+
+/// Nineteenth review, finding 3 (a false positive). OTP 26's
+/// gen_server:multi_call (global's registrations and locks) tags its calls
+/// `[[alias | Alias] | Mon]` and is answered at Alias; erlmesh read only
+/// `[alias | Alias]`, so no answer of b's global matched, and the names
+/// of c's ended holders stayed counted: c's next registrations were
+/// refused (b and c on OTP 27 or 29). b and c on OTP 29: 200 names, their
+/// holder ends, 200 more all registered.
+#[test]
+fn otp_29_multi_calls_are_answered_as_erlmesh_reads_them() {
+    if !require_otp_chroots() {
+        return;
+    }
+    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
+    let s = cluster_under(&policy, Some("sid"), Some("sid"));
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    assert_eq!(c.eval("global:sync()."), "ok");
+    let round = |c: &mut Node, tag: &str| {
+        c.eval(&format!(
+            "begin Self = self(), H = spawn(fun() -> Me = self(), [spawn_link(fun() -> Me ! global:register_name({{{tag}, I}}, self()), receive stop -> ok end end) || I <- lists:seq(1, 200)], R = [receive X -> X end || _ <- lists:seq(1, 200)], Self ! {{done, length([Y || yes = Y <- R])}}, receive stop -> ok end end), receive {{done, N}} -> {{N, H}} after 60000 -> timeout end end."
+        ))
+    };
+    let r1 = round(&mut c, "r1");
+    let h = r1.split(',').nth(1).unwrap().trim_end_matches('}').to_string();
+    assert_eq!(c.eval(&format!("exit(list_to_pid(\"{h}\"), kill).")), "true");
+    assert!(wait_for(Duration::from_secs(15), || c_global_names(&mut b) == 0));
+    std::thread::sleep(Duration::from_secs(2));
+    let r2 = round(&mut c, "r2");
+    assert_eq!(
+        c_global_names(&mut b),
+        200,
+        "c's registrations after its holder's end: {r2}\n{}",
+        s.hb.log()
+    );
+}
+
 /// Sixteenth review. The count of global names gave back all of a
 /// holder's names when b's global's last monitor of it went, names b's
 /// global had not processed yet included: c holds global's lock on b

@@ -10,7 +10,7 @@
 //! monitor of the process). What a peer's messages add (registrations,
 //! the names of a sync, the inserts of its name operations, set_lock) is
 //! counted by name or lock, once each, in its host's count; what they
-//! remove (unregistrations, the deletes of name operations, del_lock), a
+//! remove (unregistrations, del_lock), a
 //! set_lock b's global answers `false`, and what b's global drops when a
 //! holder ends (the DOWN of a monitor b's global made of it, seen going
 //! out and coming back), is given back; a connection's end gives back all
@@ -143,9 +143,15 @@ pub struct Change {
 /// Where an answer to a call from `caller` tagged `tag` goes: the alias
 /// of a tag `[alias | Alias]` (gen's since OTP 24), else the caller.
 fn reply_to(caller: &Pid, tag: &Term) -> Term {
+    let alias = |t: &Term| match t {
+        Term::List(v, tail) if matches!(&v[..], [Term::Atom(a)] if &**a == "alias") => Some((**tail).clone()),
+        _ => None,
+    };
     match tag {
-        Term::List(v, tail) if matches!(&v[..], [Term::Atom(a)] if &**a == "alias") => (**tail).clone(),
-        _ => Term::Pid(caller.clone()),
+        // gen:reply/2's clauses: `[alias | Alias]` (gen:call), and
+        // `[[alias | Alias] | _]` (OTP 26's gen_server:multi_call).
+        Term::List(v, _) if v.len() == 1 && alias(&v[0]).is_some() => alias(&v[0]).expect("just matched"),
+        t => alias(t).unwrap_or_else(|| Term::Pid(caller.clone())),
     }
 }
 
@@ -189,12 +195,16 @@ impl Change {
                 c.add.push((key("name", n), pid_key(p), Kind::Name));
             }
         };
+        // A sync's deletes give nothing back: b's global applies them only
+        // within its own sync with the peer (a `resolved` with another
+        // tag is ignored, its names kept); what it does delete comes back
+        // as the demonitor of the holder, seen going out.
         let ops = |c: &mut Change, ops: &Term| {
             for op in list(ops) {
-                match op.tuple() {
-                    Some([Term::Atom(a), e]) if &**a == "insert" => name(c, e),
-                    Some([Term::Atom(a), n]) if &**a == "delete" => c.remove.push(key("name", n)),
-                    _ => {}
+                if let Some([Term::Atom(a), e]) = op.tuple() {
+                    if &**a == "insert" {
+                        name(c, e);
+                    }
                 }
             }
         };
@@ -663,7 +673,11 @@ mod tests {
             ]),
         ]);
         g.apply(Change::of(&new_nodes));
-        assert_eq!(g.held(), (2, 0));
+        // The delete gives nothing back (nineteenth review: b's global
+        // applies a sync's deletes only within its own sync, and a
+        // `resolved` of another tag is ignored): x goes when b's global
+        // demonitors its holder.
+        assert_eq!(g.held(), (3, 0));
     }
 
     /// Invariant: a holder's last monitor gone gives back only what b's
@@ -817,6 +831,22 @@ mod tests {
         g.apply(Change::of(&set));
         g.answer(&to1(), &Term::Tuple(vec![atom("global_name_conflict"), atom("false")]));
         assert_eq!(g.held(), (0, 2), "a tag without a reference followed");
+        // OTP 26's gen_server:multi_call tags `[[alias | Alias] | Mon]`,
+        // answered at Alias (nineteenth review: the answers never matched).
+        let multi = Term::List(
+            vec![Term::List(vec![atom("alias")], Box::new(tag_ref(8)))],
+            Box::new(tag_ref(9)),
+        );
+        let from = Term::Tuple(vec![Term::Pid(pid(1)), multi.clone()]);
+        let set = Term::Tuple(vec![
+            atom("$gen_call"),
+            from,
+            Term::Tuple(vec![atom("set_lock"), lock("d")]),
+        ]);
+        g.apply(Change::of(&set));
+        assert_eq!(g.held(), (0, 3));
+        g.answer(&tag_ref(8), &Term::Tuple(vec![multi, atom("false")]));
+        assert_eq!(g.held(), (0, 2), "a multi_call's answer at its alias was not read");
     }
 
     /// Invariant: what was added before erlmesh knew b's global's pid (its

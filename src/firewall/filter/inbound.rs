@@ -538,8 +538,8 @@ impl Inbound {
                 let data = &rest[refs.len..];
                 match self.judge(&refs.atoms, data, false) {
                     Ok(j) => {
-                        if frag > 1 && ends_early(&refs.atoms, data, false) {
-                            return Err(malformed(ENDS_EARLY));
+                        if (frag > 1 || !complete) && ends_early(&refs.atoms, data, false) {
+                            return Err(malformed(if frag > 1 { ENDS_EARLY } else { FRAME_ENDS_EARLY }));
                         }
                         let whole = complete && frag == 1;
                         let down = j.down.clone();

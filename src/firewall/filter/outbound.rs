@@ -376,7 +376,14 @@ impl Outbound {
         // the local global: an answer to a call of the peer's, maybe
         // (`names.rs`: it tells what global processed, and whether a lock
         // was set). Answers are small: a longer or partial message is none.
-        if let (Some(22 | 33), Some(Term::Pid(g)), Some(to)) = (op, t.get(1), t.get(2)) {
+        // ALTACT_SIG_SEND {37, Flags, From, To, ...} too (OTP 28 and later
+        // send alias messages so).
+        let (from, to) = match op {
+            Some(22 | 33) => (t.get(1), t.get(2)),
+            Some(37) => (t.get(2), t.get(3)),
+            _ => (None, None),
+        };
+        if let (Some(Term::Pid(g)), Some(to)) = (from, to) {
             if complete
                 && seq.is_none()
                 && frag <= 1

@@ -975,6 +975,14 @@ fn a_frame_whose_terms_end_before_its_end_ends_the_tunnel() {
     input.extend(&frame);
     let e = run(&mut inb, &input, 4096).unwrap_err();
     assert!(e.to_string().contains("terms end before its end"), "{e}");
+    // The same as a message of one fragment (nineteenth review).
+    let mut one = fragments(3, &demonitor, 1).remove(0);
+    let len = u32::from_be_bytes(one[..4].try_into().unwrap()) + 10;
+    one[..4].copy_from_slice(&len.to_be_bytes());
+    let (_fw, mut inb, mut input) = inbound("b@trailing1");
+    input.extend(&one);
+    let e = run(&mut inb, &input, 4096).unwrap_err();
+    assert!(e.to_string().contains("terms end before its end"), "{e}");
 }
 
 /// Seventeenth review, finding 2: a fragmented message whose terms are
