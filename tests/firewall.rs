@@ -1249,11 +1249,7 @@ fn a_restricted_peer_holds_at_most_max_monitors_on_b() {
         "{}max_monitors = {TEST_MAX_MONITORS}\n",
         POLICY.replace("MODE", "enforce")
     );
-    let s = cluster_under(&policy, None, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
-    start_legit_calls(&mut a);
+    let (s, mut b, mut c, mut a) = attacked(&policy, None);
     let kernel_before = b.eval(KERNEL);
     // Monitors of c's processes (hosta's calls monitor the cache too).
     let held = |b: &mut Node, name: &str| {
@@ -1420,11 +1416,7 @@ fn fragment_bombs_end_the_peers_tunnel_not_an_otp_29_node() {
 #[test]
 fn large_pg_groups_and_global_names_from_a_restricted_peer_are_refused() {
     require_erl();
-    let s = cluster("enforce", None, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
-    start_legit_calls(&mut a);
+    let (s, mut b, mut c, mut a) = attacked(&POLICY.replace("MODE", "enforce"), None);
     let kernel_before = b.eval(KERNEL);
     assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
     assert_eq!(c.eval("pg:join(small, self())."), "ok");
@@ -1495,11 +1487,7 @@ fn a_second_connection_attempt_does_not_reset_what_the_first_holds() {
         "{}max_monitors = {TEST_MAX_MONITORS}\n",
         POLICY.replace("MODE", "enforce")
     );
-    let s = cluster_under(&policy, None, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
-    start_legit_calls(&mut a);
+    let (_s, mut b, mut c, mut a) = attacked(&policy, None);
     let kernel_before = b.eval(KERNEL);
     assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
     assert_eq!(c.eval("pg:join(small, self())."), "ok");
@@ -1584,7 +1572,13 @@ fn announced_fragments_are_bounded_over_a_hosts_tunnels() {
 /// enforced, with `max_global_names = 300`.
 fn under_max_global_names(b_suite: Option<&str>) -> (Story, Node, Node, Node) {
     let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
-    let s = cluster_under(&policy, b_suite, None);
+    attacked(&policy, b_suite)
+}
+
+/// b (on `b_suite`) under `policy` for hostc, c connected to it, and
+/// hosta's node with its calls to b going on ([`start_legit_calls`]).
+fn attacked(policy: &str, b_suite: Option<&str>) -> (Story, Node, Node, Node) {
+    let s = cluster_under(policy, b_suite, None);
     let mut b = start_b(&s);
     let c = start_c(&s, &mut b);
     let mut a = s.ha.node("a");
@@ -1723,11 +1717,7 @@ fn binaries_of_one_64_bit_hash_are_two_groups_and_two_names() {
 #[test]
 fn a_pg_group_in_two_encodings_is_one_group() {
     require_erl();
-    let s = cluster("enforce", None, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
-    start_legit_calls(&mut a);
+    let (s, mut b, mut c, mut a) = attacked(&POLICY.replace("MODE", "enforce"), None);
     assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
     std::thread::sleep(Duration::from_millis(500));
     let kernel_before = b.eval(KERNEL);
@@ -1836,11 +1826,7 @@ fn messages_whose_terms_end_before_their_last_fragment_end_the_tunnel() {
 #[test]
 fn a_pg_group_of_a_reference_in_two_encodings_is_one_group() {
     require_erl();
-    let s = cluster("enforce", None, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
-    start_legit_calls(&mut a);
+    let (_s, mut b, mut c, mut a) = attacked(&POLICY.replace("MODE", "enforce"), None);
     assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
     std::thread::sleep(Duration::from_millis(500));
     let kernel_before = b.eval(KERNEL);
@@ -1920,11 +1906,7 @@ fn hostc_groups(b: &mut Node) -> i64 {
 #[test]
 fn a_down_whose_frame_never_ends_gives_back_nothing() {
     require_erl();
-    let s = cluster("enforce", None, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
-    let mut a = s.ha.node("a");
-    start_legit_calls(&mut a);
+    let (s, mut b, mut c, mut a) = attacked(&POLICY.replace("MODE", "enforce"), None);
     assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
     std::thread::sleep(Duration::from_millis(500));
     let kernel_before = b.eval(KERNEL);
