@@ -4,13 +4,15 @@
 # not (about 20 % between runs), so that a change to the per-message path
 # can be judged. Two runs of bench/run.sh MODE with both proxies under
 # callgrind, instrumented from ready to the end of node a's run: N and 3N
-# round trips (1 MiB bulk, 10 small messages), or N and 3N MiB of bulk (10
-# round trips); the difference over 2N, in all and by where the code comes
+# round trips (1 MiB bulk, 10 small messages), N and 3N MiB of bulk (10
+# round trips), or N and 3N small messages (1 MiB, 10 round trips); the
+# difference over 2N, in all and by where the code comes
 # from (aws-lc, tokio, Rust's std, libc, each of erlmesh's files). User
 # space only: the kernel's share of a wake-up, most of a round trip's CPU
 # on this machine, is not in it; and valgrind runs the code an AVX2 CPU
 # without AVX-512 runs.
-# usage: bench/instructions.sh [MODE=erlmesh] [N=2000] [rtt|bulk]  (MODE:
+# INSTR_KEEP=DIR keeps the callgrind dumps there (for callgrind_annotate).
+# usage: bench/instructions.sh [MODE=erlmesh] [N=2000] [rtt|bulk|small]  (MODE:
 # erlmesh, erlmesh-policy, plain, plain-async; for bulk, N in MiB)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,7 +20,7 @@ mode=${1:-erlmesh}; n=${2:-2000}; what=${3:-rtt}
 "$here/../scripts/install-deps.sh"
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 (cd "$here/.." && cargo build --release --locked -q --bins --examples)
-w=$(mktemp -d); trap 'rm -rf "$w"' EXIT
+w=$(mktemp -d); trap '[ -n "${INSTR_KEEP:-}" ] && cp -r "$w" "$INSTR_KEEP"; rm -rf "$w"' EXIT
 
 # Each proxy: instrumented once ready; its counts dumped when node a is done
 # (the run then ends the proxies with SIGKILL, so nothing later is counted).
@@ -34,6 +36,7 @@ chmod +x "$w/ready" "$w/done"
 count() { # round trips (or MiB) -> directory of dumps
   local load=(1 "$1" 10)
   [ "$what" = bulk ] && load=("$1" 10 10)
+  [ "$what" = small ] && load=(1 10 "$1")
   mkdir -p "$w/$1"
   BENCH_WRAP="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$w/$1/cg.%p" \
     BENCH_ON_READY="$w/ready" BENCH_ON_DONE="$w/done" \
@@ -92,7 +95,7 @@ def group(f):
         return 'libc'
     return f.split('/')[0]
 
-root, unit = sys.argv[5], {'rtt': 'round_trip', 'bulk': 'MiB'}[sys.argv[6]]
+root, unit = sys.argv[5], {'rtt': 'round_trip', 'bulk': 'MiB', 'small': 'small_message'}[sys.argv[6]]
 lo, hi, rts, mode = by_file(sys.argv[1]), by_file(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 diff, files = collections.Counter(), collections.Counter()
 for f in set(lo) | set(hi):
