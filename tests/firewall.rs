@@ -2360,3 +2360,149 @@ fn a_frame_judged_again_reads_its_atom_cache_header_as_the_node_does() {
     assert_eq!(b.eval(KERNEL), kernel_before, "a kernel process restarted");
     assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
 }
+
+/// Erlang funs on c: `Ref(Words)`, a reference of c's node (a stale
+/// creation) of these words, as `binary_to_term` keeps them; `Mk(I,
+/// Words)`, one whose words are `I`, 1 and `Words - 1` zero words:
+/// `Mk(I, 1) =:= Mk(I, 2)`.
+const MK_REF: &str = "N = atom_to_binary(node()), \
+    Ref = fun(Ws) -> binary_to_term(<<131, 90, (length(Ws)):16, 119, (byte_size(N)), N/binary, 7:32, << <<W:32>> || W <- Ws >>/binary>>) end, \
+    Mk = fun(I, Words) -> Ref([I, 1 | lists:duplicate(Words - 1, 0)]) end, \
+    true = (Mk(5, 1) =:= Mk(5, 2)), ";
+
+/// Twentieth review (pg). A reference and the same reference with
+/// trailing zero words are `=:=`, one group to erlmesh's count, but two
+/// rows of b's pg table (ETS hashes them apart: OTP 25 one word against
+/// two, 27 and 29 every word count) and, past 32 groups, two keys of a
+/// scope's state. 5000 rounds of a join of `{g, R}` and a leave of `{g,
+/// R'}` (a zero word more) left 5000 rows at b (bound 4096) that outlived
+/// c's scope; with 40 groups held, one such leave crashed b's pg. And OTP
+/// 25's ETS loses references of one word (it hashes bytes that are not
+/// theirs): of 4096 such groups, about 50 stayed in b's table after c's
+/// scope ended. Now a group holding a reference of one word or with
+/// trailing zero words is refused: such joins and leaves are dropped, the
+/// other joins counted, and b's table holds c's groups as its state does
+/// (all gone when c's scope ends).
+fn ref_words_pg_story(b_suite: Option<&str>) {
+    let (_s, mut b, mut c, mut a) = attacked(&POLICY.replace("MODE", "enforce"), b_suite);
+    assert!(c.eval("pg:start(pg).").starts_with("{ok,"));
+    std::thread::sleep(Duration::from_millis(500));
+    let kernel_before = b.eval(KERNEL);
+    let rows = |b: &mut Node| b.eval("ets:info(pg, size).").parse::<i64>().unwrap();
+    let before = rows(&mut b);
+    let r = c.eval(&format!(
+        "begin {MK_REF} CPg = whereis(pg), P = spawn(fun L() -> receive _ -> L() end end), persistent_term:put(pp, P), \
+         [{{pg, {NODE_B}}} ! {{join, CPg, {{o, Ref([I])}}, P}} || I <- lists:seq(1, 500)], \
+         [begin {{pg, {NODE_B}}} ! {{join, CPg, {{g, Mk(I, 1)}}, P}}, {{pg, {NODE_B}}} ! {{leave, CPg, P, [{{g, Mk(I, 2)}}]}} end || I <- lists:seq(1, 5000)], ok end."
+    ));
+    assert_eq!(r, "ok");
+    wait_for(Duration::from_secs(20), || rows(&mut b) - before >= 4096);
+    std::thread::sleep(Duration::from_secs(1));
+    let held = rows(&mut b) - before;
+    assert!(held <= 4096, "b's pg table holds {held} groups of c's (bound 4096)");
+    assert_eq!(
+        held, 4096,
+        "the joins in one encoding of two words or more are counted up to the bound"
+    );
+    // c's scope ends: b's pg drops every group its state held for it; a
+    // row its state lost track of would stay.
+    assert!(c
+        .eval("begin exit(whereis(pg), kill), timer:sleep(500), pg:start(pg) end.")
+        .starts_with("{ok,"));
+    wait_for(Duration::from_secs(10), || rows(&mut b) == before);
+    let left = rows(&mut b) - before;
+    assert_eq!(left, 0, "rows of c's ended scope left in b's pg table");
+    // More than 32 groups in c's scope's state at b (a hash map), then a
+    // leave in the other encoding.
+    let pg_before = b.eval("whereis(pg).");
+    let r = c.eval(&format!(
+        "begin {MK_REF} CPg = whereis(pg), P = persistent_term:get(pp), \
+         [{{pg, {NODE_B}}} ! {{join, CPg, {{h, I}}, P}} || I <- lists:seq(1, 40)], \
+         {{pg, {NODE_B}}} ! {{join, CPg, {{g2, Mk(1, 1)}}, P}}, timer:sleep(200), \
+         {{pg, {NODE_B}}} ! {{leave, CPg, P, [{{g2, Mk(1, 2)}}]}}, ok end."
+    ));
+    assert_eq!(r, "ok");
+    wait_for(Duration::from_secs(10), || rows(&mut b) - before >= 41);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(b.eval("whereis(pg)."), pg_before, "b's pg crashed");
+    assert_eq!(rows(&mut b) - before, 41, "c's 41 groups at b");
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
+}
+
+#[test]
+fn a_pg_group_in_two_encodings_of_a_reference_is_refused() {
+    require_erl();
+    ref_words_pg_story(None);
+}
+
+#[test]
+fn a_pg_group_in_two_encodings_of_a_reference_is_refused_by_an_otp_27_node() {
+    if !require_otp_chroots() {
+        return;
+    }
+    ref_words_pg_story(Some("trixie"));
+}
+
+/// Twentieth review (global). The same with b's global's tables (ETS
+/// sets): one holder of c's registered names of three references in
+/// every word count from one to five (125 encodings, `=:=`, one to
+/// erlmesh's count; here two to five, 64): b kept 864 rows (OTP 25) and 4995 (OTP 29) past a
+/// bound of 300; an unregistration, and a del_lock, in another encoding
+/// gave back what b kept (1000 rows each). Now such names and locks are
+/// refused and answered as b's global would answer for one it does not
+/// hold (`no`, `ok`, `false`, `true`): b's tables stay within the bound.
+fn ref_words_global_story(b_suite: Option<&str>) {
+    let (_s, mut b, mut c, mut a) = under_max_global_names(b_suite);
+    assert_eq!(c.eval("global:sync()."), "ok");
+    let kernel_before = b.eval(KERNEL);
+    let rows = |b: &mut Node, t: &str| b.eval(&format!("ets:info({t}, size).")).parse::<i64>().unwrap();
+    let names = rows(&mut b, "global_names");
+    let r = c.eval(&format!(
+        "begin {MK_REF} G = {{global_name_server, {NODE_B}}}, H = spawn(fun() -> receive stop -> ok end end), \
+         R = [gen_server:call(G, {{register, {{n, I, Mk(7, W1), Mk(8, W2), Mk(9, W3)}}, H, fun global:random_exit_name/3}}, 10000) \
+              || I <- lists:seq(1, 30), W1 <- lists:seq(1, 4), W2 <- lists:seq(1, 4), W3 <- lists:seq(1, 4)], \
+         {{length([x || yes <- R]), length(R)}} end."
+    ));
+    assert_eq!(
+        r, "{30,1920}",
+        "one encoding of each name registered, the others answered no"
+    );
+    assert_eq!(rows(&mut b, "global_names") - names, 30);
+    let r = c.eval(&format!(
+        "begin {MK_REF} G = {{global_name_server, {NODE_B}}}, H = spawn(fun() -> receive stop -> ok end end), \
+         R = [{{gen_server:call(G, {{register, {{u, I, Mk(I, 1)}}, H, fun global:random_exit_name/3}}, 10000), \
+                gen_server:call(G, {{unregister, {{u, I, Mk(I, 2)}}}}, 10000)}} || I <- lists:seq(1, 400)], \
+         {{length([x || {{yes, ok}} <- R]), length([x || {{no, ok}} <- R])}} end."
+    ));
+    assert_eq!(
+        r, "{270,130}",
+        "registrations up to the bound (300, 30 held), unregistrations answered ok"
+    );
+    let held = rows(&mut b, "global_names") - names;
+    assert_eq!(held, 300, "b holds c's names up to max_global_names");
+    let locks = rows(&mut b, "global_locks");
+    let r = c.eval(&format!(
+        "begin {MK_REF} G = {{global_name_server, {NODE_B}}}, \
+         R = [{{gen_server:call(G, {{set_lock, {{{{r, I, Mk(I, 1)}}, self()}}}}, 10000), \
+                gen_server:call(G, {{del_lock, {{{{r, I, Mk(I, 2)}}, self()}}}}, 10000)}} || I <- lists:seq(1, 400)], \
+         {{length([x || {{true, true}} <- R]), length([x || {{false, true}} <- R])}} end."
+    ));
+    assert_eq!(r, "{300,100}", "locks up to the bound, del_locks answered true");
+    let held = rows(&mut b, "global_locks") - locks;
+    assert!(held <= 300, "b holds {held} locks of c's (bound 300)");
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
+}
+
+#[test]
+fn global_names_and_locks_in_two_encodings_of_a_reference_are_refused() {
+    require_erl();
+    ref_words_global_story(None);
+}
+
+#[test]
+fn global_names_and_locks_in_two_encodings_of_a_reference_are_refused_by_an_otp_29_node() {
+    if !require_otp_chroots() {
+        return;
+    }
+    ref_words_global_story(Some("sid"));
+}

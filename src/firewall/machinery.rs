@@ -278,18 +278,11 @@ fn global_cast(mem: &Memory, req: &Term) -> bool {
 /// the bytes sent).
 pub const MAX_GLOBAL_NAME_WEIGHT: usize = 1024;
 
-/// Small, and kept whole by the decoder: a name holding a float, a
-/// bignum, a large binary, a fun or a port is refused (erlmesh counts
-/// names by their terms, and would take two such names for one).
+/// Small, and a key erlmesh can count by ([`Term::keyable`]): a name
+/// holding a float, a bignum, a large binary, a fun, a port, a record or
+/// a reference with trailing zero words is refused.
 fn small(t: &Term) -> bool {
-    let mut whole = true;
-    t.visit(&mut |t| {
-        whole &= !matches!(
-            t,
-            Term::Float | Term::Big | Term::Binary(_, 0) | Term::Fun(_) | Term::Port(_) | Term::Record(_)
-        )
-    });
-    whole && t.weight() <= MAX_GLOBAL_NAME_WEIGHT
+    t.keyable() && t.weight() <= MAX_GLOBAL_NAME_WEIGHT
 }
 
 /// `{Name, Pid, _}` with a small name.

@@ -540,13 +540,19 @@ fn reply(mem: &mut Memory, op: &'static str, target: Target, m: &Term) -> Judgem
 /// `no` (`{Tag, no}` to the caller): the peer's registrar calls under
 /// global's lock, and would hold it, waiting, for as long as the caller
 /// lives. A refused set_lock is answered `false` (the lock is busy: the
-/// caller tries again or gives up, as global's own answer would have it).
+/// caller tries again or gives up, as global's own answer would have it);
+/// a refused unregister `ok` and del_lock `true`, as b's global answers
+/// for a name or lock it does not hold.
 fn refused_call(op: &'static str, target: Target, why: &'static str, m: &Term) -> Judgement {
     let mut j = Judgement::refuse(op, target, why);
     if let Some([Term::Atom(g), from, req]) = m.tuple() {
         let no = match req.tag() {
             Some("register" | "register_ext") => Some("no"),
             Some("set_lock") => Some("false"),
+            // What b's global answers for a name or lock it does not hold
+            // (a refused one is not held): the caller goes on.
+            Some("unregister") => Some("ok"),
+            Some("del_lock") => Some("true"),
             _ => None,
         };
         if let Some(no) = no {

@@ -1396,3 +1396,64 @@ fn global_names_the_decoder_does_not_keep_whole_are_refused_and_answered() {
         assert!(j.answer.is_some(), "{name:?}: the registration is answered");
     }
 }
+
+/// Twentieth review: a name or lock id holding a reference with trailing
+/// zero words is `=:=` to the one without, one to erlmesh's count, but
+/// another row of b's global's tables (ETS keys them apart): registrations
+/// of one name in 125 encodings left up to 4995 rows at b past a bound of
+/// 300, and an unregistration or del_lock in another encoding gave back
+/// what b kept. Such names and locks are refused (a registration answered
+/// `no`, a set_lock `false`); the encoding without zero words passes.
+#[test]
+fn global_names_and_locks_with_a_reference_ending_in_zero_words_are_refused() {
+    let mut m = Memory::new("b@h");
+    m.set_remote("c@h");
+    let reg = |m: &mut Memory, req: Term| {
+        let mut body = Vec::new();
+        let ctl = vec![Term::Int(6), pid("c@h", 1), atom(""), atom("global_name_server")];
+        etf::encode(&Term::Tuple(ctl), &mut body);
+        etf::encode(&gen_call(pid("c@h", 1), req), &mut body);
+        judge(&policy(), m, &[], &body, false).unwrap()
+    };
+    let name = |ids: Vec<u32>| {
+        Term::Tuple(vec![
+            atom("n"),
+            Term::Ref(Ref {
+                node: Arc::from("c@h"),
+                creation: 7,
+                ids,
+            }),
+        ])
+    };
+    let register = |ids| Term::Tuple(vec![atom("register"), name(ids), pid("c@h", 9), atom("m")]);
+    let unregister = |ids| Term::Tuple(vec![atom("unregister"), name(ids)]);
+    let lock = |op: &str, ids| Term::Tuple(vec![atom(op), Term::Tuple(vec![name(ids), pid("c@h", 1)])]);
+    for ids in [vec![5], vec![5, 0], vec![5, 6, 7, 0, 0]] {
+        let j = reg(&mut m, register(ids.clone()));
+        assert!(
+            j.refused.is_some() && j.answer.is_some(),
+            "{ids:?}: refused and answered"
+        );
+        let j = reg(&mut m, unregister(ids.clone()));
+        assert!(
+            j.refused.is_some() && j.answer.is_some(),
+            "{ids:?}: refused and answered"
+        );
+        let j = reg(&mut m, lock("set_lock", ids.clone()));
+        assert!(
+            j.refused.is_some() && j.answer.is_some(),
+            "{ids:?}: refused and answered"
+        );
+        let j = reg(&mut m, lock("del_lock", ids.clone()));
+        assert!(
+            j.refused.is_some() && j.answer.is_some(),
+            "{ids:?}: refused and answered"
+        );
+    }
+    for ids in [vec![5, 6], vec![0, 1], vec![5, 6, 7]] {
+        assert_eq!(reg(&mut m, register(ids.clone())).refused, None, "{ids:?}");
+        assert_eq!(reg(&mut m, unregister(ids.clone())).refused, None, "{ids:?}");
+        assert_eq!(reg(&mut m, lock("set_lock", ids.clone())).refused, None, "{ids:?}");
+        assert_eq!(reg(&mut m, lock("del_lock", ids)).refused, None);
+    }
+}
