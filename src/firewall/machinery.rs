@@ -262,7 +262,7 @@ fn global_cast(mem: &Memory, req: &Term) -> bool {
             vsn_ok && sender(&t[2]) && msg_ok
         }
         ("lock_set", 4 | 5) => mem.remote_pid(&t[1]),
-        ("exchange", 5) => sender(&t[1]) && name_entries(&t[2]) && is_list(&t[3]),
+        ("exchange", 5) => sender(&t[1]) && name_entries(&t[2]) && names_ext(&t[3]),
         // The resolver's answer to its own name server: never a peer's.
         ("exchange_ops", 5) => false,
         ("resolved", 7) => sender(&t[1]) && ops(&t[2]) && known(&t[3]) && names_ext(&t[5]),

@@ -78,9 +78,20 @@ enum Kind {
     Lock,
 }
 
+/// Most holders followed for one name: past it the name stays counted
+/// until it is unregistered or the connection ends.
+const MAX_HOLDERS: usize = 8;
+
 /// A name or lock counted.
 struct Held {
-    holder: PidKey,
+    /// The processes it was added for (a lock: its process). A name
+    /// another message adds for another holder keeps its holders: b's
+    /// global may ignore that message (a sync's `exchange` of another
+    /// tag) or keep its own holder in a clash, so the name is given back
+    /// only once none of them is left (the twenty-first review: moved to
+    /// the new holder, a name was given back at that holder's end while b
+    /// kept it for the old one).
+    holders: Vec<PidKey>,
     kind: Kind,
     /// set_locks of it judged whose answers have not been seen.
     pending: u32,
@@ -259,7 +270,7 @@ impl GlobalHeld {
             self.held
                 .iter()
                 .filter(|(_, h)| h.kind == kind)
-                .map(|(k, h)| (format!("{k:032x}"), h.holder.clone()))
+                .flat_map(|(k, h)| h.holders.iter().map(move |p| (format!("{k:032x}"), p.clone())))
                 .collect()
         };
         GlobalState {
@@ -276,7 +287,7 @@ impl GlobalHeld {
         let keys = |v: Vec<(String, PidKey)>, kind: Kind| -> Vec<(u128, PidKey, Kind)> {
             v.into_iter()
                 .filter_map(|(k, p)| Some((u128::from_str_radix(&k, 16).ok()?, p, kind)))
-                .take(max)
+                .take(max.saturating_mul(MAX_HOLDERS))
                 .collect()
         };
         let mut add = keys(s.names, Kind::Name);
@@ -332,20 +343,28 @@ impl GlobalHeld {
         let mut lock = None;
         for (k, holder, kind) in c.add {
             if let Some(old) = self.held.get_mut(&k) {
-                if old.holder == holder {
-                    old.sticky |= c.sticky;
-                    if kind == Kind::Lock {
-                        old.pending += 1;
-                        lock = Some(k);
-                    }
-                    self.by_holder.entry(holder).or_default().1 = seq;
-                    continue;
+                old.sticky |= c.sticky;
+                if kind == Kind::Lock {
+                    old.pending += 1;
+                    lock = Some(k);
                 }
-                // The same name for another holder: moved, not added.
-                self.drop_key(k);
+                let e = self.by_holder.entry(holder.clone()).or_default();
+                e.1 = seq;
+                if !old.holders.contains(&holder) {
+                    // The same name for another holder: one more holder
+                    // (see [`Held::holders`]); past the most followed, the
+                    // name stays until unregistered.
+                    if old.holders.len() < MAX_HOLDERS {
+                        old.holders.push(holder);
+                        e.0.push(k);
+                    } else {
+                        old.sticky = true;
+                    }
+                }
+                continue;
             }
             let h = Held {
-                holder: holder.clone(),
+                holders: vec![holder.clone()],
                 kind,
                 pending: u32::from(kind == Kind::Lock),
                 sure: kind == Kind::Name,
@@ -433,10 +452,12 @@ impl GlobalHeld {
             Kind::Name => self.names -= 1,
             Kind::Lock => self.locks -= 1,
         }
-        if let Some((ks, _)) = self.by_holder.get_mut(&h.holder) {
-            ks.retain(|x| *x != k);
-            if ks.is_empty() {
-                self.by_holder.remove(&h.holder);
+        for p in &h.holders {
+            if let Some((ks, _)) = self.by_holder.get_mut(p) {
+                ks.retain(|x| *x != k);
+                if ks.is_empty() {
+                    self.by_holder.remove(p);
+                }
             }
         }
         true
@@ -491,8 +512,10 @@ impl GlobalHeld {
         };
         let mut kept = Vec::new();
         for k in keys {
-            match self.held.get(&k) {
+            match self.held.get_mut(&k) {
                 Some(h) if h.sticky => kept.push(k),
+                // Another holder keeps it.
+                Some(h) if h.holders.len() > 1 => h.holders.retain(|p| p != holder),
                 Some(h) => {
                     match h.kind {
                         Kind::Name => self.names -= 1,
@@ -688,6 +711,87 @@ mod tests {
     /// their monitors. (The old count gave them all back at the
     /// demonitor: a peer could have b hold a bound's worth more each
     /// round.)
+    /// Twenty-first review: a name b's global holds for process 6, named
+    /// for process 5 by an `exchange` b's global ignores (another tag),
+    /// was moved to 5 in the count and given back when 5's last monitor
+    /// went, while b kept it for 6: a name a round past any bound. A name
+    /// now keeps every holder it was added for, and goes at the last one's
+    /// end (or its unregistration).
+    #[test]
+    fn a_name_named_for_another_holder_stays_until_every_holder_is_gone() {
+        let mut g = GlobalHeld::default();
+        g.apply(Change::of(&register("anchor", 5)));
+        g.apply(Change::of(&register("n", 6)));
+        let entry = Term::Tuple(vec![atom("n"), Term::Pid(pid(5)), atom("m")]);
+        let exchange = Term::Tuple(vec![
+            atom("$gen_cast"),
+            Term::Tuple(vec![
+                atom("exchange"),
+                atom("c@h"),
+                Term::List(vec![entry], Box::new(Term::Nil)),
+                Term::Nil,
+                Term::Int(12345),
+            ]),
+        ]);
+        g.apply(Change::of(&exchange));
+        assert_eq!(g.held(), (2, 0));
+        for _ in 0..2 {
+            g.answer(&to1(), &answer(0, "yes"));
+        }
+        g.monitored(&r(1), &pid(5));
+        g.monitored(&r(2), &pid(6));
+        // 5's only real name unregistered: b's global takes its monitor back.
+        g.apply(Change::of(&call(vec![atom("unregister"), atom("anchor")])));
+        g.apply(Change::of(&call_tagged(
+            3,
+            vec![atom("register"), atom("other"), Term::Pid(pid(7)), atom("m")],
+        )));
+        g.answer(&to1(), &answer(3, "yes"));
+        g.demonitored(&r(1));
+        assert_eq!(
+            g.held(),
+            (2, 0),
+            "n stays, held for 6 as far as erlmesh knows ('other' is 7's)"
+        );
+        g.demonitored(&r(2));
+        assert_eq!(g.held(), (1, 0), "n goes with its last holder");
+        // Handed over with both holders, and bounded.
+        let mut g = GlobalHeld::default();
+        g.apply(Change::of(&register("n", 6)));
+        for p in 10..30 {
+            let e = Term::Tuple(vec![atom("n"), Term::Pid(pid(p)), atom("m")]);
+            let ex = Term::Tuple(vec![
+                atom("$gen_cast"),
+                Term::Tuple(vec![
+                    atom("exchange"),
+                    atom("c@h"),
+                    Term::List(vec![e], Box::new(Term::Nil)),
+                    Term::Nil,
+                    Term::Int(1),
+                ]),
+            ]);
+            g.apply(Change::of(&ex));
+        }
+        assert_eq!(g.export().names.len(), MAX_HOLDERS);
+        let mut back = GlobalHeld::default();
+        back.import(g.export(), 300);
+        assert_eq!(back.held(), (1, 0));
+        back.answer(&to1(), &answer(0, "yes"));
+        back.monitored(&r(4), &pid(6));
+        back.demonitored(&r(4));
+        assert_eq!(back.held(), (1, 0), "other holders keep it");
+        // Past MAX_HOLDERS the name stays until it is unregistered.
+        for p in 10..30 {
+            g.monitored(&r(100 + p), &pid(p));
+            g.demonitored(&r(100 + p));
+        }
+        g.monitored(&r(99), &pid(6));
+        g.demonitored(&r(99));
+        assert_eq!(g.held(), (1, 0), "sticky past the most holders followed");
+        g.apply(Change::of(&call(vec![atom("unregister"), atom("n")])));
+        assert_eq!(g.held(), (0, 0));
+    }
+
     #[test]
     fn names_b_has_not_processed_yet_stay_counted_when_the_last_monitor_goes() {
         let mut g = GlobalHeld::default();
