@@ -1312,13 +1312,7 @@ fn registrations_past_max_global_names_are_refused_and_answered() {
     };
     let mut m = Memory::new("b@h");
     m.set_remote("c@h");
-    let reg = |m: &mut Memory, req: Term| {
-        let mut body = Vec::new();
-        let ctl = vec![Term::Int(6), pid("c@h", 1), atom(""), atom("global_name_server")];
-        etf::encode(&Term::Tuple(ctl), &mut body);
-        etf::encode(&gen_call(pid("c@h", 1), req), &mut body);
-        judge(&p, m, &[], &body, false).unwrap()
-    };
+    let reg = |m: &mut Memory, req: Term| to_global(&p, m, req);
     let register = |n: &str| Term::Tuple(vec![atom("register"), atom(n), pid("c@h", 9), atom("m")]);
     assert_eq!(reg(&mut m, register("one")).refused, None);
     assert_eq!(reg(&mut m, register("one")).refused, None, "the same name again");
@@ -1408,13 +1402,7 @@ fn global_names_the_decoder_does_not_keep_whole_are_refused_and_answered() {
 fn global_names_and_locks_with_a_reference_ending_in_zero_words_are_refused() {
     let mut m = Memory::new("b@h");
     m.set_remote("c@h");
-    let reg = |m: &mut Memory, req: Term| {
-        let mut body = Vec::new();
-        let ctl = vec![Term::Int(6), pid("c@h", 1), atom(""), atom("global_name_server")];
-        etf::encode(&Term::Tuple(ctl), &mut body);
-        etf::encode(&gen_call(pid("c@h", 1), req), &mut body);
-        judge(&policy(), m, &[], &body, false).unwrap()
-    };
+    let reg = |m: &mut Memory, req: Term| to_global(&policy(), m, req);
     let name = |ids: Vec<u32>| {
         Term::Tuple(vec![
             atom("n"),
@@ -1456,4 +1444,13 @@ fn global_names_and_locks_with_a_reference_ending_in_zero_words_are_refused() {
         assert_eq!(reg(&mut m, lock("set_lock", ids.clone())).refused, None, "{ids:?}");
         assert_eq!(reg(&mut m, lock("del_lock", ids)).refused, None);
     }
+}
+
+/// Judges `req`, a call from c's process 1 to b's `global_name_server`.
+fn to_global(p: &DistPolicy, m: &mut Memory, req: Term) -> Judgement {
+    let mut body = Vec::new();
+    let ctl = vec![Term::Int(6), pid("c@h", 1), atom(""), atom("global_name_server")];
+    etf::encode(&Term::Tuple(ctl), &mut body);
+    etf::encode(&gen_call(pid("c@h", 1), req), &mut body);
+    judge(p, m, &[], &body, false).unwrap()
 }
