@@ -2475,8 +2475,10 @@ fn ref_words_global_story(b_suite: Option<&str>) {
             .parse::<i64>()
             .unwrap()
     };
-    // At most one encoding of each name at b (it answered yes to 30; now
-    // and then one of them is not in its table by now, a cause not found).
+    // At most one encoding of each name at b. It answered yes to 30, but
+    // OTP 29's global now and then drops one of the names registered right
+    // after a sync (reproduced between two plain OTP 29 nodes, without
+    // erlmesh), so b may hold 29.
     let held = of_c(&mut b);
     assert!(
         held <= 30,
