@@ -2576,3 +2576,122 @@ fn a_name_named_for_another_holder_by_an_ignored_exchange_stays_counted_on_an_ot
     }
     moved_name_story(Some("sid"));
 }
+
+/// Twenty-second review. A global sync from c naming a process of b's
+/// (one b gave it: the victim) as a name's holder: `new_nodes`, which b's
+/// global applies with no sync behind it, had b take those names for its
+/// own process; counted for a holder whose end erlmesh never sees, they
+/// were given back at the connection's end while b kept them: 250, 550,
+/// 850 names over three reconnects (bound 300, OTP 25 and 29). Now such
+/// entries are left out of the message b gets: b holds none.
+fn names_for_bs_own_process_story(b_suite: Option<&str>) {
+    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
+    let s = cluster_under(&policy, b_suite, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    // c's tunnel ends again and again: hosta keeps b meanwhile (see
+    // `a_down_whose_frame_never_ends_gives_back_nothing`).
+    let mut a =
+        s.ha.node_with("a", &["-kernel", "prevent_overlapping_partitions", "false"]);
+    start_legit_calls(&mut a);
+    assert_eq!(c.eval("global:sync()."), "ok");
+    let kernel_before = b.eval(KERNEL);
+    let vn = |b: &mut Node| {
+        b.eval("length([x || {vn, _, _} <- global:registered_names()]).")
+            .parse::<i64>()
+            .unwrap()
+    };
+    for round in 1..=2 {
+        let r = c.eval(&format!(
+            "begin B = {NODE_B}, {{_, V, _, _}} = persistent_term:get(pids), M = fun global:random_exit_name/3, \
+             [begin gen_server:cast({{global_name_server, B}}, {{new_nodes, node(), \
+                 [{{insert, {{{{vn, {round}, I}}, V, M}}}} || I <- lists:seq(J, J + 49)] ++ [{{insert, {{{{cn, {round}, J}}, self(), M}}}}], [], [], \
+                 [{{vsn, 8}}, {{lock, {{global, x}}}}]}}), timer:sleep(100) end || J <- lists:seq(1, 300, 50)], \
+             timer:sleep(500), erlang:disconnect_node(B), timer:sleep(1000), \
+             (fun P(0) -> pang; P(N) -> case net_adm:ping(B) of pong -> pong; _ -> timer:sleep(300), P(N - 1) end end)(30) end."
+        ));
+        assert_eq!(r, "pong");
+        let _ = c.eval("global:sync().");
+    }
+    assert_eq!(vn(&mut b), 0, "names c claimed for b's own process");
+    assert_b_unharmed(&mut b, &kernel_before, &mut a);
+}
+
+#[test]
+fn names_a_restricted_peer_claims_for_local_processes_are_left_out() {
+    require_erl();
+    names_for_bs_own_process_story(None);
+}
+
+#[test]
+fn names_a_restricted_peer_claims_for_local_processes_are_left_out_on_an_otp_29_node() {
+    if !require_otp_chroots() {
+        return;
+    }
+    names_for_bs_own_process_story(Some("sid"));
+}
+
+/// Twenty-second review. b holds the global name k22 for its victim; c's
+/// own global holds k22 for b's locker (a pid b's init_connect gave c:
+/// c traces its global while it reconnects) when it syncs with b. b's
+/// resolver met the clash and ran the name's method on two of its own
+/// processes: `random_exit_name` killed the locker, global stopped, b
+/// halted (OTP 25, 27, 29). Now the sync's entry naming b's locker is left
+/// out: no clash, nothing of b's killed.
+fn clash_between_local_processes_story(b_suite: Option<&str>) {
+    // No node of hosta's: hosta trusts hostc (it has no policy for it), and
+    // c's claim, synced to a node of hosta's that knows k22, would have
+    // that node resolve the clash and kill b's locker on c's word (as c
+    // could have it do by rpc): every host must restrict a restricted peer.
+    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
+    let s = cluster_under(&policy, b_suite, None);
+    let mut b = start_b(&s);
+    let mut c = start_c(&s, &mut b);
+    assert_eq!(c.eval("global:sync()."), "ok");
+    assert_eq!(b.eval("global:register_name(k22, whereis(victim))."), "yes");
+    let kernel_before = b.eval(KERNEL);
+    const PING: &str =
+        "(fun P(0) -> pang; P(N) -> case net_adm:ping(B) of pong -> pong; _ -> timer:sleep(300), P(N - 1) end end)(30)";
+    let locker = c.eval(&format!(
+        "begin B = {NODE_B}, Me = self(), \
+         T = spawn(fun() -> erlang:trace(whereis(global_name_server), true, ['receive']), Me ! traced, \
+               (fun Loop() -> receive {{trace, _, 'receive', {{'$gen_cast', {{init_connect, _, B, {{locker, _, _, L}}}}}}}} -> Me ! {{locker, L}}; _ -> Loop() end end)() end), \
+         receive traced -> ok end, \
+         erlang:disconnect_node(B), timer:sleep(1000), pong = {PING}, \
+         L = receive {{locker, X}} -> X after 15000 -> none end, exit(T, kill), \
+         persistent_term:put(locker, L), is_pid(L) end."
+    ));
+    assert_eq!(locker, "true", "c learnt b's locker");
+    assert_eq!(c.eval("global:sync()."), "ok");
+    let r = c.eval(&format!(
+        "begin B = {NODE_B}, L = persistent_term:get(locker), \
+         true = global:set_lock({{global, self()}}, [node()], 50), \
+         erlang:disconnect_node(B), timer:sleep(1000), pong = {PING}, \
+         R = gen_server:call(global_name_server, {{register, k22, L, fun global:random_exit_name/3}}), \
+         global:del_lock({{global, self()}}, [node()]), R end."
+    ));
+    assert_eq!(r, "yes", "c's own global took k22 for b's locker");
+    // c's global syncs with b (its locker may back off for seconds).
+    assert_eq!(c.eval("global:sync()."), "ok");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        b.eval(KERNEL),
+        kernel_before,
+        "a kernel process of b's restarted (or b halted)"
+    );
+    assert_eq!(b.eval("global:whereis_name(k22) =:= whereis(victim)."), "true");
+}
+
+#[test]
+fn a_clash_a_restricted_peer_claims_between_two_local_processes_kills_nothing() {
+    require_erl();
+    clash_between_local_processes_story(None);
+}
+
+#[test]
+fn a_clash_a_restricted_peer_claims_between_two_local_processes_kills_nothing_on_an_otp_29_node() {
+    if !require_otp_chroots() {
+        return;
+    }
+    clash_between_local_processes_story(Some("sid"));
+}

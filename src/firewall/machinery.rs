@@ -136,6 +136,24 @@ fn remote_pids(mem: &Memory, t: &Term) -> bool {
 /// 29's own nodes send (`net_kernel.erl`, `global.erl`, `rpc.erl`,
 /// `pg.erl`): every element whose type the receiver relies on is checked,
 /// since a kernel process that crashes can take the node down.
+/// What the node gets in place of a message erlmesh changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Msg {
+    /// A term erlmesh encodes.
+    Term(Term),
+    /// The message's own bytes, some of them left out (no version byte).
+    Bytes(Vec<u8>),
+}
+
+/// A message's bytes as the frame carries them (with its version byte
+/// when `versioned`), and the atom cache they refer to.
+#[derive(Clone, Copy)]
+pub struct Raw<'a> {
+    pub bytes: &'a [u8],
+    pub refs: &'a [super::etf::Atom],
+    pub versioned: bool,
+}
+
 /// Whether a message to the machinery may pass: `Ok(Some(m))` when the
 /// node must get `m` in its place.
 pub(super) fn machinery(
@@ -143,7 +161,8 @@ pub(super) fn machinery(
     mem: &mut Memory,
     name: &str,
     m: &Term,
-) -> Result<Option<Term>, &'static str> {
+    raw: Raw,
+) -> Result<Option<Msg>, &'static str> {
     let t = m.tuple().unwrap_or(&[]);
     match name {
         // rpc's nodes observer asks every new node's rex which features it
@@ -179,6 +198,21 @@ pub(super) fn machinery(
             });
             if foreign_fun {
                 return Err("a fun of a module other than global");
+            }
+            // A sync's names for local processes are left out: b's global
+            // would take a name for one of its own processes on the peer's
+            // word, or resolve a clash between two of them by the name's
+            // method, which kills one (the twenty-second review: b's
+            // locker, and b halted); for the names b holds itself, it
+            // does nothing with them.
+            if let [Term::Atom(g), req] = t {
+                if &**g == "$gen_cast" && names_local(mem, req) {
+                    let bytes = without_local_names(mem, raw).ok_or("a global sync erlmesh cannot rewrite")?;
+                    let mut d = super::etf::Decoder::new(&bytes, raw.refs);
+                    let m = d.term().map_err(|_| "a global sync erlmesh cannot rewrite")?;
+                    mem.global_apply(&m, p.max_global_names)?;
+                    return Ok(Some(Msg::Bytes(bytes)));
+                }
             }
             mem.global_apply(m, p.max_global_names).map(|()| None)
         }
@@ -233,7 +267,7 @@ pub(super) fn machinery(
                 // tell apart by the connection).
                 Ok(match t {
                     [Term::Atom(a), peer, Term::Int(_)] if &**a == "discover" && !v1 => {
-                        Some(Term::Tuple(vec![Term::Atom(a.clone()), peer.clone()]))
+                        Some(Msg::Term(Term::Tuple(vec![Term::Atom(a.clone()), peer.clone()])))
                     }
                     _ => None,
                 })
@@ -242,6 +276,111 @@ pub(super) fn machinery(
             }
         }
     }
+}
+
+/// The lists of a global sync (`exchange`, `resolved`, `new_nodes`) that
+/// name holders, by their place in the request, and whether each element
+/// is a name operation (`{insert, Entry}`, `{delete, Name}`) or an entry
+/// (`{Name, Pid, Method}`, `{Name, Pid, RegNode}`).
+fn sync_lists(tag: &str) -> &'static [(usize, bool)] {
+    match tag {
+        "exchange" => &[(2, false), (3, false)],
+        "resolved" => &[(2, true), (5, false)],
+        "new_nodes" => &[(2, true), (3, false)],
+        _ => &[],
+    }
+}
+
+/// Whether `e`, an element of a sync list, names a local process as a
+/// name's holder.
+fn local_holder(mem: &Memory, e: &Term, op: bool) -> bool {
+    let entry = match (op, e.tuple()) {
+        (true, Some([Term::Atom(a), entry])) if &**a == "insert" => entry,
+        (true, _) => return false,
+        (false, _) => e,
+    };
+    matches!(entry.tuple(), Some([_, Term::Pid(p), _]) if &*p.node == mem.local_name())
+}
+
+/// Whether a global sync request names a local process as a name's holder.
+fn names_local(mem: &Memory, req: &Term) -> bool {
+    let t = req.tuple().unwrap_or(&[]);
+    sync_lists(req.tag().unwrap_or("")).iter().any(|&(i, op)| {
+        t.get(i)
+            .is_some_and(|l| list(l).iter().any(|e| local_holder(mem, e, op)))
+    })
+}
+
+/// The bytes of `{'$gen_cast', Request}`, a global sync already checked
+/// for its shape, with the elements of its lists that name a local
+/// process as a holder left out, everything else as the peer sent it (a
+/// name's method may be a closure erlmesh does not keep whole: the
+/// message is cut, never encoded again). Without the version byte. None
+/// when it is not in the plain form OTP writes (tuples of their small
+/// form, lists as LIST_EXT or NIL).
+fn without_local_names(mem: &Memory, raw: Raw) -> Option<Vec<u8>> {
+    use super::etf::Decoder;
+    let b = raw.bytes;
+    let mut d = Decoder::new(b, raw.refs);
+    if raw.versioned {
+        d.version().ok()?;
+    }
+    let mut out = Vec::with_capacity(b.len());
+    // {'$gen_cast', {Tag, ...}}
+    let tuple = |d: &Decoder, out: &mut Vec<u8>, n: u8| -> Option<usize> {
+        let at = d.pos;
+        (b.get(at..at + 2)? == [104, n].as_slice() || n == 0 && *b.get(at)? == 104).then_some(())?;
+        out.extend_from_slice(&b[at..at + 2]);
+        Some(usize::from(b[at + 1]))
+    };
+    tuple(&d, &mut out, 2)?;
+    d.pos += 2;
+    let copy = |d: &mut Decoder, out: &mut Vec<u8>| -> Option<Term> {
+        let at = d.pos;
+        let t = d.term().ok()?;
+        out.extend_from_slice(&b[at..d.pos]);
+        Some(t)
+    };
+    copy(&mut d, &mut out)?;
+    let arity = tuple(&d, &mut out, 0)?;
+    d.pos += 2;
+    let tag = copy(&mut d, &mut out)?;
+    let lists = sync_lists(tag.atom()?);
+    for i in 1..arity {
+        let Some(&(_, op)) = lists.iter().find(|(at, _)| *at == i) else {
+            copy(&mut d, &mut out)?;
+            continue;
+        };
+        match *b.get(d.pos)? {
+            106 => copy(&mut d, &mut out).map(|_| ())?,
+            108 => {
+                let n = u32::from_be_bytes(b.get(d.pos + 1..d.pos + 5)?.try_into().ok()?);
+                d.pos += 5;
+                let mut kept = Vec::new();
+                let mut count = 0u32;
+                for _ in 0..n {
+                    let at = d.pos;
+                    let e = d.term().ok()?;
+                    if !local_holder(mem, &e, op) {
+                        kept.extend_from_slice(&b[at..d.pos]);
+                        count += 1;
+                    }
+                }
+                let at = d.pos;
+                let tail = d.term().ok()?;
+                if count == 0 && tail == Term::Nil {
+                    out.push(106);
+                } else {
+                    out.push(108);
+                    out.extend(count.to_be_bytes());
+                    out.extend(kept);
+                    out.extend_from_slice(&b[at..d.pos]);
+                }
+            }
+            _ => return None,
+        }
+    }
+    (d.pos == b.len()).then_some(out)
 }
 
 /// global's casts between name servers (protocol versions 7 and 8), in

@@ -21,7 +21,10 @@
 //! | anything else | an unknown operation | dropped (fail closed) |
 
 use super::etf::{self, Atom, DecodeError, Decoder, Pid, Ref, Term};
-use super::machinery::{driver_input, io_request_ok, machinery, machinery_name, valid_from, GLOBAL, NET_KERNEL, PG};
+pub use super::machinery::Msg;
+use super::machinery::{
+    driver_input, io_request_ok, machinery, machinery_name, valid_from, Raw, GLOBAL, NET_KERNEL, PG,
+};
 use super::memory::{global_group_result_fits, Memory};
 use super::DistPolicy;
 use std::sync::Arc;
@@ -89,8 +92,9 @@ pub struct Judgement {
     /// sender, the local target: nothing else of the peer's control
     /// message) and the message. OTP 29's pg `{discover, Pid, 1}` as the
     /// `{discover, Pid}` every release takes, for a local scope that did
-    /// not announce version 1.
-    pub replace: Option<(Term, Term)>,
+    /// not announce version 1; a global sync without the entries that name
+    /// local processes.
+    pub replace: Option<(Term, Msg)>,
     /// What the local node drops once it has this frame (a DOWN of a
     /// monitor its global or pg scope made): applied to the memory only
     /// when the frame passes whole ([`Memory::apply_down`]); a DOWN
@@ -420,6 +424,7 @@ fn to_pid(
 ) -> Result<Judgement, Unjudged> {
     if let Some(name) = mem.machinery_of(to) {
         let target = Target::Name(Arc::from(name));
+        let raw = d.rest();
         let Some(m) = whole(d, versioned)? else {
             return Ok(Judgement::refuse(op, target, TOO_LARGE_FOR_MACHINERY));
         };
@@ -431,18 +436,30 @@ fn to_pid(
         if let Some(why) = mem.names_forged(&m) {
             return Ok(Judgement::refuse(op, target, why));
         }
-        return Ok(match machinery(p, mem, name, &m) {
-            // SEND {2, '', To}.
-            Ok(Some(m)) => Judgement {
-                replace: Some((
-                    Term::Tuple(vec![Term::Int(2), Term::Atom(Arc::from("")), Term::Pid(to.clone())]),
-                    m,
-                )),
-                ..Judgement::allow(op, target)
+        return Ok(
+            match machinery(
+                p,
+                mem,
+                name,
+                &m,
+                Raw {
+                    bytes: raw,
+                    refs: d.refs(),
+                    versioned,
+                },
+            ) {
+                // SEND {2, '', To}.
+                Ok(Some(m)) => Judgement {
+                    replace: Some((
+                        Term::Tuple(vec![Term::Int(2), Term::Atom(Arc::from("")), Term::Pid(to.clone())]),
+                        m,
+                    )),
+                    ..Judgement::allow(op, target)
+                },
+                Ok(None) => Judgement::allow(op, target),
+                Err(why) => refused_call(op, target, why, &m),
             },
-            Ok(None) => Judgement::allow(op, target),
-            Err(why) => refused_call(op, target, why, &m),
-        });
+        );
     }
     if mem.io_server(to) {
         let Some(m) = whole(d, versioned)? else {
@@ -584,32 +601,45 @@ fn to_name(
 ) -> Result<Judgement, Unjudged> {
     let target = Target::Name(Arc::from(name));
     if let Some(m_name) = machinery_name(name) {
+        let raw = d.rest();
         let Some(m) = whole(d, versioned)? else {
             return Ok(Judgement::refuse(op, target, TOO_LARGE_FOR_MACHINERY));
         };
         if let Some(why) = mem.names_forged(&m) {
             return Ok(Judgement::refuse(op, target, why));
         }
-        return Ok(match machinery(p, mem, m_name, &m) {
-            // REG_SEND {6, PeerPid, '', Name}, the peer's own pid as sender.
-            Ok(Some(m)) => match mem.peer_pid.clone() {
-                Some(from) => Judgement {
-                    replace: Some((
-                        Term::Tuple(vec![
-                            Term::Int(6),
-                            Term::Pid(from),
-                            Term::Atom(Arc::from("")),
-                            Term::Atom(Arc::from(name)),
-                        ]),
-                        m,
-                    )),
-                    ..Judgement::allow(op, target)
+        return Ok(
+            match machinery(
+                p,
+                mem,
+                m_name,
+                &m,
+                Raw {
+                    bytes: raw,
+                    refs: d.refs(),
+                    versioned,
                 },
-                None => Judgement::refuse(op, target, "a message to the machinery from no process of the peer's"),
+            ) {
+                // REG_SEND {6, PeerPid, '', Name}, the peer's own pid as sender.
+                Ok(Some(m)) => match mem.peer_pid.clone() {
+                    Some(from) => Judgement {
+                        replace: Some((
+                            Term::Tuple(vec![
+                                Term::Int(6),
+                                Term::Pid(from),
+                                Term::Atom(Arc::from("")),
+                                Term::Atom(Arc::from(name)),
+                            ]),
+                            m,
+                        )),
+                        ..Judgement::allow(op, target)
+                    },
+                    None => Judgement::refuse(op, target, "a message to the machinery from no process of the peer's"),
+                },
+                Ok(None) => Judgement::allow(op, target),
+                Err(why) => refused_call(op, target, why, &m),
             },
-            Ok(None) => Judgement::allow(op, target),
-            Err(why) => refused_call(op, target, why, &m),
-        });
+        );
     }
     if p.lists(name) {
         return content(p, mem, d, versioned, op, target);

@@ -935,12 +935,12 @@ impl Inbound {
                 v.push(etf::VERSION);
                 etf::encode(&ctl, &mut v);
                 v.push(etf::VERSION);
-                etf::encode(&m, &mut v);
+                put(&m, &mut v);
             } else {
                 v.extend([etf::VERSION, etf::DIST_HEADER]);
                 v.extend_from_slice(header.unwrap_or(&[0]));
                 etf::encode(&ctl, &mut v);
-                etf::encode(&m, &mut v);
+                put(&m, &mut v);
             }
             let len = (v.len() - 4) as u32;
             v[..4].copy_from_slice(&len.to_be_bytes());
@@ -966,6 +966,14 @@ impl Inbound {
             None => Ok(Decision::Drop(None)),
             Some(h) => Ok(Decision::Drop(Some(standin_for(h, &self.fw().mem())?))),
         }
+    }
+}
+
+/// A message erlmesh put in place of the peer's, as the node reads it.
+fn put(m: &super::super::rules::Msg, v: &mut Vec<u8>) {
+    match m {
+        super::super::rules::Msg::Term(t) => etf::encode(t, v),
+        super::super::rules::Msg::Bytes(b) => v.extend_from_slice(b),
     }
 }
 
