@@ -199,15 +199,19 @@ pub(super) fn machinery(
             if foreign_fun {
                 return Err("a fun of a module other than global");
             }
-            // A sync's names for local processes are left out: b's global
-            // would take a name for one of its own processes on the peer's
-            // word, or resolve a clash between two of them by the name's
-            // method, which kills one (the twenty-second review: b's
-            // locker, and b halted); for the names b holds itself, it
-            // does nothing with them.
+            // A sync speaks for the peer's own processes only: its names
+            // for others' are left out. For a local process, b's global
+            // would take the name on the peer's word, or resolve a clash
+            // between two of its own processes with the name's method,
+            // which kills one (the twenty-second review: b's locker, and b
+            // halted); for a third node's, the same clash kills that
+            // node's process, and a name kept for it outlives the
+            // connection, uncounted. For the names b holds itself, b's
+            // global does nothing with them; a third node's, b has from
+            // that node.
             if let [Term::Atom(g), req] = t {
-                if &**g == "$gen_cast" && names_local(mem, req) {
-                    let bytes = without_local_names(mem, raw).ok_or("a global sync erlmesh cannot rewrite")?;
+                if &**g == "$gen_cast" && names_foreign(mem, req) {
+                    let bytes = without_foreign_names(mem, raw).ok_or("a global sync erlmesh cannot rewrite")?;
                     let mut d = super::etf::Decoder::new(&bytes, raw.refs);
                     let m = d.term().map_err(|_| "a global sync erlmesh cannot rewrite")?;
                     mem.global_apply(&m, p.max_global_names)?;
@@ -291,34 +295,36 @@ fn sync_lists(tag: &str) -> &'static [(usize, bool)] {
     }
 }
 
-/// Whether `e`, an element of a sync list, names a local process as a
-/// name's holder.
-fn local_holder(mem: &Memory, e: &Term, op: bool) -> bool {
+/// Whether `e`, an element of a sync list, names as a name's holder a
+/// process of another node than the peer's own: a local process, or a
+/// third node's.
+fn foreign_holder(mem: &Memory, e: &Term, op: bool) -> bool {
     let entry = match (op, e.tuple()) {
         (true, Some([Term::Atom(a), entry])) if &**a == "insert" => entry,
         (true, _) => return false,
         (false, _) => e,
     };
-    matches!(entry.tuple(), Some([_, Term::Pid(p), _]) if &*p.node == mem.local_name())
+    matches!(entry.tuple(), Some([_, p @ Term::Pid(_), _]) if !mem.remote_pid(p))
 }
 
-/// Whether a global sync request names a local process as a name's holder.
-fn names_local(mem: &Memory, req: &Term) -> bool {
+/// Whether a global sync request names a process of another node than
+/// the peer's as a name's holder.
+fn names_foreign(mem: &Memory, req: &Term) -> bool {
     let t = req.tuple().unwrap_or(&[]);
     sync_lists(req.tag().unwrap_or("")).iter().any(|&(i, op)| {
         t.get(i)
-            .is_some_and(|l| list(l).iter().any(|e| local_holder(mem, e, op)))
+            .is_some_and(|l| list(l).iter().any(|e| foreign_holder(mem, e, op)))
     })
 }
 
 /// The bytes of `{'$gen_cast', Request}`, a global sync already checked
-/// for its shape, with the elements of its lists that name a local
-/// process as a holder left out, everything else as the peer sent it (a
+/// for its shape, with the elements of its lists that name another
+/// node's process as a holder left out, everything else as the peer sent it (a
 /// name's method may be a closure erlmesh does not keep whole: the
 /// message is cut, never encoded again). Without the version byte. None
 /// when it is not in the plain form OTP writes (tuples of their small
 /// form, lists as LIST_EXT or NIL).
-fn without_local_names(mem: &Memory, raw: Raw) -> Option<Vec<u8>> {
+fn without_foreign_names(mem: &Memory, raw: Raw) -> Option<Vec<u8>> {
     use super::etf::Decoder;
     let b = raw.bytes;
     let mut d = Decoder::new(b, raw.refs);
@@ -361,7 +367,7 @@ fn without_local_names(mem: &Memory, raw: Raw) -> Option<Vec<u8>> {
                 for _ in 0..n {
                     let at = d.pos;
                     let e = d.term().ok()?;
-                    if !local_holder(mem, &e, op) {
+                    if !foreign_holder(mem, &e, op) {
                         kept.extend_from_slice(&b[at..d.pos]);
                         count += 1;
                     }

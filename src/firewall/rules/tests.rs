@@ -1458,7 +1458,7 @@ fn to_global(p: &DistPolicy, m: &mut Memory, req: Term) -> Judgement {
     judge(p, m, &[], &body, false).unwrap()
 }
 
-/// Twenty-second review: a global sync naming local processes as names'
+/// Twenty-second review: a global sync naming local processes (or a third node's) as names'
 /// holders (`new_nodes` with no sync behind it: b's global inserts them;
 /// an `exchange` claiming, for one of b's processes, a name b holds for
 /// another: b's resolver kills one of the two, b's locker say, and b
@@ -1486,6 +1486,7 @@ fn a_global_syncs_names_for_local_processes_are_left_out() {
         list(vec![
             entry("mine", pid("c@h", 9)),
             entry("k22", pid("b@h", 7)),
+            entry("third", pid("a@h", 3)),
             entry("also_mine", pid("c@h", 9)),
         ]),
         list(vec![Term::Tuple(vec![atom("x"), pid("b@h", 7), atom("c@h")])]),
