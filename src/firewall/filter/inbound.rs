@@ -502,9 +502,10 @@ impl Inbound {
                     }
                     Ok(j) => {
                         let down = j.down.clone();
+                        let keep = refs.sets_cache || cut(&j);
                         let d = self.verdict(
                             j,
-                            refs.sets_cache.then_some(&rest[..refs.len]),
+                            keep.then_some(&rest[..refs.len]),
                             &refs.atoms,
                             &rest[refs.len..],
                             false,
@@ -543,7 +544,8 @@ impl Inbound {
                         }
                         let whole = complete && frag == 1;
                         let down = j.down.clone();
-                        let d = self.verdict(j, refs.sets_cache.then_some(header), &refs.atoms, data, false, whole)?;
+                        let keep = refs.sets_cache || cut(&j);
+                        let d = self.verdict(j, keep.then_some(header), &refs.atoms, data, false, whole)?;
                         if frag == 1 {
                             return Ok(self.downed(down, d));
                         }
@@ -913,10 +915,11 @@ impl Inbound {
         };
         if let (true, Some((ctl, m))) = (passes, replace) {
             // In place of the frame: the frame's atom cache header when it
-            // set entries (the node's cache must follow; the terms below use
-            // none), then the control message erlmesh built and the message,
-            // atoms written out (none the peer chose: the sender's node and
-            // the target are checked, the rest is erlmesh's).
+            // set entries (the node's cache must follow) or the message is
+            // the peer's own bytes cut (which may refer to it), then the
+            // control message erlmesh built (atoms written out: none the
+            // peer chose, the sender's node and the target are checked)
+            // and the message.
             if !whole {
                 return Ok(Decision::Drop(match header {
                     Some(h) => Some(standin_for(h, &self.fw().mem())?),
@@ -967,6 +970,15 @@ impl Inbound {
             Some(h) => Ok(Decision::Drop(Some(standin_for(h, &self.fw().mem())?))),
         }
     }
+}
+
+/// Whether the node gets the peer's message cut (its own bytes, which may
+/// refer to the atom cache): the frame's header then goes with it whole,
+/// whether or not it sets entries (without it, a reference to a cached
+/// atom would be one the node cannot read, and it would drop the
+/// connection: the twenty-third review).
+fn cut(j: &Judgement) -> bool {
+    matches!(j.replace, Some((_, super::super::rules::Msg::Bytes(_))))
 }
 
 /// A message erlmesh put in place of the peer's, as the node reads it.

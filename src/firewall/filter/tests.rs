@@ -1071,3 +1071,94 @@ fn a_frame_judged_again_reads_its_header_as_the_node_does() {
         );
     }
 }
+
+/// Twenty-third review: a global sync erlmesh cuts (an entry naming a
+/// third node's process) whose atoms are all cached already: its header
+/// refers to slots and sets none. It went out with an empty header and
+/// the peer's bytes still referring to slot 0, which the node cannot
+/// read (it drops the connection: a legitimate peer's second `new_nodes`
+/// on a connection is such a frame). The header now goes with the cut
+/// message whole. The same sync in fragments is dropped whole (its held
+/// fragments go nowhere), never delivered in part.
+#[test]
+fn a_cut_global_sync_keeps_the_atom_cache_header_it_refers_to() {
+    let mem = Memory::shared("b@rx");
+    mem.lock().unwrap().set_remote("c@hostc");
+    let fw = Firewall::new(policy(), "hostc", mem.clone(), Metrics::new([]));
+    let mut inb = Inbound::new(fw.clone(), true);
+    let third = Term::Pid(Pid {
+        node: Arc::from("a@hosta"),
+        id: 3,
+        serial: 0,
+        creation: 4,
+    });
+    let ctl = enc(&Term::Tuple(vec![
+        Term::Int(6),
+        peer_pid(),
+        atom(""),
+        atom("global_name_server"),
+    ]));
+    // Frame 1 sets slot 5 to `exchange` (an in_sync cast).
+    let mut f1 = ctl.clone();
+    f1.extend(enc(&Term::Tuple(vec![
+        atom("$gen_cast"),
+        Term::Tuple(vec![atom("in_sync"), atom("c@hostc"), atom("true")]),
+    ])));
+    let f1 = d_frame(&[1, 0x08, 5, 8, b'e', b'x', b'c', b'h', b'a', b'n', b'g', b'e'], &f1);
+    // Frame 2 refers to slot 5 (set already): `exchange` as [82, 0].
+    let entry = |n: &str, p: Term| Term::Tuple(vec![atom(n), p, atom("m")]);
+    let mut msg = vec![104, 2];
+    msg.extend(enc(&atom("$gen_cast")));
+    msg.extend([104, 5, 82, 0]);
+    msg.extend(enc(&atom("c@hostc")));
+    msg.extend(enc(&Term::List(
+        vec![entry("mine", peer_pid()), entry("third", third.clone())],
+        Box::new(Term::Nil),
+    )));
+    msg.extend(enc(&Term::Nil));
+    msg.extend(enc(&atom("tag")));
+    let mut f2 = ctl.clone();
+    f2.extend(&msg);
+    let f2 = d_frame(&[1, 0x00, 5], &f2);
+    let mut input = vec![0, 5, b'r', 1, 2, 3, 4];
+    let hs = input.len();
+    input.extend(&f1);
+    input.extend(&f2);
+    let out = run(&mut inb, &input, 4096).unwrap();
+    let after = &out[hs + f1.len()..];
+    assert_eq!(&after[4..9], &[131, 68, 1, 0x00, 5], "the header, whole");
+    assert!(
+        after.windows(2).any(|w| w == [82, 0]),
+        "the cut message still refers to slot 0"
+    );
+    assert!(
+        !after.windows(5).any(|w| w == b"third"),
+        "the third node's entry is cut"
+    );
+    assert!(after.windows(4).any(|w| w == b"mine"));
+    // In fragments: nothing of it reaches the node.
+    let mem = Memory::shared("b@rx2");
+    mem.lock().unwrap().set_remote("c@hostc");
+    let fw = Firewall::new(policy(), "hostc", mem.clone(), Metrics::new([]));
+    let mut inb = Inbound::new(fw.clone(), true);
+    let mut data = ctl.clone();
+    data.extend(enc(&Term::Tuple(vec![
+        atom("$gen_cast"),
+        Term::Tuple(vec![
+            atom("exchange"),
+            atom("c@hostc"),
+            Term::List(
+                vec![entry("mine", peer_pid()), entry("third", third)],
+                Box::new(Term::Nil),
+            ),
+            Term::Nil,
+            atom("tag"),
+        ]),
+    ])));
+    let mut input = vec![0, 5, b'r', 1, 2, 3, 4];
+    for f in fragments(7, &data, 3) {
+        input.extend(f);
+    }
+    let out = run(&mut inb, &input, 4096).unwrap();
+    assert_eq!(out.len(), hs, "a cut sync in fragments is dropped whole");
+}
