@@ -671,11 +671,19 @@ impl Inbound {
             }
             Ok(j) => {
                 let down = j.down.clone();
-                let d = self.verdict(j, None, &refs.atoms, &body, false, last)?;
-                (d, down)
+                // A cut message goes in one frame of its own in place of
+                // all its fragments (the node has none of them yet), with
+                // the first fragment's atom cache header.
+                let cut = cut(&j) && last;
+                let d = self.verdict(j, cut.then_some(&header[..]), &refs.atoms, &body, false, last)?;
+                (d, down, cut)
             }
         };
-        let (decision, down) = decision;
+        let (decision, down, cut) = decision;
+        let mut instead = match decision {
+            Decision::Drop(Some(ref v)) if cut => Some(v.clone()),
+            _ => None,
+        };
         let pass = matches!(decision, Decision::Pass(_));
         if !last {
             let decided = match decision {
@@ -693,7 +701,7 @@ impl Inbound {
         // The body and the frames' heads are let go; what goes on to the
         // node (the frames, or one stand-in) is taken again.
         let (mut freed, mut taken) = (body.len(), 0);
-        let mut standin_due = !pass && refs.sets_cache;
+        let mut standin_due = !pass && refs.sets_cache && instead.is_none();
         for h in self.hold.iter_mut() {
             let Held::Frame { seq: s, head, data } = h else {
                 continue;
@@ -706,6 +714,8 @@ impl Inbound {
                 let mut f = std::mem::take(head);
                 f.extend_from_slice(&body[data.clone()]);
                 f
+            } else if let Some(v) = instead.take() {
+                v
             } else if std::mem::take(&mut standin_due) {
                 standin_for(&header, &self.share.fw.mem())?
             } else {

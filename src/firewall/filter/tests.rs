@@ -1078,8 +1078,9 @@ fn a_frame_judged_again_reads_its_header_as_the_node_does() {
 /// the peer's bytes still referring to slot 0, which the node cannot
 /// read (it drops the connection: a legitimate peer's second `new_nodes`
 /// on a connection is such a frame). The header now goes with the cut
-/// message whole. The same sync in fragments is dropped whole (its held
-/// fragments go nowhere), never delivered in part.
+/// message whole. The same sync in fragments (dropped whole before, so
+/// that global's sync waited) goes in one frame of its own in place of
+/// its fragments, which the node never had.
 #[test]
 fn a_cut_global_sync_keeps_the_atom_cache_header_it_refers_to() {
     let mem = Memory::shared("b@rx");
@@ -1160,5 +1161,28 @@ fn a_cut_global_sync_keeps_the_atom_cache_header_it_refers_to() {
         input.extend(f);
     }
     let out = run(&mut inb, &input, 4096).unwrap();
-    assert_eq!(out.len(), hs, "a cut sync in fragments is dropped whole");
+    let after = &out[hs..];
+    let len = u32::from_be_bytes(after[..4].try_into().unwrap()) as usize;
+    assert_eq!(after.len(), 4 + len, "one frame in place of the three fragments");
+    assert_eq!(
+        &after[4..7],
+        &[131, 68, 0],
+        "a frame of its own (the first fragment's header), not a fragment"
+    );
+    let mut d = etf::Decoder::new(&after[7..], &[]);
+    let ctl = d.term().unwrap();
+    assert!(matches!(ctl.tuple(), Some([Term::Int(6), ..])), "{ctl:?}");
+    let m = d.term().unwrap();
+    assert!(d.rest().is_empty());
+    let req = &m.tuple().unwrap()[1];
+    assert_eq!(
+        req.tuple().unwrap()[2],
+        Term::List(vec![entry("mine", peer_pid())], Box::new(Term::Nil))
+    );
+    assert!(
+        !after.windows(5).any(|w| w == b"third"),
+        "the third node's entry is cut"
+    );
+    assert!(after.windows(4).any(|w| w == b"mine"));
+    assert_eq!(mem.lock().unwrap().host.global(), 1, "the peer's own name counted");
 }
