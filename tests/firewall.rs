@@ -1568,23 +1568,39 @@ fn announced_fragments_are_bounded_over_a_hosts_tunnels() {
     assert_eq!(c.eval(&format!("net_adm:ping({NODE_B}).")), "pong");
 }
 
-/// b, c and hosta's node (its calls to b going on) under [`POLICY`],
-/// enforced, with `max_global_names = 300`.
+/// [`POLICY`], enforced, with `max_global_names = 300`.
+fn max_global_names_policy() -> String {
+    format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"))
+}
+
+/// b, c and hosta's node (its calls to b going on) under
+/// [`max_global_names_policy`].
 fn under_max_global_names(b_suite: Option<&str>) -> (Story, Node, Node, Node) {
-    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
-    attacked(&policy, b_suite)
+    attacked(&max_global_names_policy(), b_suite)
+}
+
+/// b (on `b_suite`) under `policy` for hostc, and c (on `c_suite`)
+/// connected to it.
+fn b_and_c(policy: &str, b_suite: Option<&str>, c_suite: Option<&str>) -> (Story, Node, Node) {
+    let s = cluster_under(policy, b_suite, c_suite);
+    let mut b = start_b(&s);
+    let c = start_c(&s, &mut b);
+    (s, b, c)
 }
 
 /// b (on `b_suite`) under `policy` for hostc, c connected to it, and
 /// hosta's node with its calls to b going on ([`start_legit_calls`]).
 fn attacked(policy: &str, b_suite: Option<&str>) -> (Story, Node, Node, Node) {
-    let s = cluster_under(policy, b_suite, None);
-    let mut b = start_b(&s);
-    let c = start_c(&s, &mut b);
+    let (s, b, c) = b_and_c(policy, b_suite, None);
     let mut a = s.ha.node("a");
     start_legit_calls(&mut a);
     (s, b, c, a)
 }
+
+/// An Erlang expression, on c, pinging `B` until it answers (30 tries
+/// 300 ms apart): `pong`, or `pang`.
+const PING_B: &str =
+    "(fun P(0) -> pang; P(N) -> case net_adm:ping(B) of pong -> pong; _ -> timer:sleep(300), P(N - 1) end end)(30)";
 
 /// The global names b knows for processes of c's.
 fn c_global_names(b: &mut Node) -> i64 {
@@ -2043,10 +2059,7 @@ fn otp_29_multi_calls_are_answered_as_erlmesh_reads_them() {
     if !require_otp_chroots() {
         return;
     }
-    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
-    let s = cluster_under(&policy, Some("sid"), Some("sid"));
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
+    let (s, mut b, mut c) = b_and_c(&max_global_names_policy(), Some("sid"), Some("sid"));
     assert_eq!(c.eval("global:sync()."), "ok");
     let round = |c: &mut Node, tag: &str| {
         c.eval(&format!(
@@ -2585,10 +2598,7 @@ fn a_name_named_for_another_holder_by_an_ignored_exchange_stays_counted_on_an_ot
 /// 850 names over three reconnects (bound 300, OTP 25 and 29). Now such
 /// entries are left out of the message b gets: b holds none.
 fn names_for_bs_own_process_story(b_suite: Option<&str>) {
-    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
-    let s = cluster_under(&policy, b_suite, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
+    let (s, mut b, mut c) = b_and_c(&max_global_names_policy(), b_suite, None);
     // c's tunnel ends again and again: hosta keeps b meanwhile (see
     // `a_down_whose_frame_never_ends_gives_back_nothing`).
     let mut a =
@@ -2608,7 +2618,7 @@ fn names_for_bs_own_process_story(b_suite: Option<&str>) {
                  [{{insert, {{{{vn, {round}, I}}, V, M}}}} || I <- lists:seq(J, J + 49)] ++ [{{insert, {{{{cn, {round}, J}}, self(), M}}}}], [], [], \
                  [{{vsn, 8}}, {{lock, {{global, x}}}}]}}), timer:sleep(100) end || J <- lists:seq(1, 300, 50)], \
              timer:sleep(500), erlang:disconnect_node(B), timer:sleep(1000), \
-             (fun P(0) -> pang; P(N) -> case net_adm:ping(B) of pong -> pong; _ -> timer:sleep(300), P(N - 1) end end)(30) end."
+             {PING_B} end."
         ));
         assert_eq!(r, "pong");
         let _ = c.eval("global:sync().");
@@ -2643,21 +2653,16 @@ fn clash_between_local_processes_story(b_suite: Option<&str>) {
     // c's claim, synced to a node of hosta's that knows k22, would have
     // that node resolve the clash and kill b's locker on c's word (as c
     // could have it do by rpc): every host must restrict a restricted peer.
-    let policy = format!("{}max_global_names = 300\n", POLICY.replace("MODE", "enforce"));
-    let s = cluster_under(&policy, b_suite, None);
-    let mut b = start_b(&s);
-    let mut c = start_c(&s, &mut b);
+    let (_s, mut b, mut c) = b_and_c(&max_global_names_policy(), b_suite, None);
     assert_eq!(c.eval("global:sync()."), "ok");
     assert_eq!(b.eval("global:register_name(k22, whereis(victim))."), "yes");
     let kernel_before = b.eval(KERNEL);
-    const PING: &str =
-        "(fun P(0) -> pang; P(N) -> case net_adm:ping(B) of pong -> pong; _ -> timer:sleep(300), P(N - 1) end end)(30)";
     let locker = c.eval(&format!(
         "begin B = {NODE_B}, Me = self(), \
          T = spawn(fun() -> erlang:trace(whereis(global_name_server), true, ['receive']), Me ! traced, \
                (fun Loop() -> receive {{trace, _, 'receive', {{'$gen_cast', {{init_connect, _, B, {{locker, _, _, L}}}}}}}} -> Me ! {{locker, L}}; _ -> Loop() end end)() end), \
          receive traced -> ok end, \
-         erlang:disconnect_node(B), timer:sleep(1000), pong = {PING}, \
+         erlang:disconnect_node(B), timer:sleep(1000), pong = {PING_B}, \
          L = receive {{locker, X}} -> X after 15000 -> none end, exit(T, kill), \
          persistent_term:put(locker, L), is_pid(L) end."
     ));
@@ -2666,7 +2671,7 @@ fn clash_between_local_processes_story(b_suite: Option<&str>) {
     let r = c.eval(&format!(
         "begin B = {NODE_B}, L = persistent_term:get(locker), \
          true = global:set_lock({{global, self()}}, [node()], 50), \
-         erlang:disconnect_node(B), timer:sleep(1000), pong = {PING}, \
+         erlang:disconnect_node(B), timer:sleep(1000), pong = {PING_B}, \
          R = gen_server:call(global_name_server, {{register, k22, L, fun global:random_exit_name/3}}), \
          global:del_lock({{global, self()}}, [node()]), R end."
     ));

@@ -132,10 +132,6 @@ fn remote_pids(mem: &Memory, t: &Term) -> bool {
     mem.remote_pid(t) || (is_list(t) && list(t).iter().all(|p| mem.remote_pid(p)))
 }
 
-/// What the machinery may be asked, in the exact shapes OTP 25, 27 and
-/// 29's own nodes send (`net_kernel.erl`, `global.erl`, `rpc.erl`,
-/// `pg.erl`): every element whose type the receiver relies on is checked,
-/// since a kernel process that crashes can take the node down.
 /// What the node gets in place of a message erlmesh changed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Msg {
@@ -154,6 +150,10 @@ pub struct Raw<'a> {
     pub versioned: bool,
 }
 
+/// What the machinery may be asked, in the exact shapes OTP 25, 27 and
+/// 29's own nodes send (`net_kernel.erl`, `global.erl`, `rpc.erl`,
+/// `pg.erl`): every element whose type the receiver relies on is checked,
+/// since a kernel process that crashes can take the node down.
 /// Whether a message to the machinery may pass: `Ok(Some(m))` when the
 /// node must get `m` in its place.
 pub(super) fn machinery(
@@ -332,15 +332,15 @@ fn without_foreign_names(mem: &Memory, raw: Raw) -> Option<Vec<u8>> {
         d.version().ok()?;
     }
     let mut out = Vec::with_capacity(b.len());
-    // {'$gen_cast', {Tag, ...}}
-    let tuple = |d: &Decoder, out: &mut Vec<u8>, n: u8| -> Option<usize> {
-        let at = d.pos;
-        (b.get(at..at + 2)? == [104, n].as_slice() || n == 0 && *b.get(at)? == 104).then_some(())?;
-        out.extend_from_slice(&b[at..at + 2]);
-        Some(usize::from(b[at + 1]))
+    // {'$gen_cast', {Tag, ...}}: tuples in their small form (SMALL_TUPLE_EXT
+    // and its arity), copied; their arity.
+    let tuple = |d: &mut Decoder, out: &mut Vec<u8>| -> Option<usize> {
+        let head = b.get(d.pos..d.pos + 2).filter(|h| h[0] == 104)?;
+        out.extend_from_slice(head);
+        d.pos += 2;
+        Some(usize::from(head[1]))
     };
-    tuple(&d, &mut out, 2)?;
-    d.pos += 2;
+    (tuple(&mut d, &mut out)? == 2).then_some(())?;
     let copy = |d: &mut Decoder, out: &mut Vec<u8>| -> Option<Term> {
         let at = d.pos;
         let t = d.term().ok()?;
@@ -348,8 +348,7 @@ fn without_foreign_names(mem: &Memory, raw: Raw) -> Option<Vec<u8>> {
         Some(t)
     };
     copy(&mut d, &mut out)?;
-    let arity = tuple(&d, &mut out, 0)?;
-    d.pos += 2;
+    let arity = tuple(&mut d, &mut out)?;
     let tag = copy(&mut d, &mut out)?;
     let lists = sync_lists(tag.atom()?);
     for i in 1..arity {

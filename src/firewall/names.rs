@@ -722,18 +722,21 @@ mod tests {
         let mut g = GlobalHeld::default();
         g.apply(Change::of(&register("anchor", 5)));
         g.apply(Change::of(&register("n", 6)));
-        let entry = Term::Tuple(vec![atom("n"), Term::Pid(pid(5)), atom("m")]);
-        let exchange = Term::Tuple(vec![
-            atom("$gen_cast"),
+        // An exchange naming `n` for process `p`, with `tag`.
+        let exchange = |p: u32, tag: i64| {
+            let entry = Term::Tuple(vec![atom("n"), Term::Pid(pid(p)), atom("m")]);
             Term::Tuple(vec![
-                atom("exchange"),
-                atom("c@h"),
-                Term::List(vec![entry], Box::new(Term::Nil)),
-                Term::Nil,
-                Term::Int(12345),
-            ]),
-        ]);
-        g.apply(Change::of(&exchange));
+                atom("$gen_cast"),
+                Term::Tuple(vec![
+                    atom("exchange"),
+                    atom("c@h"),
+                    Term::List(vec![entry], Box::new(Term::Nil)),
+                    Term::Nil,
+                    Term::Int(tag),
+                ]),
+            ])
+        };
+        g.apply(Change::of(&exchange(5, 12345)));
         assert_eq!(g.held(), (2, 0));
         for _ in 0..2 {
             g.answer(&to1(), &answer(0, "yes"));
@@ -759,18 +762,7 @@ mod tests {
         let mut g = GlobalHeld::default();
         g.apply(Change::of(&register("n", 6)));
         for p in 10..30 {
-            let e = Term::Tuple(vec![atom("n"), Term::Pid(pid(p)), atom("m")]);
-            let ex = Term::Tuple(vec![
-                atom("$gen_cast"),
-                Term::Tuple(vec![
-                    atom("exchange"),
-                    atom("c@h"),
-                    Term::List(vec![e], Box::new(Term::Nil)),
-                    Term::Nil,
-                    Term::Int(1),
-                ]),
-            ]);
-            g.apply(Change::of(&ex));
+            g.apply(Change::of(&exchange(p, 1)));
         }
         assert_eq!(g.export().names.len(), MAX_HOLDERS);
         let mut back = GlobalHeld::default();

@@ -988,14 +988,14 @@ impl Inbound {
 /// atom would be one the node cannot read, and it would drop the
 /// connection: the twenty-third review).
 fn cut(j: &Judgement) -> bool {
-    matches!(j.replace, Some((_, super::super::rules::Msg::Bytes(_))))
+    matches!(j.replace, Some((_, rules::Msg::Bytes(_))))
 }
 
 /// A message erlmesh put in place of the peer's, as the node reads it.
-fn put(m: &super::super::rules::Msg, v: &mut Vec<u8>) {
+fn put(m: &rules::Msg, v: &mut Vec<u8>) {
     match m {
-        super::super::rules::Msg::Term(t) => etf::encode(t, v),
-        super::super::rules::Msg::Bytes(b) => v.extend_from_slice(b),
+        rules::Msg::Term(t) => etf::encode(t, v),
+        rules::Msg::Bytes(b) => v.extend_from_slice(b),
     }
 }
 

@@ -33,6 +33,15 @@ pub(super) fn peer_pid() -> Term {
     })
 }
 
+/// A reference of the peer's node.
+fn peer_ref() -> Term {
+    Term::Ref(etf::Ref {
+        node: Arc::from("c@hostc"),
+        creation: 9,
+        ids: vec![1, 2, 3],
+    })
+}
+
 /// A D frame: `header` (atom cache part), then `terms` already encoded.
 pub(super) fn d_frame(header: &[u8], terms: &[u8]) -> Vec<u8> {
     let mut body = vec![etf::VERSION, etf::DIST_HEADER];
@@ -137,11 +146,7 @@ fn a_refused_frame_still_brings_its_atom_cache_entries_to_the_node() {
 fn a_spawn_whose_control_message_spans_fragments_is_refused_whole_and_answered() {
     // SPAWN_REQUEST {29, Ref, PeerPid, PeerPid, {os, cmd, 1}, []}, then
     // its arguments, cut inside the control message.
-    let r = Term::Ref(etf::Ref {
-        node: Arc::from("c@hostc"),
-        creation: 9,
-        ids: vec![1, 2, 3],
-    });
+    let r = peer_ref();
     let ctl = Term::Tuple(vec![
         Term::Int(29),
         r,
@@ -962,11 +967,7 @@ fn b_globals_downs_give_back_the_peers_names() {
 /// bytes, it would have given back counts while the node waited for it.
 #[test]
 fn a_frame_whose_terms_end_before_its_end_ends_the_tunnel() {
-    let r = Term::Ref(etf::Ref {
-        node: Arc::from("c@hostc"),
-        creation: 9,
-        ids: vec![1, 2, 3],
-    });
+    let r = peer_ref();
     let demonitor = enc(&Term::Tuple(vec![Term::Int(20), peer_pid(), atom("cache"), r]));
     let mut frame = d_frame(&[0], &demonitor);
     let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) + 10;
