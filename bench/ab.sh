@@ -2,9 +2,10 @@
 # Interleaved A/B runs of bench/run.sh: the plain forwarder pair, then each
 # erlmesh variant, ROUNDS times over; prints each variant's median and range
 # of bulk, round trip p50, small messages and CPU per GB, and its ratio to
-# plain in the same rounds. A variant is LABEL=BINARY or
-# LABEL=BINARY@SUITE[,SUITE] (tls.cipher_suites for both hosts).
-# usage: bench/ab.sh ROUNDS BULK_MiB RTTS SMALL LABEL=BINARY[@SUITES]...
+# plain in the same rounds. A variant is LABEL=BINARY, with @SUITE[,SUITE]
+# (tls.cipher_suites for both hosts) and %PROVIDER (tls.record_provider)
+# after it if wanted: LABEL=BINARY[@SUITES][%PROVIDER].
+# usage: bench/ab.sh ROUNDS BULK_MiB RTTS SMALL LABEL=BINARY[@SUITES][%PROVIDER]...
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 rounds=$1 bulk=$2 rtts=$3 small=$4; shift 4
@@ -12,9 +13,11 @@ out=$(mktemp); trap 'rm -f "$out"' EXIT
 for r in $(seq "$rounds"); do
   "$here/run.sh" plain "$bulk" "$rtts" "$small" | sed 's/^RESULT /RESULT label=plain /' | tee -a "$out" >&2
   for v in "$@"; do
-    label=${v%%=*} spec=${v#*=}; bin=${spec%%@*} suites=""
+    label=${v%%=*} spec=${v#*=} provider=""
+    [ "${spec%%%*}" != "$spec" ] && provider=${spec#*%} && spec=${spec%%%*}
+    bin=${spec%%@*} suites=""
     [ "$spec" != "$bin" ] && suites=${spec#*@}
-    ERLMESH=$bin ERLMESH_SUITES=$suites "$here/run.sh" erlmesh "$bulk" "$rtts" "$small" \
+    ERLMESH=$bin ERLMESH_SUITES=$suites ERLMESH_RECORD_PROVIDER=$provider "$here/run.sh" erlmesh "$bulk" "$rtts" "$small" \
       | sed "s/^RESULT /RESULT label=$label /" | tee -a "$out" >&2
   done
 done

@@ -15,7 +15,8 @@
 #
 # usage: bench/run.sh MODE [bulk_MiB] [round_trips] [small_msgs]
 # (ERLMESH=path runs another erlmesh binary; ERLMESH_SUITES sets its
-# tls.cipher_suites, comma-separated)
+# tls.cipher_suites, comma-separated; ERLMESH_RECORD_PROVIDER its
+# tls.record_provider)
 # RESULT fields: first_ping_ms rtt_p50_us rtt_p99_us bulk_MBps small_msgs_per_s
 #   proxy_cpu_s (both proxies, the whole run) proxy_start_cpu_s (theirs
 #   before the first node started) proxy_rss_kb (peak, both) and, for erlmesh,
@@ -141,6 +142,9 @@ erlmesh|erlmesh-policy)
   if [ -n "${ERLMESH_SUITES:-}" ]; then
     list=$(sed 's/[^,][^,]*/"&"/g; s/,/, /g' <<<"$ERLMESH_SUITES")
     sed -i "/^key = /a cipher_suites = [$list]" "$w/hosta.toml" "$w/hostb.toml"
+  fi
+  if [ -n "${ERLMESH_RECORD_PROVIDER:-}" ]; then
+    sed -i "/^key = /a record_provider = \"$ERLMESH_RECORD_PROVIDER\"" "$w/hosta.toml" "$w/hostb.toml"
   fi
   for h in hosta hostb; do
     $wrap "$em" run --config "$w/$h.toml" 2>"$w/$h.mesh.log" & pids+=($!); proxies+=($!)

@@ -176,6 +176,7 @@ struct RawTls {
     crl: Vec<PathBuf>,
     records_per_key: Option<u64>,
     cipher_suites: Option<Vec<String>>,
+    record_provider: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +202,9 @@ pub struct TlsFiles {
     pub records_per_key: u64,
     /// The TLS 1.3 suites offered and accepted, most preferred first.
     pub cipher_suites: Vec<crate::tls::Suite>,
+    /// Whose AEAD code seals and opens records once a tunnel is open;
+    /// `None`: the faster on this CPU ([`crate::tunnel::record::Provider::auto`]).
+    pub record_provider: Option<crate::tunnel::record::Provider>,
 }
 
 impl TlsFiles {
@@ -213,6 +217,7 @@ impl TlsFiles {
             crl: Vec::new(),
             records_per_key: crate::tunnel::record::DEFAULT_RECORDS_PER_KEY,
             cipher_suites: crate::tls::Suite::DEFAULT.to_vec(),
+            record_provider: None,
         }
     }
 
@@ -605,6 +610,21 @@ fn parse_tls(
         None => crate::tls::Suite::DEFAULT.to_vec(),
         Some(names) => crate::tls::Suite::parse_list(&names).map_err(|e| invalid("tls.cipher_suites", e))?,
     };
+    let record_provider = match raw.record_provider.as_deref() {
+        None | Some("auto") => None,
+        Some(name) => Some(
+            crate::tunnel::record::Provider::NAMES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, p)| *p)
+                .ok_or_else(|| {
+                    invalid(
+                        "tls.record_provider",
+                        format!("{name:?}: expected \"auto\", \"aws-lc-rs\" or \"ring\""),
+                    )
+                })?,
+        ),
+    };
     Ok(TlsFiles {
         ca: rel(raw.ca),
         cert: rel(raw.cert),
@@ -612,6 +632,7 @@ fn parse_tls(
         crl: raw.crl.into_iter().map(rel).collect(),
         records_per_key,
         cipher_suites,
+        record_provider,
     })
 }
 
@@ -926,6 +947,20 @@ address = "hostc.example.com:4370"
         )
         .unwrap();
         assert_eq!(c.tls.cipher_suites, vec![crate::tls::Suite::Chacha20Poly1305]);
+        use crate::tunnel::record::Provider;
+        for (v, p) in [
+            ("auto", None),
+            ("aws-lc-rs", Some(Provider::AwsLc)),
+            ("ring", Some(Provider::Ring)),
+        ] {
+            let text = GOOD.replace("[tls]", &format!("[tls]\nrecord_provider = {v:?}"));
+            assert_eq!(
+                Config::parse(Path::new("/x.toml"), &text).unwrap().tls.record_provider,
+                p
+            );
+        }
+        let e = err(&GOOD.replace("[tls]", "[tls]\nrecord_provider = \"openssl\""));
+        assert!(e.contains("tls.record_provider") && e.contains("\"openssl\""), "{e}");
     }
 
     #[test]

@@ -442,13 +442,32 @@ fn a_bare_fin_resets_the_node_and_close_notify_closes_it() {
 }
 
 /// Every suite erlmesh offers carries a cluster when both hosts are set to
-/// it alone (`tls.cipher_suites`), and the tunnel's log line names it; two
+/// it alone (`tls.cipher_suites`), and the tunnel's log line names it, with
+/// the two hosts' record layers on different providers' code (aws-lc-rs on
+/// one, ring on the other, then the other way: `tls.record_provider`); two
 /// hosts with no suite in common never connect, and the log says why.
 #[test]
 fn every_suite_carries_a_cluster() {
-    for suite in erlmesh::tls::Suite::ALL {
+    for (i, suite) in erlmesh::tls::Suite::ALL.into_iter().enumerate() {
         let c = Cluster::new();
-        let (ha, hb) = hosts(&c, &format!("cipher_suites = [\"{}\"]", suite.name()));
+        let providers = if i % 2 == 0 {
+            ["aws-lc-rs", "ring"]
+        } else {
+            ["ring", "aws-lc-rs"]
+        };
+        let suites = format!("cipher_suites = [\"{}\"]", suite.name());
+        let mut ha = c.host("hosta");
+        let mut hb = c.host("hostb");
+        ha.peer(&hb);
+        hb.peer(&ha);
+        ha.tls_extra = format!("{suites}\nrecord_provider = \"{}\"", providers[0]);
+        hb.tls_extra = format!("{suites}\nrecord_provider = \"{}\"", providers[1]);
+        ha.start();
+        hb.start();
+        for (h, p) in [(&ha, providers[0]), (&hb, providers[1])] {
+            let said = format!("provider={p} chosen=by tls.record_provider");
+            assert!(h.log_shows(&said, Duration::from_secs(10)), "{said}: {}", h.log());
+        }
         let mut a = ha.node("a");
         let _b = hb.node("b");
         assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong", "{suite:?}");

@@ -259,8 +259,9 @@ pub struct TlsConfigs {
     pub seed_client: Arc<ClientConfig>,
     /// When this host's certificate expires (Unix seconds).
     pub not_after: i64,
-    /// Records sealed under one key before a KeyUpdate (tunnel/record/).
-    pub records_per_key: u64,
+    /// How open tunnels seal and open records (tunnel/record/): whose
+    /// code, and records per key before a KeyUpdate.
+    pub record: crate::tunnel::record::Crypto,
     client_verifier: Arc<dyn ClientCertVerifier>,
     server_verifier: Arc<rustls::client::WebPkiServerVerifier>,
 }
@@ -384,7 +385,12 @@ impl TlsConfigs {
             client: Arc::new(client),
             seed_client: Arc::new(seed_client),
             not_after,
-            records_per_key: files.records_per_key,
+            record: crate::tunnel::record::Crypto {
+                provider: files
+                    .record_provider
+                    .unwrap_or_else(crate::tunnel::record::Provider::auto),
+                records_per_key: files.records_per_key,
+            },
             client_verifier,
             server_verifier,
         })

@@ -282,14 +282,14 @@ impl Dialer {
             .peer_certificates()
             .map(|c| c.iter().map(|d| d.to_vec()).collect())
             .unwrap_or_default();
-        let records_per_key = self.tls.current().records_per_key;
+        let crypto = self.tls.current().record;
         let io = |source| DialError::Io {
             address: self.address.clone(),
             source,
         };
         // Take over the record layer (tunnel/record/); the status byte is the
         // first thing read through it.
-        let (mut tcp, mut tx, mut rx) = record::hand_over(s.into_inner(), &capture, Side::Client, records_per_key)
+        let (mut tcp, mut tx, mut rx) = record::hand_over(s.into_inner(), &capture, Side::Client, crypto)
             .await
             .map_err(io)?;
         let first = match timeout(ANSWER_TIMEOUT, rx.first(&mut tcp)).await {

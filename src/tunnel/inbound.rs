@@ -277,13 +277,12 @@ async fn tunnel_in(
         .metrics
         .tunnel(&claimed, &format!("{name}@{}", ctx.host), &remote_name, "in");
     let (to_peer, from_peer) = guard.byte_counters();
-    let records_per_key = ctx.tls.current().records_per_key;
+    let crypto = ctx.tls.current().record;
     // Take over the record layer (tunnel/record/) once rustls has nothing
     // left to send; the status and the node's answer are its first records.
     let opened = async {
         tls.flush().await?;
-        let (mut tcp, mut tx, rx) =
-            record::hand_over(tls.into_inner(), &capture, Side::Server, records_per_key).await?;
+        let (mut tcp, mut tx, rx) = record::hand_over(tls.into_inner(), &capture, Side::Server, crypto).await?;
         record::send(&mut tcp, &mut tx, &[TunnelStatus::Ok as u8]).await?;
         record::send(&mut tcp, &mut tx, &answer).await?;
         Ok::<_, std::io::Error>((tcp, tx, rx))

@@ -47,7 +47,7 @@ async fn resume(
                 return;
             }
         };
-        let parts = record::state::import(&state.record).and_then(|(tx, rx)| {
+        let parts = record::state::import(&state.record, tls.current().record.provider).and_then(|(tx, rx)| {
             Ok((
                 tokio::net::TcpStream::from_std(local)?,
                 tokio::net::TcpStream::from_std(remote)?,

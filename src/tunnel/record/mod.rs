@@ -58,7 +58,7 @@ mod testing;
 mod tests;
 
 pub use corked::Corked;
-pub use keys::{Keys, SecretCapture, Side, DEFAULT_RECORDS_PER_KEY};
+pub use keys::{Keys, Provider, SecretCapture, Side, DEFAULT_RECORDS_PER_KEY};
 pub use reader::{Reader, MAX_IDLE_RECORDS};
 pub use sender::{send, Sender};
 pub use splice::{refuse, splice, splice_from, Firewalled};
@@ -165,6 +165,14 @@ fn alert_for(e: &io::Error) -> Option<u8> {
     Some(INTERNAL_ERROR)
 }
 
+/// How this host's open tunnels seal and open records: with whose AEAD
+/// code, and how many records go under one key before a KeyUpdate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crypto {
+    pub provider: Provider,
+    pub records_per_key: u64,
+}
+
 /// Takes a tunnel's connection over from rustls, for either end: proves
 /// that rustls has nothing left to send, no plaintext received and unread,
 /// and no part of a record in its buffers ([`Corked`]), then extracts the
@@ -173,7 +181,7 @@ pub async fn hand_over<C>(
     tls: (Corked<tokio::net::TcpStream>, C),
     capture: &SecretCapture,
     side: Side,
-    records_per_key: u64,
+    crypto: Crypto,
 ) -> io::Result<(tokio::net::TcpStream, Sender, Reader)>
 where
     C: Into<rustls::Connection>,
@@ -191,7 +199,7 @@ where
         return Err(invalid("part of a record was read before the hand-over"));
     }
     let secrets = conn.dangerous_extract_secrets().map_err(io::Error::other)?;
-    let (tx, rx) = take_over(secrets, capture, side, records_per_key)?;
+    let (tx, rx) = take_over(secrets, capture, side, crypto)?;
     Ok((io.into_inner(), tx, rx))
 }
 
@@ -203,15 +211,15 @@ pub fn take_over(
     secrets: rustls::ExtractedSecrets,
     capture: &SecretCapture,
     side: Side,
-    records_per_key: u64,
+    crypto: Crypto,
 ) -> io::Result<(Sender, Reader)> {
     let (client, server) = capture.take()?;
     let (tx_secret, rx_secret, peer) = match side {
         Side::Client => (client, server, Side::Server),
         Side::Server => (server, client, Side::Client),
     };
-    let tx = Keys::new(secrets.tx.0, secrets.tx.1, tx_secret, records_per_key)?;
-    let rx = Reader::new(Keys::new(secrets.rx.0, secrets.rx.1, rx_secret, records_per_key)?, peer);
+    let tx = Keys::new(secrets.tx.0, secrets.tx.1, tx_secret, crypto)?;
+    let rx = Reader::new(Keys::new(secrets.rx.0, secrets.rx.1, rx_secret, crypto)?, peer);
     let tx = Sender::new(tx, &rx);
     Ok((tx, rx))
 }

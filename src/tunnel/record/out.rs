@@ -32,8 +32,8 @@ pub(super) async fn seal_from_node(
     let mut freeze = pause.map(crate::upgrade::freeze);
     // The node's bytes: one record's worth at first, a batch once a read
     // fills it (bulk traffic), so that tunnels carrying small messages
-    // keep small buffers.
-    let mut plain = vec![0u8; MAX_PLAINTEXT];
+    // keep small buffers; and one spare byte past them (`seal_all`).
+    let mut plain = vec![0u8; MAX_PLAINTEXT + 1];
     loop {
         let n = match filter.as_mut() {
             // Between records, waiting on the node: where an upgrade stops it.
@@ -73,7 +73,7 @@ pub(super) async fn seal_from_node(
                 let mut off = 0;
                 while off < n {
                     let used = reader.feed(&plain[off..n], true);
-                    seal_all(rw, tx, &mut plain[off..off + used]).await?;
+                    seal_all(rw, tx, &mut plain[off..], used).await?;
                     off += used;
                     if reader.at_boundary() {
                         send_answers(rw, tx, fw).await?;
@@ -82,46 +82,56 @@ pub(super) async fn seal_from_node(
             }
             Some((_, reader)) => {
                 reader.feed(&plain[..n], false);
-                seal_all(rw, tx, &mut plain[..n]).await?;
+                seal_all(rw, tx, &mut plain, n).await?;
             }
-            None => seal_all(rw, tx, &mut plain[..n]).await?,
+            None => seal_all(rw, tx, &mut plain, n).await?,
         }
         *total += n as u64;
         counted(n as u64, 0);
     }
 }
 
-/// Reads a node's bytes into `buf`; a read that fills it grows it to
-/// [`READ_MAX`]. tokio's read marks the socket drained after a short read:
-/// no extra system call for a small message.
+/// Reads a node's bytes into `buf`, all but its last (spare) byte; a read
+/// that fills it grows it to [`READ_MAX`] and a spare byte. tokio's read
+/// marks the socket drained after a short read: no extra system call for
+/// a small message.
 async fn read_batch(r: &mut tokio::net::tcp::OwnedReadHalf, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let n = r.read(buf).await?;
-    if n == buf.len() && buf.len() < READ_MAX {
-        buf.resize(READ_MAX, 0);
+    let room = buf.len() - 1;
+    let n = r.read(&mut buf[..room]).await?;
+    if n == room && room < READ_MAX {
+        buf.resize(READ_MAX + 1, 0);
     }
     Ok(n)
 }
 
-/// Seals `data` in place into as many records as it takes, after the
+/// Seals `buf[..n]` in place into as many records as it takes, after the
 /// KeyUpdate that is due or asked for, and writes them, a batch of records
 /// per vectored call: each record is its header, its sealed plaintext
-/// where it lies, and its trailer (content type and tag).
-pub(super) async fn seal_all<W: AsyncWrite + Unpin>(rw: &mut W, tx: &mut Sender, data: &mut [u8]) -> io::Result<()> {
-    if data.is_empty() {
+/// where it lies, and its trailer (content type and tag). `buf` holds at
+/// least one byte past `n`, left as it was ([`super::Keys::seal_scatter`]).
+pub(super) async fn seal_all<W: AsyncWrite + Unpin>(
+    rw: &mut W,
+    tx: &mut Sender,
+    buf: &mut [u8],
+    n: usize,
+) -> io::Result<()> {
+    if n == 0 {
         return Ok(());
     }
-    tx.before_data(rw, data.len().div_ceil(MAX_PLAINTEXT)).await?;
-    for group in data.chunks_mut(READ_MAX) {
+    tx.before_data(rw, n.div_ceil(MAX_PLAINTEXT)).await?;
+    for start in (0..n).step_by(READ_MAX) {
+        let end = n.min(start + READ_MAX);
         let mut heads = [[0u8; HEADER]; BATCH];
         let mut tails = [[0u8; 1 + TAG]; BATCH];
-        let records = group.len().div_ceil(MAX_PLAINTEXT);
-        for ((chunk, head), tail) in group.chunks_mut(MAX_PLAINTEXT).zip(&mut heads).zip(&mut tails) {
-            *head = tx.keys.seal_scatter(chunk, tail)?;
+        let records = (end - start).div_ceil(MAX_PLAINTEXT);
+        let at = |i: usize| start + i * MAX_PLAINTEXT..end.min(start + (i + 1) * MAX_PLAINTEXT);
+        for (i, (head, tail)) in heads.iter_mut().zip(&mut tails).take(records).enumerate() {
+            *head = tx.keys.seal_scatter(buf, at(i), tail)?;
         }
         let mut pieces = [io::IoSlice::new(&[]); 3 * BATCH];
-        for (i, chunk) in group.chunks(MAX_PLAINTEXT).enumerate() {
+        for i in 0..records {
             pieces[3 * i] = io::IoSlice::new(&heads[i]);
-            pieces[3 * i + 1] = io::IoSlice::new(chunk);
+            pieces[3 * i + 1] = io::IoSlice::new(&buf[at(i)]);
             pieces[3 * i + 2] = io::IoSlice::new(&tails[i]);
         }
         tx.put_vectored(rw, &mut pieces[..3 * records]).await?;
@@ -132,7 +142,9 @@ pub(super) async fn seal_all<W: AsyncWrite + Unpin>(rw: &mut W, tx: &mut Sender,
 /// Sends the firewall's answers to the peer's node (between two frames).
 async fn send_answers(rw: &mut tokio::net::tcp::OwnedWriteHalf, tx: &mut Sender, fw: &Firewall) -> io::Result<()> {
     for mut a in fw.take_answers() {
-        seal_all(rw, tx, &mut a).await?;
+        let n = a.len();
+        a.push(0);
+        seal_all(rw, tx, &mut a, n).await?;
     }
     Ok(())
 }

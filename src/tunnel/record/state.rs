@@ -73,13 +73,14 @@ pub fn export(tx: &Sender, rx: &Reader) -> io::Result<RecordState> {
     })
 }
 
-/// A sender and reader that go on where `s` left off.
-pub fn import(s: &RecordState) -> io::Result<(Sender, Reader)> {
+/// A sender and reader that go on where `s` left off, sealing and opening
+/// with `provider`'s code.
+pub fn import(s: &RecordState, provider: super::Provider) -> io::Result<(Sender, Reader)> {
     if s.buffered.len() > Reader::CAPACITY || s.handshake.len() > super::reader::MAX_HANDSHAKE {
         return Err(invalid("handed-over record state larger than the reader holds"));
     }
     let peer = if s.peer_is_client { Side::Client } else { Side::Server };
-    let mut rx = Reader::new(Keys::import(&s.rx)?, peer);
+    let mut rx = Reader::new(Keys::import(&s.rx, provider)?, peer);
     if rx.buf.len() < s.buffered.len() {
         rx.buf.resize(Reader::CAPACITY, 0);
     }
@@ -88,7 +89,7 @@ pub fn import(s: &RecordState) -> io::Result<(Sender, Reader)> {
     rx.handshake = s.handshake.clone();
     rx.idle = s.idle;
     rx.asked.store(s.asked, std::sync::atomic::Ordering::Relaxed);
-    let mut tx = Sender::new(Keys::import(&s.tx)?, &rx);
+    let mut tx = Sender::new(Keys::import(&s.tx, provider)?, &rx);
     tx.ended = s.ended;
     Ok((tx, rx))
 }

@@ -210,6 +210,78 @@ async fn split_handshake_messages_are_reassembled_within_a_bound() {
     assert!(err.to_string().contains("KeyUpdate not at the end"), "{err}");
 }
 
+/// Both providers seal the same records byte for byte, sealed in one piece
+/// or where they lie in a batch (ring's content type borrowed from the
+/// byte past each record's plaintext and put back), and each opens what
+/// the other sealed. Random batches of random lengths, seeded (replay one
+/// with `ERLMESH_SEED=N`).
+#[tokio::test]
+async fn both_providers_seal_the_same_records_and_open_each_others() {
+    let seed = std::env::var("ERLMESH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_207u64);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let keys = |p: Provider| Keys::fixed(DEFAULT_RECORDS_PER_KEY).unwrap().with(p).unwrap();
+    for round in 0..200 {
+        let n = match rng.u8(..3) {
+            0 => rng.usize(1..64),
+            1 => rng.usize(1..=MAX_PLAINTEXT),
+            _ => rng.usize(1..=6 * MAX_PLAINTEXT),
+        };
+        let data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(n).collect();
+        let spare = rng.u8(..);
+        let mut wires = Vec::new();
+        for p in [Provider::AwsLc, Provider::Ring] {
+            let mut tx = Sender::new(keys(p), &reader(Side::Client));
+            let mut buf = data.clone();
+            buf.push(spare);
+            let mut wire = Vec::new();
+            super::out::seal_all(&mut wire, &mut tx, &mut buf, n).await.unwrap();
+            assert_eq!(
+                buf[n], spare,
+                "seed {seed} round {round}: the spare byte was not put back"
+            );
+            // In one piece, record by record: the same bytes.
+            let mut one = Sender::new(keys(p), &reader(Side::Client));
+            let mut whole = Vec::new();
+            for chunk in data.chunks(MAX_PLAINTEXT) {
+                send(&mut whole, &mut one, chunk).await.unwrap();
+            }
+            assert!(
+                wire == whole,
+                "seed {seed} round {round} {p:?}: sealed in place differs from sealed whole"
+            );
+            wires.push(wire);
+        }
+        assert!(
+            wires[0] == wires[1],
+            "seed {seed} round {round}: the providers sealed different records"
+        );
+        for (wire, p) in wires.iter().zip([Provider::Ring, Provider::AwsLc]) {
+            let mut rx = Reader::new(keys(p), Side::Client);
+            let opened = open_all(&mut rx, wire).unwrap();
+            assert!(
+                opened.concat() == data,
+                "seed {seed} round {round}: {p:?} did not open the other's records"
+            );
+        }
+        // A record tampered with (its body, content type or tag) fails
+        // authentication with either.
+        let mut bad = wires[0].clone();
+        let first = HEADER + u16::from_be_bytes([bad[3], bad[4]]) as usize;
+        let at = rng.usize(HEADER..first);
+        bad[at] ^= 1 << rng.u8(..8);
+        for p in [Provider::AwsLc, Provider::Ring] {
+            let mut rx = Reader::new(keys(p), Side::Client);
+            assert!(
+                open_all(&mut rx, &bad).is_err(),
+                "seed {seed} round {round}: {p:?} opened a tampered record"
+            );
+        }
+    }
+}
+
 /// Whether `wire` starts with a record whose inner type is a handshake
 /// (a KeyUpdate, under the fixed keys).
 fn starts_with_key_update(wire: &[u8]) -> bool {
@@ -482,11 +554,13 @@ async fn no_alert_follows_a_partial_record() {
 #[test]
 fn rustls_and_this_layer_read_each_other_for_every_suite() {
     for suite in crate::tls::Suite::ALL {
-        interop(suite);
+        for provider in [Provider::AwsLc, Provider::Ring] {
+            interop(suite, provider);
+        }
     }
 }
 
-fn interop(suite: crate::tls::Suite) {
+fn interop(suite: crate::tls::Suite, record_provider: Provider) {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use std::sync::Arc;
     let key = rcgen::KeyPair::generate().unwrap();
@@ -535,8 +609,22 @@ fn interop(suite: crate::tls::Suite) {
         client.negotiated_key_exchange_group().map(|g| g.name()),
         Some(rustls::NamedGroup::X25519MLKEM768)
     );
-    let (mut tx, mut rx) = take_over(server.dangerous_extract_secrets().unwrap(), &capture, Side::Server, 2).unwrap();
+    let crypto = Crypto {
+        provider: record_provider,
+        records_per_key: 2,
+    };
+    let (mut tx, mut rx) = take_over(
+        server.dangerous_extract_secrets().unwrap(),
+        &capture,
+        Side::Server,
+        crypto,
+    )
+    .unwrap();
     assert!(capture.is_empty(), "the traffic secrets stayed in the capture");
+    assert_eq!(
+        (tx.keys.provider(), rx.keys.provider()),
+        (record_provider, record_provider)
+    );
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let wire = rt.block_on(async {
         let mut wire = Vec::new();
@@ -557,13 +645,20 @@ fn interop(suite: crate::tls::Suite) {
     // trailer beside each), written vectored after the KeyUpdate due
     // before them. rustls reads every byte.
     let node_bytes: Vec<u8> = (0..3 * MAX_PLAINTEXT + 1000).map(|i| (i * 7 % 251) as u8).collect();
+    let mut buf = node_bytes.clone();
+    buf.push(0xA5);
     let wire = rt.block_on(async {
         let mut wire = Vec::new();
-        super::out::seal_all(&mut wire, &mut tx, &mut node_bytes.clone())
+        super::out::seal_all(&mut wire, &mut tx, &mut buf, node_bytes.len())
             .await
             .unwrap();
         wire
     });
+    assert_eq!(
+        buf.last(),
+        Some(&0xA5),
+        "the spare byte past the plaintext was not put back"
+    );
     let mut got = Vec::new();
     let mut r = &wire[..];
     while !r.is_empty() {
@@ -571,7 +666,7 @@ fn interop(suite: crate::tls::Suite) {
         client.process_new_packets().unwrap();
         let _ = std::io::Read::read_to_end(&mut client.reader(), &mut got);
     }
-    assert_eq!(got, node_bytes, "{suite:?}");
+    assert_eq!(got, node_bytes, "{suite:?} {record_provider:?}");
 
     // The other way: records rustls seals, before and after a key update
     // it asks this side to answer, are opened here; the answer is sent
@@ -662,7 +757,13 @@ async fn record_state_carries_a_tunnel_on_mid_record() {
     assert_eq!(state.buffered, wire[cut..cut + 7]);
     let json = serde_json::to_vec(&state).unwrap();
     let back: super::state::RecordState = serde_json::from_slice(&json).unwrap();
-    let (mut tx2, mut rx2) = super::state::import(&back).unwrap();
+    // The next process may seal and open with the other provider's code.
+    let other = match Provider::auto() {
+        Provider::AwsLc => Provider::Ring,
+        Provider::Ring => Provider::AwsLc,
+    };
+    let (mut tx2, mut rx2) = super::state::import(&back, other).unwrap();
+    assert_eq!((tx2.keys.provider(), rx2.keys.provider()), (other, other));
 
     // The rest of the wire, after what the old reader held.
     let mut rest = back.buffered.clone();
@@ -690,7 +791,7 @@ async fn record_state_carries_a_tunnel_on_mid_record() {
     // A state of another suite or a bad secret is refused.
     let mut bad: super::state::RecordState = serde_json::from_slice(&json).unwrap();
     bad.tx.secret.truncate(5);
-    assert!(super::state::import(&bad).is_err());
+    assert!(super::state::import(&bad, other).is_err());
 }
 
 /// A socket for the tests: takes at most `step` bytes per write, and
