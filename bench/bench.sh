@@ -75,3 +75,9 @@ if 'erlmesh' in rows:
     print('MEMORY erlmesh: idle RSS %.0f KiB (one process); peak RSS during the run %.0f KiB (both)' %
           (st.median(r['idle_rss_kb'] for r in rows['erlmesh']), med['erlmesh']['proxy_rss_kb']))
 PY
+# The machine, as figures from different ones are not comparable: the CPU,
+# whether it has AES-NI, VAES and AVX-512 (which decide the record layer's
+# AES-GCM code, see the README's "The cryptography, provider by provider").
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+has() { grep -qw "$1" <<<"$flags" && echo yes || echo no; }
+echo "MACHINE cpu=\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')\" cores=$(nproc) aes=$(has aes) vaes=$(has vaes) avx512f=$(has avx512f)"
