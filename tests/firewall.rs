@@ -17,6 +17,27 @@ use std::time::Duration;
 
 const NODE_B: &str = "'b@hostb'";
 
+/// Two tests of one story: on Debian's OTP 25, and on a later release from
+/// the chroot named `$suite` (skipped, as every chroot test, when the
+/// chroots cannot be made).
+macro_rules! on_otp_25_and {
+    ($story:ident, $suite:literal: $first:ident, $later:ident) => {
+        #[test]
+        fn $first() {
+            require_erl();
+            $story(None);
+        }
+
+        #[test]
+        fn $later() {
+            if !require_otp_chroots() {
+                return;
+            }
+            $story(Some($suite));
+        }
+    };
+}
+
 fn marker(dir: &Path, route: &str) -> PathBuf {
     dir.join(format!("pwned-{route}"))
 }
@@ -1388,19 +1409,7 @@ fn fragment_bombs_story(b_suite: Option<&str>) {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
-#[test]
-fn fragment_bombs_end_the_peers_tunnel_not_the_node() {
-    require_erl();
-    fragment_bombs_story(None);
-}
-
-#[test]
-fn fragment_bombs_end_the_peers_tunnel_not_an_otp_29_node() {
-    if !require_otp_chroots() {
-        return;
-    }
-    fragment_bombs_story(Some("sid"));
-}
+on_otp_25_and!(fragment_bombs_story, "sid": fragment_bombs_end_the_peers_tunnel_not_the_node, fragment_bombs_end_the_peers_tunnel_not_an_otp_29_node);
 
 /// Eighth review, findings 2 and 3: what c's pg scope and global make b's
 /// kernel keep grew b's memory 31 and 48 times the bytes c sent (groups
@@ -2033,19 +2042,7 @@ fn resolved_story(b_suite: Option<&str>) {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
-#[test]
-fn a_sync_deleting_names_b_keeps_gives_nothing_back() {
-    require_erl();
-    resolved_story(None);
-}
-
-#[test]
-fn a_sync_deleting_names_an_otp_29_node_keeps_gives_nothing_back() {
-    if !require_otp_chroots() {
-        return;
-    }
-    resolved_story(Some("sid"));
-}
+on_otp_25_and!(resolved_story, "sid": a_sync_deleting_names_b_keeps_gives_nothing_back, a_sync_deleting_names_an_otp_29_node_keeps_gives_nothing_back);
 
 /// Nineteenth review, finding 3 (a false positive). OTP 26's
 /// gen_server:multi_call (global's registrations and locks) tags its calls
@@ -2194,19 +2191,7 @@ fn global_locks_story(b_suite: Option<&str>) {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
-#[test]
-fn a_restricted_peer_has_b_hold_at_most_max_global_names_locks() {
-    require_erl();
-    global_locks_story(None);
-}
-
-#[test]
-fn a_restricted_peer_has_an_otp_29_node_hold_at_most_max_global_names_locks() {
-    if !require_otp_chroots() {
-        return;
-    }
-    global_locks_story(Some("sid"));
-}
+on_otp_25_and!(global_locks_story, "sid": a_restricted_peer_has_b_hold_at_most_max_global_names_locks, a_restricted_peer_has_an_otp_29_node_hold_at_most_max_global_names_locks);
 
 /// Tenth review, findings 1 and 3. A pg `sync` naming a group twice:
 /// OTP 25 and 27's pg joins both entries' members to its table and keeps
@@ -2444,19 +2429,7 @@ fn ref_words_pg_story(b_suite: Option<&str>) {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
-#[test]
-fn a_pg_group_in_two_encodings_of_a_reference_is_refused() {
-    require_erl();
-    ref_words_pg_story(None);
-}
-
-#[test]
-fn a_pg_group_in_two_encodings_of_a_reference_is_refused_by_an_otp_27_node() {
-    if !require_otp_chroots() {
-        return;
-    }
-    ref_words_pg_story(Some("trixie"));
-}
+on_otp_25_and!(ref_words_pg_story, "trixie": a_pg_group_in_two_encodings_of_a_reference_is_refused, a_pg_group_in_two_encodings_of_a_reference_is_refused_by_an_otp_27_node);
 
 /// Twentieth review (global). The same with b's global's tables (ETS
 /// sets): one holder of c's registered names of three references in
@@ -2523,19 +2496,7 @@ fn ref_words_global_story(b_suite: Option<&str>) {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
-#[test]
-fn global_names_and_locks_in_two_encodings_of_a_reference_are_refused() {
-    require_erl();
-    ref_words_global_story(None);
-}
-
-#[test]
-fn global_names_and_locks_in_two_encodings_of_a_reference_are_refused_by_an_otp_29_node() {
-    if !require_otp_chroots() {
-        return;
-    }
-    ref_words_global_story(Some("sid"));
-}
+on_otp_25_and!(ref_words_global_story, "sid": global_names_and_locks_in_two_encodings_of_a_reference_are_refused, global_names_and_locks_in_two_encodings_of_a_reference_are_refused_by_an_otp_29_node);
 
 /// Twenty-first review. A name b's global holds for c's process H2 was
 /// moved, in erlmesh's count, to another holder H1 by an `exchange` cast
@@ -2576,19 +2537,7 @@ fn moved_name_story(b_suite: Option<&str>) {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
-#[test]
-fn a_name_named_for_another_holder_by_an_ignored_exchange_stays_counted() {
-    require_erl();
-    moved_name_story(None);
-}
-
-#[test]
-fn a_name_named_for_another_holder_by_an_ignored_exchange_stays_counted_on_an_otp_29_node() {
-    if !require_otp_chroots() {
-        return;
-    }
-    moved_name_story(Some("sid"));
-}
+on_otp_25_and!(moved_name_story, "sid": a_name_named_for_another_holder_by_an_ignored_exchange_stays_counted, a_name_named_for_another_holder_by_an_ignored_exchange_stays_counted_on_an_otp_29_node);
 
 /// Twenty-second review. A global sync from c naming a process of b's
 /// (one b gave it: the victim) as a name's holder: `new_nodes`, which b's
@@ -2627,19 +2576,7 @@ fn names_for_bs_own_process_story(b_suite: Option<&str>) {
     assert_b_unharmed(&mut b, &kernel_before, &mut a);
 }
 
-#[test]
-fn names_a_restricted_peer_claims_for_local_processes_are_left_out() {
-    require_erl();
-    names_for_bs_own_process_story(None);
-}
-
-#[test]
-fn names_a_restricted_peer_claims_for_local_processes_are_left_out_on_an_otp_29_node() {
-    if !require_otp_chroots() {
-        return;
-    }
-    names_for_bs_own_process_story(Some("sid"));
-}
+on_otp_25_and!(names_for_bs_own_process_story, "sid": names_a_restricted_peer_claims_for_local_processes_are_left_out, names_a_restricted_peer_claims_for_local_processes_are_left_out_on_an_otp_29_node);
 
 /// Twenty-second review. b holds the global name k22 for its victim; c's
 /// own global holds k22 for b's locker (a pid b's init_connect gave c:
@@ -2687,16 +2624,4 @@ fn clash_between_local_processes_story(b_suite: Option<&str>) {
     assert_eq!(b.eval("global:whereis_name(k22) =:= whereis(victim)."), "true");
 }
 
-#[test]
-fn a_clash_a_restricted_peer_claims_between_two_local_processes_kills_nothing() {
-    require_erl();
-    clash_between_local_processes_story(None);
-}
-
-#[test]
-fn a_clash_a_restricted_peer_claims_between_two_local_processes_kills_nothing_on_an_otp_29_node() {
-    if !require_otp_chroots() {
-        return;
-    }
-    clash_between_local_processes_story(Some("sid"));
-}
+on_otp_25_and!(clash_between_local_processes_story, "sid": a_clash_a_restricted_peer_claims_between_two_local_processes_kills_nothing, a_clash_a_restricted_peer_claims_between_two_local_processes_kills_nothing_on_an_otp_29_node);
