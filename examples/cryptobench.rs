@@ -12,7 +12,9 @@
 //!        cryptobench cold (a 100-byte record's time, after a pause as between
 //!        a round trip's messages)
 //! PROVIDER: ring | aws-lc-rs; SUITE: TLS13_AES_128_GCM_SHA256 |
-//! TLS13_AES_256_GCM_SHA384 | TLS13_CHACHA20_POLY1305_SHA256
+//! TLS13_AES_256_GCM_SHA384 | TLS13_CHACHA20_POLY1305_SHA256 |
+//! TLS13_AEGIS_128X2_SHA256 (erlmesh's own AEGIS code whatever the
+//! provider; its handshake is aws-lc-rs's)
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +24,32 @@ const RECORD: usize = 16 * 1024;
 const SMALL: usize = 100;
 const TAG: usize = 16;
 const PROVIDERS: [&str; 2] = ["ring", "aws-lc-rs"];
-const SUITES: [&str; 3] = [
+const AEGIS: &str = "TLS13_AEGIS_128X2_SHA256";
+
+/// Seals and opens with AEGIS-128X2 as the record layer does.
+fn aegis_records(size: usize, count: usize, gap: std::time::Duration) -> (u64, f64) {
+    use erlmesh::tls::aegis;
+    let key = [7u8; aegis::KEY_LEN];
+    let mut rec = vec![0x5au8; size + 1];
+    let (mut sum, mut spent) = (0u64, std::time::Duration::ZERO);
+    for seq in 0..count as u64 {
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
+        let t = Instant::now();
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&seq.to_be_bytes());
+        let len = (size + 1 + TAG) as u16;
+        let hdr = [23, 3, 3, (len >> 8) as u8, len as u8];
+        let tag = aegis::seal(&key, n, &hdr, &mut rec);
+        assert!(aegis::open(&key, n, &hdr, &mut rec, &tag));
+        sum = sum.wrapping_add(rec[0] as u64);
+        spent += t.elapsed();
+    }
+    (sum, spent.as_nanos() as f64 / count as f64)
+}
+const SUITES: [&str; 4] = [
+    AEGIS,
     "TLS13_AES_128_GCM_SHA256",
     "TLS13_AES_256_GCM_SHA384",
     "TLS13_CHACHA20_POLY1305_SHA256",
@@ -105,17 +132,18 @@ macro_rules! cold_with {
 /// A small record sealed and opened at AES-128-GCM, in a tight loop and
 /// after pauses, per provider (medians of 3 runs).
 fn cold() {
-    println!("100-byte record sealed and opened, AES-128-GCM, ns (median of 3):");
+    println!("100-byte record sealed and opened, AES-128-GCM (and AEGIS-128X2), ns (median of 3):");
     println!(
         "{:<10} {:>12} {:>16} {:>17}",
         "provider", "tight loop", "after 30 us", "after 200 us"
     );
-    for p in PROVIDERS {
+    for p in PROVIDERS.into_iter().chain(["aegis-128x2"]) {
         let mut cells = Vec::new();
         for (gap, count) in [(0u64, 200_000), (30, 5_000), (200, 3_000)] {
             let gap = std::time::Duration::from_micros(gap);
             let mut runs: Vec<f64> = (0..3)
                 .map(|_| match p {
+                    "aegis-128x2" => aegis_records(SMALL, count, gap).1,
                     "ring" => cold_with!(ring::aead, &ring::aead::AES_128_GCM, SMALL, count, gap),
                     _ => cold_with!(aws_lc_rs::aead, &aws_lc_rs::aead::AES_128_GCM, SMALL, count, gap),
                 })
@@ -133,6 +161,7 @@ fn records(provider: &str, suite: &str, mib: usize) -> u64 {
 
 fn sealed_and_opened(provider: &str, suite: &str, size: usize, count: usize) -> u64 {
     match (provider, suite) {
+        (_, AEGIS) => aegis_records(size, count, std::time::Duration::ZERO).0,
         ("ring", "TLS13_AES_128_GCM_SHA256") => records_with!(ring::aead, &ring::aead::AES_128_GCM, size, count),
         ("ring", "TLS13_AES_256_GCM_SHA384") => records_with!(ring::aead, &ring::aead::AES_256_GCM, size, count),
         ("ring", "TLS13_CHACHA20_POLY1305_SHA256") => {
@@ -152,6 +181,9 @@ fn sealed_and_opened(provider: &str, suite: &str, size: usize, count: usize) -> 
 }
 
 fn provider(name: &str, suite: &str) -> Arc<rustls::crypto::CryptoProvider> {
+    if suite == AEGIS {
+        return erlmesh::tls::provider(&[erlmesh::tls::Suite::Aegis128X2]);
+    }
     let mut p = match name {
         "ring" => rustls::crypto::ring::default_provider(),
         "aws-lc-rs" => rustls::crypto::aws_lc_rs::default_provider(),

@@ -216,7 +216,7 @@ impl TlsFiles {
             key,
             crl: Vec::new(),
             records_per_key: crate::tunnel::record::DEFAULT_RECORDS_PER_KEY,
-            cipher_suites: crate::tls::Suite::DEFAULT.to_vec(),
+            cipher_suites: crate::tls::Suite::default_order(),
             record_provider: None,
         }
     }
@@ -607,7 +607,7 @@ fn parse_tls(
         ));
     }
     let cipher_suites = match raw.cipher_suites {
-        None => crate::tls::Suite::DEFAULT.to_vec(),
+        None => crate::tls::Suite::default_order(),
         Some(names) => crate::tls::Suite::parse_list(&names).map_err(|e| invalid("tls.cipher_suites", e))?,
     };
     let record_provider = match raw.record_provider.as_deref() {
@@ -947,6 +947,19 @@ address = "hostc.example.com:4370"
         )
         .unwrap();
         assert_eq!(c.tls.cipher_suites, vec![crate::tls::Suite::Chacha20Poly1305]);
+        // AEGIS comes first by default, and may be named, only where the CPU
+        // has AES instructions.
+        use crate::tls::Suite;
+        let aegis = GOOD.replace("[tls]", "[tls]\ncipher_suites = [\"TLS13_AEGIS_128X2_SHA256\"]");
+        let c = Config::parse(Path::new("/etc/erlmesh/erlmesh.toml"), GOOD).unwrap();
+        if Suite::Aegis128X2.usable() {
+            assert_eq!(c.tls.cipher_suites, Suite::ALL.to_vec());
+            let c = Config::parse(Path::new("/etc/erlmesh/erlmesh.toml"), &aegis).unwrap();
+            assert_eq!(c.tls.cipher_suites, vec![Suite::Aegis128X2]);
+        } else {
+            assert_eq!(c.tls.cipher_suites, Suite::ALL[1..].to_vec());
+            assert!(err(&aegis).contains("no AES instructions"));
+        }
         use crate::tunnel::record::Provider;
         for (v, p) in [
             ("auto", None),

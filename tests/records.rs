@@ -441,6 +441,53 @@ fn a_bare_fin_resets_the_node_and_close_notify_closes_it() {
     );
 }
 
+/// A host that does not offer AEGIS (an older erlmesh, or one whose
+/// `tls.cipher_suites` leaves it out) still connects to one that prefers
+/// it, in either role: the two negotiate the next suite they share, and
+/// the tunnel's log line names it on both hosts.
+#[test]
+fn a_host_without_aegis_negotiates_the_next_suite() {
+    if !erlmesh::tls::Suite::Aegis128X2.usable() {
+        eprintln!("this CPU has no AES instructions: erlmesh offers no AEGIS here");
+        assert!(!erlmesh::tls::Suite::default_order().contains(&erlmesh::tls::Suite::Aegis128X2));
+        return;
+    }
+    let c = Cluster::new();
+    let mut ha = c.host("hosta");
+    let mut hb = c.host("hostb");
+    let mut hc = c.host("hostc");
+    ha.peer(&hb);
+    hb.peer(&ha);
+    ha.peer(&hc);
+    hc.peer(&ha);
+    hb.tls_extra = "cipher_suites = [\"TLS13_AES_256_GCM_SHA384\", \"TLS13_AES_128_GCM_SHA256\"]".into();
+    ha.start();
+    hb.start();
+    hc.start();
+    let mut a = ha.node("a");
+    let mut b = hb.node("b");
+    let _a2 = ha.node("a2");
+    // a dials b: b accepts and its order decides (AES-256-GCM); b dials a2:
+    // a accepts and its order decides (its first suite b offers: AES-128-GCM).
+    assert_eq!(a.eval("net_adm:ping(b@hostb)."), "pong");
+    assert_eq!(b.eval("net_adm:ping(a2@hosta)."), "pong");
+    for h in [&ha, &hb] {
+        for suite in ["TLS13_AES_256_GCM_SHA384", "TLS13_AES_128_GCM_SHA256"] {
+            let said = format!("suite={suite}");
+            assert!(h.log_shows(&said, Duration::from_secs(10)), "{said}: {}", h.log());
+        }
+        assert!(!h.log().contains("suite=TLS13_AEGIS"), "{}", h.log());
+    }
+    // Between two hosts that both offer it, AEGIS is the suite.
+    let _c = hc.node("c");
+    assert_eq!(a.eval("net_adm:ping(c@hostc)."), "pong");
+    assert!(
+        hc.log_shows("suite=TLS13_AEGIS_128X2_SHA256", Duration::from_secs(10)),
+        "{}",
+        hc.log()
+    );
+}
+
 /// Every suite erlmesh offers carries a cluster when both hosts are set to
 /// it alone (`tls.cipher_suites`), and the tunnel's log line names it, with
 /// the two hosts' record layers on different providers' code (aws-lc-rs on

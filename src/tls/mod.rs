@@ -6,6 +6,7 @@
 //! (webpki name check); the listener accepts any certificate chaining to
 //! the CA and takes the peer's identity from its DNS names.
 
+pub mod aegis;
 pub mod certs;
 
 use rustls::pki_types::pem::PemObject;
@@ -53,24 +54,43 @@ pub enum TlsError {
 }
 
 /// A TLS 1.3 cipher suite erlmesh offers (`tls.cipher_suites`, names as
-/// rustls spells them). Every one is sound; the default order is the
-/// measured one (README, "Cipher suites"): AES-128-GCM is the cheapest on
-/// CPUs with AES instructions, AES-256-GCM next, ChaCha20-Poly1305 last
-/// (the fastest where AES has no hardware support).
+/// rustls spells them, and erlmesh's own `TLS13_AEGIS_128X2_SHA256`).
+/// Every one is sound; the default order is the measured one (README,
+/// "Cipher suites"): AEGIS-128X2 first where the CPU has AES
+/// instructions (between erlmesh hosts only: [`aegis`]), then AES-128-GCM,
+/// the cheapest of RFC 8446's on such CPUs, AES-256-GCM next,
+/// ChaCha20-Poly1305 last (the fastest where AES has no hardware support).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Suite {
+    Aegis128X2,
     Aes128Gcm,
     Aes256Gcm,
     Chacha20Poly1305,
 }
 
 impl Suite {
-    pub const ALL: [Suite; 3] = [Suite::Aes128Gcm, Suite::Aes256Gcm, Suite::Chacha20Poly1305];
-    /// The order erlmesh prefers when `tls.cipher_suites` is not set.
-    pub const DEFAULT: [Suite; 3] = Suite::ALL;
+    pub const ALL: [Suite; 4] = [
+        Suite::Aegis128X2,
+        Suite::Aes128Gcm,
+        Suite::Aes256Gcm,
+        Suite::Chacha20Poly1305,
+    ];
+
+    /// The order erlmesh prefers when `tls.cipher_suites` is not set:
+    /// every suite this CPU runs well ([`Suite::usable`]).
+    pub fn default_order() -> Vec<Suite> {
+        Suite::ALL.into_iter().filter(|s| s.usable()).collect()
+    }
+
+    /// Whether this process offers the suite: AEGIS only on CPUs with AES
+    /// instructions.
+    pub fn usable(self) -> bool {
+        self != Suite::Aegis128X2 || aegis::hardware()
+    }
 
     pub fn name(self) -> &'static str {
         match self {
+            Suite::Aegis128X2 => "TLS13_AEGIS_128X2_SHA256",
             Suite::Aes128Gcm => "TLS13_AES_128_GCM_SHA256",
             Suite::Aes256Gcm => "TLS13_AES_256_GCM_SHA384",
             Suite::Chacha20Poly1305 => "TLS13_CHACHA20_POLY1305_SHA256",
@@ -80,13 +100,21 @@ impl Suite {
     fn rustls(self) -> rustls::SupportedCipherSuite {
         use rustls::crypto::aws_lc_rs::cipher_suite as cs;
         match self {
+            Suite::Aegis128X2 => rustls::SupportedCipherSuite::Tls13(&aegis::SUITE),
             Suite::Aes128Gcm => cs::TLS13_AES_128_GCM_SHA256,
             Suite::Aes256Gcm => cs::TLS13_AES_256_GCM_SHA384,
             Suite::Chacha20Poly1305 => cs::TLS13_CHACHA20_POLY1305_SHA256,
         }
     }
 
-    /// `tls.cipher_suites`: known names, none twice, at least one.
+    /// The suite a connection negotiated.
+    pub fn of(conn: &rustls::CommonState) -> Option<Suite> {
+        let code = conn.negotiated_cipher_suite()?.suite();
+        Suite::ALL.into_iter().find(|s| s.rustls().suite() == code)
+    }
+
+    /// `tls.cipher_suites`: known names, none twice, at least one; AEGIS
+    /// only where this CPU has AES instructions.
     pub fn parse_list(names: &[String]) -> Result<Vec<Suite>, String> {
         if names.is_empty() {
             return Err("name at least one suite".into());
@@ -100,6 +128,12 @@ impl Suite {
                 .ok_or_else(|| format!("{n:?}: unknown TLS 1.3 suite (erlmesh knows {})", known()))?;
             if out.contains(&s) {
                 return Err(format!("{n:?} is named twice"));
+            }
+            if !s.usable() {
+                return Err(format!(
+                    "{n:?}: this CPU has no AES instructions, without which AEGIS is slow and not \
+                     constant-time; erlmesh does not offer it here"
+                ));
             }
             out.push(s);
         }

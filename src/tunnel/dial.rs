@@ -274,7 +274,7 @@ impl Dialer {
     pub async fn tunnel(&self, name: &str, send_name: &[u8]) -> Result<(TunnelStatus, Tunnel), DialError> {
         let (s, capture) = self.open_captured(&Preface::Tunnel(name.to_owned()), send_name).await?;
         let resumed = matches!(s.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-        let suite = suite_name(s.get_ref().1.negotiated_cipher_suite());
+        let suite = suite_name(s.get_ref().1);
         let live = self.tls.register(&self.host, s.get_ref().1, Some(self.name.clone()));
         let chain: Vec<Vec<u8>> = s
             .get_ref()
@@ -360,8 +360,8 @@ impl Dialer {
 }
 
 /// The name of a negotiated suite, for logs.
-pub fn suite_name(suite: Option<rustls::SupportedCipherSuite>) -> &'static str {
-    suite.and_then(|s| s.suite().as_str()).unwrap_or("unknown")
+pub fn suite_name(conn: &rustls::CommonState) -> &'static str {
+    crate::tls::Suite::of(conn).map_or("unknown", crate::tls::Suite::name)
 }
 
 /// Connects to `addr`; in transparent mode with erlmesh's socket mark, so

@@ -272,7 +272,7 @@ async fn tunnel_in(
         .peer_certificates()
         .map(|c| c.iter().map(|d| d.to_vec()).collect())
         .unwrap_or_default();
-    let suite = crate::tunnel::dial::suite_name(tls.get_ref().1.negotiated_cipher_suite());
+    let suite = crate::tunnel::dial::suite_name(tls.get_ref().1);
     let guard = ctx
         .metrics
         .tunnel(&claimed, &format!("{name}@{}", ctx.host), &remote_name, "in");

@@ -10,6 +10,7 @@
 //! (the [`Provider`]) is the receiving process's own choice.
 
 use super::{invalid, APPLICATION_DATA, HEADER, TAG};
+use crate::tls::Suite;
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::hkdf::{self, KeyType as _};
 use rustls::ConnectionTrafficSecrets;
@@ -122,14 +123,8 @@ impl Provider {
     }
 }
 
-/// One of the TLS 1.3 suites, for the record layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Suite {
-    Aes128Gcm,
-    Aes256Gcm,
-    Chacha20Poly1305,
-}
-
+/// What the record layer needs of a suite: its hash, key length,
+/// number in a handed-over state, and each provider's algorithm.
 impl Suite {
     /// Its number in a handed-over state.
     fn code(self) -> u8 {
@@ -137,13 +132,12 @@ impl Suite {
             Suite::Aes128Gcm => 1,
             Suite::Aes256Gcm => 2,
             Suite::Chacha20Poly1305 => 3,
+            Suite::Aegis128X2 => 4,
         }
     }
 
     fn from_code(c: u8) -> Option<Suite> {
-        [Suite::Aes128Gcm, Suite::Aes256Gcm, Suite::Chacha20Poly1305]
-            .into_iter()
-            .find(|s| s.code() == c)
+        Suite::ALL.into_iter().find(|s| s.code() == c)
     }
 
     fn hash(self) -> hkdf::Algorithm {
@@ -156,18 +150,29 @@ impl Suite {
     fn key_len(self) -> usize {
         match self {
             Suite::Aes128Gcm => 16,
+            Suite::Aegis128X2 => crate::tls::aegis::KEY_LEN,
             _ => 32,
         }
     }
 
+    /// The key, sealing and opening with `provider`'s code (AEGIS has one
+    /// implementation, whichever provider is chosen).
     fn key(self, provider: Provider, key: &[u8]) -> io::Result<Key> {
         let bad = |_| invalid("bad traffic key");
+        if self == Suite::Aegis128X2 {
+            let mut k = Zeroizing::new([0u8; crate::tls::aegis::KEY_LEN]);
+            if key.len() != k.len() {
+                return Err(invalid("bad traffic key"));
+            }
+            k.copy_from_slice(key);
+            return Ok(Key::Aegis(k));
+        }
         Ok(match provider {
             Provider::AwsLc => {
                 let alg = match self {
                     Suite::Aes128Gcm => &aead::AES_128_GCM,
                     Suite::Aes256Gcm => &aead::AES_256_GCM,
-                    Suite::Chacha20Poly1305 => &aead::CHACHA20_POLY1305,
+                    _ => &aead::CHACHA20_POLY1305,
                 };
                 Key::AwsLc(LessSafeKey::new(UnboundKey::new(alg, key).map_err(bad)?))
             }
@@ -176,7 +181,7 @@ impl Suite {
                 let alg = match self {
                     Suite::Aes128Gcm => &r::AES_128_GCM,
                     Suite::Aes256Gcm => &r::AES_256_GCM,
-                    Suite::Chacha20Poly1305 => &r::CHACHA20_POLY1305,
+                    _ => &r::CHACHA20_POLY1305,
                 };
                 let k = r::UnboundKey::new(alg, key).map_err(|_| invalid("bad traffic key"))?;
                 Key::Ring(Box::new(r::LessSafeKey::new(k)))
@@ -191,6 +196,8 @@ impl Suite {
 enum Key {
     AwsLc(LessSafeKey),
     Ring(Box<ring::aead::LessSafeKey>),
+    /// AEGIS-128X2's key, wiped when dropped.
+    Aegis(Zeroizing<[u8; crate::tls::aegis::KEY_LEN]>),
 }
 
 /// HKDF output lengths for aws-lc-rs.
@@ -230,17 +237,20 @@ pub struct Keys {
 impl Keys {
     /// Keys from a traffic secret (RFC 8446 §7.3), checked against the key
     /// and IV rustls derived from it.
+    /// `suite` is the connection's (rustls hands AEGIS's key and IV out in
+    /// AES-128-GCM's variant: same shapes).
     pub(super) fn new(
         seq: u64,
+        suite: Suite,
         secrets: ConnectionTrafficSecrets,
         secret: Secret,
         crypto: super::Crypto,
     ) -> io::Result<Keys> {
-        let (suite, key, iv) = match &secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Suite::Aes128Gcm, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Suite::Aes256Gcm, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (Suite::Chacha20Poly1305, key, iv),
-            _ => return Err(invalid("unsupported cipher suite")),
+        let (key, iv) = match (&secrets, suite) {
+            (ConnectionTrafficSecrets::Aes128Gcm { key, iv }, Suite::Aes128Gcm | Suite::Aegis128X2) => (key, iv),
+            (ConnectionTrafficSecrets::Aes256Gcm { key, iv }, Suite::Aes256Gcm) => (key, iv),
+            (ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv }, Suite::Chacha20Poly1305) => (key, iv),
+            _ => return Err(invalid("the extracted keys are not the negotiated suite's")),
         };
         let mut k = Keys::derive(suite, crypto.provider, secret, crypto.records_per_key)?;
         if expand_label(suite.hash(), &k.secret, b"key", suite.key_len()).as_slice() != key.as_ref()
@@ -273,10 +283,16 @@ impl Keys {
     /// fuzzing only.
     #[cfg(any(test, feature = "testing"))]
     pub(super) fn fixed(records_per_key: u64) -> io::Result<Keys> {
+        Keys::fixed_suite(Suite::Aes256Gcm, records_per_key)
+    }
+
+    /// Fixed keys of `suite` from a fixed traffic secret (tests, fuzzing).
+    #[cfg(any(test, feature = "testing"))]
+    pub(super) fn fixed_suite(suite: Suite, records_per_key: u64) -> io::Result<Keys> {
         Keys::derive(
-            Suite::Aes256Gcm,
+            suite,
             Provider::auto(),
-            Zeroizing::new(vec![7u8; 48]),
+            Zeroizing::new(vec![7u8; suite.hash().len()]),
             records_per_key,
         )
     }
@@ -387,6 +403,7 @@ impl Keys {
                     .map_err(|_| invalid("seal failed"))?;
                 tag.copy_from_slice(t.as_ref());
             }
+            Key::Aegis(k) => *tag = crate::tls::aegis::seal(k, nonce, &hdr, in_out),
         }
         Ok(())
     }
@@ -399,7 +416,7 @@ impl Keys {
     /// one piece are sealed without being moved apart.
     ///
     /// `buf` must hold one byte past `at` (the next record's first byte,
-    /// or a spare one): ring seals one contiguous piece, so the content
+    /// or a spare one): ring and AEGIS seal one contiguous piece, so the content
     /// type is put there for the call, and the byte is put back after it
     /// (records are sealed in order, so the next record's byte is still
     /// its plaintext). aws-lc-rs seals the type into the trailer itself.
@@ -426,7 +443,7 @@ impl Keys {
                 )
                 .map_err(|_| invalid("seal failed"))?;
             }
-            Key::Ring(_) => {
+            Key::Ring(_) | Key::Aegis(_) => {
                 let spare = at.end;
                 let kept = std::mem::replace(&mut buf[spare], APPLICATION_DATA);
                 let (ctype, tag) = trailer.split_at_mut(1);
@@ -463,6 +480,14 @@ impl Keys {
                 k.open_in_place(r::Nonce::assume_unique_for_key(nonce), r::Aad::from(hdr), body)
                     .ok()
                     .map(|p| p.len())
+            }
+            Key::Aegis(k) => {
+                let Some(n) = body.len().checked_sub(TAG) else {
+                    return Ok(None);
+                };
+                let (text, tag) = body.split_at_mut(n);
+                let tag: &[u8; TAG] = (&*tag).try_into().expect("tag length");
+                crate::tls::aegis::open(k, nonce, &hdr, text, tag).then_some(n)
             }
         })
     }

@@ -198,17 +198,19 @@ where
     if !io.at_record_boundary() {
         return Err(invalid("part of a record was read before the hand-over"));
     }
+    let suite = crate::tls::Suite::of(&conn).ok_or_else(|| invalid("the negotiated cipher suite is not erlmesh's"))?;
     let secrets = conn.dangerous_extract_secrets().map_err(io::Error::other)?;
-    let (tx, rx) = take_over(secrets, capture, side, crypto)?;
+    let (tx, rx) = take_over(secrets, suite, capture, side, crypto)?;
     Ok((io.into_inner(), tx, rx))
 }
 
 /// The sender and the inbound reader for a tunnel whose TLS 1.3 keys were
 /// taken from rustls (`dangerous_extract_secrets`), with the traffic
 /// secrets `capture` saw during that connection's handshake (taken out of
-/// it). `side` is this end's role in the TLS connection.
+/// it). `suite` is the one it negotiated, `side` this end's role in it.
 pub fn take_over(
     secrets: rustls::ExtractedSecrets,
+    suite: crate::tls::Suite,
     capture: &SecretCapture,
     side: Side,
     crypto: Crypto,
@@ -218,8 +220,8 @@ pub fn take_over(
         Side::Client => (client, server, Side::Server),
         Side::Server => (server, client, Side::Client),
     };
-    let tx = Keys::new(secrets.tx.0, secrets.tx.1, tx_secret, crypto)?;
-    let rx = Reader::new(Keys::new(secrets.rx.0, secrets.rx.1, rx_secret, crypto)?, peer);
+    let tx = Keys::new(secrets.tx.0, suite, secrets.tx.1, tx_secret, crypto)?;
+    let rx = Reader::new(Keys::new(secrets.rx.0, suite, secrets.rx.1, rx_secret, crypto)?, peer);
     let tx = Sender::new(tx, &rx);
     Ok((tx, rx))
 }
