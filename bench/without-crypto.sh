@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # What erlmesh costs apart from its cryptography: builds erlmesh with the
-# record layer's AES-GCM taken out (bench/null-aead.patch: records keep
+# record layer's AEAD (AEGIS, AES-GCM or ChaCha20) taken out (bench/null-aead.patch: records keep
 # their framing, sequence numbers and checks; a sealed record's tag is
 # zeros and such a record is not authenticated) from a scratch copy of
 # this tree, and runs it beside the real build and the plain forwarder
 # pair in interleaved rounds (bench/ab.sh). The difference between the two
-# builds is what AES-GCM costs; what is left over plain is everything
+# builds is what the AEAD costs; what is left over plain is everything
 # else erlmesh does. The patched binary encrypts nothing: it lives in a
 # temporary directory for the run and is deleted with it.
 # usage: bench/without-crypto.sh [ROUNDS=8] [bulk_MiB=256] [round_trips=5000] [small_msgs=200000]

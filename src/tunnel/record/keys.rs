@@ -116,10 +116,8 @@ impl Provider {
 
     /// Its name, as `tls.record_provider` spells it.
     pub fn name(self) -> &'static str {
-        match self {
-            Provider::AwsLc => "aws-lc-rs",
-            Provider::Ring => "ring",
-        }
+        let named = Provider::NAMES.iter().find(|(_, p)| *p == self);
+        named.map_or("unnamed", |(n, _)| n)
     }
 }
 
