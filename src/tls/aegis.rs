@@ -7,8 +7,9 @@
 //! per-record nonce of §5.3 (IV XOR sequence number), and a 16-byte tag.
 //! AEGIS-128X2 takes a 16-byte nonce: the §5.3 nonce is followed by four
 //! zero bytes, so nonces stay unique per key exactly as with AES-GCM. It
-//! is offered only where the CPU has AES instructions (without them the
-//! library's software AES is slow and not constant-time).
+//! is offered only where the CPU has AES instructions libaegis uses
+//! ([`hardware`]; without them its software AES is slow and not
+//! constant-time).
 //!
 //! Where this CPU has them, AEGIS-128X2 seals and opens several times as
 //! fast as the fastest AES-GCM code (README, "The cryptography, suite by
@@ -33,11 +34,14 @@ pub const KEY_LEN: usize = 16;
 pub const TAG_LEN: usize = 16;
 
 /// Whether this CPU has the AES instructions AEGIS needs to be fast and
-/// constant-time.
+/// constant-time, as libaegis picks its code: on x86-64, AES-NI with AVX
+/// (its AES-NI code is built for AVX; VAES with AVX2 is faster still), on
+/// aarch64, the AES extension; elsewhere, and on x86-64 without AVX, it
+/// would run its software AES.
 pub fn hardware() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("aes")
+        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("avx")
     }
     #[cfg(target_arch = "aarch64")]
     {

@@ -131,8 +131,9 @@ impl Suite {
             }
             if !s.usable() {
                 return Err(format!(
-                    "{n:?}: this CPU has no AES instructions, without which AEGIS is slow and not \
-                     constant-time; erlmesh does not offer it here"
+                    "{n:?}: this CPU has no AES instructions AEGIS can use (x86-64: AES-NI with \
+                     AVX; aarch64: AES), without which it is slow and not constant-time; erlmesh \
+                     does not offer it here"
                 ));
             }
             out.push(s);
