@@ -11,6 +11,13 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The longest pause (or rpc round trip across an upgrade) a test accepts:
+/// far below a nodedown (net_ticktime is 60 s), and loose, since a timing
+/// is not what these tests are for. The pauses measured (tens of
+/// milliseconds) are printed; CI, with other tests beside it on two cores,
+/// once saw 1089 ms.
+const PAUSE_BOUND_MS: u64 = 3000;
+
 /// Installs erlmesh at `to` as a package would: a new file renamed over
 /// the old one (the running process keeps the old inode).
 fn install_binary(from: &Path, to: &Path) {
@@ -163,8 +170,8 @@ fn ten_upgrades_under_traffic_with_no_nodedown() {
     assert!(sent > 10_000, "only {sent} messages streamed");
     let longest = pauses.iter().max().unwrap();
     eprintln!("ten upgrades: {sent} messages, longest rpc round trip {max_rtt} ms, pauses {pauses:?} ms");
-    assert!(max_rtt < 1000, "an rpc took {max_rtt} ms across the upgrades");
-    assert!(*longest < 1000, "tunnels paused {longest} ms");
+    assert!(max_rtt < PAUSE_BOUND_MS, "an rpc took {max_rtt} ms across the upgrades");
+    assert!(*longest < PAUSE_BOUND_MS, "tunnels paused {longest} ms");
 }
 
 #[test]
@@ -250,7 +257,7 @@ fn three_hosts_each_upgraded_in_turn_under_traffic() {
     for round in 0..2 {
         for i in 0..3 {
             let (out, pause) = upgrade_in_place(&mut hs[i], &format!("round {round}"));
-            assert!(pause < 1000, "{out}");
+            assert!(pause < PAUSE_BOUND_MS, "{out}");
             let now: Vec<Vec<String>> = hs.iter().map(tunnels).collect();
             assert_eq!(now, before, "tunnels changed across the upgrade of {}", hs[i].name);
             eprintln!("round {round}, {}: tunnels paused {pause} ms", hs[i].name);
@@ -263,7 +270,7 @@ fn three_hosts_each_upgraded_in_turn_under_traffic() {
     for (from, to) in [(&mut a, "b@hostb"), (&mut cn, "a@hosta")] {
         let (sent, got, bad, max_rtt, failed) = stop_traffic(from, to);
         assert_eq!((got, bad, failed), (sent, 0, 0), "stream to {to}");
-        assert!(max_rtt < 1000, "an rpc to {to} took {max_rtt} ms");
+        assert!(max_rtt < PAUSE_BOUND_MS, "an rpc to {to} took {max_rtt} ms");
     }
     for (n, others) in [
         (&mut a, ["b@hostb", "c@hostc"]),
@@ -293,7 +300,7 @@ fn a_tunnel_under_a_dist_policy_keeps_its_judged_state_across_upgrades() {
     for i in 0..6 {
         let h = if i % 3 == 2 { &mut hb } else { &mut ha };
         let (out, pause) = upgrade_in_place(h, &format!("upgrade {i}"));
-        assert!(pause < 1000, "{out}");
+        assert!(pause < PAUSE_BOUND_MS, "{out}");
         assert_eq!(
             (tunnels(&ha), tunnels(&hb)),
             before,
