@@ -66,12 +66,27 @@ pub fn seal(key: &[u8; KEY_LEN], n: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> 
     Aegis128X2::<TAG_LEN>::new(key, &nonce(n)).encrypt_in_place(in_out, aad)
 }
 
-/// Opens `in_out` in place; false (and `in_out` wiped) when it fails
-/// authentication.
-pub fn open(key: &[u8; KEY_LEN], n: [u8; 12], aad: &[u8], in_out: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
+/// Opens `in_out` (ciphertext, then its tag) in place; the plaintext's
+/// length, or `None` (and the ciphertext wiped) when it is too short or
+/// fails authentication.
+pub fn open(key: &[u8; KEY_LEN], n: [u8; 12], aad: &[u8], in_out: &mut [u8]) -> Option<usize> {
+    let len = in_out.len().checked_sub(TAG_LEN)?;
+    let (text, tag) = in_out.split_at_mut(len);
+    let tag: &[u8; TAG_LEN] = (&*tag).try_into().ok()?;
     Aegis128X2::<TAG_LEN>::new(key, &nonce(n))
-        .decrypt_in_place(in_out, tag, aad)
-        .is_ok()
+        .decrypt_in_place(text, tag, aad)
+        .ok()
+        .map(|_| len)
+}
+
+/// A traffic key, wiped when dropped; `None` unless it is [`KEY_LEN`] bytes.
+pub fn key(bytes: &[u8]) -> Option<Zeroizing<[u8; KEY_LEN]>> {
+    if bytes.len() != KEY_LEN {
+        return None;
+    }
+    let mut k = Zeroizing::new([0u8; KEY_LEN]);
+    k.copy_from_slice(bytes);
+    Some(k)
 }
 
 /// The suite, for rustls' handshake (HKDF and hash from aws-lc-rs).
@@ -95,18 +110,15 @@ pub static SUITE: LazyLock<Tls13CipherSuite> = LazyLock::new(|| {
 
 struct Algorithm;
 
-fn key_of(key: &AeadKey) -> Zeroizing<[u8; KEY_LEN]> {
-    let mut k = Zeroizing::new([0u8; KEY_LEN]);
-    k.copy_from_slice(key.as_ref());
-    k
-}
-
 impl Tls13AeadAlgorithm for Algorithm {
+    /// rustls derives `key_len` bytes: the key always has AEGIS's length.
     fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
-        Box::new(Encrypter { key: key_of(&key), iv })
+        let key = self::key(key.as_ref()).expect("rustls derives key_len bytes");
+        Box::new(Encrypter { key, iv })
     }
     fn decrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageDecrypter> {
-        Box::new(Decrypter { key: key_of(&key), iv })
+        let key = self::key(key.as_ref()).expect("rustls derives key_len bytes");
+        Box::new(Decrypter { key, iv })
     }
     fn key_len(&self) -> usize {
         KEY_LEN
@@ -157,15 +169,8 @@ struct Decrypter {
 impl MessageDecrypter for Decrypter {
     fn decrypt<'a>(&mut self, mut msg: InboundOpaqueMessage<'a>, seq: u64) -> Result<InboundPlainMessage<'a>, Error> {
         let payload = &mut msg.payload;
-        let Some(plain_len) = payload.len().checked_sub(TAG_LEN) else {
-            return Err(Error::DecryptError);
-        };
         let aad = make_tls13_aad(payload.len());
-        let (body, tag) = payload.split_at_mut(plain_len);
-        let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| Error::DecryptError)?;
-        if !open(&self.key, Nonce::new(&self.iv, seq).0, &aad, body, &tag) {
-            return Err(Error::DecryptError);
-        }
+        let plain_len = open(&self.key, Nonce::new(&self.iv, seq).0, &aad, payload).ok_or(Error::DecryptError)?;
         payload.truncate(plain_len);
         msg.into_tls13_unpadded_message()
     }

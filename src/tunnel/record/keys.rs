@@ -153,35 +153,28 @@ impl Suite {
         }
     }
 
-    /// The key, sealing and opening with `provider`'s code (AEGIS has one
-    /// implementation, whichever provider is chosen).
-    fn key(self, provider: Provider, key: &[u8]) -> io::Result<Key> {
-        let bad = |_| invalid("bad traffic key");
-        if self == Suite::Aegis128X2 {
-            let mut k = Zeroizing::new([0u8; crate::tls::aegis::KEY_LEN]);
-            if key.len() != k.len() {
-                return Err(invalid("bad traffic key"));
-            }
-            k.copy_from_slice(key);
-            return Ok(Key::Aegis(k));
+    /// Its AEAD in each provider's code (aws-lc-rs, ring); `None` for
+    /// AEGIS, which has one implementation whichever provider is chosen.
+    fn provider_algs(self) -> Option<(&'static aead::Algorithm, &'static ring::aead::Algorithm)> {
+        match self {
+            Suite::Aes128Gcm => Some((&aead::AES_128_GCM, &ring::aead::AES_128_GCM)),
+            Suite::Aes256Gcm => Some((&aead::AES_256_GCM, &ring::aead::AES_256_GCM)),
+            Suite::Chacha20Poly1305 => Some((&aead::CHACHA20_POLY1305, &ring::aead::CHACHA20_POLY1305)),
+            Suite::Aegis128X2 => None,
         }
+    }
+
+    /// The key, sealing and opening with `provider`'s code.
+    fn key(self, provider: Provider, key: &[u8]) -> io::Result<Key> {
+        let bad = || invalid("bad traffic key");
+        let Some((aws_lc, ring_alg)) = self.provider_algs() else {
+            return crate::tls::aegis::key(key).map(Key::Aegis).ok_or_else(bad);
+        };
         Ok(match provider {
-            Provider::AwsLc => {
-                let alg = match self {
-                    Suite::Aes128Gcm => &aead::AES_128_GCM,
-                    Suite::Aes256Gcm => &aead::AES_256_GCM,
-                    _ => &aead::CHACHA20_POLY1305,
-                };
-                Key::AwsLc(LessSafeKey::new(UnboundKey::new(alg, key).map_err(bad)?))
-            }
+            Provider::AwsLc => Key::AwsLc(LessSafeKey::new(UnboundKey::new(aws_lc, key).map_err(|_| bad())?)),
             Provider::Ring => {
                 use ring::aead as r;
-                let alg = match self {
-                    Suite::Aes128Gcm => &r::AES_128_GCM,
-                    Suite::Aes256Gcm => &r::AES_256_GCM,
-                    _ => &r::CHACHA20_POLY1305,
-                };
-                let k = r::UnboundKey::new(alg, key).map_err(|_| invalid("bad traffic key"))?;
+                let k = r::UnboundKey::new(ring_alg, key).map_err(|_| bad())?;
                 Key::Ring(Box::new(r::LessSafeKey::new(k)))
             }
         })
@@ -479,14 +472,7 @@ impl Keys {
                     .ok()
                     .map(|p| p.len())
             }
-            Key::Aegis(k) => {
-                let Some(n) = body.len().checked_sub(TAG) else {
-                    return Ok(None);
-                };
-                let (text, tag) = body.split_at_mut(n);
-                let tag: &[u8; TAG] = (&*tag).try_into().expect("tag length");
-                crate::tls::aegis::open(k, nonce, &hdr, text, tag).then_some(n)
-            }
+            Key::Aegis(k) => crate::tls::aegis::open(k, nonce, &hdr, body),
         })
     }
 }
